@@ -1,0 +1,1 @@
+"""ProtoAtlas engine: pure compute (arrays and images in, arrays and dataclasses out)."""

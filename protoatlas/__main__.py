@@ -1,0 +1,5 @@
+import sys
+
+from protoatlas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""Service layer: the workflows shared by the CLI and (later) the web UI.
+
+Each function takes paths and a :class:`~engine.config.ProtoAtlasConfig`, runs the engine and
+returns plain dataclasses; printing and argument parsing stay in ``cli.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine import metrics
+from engine.config import ProtoAtlasConfig
+from engine.data import LoadReport, load_images, load_mvtec, list_images, read_masks
+from engine.detector import FitReport, ImageDetection, PatchCoreDetector
+
+SCORE_COLUMNS = ("image", "anomaly_score", "is_anomalous")
+
+
+@dataclass
+class DetectRun:
+    """Everything one ``detect`` run produced."""
+
+    names: list[str]
+    detections: list[ImageDetection]
+    threshold: float
+    fit: FitReport
+    normals_report: LoadReport
+    images_report: LoadReport
+    seconds: dict[str, float] = field(default_factory=dict)
+    detector: PatchCoreDetector | None = None
+
+    def rows(self) -> list[dict[str, object]]:
+        return [
+            {"image": n, "anomaly_score": f"{d.score:.6f}",
+             "is_anomalous": int(d.score > self.threshold)}
+            for n, d in zip(self.names, self.detections)
+        ]
+
+
+def detect(normals: str | os.PathLike, images: str | os.PathLike, config: ProtoAtlasConfig,
+           *, progress: bool = False) -> DetectRun:
+    """Fit on the known-good images in ``normals`` and score every image in ``images``."""
+    t0 = time.perf_counter()
+    normal_items, normals_report = load_images(
+        list_images(normals), max_pixels=config.data.max_pixels, progress=progress,
+        desc="load normals")
+    test_items, images_report = load_images(
+        list_images(images), max_pixels=config.data.max_pixels, progress=progress,
+        desc="load images")
+    t1 = time.perf_counter()
+    det = PatchCoreDetector(config)
+    fit = det.fit([im for _, im in normal_items], progress=progress)
+    t2 = time.perf_counter()
+    detections = det.score([im for _, im in test_items], progress=progress,
+                           total=len(test_items))
+    t3 = time.perf_counter()
+    return DetectRun(
+        names=[n for n, _ in test_items], detections=detections, threshold=fit.threshold,
+        fit=fit, normals_report=normals_report, images_report=images_report,
+        seconds={"load": t1 - t0, "fit": t2 - t1, "score": t3 - t2}, detector=det,
+    )
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict[str, object]],
+              columns: tuple[str, ...]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, str]:
+    """Read a ``image,label`` CSV (other columns ignored); label ``good`` means normal."""
+    path = Path(path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"image", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected a header with columns 'image' and 'label'")
+        return {row["image"]: row["label"] for row in reader}
+
+
+def heatmap_overlay(detection: ImageDetection, threshold: float) -> np.ndarray:
+    """Colour (BGR) heat map; the detector threshold maps to the middle of the colour scale."""
+    scale = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else \
+        float(detection.anomaly_map.max() or 1.0)
+    norm = np.clip(detection.anomaly_map / scale, 0.0, 1.0)
+    return cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+
+
+def write_heatmaps(out_dir: str | os.PathLike, run: DetectRun) -> int:
+    """One PNG per scored image under ``out_dir``, mirroring the input's relative paths."""
+    root = Path(out_dir)
+    for name, det in zip(run.names, run.detections):
+        target = root / (name.rsplit(".", 1)[0] + ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(target), heatmap_overlay(det, run.threshold)):
+            raise OSError(f"could not write heat map {target}")
+    return len(run.names)
+
+
+def label_metrics(run: DetectRun, labels: dict[str, str]) -> dict[str, float]:
+    """Image AUROC and the F1 of ``is_anomalous`` for the scored images that have a label."""
+    pairs = [(labels[n], d.score) for n, d in zip(run.names, run.detections) if n in labels]
+    if not pairs:
+        raise ValueError("none of the scored images appears in the labels file")
+    truth = np.array([lab != "good" for lab, _ in pairs], dtype=int)
+    scores = np.array([s for _, s in pairs])
+    pred = (scores > run.threshold).astype(int)
+    tp = int((pred & truth).sum())
+    precision = tp / max(int(pred.sum()), 1)
+    recall = tp / max(int(truth.sum()), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    return {"n_labelled": len(pairs), "image_auroc": metrics.image_auroc(truth, scores),
+            "precision": precision, "recall": recall, "f1": f1}
+
+
+@dataclass
+class EvalDetectResult:
+    image_auroc: float
+    pixel_auroc: float
+    aupro: float
+    n_train: int
+    n_test: int
+    fit_seconds: float
+    score_seconds: float
+    images_per_second: float
+    peak_rss_mib: float
+    bank_size: int
+
+
+def eval_detect(root: str | os.PathLike, config: ProtoAtlasConfig,
+                *, progress: bool = False) -> EvalDetectResult:
+    """Fit on ``train/good`` of an MVTec-layout folder, score ``test``, compute the metrics."""
+    data = load_mvtec(root)
+    train, _ = load_images(data.train, max_pixels=config.data.max_pixels,
+                           progress=progress, desc="load train")
+    test_items, test_report = load_images([s.ref for s in data.test],
+                                          max_pixels=config.data.max_pixels,
+                                          progress=progress, desc="load test")
+    if test_report.skipped:
+        raise ValueError(f"MVTec test set has unreadable images: {test_report.summary()}")
+    t0 = time.perf_counter()
+    det = PatchCoreDetector(config)
+    fit = det.fit([im for _, im in train], progress=progress)
+    t1 = time.perf_counter()
+    dets = det.score([im for _, im in test_items], progress=progress, total=len(test_items))
+    t2 = time.perf_counter()
+    labels = np.array([s.defect_type != "good" for s in data.test], dtype=int)
+    masks = [read_masks([s], im.shape[:2])[0] for s, (_, im) in zip(data.test, test_items)]
+    maps = [d.anomaly_map for d in dets]
+    return EvalDetectResult(
+        image_auroc=metrics.image_auroc(labels, np.array([d.score for d in dets])),
+        pixel_auroc=metrics.pixel_auroc(masks, maps),
+        aupro=metrics.aupro(masks, maps),
+        n_train=len(train), n_test=len(test_items),
+        fit_seconds=t1 - t0, score_seconds=t2 - t1,
+        images_per_second=len(test_items) / max(t2 - t1, 1e-9),
+        peak_rss_mib=peak_rss_mib(), bank_size=fit.bank_size,
+    )
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024**2 if sys.platform == "darwin" else 1024)

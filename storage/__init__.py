@@ -1,0 +1,1 @@
+"""Persistence (DuckDB workspaces): arrives with the storage issue; nothing here yet."""

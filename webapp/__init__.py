@@ -1,0 +1,1 @@
+"""Gradio review UI: arrives with the web-app issue; nothing here yet."""
