@@ -1,0 +1,481 @@
+"""Finding image files in folders and zip archives, and loading them without aborting.
+
+* :func:`list_images` lists a directory tree or a ``.zip`` archive as :class:`ImageRef`
+  handles (name + where the bytes are). Archives are checked for path traversal, symlinks and
+  zip-bomb sizes before anything is listed, and are never extracted to disk.
+* :func:`iter_images` / :func:`load_images` decode refs with :func:`engine.imageio.load_image`;
+  a bad file is skipped with its reason, never fatal (unless nothing usable remains).
+* :func:`load_mvtec` reads the MVTec AD folder layout, :func:`read_masks` its masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import stat
+import sys
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.imageio import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_EXTENSIONS,
+    ImageLoadError,
+    is_supported,
+    load_image,
+    read_mask,
+)
+
+DEFAULT_MAX_TOTAL_BYTES: int = 4 * 1024**3
+DEFAULT_MAX_RATIO: float = 200.0
+DEFAULT_MAX_MEMBERS: int = 100_000
+#: Members smaller than this (uncompressed) are not ratio-checked: a small flat-colour BMP or
+#: TIFF legitimately compresses far more than 200:1 and cannot hurt anyone.
+RATIO_CHECK_MIN_BYTES: int = 1024**2
+#: How many skipped files :meth:`LoadReport.summary` lists before "... and N more".
+SUMMARY_MAX_ITEMS: int = 20
+
+_DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+_IGNORED_DIRS = frozenset({"__MACOSX"})
+
+
+# --------------------------------------------------------------------------------------------
+# References to image bytes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A listed image: its display ``name`` and where its bytes live.
+
+    ``name`` is the POSIX-style path relative to the listed root, or the zip member name.
+    Exactly one source is set: ``path`` (a file on disk) or ``zip_path`` + ``member``.
+    """
+
+    name: str
+    path: Path | None = None
+    zip_path: Path | None = None
+    member: str | None = None
+
+    def __post_init__(self) -> None:
+        on_disk = self.path is not None
+        in_zip = self.zip_path is not None and self.member is not None
+        if on_disk == in_zip:
+            raise ValueError(
+                f"ImageRef {self.name!r}: set either path, or zip_path and member (not both)"
+            )
+
+    def read_bytes(self) -> bytes:
+        """Return the file's bytes (a zip member is read in memory, never extracted)."""
+        if self.path is not None:
+            return self.path.read_bytes()
+        assert self.zip_path is not None and self.member is not None
+        with zipfile.ZipFile(self.zip_path) as archive:
+            return archive.read(self.member)
+
+
+class _ByteReader:
+    """Reads many refs, keeping each zip archive open once instead of once per member."""
+
+    def __init__(self) -> None:
+        self._archives: dict[Path, zipfile.ZipFile] = {}
+
+    def read(self, ref: ImageRef) -> bytes:
+        """Bytes of ``ref``, reusing an already open archive when there is one."""
+        if ref.zip_path is None or ref.member is None:
+            return ref.read_bytes()
+        archive = self._archives.get(ref.zip_path)
+        if archive is None:
+            archive = self._archives[ref.zip_path] = zipfile.ZipFile(ref.zip_path)
+        return archive.read(ref.member)
+
+    def close(self) -> None:
+        """Close every archive opened so far."""
+        for archive in self._archives.values():
+            archive.close()
+        self._archives.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------------------------
+
+
+class ArchiveError(ValueError):
+    """A zip archive is invalid or unsafe; the message names the archive and the member."""
+
+
+def _is_hidden(part: str) -> bool:
+    """True for path components that are skipped: dot-files/dirs and ``__MACOSX``."""
+    return part.startswith(".") or part in _IGNORED_DIRS
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True when the fully resolved ``path`` lies inside the resolved ``root``."""
+    try:
+        path.resolve(strict=True).relative_to(root)
+    except (OSError, ValueError, RuntimeError):  # broken link, outside, or a link loop
+        return False
+    return True
+
+
+def _walk_directory(root: Path) -> list[ImageRef]:
+    """Recursive listing of ``root``; symlinks leading outside ``root`` are skipped."""
+    real_root = root.resolve()
+    refs: list[ImageRef] = []
+    seen_dirs: set[Path] = set()
+    pending: list[Path] = [root]
+    while pending:
+        directory = pending.pop()
+        real_dir = directory.resolve()
+        if real_dir in seen_dirs:  # a symlinked directory seen already: avoid loops
+            continue
+        seen_dirs.add(real_dir)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            continue  # unreadable sub-directory: nothing to list there
+        for entry in entries:
+            if _is_hidden(entry.name):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink() and not _inside(path, real_root):
+                continue
+            if entry.is_dir():
+                pending.append(path)
+            elif entry.is_file() and is_supported(entry.name):
+                refs.append(ImageRef(name=path.relative_to(root).as_posix(), path=path))
+    return sorted(refs, key=lambda r: r.name)
+
+
+def _member_problem(info: zipfile.ZipInfo, max_ratio: float) -> str | None:
+    """Why a single zip member makes the archive unsafe, or None when it is fine."""
+    name = info.filename
+    parts = re.split(r"[\\/]", name)
+    if name.startswith(("/", "\\")):
+        return "has an absolute path"
+    if _DRIVE_LETTER.match(name):
+        return "has a drive letter"
+    if ".." in parts:
+        return "has a '..' path component"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "is a symbolic link"
+    if info.file_size >= RATIO_CHECK_MIN_BYTES:
+        ratio = info.file_size / info.compress_size if info.compress_size else float("inf")
+        if ratio > max_ratio:
+            return f"has a compression ratio of {ratio:.0f}:1, over the limit of {max_ratio:g}:1"
+    return None
+
+
+def _check_archive(
+    zip_path: Path, infos: list[zipfile.ZipInfo], max_total_bytes: int, max_ratio: float,
+    max_members: int,
+) -> None:
+    """Raise :class:`ArchiveError` when the archive as a whole, or any member, is unsafe."""
+    if len(infos) > max_members:
+        raise ArchiveError(
+            f"{zip_path}: archive has {len(infos)} members, over the limit of {max_members}"
+        )
+    for info in infos:
+        problem = _member_problem(info, max_ratio)
+        if problem is not None:
+            raise ArchiveError(f"{zip_path}: member {info.filename!r} {problem}; archive refused")
+    total = sum(info.file_size for info in infos)
+    if total > max_total_bytes:
+        raise ArchiveError(
+            f"{zip_path}: archive would uncompress to {total} bytes, "
+            f"over the limit of {max_total_bytes}"
+        )
+
+
+def _is_listed_member(info: zipfile.ZipInfo) -> bool:
+    """True for regular, visible members with a supported image extension."""
+    if info.is_dir():
+        return False
+    parts = re.split(r"[\\/]", info.filename)
+    return not any(_is_hidden(p) for p in parts if p) and is_supported(info.filename)
+
+
+def _list_zip(
+    zip_path: Path, max_total_bytes: int, max_ratio: float, max_members: int
+) -> list[ImageRef]:
+    """Safety-check and list a zip archive (nothing is extracted)."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise ArchiveError(f"{zip_path} is not a valid zip archive ({exc})") from exc
+    _check_archive(zip_path, infos, max_total_bytes, max_ratio, max_members)
+    absolute = zip_path.resolve()
+    refs = [
+        ImageRef(name=info.filename.replace("\\", "/"), zip_path=absolute, member=info.filename)
+        for info in infos
+        if _is_listed_member(info)
+    ]
+    return sorted(refs, key=lambda r: r.name)
+
+
+def list_images(
+    source: str | os.PathLike,
+    *,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+) -> list[ImageRef]:
+    """List the images in a directory tree or a ``.zip`` archive, sorted by name.
+
+    Only :data:`SUPPORTED_EXTENSIONS` (any case) are listed; hidden files/folders (``.``)
+    and ``__MACOSX`` are skipped, as are symlinks in a directory that lead outside it.
+    A zip archive is refused as a whole (:class:`ArchiveError`) when any member is absolute,
+    has a drive letter or ``..``, is a symlink, or (when >= 1 MiB) expands more than
+    ``max_ratio`` times; or when it holds more than ``max_members`` members or more than
+    ``max_total_bytes`` uncompressed.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ArchiveError: the zip archive is invalid or unsafe.
+        ValueError: ``source`` is a file that is not a ``.zip`` archive.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return _walk_directory(path)
+    if path.suffix.lower() == ".zip":
+        return _list_zip(path, max_total_bytes, max_ratio, max_members)
+    raise ValueError(f"{path}: expected a directory or a .zip archive, got another kind of file")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SkippedFile:
+    """A file that was not loaded, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class LoadReport:
+    """Which files were loaded and which were skipped (with reasons)."""
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line, e.g. ``"loaded 80, skipped 2: a.png (empty file); b.png (...)"``."""
+        head = f"loaded {len(self.loaded)}, skipped {len(self.skipped)}"
+        if not self.skipped:
+            return head
+        items = [f"{s.name} ({s.reason})" for s in self.skipped[:SUMMARY_MAX_ITEMS]]
+        more = len(self.skipped) - SUMMARY_MAX_ITEMS
+        if more > 0:
+            items.append(f"... and {more} more")
+        return f"{head}: " + "; ".join(items)
+
+
+class NoUsableImagesError(ValueError):
+    """No image could be loaded; ``report`` holds the reasons (None when the input was empty)."""
+
+    def __init__(self, message: str, report: LoadReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _load_one(reader: _ByteReader, ref: ImageRef, max_pixels: int) -> np.ndarray | SkippedFile:
+    """Load one ref, turning any failure into a :class:`SkippedFile`."""
+    try:
+        raw = reader.read(ref)
+    except Exception as exc:  # noqa: BLE001 - a bad file must never abort a batch
+        return SkippedFile(ref.name, f"cannot read file ({type(exc).__name__}: {exc})")
+    try:
+        return load_image(raw, ref.name, max_pixels=max_pixels)
+    except ImageLoadError as exc:
+        return SkippedFile(ref.name, exc.reason)
+    except Exception as exc:  # noqa: BLE001 - decoder bugs on hostile input: skip, don't abort
+        return SkippedFile(ref.name, f"unexpected decoding error ({type(exc).__name__}: {exc})")
+
+
+def _progress(refs: Iterable[ImageRef], enabled: bool, desc: str) -> Iterable[ImageRef]:
+    """Wrap ``refs`` in a tqdm bar on stderr when ``enabled``."""
+    if not enabled:
+        return refs
+    from tqdm import tqdm
+
+    total = len(refs) if isinstance(refs, Sequence) else None
+    return tqdm(refs, total=total, desc=desc, file=sys.stderr, unit="img")
+
+
+def iter_images(
+    refs: Iterable[ImageRef],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    desc: str = "loading",
+) -> Iterator[tuple[str, np.ndarray] | SkippedFile]:
+    """Decode refs one at a time, yielding ``(name, rgb_array)`` or a :class:`SkippedFile`.
+
+    Nothing is kept in memory beyond the current image, so large batches can be streamed.
+    """
+    reader = _ByteReader()
+    try:
+        for ref in _progress(refs, progress, desc):
+            result = _load_one(reader, ref, max_pixels)
+            yield result if isinstance(result, SkippedFile) else (ref.name, result)
+    finally:
+        reader.close()
+
+
+def load_images(
+    refs: Iterable[ImageRef],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    desc: str = "loading",
+) -> tuple[list[tuple[str, np.ndarray]], LoadReport]:
+    """Load every ref, skipping bad files with their reason.
+
+    Raises:
+        NoUsableImagesError: ``refs`` is empty, or every file was skipped (the message
+            contains :meth:`LoadReport.summary`).
+    """
+    refs = list(refs)
+    if not refs:
+        raise NoUsableImagesError(
+            "no images found: nothing to load (supported extensions: "
+            + ", ".join(SUPPORTED_EXTENSIONS) + ")"
+        )
+    images: list[tuple[str, np.ndarray]] = []
+    report = LoadReport()
+    for item in iter_images(refs, max_pixels=max_pixels, progress=progress, desc=desc):
+        if isinstance(item, SkippedFile):
+            report.skipped.append(item)
+        else:
+            images.append(item)
+            report.loaded.append(item[0])
+    if not images:
+        raise NoUsableImagesError(f"no usable images: {report.summary()}", report)
+    return images, report
+
+
+# --------------------------------------------------------------------------------------------
+# MVTec AD layout
+# --------------------------------------------------------------------------------------------
+
+GOOD = "good"
+
+
+@dataclass
+class MVTecSample:
+    """A test image with its defect type (``"good"`` for normal) and its mask, if any."""
+
+    ref: ImageRef
+    defect_type: str
+    mask_ref: ImageRef | None
+
+
+@dataclass
+class MVTecDataset:
+    """An MVTec-style dataset: normal training images and labelled test images."""
+
+    root: Path
+    train: list[ImageRef]
+    test: list[MVTecSample]
+
+    @property
+    def defect_types(self) -> list[str]:
+        """Sorted defect types present in ``test``, excluding ``"good"``."""
+        return sorted({s.defect_type for s in self.test if s.defect_type != GOOD})
+
+
+def _list_under(root: Path, sub: Path) -> list[ImageRef]:
+    """List ``root/sub`` with names relative to ``root`` (e.g. ``train/good/000.png``)."""
+    prefix = sub.as_posix()
+    return [
+        dataclasses.replace(ref, name=f"{prefix}/{ref.name}") for ref in list_images(root / sub)
+    ]
+
+
+def _mask_ref(root: Path, defect_type: str, ref: ImageRef) -> ImageRef:
+    """The mask of a defect image: ``ground_truth/<type>/<stem>_mask.png`` (must exist)."""
+    relative = Path(ref.name).relative_to(Path("test") / defect_type)
+    mask_rel = Path("ground_truth") / defect_type / relative.parent / f"{relative.stem}_mask.png"
+    mask_path = root / mask_rel
+    if not mask_path.is_file():
+        raise ValueError(f"{ref.name}: missing ground-truth mask, expected {mask_path}")
+    return ImageRef(name=mask_rel.as_posix(), path=mask_path)
+
+
+def _test_samples(root: Path) -> list[MVTecSample]:
+    """All ``test/<type>/*`` images with their masks (empty when ``test/`` is absent)."""
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        return []
+    samples: list[MVTecSample] = []
+    for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and not _is_hidden(p.name)):
+        defect_type = type_dir.name
+        for ref in _list_under(root, Path("test") / defect_type):
+            mask = None if defect_type == GOOD else _mask_ref(root, defect_type, ref)
+            samples.append(MVTecSample(ref=ref, defect_type=defect_type, mask_ref=mask))
+    return samples
+
+
+def load_mvtec(root: str | os.PathLike) -> MVTecDataset:
+    """Read an MVTec AD category folder: ``train/good/``, ``test/<type>/``, ``ground_truth/``.
+
+    Every defect image ``test/<type>/<stem>.<ext>`` needs ``ground_truth/<type>/<stem>_mask.png``;
+    ``good`` test images have no mask. A missing ``test/`` folder gives an empty ``test`` list.
+
+    Raises:
+        FileNotFoundError: ``root`` or ``root/train/good`` does not exist.
+        ValueError: a defect image has no mask.
+    """
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise FileNotFoundError(f"{root_path}: MVTec dataset folder not found")
+    train_dir = root_path / "train" / GOOD
+    if not train_dir.is_dir():
+        raise FileNotFoundError(
+            f"{root_path}: not an MVTec-style folder, expected normal training images in "
+            f"{train_dir}"
+        )
+    return MVTecDataset(
+        root=root_path, train=_list_under(root_path, Path("train") / GOOD),
+        test=_test_samples(root_path),
+    )
+
+
+def _fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a bool mask to (height, width) with nearest-neighbour sampling if needed."""
+    if mask.shape == (height, width):
+        return mask
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        (width, height), Image.Resampling.NEAREST
+    )
+    return np.asarray(resized) > 127
+
+
+def read_masks(samples: Sequence[MVTecSample], shape: Sequence[int]) -> np.ndarray:
+    """Bool (N, H, W) masks for ``samples`` at ``shape`` = (H, W[, C]); zeros where no mask.
+
+    Masks of another size are resized with nearest-neighbour sampling.
+    """
+    if len(shape) < 2 or shape[0] <= 0 or shape[1] <= 0:
+        raise ValueError(f"read_masks: shape must start with a positive (H, W), got {tuple(shape)}")
+    height, width = int(shape[0]), int(shape[1])
+    out = np.zeros((len(samples), height, width), dtype=bool)
+    for i, sample in enumerate(samples):
+        if sample.mask_ref is not None:
+            mask = read_mask(sample.mask_ref.read_bytes(), sample.mask_ref.name)
+            out[i] = _fit_mask(mask, height, width)
+    return out
