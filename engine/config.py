@@ -55,8 +55,9 @@ class DetectorConfig:
     patch_neighbourhood: int = 3
     #: Fraction of normal patches kept in the memory bank by greedy coreset (PatchCore: 1-10 %).
     coreset_ratio: float = 0.1
-    #: Upper bound on the memory bank size (keeps search time flat for large normal sets).
-    coreset_max: int = 16384
+    #: Upper bound on the memory bank size: keeps fit and search time flat for large normal
+    #: sets (8192 measured as accurate as 16384 on bottle at half the time, BENCHMARKS.md).
+    coreset_max: int = 8192
     #: Candidates the greedy coreset looks at (random pre-subsample above this many patches).
     coreset_candidates: int = 65536
     #: Dimension of the Gaussian random projection used while selecting the coreset.
