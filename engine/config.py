@@ -61,7 +61,10 @@ class DetectorConfig:
     #: Candidates the greedy coreset looks at (random pre-subsample above this many patches).
     coreset_candidates: int = 65536
     #: Dimension of the Gaussian random projection used while selecting the coreset.
-    coreset_projection_dim: int = 128
+    #: 64 (PatchCore: 128) keeps the projected candidates (65536 x 64 float32 = 16 MiB) inside
+    #: a typical L3 cache; the greedy loop reads them once per selected entry, so this halves
+    #: or better the fit time at no measured accuracy cost (BENCHMARKS.md).
+    coreset_projection_dim: int = 64
     #: Neighbours of the nearest bank item used by PatchCore's image-score re-weighting.
     reweight_neighbours: int = 9
     #: Gaussian sigma (pixels, at network input resolution) applied to the anomaly map
