@@ -1,1 +1,33 @@
-"""Persistence (DuckDB workspaces): arrives with the storage issue; nothing here yet."""
+"""Persistence: one DuckDB workspace per data set (see ``storage.workspace``).
+
+``storage`` never imports torch, gradio, ``protoatlas`` or ``webapp``; it depends on
+numpy and duckdb only. Typical use::
+
+    from storage import Workspace, BatchIngest, ImageIn
+    with Workspace.open("protoatlas-data", "bottles") as ws:
+        batch_id = ws.ingest_batch(BatchIngest(name="line 3", images=[...], ...))
+        types = ws.list_types()
+"""
+
+from storage.config import StorageConfig
+from storage.doctor import doctor, is_sound
+from storage.errors import (ConflictError, NotFoundError, SchemaError, StorageError,
+                            ValidationError, WorkspaceLockedError)
+from storage.models import (AssignmentsIn, AuditEntry, BatchImageInfo, BatchInfo, BatchIngest,
+                            ImageDetail, ImageIn, ImportReport, Member, ModelVersion,
+                            ModelVersionIn, NewType, Problem, PrototypeIn, RegionIn, RegionInfo,
+                            RegionsIn, Suggestion, SuggestionIn, TypeSummary)
+from storage.png16 import decode_map, encode_map
+from storage.rle import decode_rle, encode_rle, rle_area, rle_from_json, rle_to_json
+from storage.schema import LATEST as SCHEMA_VERSION
+from storage.workspace import Workspace, default_home
+
+__all__ = [
+    "AssignmentsIn", "AuditEntry", "BatchImageInfo", "BatchInfo", "BatchIngest",
+    "ConflictError", "ImageDetail", "ImageIn", "ImportReport", "Member", "ModelVersion",
+    "ModelVersionIn", "NewType", "NotFoundError", "Problem", "PrototypeIn", "RegionIn",
+    "RegionInfo", "RegionsIn", "SCHEMA_VERSION", "SchemaError", "StorageConfig", "StorageError",
+    "Suggestion", "SuggestionIn", "TypeSummary", "ValidationError", "Workspace",
+    "WorkspaceLockedError", "decode_map", "decode_rle", "default_home", "doctor", "encode_map",
+    "encode_rle", "is_sound", "rle_area", "rle_from_json", "rle_to_json",
+]

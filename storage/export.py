@@ -1,0 +1,166 @@
+"""Exports: assignments (CSV/Parquet via DuckDB COPY), COCO JSON, and the audit log.
+
+Image-level label rule (documented in docs/decisions.md): among an image's regions that
+are assigned (not normal) to a confirmed or proposed type, take the confirmed ones if any,
+then the highest confidence (ties: larger area, then lower region id); its type name is the
+image's label. With no such region the label is ``good`` when every region is marked
+normal (or the image has no region and is not flagged anomalous), and empty otherwise
+(an anomaly whose type is unresolved). The columns start with ``image,label`` so the file
+can be read back by ``import_labels``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from storage.errors import NotFoundError, ValidationError
+from storage.rle import rle_from_json
+
+if TYPE_CHECKING:
+    from storage.workspace import Workspace
+
+REGION_SQL = """
+    SELECT bi.name AS image, b.name AS batch, r.id AS region_id,
+           r.box_top AS "top", r.box_left AS "left", r.box_bottom AS "bottom",
+           r.box_right AS "right", r.area, r.anomaly_score,
+           t.name AS type, t.status AS type_status, a.source, a.confidence,
+           coalesce(a.is_normal, false) AS is_normal
+    FROM regions r
+    JOIN batches b ON b.id = r.batch_id
+    JOIN batch_images bi ON bi.batch_id = r.batch_id AND bi.image_id = r.image_id
+    LEFT JOIN assignments a ON a.region_id = r.id
+    LEFT JOIN types t ON t.id = a.type_id
+    ORDER BY b.id, bi.name, r.id
+"""
+
+IMAGE_SQL = """
+    WITH cand AS (
+        SELECT r.batch_id, r.image_id, t.name, t.status, a.confidence,
+               row_number() OVER (PARTITION BY r.batch_id, r.image_id
+                   ORDER BY (t.status = 'confirmed') DESC, a.confidence DESC NULLS LAST,
+                            r.area DESC, r.id) AS rn
+        FROM regions r
+        JOIN assignments a ON a.region_id = r.id
+        JOIN types t ON t.id = a.type_id
+        WHERE t.status IN ('confirmed', 'proposed') AND NOT a.is_normal),
+    counts AS (
+        SELECT r.batch_id, r.image_id, count(*) AS n_regions,
+               count(*) FILTER (WHERE a.is_normal) AS n_normal
+        FROM regions r LEFT JOIN assignments a ON a.region_id = r.id
+        GROUP BY r.batch_id, r.image_id)
+    SELECT bi.name AS image,
+           CASE WHEN c.name IS NOT NULL THEN c.name
+                WHEN coalesce(k.n_regions, 0) > 0 AND k.n_regions = k.n_normal THEN 'good'
+                WHEN coalesce(k.n_regions, 0) = 0 AND NOT coalesce(bi.is_anomalous, false)
+                    THEN 'good'
+                ELSE '' END AS label,
+           c.status AS type_status, c.confidence, b.name AS batch,
+           coalesce(k.n_regions, 0) AS n_regions, bi.anomaly_score, bi.is_anomalous
+    FROM batch_images bi
+    JOIN batches b ON b.id = bi.batch_id
+    LEFT JOIN cand c ON c.batch_id = bi.batch_id AND c.image_id = bi.image_id AND c.rn = 1
+    LEFT JOIN counts k ON k.batch_id = bi.batch_id AND k.image_id = bi.image_id
+    ORDER BY b.id, bi.name
+"""
+
+
+def _target(path: str | os.PathLike[str]) -> Path:
+    path = Path(path).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise NotFoundError(f"folder {path.parent} does not exist")
+    return path
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def export_assignments(ws: "Workspace", path: str | os.PathLike[str],
+                       fmt: Literal["csv", "parquet"] = "csv",
+                       level: Literal["region", "image"] = "region") -> Path:
+    """One row per region (or per batch image, ``level='image'``) via DuckDB COPY."""
+    if fmt not in ("csv", "parquet"):
+        raise ValidationError(f"format must be 'csv' or 'parquet', not {fmt!r}")
+    if level not in ("region", "image"):
+        raise ValidationError(f"level must be 'region' or 'image', not {level!r}")
+    out = _target(path)
+    options = "FORMAT csv, HEADER true" if fmt == "csv" else "FORMAT parquet"
+    query = REGION_SQL if level == "region" else IMAGE_SQL
+    with ws.read() as cur:
+        cur.execute(f"COPY ({query}) TO {_quoted(out)} ({options})")
+    return out
+
+
+def export_coco(ws: "Workspace", path: str | os.PathLike[str],
+                batch_id: int | None = None) -> Path:
+    """COCO detection/segmentation JSON; categories are the confirmed types only.
+
+    One COCO image per batch membership (``file_name`` = the name in the upload, plus
+    ``batch`` and ``sha256``); annotations are the regions assigned to a confirmed type
+    (``bbox`` [x, y, w, h], uncompressed RLE ``segmentation``, ``area``, ``iscrowd`` 0).
+    """
+    out = _target(path)
+    with ws.read() as cur:
+        if batch_id is not None and cur.execute("SELECT count(*) FROM batches WHERE id = ?",
+                                                [batch_id]).fetchone()[0] == 0:
+            raise NotFoundError(f"no batch with id {batch_id}")
+        imgs = cur.execute(
+            """SELECT bi.batch_id, bi.image_id, bi.name, b.name, i.width, i.height, i.sha256
+               FROM batch_images bi JOIN batches b ON b.id = bi.batch_id
+               JOIN images i ON i.id = bi.image_id
+               WHERE ? IS NULL OR bi.batch_id = ? ORDER BY bi.batch_id, bi.name""",
+            [batch_id, batch_id]).fetchall()
+        cats = cur.execute("SELECT id, name FROM types WHERE status = 'confirmed' "
+                           "ORDER BY id").fetchall()
+        anns = cur.execute(
+            """SELECT r.id, r.batch_id, r.image_id, a.type_id, r.box_top, r.box_left,
+                      r.box_bottom, r.box_right, r.area, r.mask, a.confidence, a.source
+               FROM regions r JOIN assignments a ON a.region_id = r.id
+               JOIN types t ON t.id = a.type_id
+               WHERE t.status = 'confirmed' AND NOT a.is_normal
+                 AND (? IS NULL OR r.batch_id = ?)
+               ORDER BY r.id""", [batch_id, batch_id]).fetchall()
+    coco_id = {}
+    images = []
+    for k, (b, i, name, bname, w, h, sha) in enumerate(imgs, start=1):
+        coco_id[(b, i)] = k
+        images.append({"id": k, "file_name": name, "width": w, "height": h,
+                       "batch": bname, "sha256": sha})
+    annotations = []
+    for rid, b, i, tid, top, left, bottom, right, area, mask, conf, source in anns:
+        ann = {"id": rid, "image_id": coco_id[(b, i)], "category_id": tid,
+               "bbox": [left, top, right - left, bottom - top], "area": area, "iscrowd": 0,
+               "protoatlas_confidence": conf, "protoatlas_source": source}
+        if mask:
+            ann["segmentation"] = rle_from_json(mask)
+        annotations.append(ann)
+    doc = {"info": {"description": f"ProtoAtlas workspace {ws.name}"},
+           "images": images,
+           "categories": [{"id": t, "name": n, "supercategory": "defect"} for t, n in cats],
+           "annotations": annotations}
+    out.write_text(json.dumps(doc))
+    return out
+
+
+def export_audit(ws: "Workspace", path: str | os.PathLike[str],
+                 fmt: Literal["csv", "json"] = "json") -> Path:
+    """The whole audit log, oldest first, with its hash chain (JSON array or CSV)."""
+    if fmt not in ("csv", "json"):
+        raise ValidationError(f"format must be 'csv' or 'json', not {fmt!r}")
+    out = _target(path)
+    query = ("SELECT seq, ts, actor, action, target, type_ids, before, after, prev_hash, hash "
+             "FROM audit_log ORDER BY seq")
+    with ws.read() as cur:
+        if fmt == "csv":
+            cur.execute(f"COPY ({query}) TO {_quoted(out)} (FORMAT csv, HEADER true)")
+            return out
+        rows = cur.execute(query).fetchall()
+    entries = [{"seq": r[0], "ts": r[1].isoformat(), "actor": r[2], "action": r[3],
+                "target": json.loads(r[4]), "type_ids": list(r[5]),
+                "before": json.loads(r[6]), "after": json.loads(r[7]),
+                "prev_hash": r[8], "hash": r[9]} for r in rows]
+    out.write_text(json.dumps(entries, indent=1))
+    return out

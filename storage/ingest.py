@@ -1,0 +1,637 @@
+"""Model-side writes: a whole batch (``ingest_batch``) and a retrain result (``apply_retrain``).
+
+Both follow the same crash-safe order: validate everything, write content-addressed files
+(temp file + ``os.replace``, idempotent), make them durable, then insert every row in ONE
+DuckDB transaction. A process killed before COMMIT leaves the database as it was; the
+files it wrote are orphans that the next writer open deletes, and retrying succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import numpy as np
+
+from storage import audit, summary
+from storage.errors import NotFoundError, ValidationError
+from storage.files import normalise_ext
+from storage.models import (AssignmentsIn, BatchIngest, ImageIn, ModelVersionIn, NewType,
+                            PrototypeIn, RegionIn, RegionsIn)
+from storage.png16 import encode_map
+from storage.rle import encode_rle, rle_from_json, rle_to_json
+from storage.schema import utcnow
+
+if TYPE_CHECKING:
+    from storage.workspace import Progress, Workspace
+
+Con = duckdb.DuckDBPyConnection
+
+
+# ------------------------------------------------------------------------ helpers
+def check_actor(actor: str) -> str:
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > 100:
+        raise ValidationError(f"actor must be a non-empty name of at most 100 characters, "
+                              f"got {actor!r}")
+    return actor.strip()
+
+
+def check_type_name(name: str) -> str:
+    """A type name: 1-100 printable characters, not the reserved label 'good'."""
+    if not isinstance(name, str):
+        raise ValidationError(f"a type name must be text, got {type(name).__name__}")
+    name = name.strip()
+    if not name or len(name) > 100 or any(ord(c) < 32 for c in name):
+        raise ValidationError(f"type name {name!r} must be 1-100 printable characters")
+    if name.lower() == "good":
+        raise ValidationError("'good' is reserved for normal images and cannot name a type")
+    return name
+
+
+def next_id(con: Con, table: str, column: str = "id") -> int:
+    return int(con.execute(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}").fetchone()[0])
+
+
+@contextmanager
+def registered(con: Con, name: str, columns: Mapping[str, Any]) -> Iterator[None]:
+    """Expose numpy columns to SQL as the view ``name`` for the duration of the block.
+
+    DuckDB 2.0 refuses ``register`` while a previous ``execute`` result is unfinished
+    (an INSERT's row count counts), hence ``complete()`` first.
+    """
+    con.complete()
+    con.register(name, dict(columns))
+    try:
+        yield
+    finally:
+        con.complete()
+        con.unregister(name)
+
+
+def insert_from(con: Con, sql: str, columns: Mapping[str, Any],
+                params: Sequence[Any] | None = None) -> None:
+    """Run ``sql`` (which reads the view ``_src``) over numpy columns."""
+    with registered(con, "_src", columns):
+        con.execute(sql, params)
+
+
+def vector_sql(dim: int) -> str:
+    return "list_value(" + ", ".join(f"v{i}" for i in range(dim)) + f")::FLOAT[{dim}]"
+
+
+def vector_columns(mat: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"v{i}": np.ascontiguousarray(mat[:, i], dtype=np.float32)
+            for i in range(mat.shape[1])}
+
+
+def check_matrix(mat: Any, n: int, what: str) -> np.ndarray:
+    mat = np.asarray(mat, dtype=np.float32)
+    if mat.ndim != 2 or mat.shape[0] != n or mat.shape[1] < 1:
+        raise ValidationError(f"{what} must be a ({n}, d) matrix, got shape {mat.shape}")
+    if not np.isfinite(mat).all():
+        raise ValidationError(f"{what} contain NaN or infinite values")
+    return mat
+
+
+def insert_embeddings(con: Con, region_ids: np.ndarray, mat: np.ndarray, model_version: int,
+                      chunk: int, progress: "Progress | None") -> None:
+    dim = mat.shape[1]
+    select = vector_sql(dim)
+    for start in range(0, len(region_ids), chunk):
+        stop = min(start + chunk, len(region_ids))
+        cols = vector_columns(mat[start:stop])
+        cols["rid"] = region_ids[start:stop]
+        insert_from(con, f"INSERT INTO embeddings SELECT rid, {int(model_version)}, {select} "
+                         "FROM _src", cols)
+        if progress:
+            progress("embeddings", stop, len(region_ids))
+
+
+def types_state(con: Con) -> dict[int, tuple[str, str, int | None]]:
+    """id -> (lower name, status, merged_into) of every type."""
+    return {r[0]: (r[1].lower(), r[2], r[3]) for r in
+            con.execute("SELECT id, name, status, merged_into FROM types").fetchall()}
+
+
+def follow_merges(types: Mapping[int, tuple[str, str, int | None]], type_id: int) -> int:
+    seen = set()
+    while types[type_id][1] == "merged" and types[type_id][2] is not None:
+        if type_id in seen:
+            break
+        seen.add(type_id)
+        type_id = int(types[type_id][2])  # type: ignore[arg-type]
+    return type_id
+
+
+def create_types(con: Con, new_types: Sequence[NewType], *, origin: str, status: str,
+                 now: Any) -> dict[str, int]:
+    """Insert new types (automatic names ``T<n>`` where none is given); key -> id."""
+    if not new_types:
+        return {}
+    keys = [t.key for t in new_types]
+    if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
+        raise ValidationError("new type keys must be distinct non-empty strings")
+    taken = {r[0] for r in con.execute(
+        "SELECT lower(name) FROM types WHERE status <> 'merged'").fetchall()}
+    counter = int(con.execute("SELECT value FROM meta WHERE key = 'next_type_number'")
+                  .fetchone()[0])
+    first = next_id(con, "types")
+    out, rows = {}, []
+    for i, t in enumerate(new_types):
+        if t.name is None:
+            while f"t{counter}" in taken:
+                counter += 1
+            name = f"T{counter}"
+            counter += 1
+        else:
+            name = check_type_name(t.name)
+            if name.lower() in taken:
+                raise ValidationError(f"a type named {name!r} already exists; type names are "
+                                      "unique (case-insensitive)")
+        taken.add(name.lower())
+        out[t.key] = first + i
+        rows.append([first + i, name, status, now, 1, origin, now, None])
+    con.executemany("INSERT INTO types (id, name, status, created_at, version, origin, "
+                    "updated_at, merged_into) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.execute("UPDATE meta SET value = ? WHERE key = 'next_type_number'", [str(counter)])
+    return out
+
+
+def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int]) -> np.ndarray:
+    """Type references -> int64 ids (-1 for None); merged types are followed."""
+    types = types_state(con)
+    cache: dict[Any, int] = {}
+    out = np.empty(len(refs), dtype=np.int64)
+    for i, ref in enumerate(refs):
+        if ref in cache:
+            out[i] = cache[ref]
+            continue
+        if ref is None:
+            value = -1
+        elif isinstance(ref, str):
+            if ref not in new_ids:
+                raise ValidationError(f"type key {ref!r} is not one of the new types")
+            value = new_ids[ref]
+        elif isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
+            if int(ref) not in types:
+                raise NotFoundError(f"no type with id {int(ref)}")
+            value = follow_merges(types, int(ref))
+        else:
+            raise ValidationError(f"a type reference must be a new-type key (str), a type id "
+                                  f"(int) or None, got {ref!r}")
+        cache[ref] = value
+        out[i] = value
+    return out
+
+
+def insert_model_version(con: Con, ws: "Workspace", model: ModelVersionIn | int | None,
+                         blob_ref: str | None, now: Any) -> int | None:
+    if model is None:
+        return None
+    if isinstance(model, (int, np.integer)):
+        if con.execute("SELECT count(*) FROM model_versions WHERE id = ?",
+                       [int(model)]).fetchone()[0] == 0:
+            raise NotFoundError(f"no model version {int(model)}")
+        return int(model)
+    parent = model.parent
+    if parent is None:
+        parent = con.execute("SELECT max(id) FROM model_versions").fetchone()[0]
+    elif con.execute("SELECT count(*) FROM model_versions WHERE id = ?",
+                     [parent]).fetchone()[0] == 0:
+        raise NotFoundError(f"parent model version {parent} does not exist")
+    mv = next_id(con, "model_versions")
+    con.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
+                [mv, parent, model.kind, now, blob_ref, audit.canonical(dict(model.metrics))])
+    return mv
+
+
+def check_model(model: ModelVersionIn | int | None) -> None:
+    if isinstance(model, ModelVersionIn):
+        if not isinstance(model.kind, str) or not model.kind:
+            raise ValidationError("a model version needs a kind, e.g. 'discover' or 'retrain'")
+        try:
+            audit.canonical(dict(model.metrics))
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"model metrics must be JSON-serialisable: {exc}") from None
+    elif model is not None and not isinstance(model, (int, np.integer)):
+        raise ValidationError("model must be a ModelVersionIn, an existing model version id "
+                              "or None")
+
+
+def check_prototypes(prototypes: Sequence[PrototypeIn], dim: int | None) -> int | None:
+    for p in prototypes:
+        v = np.asarray(p.vector, dtype=np.float32)
+        if v.ndim != 1 or (dim is not None and v.shape[0] != dim):
+            raise ValidationError(f"prototype of type {p.type!r} has shape {v.shape}, "
+                                  f"expected ({dim if dim is not None else 'd'},)")
+        if not np.isfinite(v).all():
+            raise ValidationError(f"prototype of type {p.type!r} contains NaN or inf")
+        if p.type is None or int(p.n_members) < 0:
+            raise ValidationError("a prototype needs a type and n_members >= 0")
+        dim = v.shape[0]
+    return dim
+
+
+def insert_prototypes(con: Con, prototypes: Sequence[PrototypeIn], mv: int,
+                      new_ids: Mapping[str, int]) -> list[int]:
+    if not prototypes:
+        return []
+    ids = resolve_refs(con, [p.type for p in prototypes], new_ids)
+    if len(set(ids.tolist())) != len(ids):
+        raise ValidationError("two prototypes refer to the same type")
+    mat = np.stack([np.asarray(p.vector, dtype=np.float32) for p in prototypes])
+    cols = vector_columns(mat)
+    cols["tid"] = ids
+    cols["n"] = np.array([int(p.n_members) for p in prototypes], dtype=np.int64)
+    insert_from(con, f"INSERT INTO prototypes SELECT {int(mv)}, tid, {vector_sql(mat.shape[1])}, "
+                     "n FROM _src", cols)
+    return ids.tolist()
+
+
+def check_assignments(a: AssignmentsIn, n_regions: int | None, what: str
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    regions = np.asarray(a.regions, dtype=np.int64).reshape(-1)
+    conf = np.asarray(a.confidence, dtype=np.float64).reshape(-1)
+    if len(a.types) != len(regions) or len(conf) != len(regions):
+        raise ValidationError(f"assignments: regions, types and confidence differ in length "
+                              f"({len(regions)}, {len(a.types)}, {len(conf)})")
+    if len(np.unique(regions)) != len(regions):
+        raise ValidationError(f"assignments name a {what} twice")
+    if n_regions is not None and len(regions) and (regions.min() < 0
+                                                   or regions.max() >= n_regions):
+        raise ValidationError(f"assignments refer to region index outside 0..{n_regions - 1}")
+    if not np.isfinite(conf).all() or (conf < 0).any() or (conf > 1).any():
+        raise ValidationError("assignment confidence must be finite and in [0, 1]")
+    return regions, conf
+
+
+def _sync(ws: "Workspace", wrote: bool) -> None:
+    if wrote and ws.config.sync_files and hasattr(os, "sync"):
+        os.sync()
+
+
+# ------------------------------------------------------------------- batch ingest
+def _image_bytes(img: ImageIn) -> bytes:
+    if (img.data is None) == (img.path is None):
+        raise ValidationError(f"image {img.name!r}: give exactly one of data and path")
+    if img.data is not None:
+        return bytes(img.data)
+    try:
+        return Path(img.path).read_bytes()  # type: ignore[arg-type]
+    except OSError as exc:
+        raise ValidationError(f"image {img.name!r}: cannot read {img.path}: "
+                              f"{exc.strerror or exc}") from None
+
+
+def _mask_text(mask: Any, h: int, w: int, i: int) -> tuple[str | None, int | None]:
+    """(RLE JSON text, area) of one region mask, checked against its image size."""
+    if mask is None:
+        return None, None
+    if isinstance(mask, np.ndarray):
+        if mask.shape != (h, w):
+            raise ValidationError(f"region {i}: mask shape {mask.shape} is not its image's "
+                                  f"({h}, {w})")
+        rle = encode_rle(mask)
+        return json.dumps(rle, separators=(",", ":")), int(np.count_nonzero(mask))
+    rle = rle_from_json(mask) if isinstance(mask, str) else mask
+    text = rle_to_json(rle)
+    if [int(v) for v in rle["size"]] != [h, w]:
+        raise ValidationError(f"region {i}: mask size {list(rle['size'])} is not its image's "
+                              f"[{h}, {w}]")
+    return text, int(sum(rle["counts"][1::2]))
+
+
+def as_regions(regions: RegionsIn | Sequence[RegionIn]) -> RegionsIn:
+    if isinstance(regions, RegionsIn):
+        return regions
+    return RegionsIn.from_records(list(regions))
+
+
+def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
+                 progress: "Progress | None" = None) -> int:
+    """See :meth:`storage.workspace.Workspace.ingest_batch`; returns the new batch id."""
+    actor = check_actor(actor)
+    cfg = ws.config
+    if not isinstance(batch.name, str) or not batch.name.strip():
+        raise ValidationError("a batch needs a non-empty name")
+    try:
+        params_text = audit.canonical(dict(batch.params))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"batch params must be JSON-serialisable: {exc}") from None
+    images = list(batch.images)
+    if not images:
+        raise ValidationError(f"batch {batch.name!r} has no images")
+    names = [im.name for im in images]
+    if not all(isinstance(n, str) and n and "\x00" not in n for n in names):
+        raise ValidationError("every image needs a non-empty name (its path in the upload)")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValidationError(f"image name {dup!r} appears twice in batch {batch.name!r}")
+    widths = np.array([im.width for im in images], dtype=np.int64)
+    heights = np.array([im.height for im in images], dtype=np.int64)
+    if (widths < 1).any() or (heights < 1).any():
+        raise ValidationError("every image needs width and height >= 1")
+    exts = []
+    for im in images:
+        ext = im.ext or (os.path.splitext(im.name)[1] or ".bin")
+        exts.append(normalise_ext(ext))
+    check_model(batch.model)
+
+    regions = as_regions(batch.regions)
+    n = len(regions)
+    img_idx = np.asarray(regions.image, dtype=np.int64).reshape(-1)
+    boxes = np.asarray(regions.boxes, dtype=np.int64).reshape(n, 4) if n else \
+        np.zeros((0, 4), np.int64)
+    if len(img_idx) and (img_idx.min() < 0 or img_idx.max() >= len(images)):
+        raise ValidationError(f"a region refers to image index outside 0..{len(images) - 1}")
+    h_r, w_r = heights[img_idx], widths[img_idx]
+    top, left, bottom, right = boxes.T
+    bad = np.flatnonzero((top < 0) | (left < 0) | (bottom > h_r) | (right > w_r)
+                         | (bottom <= top) | (right <= left))
+    if len(bad):
+        i = int(bad[0])
+        raise ValidationError(f"region {i}: box (top, left, bottom, right) = "
+                              f"{tuple(int(v) for v in boxes[i])} is empty or outside its "
+                              f"{int(w_r[i])}x{int(h_r[i])} image {names[img_idx[i]]!r}")
+    scores = (np.full(n, np.nan) if regions.anomaly_score is None
+              else np.asarray(regions.anomaly_score, dtype=np.float64).reshape(-1))
+    if len(scores) != n:
+        raise ValidationError(f"anomaly_score has {len(scores)} values for {n} regions")
+    masks = regions.masks
+    if masks is not None and len(masks) != n:
+        raise ValidationError(f"masks has {len(masks)} entries for {n} regions")
+    mask_text = np.empty(n, dtype=object)
+    mask_area = np.full(n, -1, dtype=np.int64)
+    if masks is not None:
+        for i, m in enumerate(masks):
+            text, area = _mask_text(m, int(h_r[i]), int(w_r[i]), i)
+            mask_text[i] = text
+            if area is not None:
+                mask_area[i] = area
+    if regions.area is not None:
+        area = np.asarray(regions.area, dtype=np.int64).reshape(-1)
+        if len(area) != n or (area < 0).any():
+            raise ValidationError("region areas must be n non-negative integers")
+    else:
+        area = np.where(mask_area >= 0, mask_area, (bottom - top) * (right - left))
+    emb = None
+    if regions.embeddings is not None:
+        emb = check_matrix(regions.embeddings, n, "region embeddings")
+        if batch.model is None:
+            raise ValidationError("embeddings need the model version that computed them")
+    dim = check_prototypes(batch.prototypes, emb.shape[1] if emb is not None else None)
+    if batch.prototypes and batch.model is None:
+        raise ValidationError("prototypes need the model version that computed them")
+    if batch.assignments is not None:
+        a_regions, a_conf = check_assignments(batch.assignments, n, "region index")
+    maps = [im.anomaly_map for im in images]
+    for im, m in zip(images, maps):
+        if m is not None and np.shape(m) != (im.height, im.width):
+            raise ValidationError(f"image {im.name!r}: anomaly map shape {np.shape(m)} is not "
+                                  f"(height, width) = ({im.height}, {im.width})")
+
+    # Pass 1: hashes (refuse identical content twice in the batch before writing anything).
+    shas: list[str] = []
+    first_name: dict[str, str] = {}
+    for im in images:
+        data = _image_bytes(im)
+        sha = hashlib.sha256(data).hexdigest()
+        if im.sha256 is not None and im.sha256.lower() != sha:
+            raise ValidationError(f"image {im.name!r}: sha256 given as {im.sha256} but the "
+                                  f"bytes hash to {sha}")
+        if sha in first_name:
+            raise ValidationError(f"images {first_name[sha]!r} and {im.name!r} of batch "
+                                  f"{batch.name!r} have identical content; keep one of them")
+        first_name[sha] = im.name
+        shas.append(sha)
+    # Pass 2: files (content-addressed, idempotent), then make them durable.
+    wrote = False
+    map_refs: list[str | None] = []
+    map_lo = np.full(len(images), np.nan)
+    map_hi = np.full(len(images), np.nan)
+    n_bytes = np.zeros(len(images), dtype=np.int64)
+    for i, im in enumerate(images):
+        data = _image_bytes(im)
+        n_bytes[i] = len(data)
+        _, new = ws.images.put(data, exts[i], shas[i])
+        wrote |= new
+        if maps[i] is not None:
+            png, lo, hi = encode_map(maps[i])
+            ref, new = ws.blobs.put(png, "png")
+            wrote |= new
+            map_refs.append(ref)
+            map_lo[i], map_hi[i] = lo, hi
+        else:
+            map_refs.append(None)
+        if progress and (i + 1) % 1000 == 0:
+            progress("files", i + 1, len(images))
+    model_ref = None
+    if isinstance(batch.model, ModelVersionIn) and batch.model.model is not None:
+        model_ref, new = ws.blobs.put(bytes(batch.model.model), batch.model.ext)
+        wrote |= new
+    _sync(ws, wrote)
+    if progress:
+        progress("files", len(images), len(images))
+
+    with ws.transaction() as con:
+        now = utcnow()
+        if dim is not None:
+            from storage.workspace import _set_dim
+            _set_dim(con, ws.name, dim)
+        mv = insert_model_version(con, ws, batch.model, model_ref, now)
+        batch_id = next_id(con, "batches")
+        con.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
+                    [batch_id, batch.name.strip(), params_text, now, mv])
+        # images: reuse rows of content seen before
+        sha_arr = np.array(shas, dtype=object)
+        with registered(con, "_shas", {"sha": sha_arr}):
+            known = dict(con.execute("SELECT i.sha256, i.id FROM images i "
+                                     "JOIN _shas s ON s.sha = i.sha256").fetchall())
+        new_idx = [i for i, s in enumerate(shas) if s not in known]
+        first = next_id(con, "images")
+        image_ids = np.empty(len(images), dtype=np.int64)
+        for k, i in enumerate(new_idx):
+            known[shas[i]] = first + k
+        for i, s in enumerate(shas):
+            image_ids[i] = known[s]
+        if new_idx:
+            sel = np.array(new_idx, dtype=np.int64)
+            insert_from(con, "INSERT INTO images SELECT id, sha, ext, w, h, nb, ? FROM _src", {
+                "id": image_ids[sel], "sha": sha_arr[sel],
+                "ext": np.array(exts, dtype=object)[sel], "w": widths[sel], "h": heights[sel],
+                "nb": n_bytes[sel]}, [now])
+        anomalous = np.array([-1 if im.is_anomalous is None else int(bool(im.is_anomalous))
+                              for im in images], dtype=np.int8)
+        img_scores = np.array([np.nan if im.anomaly_score is None else float(im.anomaly_score)
+                               for im in images], dtype=np.float64)
+        insert_from(con, f"""INSERT INTO batch_images SELECT {batch_id}, iid, name,
+                CASE WHEN isnan(score) THEN NULL ELSE score END,
+                CASE WHEN anom < 0 THEN NULL ELSE anom = 1 END, blob,
+                CASE WHEN isnan(lo) THEN NULL ELSE lo END,
+                CASE WHEN isnan(hi) THEN NULL ELSE hi END FROM _src""", {
+            "iid": image_ids, "name": np.array(names, dtype=object), "score": img_scores,
+            "anom": anomalous, "blob": np.array(map_refs, dtype=object), "lo": map_lo,
+            "hi": map_hi})
+        # regions, chunked
+        base = next_id(con, "regions")
+        region_ids = base + np.arange(n, dtype=np.int64)
+        chunk = max(1, cfg.insert_chunk_rows)
+        for start in range(0, n, chunk):
+            s = slice(start, min(start + chunk, n))
+            insert_from(con, f"""INSERT INTO regions SELECT id, {batch_id}, iid, t, l, b, r,
+                    area, CASE WHEN isnan(score) THEN NULL ELSE score END, mask FROM _src""", {
+                "id": region_ids[s], "iid": image_ids[img_idx[s]], "t": top[s], "l": left[s],
+                "b": bottom[s], "r": right[s], "area": area[s], "score": scores[s],
+                "mask": mask_text[s]})
+            if progress:
+                progress("regions", s.stop, n)
+        if emb is not None:
+            insert_embeddings(con, region_ids, emb, int(mv), chunk, progress)  # type: ignore
+        new_ids = create_types(con, batch.new_types, origin="model", status="proposed",
+                               now=now)
+        touched: set[int] = set()
+        if batch.assignments is not None and len(a_regions):
+            tids = resolve_refs(con, batch.assignments.types, new_ids)
+            for start in range(0, len(a_regions), chunk):
+                s = slice(start, min(start + chunk, len(a_regions)))
+                insert_from(con, """INSERT INTO assignments (region_id, type_id, confidence,
+                        model_version, source, is_normal)
+                        SELECT rid, nullif(tid, -1), conf, ?, 'model', false FROM _src""", {
+                    "rid": region_ids[a_regions[s]], "tid": tids[s], "conf": a_conf[s]}, [mv])
+                if progress:
+                    progress("assignments", s.stop, len(a_regions))
+            touched = {int(t) for t in np.unique(tids) if t >= 0}
+        if batch.prototypes:
+            insert_prototypes(con, batch.prototypes, int(mv), new_ids)  # type: ignore[arg-type]
+        created = set(new_ids.values())
+        existing = sorted(touched - created)
+        before_types = audit.snapshot_types(con, existing)
+        if existing:
+            con.execute("UPDATE types SET version = version + 1, updated_at = ? "
+                        "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, existing])
+        summary.refresh(con, touched | created)
+        all_ids = sorted(touched | created)
+        audit.append_raw(
+            con, actor=actor, action="ingest_batch",
+            target={"batch_id": batch_id, "name": batch.name.strip(), "n_images": len(images),
+                    "n_new_images": len(new_idx), "n_regions": n, "model_version": mv},
+            type_ids=all_ids,
+            before={"types": {**before_types, **{str(t): None for t in created}}},
+            after={"types": audit.snapshot_types(con, all_ids)})
+    return batch_id
+
+
+# ------------------------------------------------------------------------ retrain
+def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
+                  assignments: AssignmentsIn | None, prototypes: Sequence[PrototypeIn] = (),
+                  embeddings: tuple[np.ndarray, np.ndarray] | None = None, *,
+                  new_types: Sequence[NewType] = (), actor: str = "model",
+                  progress: "Progress | None" = None) -> int:
+    """See :meth:`storage.workspace.Workspace.apply_retrain`; returns the model version id.
+
+    Model assignments replace only assignments whose source is ``model`` (or absent);
+    a region a reviewer placed (or marked normal) keeps the reviewer's decision. Regions
+    not listed keep their current assignment.
+    """
+    actor = check_actor(actor)
+    if model is None:
+        raise ValidationError("a retrain result needs its model version")
+    check_model(model)
+    dim = None
+    emb_ids = emb = None
+    if embeddings is not None:
+        emb_ids = np.asarray(embeddings[0], dtype=np.int64).reshape(-1)
+        emb = check_matrix(embeddings[1], len(emb_ids), "embeddings")
+        if len(np.unique(emb_ids)) != len(emb_ids):
+            raise ValidationError("embeddings name a region twice")
+        dim = emb.shape[1]
+    dim = check_prototypes(prototypes, dim)
+    if assignments is not None:
+        a_ids, a_conf = check_assignments(assignments, None, "region id")
+    model_ref, wrote = None, False
+    if isinstance(model, ModelVersionIn) and model.model is not None:
+        model_ref, wrote = ws.blobs.put(bytes(model.model), model.ext)
+    _sync(ws, wrote)
+    chunk = max(1, ws.config.insert_chunk_rows)
+
+    with ws.transaction() as con:
+        now = utcnow()
+        if dim is not None:
+            from storage.workspace import _set_dim
+            _set_dim(con, ws.name, dim)
+        mv = int(insert_model_version(con, ws, model, model_ref, now))  # type: ignore[arg-type]
+        for ids in ([emb_ids] if emb_ids is not None else []) + \
+                   ([a_ids] if assignments is not None else []):
+            with registered(con, "_ids", {"rid": ids}):
+                missing = con.execute("SELECT min(rid), count(*) FROM _ids WHERE rid NOT IN "
+                                      "(SELECT id FROM regions)").fetchone()
+            if missing[1]:
+                raise NotFoundError(f"{missing[1]} region id(s) do not exist "
+                                    f"(e.g. {missing[0]})")
+        if emb is not None:
+            insert_embeddings(con, emb_ids, emb, mv, chunk, progress)  # type: ignore[arg-type]
+        new_ids = create_types(con, new_types, origin="model", status="proposed", now=now)
+        touched: set[int] = set()
+        n_skipped = n_changed = 0
+        if assignments is not None and len(a_ids):
+            tids = resolve_refs(con, assignments.types, new_ids)
+            for start in range(0, len(a_ids), chunk):
+                s = slice(start, min(start + chunk, len(a_ids)))
+                with registered(con, "_src", {"rid": a_ids[s], "tid": tids[s],
+                                               "conf": a_conf[s]}):
+                    con.execute("""CREATE OR REPLACE TEMP TABLE _retrain AS
+                        SELECT s.rid, nullif(s.tid, -1) AS tid, s.conf,
+                               a.region_id IS NOT NULL AS had, a.type_id AS old_tid,
+                               coalesce(a.source, 'model') AS old_source,
+                               coalesce(a.is_normal, false) AS old_normal
+                        FROM _src s LEFT JOIN assignments a ON a.region_id = s.rid""")
+                stats = con.execute("""SELECT
+                        count(*) FILTER (WHERE old_source = 'reviewer'),
+                        count(*) FILTER (WHERE old_source <> 'reviewer' AND
+                            (NOT had OR old_tid IS DISTINCT FROM tid OR old_normal))
+                    FROM _retrain""").fetchone()
+                n_skipped += stats[0]
+                n_changed += stats[1]
+                touched |= {r[0] for r in con.execute("""
+                    SELECT old_tid FROM _retrain WHERE old_source <> 'reviewer'
+                        AND old_tid IS DISTINCT FROM tid AND old_tid IS NOT NULL
+                    UNION SELECT tid FROM _retrain WHERE old_source <> 'reviewer'
+                        AND (NOT had OR old_tid IS DISTINCT FROM tid OR old_normal)
+                        AND tid IS NOT NULL""").fetchall()}
+                con.execute(f"""INSERT INTO assignments (region_id, type_id, confidence,
+                        model_version, source, is_normal)
+                    SELECT rid, tid, conf, {mv}, 'model', false FROM _retrain
+                    WHERE old_source <> 'reviewer'
+                    ON CONFLICT (region_id) DO UPDATE SET type_id = excluded.type_id,
+                        confidence = excluded.confidence,
+                        model_version = excluded.model_version,
+                        source = 'model', is_normal = false""")
+                if progress:
+                    progress("assignments", s.stop, len(a_ids))
+            con.execute("DROP TABLE IF EXISTS _retrain")
+        insert_prototypes(con, prototypes, mv, new_ids)
+        created = set(new_ids.values())
+        existing = sorted(touched - created)
+        before_types = audit.snapshot_types(con, existing)
+        if existing:
+            con.execute("UPDATE types SET version = version + 1, updated_at = ? "
+                        "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, existing])
+        summary.refresh(con, touched | created)
+        all_ids = sorted(touched | created)
+        audit.append_raw(
+            con, actor=actor, action="apply_retrain",
+            target={"model_version": mv,
+                    "n_assignments": 0 if assignments is None else len(a_ids),
+                    "n_changed": n_changed, "n_kept_reviewer": n_skipped,
+                    "n_embeddings": 0 if emb_ids is None else len(emb_ids),
+                    "n_prototypes": len(prototypes)},
+            type_ids=all_ids,
+            before={"types": {**before_types, **{str(t): None for t in created}}},
+            after={"types": audit.snapshot_types(con, all_ids)})
+    return mv

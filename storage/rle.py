@@ -1,0 +1,82 @@
+"""COCO *uncompressed* run-length encoding of binary masks.
+
+Format (exactly COCO's): ``{"size": [h, w], "counts": [n0, n1, n2, ...]}`` where the mask is
+read column-major (Fortran order, down each column first) and the counts alternate runs of
+0 and 1 starting with a run of 0 (which may be 0 long). The sum of counts is ``h * w``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from storage.errors import ValidationError
+
+RLE = dict[str, list[int]]
+
+
+def encode_rle(mask: np.ndarray) -> RLE:
+    """Encode a 2-D boolean (or 0/1) mask as a COCO uncompressed RLE dict."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValidationError(f"a mask must be 2-D (h, w), got shape {mask.shape}")
+    h, w = mask.shape
+    flat = mask.ravel(order="F").astype(bool)
+    if flat.size == 0:
+        return {"size": [int(h), int(w)], "counts": []}
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    counts = np.diff(bounds)
+    if flat[0]:
+        counts = np.concatenate(([0], counts))
+    return {"size": [int(h), int(w)], "counts": counts.astype(np.int64).tolist()}
+
+
+def _check(rle: Mapping[str, Any]) -> tuple[int, int, np.ndarray]:
+    try:
+        h, w = (int(v) for v in rle["size"])
+        counts = np.asarray(rle["counts"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValidationError(f"not a COCO uncompressed RLE (needs size [h, w] and a list "
+                              f"of counts): {exc}") from None
+    if counts.ndim != 1 or (counts < 0).any() or int(counts.sum()) != h * w:
+        raise ValidationError(f"RLE counts must be non-negative and sum to h*w = {h * w}")
+    return h, w, counts
+
+
+def decode_rle(rle: Mapping[str, Any] | str) -> np.ndarray:
+    """Decode a COCO uncompressed RLE (dict or its JSON text) to a boolean (h, w) mask."""
+    if isinstance(rle, str):
+        rle = rle_from_json(rle)
+    h, w, counts = _check(rle)
+    values = np.zeros(len(counts), dtype=bool)
+    values[1::2] = True
+    flat = np.repeat(values, counts)
+    return flat.reshape((w, h)).T.copy() if h * w else np.zeros((h, w), dtype=bool)
+
+
+def rle_area(rle: Mapping[str, Any] | str) -> int:
+    """Number of foreground pixels of an RLE (sum of the odd-position counts)."""
+    if isinstance(rle, str):
+        rle = rle_from_json(rle)
+    return int(sum(rle["counts"][1::2]))
+
+
+def rle_to_json(rle: Mapping[str, Any]) -> str:
+    """Compact JSON text of an RLE, as stored in ``regions.mask``."""
+    _check(rle)
+    return json.dumps({"size": [int(v) for v in rle["size"]],
+                       "counts": [int(c) for c in rle["counts"]]}, separators=(",", ":"))
+
+
+def rle_from_json(text: str) -> RLE:
+    """Parse the JSON text of ``regions.mask``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"mask is not valid JSON: {exc}") from None
+    _check(value)
+    return value

@@ -1,0 +1,713 @@
+"""A workspace: one DuckDB file plus content-addressed ``images/`` and ``blobs/`` folders.
+
+Layout of ``<home>/<name>/``::
+
+    workspace.duckdb            all tables (see docs/decisions.md, "Storage")
+    images/ab/ab12...ef.png     uploaded images, named by sha256, original extension
+    blobs/cd/cd34...01.png      anomaly maps (16-bit PNG) and saved models (.npz)
+
+Concurrency: one writer connection per process, shared by every ``Workspace`` object of
+the same file in that process and guarded by a lock; every write runs in
+``with ws.transaction() as con:``. Reads use per-thread cursors (their own DuckDB
+connections), each read in a snapshot transaction, so they see the last committed state
+and do not wait for a long write. DuckDB locks the file, so a second *process* gets
+:class:`WorkspaceLockedError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import duckdb
+import numpy as np
+
+from storage import schema
+from storage.config import StorageConfig
+from storage.errors import (NotFoundError, SchemaError, StorageError, ValidationError,
+                            WorkspaceLockedError)
+from storage.files import ContentStore, parse_ref
+from storage.models import (AssignmentsIn, AuditEntry, BatchImageInfo, BatchInfo, BatchIngest,
+                            ImageDetail, ImportReport, Member, ModelVersion, ModelVersionIn,
+                            NewType, PrototypeIn, RegionInfo, Suggestion, SuggestionIn,
+                            TypeSummary)
+from storage.png16 import decode_map
+from storage.rle import rle_from_json
+
+ENV_HOME = "PROTOATLAS_HOME"
+DEFAULT_HOME = "protoatlas-data"
+DB_FILE = "workspace.duckdb"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+Progress = Callable[[str, int, int], None]
+
+
+def default_home() -> Path:
+    """Data directory: ``$PROTOATLAS_HOME`` if set, else ``./protoatlas-data``."""
+    value = os.environ.get(ENV_HOME, "").strip()
+    return Path(value).expanduser() if value else Path(DEFAULT_HOME)
+
+
+class _Handle:
+    """The per-process state of one open DuckDB file (shared by Workspace objects)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, key: str, read_only: bool) -> None:
+        self.con = con
+        self.key = key
+        self.read_only = read_only
+        self.lock = threading.RLock()
+        self.depth = 0
+        self.refs = 1
+        self.reader_root = con.cursor()
+        self.reader_lock = threading.Lock()
+        self.local = threading.local()
+        self.cursors: list[duckdb.DuckDBPyConnection] = []
+        self.closed = False
+
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self.local, "cursor", None)
+        if cur is None:
+            with self.reader_lock:
+                if self.closed:
+                    raise StorageError("the workspace is closed")
+                cur = self.reader_root.cursor()
+                self.cursors.append(cur)
+            self.local.cursor = cur
+            self.local.depth = 0
+        return cur
+
+    def close(self) -> None:
+        with self.lock, self.reader_lock:
+            self.closed = True
+            for cur in self.cursors:
+                cur.close()
+            self.reader_root.close()
+            self.con.close()
+
+
+_HANDLES: dict[str, _Handle] = {}
+_HANDLES_LOCK = threading.Lock()
+
+
+def _connect(db: Path, label: str, read_only: bool,
+             cfg: StorageConfig) -> duckdb.DuckDBPyConnection:
+    settings: dict[str, Any] = {}
+    if cfg.threads:
+        settings["threads"] = cfg.threads
+    if cfg.memory_limit:
+        settings["memory_limit"] = cfg.memory_limit
+    try:
+        return duckdb.connect(str(db), read_only=read_only, config=settings)
+    except duckdb.IOException as exc:
+        msg = str(exc)
+        if "lock" in msg.lower():
+            m = re.search(r"PID (\d+)", msg)
+            pid = int(m.group(1)) if m else None
+            raise WorkspaceLockedError(
+                f"workspace {label} is in use by another process (pid {pid or 'unknown'}); "
+                "close ProtoAtlas there or open another workspace", pid=pid) from None
+        raise StorageError(f"cannot open workspace {label}: {msg.splitlines()[0]}") from None
+    except duckdb.Error as exc:
+        raise StorageError(f"cannot open workspace {label}: {str(exc).splitlines()[0]}") \
+            from None
+
+
+def _f(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) \
+        else float(value)
+
+
+class Workspace:
+    """The repository API of one workspace. Open with :meth:`Workspace.open`."""
+
+    def __init__(self, root: Path, name: str, handle: _Handle, config: StorageConfig) -> None:
+        self.root = root
+        self.name = name
+        self.config = config
+        self._h = handle
+        self._closed = False
+        self.images = ContentStore(root / "images")
+        self.blobs = ContentStore(root / "blobs")
+
+    # ------------------------------------------------------------------ open / close
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, name: str = "default", *,
+             embedding_dim: int | None = None, read_only: bool = False,
+             config: StorageConfig | None = None) -> "Workspace":
+        """Open (creating and migrating as needed) the workspace ``<home>/<name>/``.
+
+        ``embedding_dim`` is recorded when the workspace is created (default
+        ``config.embedding_dim``); it may change later only while no vector is stored.
+        ``read_only`` opens without migrating or cleaning (for inspection and ``doctor``).
+        """
+        cfg = config or StorageConfig()
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValidationError(f"workspace name {name!r} must be 1-64 letters, digits, "
+                                  "'_', '-' or '.', starting with a letter or digit")
+        home_path = Path(home if home is not None else default_home()).expanduser().resolve()
+        root = home_path / name
+        db = root / DB_FILE
+        label = f"{name!r} ({root})"
+        with _HANDLES_LOCK:
+            handle = _HANDLES.get(str(db))
+            if handle is not None:
+                if handle.read_only and not read_only:
+                    raise StorageError(f"workspace {label} is already open read-only in this "
+                                       "process; close it before opening it for writing")
+                handle.refs += 1
+                fresh = False
+            else:
+                if read_only and not db.is_file():
+                    raise NotFoundError(f"no workspace {label}: {DB_FILE} does not exist")
+                if not read_only:
+                    root.mkdir(parents=True, exist_ok=True)
+                con = _connect(db, label, read_only, cfg)
+                try:
+                    if read_only:
+                        have = schema.current_version(con)
+                        if have != schema.LATEST:
+                            raise SchemaError(
+                                f"workspace {label} has schema version {have}, this ProtoAtlas "
+                                f"uses {schema.LATEST}; open it once for writing to migrate")
+                    else:
+                        dim = embedding_dim or cfg.embedding_dim
+                        schema.migrate(con, dim=dim, label=f"workspace {label}")
+                except BaseException:
+                    con.close()
+                    raise
+                handle = _Handle(con, str(db), read_only)
+                _HANDLES[str(db)] = handle
+                fresh = True
+        ws = cls(root, name, handle, cfg)
+        try:
+            if not read_only:
+                if embedding_dim is not None:
+                    ws.set_embedding_dim(embedding_dim)
+                if fresh:
+                    (root / "images").mkdir(exist_ok=True)
+                    (root / "blobs").mkdir(exist_ok=True)
+                    if cfg.clean_orphans_on_open:
+                        ws.clean_orphans()
+        except BaseException:
+            ws.close()
+            raise
+        return ws
+
+    def close(self) -> None:
+        """Release this object; the file closes when the process's last one is closed."""
+        if self._closed:
+            return
+        self._closed = True
+        with _HANDLES_LOCK:
+            self._h.refs -= 1
+            if self._h.refs > 0:
+                return
+            _HANDLES.pop(self._h.key, None)
+        self._h.close()
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.name!r}, {str(self.root)!r})"
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_FILE
+
+    @property
+    def read_only(self) -> bool:
+        return self._h.read_only
+
+    def _check_open(self) -> None:
+        if self._closed or self._h.closed:
+            raise StorageError(f"workspace {self.name!r} is closed")
+
+    # ---------------------------------------------------------------- transactions
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One atomic write: ``with ws.transaction() as con: con.execute(...)``.
+
+        Serialised per process by a lock; nested use in the same thread joins the outer
+        transaction. Any exception rolls everything back. Do not keep ``con`` afterwards.
+        """
+        self._check_open()
+        if self._h.read_only:
+            raise StorageError(f"workspace {self.name!r} is open read-only")
+        h = self._h
+        with h.lock:
+            if h.depth:
+                h.depth += 1
+                try:
+                    yield h.con
+                finally:
+                    h.depth -= 1
+                return
+            h.con.execute("BEGIN TRANSACTION")
+            h.depth = 1
+            try:
+                yield h.con
+            except BaseException:
+                h.depth = 0
+                try:
+                    h.con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                raise
+            h.depth = 0
+            try:
+                h.con.execute("COMMIT")
+            except duckdb.Error as exc:
+                try:
+                    h.con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                raise StorageError(f"commit failed, nothing was changed: "
+                                   f"{str(exc).splitlines()[0]}") from None
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only snapshot on this thread's cursor (never blocks on the writer)."""
+        self._check_open()
+        h = self._h
+        cur = h.reader()
+        outer = h.local.depth == 0
+        if outer:
+            cur.execute("BEGIN TRANSACTION")
+        h.local.depth += 1
+        try:
+            yield cur
+        except BaseException:
+            h.local.depth -= 1
+            if outer:
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+            raise
+        h.local.depth -= 1
+        if outer:
+            cur.execute("COMMIT")
+
+    # ----------------------------------------------------------------- meta / files
+    @property
+    def embedding_dim(self) -> int:
+        with self.read() as cur:
+            return int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
+                       .fetchone()[0])
+
+    def schema_version(self) -> int:
+        with self.read() as cur:
+            return schema.current_version(cur)
+
+    def set_embedding_dim(self, dim: int) -> None:
+        """Change the vector dimension; allowed only while no embedding/prototype exists."""
+        with self.transaction() as con:
+            _set_dim(con, self.name, dim)
+
+    def image_path(self, image_id: int) -> Path:
+        with self.read() as cur:
+            row = cur.execute("SELECT sha256, ext FROM images WHERE id = ?",
+                              [image_id]).fetchone()
+        if row is None:
+            raise NotFoundError(f"no image with id {image_id}")
+        return self.images.path(f"{row[0]}.{row[1]}")
+
+    def blob_path(self, ref: str) -> Path:
+        return self.blobs.path(ref)
+
+    def referenced_files(self, cur: duckdb.DuckDBPyConnection) -> tuple[set[str], set[str]]:
+        """(image refs, blob refs) that rows point to."""
+        images = {r[0] for r in cur.execute(
+            "SELECT sha256 || '.' || ext FROM images").fetchall()}
+        blobs = {r[0] for r in cur.execute(
+            "SELECT map_blob FROM batch_images WHERE map_blob IS NOT NULL UNION "
+            "SELECT blob FROM model_versions WHERE blob IS NOT NULL").fetchall()}
+        return images, blobs
+
+    def clean_orphans(self) -> list[Path]:
+        """Delete files no row references (leftovers of a killed write); returns them.
+
+        Runs under the writer lock, so no ingest of this process is between its file
+        writes and its commit; DuckDB's file lock excludes other processes.
+        """
+        with self.transaction() as con:
+            images, blobs = self.referenced_files(con)
+            removed = self.images.orphans(images) + self.blobs.orphans(blobs)
+            for path in removed:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    # --------------------------------------------------------------------- reads
+    def list_types(self, include_merged: bool = False) -> list[TypeSummary]:
+        """The types page: every type with its size and mean confidence (largest first)."""
+        with self.read() as cur:
+            rows = cur.execute(
+                """SELECT t.id, t.name, t.status, t.origin, t.version,
+                          coalesce(s.n_regions, 0), coalesce(s.n_images, 0),
+                          CASE WHEN s.n_regions > 0 THEN s.sum_confidence / s.n_regions END,
+                          t.merged_into, t.created_at, t.updated_at
+                   FROM types t LEFT JOIN type_stats s ON s.type_id = t.id
+                   WHERE ? OR t.status <> 'merged'
+                   ORDER BY coalesce(s.n_regions, 0) DESC, t.id""",
+                [include_merged]).fetchall()
+        return [TypeSummary(*r) for r in rows]
+
+    def get_type(self, type_id: int) -> TypeSummary:
+        for t in self.list_types(include_merged=True):
+            if t.id == type_id:
+                return t
+        raise NotFoundError(f"no type with id {type_id}")
+
+    _MEMBER_SQL = """
+        SELECT a.region_id, r.image_id, r.batch_id, bi.name,
+               r.box_top, r.box_left, r.box_bottom, r.box_right, r.area, r.anomaly_score,
+               a.confidence, a.source {extra}
+        FROM assignments a
+        JOIN regions r ON r.id = a.region_id
+        JOIN batch_images bi ON bi.batch_id = r.batch_id AND bi.image_id = r.image_id
+        {joins}
+        WHERE a.type_id = ?
+    """
+
+    @staticmethod
+    def _member(row: Sequence[Any], similarity: float | None = None) -> Member:
+        return Member(region_id=row[0], image_id=row[1], batch_id=row[2], image_name=row[3],
+                      box=(row[4], row[5], row[6], row[7]), area=row[8],
+                      anomaly_score=_f(row[9]), confidence=_f(row[10]), source=row[11],
+                      similarity=similarity)
+
+    def type_members(self, type_id: int, limit: int = 50, offset: int = 0,
+                     order: Literal["confidence", "borderline"] = "confidence") -> list[Member]:
+        """One page of a type's regions: most confident first, or least ("borderline")."""
+        if order not in ("confidence", "borderline"):
+            raise ValidationError(f"order must be 'confidence' or 'borderline', not {order!r}")
+        direction = "DESC NULLS LAST" if order == "confidence" else "ASC NULLS FIRST"
+        sql = self._MEMBER_SQL.format(extra="", joins="") + \
+            f" ORDER BY a.confidence {direction}, a.region_id LIMIT ? OFFSET ?"
+        with self.read() as cur:
+            rows = cur.execute(sql, [type_id, int(limit), int(offset)]).fetchall()
+        return [self._member(r) for r in rows]
+
+    def representatives(self, type_id: int, n: int = 8) -> list[Member]:
+        """Up to ``n`` regions (one per image) closest to the type's latest prototype.
+
+        Closeness is the cosine similarity of embeddings of the prototype's model version;
+        types without a prototype (made by reviewers) fall back to highest confidence.
+        """
+        sql = """
+            WITH pv AS (SELECT model_version, vector FROM prototypes WHERE type_id = ?
+                        ORDER BY model_version DESC LIMIT 1),
+            m AS (""" + self._MEMBER_SQL.format(
+            extra=", array_cosine_similarity(e.vector, pv.vector) AS sim",
+            joins="LEFT JOIN pv ON true LEFT JOIN embeddings e ON e.region_id = a.region_id "
+                  "AND e.model_version = pv.model_version") + """)
+            SELECT * FROM m
+            QUALIFY row_number() OVER (PARTITION BY image_id
+                ORDER BY sim DESC NULLS LAST, confidence DESC NULLS LAST, region_id) = 1
+            ORDER BY sim DESC NULLS LAST, confidence DESC NULLS LAST, region_id
+            LIMIT ?"""
+        with self.read() as cur:
+            rows = cur.execute(sql, [type_id, type_id, int(n)]).fetchall()
+        return [self._member(r[:12], _f(r[12])) for r in rows]
+
+    _REGION_SQL = """
+        SELECT r.id, r.batch_id, r.image_id, r.box_top, r.box_left, r.box_bottom, r.box_right,
+               r.area, r.anomaly_score, {mask}, a.type_id, t.name, t.status, a.source,
+               a.confidence, coalesce(a.is_normal, false)
+        FROM regions r
+        LEFT JOIN assignments a ON a.region_id = r.id
+        LEFT JOIN types t ON t.id = a.type_id
+    """
+
+    @staticmethod
+    def _region(row: Sequence[Any]) -> RegionInfo:
+        return RegionInfo(id=row[0], batch_id=row[1], image_id=row[2],
+                          box=(row[3], row[4], row[5], row[6]), area=row[7],
+                          anomaly_score=_f(row[8]),
+                          mask=rle_from_json(row[9]) if row[9] else None,
+                          type_id=row[10], type_name=row[11], type_status=row[12],
+                          source=row[13], confidence=_f(row[14]), is_normal=bool(row[15]))
+
+    def image_detail(self, image_id: int) -> ImageDetail:
+        """An image with its batch memberships (score, map) and all its regions."""
+        with self.read() as cur:
+            img = cur.execute("SELECT id, sha256, ext, width, height FROM images WHERE id = ?",
+                              [image_id]).fetchone()
+            if img is None:
+                raise NotFoundError(f"no image with id {image_id}")
+            memberships = cur.execute(
+                """SELECT bi.batch_id, b.name, bi.name, bi.anomaly_score, bi.is_anomalous,
+                          bi.map_blob, bi.map_min, bi.map_max
+                   FROM batch_images bi JOIN batches b ON b.id = bi.batch_id
+                   WHERE bi.image_id = ? ORDER BY bi.batch_id""", [image_id]).fetchall()
+            regions = cur.execute(self._REGION_SQL.format(mask="r.mask")
+                                  + " WHERE r.image_id = ? ORDER BY r.id", [image_id]).fetchall()
+        return ImageDetail(
+            id=img[0], sha256=img[1], ext=img[2], width=img[3], height=img[4],
+            path=self.images.path(f"{img[1]}.{img[2]}"),
+            batches=[BatchImageInfo(batch_id=m[0], batch_name=m[1], name=m[2],
+                                    anomaly_score=_f(m[3]), is_anomalous=m[4],
+                                    map_path=self.blobs.path(m[5]) if m[5] else None,
+                                    map_min=_f(m[6]), map_max=_f(m[7])) for m in memberships],
+            regions=[self._region(r) for r in regions])
+
+    def anomaly_map(self, batch_id: int, image_id: int) -> np.ndarray | None:
+        """The float anomaly map stored for an image in a batch (``None`` if none)."""
+        with self.read() as cur:
+            row = cur.execute("SELECT map_blob, map_min, map_max FROM batch_images "
+                              "WHERE batch_id = ? AND image_id = ?",
+                              [batch_id, image_id]).fetchone()
+        if row is None:
+            raise NotFoundError(f"image {image_id} is not in batch {batch_id}")
+        if row[0] is None:
+            return None
+        return decode_map(self.blobs.path(row[0]).read_bytes(), row[1], row[2])
+
+    def regions_for_batch(self, batch_id: int, with_masks: bool = True) -> list[RegionInfo]:
+        with self.read() as cur:
+            if cur.execute("SELECT count(*) FROM batches WHERE id = ?",
+                           [batch_id]).fetchone()[0] == 0:
+                raise NotFoundError(f"no batch with id {batch_id}")
+            rows = cur.execute(self._REGION_SQL.format(mask="r.mask" if with_masks else "NULL")
+                               + " WHERE r.batch_id = ? ORDER BY r.id", [batch_id]).fetchall()
+        return [self._region(r) for r in rows]
+
+    def batches(self) -> list[BatchInfo]:
+        with self.read() as cur:
+            rows = cur.execute(
+                """SELECT b.id, b.name, b.params, b.created_at, b.model_version,
+                          (SELECT count(*) FROM batch_images bi WHERE bi.batch_id = b.id),
+                          (SELECT count(*) FROM regions r WHERE r.batch_id = b.id)
+                   FROM batches b ORDER BY b.id""").fetchall()
+        return [BatchInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def embeddings(self, model_version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(region ids, float32 matrix (n, d)) of one model version (default: latest)."""
+        if model_version is None:
+            latest = self.latest_model_version()
+            if latest is None:
+                return np.zeros(0, np.int64), np.zeros((0, self.embedding_dim), np.float32)
+            model_version = latest.id
+        with self.read() as cur:
+            dim = int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
+                      .fetchone()[0])
+            got = cur.execute("SELECT region_id, vector FROM embeddings WHERE model_version = ? "
+                              "ORDER BY region_id", [model_version]).fetchnumpy()
+        ids = np.asarray(got["region_id"], dtype=np.int64)
+        if len(ids) == 0:
+            return ids, np.zeros((0, dim), np.float32)
+        return ids, np.stack(got["vector"]).astype(np.float32, copy=False)
+
+    def prototypes(self, model_version: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(type ids, float32 matrix, n_members) of one model version (default: latest)."""
+        if model_version is None:
+            latest = self.latest_model_version()
+            model_version = latest.id if latest else -1
+        with self.read() as cur:
+            dim = int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
+                      .fetchone()[0])
+            got = cur.execute("SELECT type_id, vector, n_members FROM prototypes "
+                              "WHERE model_version = ? ORDER BY type_id",
+                              [model_version]).fetchnumpy()
+        ids = np.asarray(got["type_id"], dtype=np.int64)
+        if len(ids) == 0:
+            return ids, np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+        return ids, np.stack(got["vector"]).astype(np.float32), \
+            np.asarray(got["n_members"], dtype=np.int64)
+
+    def _model_version(self, row: Sequence[Any] | None) -> ModelVersion | None:
+        if row is None:
+            return None
+        return ModelVersion(id=row[0], parent=row[1], kind=row[2], created_at=row[3],
+                            blob_path=self.blobs.path(row[4]) if row[4] else None,
+                            metrics=json.loads(row[5]))
+
+    def latest_model_version(self) -> ModelVersion | None:
+        with self.read() as cur:
+            row = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
+                              "FROM model_versions ORDER BY id DESC LIMIT 1").fetchone()
+        return self._model_version(row)
+
+    def model_version(self, model_version_id: int) -> ModelVersion:
+        with self.read() as cur:
+            row = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
+                              "FROM model_versions WHERE id = ?", [model_version_id]).fetchone()
+        if row is None:
+            raise NotFoundError(f"no model version {model_version_id}")
+        return self._model_version(row)  # type: ignore[return-value]
+
+    def audit(self, actor: str | None = None, action: str | None = None,
+              type_id: int | None = None, limit: int = 100, offset: int = 0
+              ) -> list[AuditEntry]:
+        """Audit entries, newest first, optionally filtered by actor, action and type."""
+        where, params = ["true"], []
+        if actor is not None:
+            where.append("actor = ?")
+            params.append(actor)
+        if action is not None:
+            where.append("action = ?")
+            params.append(action)
+        if type_id is not None:
+            where.append("list_contains(type_ids, ?)")
+            params.append(int(type_id))
+        with self.read() as cur:
+            rows = cur.execute(
+                "SELECT seq, ts, actor, action, target, type_ids, before, after, hash "
+                f"FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                params + [int(limit), int(offset)]).fetchall()
+        return [audit_entry(r) for r in rows]
+
+    def open_suggestions(self, limit: int | None = None) -> list[Suggestion]:
+        """Open suggestions, highest score first."""
+        return self.suggestions(status="open", limit=limit)
+
+    def suggestions(self, status: str | None = None, limit: int | None = None
+                    ) -> list[Suggestion]:
+        with self.read() as cur:
+            rows = cur.execute(
+                "SELECT id, kind, target, score, reason, status, answer, answered_by, "
+                "answered_at, created_at, model_version FROM suggestions "
+                "WHERE ? IS NULL OR status = ? ORDER BY score DESC NULLS LAST, id LIMIT ?",
+                [status, status, int(limit) if limit is not None else 2**62]).fetchall()
+        return [suggestion(r) for r in rows]
+
+    # ------------------------------------------------------------ writes (delegated)
+    def ingest_batch(self, batch: BatchIngest, *, actor: str = "model",
+                     progress: Progress | None = None) -> int:
+        """Store a whole batch (files, rows, vectors, model, types) in one transaction."""
+        from storage.ingest import ingest_batch
+        return ingest_batch(self, batch, actor=actor, progress=progress)
+
+    def apply_retrain(self, model: ModelVersionIn | int, assignments: AssignmentsIn | None,
+                      prototypes: Sequence[PrototypeIn] = (),
+                      embeddings: tuple[np.ndarray, np.ndarray] | None = None, *,
+                      new_types: Sequence[NewType] = (), actor: str = "model",
+                      progress: Progress | None = None) -> int:
+        """Store a retrain result; never overwrites reviewer-sourced assignments."""
+        from storage.ingest import apply_retrain
+        return apply_retrain(self, model, assignments, prototypes, embeddings,
+                             new_types=new_types, actor=actor, progress=progress)
+
+    def confirm_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
+        from storage import review
+        return review.set_status(self, type_id, "confirmed", expected_version, actor)
+
+    def reject_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
+        from storage import review
+        return review.set_status(self, type_id, "rejected", expected_version, actor)
+
+    def rename_type(self, type_id: int, name: str, *, expected_version: int,
+                    actor: str) -> TypeSummary:
+        from storage import review
+        return review.rename_type(self, type_id, name, expected_version, actor)
+
+    def merge_types(self, keep: int, absorb: int, *, expected: Mapping[int, int],
+                    actor: str) -> TypeSummary:
+        from storage import review
+        return review.merge_types(self, keep, absorb, expected, actor)
+
+    def split_type(self, type_id: int, groups: Sequence[Sequence[int]], *,
+                   expected_version: int, actor: str,
+                   names: Sequence[str | None] | None = None) -> list[int]:
+        from storage import review
+        return review.split_type(self, type_id, groups, expected_version, actor, names)
+
+    def move_regions(self, region_ids: Sequence[int], to_type_id: int, *,
+                     expected: Mapping[int, int], actor: str) -> None:
+        from storage import review
+        review.move_regions(self, region_ids, to_type_id, expected, actor)
+
+    def mark_normal(self, region_ids: Sequence[int], *, expected: Mapping[int, int],
+                    actor: str) -> None:
+        from storage import review
+        review.mark_normal(self, region_ids, expected, actor)
+
+    def undo(self, actor: str) -> AuditEntry:
+        from storage import review
+        return review.undo(self, actor)
+
+    def import_labels(self, csv_path: str | os.PathLike[str], *, actor: str,
+                      batch_id: int | None = None) -> ImportReport:
+        from storage import review
+        return review.import_labels(self, csv_path, actor, batch_id)
+
+    def replace_open_suggestions(self, items: Sequence[SuggestionIn], *,
+                                 model_version: int | None = None,
+                                 actor: str = "model") -> list[int]:
+        from storage import review
+        return review.replace_open_suggestions(self, items, model_version, actor)
+
+    def answer_suggestion(self, suggestion_id: int, answer: str | None, *, actor: str,
+                          skip: bool = False) -> Suggestion:
+        from storage import review
+        return review.answer_suggestion(self, suggestion_id, answer, actor, skip)
+
+    # ------------------------------------------------------------------- exports
+    def export_assignments(self, path: str | os.PathLike[str],
+                           fmt: Literal["csv", "parquet"] = "csv",
+                           level: Literal["region", "image"] = "region") -> Path:
+        from storage import export
+        return export.export_assignments(self, path, fmt, level)
+
+    def export_coco(self, path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
+        from storage import export
+        return export.export_coco(self, path, batch_id)
+
+    def export_audit(self, path: str | os.PathLike[str],
+                     fmt: Literal["csv", "json"] = "json") -> Path:
+        from storage import export
+        return export.export_audit(self, path, fmt)
+
+
+def audit_entry(r: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(seq=r[0], ts=r[1], actor=r[2], action=r[3], target=json.loads(r[4]),
+                      type_ids=list(r[5]), before=json.loads(r[6]), after=json.loads(r[7]),
+                      hash=r[8])
+
+
+def suggestion(r: Sequence[Any]) -> Suggestion:
+    return Suggestion(id=r[0], kind=r[1], target=json.loads(r[2]), score=_f(r[3]),
+                      reason=r[4], status=r[5], answer=r[6], answered_by=r[7],
+                      answered_at=r[8], created_at=r[9], model_version=r[10])
+
+
+def _set_dim(con: duckdb.DuckDBPyConnection, name: str, dim: int) -> None:
+    """Inside a transaction: make the vector tables ``FLOAT[dim]`` if they are empty."""
+    if not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= 65536:
+        raise ValidationError(f"embedding dimension must be an integer in 1..65536, got {dim!r}")
+    dim = int(dim)
+    have = int(con.execute("SELECT value FROM meta WHERE key='embedding_dim'").fetchone()[0])
+    if have == dim:
+        return
+    stored = con.execute("SELECT (SELECT count(*) FROM embeddings) + "
+                         "(SELECT count(*) FROM prototypes)").fetchone()[0]
+    if stored:
+        raise ValidationError(f"workspace {name!r} stores {have}-d embeddings; got {dim}-d "
+                              "vectors (use a new workspace for another embedding size)")
+    con.execute("DROP TABLE embeddings")
+    con.execute("DROP TABLE prototypes")
+    for sql in schema.vector_tables_sql(dim):
+        con.execute(sql)
+    con.execute("UPDATE meta SET value = ? WHERE key = 'embedding_dim'", [str(dim)])
+
+
+def blob_ref_ok(ref: str) -> bool:
+    try:
+        parse_ref(ref)
+        return True
+    except ValidationError:
+        return False
