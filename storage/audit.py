@@ -105,15 +105,16 @@ def append_raw(con: duckdb.DuckDBPyConnection, *, actor: str, action: str,
                before: Mapping[str, Any], after: Mapping[str, Any],
                chained: bool = True) -> int:
     """Append one row (inside the caller's transaction); returns its seq."""
-    seq_prev, prev = head(con)
-    seq = seq_prev + 1
     ts = utcnow()
     ids = _ids_sql(type_ids)
     target_s, before_s, after_s = canonical(target), canonical(before), canonical(after)
     if not chained:  # schema version 2 had no hash columns
+        seq = int(con.execute("SELECT coalesce(max(seq), 0) + 1 FROM audit_log").fetchone()[0])
         con.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [seq, ts, actor, action, target_s, ids, before_s, after_s])
         return seq
+    seq_prev, prev = head(con)
+    seq = seq_prev + 1
     digest = row_hash(prev, seq, ts.isoformat(), actor, action, target_s, ids, before_s, after_s)
     con.execute("INSERT INTO audit_log (seq, ts, actor, action, target, type_ids, before, "
                 "after, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -163,8 +163,9 @@ def create_types(con: Con, new_types: Sequence[NewType], *, origin: str, status:
     return out
 
 
-def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int]) -> np.ndarray:
-    """Type references -> int64 ids (-1 for None); merged types are followed."""
+def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int],
+                 follow: bool = True) -> np.ndarray:
+    """Type references -> int64 ids (-1 for None); merged types are followed if ``follow``."""
     types = types_state(con)
     cache: dict[Any, int] = {}
     out = np.empty(len(refs), dtype=np.int64)
@@ -181,7 +182,7 @@ def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int]) -> n
         elif isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
             if int(ref) not in types:
                 raise NotFoundError(f"no type with id {int(ref)}")
-            value = follow_merges(types, int(ref))
+            value = follow_merges(types, int(ref)) if follow else int(ref)
         else:
             raise ValidationError(f"a type reference must be a new-type key (str), a type id "
                                   f"(int) or None, got {ref!r}")
@@ -242,7 +243,8 @@ def insert_prototypes(con: Con, prototypes: Sequence[PrototypeIn], mv: int,
                       new_ids: Mapping[str, int]) -> list[int]:
     if not prototypes:
         return []
-    ids = resolve_refs(con, [p.type for p in prototypes], new_ids)
+    # A prototype describes the model's cluster: it stays on the type it names, merged or not.
+    ids = resolve_refs(con, [p.type for p in prototypes], new_ids, follow=False)
     if len(set(ids.tolist())) != len(ids):
         raise ValidationError("two prototypes refer to the same type")
     mat = np.stack([np.asarray(p.vector, dtype=np.float32) for p in prototypes])
@@ -269,6 +271,19 @@ def check_assignments(a: AssignmentsIn, n_regions: int | None, what: str
     if not np.isfinite(conf).all() or (conf < 0).any() or (conf > 1).any():
         raise ValidationError("assignment confidence must be finite and in [0, 1]")
     return regions, conf
+
+
+def check_new_types(new_types: Sequence[NewType], refs: Sequence[Any]) -> None:
+    """Up-front checks (before any file is written) of new types and string references."""
+    keys = [t.key for t in new_types]
+    if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
+        raise ValidationError("new type keys must be distinct non-empty strings")
+    names = [check_type_name(t.name).lower() for t in new_types if t.name is not None]
+    if len(set(names)) != len(names):
+        raise ValidationError("two new types have the same name")
+    unknown = {r for r in refs if isinstance(r, str)} - set(keys)
+    if unknown:
+        raise ValidationError(f"type key {sorted(unknown)[0]!r} is not one of the new types")
 
 
 def _sync(ws: "Workspace", wrote: bool) -> None:
@@ -390,6 +405,8 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
         raise ValidationError("prototypes need the model version that computed them")
     if batch.assignments is not None:
         a_regions, a_conf = check_assignments(batch.assignments, n, "region index")
+    check_new_types(batch.new_types, [p.type for p in batch.prototypes]
+                    + (list(batch.assignments.types) if batch.assignments is not None else []))
     maps = [im.anomaly_map for im in images]
     for im, m in zip(images, maps):
         if m is not None and np.shape(m) != (im.height, im.width):
@@ -554,6 +571,8 @@ def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
     dim = check_prototypes(prototypes, dim)
     if assignments is not None:
         a_ids, a_conf = check_assignments(assignments, None, "region id")
+    check_new_types(new_types, [p.type for p in prototypes]
+                    + (list(assignments.types) if assignments is not None else []))
     model_ref, wrote = None, False
     if isinstance(model, ModelVersionIn) and model.model is not None:
         model_ref, wrote = ws.blobs.put(bytes(model.model), model.ext)

@@ -342,10 +342,19 @@ def undo(ws: "Workspace", actor: str) -> AuditEntry:
         seq, action, _, type_ids, before_s, after_s = row
         before, after = json.loads(before_s), json.loads(after_s)
         what = f"cannot undo {action} (audit #{seq})"
-        later = con.execute(
-            "SELECT seq, actor, action, ts, list_intersect(type_ids, ?::BIGINT[]) FROM audit_log "
-            "WHERE seq > ? AND actor <> ? AND len(list_intersect(type_ids, ?::BIGINT[])) > 0 "
-            "ORDER BY seq LIMIT 1", [list(type_ids), seq, actor, list(type_ids)]).fetchone()
+        # Later actions by others on the same types conflict, unless they were undone
+        # later too (an action and its undo cancel out; the state check below confirms).
+        others = con.execute(
+            "SELECT seq, actor, action, ts, list_intersect(type_ids, ?::BIGINT[]), target "
+            "FROM audit_log WHERE seq > ? AND actor <> ? "
+            "AND len(list_intersect(type_ids, ?::BIGINT[])) > 0 ORDER BY seq",
+            [list(type_ids), seq, actor, list(type_ids)]).fetchall()
+        neutral = set()
+        for r in others:
+            undo_of = json.loads(r[5]).get("undo_of") if r[2] == "undo" else None
+            if undo_of is not None and undo_of > seq:
+                neutral |= {r[0], undo_of}
+        later = next((r for r in others if r[0] not in neutral), None)
         if later is not None:
             raise ConflictError(f"{what}: type {later[4][0]} was changed later by {later[1]} "
                                 f"({later[2]}, audit #{later[0]}) at {later[3]:%Y-%m-%d %H:%M:%S}"

@@ -32,7 +32,7 @@ def make_batch(n_images: int, *, regions_per_image: int = 2, dim: int = 16, n_ty
     h, w = size
     images = []
     for i in range(n_images):
-        data = b"\x89PNG-fake" + f"{name}/{seed}/{i}".encode() + rng.bytes(16)
+        data = b"\x89PNG-fake" + f"{image_prefix}/{seed}/{i}".encode() + rng.bytes(16)
         amap = rng.random((h, w)).astype(np.float32) if with_maps else None
         images.append(ImageIn(name=f"{image_prefix}/{i:06d}.png", width=w, height=h, data=data,
                               anomaly_score=float(rng.random()), is_anomalous=True,
