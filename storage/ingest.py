@@ -25,7 +25,7 @@ from storage.files import normalise_ext
 from storage.models import (AssignmentsIn, BatchIngest, ImageIn, ModelVersionIn, NewType,
                             PrototypeIn, RegionIn, RegionsIn)
 from storage.png16 import encode_map
-from storage.rle import encode_rle, rle_from_json, rle_to_json
+from storage.rle import encode_rle_text, rle_from_json, rle_to_json
 from storage.schema import utcnow
 
 if TYPE_CHECKING:
@@ -312,8 +312,7 @@ def _mask_text(mask: Any, h: int, w: int, i: int) -> tuple[str | None, int | Non
         if mask.shape != (h, w):
             raise ValidationError(f"region {i}: mask shape {mask.shape} is not its image's "
                                   f"({h}, {w})")
-        rle = encode_rle(mask)
-        return json.dumps(rle, separators=(",", ":")), int(np.count_nonzero(mask))
+        return encode_rle_text(mask)
     rle = rle_from_json(mask) if isinstance(mask, str) else mask
     text = rle_to_json(rle)
     if [int(v) for v in rle["size"]] != [h, w]:
@@ -436,7 +435,7 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
     for i, im in enumerate(images):
         data = _image_bytes(im)
         n_bytes[i] = len(data)
-        _, new = ws.images.put(data, exts[i], shas[i])
+        _, new = ws.images.put(data, exts[i], shas[i], trust_sha=True)
         wrote |= new
         if maps[i] is not None:
             png, lo, hi = encode_map(maps[i])

@@ -18,21 +18,37 @@ from storage.errors import ValidationError
 RLE = dict[str, list[int]]
 
 
-def encode_rle(mask: np.ndarray) -> RLE:
-    """Encode a 2-D boolean (or 0/1) mask as a COCO uncompressed RLE dict."""
+def _counts(mask: np.ndarray) -> tuple[int, int, list[int]]:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValidationError(f"a mask must be 2-D (h, w), got shape {mask.shape}")
     h, w = mask.shape
-    flat = mask.ravel(order="F").astype(bool)
+    flat = mask.ravel(order="F")
+    if flat.dtype != np.bool_:
+        flat = flat.astype(bool)
     if flat.size == 0:
-        return {"size": [int(h), int(w)], "counts": []}
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate(([0], change, [flat.size]))
-    counts = np.diff(bounds)
+        return int(h), int(w), []
+    change = np.flatnonzero(flat[1:] != flat[:-1])
+    bounds = np.empty(len(change) + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, flat.size
+    bounds[1:-1] = change + 1
+    counts = (bounds[1:] - bounds[:-1]).tolist()
     if flat[0]:
-        counts = np.concatenate(([0], counts))
-    return {"size": [int(h), int(w)], "counts": counts.astype(np.int64).tolist()}
+        counts.insert(0, 0)
+    return int(h), int(w), counts
+
+
+def encode_rle(mask: np.ndarray) -> RLE:
+    """Encode a 2-D boolean (or 0/1) mask as a COCO uncompressed RLE dict."""
+    h, w, counts = _counts(mask)
+    return {"size": [h, w], "counts": counts}
+
+
+def encode_rle_text(mask: np.ndarray) -> tuple[str, int]:
+    """(compact JSON text, area) of a mask: what ``regions.mask`` stores, built directly."""
+    h, w, counts = _counts(mask)
+    return (f'{{"size":[{h},{w}],"counts":[{",".join(map(str, counts))}]}}',
+            sum(counts[1::2]))
 
 
 def _check(rle: Mapping[str, Any]) -> tuple[int, int, np.ndarray]:

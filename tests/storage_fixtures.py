@@ -117,7 +117,7 @@ def main(argv: list[str]) -> None:
 
 def crash_batch() -> BatchIngest:
     """The large batch the crash test kills mid-ingest (and then retries)."""
-    return make_batch(5_000, regions_per_image=30, dim=8, seed=99, name="big", size=(16, 16),
+    return make_batch(1_000, regions_per_image=150, dim=8, seed=99, name="big", size=(16, 16),
                       with_masks=False, image_prefix="big")
 
 
