@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -426,7 +427,50 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
                                   f"{batch.name!r} have identical content; keep one of them")
         first_name[sha] = im.name
         shas.append(sha)
-    # Pass 2: files (content-addressed, idempotent), then make them durable.
+    prep = _Prepared(images, names, exts, shas, widths, heights, maps, n, img_idx, top, left,
+                     bottom, right, area, scores, mask_text, emb, dim,
+                     a_regions if batch.assignments is not None else None,
+                     a_conf if batch.assignments is not None else None, params_text)
+    with ws.pending_files():
+        return _write_batch(ws, batch, prep, actor, progress)
+
+
+@dataclass
+class _Prepared:
+    """The validated, column-wise content of a batch (internal to ``ingest_batch``)."""
+
+    images: list[ImageIn]
+    names: list[str]
+    exts: list[str]
+    shas: list[str]
+    widths: np.ndarray
+    heights: np.ndarray
+    maps: list[Any]
+    n: int
+    img_idx: np.ndarray
+    top: np.ndarray
+    left: np.ndarray
+    bottom: np.ndarray
+    right: np.ndarray
+    area: np.ndarray
+    scores: np.ndarray
+    mask_text: np.ndarray
+    emb: np.ndarray | None
+    dim: int | None
+    a_regions: np.ndarray | None
+    a_conf: np.ndarray | None
+    params_text: str
+
+
+def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
+                 progress: "Progress | None") -> int:
+    """Files first (content-addressed, idempotent, made durable), then ONE transaction."""
+    cfg = ws.config
+    images, names, exts, shas, widths, heights, maps = (p.images, p.names, p.exts, p.shas,
+                                                        p.widths, p.heights, p.maps)
+    n, img_idx, top, left, bottom, right = p.n, p.img_idx, p.top, p.left, p.bottom, p.right
+    area, scores, mask_text, emb, dim = p.area, p.scores, p.mask_text, p.emb, p.dim
+    a_regions, a_conf, params_text = p.a_regions, p.a_conf, p.params_text
     wrote = False
     map_refs: list[str | None] = []
     map_lo = np.full(len(images), np.nan)
@@ -512,7 +556,7 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
         new_ids = create_types(con, batch.new_types, origin="model", status="proposed",
                                now=now)
         touched: set[int] = set()
-        if batch.assignments is not None and len(a_regions):
+        if batch.assignments is not None and a_regions is not None and len(a_regions):
             tids = resolve_refs(con, batch.assignments.types, new_ids)
             for start in range(0, len(a_regions), chunk):
                 s = slice(start, min(start + chunk, len(a_regions)))
@@ -572,12 +616,23 @@ def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
         a_ids, a_conf = check_assignments(assignments, None, "region id")
     check_new_types(new_types, [p.type for p in prototypes]
                     + (list(assignments.types) if assignments is not None else []))
-    model_ref, wrote = None, False
-    if isinstance(model, ModelVersionIn) and model.model is not None:
-        model_ref, wrote = ws.blobs.put(bytes(model.model), model.ext)
-    _sync(ws, wrote)
-    chunk = max(1, ws.config.insert_chunk_rows)
+    with ws.pending_files():
+        model_ref, wrote = None, False
+        if isinstance(model, ModelVersionIn) and model.model is not None:
+            model_ref, wrote = ws.blobs.put(bytes(model.model), model.ext)
+        _sync(ws, wrote)
+        return _write_retrain(ws, model, model_ref, assignments, prototypes, emb_ids, emb,
+                              dim, a_ids if assignments is not None else None,
+                              a_conf if assignments is not None else None, new_types, actor,
+                              progress)
 
+
+def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str | None,
+                   assignments: AssignmentsIn | None, prototypes: Sequence[PrototypeIn],
+                   emb_ids: np.ndarray | None, emb: np.ndarray | None, dim: int | None,
+                   a_ids: np.ndarray | None, a_conf: np.ndarray | None,
+                   new_types: Sequence[NewType], actor: str, progress: "Progress | None") -> int:
+    chunk = max(1, ws.config.insert_chunk_rows)
     with ws.transaction() as con:
         now = utcnow()
         if dim is not None:
@@ -585,7 +640,7 @@ def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
             _set_dim(con, ws.name, dim)
         mv = int(insert_model_version(con, ws, model, model_ref, now))  # type: ignore[arg-type]
         for ids in ([emb_ids] if emb_ids is not None else []) + \
-                   ([a_ids] if assignments is not None else []):
+                   ([a_ids] if a_ids is not None else []):
             with registered(con, "_ids", {"rid": ids}):
                 missing = con.execute("SELECT min(rid), count(*) FROM _ids WHERE rid NOT IN "
                                       "(SELECT id FROM regions)").fetchone()
@@ -597,7 +652,7 @@ def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
         new_ids = create_types(con, new_types, origin="model", status="proposed", now=now)
         touched: set[int] = set()
         n_skipped = n_changed = 0
-        if assignments is not None and len(a_ids):
+        if assignments is not None and a_ids is not None and len(a_ids):
             tids = resolve_refs(con, assignments.types, new_ids)
             for start in range(0, len(a_ids), chunk):
                 s = slice(start, min(start + chunk, len(a_ids)))
@@ -645,7 +700,7 @@ def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
         audit.append_raw(
             con, actor=actor, action="apply_retrain",
             target={"model_version": mv,
-                    "n_assignments": 0 if assignments is None else len(a_ids),
+                    "n_assignments": 0 if a_ids is None else len(a_ids),
                     "n_changed": n_changed, "n_kept_reviewer": n_skipped,
                     "n_embeddings": 0 if emb_ids is None else len(emb_ids),
                     "n_prototypes": len(prototypes)},

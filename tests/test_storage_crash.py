@@ -20,8 +20,9 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SI
 
 
 def _files(root: Path) -> set[str]:
-    return {p.name for p in root.rglob("*") if p.is_file() and p.name != "workspace.duckdb"
-            and not p.name.startswith("workspace.duckdb")}
+    """Names of the image and blob files of a workspace folder."""
+    return {p.name for sub in ("images", "blobs") for p in (root / sub).rglob("*")
+            if p.is_file()}
 
 
 def _assignments(ws):
@@ -60,6 +61,7 @@ def test_killed_ingest_leaves_the_workspace_as_before_and_can_be_retried(tmp_pat
     assert "embeddings 100000 150000" in line  # 150 000 regions were already inserted
     leftovers = _files(tmp_path / "w") - files_before
     assert len(leftovers) == 1_001  # the killed ingest had written its images and model
+    assert len(list((tmp_path / "w" / "pending").iterdir())) == 1  # and left its marker
 
     with Workspace.open(tmp_path, "w") as ws:
         assert counts(ws) == before

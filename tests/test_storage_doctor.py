@@ -94,7 +94,7 @@ def test_files_missing_changed_and_orphaned(ws):
     assert "1 files differ from their recorded size or sha256" in _errors(ws, verify_hashes=True)
 
 
-def test_orphan_files_are_a_warning_and_removed_at_next_open(ws, tmp_path):
+def test_orphan_files_are_a_warning_and_removed_after_an_unfinished_write(ws, tmp_path):
     stray = ws.images.root / "ab" / ("ab" + "0" * 62 + ".png")
     stray.parent.mkdir(exist_ok=True)
     stray.write_bytes(b"left by a killed ingest")
@@ -102,5 +102,11 @@ def test_orphan_files_are_a_warning_and_removed_at_next_open(ws, tmp_path):
     assert [p.severity for p in problems] == ["warning"] and "1 files no row" in problems[0].what
     assert is_sound(problems)
     ws.close()
+    with Workspace.open(tmp_path, "w") as again:  # no unfinished write: no scan at open
+        assert stray.exists()
+    (tmp_path / "w" / "pending" / "123-abc").touch()  # what a killed ingest leaves
     with Workspace.open(tmp_path, "w") as again:
         assert not stray.exists() and doctor(again) == []
+        assert list((tmp_path / "w" / "pending").iterdir()) == []
+        stray.write_bytes(b"x")
+        assert again.clean_orphans() == [stray] and not stray.exists()
