@@ -19,9 +19,10 @@ class StorageConfig:
     #: numpy -> DuckDB vector conversion (50 000 x 256 floats = 51 MB) and is the grain at
     #: which ``progress`` callbacks fire.
     insert_chunk_rows: int = 50_000
-    #: When the writer opens a workspace it deletes files under ``images/`` and ``blobs/``
-    #: that no row references (left by a process killed between writing files and
-    #: committing). Safe because DuckDB lets only one process open the file.
+    #: When the writer opens a workspace after an ingest/retrain that did not finish (its
+    #: ``pending/`` marker is still there), delete files under ``images/`` and ``blobs/``
+    #: that no row references (written before a commit that never happened). Safe because
+    #: DuckDB lets only one process open the file. ``Workspace.clean_orphans()`` forces it.
     clean_orphans_on_open: bool = True
     #: Call ``os.sync()`` once after writing new image/blob files and before the commit that
     #: references them, so a power loss cannot leave rows pointing at lost files. One call

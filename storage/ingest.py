@@ -248,6 +248,10 @@ def insert_prototypes(con: Con, prototypes: Sequence[PrototypeIn], mv: int,
     ids = resolve_refs(con, [p.type for p in prototypes], new_ids, follow=False)
     if len(set(ids.tolist())) != len(ids):
         raise ValidationError("two prototypes refer to the same type")
+    clash = con.execute("SELECT min(type_id) FROM prototypes WHERE model_version = ? AND "
+                        "type_id IN (SELECT unnest(?::BIGINT[]))", [mv, ids.tolist()]).fetchone()
+    if clash[0] is not None:
+        raise ValidationError(f"model version {mv} already has a prototype for type {clash[0]}")
     mat = np.stack([np.asarray(p.vector, dtype=np.float32) for p in prototypes])
     cols = vector_columns(mat)
     cols["tid"] = ids

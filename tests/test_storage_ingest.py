@@ -252,3 +252,18 @@ def test_retrain_with_unknown_region_changes_nothing(ws):
                          AssignmentsIn(regions=np.array([1, 999]), types=[None, None],
                                        confidence=np.array([0.5, 0.5])))
     assert counts(ws) == before
+
+
+def test_a_second_batch_can_reuse_a_model_version_but_not_its_prototypes(ws):
+    ws.ingest_batch(make_batch(5, n_types=2, seed=13))
+    ids = [t.id for t in sorted(ws.list_types(), key=lambda t: t.id)]
+    again = make_batch(5, seed=14, name="assign-only", existing_types=ids)
+    again.model = 1  # embedded by the existing model version 1
+    before = counts(ws)
+    with pytest.raises(ValidationError, match="model version 1 already has a prototype for type"):
+        ws.ingest_batch(again)
+    assert counts(ws) == before
+    again.prototypes = []
+    ws.ingest_batch(again)
+    assert counts(ws)["model_versions"] == 1 and counts(ws)["embeddings"] == 20
+    assert ws.batches()[1].model_version == 1
