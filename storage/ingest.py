@@ -9,7 +9,6 @@ files it wrote are orphans that the next writer open deletes, and retrying succe
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager

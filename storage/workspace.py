@@ -34,7 +34,7 @@ from storage import schema
 from storage.config import StorageConfig
 from storage.errors import (NotFoundError, SchemaError, StorageError, ValidationError,
                             WorkspaceLockedError)
-from storage.files import ContentStore, parse_ref
+from storage.files import ContentStore
 from storage.models import (AssignmentsIn, AuditEntry, BatchImageInfo, BatchInfo, BatchIngest,
                             ImageDetail, ImportReport, Member, ModelVersion, ModelVersionIn,
                             NewType, PrototypeIn, RegionInfo, Suggestion, SuggestionIn,
@@ -744,10 +744,3 @@ def _set_dim(con: duckdb.DuckDBPyConnection, name: str, dim: int) -> None:
         con.execute(sql)
     con.execute("UPDATE meta SET value = ? WHERE key = 'embedding_dim'", [str(dim)])
 
-
-def blob_ref_ok(ref: str) -> bool:
-    try:
-        parse_ref(ref)
-        return True
-    except ValidationError:
-        return False
