@@ -15,6 +15,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
+from engine.crops import CropConfig
+from engine.mebin import MEBinConfig
+from engine.prior import PriorConfig
+
 ResizeMode = Literal["letterbox", "squash"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -92,6 +96,98 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class DiscoveryConfig:
+    """Discovery of defect types: crop tokens, guided attention, prototypes, outliers.
+
+    Measurements behind the defaults are in ``BENCHMARKS.md`` (discovery section) and the
+    reasoning in ``docs/decisions.md`` ("Discovery").
+    """
+
+    # ---- crop tokens ------------------------------------------------------------------------
+    #: Backbone stages whose tokens describe a crop (all pooled to the coarsest grid). The
+    #: stride-32 stage (7 x 7 x 320 for a 224 px crop) measured best among 8/16/32 alone.
+    token_strides: tuple[int, ...] = (32,)
+    #: Replace each token by its PRN-style residual against the same box in reference normals.
+    use_residual: bool = True
+    #: Reference normals per image (the closest normals in pooled backbone features).
+    n_references: int = 8
+    #: Normals kept inside a saved model as references (downscaled to ``reference_side``).
+    max_kept_references: int = 32
+    #: Longer side (px) of the reference normals kept in a model.
+    reference_side: int = 256
+    #: Quantile of an image's own map whose exceedance forms the mask when MEBin finds no
+    #: stable component in an image the detector flagged (the image is then cropped whole).
+    fallback_quantile: float = 0.97
+    #: MEBin runs on maps resized to at most this many pixels on the longer side, so its
+    #: pixel-sized erosion and components mean the same for every image size.
+    mebin_side: int = 256
+
+    # ---- guided attention (ProtoAnomalyNCD) -------------------------------------------------
+    #: Weight of the (crop-standardised) anomaly map in the attention logits.
+    guidance_beta: float = 1.0
+    #: Region Guidance Factor: logit bias for background, object and anomaly pixels.
+    region_factors: tuple[float, float, float] = (-1.0, 0.0, 1.0)
+    #: Exponent of the token norm in the attention (2: weight proportional to the squared
+    #: residual norm, i.e. its anomaly energy). 0 disables.
+    residual_power: float = 2.0
+    #: Whether beta and the region factors are trained with the head (else fixed).
+    learn_factors: bool = True
+    #: Hidden width of the learned token scorer of the attention.
+    scorer_hidden: int = 64
+
+    # ---- embedding and prototypes -----------------------------------------------------------
+    #: Dimension of the unit embeddings stored and indexed in FAISS.
+    embedding_dim: int = 256
+    #: Training epochs of the prototype head over the cached tokens (0: training-free).
+    head_epochs: int = 30
+    #: AdamW learning rate and weight decay of the head.
+    head_lr: float = 1e-3
+    head_weight_decay: float = 1e-4
+    #: Regions per optimisation step.
+    head_batch_size: int = 128
+    #: Student temperature and the teacher's (start, end) temperatures (SimGCD: 0.1, 0.07 ->
+    #: 0.04), the teacher sharpening over the first ``teacher_warmup`` of the epochs.
+    student_temperature: float = 0.1
+    teacher_temperature: tuple[float, float] = (0.07, 0.04)
+    teacher_warmup: float = 0.3
+    #: Weight of the mean-entropy regulariser (SimGCD: 2; AnomalyNCD: 4). Lower here: defect
+    #: types are often unbalanced, and 1 measured as well as 2 on balanced data.
+    entropy_weight: float = 1.0
+    #: Weight of the supervised terms (CE + SupCon) against the unsupervised ones (SimGCD 0.35).
+    supervised_weight: float = 0.35
+    #: Temperature of the (supervised) contrastive terms.
+    contrastive_temperature: float = 0.1
+    #: Token augmentation of the two views: dropped-token fraction and feature noise (relative).
+    token_dropout: float = 0.25
+    token_noise: float = 0.1
+
+    # ---- number of types, outliers, assignment ------------------------------------------------
+    #: Grouping that initialises the prototypes: ``ward`` (agglomerative) or ``kmeans``.
+    cluster_method: str = "ward"
+    #: Ward on more vectors than this first groups them into this many k-means micro-clusters.
+    ward_max_points: int = 2000
+    #: Largest K tried by ``clusters="auto"``.
+    max_clusters: int = 12
+    #: ``clusters="auto"`` only accepts groupings whose every type holds at least this
+    #: fraction of the regions (capped by ``auto_min_size_cap``, floored at 3): smaller types
+    #: are left for the reviewer to split off or for "new type" suggestions.
+    auto_min_fraction: float = 0.08
+    auto_min_size_cap: int = 25
+    #: k-means restarts.
+    kmeans_restarts: int = 10
+    #: Outlier rule: a region is an outlier when its similarity to its prototype is below
+    #: median - ``outlier_mads`` x MAD of the members' similarities (robust z-score).
+    outlier_mads: float = 3.5
+    #: Softmax temperature turning prototype similarities into confidences.
+    confidence_temperature: float = 0.05
+    #: ``assign``: top-1 minus top-2 similarity below this is reported with low confidence.
+    assign_margin: float = 0.02
+    #: ``assign``: outlier regions of a new batch form a proposed new type when at least this
+    #: many of them cluster together.
+    new_type_min_size: int = 3
+
+
+@dataclass(frozen=True)
 class ProtoAtlasConfig:
     """Top-level configuration: passed down from the CLI / service layer into the engine."""
 
@@ -100,6 +196,10 @@ class ProtoAtlasConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    mebin: MEBinConfig = field(default_factory=MEBinConfig)
+    crops: CropConfig = field(default_factory=CropConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

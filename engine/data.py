@@ -368,6 +368,124 @@ def load_images(
     return images, report
 
 
+class LazyImages(Sequence[np.ndarray]):
+    """The loadable images of a list of refs, decoded on access and never all kept.
+
+    :meth:`validate` decodes every ref once, keeps those that load and reports the others;
+    after it, ``images[i]`` decodes the i-th good ref again. A batch of thousands of large
+    images is thus processed in constant memory at the price of decoding some images twice.
+    """
+
+    def __init__(self, refs: Sequence[ImageRef], *, max_pixels: int = DEFAULT_MAX_PIXELS
+                 ) -> None:
+        self.max_pixels = max_pixels
+        self._refs = list(refs)
+        self.shapes: list[tuple[int, int]] = []
+        self.report: LoadReport | None = None
+
+    def validate(self, *, progress: bool = False, desc: str = "checking") -> LoadReport:
+        """Keep the refs that decode; raise :class:`NoUsableImagesError` if none does."""
+        if not self._refs:
+            raise NoUsableImagesError(
+                "no images found: nothing to load (supported extensions: "
+                + ", ".join(SUPPORTED_EXTENSIONS) + ")")
+        report = LoadReport()
+        good = []
+        shapes = []
+        by_name = {ref.name: ref for ref in self._refs}
+        for item in iter_images(self._refs, max_pixels=self.max_pixels, progress=progress,
+                                desc=desc):
+            if isinstance(item, SkippedFile):
+                report.skipped.append(item)
+            else:
+                report.loaded.append(item[0])
+                good.append(by_name[item[0]])
+                shapes.append(item[1].shape[:2])
+        if not good:
+            raise NoUsableImagesError(f"no usable images: {report.summary()}", report)
+        self._refs = good
+        self.shapes = shapes
+        self.report = report
+        return report
+
+    def drop(self, names: set[str]) -> None:
+        """Forget the refs named in ``names`` (e.g. images whose anomaly map is missing)."""
+        keep = [i for i, ref in enumerate(self._refs) if ref.name not in names]
+        self._refs = [self._refs[i] for i in keep]
+        self.shapes = [self.shapes[i] for i in keep]
+
+    @property
+    def names(self) -> list[str]:
+        return [ref.name for ref in self._refs]
+
+    @property
+    def refs(self) -> list[ImageRef]:
+        return list(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        ref = self._refs[index]
+        return load_image(ref.read_bytes(), ref.name, max_pixels=self.max_pixels)
+
+
+#: Extensions searched for an anomaly map, in order (``--maps``).
+MAP_EXTENSIONS: tuple[str, ...] = (".npy", ".png", ".tif", ".tiff")
+#: Relative aspect-ratio difference above which a map does not belong to its image.
+MAP_ASPECT_TOLERANCE: float = 0.02
+
+
+def read_anomaly_map(path: Path) -> np.ndarray:
+    """A float32 2-D anomaly map from ``.npy`` (any real dtype) or an 8/16-bit image
+    (scaled to 0..1 by its type's range). Raises ValueError naming the file."""
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as im:
+                arr = np.asarray(im)
+            if arr.dtype == np.uint8:
+                arr = arr.astype(np.float32) / 255.0
+            elif arr.dtype in (np.uint16, np.int32) or arr.dtype.kind in "iu":
+                arr = arr.astype(np.float32) / 65535.0
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
+        raise ValueError(f"{path}: cannot read anomaly map ({type(exc).__name__}: {exc})") \
+            from exc
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        arr = arr[..., 0]
+    if arr.ndim != 2 or arr.size == 0 or arr.dtype.kind not in "fiub":
+        raise ValueError(f"{path}: an anomaly map must be one 2-D array of numbers, "
+                         f"got shape {arr.shape} dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: anomaly map contains NaN or inf")
+    return arr
+
+
+def find_map(maps_root: Path, name: str) -> Path | None:
+    """The map file of image ``name`` (same relative path, map extension, or same name)."""
+    stem = Path(name).with_suffix("")
+    for ext in MAP_EXTENSIONS:
+        candidate = maps_root / stem.with_suffix(ext)
+        if candidate.is_file():
+            return candidate
+    same = maps_root / name
+    return same if same.is_file() else None
+
+
+def check_map_shape(amap: np.ndarray, image_shape: tuple[int, ...], where: str) -> None:
+    """A map may have any resolution but must share its image's aspect ratio."""
+    h, w = image_shape[:2]
+    mh, mw = amap.shape
+    if abs((mw / mh) / (w / h) - 1.0) > MAP_ASPECT_TOLERANCE:
+        raise ValueError(f"{where}: anomaly map is {mw}x{mh} but its image is {w}x{h} "
+                         "(another aspect ratio: not this image's map)")
+
+
 # --------------------------------------------------------------------------------------------
 # MVTec AD layout
 # --------------------------------------------------------------------------------------------

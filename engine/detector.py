@@ -61,6 +61,9 @@ class ImageDetection:
     score: float
     anomaly_map: np.ndarray  # (H, W) float32 at the original image size
     patch_scores: np.ndarray  # (h, w) float32 on the feature grid (NaN outside the image)
+    #: (D,) mean patch feature over the image content: a global descriptor used to pick the
+    #: closest reference normals.
+    descriptor: np.ndarray
 
 
 @dataclass
@@ -215,7 +218,9 @@ class PatchCoreDetector:
                 up = F.interpolate(torch.from_numpy(filled)[None, None], size=(size, size),
                                    mode="bilinear", align_corners=False)[0, 0].numpy()
                 smooth = gaussian_filter(up, sigma=dcfg.map_sigma)
-                yield ImageDetection(score, restore_map(smooth, batch.geometries[i]), grid)
+                descriptor = flat.reshape(b, h * w, d)[i][valid.reshape(-1)].mean(axis=0)
+                yield ImageDetection(score, restore_map(smooth, batch.geometries[i]), grid,
+                                     descriptor.astype(np.float32))
 
     def _reweight(self, query: np.ndarray, nearest: int) -> float:
         """PatchCore's image-score weight ``1 - softmax(distances to N_b(m*))[m*]``."""
@@ -232,6 +237,19 @@ class PatchCoreDetector:
         soft = np.exp(logits) / np.exp(logits).sum()
         return float(1.0 - soft[int(np.where(neigh == nearest)[0][0])])
 
+    def iter_descriptors(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Global descriptor (mean valid patch feature, as in scoring) of each image; needs
+        no fitting (the backbone alone)."""
+        for batch in self.iter_patches(images):
+            b, d, h, w = batch.features.shape
+            flat = batch.features.permute(0, 2, 3, 1).reshape(b, h * w, d).cpu().numpy()
+            for i in range(b):
+                yield flat[i][batch.valid[i].reshape(-1)].mean(axis=0).astype(np.float32)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.knn is not None
+
     def residual_features(self, images: Iterable[np.ndarray], progress: bool = False
                           ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield per image ``(residual (h, w, D), valid (h, w))`` against the prototypes."""
@@ -243,8 +261,8 @@ class PatchCoreDetector:
                 yield res[i].numpy(), batch.valid[i]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        """Write arrays + JSON metadata to one ``.npz`` file (no pickled objects)."""
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """The fitted state as plain arrays plus JSON-able metadata (no pickled objects)."""
         knn = self._require_fitted()
         assert self.prototypes is not None and self.calibration_scores is not None
         meta = {
@@ -254,44 +272,71 @@ class PatchCoreDetector:
             "threshold": self.threshold,
             "n_stages": len(self.prototypes.centroids),
         }
-        arrays = {"bank": knn.bank, "calibration_scores": self.calibration_scores,
-                  "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+        arrays = {"bank": knn.bank, "calibration_scores": self.calibration_scores}
         for i, c in enumerate(self.prototypes.centroids):
             arrays[f"prototypes_{i}"] = c
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        return path
+        return arrays, meta
+
+    def save(self, path: str | Path) -> Path:
+        """Write arrays + JSON metadata to one ``.npz`` file (no pickled objects)."""
+        arrays, meta = self.to_arrays()
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        return write_npz(path, arrays)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None
              ) -> "PatchCoreDetector":
         """Load a model written by :meth:`save`; other kinds/versions are a clear error."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise ModelFormatError(f"{path} is not a ProtoAtlas model file ({exc})") from exc
+        arrays = read_npz(path)
         if "meta" not in arrays:
             raise ModelFormatError(f"{path} is not a ProtoAtlas model file (no metadata)")
         meta = json.loads(arrays["meta"].tobytes().decode())
+        return cls.from_arrays(arrays, meta, device=device, source=str(path))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict, *,
+                    device: str | torch.device | None = None, source: str = "model",
+                    extractor: FeatureExtractor | None = None) -> "PatchCoreDetector":
+        """Rebuild a detector from :meth:`to_arrays` output (kind and version checked)."""
         if meta.get("kind") != MODEL_KIND:
-            raise ModelFormatError(f"{path} holds a '{meta.get('kind')}', not a detector")
+            raise ModelFormatError(f"{source} holds a '{meta.get('kind')}', not a detector")
         if meta.get("format_version") != MODEL_FORMAT_VERSION:
             raise ModelFormatError(
-                f"{path} has model format version {meta.get('format_version')}; this "
+                f"{source} has model format version {meta.get('format_version')}; this "
                 f"ProtoAtlas reads version {MODEL_FORMAT_VERSION}: refit the model")
         config = ProtoAtlasConfig.from_dict(meta["config"])
-        dev = torch.device(device) if isinstance(device, str) and device != "auto" else device
-        det = cls(config, device=dev if isinstance(dev, torch.device) else
-                  resolve_device(device or config.device))
+        det = cls(config, device=resolve_device_arg(device, config.device), extractor=extractor)
         det.knn = NearestNeighbours(arrays["bank"], use_gpu=det.device.type == "cuda")
         det.prototypes = ResidualPrototypes(
             [arrays[f"prototypes_{i}"] for i in range(int(meta["n_stages"]))])
         det.threshold = float(meta["threshold"]) if meta["threshold"] is not None else None
         det.calibration_scores = arrays["calibration_scores"]
         return det
+
+
+def resolve_device_arg(device: str | torch.device | None, default: str) -> torch.device:
+    """A device given as a torch.device, a name (``auto|cpu|cuda``) or None (use ``default``)."""
+    if isinstance(device, torch.device):
+        return device
+    return resolve_device(device or default)
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays to one compressed ``.npz`` (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    return path
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` written by :func:`write_npz` (never unpickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise ModelFormatError(f"{path} is not a ProtoAtlas model file ({exc})") from exc

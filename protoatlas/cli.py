@@ -44,6 +44,18 @@ def _config_from(args: argparse.Namespace) -> ProtoAtlasConfig:
     return cfg.with_overrides(backbone=backbone) if backbone else cfg
 
 
+def _clusters(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}")
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {k}")
+    return k
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protoatlas",
@@ -63,6 +75,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-detect", help="image/pixel AUROC and AUPRO on an MVTec folder")
     p.add_argument("--mvtec", required=True, help="MVTec-layout category folder")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    _engine_options(p)
+    _common(p)
+
+    p = sub.add_parser("discover", help="find anomalies in a batch and group them into types")
+    p.add_argument("--normals", required=True, help="folder (or .zip) of known-good images")
+    p.add_argument("--images", required=True, help="folder or .zip of images to analyse")
+    p.add_argument("--out", required=True,
+                   help="output CSV: image,anomaly_score,is_anomalous,cluster,confidence,outlier")
+    p.add_argument("--clusters", default="auto", type=_clusters,
+                   help="number of defect types K, or 'auto' (default) to estimate it")
+    p.add_argument("--prompt", default=None,
+                   help="object name for the grounded-sam prior, e.g. 'bottle'")
+    p.add_argument("--prior", default=None, choices=["classical", "none", "grounded-sam"],
+                   help="object prior (default classical; 'none' for textures)")
+    p.add_argument("--maps", default=None,
+                   help="folder of anomaly maps from another tool (same relative names, "
+                        ".png 8/16-bit or .npy): the detector is not fitted")
+    p.add_argument("--save-model", default=None, help="write the discovery model (.npz)")
+    p.add_argument("--home", default=None,
+                   help="also store the batch in this workspace folder (see 'serve')")
+    _engine_options(p)
+    _common(p)
+
+    p = sub.add_parser("assign", help="sort a new batch into the types of a saved model")
+    p.add_argument("--model", required=True, help="model written by discover --save-model")
+    p.add_argument("--images", required=True, help="folder or .zip of images to sort")
+    p.add_argument("--out", required=True, help="output CSV (same columns as discover)")
+    p.add_argument("--maps", default=None, help="anomaly maps, for a model made with --maps")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="compute device (default: the model's)")
+    _common(p)
+
+    p = sub.add_parser("eval-discover",
+                       help="discovery metrics on an MVTec folder, against k-means baselines")
+    p.add_argument("--mvtec", required=True, help="MVTec-layout category folder")
+    p.add_argument("--clusters", default="auto", type=_clusters,
+                   help="number of defect types K, or 'auto'")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     _engine_options(p)
     _common(p)
@@ -125,6 +175,77 @@ def cmd_eval_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _discover_config(args: argparse.Namespace) -> ProtoAtlasConfig:
+    cfg = _config_from(args)
+    prior = {k: v for k, v in {"backend": args.prior, "prompt": args.prompt}.items()
+             if v is not None}
+    if args.prompt and not args.prior:
+        prior["backend"] = "grounded-sam"
+    return cfg.with_overrides(prior=prior) if prior else cfg
+
+
+def _write_discover_outputs(args: argparse.Namespace, run) -> Path:
+    from protoatlas import service
+
+    out = service.write_csv(args.out, run.rows(), DISCOVER_COLUMNS)
+    report_path = out.with_name(out.stem + "_report.json")
+    report_path.write_text(json.dumps(run.report(), indent=2))
+    for label, rep in (("normals", run.normals_report), ("images", run.images_report)):
+        if rep is not None and rep.skipped:
+            _warn(f"{label}: {rep.summary()}")
+    res = run.result
+    n_anom = int(res.analysis.is_anomalous.sum())
+    print(f"{len(run.names)} images, {n_anom} anomalous, {len(res.type_ids)} types"
+          + (f" ({len(res.new_type_ids)} new)" if hasattr(args, "model") else "")
+          + f", {int(res.region_outlier.sum())} outlier regions; wrote {out} and "
+          f"{report_path.name}")
+    print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in run.seconds.items()))
+    return out
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from protoatlas import discover
+
+    cfg = _discover_config(args)
+    run = discover.discover(args.normals, args.images, cfg, clusters=args.clusters,
+                            maps_dir=args.maps, progress=not args.quiet)
+    _write_discover_outputs(args, run)
+    if args.save_model:
+        run.model.save(args.save_model)
+    if args.home:
+        from protoatlas.workspace import persist_run
+
+        batch_id = persist_run(args.home, run, source=str(args.images))
+        print(f"stored as batch {batch_id} in workspace {args.home}")
+    return 0
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    from protoatlas import discover
+
+    run = discover.assign(args.model, args.images, device=args.device, maps_dir=args.maps,
+                          progress=not args.quiet)
+    _write_discover_outputs(args, run)
+    return 0
+
+
+def cmd_eval_discover(args: argparse.Namespace) -> int:
+    from protoatlas import discover
+
+    res = discover.eval_discover(args.mvtec, _config_from(args), clusters=args.clusters,
+                                 progress=not args.quiet)
+    print(f"{res.data}: {res.n_defect_images} defect images of {res.n_types} types "
+          f"(clusters={res.clusters}); detection recall {res.detection_recall:.3f}, "
+          f"{res.false_alarms} good images flagged")
+    print(f"{'method':40s} {'NMI':>6s} {'ARI':>6s} {'F1':>6s} {'K':>3s} {'seconds':>8s}")
+    for m in res.methods:
+        print(f"{m.method:40s} {m.nmi:6.3f} {m.ari:6.3f} {m.f1:6.3f} {m.k_found:3d} "
+              f"{m.seconds:8.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(res), indent=2))
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from engine import synth
 
@@ -134,7 +255,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"detect": cmd_detect, "eval-detect": cmd_eval_detect, "synth": cmd_synth}
+COMMANDS = {"detect": cmd_detect, "eval-detect": cmd_eval_detect, "synth": cmd_synth,
+            "discover": cmd_discover, "assign": cmd_assign, "eval-discover": cmd_eval_discover}
+DISCOVER_COLUMNS = ("image", "anomaly_score", "is_anomalous", "cluster", "confidence",
+                    "outlier")
 
 
 def _warn(message: str) -> None:

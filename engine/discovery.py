@@ -1,0 +1,638 @@
+"""Discovery engine: find the anomalous images of a batch, where, and group them into types.
+
+Pipeline (ProtoAnomalyNCD on top of AnomalyNCD, with PRN residuals), all pure compute:
+
+1. **Detection** (:class:`~engine.detector.PatchCoreDetector`, fitted on the known-good
+   images) gives each image a score, ``is_anomalous`` (score above the threshold calibrated
+   on held-out normals) and an anomaly map; or the maps come from another tool
+   (:meth:`DiscoveryModel.analyse` with ``maps=``).
+2. **MEBin** turns each flagged map into main-element masks; **anomaly-centred crops** are cut
+   around them (:mod:`engine.regions`).
+3. **Object prior** (:mod:`engine.prior`) labels crop pixels background / object / anomaly.
+4. **Crop tokens** (:mod:`engine.tokens`): frozen-backbone tokens of each crop, as residuals
+   against the same box in the closest reference normals (PRN), cached once.
+5. **Guided attention + prototypes** (:mod:`engine.protonet`, :mod:`engine.prototrain`):
+   the anomaly map and the Region Guidance Factor bias the attention pooling of the tokens;
+   the pooled descriptor is projected onto the unit sphere; cosine prototypes, initialised by
+   k-means (K given or estimated, :mod:`engine.clustering`), optionally trained SimGCD-style.
+6. **Outliers**: regions far below their prototype's usual similarity are left out of every
+   type. **Region -> image**: weighted vote of the regions.
+7. **FAISS prototype index** (:mod:`engine.protoindex`): ``assign`` sorts a new batch into the
+   saved types by nearest prototype and proposes new types where its regions fit none.
+
+The fitted state (:class:`DiscoveryModel`) saves to one ``.npz`` of arrays plus JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.backbone import FeatureExtractor
+from engine.clustering import (auto_min_size, cluster, estimate_k, image_votes, normalise,
+                               outlier_thresholds, region_weights, softmax)
+from engine.config import ProtoAtlasConfig
+from engine.detector import (ModelFormatError, PatchCoreDetector, read_npz,
+                             resolve_device_arg, write_npz)
+from engine.mebin import normalisation_range
+from engine.prior import ObjectPrior, make_prior
+from engine.protoindex import PrototypeIndex
+from engine.protonet import PoolSettings, PrototypeHead
+from engine.prototrain import TrainReport, embed_all, train_head
+from engine.regions import Region, image_regions, resize_long_side
+from engine.tokens import CropEncoder, RegionTokens
+
+MODEL_KIND = "protoatlas-discovery"
+#: Version of the discovery model file format.
+MODEL_FORMAT_VERSION = 1
+#: Type id of "no type" (not anomalous, or an outlier).
+NO_TYPE = -1
+
+
+class DiscoveryError(ValueError):
+    """Discovery cannot run on this input (the message says why)."""
+
+
+@dataclass
+class RegionRecord:
+    """A region without its pixel crops (what results and storage keep)."""
+
+    image_index: int
+    #: (top, left, bottom, right) square crop box in original pixels (may exceed the image).
+    box: tuple[int, int, int, int]
+    #: (top, left, bottom, right) of the box clipped to the image.
+    clip: tuple[int, int, int, int]
+    #: Bool mask inside ``clip`` at the original resolution.
+    mask: np.ndarray
+    area: int
+    score: float
+    #: The region comes from the whole-image fallback (MEBin found no stable component).
+    fallback: bool
+
+    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(shape[:2], dtype=bool)
+        top, left, bottom, right = self.clip
+        out[top:bottom, left:right] = self.mask
+        return out
+
+    @classmethod
+    def of(cls, region: Region, fallback: bool) -> "RegionRecord":
+        return cls(region.image_index, region.box_tuple, region.clip, region.mask,
+                   region.area, region.score, fallback)
+
+
+@dataclass
+class BatchAnalysis:
+    """Everything about a batch before clustering: detection, regions and their tokens."""
+
+    shapes: list[tuple[int, int]]
+    scores: np.ndarray
+    is_anomalous: np.ndarray
+    #: Anomaly maps resized to at most ``mebin_side`` on the longer side (float32).
+    maps: list[np.ndarray]
+    regions: list[RegionRecord]
+    tokens: RegionTokens
+    value_range: tuple[float, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def region_image(self) -> np.ndarray:
+        return np.array([r.image_index for r in self.regions], dtype=np.int64)
+
+
+@dataclass
+class DiscoveryResult:
+    """Types of the regions and images of one batch."""
+
+    analysis: BatchAnalysis
+    #: (R, d) unit embeddings and (R, T) attention weights of the regions.
+    embeddings: np.ndarray
+    attention: np.ndarray
+    #: Per region: type id (``NO_TYPE`` for outliers), confidence in [0, 1], outlier flag,
+    #: and the cosine similarity to the assigned (or nearest) prototype.
+    region_type: np.ndarray
+    region_confidence: np.ndarray
+    region_outlier: np.ndarray
+    region_similarity: np.ndarray
+    #: Per image: type id (``NO_TYPE`` when not anomalous or an outlier), confidence, outlier.
+    image_type: np.ndarray
+    image_confidence: np.ndarray
+    image_outlier: np.ndarray
+    #: Type ids and their unit prototypes (rows aligned).
+    type_ids: np.ndarray
+    prototypes: np.ndarray
+    #: Ids among ``type_ids`` proposed by this run (all of them for ``discover``).
+    new_type_ids: list[int]
+    #: ``clusters="auto"``: mean silhouette of every K tried.
+    k_scores: dict[int, float] = field(default_factory=dict)
+    train: TrainReport | None = None
+
+
+ProgressFn = Callable[[str, float], None]
+
+
+def _noop(stage: str, fraction: float) -> None:
+    return None
+
+
+class DiscoveryModel:
+    """Fitted discovery state: detector, object prior, reference normals, head, prototypes."""
+
+    def __init__(self, config: ProtoAtlasConfig | None = None,
+                 device: str | torch.device | None = None) -> None:
+        self.config = config or ProtoAtlasConfig()
+        self.device = resolve_device_arg(device, self.config.device)
+        self.detector: PatchCoreDetector | None = None
+        self.prior: ObjectPrior = make_prior(self.config.prior)
+        self.references: list[np.ndarray] = []
+        self.reference_descriptors = np.zeros((0, 0), np.float32)
+        self.value_range: tuple[float, float] | None = None
+        self.head: PrototypeHead | None = None
+        self.type_ids = np.zeros(0, np.int64)
+        self.prototypes = np.zeros((0, self.config.discovery.embedding_dim), np.float32)
+        self.thresholds = np.zeros(0, np.float32)
+        self._encoder: CropEncoder | None = None
+
+    # ------------------------------------------------------------------ components
+    @property
+    def encoder(self) -> CropEncoder:
+        if self._encoder is None:
+            dcfg = self.config.discovery
+            bcfg = replace(self.config.backbone, feature_strides=tuple(dcfg.token_strides),
+                           feature_indices=None)
+            self._encoder = CropEncoder(FeatureExtractor(bcfg, self.device),
+                                        use_residual=dcfg.use_residual,
+                                        crop_cfg=self.config.crops)
+        return self._encoder
+
+    def _pool_settings(self) -> PoolSettings:
+        d = self.config.discovery
+        return PoolSettings(d.guidance_beta, tuple(d.region_factors), d.residual_power,
+                            d.learn_factors, d.scorer_hidden)
+
+    def _new_head(self, channels: int, n_prototypes: int) -> PrototypeHead:
+        d = self.config.discovery
+        return PrototypeHead(channels, d.embedding_dim, n_prototypes, self._pool_settings(),
+                             self.config.seed).to(self.device)
+
+    def _require_detector(self) -> PatchCoreDetector:
+        if self.detector is None:
+            raise RuntimeError("discovery model is not fitted: call fit() or load() first")
+        return self.detector
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, normals: Sequence[np.ndarray], *, fit_detector: bool = True,
+            progress: bool = False) -> None:
+        """Fit the detector, keep reference normals and fit the object prior on them.
+
+        ``fit_detector=False`` is for anomaly maps coming from another tool: the backbone
+        still describes images (to pick references) but no memory bank is built.
+        """
+        if len(normals) == 0:
+            raise DiscoveryError("no known-good images to fit on")
+        det = PatchCoreDetector(self.config, device=self.device)
+        if fit_detector:
+            det.fit(normals, progress=progress)
+        self.detector = det
+        self._keep_references(normals)
+        # The prior is fitted on the kept references, so that a loaded model (which keeps
+        # only those) refits exactly the same prior.
+        self.prior.fit(self.references)
+
+    def _keep_references(self, normals: Sequence[np.ndarray]) -> None:
+        dcfg = self.config.discovery
+        n = len(normals)
+        keep = np.linspace(0, n - 1, num=min(n, dcfg.max_kept_references)).round().astype(int)
+        self.references = [resize_long_side(normals[i], dcfg.reference_side) for i in np.unique(keep)]
+        self.reference_descriptors = np.array(
+            list(self._require_detector().iter_descriptors(self.references)), np.float32)
+
+    def _references_for(self, descriptor: np.ndarray) -> list[np.ndarray]:
+        k = min(self.config.discovery.n_references, len(self.references))
+        if k == 0 or not self.config.discovery.use_residual:
+            return []
+        sims = normalise(self.reference_descriptors) @ normalise(descriptor[None])[0]
+        order = np.argsort(-sims, kind="stable")[:k]
+        return [self.references[i] for i in order]
+
+    # ------------------------------------------------------------------ analysis
+    def analyse(self, images: Sequence[np.ndarray], *, maps: Sequence[np.ndarray] | None = None,
+                progress: bool = False, on_progress: ProgressFn = _noop) -> BatchAnalysis:
+        """Detect, find regions and encode their tokens for every image of ``images``.
+
+        ``images`` may be any sequence that loads lazily (``len`` and indexing); each image
+        is read twice (scoring, then crops) and never all kept at once. With ``maps`` (one
+        float map per image, any resolution: resized to the image) the detector's maps are
+        replaced by the given ones; images are then flagged by MEBin alone.
+        """
+        det = self._require_detector()
+        dcfg = self.config.discovery
+        n = len(images)
+        if n == 0:
+            raise DiscoveryError("the batch holds no usable image")
+        if maps is None and not det.is_fitted:
+            raise DiscoveryError("this model has no fitted detector (it was made from given "
+                                 "anomaly maps): give the maps of the new images too")
+        if maps is not None and len(maps) != n:
+            raise DiscoveryError(f"{len(maps)} anomaly maps for {n} images")
+        t0 = time.perf_counter()
+        shapes: list[tuple[int, int]] = []
+        small_maps: list[np.ndarray] = []
+        scores = np.zeros(n, np.float32)
+        descriptors = []
+        bar = tqdm(total=n, desc="detect", disable=not progress, file=sys.stderr, leave=False)
+        for i, (shape, score, amap, descriptor) in enumerate(
+                self._detect_pass(images, maps)):
+            shapes.append(shape)
+            scores[i] = score
+            small_maps.append(resize_long_side(amap, dcfg.mebin_side))
+            descriptors.append(descriptor)
+            bar.update(1)
+            on_progress("detect", (i + 1) / n)
+        bar.close()
+        t1 = time.perf_counter()
+        if maps is None:
+            threshold = det.threshold if det.threshold is not None else float("inf")
+            flagged = scores > threshold
+            floor = threshold if np.isfinite(threshold) else None
+        else:  # no calibrated threshold: MEBin decides (no stable component = normal)
+            flagged = np.ones(n, dtype=bool)
+            floor = None
+        value_range = self.value_range or self._value_range(
+            [m for m, f in zip(small_maps, flagged) if f], floor)
+        records: list[RegionRecord] = []
+        token_parts: list[RegionTokens] = []
+        todo = np.flatnonzero(flagged)
+        chunk = max(1, self.config.backbone.batch_size)
+        bar = tqdm(total=len(todo), desc="regions", disable=not progress, file=sys.stderr,
+                   leave=False)
+        for start in range(0, len(todo), chunk):
+            batch_regions: list[Region] = []
+            batch_shapes, batch_refs = [], []
+            for i in todo[start:start + chunk]:
+                image = images[int(i)]
+                full_map = cv2.resize(small_maps[i], (shapes[i][1], shapes[i][0]),
+                                      interpolation=cv2.INTER_LINEAR)
+                found = image_regions(
+                    int(i), image, full_map, self.prior.predict(image),
+                    mebin_cfg=self.config.mebin, crop_cfg=self.config.crops,
+                    value_range=value_range, fallback_quantile=dcfg.fallback_quantile,
+                    mebin_side=dcfg.mebin_side)
+                if maps is not None and found.fallback:
+                    flagged[i] = False
+                    continue
+                refs = self._references_for(descriptors[i])
+                for region in found.regions:
+                    batch_regions.append(region)
+                    records.append(RegionRecord.of(region, found.fallback))
+                    batch_shapes.append(shapes[i])
+                    batch_refs.append(refs)
+            if batch_regions:
+                token_parts.append(self.encoder.encode(batch_regions, batch_shapes, batch_refs))
+            bar.update(len(todo[start:start + chunk]))
+            on_progress("regions", min(1.0, (start + chunk) / max(len(todo), 1)))
+        bar.close()
+        tokens = RegionTokens.concat(token_parts) if token_parts else \
+            self.encoder.encode([], [], [])
+        t2 = time.perf_counter()
+        return BatchAnalysis(shapes, scores, flagged, small_maps, records, tokens, value_range,
+                             {"detect": t1 - t0, "regions": t2 - t1})
+
+    def _detect_pass(self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None
+                     ) -> Iterable[tuple[tuple[int, int], float, np.ndarray, np.ndarray]]:
+        """(shape, score, map, descriptor) per image, from the detector or the given maps."""
+        det = self._require_detector()
+        if maps is None:
+            for d in det.iter_score(_Iter(images)):
+                shape = (int(d.anomaly_map.shape[0]), int(d.anomaly_map.shape[1]))
+                yield shape, float(d.score), d.anomaly_map, d.descriptor
+            return
+        shapes: list[tuple[int, int]] = []
+
+        def remember(seq: Sequence[np.ndarray]) -> Iterable[np.ndarray]:
+            for i in range(len(seq)):
+                image = seq[i]
+                shapes.append((int(image.shape[0]), int(image.shape[1])))
+                yield image
+
+        for i, descriptor in enumerate(det.iter_descriptors(remember(images))):
+            amap = _external_map(maps[i], shapes[i], i)
+            yield shapes[i], float(amap.max()), amap, descriptor
+
+    def _value_range(self, flagged_maps: list[np.ndarray], floor: float | None
+                     ) -> tuple[float, float]:
+        if not flagged_maps:
+            return (0.0, 0.0)
+        cfg = replace(self.config.mebin, range_floor=floor)
+        lo, hi = normalisation_range(flagged_maps, cfg)
+        if hi <= lo:  # a single flagged image, or all equally strong: span up from the floor
+            lo = floor if floor is not None else 0.0
+        return (float(lo), float(hi))
+
+    # ------------------------------------------------------------------ discovery
+    def discover(self, analysis: BatchAnalysis, clusters: int | str = "auto", *,
+                 labels: np.ndarray | None = None, progress: bool = False) -> DiscoveryResult:
+        """Group the regions of ``analysis`` into types (ids 0..K-1) and set the prototypes.
+
+        ``labels`` (optional, per region: known-type index or -1) turns on the supervised
+        terms (reviewer-confirmed types). ``clusters`` is an int K (novel types) or "auto".
+        """
+        dcfg = self.config.discovery
+        n_regions = len(analysis.regions)
+        self.value_range = analysis.value_range
+        if n_regions == 0:
+            return self._empty_result(analysis)
+        labels = np.full(n_regions, -1, np.int64) if labels is None else \
+            np.asarray(labels, dtype=np.int64)
+        n_known = int(labels.max()) + 1 if (labels >= 0).any() else 0
+        head = self._new_head(analysis.tokens.tokens.shape[2], 1)
+        emb0, _ = embed_all(head, analysis.tokens, self.device)
+        k_scores: dict[int, float] = {}
+        if clusters == "auto":
+            k_novel, k_scores = estimate_k(
+                emb0, dcfg.max_clusters, restarts=dcfg.kmeans_restarts, seed=self.config.seed,
+                method=dcfg.cluster_method, max_points=dcfg.ward_max_points,
+                min_size=auto_min_size(len(emb0), dcfg.auto_min_fraction,
+                                       dcfg.auto_min_size_cap))
+        else:
+            k_novel = int(clusters)
+            if k_novel < 1:
+                raise DiscoveryError(f"--clusters must be >= 1 or 'auto', got {clusters}")
+        k_novel = max(1, min(k_novel, n_regions))
+        head.set_prototypes(torch.from_numpy(
+            self._initial_prototypes(emb0, labels, n_known, k_novel)))
+        report = train_head(head, analysis.tokens, labels, n_known, dcfg,
+                            seed=self.config.seed, device=self.device, progress=progress)
+        self.head = head
+        emb, attention = embed_all(head, analysis.tokens, self.device)
+        sims = emb @ normalise(head.prototypes.detach().cpu().numpy()).T
+        assigned = sims.argmax(axis=1)
+        if n_known:  # reviewer labels are facts: labelled regions stay in their type
+            assigned = np.where(labels >= 0, labels, assigned)
+        used = np.unique(assigned)
+        remap = {old: new for new, old in enumerate(used)}
+        assigned = np.array([remap[a] for a in assigned], dtype=np.int64)
+        prototypes = normalise(np.stack([emb[assigned == k].mean(axis=0)
+                                         for k in range(len(used))]))
+        type_ids = np.arange(len(used), dtype=np.int64)
+        self._set_types(type_ids, prototypes, emb, assigned)
+        result = self._result(analysis, emb, attention, type_ids, [int(t) for t in type_ids])
+        result.k_scores = k_scores
+        result.train = report
+        return result
+
+    def _initial_prototypes(self, emb: np.ndarray, labels: np.ndarray, n_known: int,
+                            k_novel: int) -> np.ndarray:
+        known = [normalise(emb[labels == k].mean(axis=0, keepdims=True))[0]
+                 for k in range(n_known)]
+        free = emb[labels < 0] if n_known else emb
+        if len(free) == 0:
+            return np.stack(known)
+        dcfg = self.config.discovery
+        _, centres = cluster(free, min(k_novel, len(free)), method=dcfg.cluster_method,
+                             max_points=dcfg.ward_max_points, restarts=dcfg.kmeans_restarts,
+                             seed=self.config.seed)
+        return np.concatenate([np.stack(known), centres]) if known else centres
+
+    def _set_types(self, type_ids: np.ndarray, prototypes: np.ndarray, emb: np.ndarray,
+                   assigned: np.ndarray) -> None:
+        """Store prototypes and their outlier thresholds (from the members' similarities)."""
+        self.type_ids = np.asarray(type_ids, dtype=np.int64)
+        self.prototypes = normalise(prototypes)
+        own = (emb * self.prototypes[assigned]).sum(axis=1)
+        self.thresholds = outlier_thresholds(own, assigned, len(type_ids),
+                                             self.config.discovery.outlier_mads)
+
+    def set_types(self, type_ids: Sequence[int], prototypes: np.ndarray,
+                  thresholds: np.ndarray | None = None) -> None:
+        """Replace the types (e.g. with the ids the storage layer gave them)."""
+        self.type_ids = np.asarray(type_ids, dtype=np.int64)
+        self.prototypes = normalise(np.asarray(prototypes, dtype=np.float32))
+        if thresholds is not None:
+            self.thresholds = np.asarray(thresholds, dtype=np.float32)
+        elif len(self.thresholds) != len(self.type_ids):
+            self.thresholds = np.full(len(self.type_ids), -1.0, np.float32)
+
+    @property
+    def index(self) -> PrototypeIndex:
+        return PrototypeIndex(self.type_ids, self.prototypes)
+
+    # ------------------------------------------------------------------ assignment
+    def embed(self, tokens: RegionTokens) -> tuple[np.ndarray, np.ndarray]:
+        """(R, d) embeddings and (R, T) attention of regions with the current head."""
+        if self.head is None:
+            raise RuntimeError("no prototype head: run discover() or load a model first")
+        return embed_all(self.head, tokens, self.device)
+
+    def assign(self, analysis: BatchAnalysis) -> DiscoveryResult:
+        """Sort a new batch into the saved types; propose new types for what fits none."""
+        if self.head is None or len(self.type_ids) == 0:
+            raise RuntimeError("the model has no types yet: run discover first")
+        if not analysis.regions:
+            return self._empty_result(analysis)
+        emb, attention = self.embed(analysis.tokens)
+        result = self._result(analysis, emb, attention, self.type_ids, [])
+        outliers = np.flatnonzero(result.region_outlier)
+        dcfg = self.config.discovery
+        if len(outliers) >= dcfg.new_type_min_size:
+            self._propose_new_types(result, outliers)
+        return result
+
+    def _propose_new_types(self, result: DiscoveryResult, outliers: np.ndarray) -> None:
+        """Cluster outlier regions; groups of at least ``new_type_min_size`` become new types."""
+        dcfg = self.config.discovery
+        sub = result.embeddings[outliers]
+        k, _ = estimate_k(sub, min(dcfg.max_clusters, max(1, len(sub) // dcfg.new_type_min_size)),
+                          restarts=dcfg.kmeans_restarts, seed=self.config.seed,
+                          method=dcfg.cluster_method, max_points=dcfg.ward_max_points,
+                          min_size=dcfg.new_type_min_size)
+        labels, centres = cluster(sub, max(k, 1), method=dcfg.cluster_method,
+                                  max_points=dcfg.ward_max_points,
+                                  restarts=dcfg.kmeans_restarts, seed=self.config.seed)
+        next_id = int(result.type_ids.max()) + 1 if len(result.type_ids) else 0
+        new_ids, new_protos = [], []
+        for c in range(len(centres)):
+            members = outliers[labels == c]
+            if len(members) < dcfg.new_type_min_size:
+                continue
+            tid = next_id + len(new_ids)
+            new_ids.append(tid)
+            new_protos.append(centres[c])
+            result.region_type[members] = tid
+            result.region_outlier[members] = False
+            sims = result.embeddings[members] @ centres[c]
+            result.region_similarity[members] = sims
+            result.region_confidence[members] = np.clip(sims, 0.0, 1.0)
+        if not new_ids:
+            return
+        result.type_ids = np.concatenate([result.type_ids, new_ids])
+        result.prototypes = np.concatenate([result.prototypes, np.stack(new_protos)])
+        result.new_type_ids = new_ids
+        self._vote_images(result)
+
+    # ------------------------------------------------------------------ results
+    def _result(self, analysis: BatchAnalysis, emb: np.ndarray, attention: np.ndarray,
+                type_ids: np.ndarray, new_ids: list[int]) -> DiscoveryResult:
+        dcfg = self.config.discovery
+        sims = emb @ self.prototypes.T
+        best = sims.argmax(axis=1)
+        best_sim = sims[np.arange(len(sims)), best]
+        outlier = best_sim < self.thresholds[best]
+        probs = softmax(sims, dcfg.confidence_temperature)
+        conf = probs[np.arange(len(probs)), best]
+        if len(type_ids) > 1:
+            top2 = np.sort(sims, axis=1)[:, -2]
+            low_margin = (best_sim - top2) < dcfg.assign_margin
+            conf = np.where(low_margin, np.minimum(conf, 0.5), conf)
+        region_type = np.where(outlier, NO_TYPE, type_ids[best]).astype(np.int64)
+        n = analysis.n_images
+        result = DiscoveryResult(
+            analysis=analysis, embeddings=emb, attention=attention,
+            region_type=region_type, region_confidence=conf.astype(np.float32),
+            region_outlier=outlier, region_similarity=best_sim.astype(np.float32),
+            image_type=np.full(n, NO_TYPE, np.int64), image_confidence=np.zeros(n, np.float32),
+            image_outlier=np.zeros(n, bool), type_ids=np.asarray(type_ids).copy(),
+            prototypes=self.prototypes.copy(), new_type_ids=list(new_ids))
+        self._vote_images(result)
+        return result
+
+    def _vote_images(self, result: DiscoveryResult) -> None:
+        """Image type = weighted vote of its non-outlier regions; all-outlier images are
+        outliers themselves."""
+        analysis = result.analysis
+        ids = list(result.type_ids)
+        col = {t: j for j, t in enumerate(ids)}
+        onehot = np.zeros((len(result.region_type), len(ids)), np.float32)
+        for r, (t, c) in enumerate(zip(result.region_type, result.region_confidence)):
+            if t != NO_TYPE:
+                onehot[r, col[int(t)]] = c
+        weights = region_weights([r.area for r in analysis.regions],
+                                 [r.score for r in analysis.regions])
+        votes = image_votes(onehot, weights, analysis.region_image, analysis.n_images)
+        has_region = np.zeros(analysis.n_images, bool)
+        has_region[analysis.region_image] = True
+        total = votes.sum(axis=1)
+        for i in range(analysis.n_images):
+            if not analysis.is_anomalous[i] or not has_region[i]:
+                continue
+            if total[i] <= 0:
+                result.image_outlier[i] = True
+                continue
+            j = int(votes[i].argmax())
+            result.image_type[i] = ids[j]
+            # votes are weighted means over all of the image's regions of (confidence if the
+            # region has that type, else 0): agreement and confidence in one number
+            result.image_confidence[i] = float(votes[i, j])
+
+    def _empty_result(self, analysis: BatchAnalysis) -> DiscoveryResult:
+        n = analysis.n_images
+        d = self.config.discovery.embedding_dim
+        t = analysis.tokens.grid[0] * analysis.tokens.grid[1]
+        return DiscoveryResult(
+            analysis=analysis, embeddings=np.zeros((0, d), np.float32),
+            attention=np.zeros((0, t), np.float32), region_type=np.zeros(0, np.int64),
+            region_confidence=np.zeros(0, np.float32), region_outlier=np.zeros(0, bool),
+            region_similarity=np.zeros(0, np.float32),
+            image_type=np.full(n, NO_TYPE, np.int64), image_confidence=np.zeros(n, np.float32),
+            image_outlier=np.zeros(n, bool), type_ids=self.type_ids.copy(),
+            prototypes=self.prototypes.copy(), new_type_ids=[])
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """One ``.npz``: detector arrays, prior mask, references, head weights, prototypes."""
+        det = self._require_detector()
+        arrays: dict[str, np.ndarray] = {}
+        det_meta = None
+        if det.is_fitted:
+            det_arrays, det_meta = det.to_arrays()
+            arrays.update({f"detector.{k}": v for k, v in det_arrays.items()})
+        for i, ref in enumerate(self.references):
+            arrays[f"reference.{i}"] = ref
+        arrays["reference_descriptors"] = self.reference_descriptors
+        head_shape = None
+        if self.head is not None:
+            for name, tensor in self.head.state_dict().items():
+                arrays[f"head.{name}"] = tensor.detach().cpu().numpy()
+            head_shape = [int(self.head.pool.norm.normalized_shape[0]),
+                          int(self.head.prototypes.shape[0])]
+        arrays["type_ids"] = self.type_ids
+        arrays["prototypes"] = self.prototypes
+        arrays["thresholds"] = self.thresholds
+        meta = {"kind": MODEL_KIND, "format_version": MODEL_FORMAT_VERSION,
+                "config": json.loads(self.config.to_json()), "detector": det_meta,
+                "n_references": len(self.references), "head_shape": head_shape,
+                "value_range": list(self.value_range) if self.value_range else None}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        return write_npz(path, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None
+             ) -> "DiscoveryModel":
+        """Load a model written by :meth:`save`; another kind or version is a clear error."""
+        arrays = read_npz(path)
+        if "meta" not in arrays:
+            raise ModelFormatError(f"{path} is not a ProtoAtlas model file (no metadata)")
+        meta = json.loads(arrays["meta"].tobytes().decode())
+        if meta.get("kind") != MODEL_KIND:
+            raise ModelFormatError(
+                f"{path} holds a '{meta.get('kind')}', not a discovery model "
+                "(write one with protoatlas discover --save-model)")
+        if meta.get("format_version") != MODEL_FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{path} has discovery model format version {meta.get('format_version')}; "
+                f"this ProtoAtlas reads version {MODEL_FORMAT_VERSION}: run discover again")
+        config = ProtoAtlasConfig.from_dict(meta["config"])
+        model = cls(config, device=device)
+        det_arrays = {k.split(".", 1)[1]: v for k, v in arrays.items()
+                      if k.startswith("detector.")}
+        model.detector = PatchCoreDetector(config, device=model.device) \
+            if meta["detector"] is None else PatchCoreDetector.from_arrays(
+                det_arrays, meta["detector"], device=model.device, source=str(path))
+        model.references = [arrays[f"reference.{i}"] for i in range(meta["n_references"])]
+        model.reference_descriptors = arrays["reference_descriptors"]
+        if model.references:
+            model.prior.fit(model.references)
+        if meta["head_shape"] is not None:
+            channels, k = meta["head_shape"]
+            model.head = model._new_head(channels, k)
+            state = {k.split(".", 1)[1]: torch.from_numpy(v) for k, v in arrays.items()
+                     if k.startswith("head.")}
+            model.head.load_state_dict(state)
+            model.head.eval()
+        model.type_ids = arrays["type_ids"].astype(np.int64)
+        model.prototypes = arrays["prototypes"].astype(np.float32)
+        model.thresholds = arrays["thresholds"].astype(np.float32)
+        model.value_range = tuple(meta["value_range"]) if meta["value_range"] else None
+        return model
+
+
+class _Iter:
+    """Iterate a lazily indexed sequence."""
+
+    def __init__(self, seq: Sequence[np.ndarray]) -> None:
+        self.seq = seq
+
+    def __iter__(self) -> Iterable[np.ndarray]:
+        return (self.seq[i] for i in range(len(self.seq)))
+
+
+def _external_map(amap: np.ndarray, shape: tuple[int, int], index: int) -> np.ndarray:
+    arr = np.asarray(amap, dtype=np.float32)
+    if arr.ndim != 2 or not np.isfinite(arr).all():
+        raise DiscoveryError(f"anomaly map {index} must be a finite 2-D array, got {arr.shape}")
+    if arr.shape != shape:
+        arr = cv2.resize(arr, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return arr
