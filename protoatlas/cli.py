@@ -117,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p)
     _common(p)
 
+    p = sub.add_parser("serve", help="start the web app (review UI) on a workspace")
+    p.add_argument("--home", default=None,
+                   help="data directory (default: $PROTOATLAS_HOME, else ./protoatlas-data)")
+    p.add_argument("--workspace", default="default", help="workspace name inside --home")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--demo", action="store_true",
+                   help="on first start, generate the synthetic demo batch and discover its types")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _common(p)
+
     p = sub.add_parser("synth", help="write the seeded synthetic demo set (MVTec layout)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -246,6 +257,13 @@ def cmd_eval_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from webapp.app import serve
+
+    return serve(home=args.home, workspace=args.workspace, host=args.host, port=args.port,
+                 demo=args.demo, device=args.device, quiet=args.quiet)
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from engine import synth
 
@@ -256,7 +274,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"detect": cmd_detect, "eval-detect": cmd_eval_detect, "synth": cmd_synth,
-            "discover": cmd_discover, "assign": cmd_assign, "eval-discover": cmd_eval_discover}
+            "discover": cmd_discover, "assign": cmd_assign, "eval-discover": cmd_eval_discover,
+            "serve": cmd_serve}
 DISCOVER_COLUMNS = ("image", "anomaly_score", "is_anomalous", "cluster", "confidence",
                     "outlier")
 

@@ -412,9 +412,13 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
                     + (list(batch.assignments.types) if batch.assignments is not None else []))
     maps = [im.anomaly_map for im in images]
     for im, m in zip(images, maps):
-        if m is not None and np.shape(m) != (im.height, im.width):
-            raise ValidationError(f"image {im.name!r}: anomaly map shape {np.shape(m)} is not "
-                                  f"(height, width) = ({im.height}, {im.width})")
+        # A map may be stored at a lower resolution than its image (detectors work at a few
+        # hundred pixels); it must keep the image's aspect ratio within a pixel.
+        if m is not None and (np.ndim(m) != 2 or min(np.shape(m)) < 1 or abs(
+                np.shape(m)[0] * im.width / max(np.shape(m)[1], 1) - im.height)
+                > max(1.0, im.height / np.shape(m)[0])):
+            raise ValidationError(f"image {im.name!r}: anomaly map shape {np.shape(m)} does "
+                                  f"not have the aspect of the {im.width}x{im.height} image")
 
     # Pass 1: hashes (refuse identical content twice in the batch before writing anything).
     shas: list[str] = []

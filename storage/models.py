@@ -37,7 +37,8 @@ class ImageIn:
     ext: str | None = None
     anomaly_score: float | None = None
     is_anomalous: bool | None = None
-    #: Float (height, width) anomaly map; stored as a 16-bit PNG blob (see png16.py).
+    #: Float 2-D anomaly map with the image's aspect ratio (any resolution, e.g. the
+    #: detector's working size; displays resize it); stored as a 16-bit PNG blob (png16.py).
     anomaly_map: np.ndarray | None = None
 
 

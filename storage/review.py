@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 Con = duckdb.DuckDBPyConnection
 UNDOABLE = {"confirm_type", "reject_type", "rename_type", "merge_types", "split_type",
-            "move_regions", "mark_normal", "import_labels", "answer_suggestion"}
+            "move_regions", "mark_normal", "import_labels", "answer_suggestion",
+            "create_type"}
 REVIEWER_STATE = {"source": "reviewer", "confidence": 1.0, "model_version": None}
 
 
@@ -294,6 +295,41 @@ def move_regions(ws: "Workspace", region_ids: Sequence[int], to_type_id: int,
         _record(con, actor, "move_regions", {"region_ids": region_ids,
                                              "to_type_id": int(to_type_id)},
                 touched, region_ids, before)
+
+
+def create_type(ws: "Workspace", region_ids: Sequence[int], expected: Mapping[int, int],
+                actor: str, name: str | None = None, status: str = "proposed") -> int:
+    """A new reviewer type holding ``region_ids`` (taken from whatever type, or none, they
+    were in; e.g. a group of outliers, or one image named with a new label). Returns its id."""
+    actor = check_actor(actor)
+    region_ids = _ids(region_ids, "region ids")
+    if not region_ids:
+        raise ValidationError("create_type needs at least one region id")
+    if status not in ("proposed", "confirmed"):
+        raise ValidationError(f"a new type is 'proposed' or 'confirmed', not {status!r}")
+    if name is not None:
+        name = check_type_name(name)
+    from storage.ingest import create_types
+    from storage.models import NewType
+
+    with ws.transaction() as con:
+        _regions_exist(con, region_ids)
+        touched = _current_types(con, region_ids)
+        check_versions(con, expected, touched)
+        if name is not None:
+            _name_free(con, name, None)
+        before = _before(con, touched, region_ids)
+        now = utcnow()
+        new_id = create_types(con, [NewType(key="new", name=name)], origin="reviewer",
+                              status=status, now=now)["new"]
+        before["types"][str(new_id)] = None
+        write_assignments(con, {r: {"type_id": new_id, "is_normal": False, **REVIEWER_STATE}
+                                for r in region_ids})
+        _bump(con, touched, now)
+        _record(con, actor, "create_type", {"type_id": new_id, "region_ids": region_ids,
+                                            "name": name, "status": status},
+                [*touched, new_id], region_ids, before)
+    return new_id
 
 
 def mark_normal(ws: "Workspace", region_ids: Sequence[int], expected: Mapping[int, int],

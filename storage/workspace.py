@@ -671,6 +671,11 @@ class Workspace:
         from storage import review
         review.move_regions(self, region_ids, to_type_id, expected, actor)
 
+    def create_type(self, region_ids: Sequence[int], *, expected: Mapping[int, int],
+                    actor: str, name: str | None = None, status: str = "proposed") -> int:
+        from storage import review
+        return review.create_type(self, region_ids, expected, actor, name, status)
+
     def mark_normal(self, region_ids: Sequence[int], *, expected: Mapping[int, int],
                     actor: str) -> None:
         from storage import review

@@ -88,7 +88,7 @@ def test_identical_content_twice_in_one_batch_is_refused_before_writing(ws):
     (lambda b: setattr(b.images[1], "name", b.images[0].name), "appears twice"),
     (lambda b: b.new_types.append(NewType("c9", name="good")), "'good' is reserved"),
     (lambda b: setattr(b, "model", None), "embeddings need the model"),
-    (lambda b: setattr(b.images[0], "anomaly_map", np.zeros((2, 2))), "anomaly map shape"),
+    (lambda b: setattr(b.images[0], "anomaly_map", np.zeros((2, 9))), "anomaly map shape"),
 ])
 def test_invalid_input_is_refused_and_nothing_changes(ws, spoil, message):
     ws.ingest_batch(make_batch(4, seed=3, name="first"))
