@@ -1,0 +1,930 @@
+"""The review web app (Gradio Blocks): upload, types, suggestions, map, image detail,
+history and export. ``serve()`` is what ``protoatlas serve`` and ``app.py`` (Spaces) call.
+
+Named API endpoints (``gradio_client``; see docs/webapp.md): ``upload_batch``,
+``list_types``, ``type_detail``, ``type_action``, ``next_suggestion``,
+``answer_suggestion``, ``refresh_suggestions``, ``retrain``, ``undo``, ``image_detail``,
+``audit``, ``export``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from webapp.assets import CSS, HEAD, KEYS_HELP
+from webapp.security import (AUTH_ENV, Limits, RequireLogin, UploadError, parse_auth,
+                             stage_upload)
+from webapp.views import (AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS, Views,
+                          fmt_conf)
+
+STAGES = {"check": "Checking the images", "fit": "Learning what normal looks like",
+          "detect": "Finding anomalies", "regions": "Cutting out anomalous regions",
+          "types": "Discovering defect types", "assign": "Sorting into types",
+          "store": "Saving to the workspace", "done": "Done"}
+PRIOR_CHOICES = [("auto (classical; grounded-SAM for the prompt when configured)", "auto"),
+                 ("classical: object from the known-good images", "classical"),
+                 ("none: textures, the whole image is the object", "none"),
+                 ("grounded-SAM: text prompt (needs local checkpoints)", "grounded-sam")]
+CLUSTER_CHOICES = ["auto"] + [str(k) for k in range(2, 13)]
+ORDERS = [("representative first", "representative"), ("most confident", "confidence"),
+          ("borderline (least confident)", "borderline")]
+#: Engine jobs (uploads, retraining) share one concurrency group of size 1.
+ENGINE = "engine"
+
+
+# ----------------------------------------------------------------------------- helpers
+def actor_of(request: gr.Request | None) -> str:
+    """The logged-in user, the Hugging Face OAuth user, or "reviewer"."""
+    if request is None:
+        return "reviewer"
+    name = getattr(request, "username", None)
+    if name:
+        return str(name)
+    try:
+        info = request.request.session.get("oauth_info") or {}  # type: ignore[union-attr]
+        user = (info.get("userinfo") or {}).get("preferred_username")
+        if user:
+            return str(user)
+    except Exception:  # no session middleware (OAuth off)
+        pass
+    return "reviewer"
+
+
+def _gpu(fn: Callable) -> Callable:
+    """ZeroGPU: run engine jobs under ``spaces.GPU`` when the package is importable."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=int(os.environ.get("PROTOATLAS_GPU_SECONDS", "300")))(fn)
+
+
+def _call_engine(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+call_engine = _gpu(_call_engine)
+
+
+def _msg(result: dict[str, Any]) -> str:
+    mark = "✅" if result.get("ok") else "⚠️"
+    return f"{mark} {result.get('message', '')}"
+
+
+def _to_int(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(float(str(value).split(":")[0].strip().lstrip("#")))
+    except ValueError:
+        return None
+
+
+def _ids(value: Any) -> list[int]:
+    """Region ids from a list or a text like "12, 15 #17"."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else \
+        str(value).replace(";", ",").replace(" ", ",").split(",")
+    out = []
+    for v in items:
+        v = str(v).strip().lstrip("#")
+        if v:
+            try:
+                out.append(int(float(v)))
+            except ValueError:
+                raise gr.Error(f"'{v}' is not a region id (use numbers separated by commas)")
+    return list(dict.fromkeys(out))
+
+
+# ----------------------------------------------------------------------------- the app
+class ReviewApp:
+    """The Gradio Blocks over one :class:`~protoatlas.workspace.WorkspaceService`."""
+
+    def __init__(self, service, *, limits: Limits | None = None, note: str | None = None,
+                 auth_on: bool = False) -> None:
+        self.service = service
+        self.views = Views(service)
+        self.limits = limits or Limits.from_env()
+        self.note = note
+        self.auth_on = auth_on
+        self.staging = self.views.root / "uploads"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.jobs_lock = threading.Lock()
+        self.running: dict[str, str] = {}  # job id -> description (shown in the header)
+        self.blocks = self._build()
+
+    # ---------------------------------------------------------------- header
+    def header(self, request: gr.Request | None = None) -> str:
+        ws = self.views.ws
+        batches = ws.batches()
+        types = ws.list_types()
+        n_conf = sum(t.status == "confirmed" for t in types)
+        n_images = sum(b.n_images for b in batches)
+        who = actor_of(request)
+        login = f" · signed in as **{who}** ([log out](logout))" if self.auth_on else ""
+        with self.jobs_lock:
+            jobs = list(self.running.values())
+        busy = f"  \n⏳ Running: {'; '.join(jobs)}" if jobs else ""
+        note = f"  \n{self.note}" if self.note else ""
+        return (f"# ProtoAtlas\nWorkspace **{ws.name}** · {len(batches)} batch(es) · "
+                f"{n_images} images · {len(types)} types ({n_conf} confirmed){login}"
+                f"{busy}{note}")
+
+    # ---------------------------------------------------------------- types
+    def panel(self, type_id: Any, order: str, show_rejected: bool,
+              keep: list[int] | None = None) -> list[Any]:
+        """Everything on the Types tab, for the selected type (or the largest one)."""
+        v = self.views
+        types = v.types(include_rejected=bool(show_rejected))
+        ids = [t.id for t in types]
+        tid = _to_int(type_id)
+        if tid not in ids:
+            tid = ids[0] if ids else None
+        cards = v.cards_html(types, selected=tid)
+        table = v.types_table(types)
+        choices = [(f"{t.name} (#{t.id}, {t.status}, {t.n_regions})", t.id) for t in types]
+        if tid is None:
+            return [cards, table, gr.update(choices=choices, value=None),
+                    "No type selected.", [], gr.update(choices=[], value=[]),
+                    gr.update(choices=[], value=None), gr.update(choices=[], value=None),
+                    {}, []]
+        t = next(x for x in types if x.id == tid)
+        members = v.type_members(tid, order or "representative")
+        gallery = v.gallery(members)
+        mids = [m.region_id for m in members]
+        sel_choices = [(f"#{m.region_id}", m.region_id) for m in members]
+        keep = [r for r in (keep or []) if r in mids]
+        others = v.type_choices(exclude=tid)
+        return [cards, table, gr.update(choices=choices, value=tid), v.type_header(t), gallery,
+                gr.update(choices=sel_choices, value=keep), gr.update(choices=others, value=None),
+                gr.update(choices=others, value=None), {"type_id": tid, "version": t.version},
+                mids]
+
+    def act(self, action: str, type_id: Any, argument: Any, selection: Any, seen: dict | None,
+            order: str, show_rejected: bool, request: gr.Request | None) -> list[Any]:
+        tid = _to_int(type_id)
+        if tid is None and action != "undo":
+            return ["⚠️ Pick a type first (click a card or use the Type list).",
+                    *self.panel(None, order, show_rejected)]
+        expected = None
+        if seen and seen.get("type_id") == tid:
+            expected = seen.get("version")
+        arg = "" if argument is None else str(argument)
+        result = self.views.type_action(tid or -1, action, arg, _ids(selection), expected,
+                                        actor_of(request))
+        nxt = tid
+        if result.get("ok") and action == "merge":
+            nxt = _to_int(arg)
+        return [_msg(result), *self.panel(nxt, order, show_rejected)]
+
+    # ---------------------------------------------------------------- suggestions
+    def question(self) -> list[Any]:
+        q = self.views.next_question()
+        if q is None:
+            return ("### No open questions\nEvery question so far is answered. *Refresh "
+                    "questions* asks the model for new ones (after more review or an upload).",
+                    [], None, gr.update(choices=[], value=None, visible=False),
+                    gr.update(visible=False))
+        text = f"### {q.text}\n{q.reason}  \n<small>question #{q.id} · {q.kind}</small>"
+        label = q.kind == "label"
+        return (text, q.images, q.id, gr.update(choices=q.choices, value=None, visible=label),
+                gr.update(visible=label))
+
+    def answer(self, answer: Any, suggestion_id: Any, request: gr.Request | None) -> list[Any]:
+        sid = _to_int(suggestion_id)
+        if sid is None:
+            return ["⚠️ No question is open.", *self.question()]
+        result = self.views.answer(sid, str(answer or ""), actor_of(request))
+        return [_msg(result), *self.question()]
+
+    def refresh_suggestions(self) -> dict[str, Any]:
+        svc = self.service
+        if not hasattr(svc, "refresh_suggestions"):
+            return {"ok": False, "message": "This version of the service cannot make new "
+                    "questions yet (WorkspaceService.refresh_suggestions is missing).",
+                    "n_open": len(svc.ws.open_suggestions())}
+        items = svc.refresh_suggestions()
+        n = len(items) if items is not None else len(svc.ws.open_suggestions())
+        return {"ok": True, "message": f"{n} open question(s).", "n_open": n}
+
+    def retrain(self, request: gr.Request | None, progress: gr.Progress | None = None
+                ) -> dict[str, Any]:
+        svc = self.service
+        if not hasattr(svc, "retrain"):
+            return {"ok": False, "message": "Retraining is not available in this version "
+                    "(WorkspaceService.retrain is missing)."}
+        cb = self._progress(progress)
+        with self._job("retraining"):
+            version = call_engine(svc.retrain, actor=actor_of(request), progress=cb)
+        self.views.warm()
+        if hasattr(svc, "refresh_suggestions"):
+            svc.refresh_suggestions()
+        return {"ok": True, "message": f"Retrained: model version {version}.",
+                "model_version": version}
+
+    # ---------------------------------------------------------------- uploads
+    def _job(self, what: str):
+        app = self
+
+        class _Ctx:
+            def __enter__(self_inner):
+                self_inner.key = f"{what}-{time.monotonic_ns()}"
+                with app.jobs_lock:
+                    app.running[self_inner.key] = f"{what} (since {dt.datetime.now():%H:%M:%S})"
+
+            def __exit__(self_inner, *exc):
+                with app.jobs_lock:
+                    app.running.pop(self_inner.key, None)
+        return _Ctx()
+
+    @staticmethod
+    def _progress(progress: gr.Progress | None) -> Callable[[str, float], None]:
+        def cb(stage: str, fraction: float) -> None:
+            if progress is not None:
+                try:
+                    progress(float(min(max(fraction, 0.0), 1.0)),
+                             desc=STAGES.get(stage, stage.capitalize()))
+                except Exception:  # progress display must never break the job
+                    pass
+        return cb
+
+    def upload(self, images: Any, normals: Any, prompt: str | None, clusters: Any,
+               prior: str | None, batch_name: str | None, request: gr.Request | None,
+               progress: gr.Progress | None = None) -> tuple[str, list[list[str]]]:
+        started = time.perf_counter()
+        try:
+            staged = stage_upload(images if isinstance(images, list) else [images] if images
+                                  else [], self.staging, self.limits, "images")
+            staged_normals = stage_upload(normals if isinstance(normals, list) else
+                                          [normals] if normals else [], self.staging,
+                                          self.limits, "normals")
+        except UploadError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        if staged is None:
+            raise gr.Error("Choose the images to analyse first: image files or one .zip.",
+                           print_exception=False)
+        k: int | str = "auto"
+        text = str(clusters or "auto").strip().lower()
+        if text != "auto":
+            try:
+                k = int(float(text))
+            except ValueError:
+                raise gr.Error(f"Number of types: 'auto' or a whole number, not '{clusters}'",
+                               print_exception=False) from None
+            if not 2 <= k <= 50:
+                raise gr.Error("Number of types must be between 2 and 50 (or auto).",
+                               print_exception=False)
+        notes = []
+        prompt = (prompt or "").strip() or None
+        backend = (prior or "auto").strip()
+        if backend == "auto":
+            sam = self.service.config.prior
+            if prompt and sam.sam_checkpoint and sam.groundingdino_checkpoint:
+                backend = "grounded-sam"
+            else:
+                backend = "classical"
+                if prompt:
+                    notes.append(f"The prompt '{prompt}' was kept with the batch, but the "
+                                 "classical object prior was used: grounded-SAM checkpoints "
+                                 "are not configured on this server.")
+        name = (batch_name or "").strip() or (
+            Path(staged.source).stem if staged.source and staged.source.suffix == ".zip"
+            else f"upload {dt.datetime.now():%Y-%m-%d %H:%M}")
+        cb = self._progress(progress)
+        cb("check", 0.0)
+        try:
+            with self._job(f"analysing '{name}'"):
+                report = call_engine(
+                    self.service.upload_batch, staged.source,
+                    staged_normals.source if staged_normals else None, clusters=k,
+                    prior=backend, prompt=prompt, actor=actor_of(request), batch_name=name,
+                    progress=cb)
+        except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
+            raise gr.Error(f"Upload not analysed: {exc}", print_exception=False) from None
+        finally:
+            staged.close()
+            if staged_normals:
+                staged_normals.close()
+        self.views.warm()
+        if hasattr(self.service, "refresh_suggestions"):
+            try:
+                self.service.refresh_suggestions()
+            except Exception as exc:  # suggestions are optional after an upload
+                notes.append(f"Questions not refreshed: {exc}")
+        skipped = [[s.name, s.reason] for s in list(staged.skipped)
+                   + (staged_normals.skipped if staged_normals else []) + list(report.skipped)]
+        mode = ("discovered" if report.mode == "discover" else "sorted into the existing types")
+        new = ", ".join(self.views.ws.get_type(t).name for t in report.new_type_ids) or "none"
+        md = (f"### ✅ Batch '{name}' (#{report.batch_id}) {mode}\n"
+              f"- {report.n_images} images analysed, {report.n_anomalous} flagged anomalous, "
+              f"{report.n_regions} anomalous regions\n- new types: {new}\n"
+              f"- {len(skipped)} file(s) skipped{' (see the table)' if skipped else ''}\n"
+              f"- took {time.perf_counter() - started:.1f} s\n"
+              + "".join(f"- {n}\n" for n in notes)
+              + "\nOpen the **Types** tab to review.")
+        return md, skipped
+
+    # ---------------------------------------------------------------- map
+    def map_selection(self, text: Any) -> tuple[str, list[tuple[str, str]]]:
+        ids = _ids(text)
+        if not ids:
+            return "No regions selected: drag a lasso or box on the map.", []
+        items = []
+        for rid in ids[:48]:
+            try:
+                items.append((str(self.views.crop(rid)), f"#{rid}"))
+            except Exception:
+                pass
+        more = f" (showing {len(items)})" if len(ids) > len(items) else ""
+        return f"**{len(ids)} region(s) selected**{more}", items
+
+    def map_act(self, action: str, text: Any, argument: Any, request: gr.Request | None
+                ) -> str:
+        ids = _ids(text)
+        if not ids:
+            return "⚠️ Select regions on the map first (lasso or box)."
+        v = self.views
+        if action == "move":
+            dest = _to_int(argument)
+            if dest is None:
+                return "⚠️ Choose the type to move the selection to."
+            first = v.ws.get_type(dest)
+            return _msg(v.type_action(first.id, "move", str(dest), ids, None,
+                                      actor_of(request)))
+        # new type / mark normal: anchor on the type of the first selected region
+        result = v.selection_action(ids, action, str(argument or ""), actor_of(request))
+        return _msg(result)
+
+    # ---------------------------------------------------------------- image detail
+    def image(self, image_id: Any):
+        iid = _to_int(image_id)
+        if iid is None:
+            raise gr.Error("Choose an image (or type its id).", print_exception=False)
+        try:
+            d = self.views.image_detail(iid)
+        except Exception as exc:
+            raise gr.Error(f"Image {iid}: {exc}", print_exception=False) from None
+        return d["summary"], d["original"], d["heat"], d["regions"], d["prior"], d["rows"]
+
+    # ---------------------------------------------------------------- build
+    def _build(self) -> gr.Blocks:  # noqa: C901 (one screen after the other)
+        v = self.views
+        with gr.Blocks(title="ProtoAtlas review", fill_width=True) as blocks:
+            header = gr.Markdown(elem_id="pa-header")
+            with gr.Tabs(selected="types") as tabs:
+                # ======================================================== Types
+                with gr.Tab("Types", id="types") as types_tab:
+                    with gr.Row(equal_height=False):
+                        with gr.Column(scale=5, min_width=340):
+                            with gr.Row():
+                                refresh_btn = gr.Button("↻ Refresh", size="sm", scale=0,
+                                                        elem_id="pa-refresh")
+                                show_rejected = gr.Checkbox(False, label="show rejected types",
+                                                            container=False)
+                            cards = gr.HTML(elem_id="pa-cards")
+                            pick = gr.Textbox(visible="hidden", elem_id="pa-type-pick",
+                                              max_lines=1, label="pick")
+                            with gr.Accordion("Types as a table", open=False):
+                                types_df = gr.Dataframe(headers=TYPE_COLUMNS, interactive=False,
+                                                        label="types", max_height=320)
+                        with gr.Column(scale=7, min_width=420):
+                            with gr.Row():
+                                type_dd = gr.Dropdown(label="Type", choices=[], scale=3,
+                                                      elem_id="pa-type-dd")
+                                order = gr.Radio(ORDERS, value="representative",
+                                                 label="Order", scale=3)
+                            type_md = gr.Markdown(elem_id="pa-type-head")
+                            gallery = gr.Gallery(label="Members: click images to select them",
+                                                 columns=6, height=400, allow_preview=False,
+                                                 object_fit="cover", elem_id="pa-gallery")
+                            with gr.Row():
+                                selection = gr.CheckboxGroup(
+                                    [], label="Selected regions (click images, or tick here)",
+                                    elem_id="pa-selection", scale=4)
+                                with gr.Column(scale=1, min_width=120):
+                                    sel_all = gr.Button("Select all", size="sm")
+                                    sel_none = gr.Button("Clear", size="sm")
+                                    open_img = gr.Button("Open image", size="sm")
+                            msg = gr.Markdown(elem_id="pa-msg")
+                            with gr.Row():
+                                confirm_btn = gr.Button("✔ Confirm type", variant="primary",
+                                                        elem_id="pa-confirm")
+                                reject_btn = gr.Button("✖ Reject type", variant="stop",
+                                                       elem_id="pa-reject")
+                                undo_btn = gr.Button("↶ Undo last", elem_id="pa-undo")
+                            with gr.Row():
+                                rename_tb = gr.Textbox(label="New name", placeholder="e.g. scratch",
+                                                       scale=3, max_lines=1, elem_id="pa-rename-tb")
+                                rename_btn = gr.Button("Rename", scale=1, elem_id="pa-rename")
+                                newtype_btn = gr.Button("Selected → new type", scale=1,
+                                                        elem_id="pa-newtype")
+                            with gr.Row():
+                                merge_dd = gr.Dropdown(label="Merge this type into", choices=[],
+                                                       scale=3, elem_id="pa-merge-dd")
+                                merge_btn = gr.Button("Merge", scale=1, elem_id="pa-merge")
+                            with gr.Row():
+                                parts = gr.Number(2, label="Split into parts", precision=0,
+                                                  minimum=2, maximum=12, scale=1)
+                                split_btn = gr.Button("Split (selected → new type, else by "
+                                                      "clustering)", scale=3, elem_id="pa-split")
+                            with gr.Row():
+                                move_dd = gr.Dropdown(label="Move selected to", choices=[],
+                                                      scale=3, elem_id="pa-move-dd")
+                                move_btn = gr.Button("Move", scale=1, elem_id="pa-move")
+                                normal_btn = gr.Button("Selected are normal", scale=1,
+                                                       elem_id="pa-normal")
+                    seen = gr.State({})
+                    member_ids = gr.State([])
+                    last_image = gr.State(None)
+
+                # ======================================================== Suggestions
+                with gr.Tab("Suggestions", id="suggestions") as sugg_tab:
+                    with gr.Column(elem_id="pa-suggest-panel"):
+                        question_md = gr.Markdown(elem_id="pa-question")
+                        question_gallery = gr.Gallery(label="Look at these", columns=8,
+                                                      height=260, allow_preview=True,
+                                                      object_fit="cover")
+                        with gr.Row():
+                            yes_btn = gr.Button("Yes  (y)", variant="primary", elem_id="pa-yes")
+                            no_btn = gr.Button("No  (n)", elem_id="pa-no")
+                            skip_btn = gr.Button("Skip  (s)", elem_id="pa-skip")
+                            sugg_undo = gr.Button("↶ Undo  (u)", elem_id="pa-sugg-undo")
+                        with gr.Row():
+                            label_dd = gr.Dropdown(label="It is this type", choices=[],
+                                                   visible=False, scale=3)
+                            label_btn = gr.Button("Answer with this type", visible=False,
+                                                  scale=1)
+                        sugg_msg = gr.Markdown(elem_id="pa-sugg-msg")
+                        gr.HTML(KEYS_HELP)
+                        with gr.Row():
+                            next_btn = gr.Button("Next question", size="sm")
+                            refresh_q = gr.Button("Refresh questions", size="sm")
+                            retrain_btn = gr.Button("Retrain the model now", size="sm")
+                    sugg_id = gr.State(None)
+
+                # ======================================================== Upload
+                with gr.Tab("Upload", id="upload"):
+                    with gr.Row():
+                        with gr.Column():
+                            up_images = gr.File(label="Images: files, or one .zip (any folder "
+                                                "depth)", file_count="multiple",
+                                                file_types=["image", ".zip", ".tif", ".tiff",
+                                                            ".bmp"], elem_id="pa-up-images")
+                            up_normals = gr.File(label="Known-good images (optional after the "
+                                                 "first batch: the workspace's are reused)",
+                                                 file_count="multiple",
+                                                 file_types=["image", ".zip", ".tif", ".tiff",
+                                                             ".bmp"], elem_id="pa-up-normals")
+                        with gr.Column():
+                            up_prompt = gr.Textbox(label="Object (prompt for the object prior)",
+                                                   placeholder="e.g. bottle, tile", max_lines=1)
+                            up_prior = gr.Dropdown(PRIOR_CHOICES, value="auto",
+                                                   label="Object prior")
+                            up_k = gr.Dropdown(CLUSTER_CHOICES, value="auto",
+                                               allow_custom_value=True,
+                                               label="Number of defect types")
+                            up_name = gr.Textbox(label="Batch name (optional)", max_lines=1)
+                            up_btn = gr.Button("Upload and analyse", variant="primary",
+                                               elem_id="pa-upload")
+                            gr.Markdown(
+                                f"<small>Limits: {self.limits.max_file_mb} MB per file, "
+                                f"{self.limits.max_images} images per batch, zip up to "
+                                f"{self.limits.max_zip_total_mb} MB uncompressed and "
+                                f"{self.limits.max_zip_ratio:.0f}:1 compression. One analysis "
+                                "runs at a time; reviewing goes on meanwhile.</small>")
+                    up_report = gr.Markdown(elem_id="pa-up-report")
+                    up_skipped = gr.Dataframe(headers=["file", "reason"], interactive=False,
+                                              label="Skipped files", max_height=260,
+                                              elem_id="pa-up-skipped")
+
+                # ======================================================== Map
+                with gr.Tab("Map", id="map") as map_tab:
+                    with gr.Row():
+                        map_btn = gr.Button("Draw / refresh the map", size="sm", scale=0)
+                        gr.Markdown("Hover a point to see its crop; drag a **lasso** (default) "
+                                    "or **box** (toolbar) to select regions, then act below.")
+                    plot = gr.Plot(elem_id="pa-map", label="Region embeddings")
+                    map_pick = gr.Textbox(label="Selected region ids (filled by the lasso; "
+                                          "you can also type them)", elem_id="pa-map-pick",
+                                          max_lines=2)
+                    map_info = gr.Markdown(elem_id="pa-map-msg")
+                    map_gallery = gr.Gallery(columns=12, height=170, allow_preview=True,
+                                             label="Selection", object_fit="cover")
+                    with gr.Row():
+                        map_move_dd = gr.Dropdown(label="Move selection to", choices=[], scale=3)
+                        map_move = gr.Button("Move", scale=1)
+                        map_new_name = gr.Textbox(label="New type name (optional)", scale=2,
+                                                  max_lines=1)
+                        map_new = gr.Button("Selection → new type", scale=1)
+                        map_normal = gr.Button("Selection is normal", scale=1)
+
+                # ======================================================== Image
+                with gr.Tab("Image", id="image") as image_tab:
+                    with gr.Row():
+                        img_dd = gr.Dropdown(label="Image (with regions)", choices=[], scale=3,
+                                             allow_custom_value=True)
+                        img_btn = gr.Button("Show", scale=0)
+                    img_md = gr.Markdown()
+                    with gr.Row():
+                        img_orig = gr.Image(label="Original", interactive=False, height=300)
+                        img_heat = gr.Image(label="Anomaly heat map", interactive=False,
+                                            height=300)
+                        img_regions = gr.Image(label="Regions (coloured by type)",
+                                               interactive=False, height=300)
+                        img_prior = gr.Image(label="Object prior", interactive=False, height=300)
+                    img_df = gr.Dataframe(headers=REGION_COLUMNS, interactive=False,
+                                          label="Regions")
+
+                # ======================================================== History
+                with gr.Tab("History", id="history") as history_tab:
+                    with gr.Row():
+                        h_actor = gr.Dropdown(label="Reviewer", choices=[""], value="",
+                                              allow_custom_value=True)
+                        h_action = gr.Dropdown(label="Action", choices=[""], value="",
+                                               allow_custom_value=True)
+                        h_type = gr.Number(label="Type id", precision=0, value=None)
+                        h_btn = gr.Button("Filter / refresh", scale=0)
+                    h_df = gr.Dataframe(headers=AUDIT_COLUMNS, interactive=False,
+                                        label="Audit log (newest first)", wrap=True,
+                                        max_height=600, elem_id="pa-history")
+
+                # ======================================================== Export
+                with gr.Tab("Export", id="export"):
+                    ex_fmt = gr.Radio([(label, key) for key, (_, label) in EXPORTS.items()],
+                                      value="csv", label="What to export")
+                    ex_btn = gr.Button("Export", variant="primary", elem_id="pa-export")
+                    ex_file = gr.File(label="Download", elem_id="pa-export-file")
+
+            # ============================================================ wiring
+            P = [cards, types_df, type_dd, type_md, gallery, selection, merge_dd, move_dd,
+                 seen, member_ids]
+            panel_in = [type_dd, order, show_rejected]
+
+            def panel(type_id, order_v, rejected, sel=None):
+                return self.panel(type_id, order_v, rejected, sel)
+
+            def on_load(request: gr.Request):
+                return [self.header(request), *self.panel(None, "representative", False)]
+
+            blocks.load(on_load, outputs=[header, *P], api_visibility="undocumented")
+
+            def list_types() -> list[list[Any]]:
+                """Every type of the workspace (rejected ones too, not merged ones):
+                rows of id, name, status, regions, images, mean confidence."""
+                return v.types_table()
+
+            refresh_btn.click(list_types, outputs=[types_df], api_name="list_types").then(
+                panel, inputs=panel_in, outputs=P, api_visibility="undocumented").then(
+                self.header, outputs=[header], api_visibility="undocumented")
+            for trigger in (type_dd.input, order.change, show_rejected.change):
+                trigger(panel, inputs=panel_in, outputs=P, api_visibility="undocumented")
+
+            def picked(value, order_v, rejected):
+                return self.panel(_to_int(value), order_v, rejected)
+
+            pick.input(picked, inputs=[pick, order, show_rejected], outputs=P,
+                       api_visibility="undocumented")
+
+            def toggle(sel, ids, evt: gr.SelectData):
+                idx = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
+                if not ids or idx is None or idx >= len(ids):
+                    return gr.update(), None
+                rid = ids[idx]
+                sel = list(sel or [])
+                sel = [r for r in sel if r != rid] if rid in sel else sel + [rid]
+                try:
+                    image_id = v.region(rid)[0]
+                except Exception:
+                    image_id = None
+                return gr.update(value=sel), image_id
+
+            gallery.select(toggle, inputs=[selection, member_ids], outputs=[selection, last_image],
+                           api_visibility="undocumented")
+            sel_all.click(lambda ids: gr.update(value=list(ids or [])), inputs=[member_ids],
+                          outputs=[selection], api_visibility="undocumented")
+            sel_none.click(lambda: gr.update(value=[]), outputs=[selection],
+                           api_visibility="undocumented")
+
+            def bind(button, action, argument):
+                def fn(type_id, arg, sel, seen_v, order_v, rejected, request: gr.Request):
+                    return self.act(action, type_id, arg, sel, seen_v, order_v, rejected,
+                                    request)
+                button.click(fn, inputs=[type_dd, argument, selection, seen, order,
+                                         show_rejected], outputs=[msg, *P],
+                             api_visibility="undocumented").then(
+                    self.header, outputs=[header], api_visibility="undocumented")
+
+            bind(confirm_btn, "confirm", rename_tb)
+            bind(reject_btn, "reject", rename_tb)
+            bind(undo_btn, "undo", rename_tb)
+            bind(rename_btn, "rename", rename_tb)
+            bind(newtype_btn, "new_type", rename_tb)
+            bind(merge_btn, "merge", merge_dd)
+            bind(split_btn, "split", parts)
+            bind(move_btn, "move", move_dd)
+            bind(normal_btn, "normal", rename_tb)
+
+            def open_image(image_id):
+                if image_id is None:
+                    raise gr.Error("Click an image in the gallery first.", print_exception=False)
+                return (gr.Tabs(selected="image"), gr.update(value=image_id),
+                        *self.image(image_id))
+
+            IMG = [img_md, img_orig, img_heat, img_regions, img_prior, img_df]
+            open_img.click(open_image, inputs=[last_image], outputs=[tabs, img_dd, *IMG],
+                           api_visibility="undocumented")
+
+            def type_detail(type_id: int) -> dict[str, Any]:
+                """One type: its summary and its members (region id, image id, image name,
+                confidence, source), representative first."""
+                t = v.ws.get_type(int(type_id))
+                members = v.type_members(t.id, "representative")
+                return {"id": t.id, "name": t.name, "status": t.status, "version": t.version,
+                        "regions": t.n_regions, "images": t.n_images,
+                        "confidence": t.mean_confidence,
+                        "members": [{"region_id": m.region_id, "image_id": m.image_id,
+                                     "image": m.image_name, "confidence": m.confidence,
+                                     "source": m.source} for m in members]}
+
+            gr.api(type_detail, api_name="type_detail")
+
+            def type_action(type_id: int, action: str, argument: str = "",
+                            region_ids: list[int] | None = None, expected_version: int = -1,
+                            request: gr.Request = None) -> dict[str, Any]:
+                """Apply a reviewer action to a type. action: confirm | reject | rename
+                (argument = new name) | merge (argument = id of the type to merge into) |
+                split (argument = parts, or region_ids = the part to move out) | move
+                (region_ids to argument = type id) | normal (region_ids) | new_type
+                (region_ids, argument = name) | undo. expected_version: the type version
+                you saw (-1 = current). Returns {ok, message, type_ids, conflict}."""
+                return v.type_action(int(type_id), action, argument or "",
+                                     list(region_ids or []), expected_version,
+                                     actor_of(request))
+
+            gr.api(type_action, api_name="type_action")
+
+            def undo(request: gr.Request = None) -> dict[str, Any]:
+                """Undo the last reviewer action of the workspace."""
+                return v.type_action(-1, "undo", actor=actor_of(request))
+
+            gr.api(undo, api_name="undo")
+
+            # ---- suggestions
+            Q = [question_md, question_gallery, sugg_id, label_dd, label_btn]
+
+            def show_question():
+                return self.question()
+
+            sugg_tab.select(show_question, outputs=Q, api_visibility="undocumented")
+            next_btn.click(show_question, outputs=Q, api_visibility="undocumented")
+
+            def answer_with(value):
+                def fn(sid, request: gr.Request):
+                    return self.answer(value, sid, request)
+                return fn
+
+            for button, value in ((yes_btn, "yes"), (no_btn, "no"), (skip_btn, "skip")):
+                button.click(answer_with(value), inputs=[sugg_id], outputs=[sugg_msg, *Q],
+                             api_visibility="undocumented")
+
+            def answer_label(type_id, sid, request: gr.Request):
+                if type_id is None:
+                    return ["⚠️ Choose the type first.", *self.question()]
+                return self.answer(str(type_id), sid, request)
+
+            label_btn.click(answer_label, inputs=[label_dd, sugg_id], outputs=[sugg_msg, *Q],
+                            api_visibility="undocumented")
+
+            def undo_answer(request: gr.Request):
+                return [_msg(v.type_action(-1, "undo", actor=actor_of(request))),
+                        *self.question()]
+
+            sugg_undo.click(undo_answer, outputs=[sugg_msg, *Q], api_visibility="undocumented")
+
+            def refresh_questions():
+                return [_msg(self.refresh_suggestions()), *self.question()]
+
+            refresh_q.click(refresh_questions, outputs=[sugg_msg, *Q],
+                            api_visibility="undocumented", concurrency_id="suggest",
+                            concurrency_limit=1)
+
+            def retrain_ui(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+                return [_msg(self.retrain(request, progress)), *self.question()]
+
+            retrain_btn.click(retrain_ui, outputs=[sugg_msg, *Q], api_visibility="undocumented",
+                              concurrency_id=ENGINE, concurrency_limit=1)
+
+            def next_suggestion() -> dict[str, Any]:
+                """The next open question (highest score first): {id, kind, question, reason,
+                target, images, answers}; id is null when the queue is empty."""
+                q = v.next_question()
+                if q is None:
+                    return {"id": None, "kind": None, "question": None, "reason": None,
+                            "target": {}, "images": [], "answers": []}
+                return q.as_dict()
+
+            gr.api(next_suggestion, api_name="next_suggestion")
+
+            def answer_suggestion(suggestion_id: int, answer: str,
+                                  request: gr.Request = None) -> dict[str, Any]:
+                """Answer a question: "yes", "no", "skip", or (label questions) a type id or
+                name. The service applies the answer and writes the audit."""
+                return v.answer(int(suggestion_id), answer, actor_of(request))
+
+            gr.api(answer_suggestion, api_name="answer_suggestion")
+
+            def refresh_suggestions_api() -> dict[str, Any]:
+                """Recompute the question queue from the current workspace."""
+                return self.refresh_suggestions()
+
+            gr.api(refresh_suggestions_api, api_name="refresh_suggestions",
+                   concurrency_id="suggest", concurrency_limit=1)
+
+            def retrain(request: gr.Request = None) -> dict[str, Any]:
+                """Retrain the model on every decision so far (one engine job at a time)."""
+                return self.retrain(request)
+
+            gr.api(retrain, api_name="retrain", concurrency_id=ENGINE, concurrency_limit=1)
+
+            # ---- upload
+            def upload_batch(images, normals, prompt, clusters, prior, name,
+                             request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+                return self.upload(images, normals, prompt, clusters, prior, name, request,
+                                   progress)
+
+            up_btn.click(upload_batch,
+                         inputs=[up_images, up_normals, up_prompt, up_k, up_prior, up_name],
+                         outputs=[up_report, up_skipped], api_name="upload_batch",
+                         concurrency_id=ENGINE, concurrency_limit=1,
+                         show_progress_on=[up_report]).then(
+                panel, inputs=panel_in, outputs=P, api_visibility="undocumented").then(
+                self.header, outputs=[header], api_visibility="undocumented")
+
+            # ---- map
+            def draw_map():
+                fig = v.map_figure()
+                return fig, gr.update(choices=v.type_choices(), value=None)
+
+            map_btn.click(draw_map, outputs=[plot, map_move_dd], api_visibility="undocumented")
+            map_tab.select(draw_map, outputs=[plot, map_move_dd], api_visibility="undocumented")
+            map_pick.change(self.map_selection, inputs=[map_pick],
+                            outputs=[map_info, map_gallery], api_visibility="undocumented",
+                            trigger_mode="always_last")
+
+            def map_action(action):
+                def fn(text, arg, request: gr.Request):
+                    message = self.map_act(action, text, arg, request)
+                    fig = v.map_figure()
+                    return message, fig, gr.update(choices=v.type_choices(), value=None)
+                return fn
+
+            for button, action, arg in ((map_move, "move", map_move_dd),
+                                        (map_new, "new_type", map_new_name),
+                                        (map_normal, "normal", map_new_name)):
+                button.click(map_action(action), inputs=[map_pick, arg],
+                             outputs=[map_info, plot, map_move_dd],
+                             api_visibility="undocumented")
+
+            # ---- image detail
+            def image_detail(image_id):
+                return self.image(image_id)
+
+            img_btn.click(image_detail, inputs=[img_dd], outputs=IMG, api_name="image_detail")
+            img_dd.input(image_detail, inputs=[img_dd], outputs=IMG,
+                         api_visibility="undocumented")
+            image_tab.select(lambda: gr.update(choices=v.batch_images()), outputs=[img_dd],
+                             api_visibility="undocumented")
+
+            # ---- history
+            def audit(actor, action, type_id):
+                return v.audit_rows(actor or None, action or None,
+                                    None if type_id in (None, "") else int(type_id))
+
+            def audit_tab():
+                actors, actions = v.audit_filters()
+                return (gr.update(choices=[""] + actors), gr.update(choices=[""] + actions),
+                        v.audit_rows())
+
+            h_btn.click(audit, inputs=[h_actor, h_action, h_type], outputs=[h_df],
+                        api_name="audit")
+            history_tab.select(audit_tab, outputs=[h_actor, h_action, h_df],
+                               api_visibility="undocumented")
+
+            # ---- export
+            def export(fmt):
+                try:
+                    return str(v.export(fmt or "csv"))
+                except ValueError as exc:
+                    raise gr.Error(str(exc), print_exception=False) from None
+
+            ex_btn.click(export, inputs=[ex_fmt], outputs=[ex_file], api_name="export")
+            types_tab.select(panel, inputs=panel_in, outputs=P, api_visibility="undocumented")
+        return blocks
+
+
+# ----------------------------------------------------------------------------- launching
+def _thumb_route(views: Views) -> Route:
+    async def thumb(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            rid = int(name.split(".")[0])
+            data = await run_in_threadpool(views.thumb, rid)
+        except (ValueError, LookupError):
+            return JSONResponse({"detail": "no such region"}, status_code=404)
+        return Response(data, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400"})
+    return Route("/pa/thumb/{name}", thumb)
+
+
+def launch(service, *, host: str = "127.0.0.1", port: int | None = 7860,
+           auth: list[tuple[str, str]] | None = None, limits: Limits | None = None,
+           note: str | None = None, quiet: bool = False, prevent_thread_lock: bool = False,
+           max_threads: int = 40) -> tuple[ReviewApp, str]:
+    """Build the app over ``service`` and start its server; returns (app, local URL)."""
+    app = ReviewApp(service, limits=limits, note=note, auth_on=bool(auth))
+    root = app.views.root
+    blocks = app.blocks
+    blocks.queue(default_concurrency_limit=8, max_size=200)
+    (root / "exports").mkdir(exist_ok=True)
+    _, url, _ = blocks.launch(
+        server_name=host, server_port=port, auth=auth,
+        auth_message="ProtoAtlas: sign in to review." if auth else None,
+        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=True,
+        max_threads=max_threads, ssr_mode=False, mcp_server=False,
+        allowed_paths=[str(app.views.renderer.cache_dir), str(root / "exports")],
+        max_file_size=f"{app.limits.max_file_mb}mb",
+        app_kwargs={"middleware": [Middleware(RequireLogin)],
+                    "routes": [_thumb_route(app.views)]},
+        footer_links=["api", "settings"], theme=gr.themes.Soft(), css=CSS, head=HEAD)
+    return app, url
+
+
+def default_home() -> Path:
+    """``$PROTOATLAS_HOME``; else ``/data/protoatlas`` when a persistent ``/data`` exists
+    (Hugging Face Spaces persistent storage); else ``./protoatlas-data``."""
+    env = os.environ.get("PROTOATLAS_HOME")
+    if env:
+        return Path(env)
+    data = Path("/data")
+    if data.is_dir() and os.access(data, os.W_OK):
+        return data / "protoatlas"
+    return Path("protoatlas-data")
+
+
+def serve(home: str | os.PathLike | None = None, workspace: str = "default",
+          host: str = "127.0.0.1", port: int = 7860, demo: bool = False,
+          device: str | None = "auto", quiet: bool = False, block: bool = True) -> int:
+    """Open (or create) the workspace, prepare the demo on first start, serve the app."""
+    from webapp.demo import demo_config, prepare_demo
+    from protoatlas.workspace import WorkspaceService
+
+    t0 = time.perf_counter()
+    home = Path(home) if home else default_home()
+    home.mkdir(parents=True, exist_ok=True)
+    auth = parse_auth(os.environ.get(AUTH_ENV))
+    config = demo_config(device) if demo else None
+    service = WorkspaceService(home, workspace, config=config,
+                               device=None if demo else (device or "auto"))
+    note = None
+    if demo and not service.ws.batches():
+        def say(text: str) -> None:
+            if not quiet:
+                print(text, file=sys.stderr, flush=True)
+        say(f"ProtoAtlas demo: first start, preparing the synthetic batch in {home} ...")
+        report = prepare_demo(service, home, say=say)
+        note = (f"Demo workspace: {report.n_images} synthetic images, "
+                f"{len(report.new_type_ids)} proposed types. Review them on this tab.")
+        say(f"demo ready in {time.perf_counter() - t0:.0f} s")
+    elif demo:
+        note = "Demo workspace (already prepared)."
+    app, url = launch(service, host=host, port=port, auth=auth, note=note, quiet=True,
+                      prevent_thread_lock=True)
+    print(f"ProtoAtlas is running at {url} (workspace {home / workspace}; "
+          f"{'login on' if auth else 'no login'}); started in "
+          f"{time.perf_counter() - t0:.0f} s. Press Ctrl+C to stop.", flush=True)
+    if not block:
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.blocks.close()
+        service.close()
+    return 0

@@ -1,0 +1,108 @@
+"""CSS and the small browser script of the app (card clicks, keyboard shortcuts, map hover
+thumbnails and lasso selection). Everything the script does has a non-script fallback:
+the type dropdown, the buttons and the "selected region ids" box."""
+
+CSS = """
+.gradio-container {max-width: 1500px !important;}
+#pa-header h1 {margin-bottom: 0;}
+#pa-header p {margin-top: 2px; color: var(--body-text-color-subdued);}
+.pa-cards {display: grid; grid-template-columns: repeat(auto-fill, minmax(290px, 1fr));
+  gap: 10px; max-height: 72vh; overflow-y: auto; padding: 2px;}
+.pa-card {border: 1px solid var(--border-color-primary); border-left: 6px solid var(--pa-type);
+  border-radius: 8px; padding: 8px 10px; cursor: pointer; background: var(--background-fill-primary);
+  transition: box-shadow .12s;}
+.pa-card:hover, .pa-card:focus {box-shadow: 0 0 0 2px var(--pa-type); outline: none;}
+.pa-card.pa-selected {box-shadow: 0 0 0 3px var(--pa-type);}
+.pa-card-head {display: flex; align-items: center; gap: 6px; font-weight: 600; font-size: 15px;}
+.pa-swatch {width: 10px; height: 10px; border-radius: 50%; background: var(--pa-type);}
+.pa-name {flex: 1; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;}
+.pa-badge {color: white; font-size: 11px; font-weight: 600; padding: 1px 7px;
+  border-radius: 10px; text-transform: uppercase; letter-spacing: .03em;}
+.pa-meta {font-size: 12px; color: var(--body-text-color-subdued); margin: 3px 0 6px;}
+.pa-thumbs {display: grid; grid-template-columns: repeat(6, 1fr); gap: 3px;}
+.pa-thumbs img {width: 100%; aspect-ratio: 1; object-fit: cover; border-radius: 3px;}
+.pa-empty {padding: 24px; border: 1px dashed var(--border-color-primary); border-radius: 8px;}
+#pa-msg {min-height: 1.6em;}
+#pa-msg p, #pa-sugg-msg p, #pa-map-msg p {font-weight: 600;}
+.pa-keys kbd {border: 1px solid var(--border-color-primary); border-radius: 4px;
+  padding: 0 5px; font-size: 12px; background: var(--background-fill-secondary);}
+#pa-question h2, #pa-question h3 {margin: 0 0 4px;}
+#pa-hover-thumb {position: fixed; z-index: 1000; pointer-events: none; display: none;
+  border: 2px solid white; box-shadow: 0 2px 8px rgba(0,0,0,.35); border-radius: 4px;
+  width: 128px; height: 128px; background: #222;}
+.pa-hidden {display: none !important;}
+"""
+
+HEAD = """
+<script>
+(() => {
+  if (window.__protoatlas) return;
+  window.__protoatlas = true;
+  function setBox(id, value) {
+    const el = document.querySelector('#' + id + ' textarea, #' + id + ' input');
+    if (!el) return false;
+    el.value = value;
+    el.dispatchEvent(new Event('input', {bubbles: true}));
+    return true;
+  }
+  window.paSetBox = setBox;
+  function pickCard(card) {
+    setBox('pa-type-pick', card.dataset.typeId + ':' + Date.now());
+  }
+  document.addEventListener('click', (ev) => {
+    const card = ev.target.closest && ev.target.closest('.pa-card');
+    if (card) pickCard(card);
+  });
+  const KEYS = {y: 'pa-yes', n: 'pa-no', s: 'pa-skip', u: 'pa-sugg-undo'};
+  document.addEventListener('keydown', (ev) => {
+    const t = ev.target;
+    if (ev.key === 'Enter' && t && t.classList && t.classList.contains('pa-card')) {
+      pickCard(t); ev.preventDefault(); return;
+    }
+    const tag = (t && t.tagName || '').toLowerCase();
+    if (['input', 'textarea', 'select'].includes(tag) || (t && t.isContentEditable)) return;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const panel = document.getElementById('pa-suggest-panel');
+    if (!panel || panel.offsetParent === null) return;   // the Suggestions tab is not shown
+    const id = KEYS[(ev.key || '').toLowerCase()];
+    const button = id && document.getElementById(id);
+    if (button) { button.click(); ev.preventDefault(); }
+  });
+  // Map: thumbnails on hover, lasso/box selection -> "selected region ids".
+  let tip = null;
+  function onSelected(ev) {
+    const ids = (ev && ev.points ? ev.points : []).map(p => p.customdata && p.customdata[0])
+      .filter(v => v !== undefined && v !== null);
+    setBox('pa-map-pick', ids.join(', '));
+  }
+  function onHover(ev) {
+    const p = ev && ev.points && ev.points[0];
+    if (!p || !p.customdata) return;
+    if (!tip) {
+      tip = document.createElement('img');
+      tip.id = 'pa-hover-thumb';
+      document.body.appendChild(tip);
+    }
+    tip.src = 'pa/thumb/' + p.customdata[0] + '.jpg';
+    const e = ev.event || {};
+    tip.style.left = ((e.clientX || 0) + 16) + 'px';
+    tip.style.top = ((e.clientY || 0) - 64) + 'px';
+    tip.style.display = 'block';
+  }
+  function onUnhover() { if (tip) tip.style.display = 'none'; }
+  setInterval(() => {
+    document.querySelectorAll('#pa-map .js-plotly-plot').forEach((gd) => {
+      if (typeof gd.on !== 'function') return;
+      const ev = gd._ev;
+      if (ev && ev.listeners && ev.listeners('plotly_selected').includes(onSelected)) return;
+      gd.on('plotly_selected', onSelected);
+      gd.on('plotly_hover', onHover);
+      gd.on('plotly_unhover', onUnhover);
+    });
+  }, 600);
+})();
+</script>
+"""
+
+KEYS_HELP = ("<span class='pa-keys'>Keys: <kbd>y</kbd> yes · <kbd>n</kbd> no · <kbd>s</kbd> skip · "
+             "<kbd>u</kbd> undo</span>")

@@ -1,0 +1,249 @@
+"""Pictures for the review screens: region crops with the anomaly overlay, heat maps,
+region masks and the object prior. Pure numpy/PIL over the storage read API.
+
+Crops are cached as JPEG files under ``<workspace>/webcache/crops/`` (regions never change
+their pixels, so a region id is a stable cache key); the most recent decoded images, maps
+and image details are kept in small in-memory LRU caches.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from storage import Workspace, decode_rle
+
+CROP_SIDE = 160
+THUMB_SIDE = 96
+#: Qualitative palette (Tableau 20 without the greys); a type keeps its colour by id.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+           "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+UNASSIGNED = "#7f7f7f"
+
+
+def type_colour(type_id: int | None) -> str:
+    return UNASSIGNED if type_id is None else PALETTE[int(type_id) % len(PALETTE)]
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    h = hex_colour.lstrip("#")
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+def _jet(x: np.ndarray) -> np.ndarray:
+    """A jet-like colour map of ``x`` in [0, 1] -> uint8 (..., 3)."""
+    x = np.clip(x, 0.0, 1.0)
+    r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
+    return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: OrderedDict[Any, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        value = make()
+        with self.lock:
+            self.data[key] = value
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+        return value
+
+
+class Renderer:
+    """Renders pictures of one workspace (thread-safe; caches on disk and in memory)."""
+
+    def __init__(self, ws: Workspace, cache_dir: str | Path | None = None) -> None:
+        self.ws = ws
+        self.cache_dir = Path(cache_dir) if cache_dir else ws.db_path.parent / "webcache"
+        (self.cache_dir / "crops").mkdir(parents=True, exist_ok=True)
+        self._images = _LRU(48)
+        self._details = _LRU(256)
+        self._maps = _LRU(48)
+
+    # ----------------------------------------------------------------- sources
+    def image(self, image_id: int) -> np.ndarray:
+        def load() -> np.ndarray:
+            path = self.ws.image_path(image_id)
+            with Image.open(path) as im:
+                return np.asarray(_to_rgb(im))
+        return self._images.get(image_id, load)
+
+    def detail(self, image_id: int):
+        return self._details.get(image_id, lambda: self.ws.image_detail(image_id))
+
+    def heat(self, image_id: int, batch_id: int | None = None) -> np.ndarray | None:
+        """The anomaly map at the image's size, scaled to [0, 1] (None when not stored)."""
+        def load() -> np.ndarray | None:
+            d = self.detail(image_id)
+            memberships = [b for b in d.batches if batch_id is None or b.batch_id == batch_id]
+            if not memberships:
+                return None
+            m = memberships[-1]
+            amap = self.ws.anomaly_map(m.batch_id, image_id)
+            if amap is None:
+                return None
+            amap = np.asarray(amap, dtype=np.float32)
+            if amap.shape != (d.height, d.width):
+                amap = np.asarray(Image.fromarray(amap, mode="F").resize(
+                    (d.width, d.height), Image.BILINEAR))
+            lo, hi = float(np.percentile(amap, 50)), float(amap.max())
+            return np.clip((amap - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(amap)
+        return self._maps.get((image_id, batch_id), load)
+
+    def region_mask(self, image_id: int, region_id: int) -> np.ndarray | None:
+        for r in self.detail(image_id).regions:
+            if r.id == region_id and r.mask is not None:
+                return decode_rle(r.mask).astype(bool)
+        return None
+
+    # ----------------------------------------------------------------- crops
+    def crop_path(self, region_id: int, image_id: int, box: tuple[int, int, int, int]) -> Path:
+        """JPEG of the region with context, anomaly overlay and the region's outline."""
+        path = self.cache_dir / "crops" / f"{int(region_id)}.jpg"
+        if path.is_file():
+            return path
+        picture = self.crop_image(region_id, image_id, box)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        picture.save(tmp, "JPEG", quality=88)
+        tmp.replace(path)
+        return path
+
+    def crop_image(self, region_id: int, image_id: int,
+                   box: tuple[int, int, int, int]) -> Image.Image:
+        rgb = self.image(image_id)
+        h, w = rgb.shape[:2]
+        top, left, bottom, right = (int(v) for v in box)
+        cy, cx = (top + bottom) / 2, (left + right) / 2
+        side = max(bottom - top, right - left) * 1.6
+        side = int(min(max(side, 48, 0.25 * min(h, w)), max(h, w)))
+        y0 = int(np.clip(cy - side / 2, 0, max(h - side, 0)))
+        x0 = int(np.clip(cx - side / 2, 0, max(w - side, 0)))
+        y1, x1 = min(y0 + side, h), min(x0 + side, w)
+        crop = rgb[y0:y1, x0:x1].astype(np.float32)
+        heat = self.heat(image_id)
+        if heat is not None:
+            hc = heat[y0:y1, x0:x1]
+            alpha = (0.55 * hc)[..., None]
+            crop = crop * (1 - alpha) + _jet(hc).astype(np.float32) * alpha
+        picture = Image.fromarray(crop.clip(0, 255).astype(np.uint8))
+        mask = self.region_mask(image_id, region_id)
+        if mask is not None:
+            outline = _outline(mask[y0:y1, x0:x1])
+            arr = np.asarray(picture).copy()
+            arr[outline] = (255, 235, 59)
+            picture = Image.fromarray(arr)
+        else:
+            ImageDraw.Draw(picture).rectangle(
+                [left - x0, top - y0, right - x0 - 1, bottom - y0 - 1], outline=(255, 235, 59))
+        return picture.resize((CROP_SIDE, CROP_SIDE), Image.LANCZOS)
+
+    def thumb_bytes(self, region_id: int, image_id: int,
+                    box: tuple[int, int, int, int]) -> bytes:
+        """Small JPEG of the crop (for cards and map hovers)."""
+        path = self.cache_dir / "crops" / f"{int(region_id)}_t.jpg"
+        if path.is_file():
+            return path.read_bytes()
+        with Image.open(self.crop_path(region_id, image_id, box)) as im:
+            small = im.resize((THUMB_SIDE, THUMB_SIDE), Image.LANCZOS)
+        buf = io.BytesIO()
+        small.save(buf, "JPEG", quality=82)
+        data = buf.getvalue()
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return data
+
+    # ----------------------------------------------------------------- image detail
+    def detail_views(self, image_id: int, batch_id: int | None = None,
+                     prior: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> dict[str, np.ndarray | None]:
+        """original, heat (overlay), regions (coloured masks + boxes), prior (overlay)."""
+        rgb = self.image(image_id)
+        out: dict[str, np.ndarray | None] = {"original": rgb}
+        heat = self.heat(image_id, batch_id)
+        if heat is None:
+            out["heat"] = None
+        else:
+            alpha = (0.35 + 0.5 * heat)[..., None]
+            out["heat"] = (rgb * (1 - alpha) + _jet(heat) * alpha).clip(0, 255).astype(np.uint8)
+        d = self.detail(image_id)
+        canvas = (rgb.astype(np.float32) * 0.45).astype(np.uint8)
+        picture = Image.fromarray(canvas)
+        arr = np.asarray(picture).copy()
+        for r in d.regions:
+            if batch_id is not None and r.batch_id != batch_id:
+                continue
+            colour = np.array(_rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id)))
+            if r.mask is not None:
+                m = decode_rle(r.mask).astype(bool)
+                arr[m] = (0.35 * arr[m] + 0.65 * colour).astype(np.uint8)
+        picture = Image.fromarray(arr)
+        draw = ImageDraw.Draw(picture)
+        for r in d.regions:
+            if batch_id is not None and r.batch_id != batch_id:
+                continue
+            t, l, b, rr = r.box
+            colour = _rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id))
+            draw.rectangle([l, t, rr - 1, b - 1], outline=colour, width=max(1, rgb.shape[0] // 200))
+            label = "normal" if r.is_normal else (r.type_name or "unassigned")
+            draw.text((l + 2, max(t - 11, 0)), f"#{r.id} {label}", fill=(255, 255, 255))
+        out["regions"] = np.asarray(picture)
+        if prior is None:
+            out["prior"] = None
+        else:
+            try:
+                obj = np.asarray(prior(rgb)).astype(bool)
+            except Exception:  # the prior is an optional picture, never an error page
+                obj = None
+            if obj is None or obj.shape != rgb.shape[:2]:
+                out["prior"] = None
+            else:
+                tint = np.array([46, 160, 67], dtype=np.float32)
+                p = rgb.astype(np.float32)
+                p[obj] = 0.5 * p[obj] + 0.5 * tint
+                p[~obj] *= 0.35
+                p[_outline(obj)] = (255, 255, 255)
+                out["prior"] = p.clip(0, 255).astype(np.uint8)
+        return out
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float32)
+        hi = 4095.0 if arr.max() <= 4095 else 65535.0
+        return Image.fromarray((arr / hi * 255).clip(0, 255).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    if mask.size == 0:
+        return mask
+    m = mask.astype(bool)
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    edge = m & ~inner
+    # thicken to 2 px so the outline survives the resize to the crop size
+    thick = edge.copy()
+    thick[1:, :] |= edge[:-1, :]
+    thick[:, 1:] |= edge[:, :-1]
+    return thick

@@ -1,0 +1,575 @@
+"""What each screen shows, as plain data (tables, HTML, figures, file paths): no Gradio here,
+so the benchmark and the tests can time and check the screens without a browser.
+
+Everything goes through :class:`protoatlas.workspace.WorkspaceService` (workflows) and its
+storage workspace ``service.ws`` (reads and reviewer actions).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage import ConflictError, Member, NotFoundError, StorageError, TypeSummary
+from webapp.render import Renderer, type_colour
+from webapp.security import escape
+
+TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
+AUDIT_COLUMNS = ["#", "time (UTC)", "reviewer", "action", "types", "details"]
+REGION_COLUMNS = ["region", "type", "status", "confidence", "source", "anomaly score", "area",
+                  "box (t, l, b, r)"]
+STATUS_BADGE = {"proposed": "#b45309", "confirmed": "#15803d", "rejected": "#b91c1c",
+                "merged": "#6b7280"}
+EXPORTS = {
+    "csv": ("assignments.csv", "regions with their type (CSV)"),
+    "parquet": ("assignments.parquet", "regions with their type (Parquet)"),
+    "images_csv": ("images.csv", "one row per image (CSV)"),
+    "coco": ("coco.json", "COCO instances: masks, boxes, categories (JSON)"),
+    "audit_json": ("audit.json", "the audit log (JSON)"),
+    "audit_csv": ("audit.csv", "the audit log (CSV)"),
+}
+MAX_MAP_POINTS = 20000
+
+
+def fmt_conf(value: float | None) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.2f}"
+
+
+def type_label(t: TypeSummary) -> str:
+    return f"{t.name} (#{t.id}, {t.status}, {t.n_regions})"
+
+
+@dataclass
+class Question:
+    """A suggestion as the Suggestions screen shows it."""
+
+    id: int
+    kind: str
+    text: str
+    reason: str
+    target: dict
+    images: list[tuple[str, str]]  # (crop path, caption)
+    choices: list[tuple[str, int]]  # types a "label" question may answer with
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "question": self.text, "reason": self.reason,
+                "target": self.target, "images": [c for _, c in self.images],
+                "answers": ["yes", "no", "skip"] + [f"{i}" for _, i in self.choices]}
+
+
+class Views:
+    """Screen data for one service (thread-safe: reads use snapshot cursors)."""
+
+    def __init__(self, service) -> None:
+        self.service = service
+        self.ws = service.ws
+        self.renderer = Renderer(self.ws)
+        self._regions: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
+        self._lock = threading.Lock()
+        self.exports_dir = self.ws.db_path.parent / "exports"
+
+    @property
+    def root(self) -> Path:
+        return self.ws.db_path.parent
+
+    # ------------------------------------------------------------------ regions
+    def _remember(self, members: Sequence[Member]) -> None:
+        with self._lock:
+            for m in members:
+                self._regions[m.region_id] = (m.image_id, m.box)
+
+    def region(self, region_id: int) -> tuple[int, tuple[int, int, int, int]]:
+        """(image id, box) of a region (cached; rescanned from the batches on a miss)."""
+        with self._lock:
+            hit = self._regions.get(region_id)
+        if hit is not None:
+            return hit
+        for b in self.ws.batches():
+            for r in self.ws.regions_for_batch(b.id, with_masks=False):
+                with self._lock:
+                    self._regions[r.id] = (r.image_id, r.box)
+        with self._lock:
+            if region_id not in self._regions:
+                raise NotFoundError(f"no region with id {region_id}")
+            return self._regions[region_id]
+
+    def crop(self, region_id: int) -> Path:
+        image_id, box = self.region(region_id)
+        return self.renderer.crop_path(region_id, image_id, box)
+
+    def thumb(self, region_id: int) -> bytes:
+        image_id, box = self.region(region_id)
+        return self.renderer.thumb_bytes(region_id, image_id, box)
+
+    # ------------------------------------------------------------------ types
+    def types(self, include_rejected: bool = True) -> list[TypeSummary]:
+        return [t for t in self.ws.list_types()
+                if include_rejected or t.status != "rejected"]
+
+    def types_table(self, types: Sequence[TypeSummary] | None = None) -> list[list[Any]]:
+        types = self.types() if types is None else types
+        return [[t.id, t.name, t.status, t.n_regions, t.n_images,
+                 None if t.mean_confidence is None else round(float(t.mean_confidence), 3)]
+                for t in types]
+
+    def type_choices(self, exclude: int | None = None,
+                     types: Sequence[TypeSummary] | None = None) -> list[tuple[str, int]]:
+        types = self.types() if types is None else types
+        return [(type_label(t), t.id) for t in types
+                if t.id != exclude and t.status in ("proposed", "confirmed")]
+
+    def cards_html(self, types: Sequence[TypeSummary] | None = None, n_thumbs: int = 6,
+                   selected: int | None = None) -> str:
+        """One card per type: name, status, size, confidence and representative crops."""
+        types = self.types() if types is None else types
+        if not types:
+            return ("<div class='pa-empty'>No defect types yet. Upload a batch with known-good "
+                    "images on the <b>Upload</b> tab (or start with <code>--demo</code>).</div>")
+        cards = []
+        for t in types:
+            reps = self.ws.representatives(t.id, n=n_thumbs) if t.n_regions else []
+            self._remember(reps)
+            thumbs = "".join(
+                f"<img loading='lazy' alt='region {m.region_id}' title='#{m.region_id} "
+                f"{escape(m.image_name)}' src='pa/thumb/{m.region_id}.jpg'>" for m in reps)
+            sel = " pa-selected" if t.id == selected else ""
+            cards.append(
+                f"<div class='pa-card{sel}' role='button' tabindex='0' data-type-id='{t.id}' "
+                f"style='--pa-type:{type_colour(t.id)}'>"
+                f"<div class='pa-card-head'><span class='pa-swatch'></span>"
+                f"<span class='pa-name'>{escape(t.name)}</span>"
+                f"<span class='pa-badge' style='background:{STATUS_BADGE.get(t.status, '#555')}'>"
+                f"{escape(t.status)}</span></div>"
+                f"<div class='pa-meta'>#{t.id} · {t.n_regions} regions · {t.n_images} images · "
+                f"confidence {fmt_conf(t.mean_confidence)}</div>"
+                f"<div class='pa-thumbs'>{thumbs or '<i>no members</i>'}</div></div>")
+        return f"<div class='pa-cards'>{''.join(cards)}</div>"
+
+    def type_members(self, type_id: int, order: str = "representative",
+                     limit: int = 48) -> list[Member]:
+        if order == "representative":
+            reps = self.ws.representatives(type_id, n=min(12, limit))
+            rest = self.ws.type_members(type_id, limit=limit)
+            seen = {m.region_id for m in reps}
+            members = reps + [m for m in rest if m.region_id not in seen]
+        else:
+            members = self.ws.type_members(type_id, limit=limit,
+                                           order="borderline" if order == "borderline"
+                                           else "confidence")
+        members = members[:limit]
+        self._remember(members)
+        return members
+
+    def gallery(self, members: Sequence[Member]) -> list[tuple[str, str]]:
+        return [(str(self.renderer.crop_path(m.region_id, m.image_id, m.box)),
+                 f"#{m.region_id} · {fmt_conf(m.confidence)}"
+                 + (" · reviewer" if m.source == "reviewer" else ""))
+                for m in members]
+
+    def type_header(self, t: TypeSummary) -> str:
+        return (f"### {escape(t.name)} &nbsp;<span class='pa-badge' style='background:"
+                f"{STATUS_BADGE.get(t.status, '#555')}'>{t.status}</span>\n"
+                f"#{t.id} · {t.n_regions} regions in {t.n_images} images · mean confidence "
+                f"{fmt_conf(t.mean_confidence)} · version {t.version} · made by {t.origin}")
+
+    def warm(self, n_thumbs: int = 6) -> None:
+        """Render the cards' crops ahead (after an upload), so the types page opens fast."""
+        for t in self.types():
+            for m in self.ws.representatives(t.id, n=n_thumbs):
+                self._remember([m])
+                try:
+                    self.renderer.thumb_bytes(m.region_id, m.image_id, m.box)
+                except (OSError, StorageError):
+                    pass
+
+    # ------------------------------------------------------------------ type actions
+    def type_action(self, type_id: int, action: str, argument: str = "",
+                    region_ids: Sequence[int] = (), expected_version: int | None = None,
+                    actor: str = "reviewer") -> dict[str, Any]:
+        """Apply one reviewer action; returns {ok, message, type_ids}. Conflicts (someone
+        else changed the type since ``expected_version``) and bad input come back as
+        ``ok: False`` with a message that says what to do."""
+        ws, action = self.ws, (action or "").strip().lower()
+        region_ids = [int(r) for r in region_ids]
+        try:
+            if action == "undo":
+                entry = ws.undo(actor)
+                what = (entry.target or {}).get("action", entry.action)
+                of = (entry.target or {}).get("undo_of")
+                return {"ok": True, "message": f"Undid '{what}'"
+                        + (f" (history #{of})." if of else "."), "type_ids": entry.type_ids}
+            t = ws.get_type(int(type_id))
+            version = t.version if expected_version is None or expected_version < 0 \
+                else int(expected_version)
+            if action == "confirm":
+                ws.confirm_type(t.id, expected_version=version, actor=actor)
+                return _ok(f"Confirmed {t.name}.", [t.id])
+            if action == "reject":
+                ws.reject_type(t.id, expected_version=version, actor=actor)
+                return _ok(f"Rejected {t.name}: its regions no longer count as a type.", [t.id])
+            if action == "rename":
+                name = (argument or "").strip()
+                if not name:
+                    return _fail("Type a new name first.")
+                ws.rename_type(t.id, name, expected_version=version, actor=actor)
+                return _ok(f"Renamed {t.name} to {name}.", [t.id])
+            if action == "merge":
+                other = ws.get_type(_int(argument, "the type to merge into"))
+                if other.id == t.id:
+                    return _fail("Pick another type to merge into.")
+                ws.merge_types(other.id, t.id, expected={t.id: version, other.id: other.version},
+                               actor=actor)
+                return _ok(f"Merged {t.name} into {other.name}.", [other.id, t.id])
+            if action == "split":
+                if region_ids:
+                    new = self.service.split_type(t.id, expected_version=version, actor=actor,
+                                                  region_ids=region_ids)
+                    return _ok(f"Moved the {len(region_ids)} selected regions out of {t.name} "
+                               f"into a new type.", [t.id, *new])
+                parts = _int(argument or "2", "the number of parts")
+                if parts < 2:
+                    return _fail("Split into at least 2 parts.")
+                new = self.service.split_type(t.id, parts, expected_version=version,
+                                              actor=actor)
+                names = ", ".join(ws.get_type(i).name for i in new)
+                return _ok(f"Split {t.name} into {parts}: new type(s) {names}.", [t.id, *new])
+            if action == "move":
+                if not region_ids:
+                    return _fail("Select regions in the gallery first (click images).")
+                dest = ws.get_type(_int(argument, "the destination type"))
+                expected = {t.id: version, dest.id: dest.version}
+                expected.update(self._expected_for(region_ids, expected))
+                ws.move_regions(region_ids, dest.id, expected=expected, actor=actor)
+                return _ok(f"Moved {len(region_ids)} region(s) to {dest.name}.", [t.id, dest.id])
+            if action == "normal":
+                if not region_ids:
+                    return _fail("Select regions in the gallery first (click images).")
+                expected = self._expected_for(region_ids, {t.id: version})
+                ws.mark_normal(region_ids, expected=expected, actor=actor)
+                return _ok(f"Marked {len(region_ids)} region(s) as normal (not a defect).",
+                           [t.id])
+            if action == "new_type":
+                if not region_ids:
+                    return _fail("Select regions first.")
+                expected = self._expected_for(region_ids, {t.id: version})
+                new_id = ws.create_type(region_ids, expected=expected, actor=actor,
+                                        name=(argument or "").strip() or None)
+                return _ok(f"Made a new type {ws.get_type(new_id).name} of "
+                           f"{len(region_ids)} region(s).", [t.id, new_id])
+            return _fail(f"Unknown action {action!r}: use confirm, reject, rename, merge, "
+                         "split, move, normal, new_type or undo.")
+        except ConflictError as exc:
+            return _fail(f"Not applied: {exc}. Someone else changed it since you opened it; "
+                         "the view was refreshed, check and try again.", conflict=True)
+        except (StorageError, ValueError) as exc:
+            return _fail(f"Not applied: {exc}")
+
+    def selection_action(self, region_ids: Sequence[int], action: str, argument: str = "",
+                         actor: str = "reviewer") -> dict[str, Any]:
+        """Act on regions picked anywhere (the map): new_type (argument = name) or normal."""
+        ids = [int(r) for r in region_ids]
+        if not ids:
+            return _fail("Select regions first.")
+        try:
+            expected = self._expected_for(ids, {})
+            if action == "new_type":
+                new_id = self.ws.create_type(ids, expected=expected, actor=actor,
+                                             name=(argument or "").strip() or None)
+                return _ok(f"Made a new type {self.ws.get_type(new_id).name} of {len(ids)} "
+                           "region(s).", [new_id, *expected])
+            if action == "normal":
+                self.ws.mark_normal(ids, expected=expected, actor=actor)
+                return _ok(f"Marked {len(ids)} region(s) as normal (not a defect).",
+                           list(expected))
+            return _fail(f"Unknown action {action!r} for a selection.")
+        except ConflictError as exc:
+            return _fail(f"Not applied: {exc}", conflict=True)
+        except (StorageError, ValueError) as exc:
+            return _fail(f"Not applied: {exc}")
+
+    def _expected_for(self, region_ids: Sequence[int], expected: dict[int, int]
+                      ) -> dict[int, int]:
+        """Add the current versions of the types the regions are in now (the versions the
+        caller saw are already in ``expected``: those are checked, not overwritten)."""
+        out = dict(expected)
+        by_image: dict[int, set[int]] = {}
+        for rid in region_ids:
+            image_id, _ = self.region(int(rid))
+            by_image.setdefault(image_id, set()).add(int(rid))
+        current: set[int] = set()
+        for image_id, rids in by_image.items():
+            for r in self.ws.image_detail(image_id).regions:
+                if r.id in rids and r.type_id is not None:
+                    current.add(int(r.type_id))
+        for tid in current - set(out):
+            out[tid] = self.ws.get_type(tid).version
+        return out
+
+    # ------------------------------------------------------------------ suggestions
+    def next_question(self) -> Question | None:
+        svc = self.service
+        s = svc.next_suggestion() if hasattr(svc, "next_suggestion") else \
+            next(iter(self.ws.open_suggestions(limit=1)), None)
+        if s is None:
+            return None
+        return self.question(s)
+
+    def question(self, s) -> Question:
+        target = dict(s.target or {})
+        types = {t.id: t for t in self.ws.list_types(include_merged=True)}
+
+        def name(tid: Any) -> str:
+            t = types.get(int(tid)) if tid is not None else None
+            return t.name if t else f"#{tid}"
+
+        images: list[tuple[str, str]] = []
+
+        def add_type(tid: int, n: int, prefix: str = "") -> None:
+            reps = self.ws.representatives(int(tid), n=n)
+            self._remember(reps)
+            images.extend((str(self.crop(m.region_id)), f"{prefix}{name(tid)} #{m.region_id}")
+                          for m in reps)
+
+        def add_regions(ids: Sequence[int], n: int, prefix: str = "") -> None:
+            for rid in list(ids)[:n]:
+                try:
+                    images.append((str(self.crop(int(rid))), f"{prefix}#{rid}"))
+                except (NotFoundError, OSError):
+                    pass
+
+        kind = s.kind
+        if kind == "confirm":
+            text = f"Is {name(target.get('type_id'))} one defect type?"
+            add_type(target["type_id"], 8)
+        elif kind == "merge":
+            a, b = target.get("type_ids", [None, None])[:2]
+            text = f"Are {name(a)} and {name(b)} the same defect type?"
+            add_type(a, 4, "A: ")
+            add_type(b, 4, "B: ")
+        elif kind == "split":
+            text = f"Should {name(target.get('type_id'))} be split?"
+            groups = target.get("groups") or []
+            if groups:
+                for g, ids in enumerate(groups[:3]):
+                    add_regions(ids, 4, f"part {g + 1}: ")
+            else:
+                add_type(target["type_id"], 8)
+        elif kind == "label":
+            rid = target.get("region_id")
+            text = f"Which type is region #{rid}?"
+            if rid is not None:
+                add_regions([rid], 1, "this region: ")
+            for tid in (target.get("candidates") or target.get("type_ids") or [])[:3]:
+                add_type(tid, 2, "looks like ")
+        elif kind == "new_type":
+            ids = target.get("region_ids") or []
+            text = f"Do these {len(ids)} regions form a new defect type?"
+            add_regions(ids, 8)
+        else:
+            text = f"{kind}: {json.dumps(target)}"
+            if "type_id" in target:
+                add_type(target["type_id"], 6)
+        choices = self.type_choices() if kind == "label" else []
+        return Question(int(s.id), kind, text, s.reason or "", target, images, choices)
+
+    def answer(self, suggestion_id: int, answer: str, actor: str) -> dict[str, Any]:
+        svc = self.service
+        answer = (answer or "").strip()
+        if not answer:
+            return _fail("Choose an answer: yes, no, skip or a type.")
+        try:
+            if hasattr(svc, "answer_suggestion"):
+                result = svc.answer_suggestion(int(suggestion_id), answer, actor)
+                out = dict(result) if isinstance(result, dict) else {"result": str(result)}
+                out.setdefault("ok", True)
+                out.setdefault("message", f"Answered '{answer}'.")
+                return out
+            # The service method is not there yet: record the answer only.
+            self.ws.answer_suggestion(int(suggestion_id), None if answer == "skip" else answer,
+                                      actor=actor, skip=answer == "skip")
+            return _ok(f"Recorded '{answer}' (the service does not apply answers yet).", [])
+        except ConflictError as exc:
+            return _fail(f"Not applied: {exc}. The queue was refreshed.", conflict=True)
+        except (StorageError, ValueError, KeyError) as exc:
+            return _fail(f"Not applied: {exc}")
+
+    # ------------------------------------------------------------------ map
+    def map_points(self) -> dict[str, np.ndarray]:
+        """2-D layout of the latest embeddings (UMAP when installed, else PCA)."""
+        ids, emb = self.ws.embeddings()
+        info: dict[int, Any] = {}
+        for b in self.ws.batches():
+            for r in self.ws.regions_for_batch(b.id, with_masks=False):
+                info[r.id] = r
+                with self._lock:
+                    self._regions[r.id] = (r.image_id, r.box)
+        keep = np.array([int(i) in info for i in ids], dtype=bool)
+        ids, emb = ids[keep], emb[keep]
+        if len(ids) > MAX_MAP_POINTS:
+            pick = np.sort(np.random.default_rng(0).choice(len(ids), MAX_MAP_POINTS,
+                                                          replace=False))
+            ids, emb = ids[pick], emb[pick]
+        xy, method = project_2d(emb)
+        regions = [info[int(i)] for i in ids]
+        return {"ids": ids, "xy": xy, "method": method, "regions": regions}
+
+    def map_figure(self):
+        import plotly.graph_objects as go
+
+        pts = self.map_points()
+        fig = go.Figure()
+        groups: dict[str, list[int]] = {}
+        for k, r in enumerate(pts["regions"]):
+            label = "normal" if r.is_normal else (r.type_name or "unassigned")
+            groups.setdefault(label, []).append(k)
+        type_ids = {r.type_name: r.type_id for r in pts["regions"] if r.type_name}
+        for label, rows in sorted(groups.items()):
+            rs = [pts["regions"][k] for k in rows]
+            fig.add_trace(go.Scattergl(
+                x=pts["xy"][rows, 0], y=pts["xy"][rows, 1], mode="markers", name=label,
+                marker={"size": 8, "color": type_colour(type_ids.get(label)),
+                        "line": {"width": 0.5, "color": "white"}},
+                customdata=[[r.id, r.image_id] for r in rs],
+                text=[f"#{r.id} · {label} · conf {fmt_conf(r.confidence)}" for r in rs],
+                hovertemplate="%{text}<extra></extra>"))
+        fig.update_layout(
+            dragmode="lasso", height=560, margin={"l": 10, "r": 10, "t": 36, "b": 10},
+            title={"text": f"{len(pts['ids'])} regions · {pts['method']}", "x": 0.01},
+            legend={"itemsizing": "constant"}, template="plotly_white",
+            xaxis={"showticklabels": False, "title": None},
+            yaxis={"showticklabels": False, "title": None})
+        return fig
+
+    # ------------------------------------------------------------------ image detail
+    def image_detail(self, image_id: int) -> dict[str, Any]:
+        d = self.ws.image_detail(int(image_id))
+        prior = None
+        try:
+            model = self.service.model()
+            if model is not None and getattr(model, "prior", None) is not None:
+                prior = model.prior.predict
+        except Exception:  # no model yet / model file unreadable: the prior is optional
+            prior = None
+        views = self.renderer.detail_views(d.id, prior=prior)
+        rows = [[r.id, "normal" if r.is_normal else (r.type_name or "unassigned"),
+                 r.type_status or "", None if r.confidence is None else round(r.confidence, 3),
+                 r.source or "", None if r.anomaly_score is None else round(r.anomaly_score, 3),
+                 r.area, str(tuple(r.box))] for r in d.regions]
+        b = d.batches[-1] if d.batches else None
+        summary = (f"**Image #{d.id}** `{escape(b.name if b else d.sha256[:12])}` · "
+                   f"{d.width}×{d.height} · batch {escape(b.batch_name) if b else '–'} · "
+                   f"anomaly score {fmt_conf(b.anomaly_score) if b else '–'}"
+                   f"{' · flagged anomalous' if b and b.is_anomalous else ''} · "
+                   f"{len(d.regions)} region(s)")
+        return {"summary": summary, "rows": rows, **views}
+
+    def batch_images(self, batch_id: int | None = None, limit: int = 500) -> list[tuple[str, int]]:
+        """(label, image id) choices for the image picker: images with regions first."""
+        out: list[tuple[str, int]] = []
+        seen: set[int] = set()
+        for b in reversed(self.ws.batches()):
+            if batch_id is not None and b.id != batch_id:
+                continue
+            for r in self.ws.regions_for_batch(b.id, with_masks=False):
+                if r.image_id not in seen:
+                    seen.add(r.image_id)
+                    out.append((f"#{r.image_id} (batch {b.id})", r.image_id))
+                if len(out) >= limit:
+                    return out
+        return out
+
+    # ------------------------------------------------------------------ history, export
+    def audit_rows(self, actor: str | None = None, action: str | None = None,
+                   type_id: int | None = None, limit: int = 200) -> list[list[Any]]:
+        rows = []
+        for e in self.ws.audit(actor=actor or None, action=action or None,
+                               type_id=type_id, limit=limit):
+            ts = e.ts.astimezone(dt.timezone.utc) if e.ts.tzinfo else e.ts
+            rows.append([e.seq, ts.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action,
+                         ", ".join(str(t) for t in e.type_ids), _summary(e)])
+        return rows
+
+    def audit_filters(self) -> tuple[list[str], list[str]]:
+        entries = self.ws.audit(limit=2000)
+        return sorted({e.actor for e in entries}), sorted({e.action for e in entries})
+
+    def export(self, fmt: str) -> Path:
+        if fmt not in EXPORTS:
+            raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORTS)}")
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        folder = self.exports_dir / stamp
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / EXPORTS[fmt][0]
+        ws = self.ws
+        if fmt == "csv":
+            return ws.export_assignments(path, "csv", "region")
+        if fmt == "parquet":
+            return ws.export_assignments(path, "parquet", "region")
+        if fmt == "images_csv":
+            return ws.export_assignments(path, "csv", "image")
+        if fmt == "coco":
+            return ws.export_coco(path)
+        if fmt == "audit_json":
+            return ws.export_audit(path, "json")
+        return ws.export_audit(path, "csv")
+
+
+def project_2d(x: np.ndarray) -> tuple[np.ndarray, str]:
+    """UMAP (when ``umap-learn`` is installed and there are enough points), else PCA."""
+    x = np.asarray(x, dtype=np.float32)
+    if len(x) == 0:
+        return np.zeros((0, 2), np.float32), "PCA"
+    if len(x) < 3:
+        return np.c_[np.arange(len(x), dtype=np.float32), np.zeros(len(x), np.float32)], "PCA"
+    try:
+        import umap  # type: ignore[import-not-found]
+        if len(x) >= 20:
+            xy = umap.UMAP(n_components=2, random_state=0,
+                           n_neighbors=min(15, len(x) - 1)).fit_transform(x)
+            return np.asarray(xy, dtype=np.float32), "UMAP"
+    except ImportError:
+        pass
+    c = x - x.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(c, full_matrices=False)
+    xy = c @ vt[:2].T
+    if xy.shape[1] < 2:
+        xy = np.c_[xy, np.zeros(len(xy), np.float32)]
+    return xy.astype(np.float32), "PCA"
+
+
+def _summary(e) -> str:
+    parts = []
+    for key, value in (e.target or {}).items():
+        if isinstance(value, list) and len(value) > 6:
+            value = f"[{len(value)} items]"
+        parts.append(f"{key}={value}")
+    for side, data in (("after", e.after),):
+        types = (data or {}).get("types") if isinstance(data, dict) else None
+        if isinstance(types, dict):
+            names = [f"{k}:{v.get('name')}/{v.get('status')}" for k, v in list(types.items())[:4]
+                     if isinstance(v, dict)]
+            if names:
+                parts.append(f"{side} " + ", ".join(names))
+    return "; ".join(parts)[:300]
+
+
+def _int(value: Any, what: str) -> int:
+    try:
+        return int(float(str(value).strip().split()[0].lstrip("#")))
+    except (ValueError, IndexError):
+        raise ValueError(f"{what}: expected a type id, got {value!r}") from None
+
+
+def _ok(message: str, type_ids: Sequence[int]) -> dict[str, Any]:
+    return {"ok": True, "message": message, "type_ids": [int(t) for t in type_ids]}
+
+
+def _fail(message: str, conflict: bool = False) -> dict[str, Any]:
+    return {"ok": False, "message": message, "type_ids": [], "conflict": conflict}
