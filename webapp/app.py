@@ -160,20 +160,17 @@ class ReviewApp:
         choices = [(f"{t.name} (#{t.id}, {t.status}, {t.n_regions})", t.id) for t in types]
         if tid is None:
             return [cards, table, gr.update(choices=choices, value=None),
-                    "No type selected.", [], gr.update(choices=[], value=[]),
-                    gr.update(choices=[], value=None), gr.update(choices=[], value=None),
-                    {}, []]
+                    "No type selected.", "", "", gr.update(choices=[], value=None),
+                    gr.update(choices=[], value=None), {}]
         t = next(x for x in types if x.id == tid)
         members = v.type_members(tid, order or "representative")
-        gallery = v.gallery(members)
-        mids = [m.region_id for m in members]
-        sel_choices = [(f"#{m.region_id}", m.region_id) for m in members]
+        mids = {m.region_id for m in members}
         keep = [r for r in (keep or []) if r in mids]
         others = v.type_choices(exclude=tid)
-        return [cards, table, gr.update(choices=choices, value=tid), v.type_header(t), gallery,
-                gr.update(choices=sel_choices, value=keep), gr.update(choices=others, value=None),
-                gr.update(choices=others, value=None), {"type_id": tid, "version": t.version},
-                mids]
+        return [cards, table, gr.update(choices=choices, value=tid), v.type_header(t),
+                v.members_html(members, keep), ", ".join(str(r) for r in keep),
+                gr.update(choices=others, value=None), gr.update(choices=others, value=None),
+                {"type_id": tid, "version": t.version}]
 
     def act(self, action: str, type_id: Any, argument: Any, selection: Any, seen: dict | None,
             order: str, show_rejected: bool, request: gr.Request | None) -> list[Any]:
@@ -231,7 +228,7 @@ class ReviewApp:
         cb = self._progress(progress)
         with self._job("retraining"):
             version = call_engine(svc.retrain, actor=actor_of(request), progress=cb)
-        self.views.warm()
+        self.views.warm_in_background()
         if hasattr(svc, "refresh_suggestions"):
             svc.refresh_suggestions()
         return {"ok": True, "message": f"Retrained: model version {version}.",
@@ -320,7 +317,8 @@ class ReviewApp:
             staged.close()
             if staged_normals:
                 staged_normals.close()
-        self.views.warm()
+        self.views.warm(gallery=0)
+        self.views.warm_in_background()
         if hasattr(self.service, "refresh_suggestions"):
             try:
                 self.service.refresh_suggestions()
@@ -397,7 +395,7 @@ class ReviewApp:
                                 show_rejected = gr.Checkbox(False, label="show rejected types",
                                                             container=False)
                             cards = gr.HTML(elem_id="pa-cards")
-                            pick = gr.Textbox(visible="hidden", elem_id="pa-type-pick",
+                            pick = gr.Textbox(elem_id="pa-type-pick", elem_classes="pa-hidden",
                                               max_lines=1, label="pick")
                             with gr.Accordion("Types as a table", open=False):
                                 types_df = gr.Dataframe(headers=TYPE_COLUMNS, interactive=False,
@@ -409,17 +407,21 @@ class ReviewApp:
                                 order = gr.Radio(ORDERS, value="representative",
                                                  label="Order", scale=3)
                             type_md = gr.Markdown(elem_id="pa-type-head")
-                            gallery = gr.Gallery(label="Members: click images to select them",
-                                                 columns=6, height=400, allow_preview=False,
-                                                 object_fit="cover", elem_id="pa-gallery")
-                            with gr.Row():
-                                selection = gr.CheckboxGroup(
-                                    [], label="Selected regions (click images, or tick here)",
-                                    elem_id="pa-selection", scale=4)
+                            gallery = gr.HTML(elem_id="pa-gallery")
+                            with gr.Row(equal_height=True):
+                                selection = gr.Textbox(
+                                    label="Selected region ids (click images; shift-click "
+                                          "selects a range; double-click opens the image)",
+                                    elem_id="pa-selection", scale=4, max_lines=2)
                                 with gr.Column(scale=1, min_width=120):
-                                    sel_all = gr.Button("Select all", size="sm")
-                                    sel_none = gr.Button("Clear", size="sm")
-                                    open_img = gr.Button("Open image", size="sm")
+                                    sel_all = gr.Button("Select all", size="sm",
+                                                        elem_id="pa-sel-all")
+                                    sel_none = gr.Button("Clear", size="sm",
+                                                         elem_id="pa-sel-none")
+                                    open_img = gr.Button("Open image", size="sm",
+                                                         elem_id="pa-open-image")
+                            open_box = gr.Textbox(elem_id="pa-open-box", elem_classes="pa-hidden",
+                                                  max_lines=1, label="open")
                             msg = gr.Markdown(elem_id="pa-msg")
                             with gr.Row():
                                 confirm_btn = gr.Button("✔ Confirm type", variant="primary",
@@ -449,8 +451,6 @@ class ReviewApp:
                                 normal_btn = gr.Button("Selected are normal", scale=1,
                                                        elem_id="pa-normal")
                     seen = gr.State({})
-                    member_ids = gr.State([])
-                    last_image = gr.State(None)
 
                 # ======================================================== Suggestions
                 with gr.Tab("Suggestions", id="suggestions") as sugg_tab:
@@ -572,7 +572,7 @@ class ReviewApp:
 
             # ============================================================ wiring
             P = [cards, types_df, type_dd, type_md, gallery, selection, merge_dd, move_dd,
-                 seen, member_ids]
+                 seen]
             panel_in = [type_dd, order, show_rejected]
 
             def panel(type_id, order_v, rejected, sel=None):
@@ -583,41 +583,31 @@ class ReviewApp:
 
             blocks.load(on_load, outputs=[header, *P], api_visibility="undocumented")
 
-            def list_types() -> list[list[Any]]:
-                """Every type of the workspace (rejected ones too, not merged ones):
-                rows of id, name, status, regions, images, mean confidence."""
-                return v.types_table()
+            def list_types() -> dict[str, Any]:
+                """Every type of the workspace (rejected ones too, not merged ones), as a
+                table: {"headers": [id, name, status, regions, images, confidence],
+                "data": [[...], ...]}."""
+                return {"headers": TYPE_COLUMNS, "data": v.types_table()}
 
-            refresh_btn.click(list_types, outputs=[types_df], api_name="list_types").then(
-                panel, inputs=panel_in, outputs=P, api_visibility="undocumented").then(
-                self.header, outputs=[header], api_visibility="undocumented")
+            gr.api(list_types, api_name="list_types")
+
+            def refresh(type_id, order_v, rejected, request: gr.Request):
+                return [self.header(request), *self.panel(type_id, order_v, rejected)]
+
+            refresh_btn.click(refresh, inputs=panel_in, outputs=[header, *P],
+                              api_visibility="undocumented")
             for trigger in (type_dd.input, order.change, show_rejected.change):
                 trigger(panel, inputs=panel_in, outputs=P, api_visibility="undocumented")
 
             def picked(value, order_v, rejected):
                 return self.panel(_to_int(value), order_v, rejected)
 
-            pick.input(picked, inputs=[pick, order, show_rejected], outputs=P,
+            pick.change(picked, inputs=[pick, order, show_rejected], outputs=P,
                        api_visibility="undocumented")
 
-            def toggle(sel, ids, evt: gr.SelectData):
-                idx = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
-                if not ids or idx is None or idx >= len(ids):
-                    return gr.update(), None
-                rid = ids[idx]
-                sel = list(sel or [])
-                sel = [r for r in sel if r != rid] if rid in sel else sel + [rid]
-                try:
-                    image_id = v.region(rid)[0]
-                except Exception:
-                    image_id = None
-                return gr.update(value=sel), image_id
-
-            gallery.select(toggle, inputs=[selection, member_ids], outputs=[selection, last_image],
-                           api_visibility="undocumented")
-            sel_all.click(lambda ids: gr.update(value=list(ids or [])), inputs=[member_ids],
-                          outputs=[selection], api_visibility="undocumented")
-            sel_none.click(lambda: gr.update(value=[]), outputs=[selection],
+            sel_all.click(None, js="() => window.paSelectAll(true)",
+                          api_visibility="undocumented")
+            sel_none.click(None, js="() => window.paSelectAll(false)",
                            api_visibility="undocumented")
 
             def bind(button, action, argument):
@@ -639,15 +629,22 @@ class ReviewApp:
             bind(move_btn, "move", move_dd)
             bind(normal_btn, "normal", rename_tb)
 
-            def open_image(image_id):
-                if image_id is None:
-                    raise gr.Error("Click an image in the gallery first.", print_exception=False)
+            def open_image(value):
+                ids = _ids(str(value or "").split(":")[0])
+                if not ids:
+                    raise gr.Error("Select an image in the gallery first.", print_exception=False)
+                try:
+                    image_id = v.region(ids[0])[0]
+                except LookupError as exc:
+                    raise gr.Error(str(exc), print_exception=False) from None
                 return (gr.Tabs(selected="image"), gr.update(value=image_id),
                         *self.image(image_id))
 
             IMG = [img_md, img_orig, img_heat, img_regions, img_prior, img_df]
-            open_img.click(open_image, inputs=[last_image], outputs=[tabs, img_dd, *IMG],
+            open_img.click(open_image, inputs=[selection], outputs=[tabs, img_dd, *IMG],
                            api_visibility="undocumented")
+            open_box.change(open_image, inputs=[open_box], outputs=[tabs, img_dd, *IMG],
+                            api_visibility="undocumented")
 
             def type_detail(type_id: int) -> dict[str, Any]:
                 """One type: its summary and its members (region id, image id, image name,
@@ -838,17 +835,23 @@ class ReviewApp:
 
 
 # ----------------------------------------------------------------------------- launching
-def _thumb_route(views: Views) -> Route:
-    async def thumb(request: Request) -> Response:
-        name = request.path_params["name"]
-        try:
-            rid = int(name.split(".")[0])
-            data = await run_in_threadpool(views.thumb, rid)
-        except (ValueError, LookupError):
-            return JSONResponse({"detail": "no such region"}, status_code=404)
-        return Response(data, media_type="image/jpeg",
-                        headers={"Cache-Control": "private, max-age=86400"})
-    return Route("/pa/thumb/{name}", thumb)
+def _picture_routes(views: Views) -> list[Route]:
+    """``pa/thumb/<region>.jpg`` (cards, map hovers) and ``pa/crop/<region>.jpg``
+    (the members grid): rendered once, then served from the workspace's crop cache."""
+    def route(path: str, render: Callable[[int], bytes]) -> Route:
+        async def endpoint(request: Request) -> Response:
+            name = request.path_params["name"]
+            try:
+                rid = int(name.split(".")[0])
+                data = await run_in_threadpool(render, rid)
+            except (ValueError, LookupError, OSError):
+                return JSONResponse({"detail": "no such region"}, status_code=404)
+            return Response(data, media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=86400"})
+        return Route(path, endpoint)
+
+    return [route("/pa/thumb/{name}", views.thumb),
+            route("/pa/crop/{name}", lambda rid: views.crop(rid).read_bytes())]
 
 
 def launch(service, *, host: str = "127.0.0.1", port: int | None = 7860,
@@ -860,6 +863,7 @@ def launch(service, *, host: str = "127.0.0.1", port: int | None = 7860,
     root = app.views.root
     blocks = app.blocks
     blocks.queue(default_concurrency_limit=8, max_size=200)
+    app.views.warm_in_background()
     (root / "exports").mkdir(exist_ok=True)
     _, url, _ = blocks.launch(
         server_name=host, server_port=port, auth=auth,
@@ -869,7 +873,7 @@ def launch(service, *, host: str = "127.0.0.1", port: int | None = 7860,
         allowed_paths=[str(app.views.renderer.cache_dir), str(root / "exports")],
         max_file_size=f"{app.limits.max_file_mb}mb",
         app_kwargs={"middleware": [Middleware(RequireLogin)],
-                    "routes": [_thumb_route(app.views)]},
+                    "routes": _picture_routes(app.views)},
         footer_links=["api", "settings"], theme=gr.themes.Soft(), css=CSS, head=HEAD)
     return app, url
 

@@ -31,6 +31,19 @@ CSS = """
   border: 2px solid white; box-shadow: 0 2px 8px rgba(0,0,0,.35); border-radius: 4px;
   width: 128px; height: 128px; background: #222;}
 .pa-hidden {display: none !important;}
+.pa-members {display: grid; grid-template-columns: repeat(auto-fill, minmax(112px, 1fr));
+  gap: 6px; max-height: 430px; overflow-y: auto; padding: 2px; user-select: none;}
+.pa-member {margin: 0; position: relative; cursor: pointer; border-radius: 6px;
+  border: 3px solid transparent; background: var(--background-fill-secondary);}
+.pa-member img {width: 100%; aspect-ratio: 1; object-fit: cover; display: block;
+  border-radius: 3px;}
+.pa-member figcaption {font-size: 11px; text-align: center; padding: 1px 0;
+  color: var(--body-text-color-subdued);}
+.pa-member:hover, .pa-member:focus {border-color: var(--color-accent-soft); outline: none;}
+.pa-member.pa-on {border-color: var(--color-accent);}
+.pa-member.pa-on::after {content: "✓"; position: absolute; top: 4px; right: 4px; width: 20px;
+  height: 20px; border-radius: 50%; background: var(--color-accent); color: white;
+  font-size: 13px; line-height: 20px; text-align: center; font-weight: 700;}
 """
 
 HEAD = """
@@ -49,15 +62,48 @@ HEAD = """
   function pickCard(card) {
     setBox('pa-type-pick', card.dataset.typeId + ':' + Date.now());
   }
+  // Members grid: click toggles, shift-click selects a range, double-click opens the image.
+  let anchor = null;
+  function members() { return Array.from(document.querySelectorAll('#pa-gallery .pa-member')); }
+  function syncSelection() {
+    const ids = members().filter(m => m.classList.contains('pa-on')).map(m => m.dataset.rid);
+    setBox('pa-selection', ids.join(', '));
+  }
+  window.paSelectAll = (on) => {
+    members().forEach(m => m.classList.toggle('pa-on', on));
+    syncSelection();
+    return [];
+  };
+  function toggleMember(fig, shift) {
+    const all = members();
+    if (shift && anchor && all.includes(anchor)) {
+      const [a, b] = [all.indexOf(anchor), all.indexOf(fig)].sort((x, y) => x - y);
+      all.slice(a, b + 1).forEach(m => m.classList.add('pa-on'));
+    } else {
+      fig.classList.toggle('pa-on');
+      anchor = fig;
+    }
+    syncSelection();
+  }
   document.addEventListener('click', (ev) => {
     const card = ev.target.closest && ev.target.closest('.pa-card');
-    if (card) pickCard(card);
+    if (card) { pickCard(card); return; }
+    const fig = ev.target.closest && ev.target.closest('#pa-gallery .pa-member');
+    if (fig) toggleMember(fig, ev.shiftKey);
+  });
+  document.addEventListener('dblclick', (ev) => {
+    const fig = ev.target.closest && ev.target.closest('#pa-gallery .pa-member');
+    if (fig) {
+      fig.classList.add('pa-on'); syncSelection();
+      setBox('pa-open-box', fig.dataset.rid + ':' + Date.now());
+    }
   });
   const KEYS = {y: 'pa-yes', n: 'pa-no', s: 'pa-skip', u: 'pa-sugg-undo'};
   document.addEventListener('keydown', (ev) => {
     const t = ev.target;
-    if (ev.key === 'Enter' && t && t.classList && t.classList.contains('pa-card')) {
-      pickCard(t); ev.preventDefault(); return;
+    if ((ev.key === 'Enter' || ev.key === ' ') && t && t.classList) {
+      if (t.classList.contains('pa-card')) { pickCard(t); ev.preventDefault(); return; }
+      if (t.classList.contains('pa-member')) { toggleMember(t, ev.shiftKey); ev.preventDefault(); return; }
     }
     const tag = (t && t.tagName || '').toLowerCase();
     if (['input', 'textarea', 'select'].includes(tag) || (t && t.isContentEditable)) return;

@@ -140,7 +140,7 @@ class Renderer:
         heat = self.heat(image_id)
         if heat is not None:
             hc = heat[y0:y1, x0:x1]
-            alpha = (0.55 * hc)[..., None]
+            alpha = (0.5 * np.clip((hc - 0.3) / 0.7, 0, 1))[..., None]
             crop = crop * (1 - alpha) + _jet(hc).astype(np.float32) * alpha
         picture = Image.fromarray(crop.clip(0, 255).astype(np.uint8))
         mask = self.region_mask(image_id, region_id)

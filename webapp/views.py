@@ -73,6 +73,7 @@ class Views:
         self.renderer = Renderer(self.ws)
         self._regions: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
         self._lock = threading.Lock()
+        self._reps: dict[tuple, list[Member]] = {}
         self.exports_dir = self.ws.db_path.parent / "exports"
 
     @property
@@ -134,8 +135,7 @@ class Views:
                     "images on the <b>Upload</b> tab (or start with <code>--demo</code>).</div>")
         cards = []
         for t in types:
-            reps = self.ws.representatives(t.id, n=n_thumbs) if t.n_regions else []
-            self._remember(reps)
+            reps = self.representatives(t, n_thumbs)
             thumbs = "".join(
                 f"<img loading='lazy' alt='region {m.region_id}' title='#{m.region_id} "
                 f"{escape(m.image_name)}' src='pa/thumb/{m.region_id}.jpg'>" for m in reps)
@@ -151,6 +151,24 @@ class Views:
                 f"confidence {fmt_conf(t.mean_confidence)}</div>"
                 f"<div class='pa-thumbs'>{thumbs or '<i>no members</i>'}</div></div>")
         return f"<div class='pa-cards'>{''.join(cards)}</div>"
+
+    def representatives(self, t: TypeSummary, n: int) -> list[Member]:
+        """The type's representatives, cached while the type is unchanged (same version,
+        size and update time): the cards need them on every page load."""
+        if not t.n_regions:
+            return []
+        key = (t.id, t.version, t.n_regions, t.updated_at, n)
+        with self._lock:
+            hit = self._reps.get(key)
+        if hit is not None:
+            return hit
+        reps = self.ws.representatives(t.id, n=n)
+        self._remember(reps)
+        with self._lock:
+            if len(self._reps) > 4096:
+                self._reps.clear()
+            self._reps[key] = reps
+        return reps
 
     def type_members(self, type_id: int, order: str = "representative",
                      limit: int = 48) -> list[Member]:
@@ -173,21 +191,58 @@ class Views:
                  + (" · reviewer" if m.source == "reviewer" else ""))
                 for m in members]
 
+    def members_html(self, members: Sequence[Member], selected: Sequence[int] = ()) -> str:
+        """The selected type's members as a multi-select grid (crops served by
+        ``pa/crop/<region>.jpg``; clicks handled by the page script)."""
+        if not members:
+            return "<div class='pa-empty'>This type has no members.</div>"
+        on = set(int(r) for r in selected)
+        items = []
+        for m in members:
+            cls = "pa-member pa-on" if m.region_id in on else "pa-member"
+            who = " · ✎" if m.source == "reviewer" else ""
+            items.append(
+                f"<figure class='{cls}' tabindex='0' data-rid='{m.region_id}' "
+                f"title='#{m.region_id} · {escape(m.image_name)} · confidence "
+                f"{fmt_conf(m.confidence)}'><img loading='lazy' alt='region {m.region_id}' "
+                f"src='pa/crop/{m.region_id}.jpg'><figcaption>#{m.region_id} · "
+                f"{fmt_conf(m.confidence)}{who}</figcaption></figure>")
+        return f"<div class='pa-members'>{''.join(items)}</div>"
+
     def type_header(self, t: TypeSummary) -> str:
         return (f"### {escape(t.name)} &nbsp;<span class='pa-badge' style='background:"
                 f"{STATUS_BADGE.get(t.status, '#555')}'>{t.status}</span>\n"
                 f"#{t.id} · {t.n_regions} regions in {t.n_images} images · mean confidence "
                 f"{fmt_conf(t.mean_confidence)} · version {t.version} · made by {t.origin}")
 
-    def warm(self, n_thumbs: int = 6) -> None:
-        """Render the cards' crops ahead (after an upload), so the types page opens fast."""
-        for t in self.types():
-            for m in self.ws.representatives(t.id, n=n_thumbs):
-                self._remember([m])
+    def warm(self, n_thumbs: int = 6, gallery: int = 48) -> None:
+        """Render the crops ahead (after an upload, at start): every card's thumbnails,
+        then each type's first gallery page, so that opening a type is fast."""
+        types = self.types()
+        for t in types:
+            for m in self.representatives(t, n_thumbs):
                 try:
                     self.renderer.thumb_bytes(m.region_id, m.image_id, m.box)
                 except (OSError, StorageError):
                     pass
+        for t in types:
+            for m in self.type_members(t.id, "representative", gallery):
+                try:
+                    self.renderer.crop_path(m.region_id, m.image_id, m.box)
+                except (OSError, StorageError):
+                    pass
+
+    def warm_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self._warm_quietly, name="protoatlas-warm",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def _warm_quietly(self) -> None:
+        try:
+            self.warm()
+        except Exception:  # a picture cache must never take the app down
+            pass
 
     # ------------------------------------------------------------------ type actions
     def type_action(self, type_id: int, action: str, argument: str = "",
