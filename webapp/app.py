@@ -202,11 +202,12 @@ class ReviewApp:
         return (text, q.images, q.id, gr.update(choices=q.choices, value=None, visible=label),
                 gr.update(visible=label))
 
-    def answer(self, answer: Any, suggestion_id: Any, request: gr.Request | None) -> list[Any]:
+    def answer(self, answer: Any, suggestion_id: Any, request: gr.Request | None,
+               name: str | None = None) -> list[Any]:
         sid = _to_int(suggestion_id)
         if sid is None:
             return ["⚠️ No question is open.", *self.question()]
-        result = self.views.answer(sid, str(answer or ""), actor_of(request))
+        result = self.views.answer(sid, str(answer or ""), actor_of(request), name)
         return [_msg(result), *self.question()]
 
     def refresh_suggestions(self) -> dict[str, Any]:
@@ -464,6 +465,9 @@ class ReviewApp:
                             no_btn = gr.Button("No  (n)", elem_id="pa-no")
                             skip_btn = gr.Button("Skip  (s)", elem_id="pa-skip")
                             sugg_undo = gr.Button("↶ Undo  (u)", elem_id="pa-sugg-undo")
+                        sugg_name = gr.Textbox(label="Name for the type (optional, used "
+                                               "by yes)", placeholder="e.g. scratch",
+                                               max_lines=1, elem_id="pa-sugg-name")
                         with gr.Row():
                             label_dd = gr.Dropdown(label="It is this type", choices=[],
                                                    visible=False, scale=3)
@@ -691,13 +695,14 @@ class ReviewApp:
             next_btn.click(show_question, outputs=Q, api_visibility="undocumented")
 
             def answer_with(value):
-                def fn(sid, request: gr.Request):
-                    return self.answer(value, sid, request)
+                def fn(sid, name, request: gr.Request):
+                    return self.answer(value, sid, request, name if value == "yes" else None)
                 return fn
 
             for button, value in ((yes_btn, "yes"), (no_btn, "no"), (skip_btn, "skip")):
-                button.click(answer_with(value), inputs=[sugg_id], outputs=[sugg_msg, *Q],
-                             api_visibility="undocumented")
+                button.click(answer_with(value), inputs=[sugg_id, sugg_name],
+                             outputs=[sugg_msg, *Q], api_visibility="undocumented").then(
+                    lambda: "", outputs=[sugg_name], api_visibility="undocumented")
 
             def answer_label(type_id, sid, request: gr.Request):
                 if type_id is None:
@@ -737,11 +742,13 @@ class ReviewApp:
 
             gr.api(next_suggestion, api_name="next_suggestion")
 
-            def answer_suggestion(suggestion_id: int, answer: str,
+            def answer_suggestion(suggestion_id: int, answer: str, name: str = "",
                                   request: gr.Request = None) -> dict[str, Any]:
-                """Answer a question: "yes", "no", "skip", or (label questions) a type id or
-                name. The service applies the answer and writes the audit."""
-                return v.answer(int(suggestion_id), answer, actor_of(request))
+                """Answer a question: "yes", "no", "skip", or (label questions) a type id, a
+                type name or "good". name (optional): the name a "yes" gives the type. The
+                service applies the answer and writes the audit. Returns {ok, message,
+                applied}."""
+                return v.answer(int(suggestion_id), answer, actor_of(request), name)
 
             gr.api(answer_suggestion, api_name="answer_suggestion")
 

@@ -56,7 +56,7 @@ class Question:
     reason: str
     target: dict
     images: list[tuple[str, str]]  # (crop path, caption)
-    choices: list[tuple[str, int]]  # types a "label" question may answer with
+    choices: list[tuple[str, Any]]  # answers of a "label" question: type ids, "good"
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "question": self.text, "reason": self.reason,
@@ -431,22 +431,30 @@ class Views:
             text = f"{kind}: {json.dumps(target)}"
             if "type_id" in target:
                 add_type(target["type_id"], 6)
-        choices = self.type_choices() if kind == "label" else []
+        choices = self.type_choices() + [("good: not a defect", "good")] \
+            if kind == "label" else []
         return Question(int(s.id), kind, text, s.reason or "", target, images, choices)
 
-    def answer(self, suggestion_id: int, answer: str, actor: str) -> dict[str, Any]:
+    def answer(self, suggestion_id: int, answer: str, actor: str,
+               name: str | None = None) -> dict[str, Any]:
+        """Answer a question through the service (which applies it and writes the audit).
+        ``name`` optionally names the type a "yes" confirms or creates."""
         svc = self.service
         answer = (answer or "").strip()
+        name = (name or "").strip() or None
         if not answer:
             return _fail("Choose an answer: yes, no, skip or a type.")
         try:
             if hasattr(svc, "answer_suggestion"):
-                result = svc.answer_suggestion(int(suggestion_id), answer, actor)
+                result = svc.answer_suggestion(int(suggestion_id), answer, actor=actor,
+                                               name=name)
                 out = dict(result) if isinstance(result, dict) else {"result": str(result)}
+                applied = out.get("applied")
                 out.setdefault("ok", True)
-                out.setdefault("message", f"Answered '{answer}'.")
+                out.setdefault("message", f"Answered '{answer}'"
+                               + (f": {applied}." if applied else "."))
                 return out
-            # The service method is not there yet: record the answer only.
+            # The service method is not there: record the answer only.
             self.ws.answer_suggestion(int(suggestion_id), None if answer == "skip" else answer,
                                       actor=actor, skip=answer == "skip")
             return _ok(f"Recorded '{answer}' (the service does not apply answers yet).", [])

@@ -1,0 +1,281 @@
+"""The web app through its named API endpoints (gradio_client) against a launched app.
+
+One app per module (``prevent_thread_lock``) over a workspace whose first batch is uploaded
+through the ``upload_batch`` endpoint (a zip with nested folders and one corrupt file),
+at 128 px on the synthetic set.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from engine.config import ProtoAtlasConfig  # noqa: E402
+from protoatlas.workspace import WorkspaceService  # noqa: E402
+from webapp.app import launch  # noqa: E402
+from webapp.demo import write_demo_set, zip_folder  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("webapp")
+    demo = write_demo_set(tmp / "demo", n_train=12, n_test_good=2, n_per_type=3, side=128)
+    images_zip = zip_folder(demo / "test", tmp / "batch1.zip")
+    with zipfile.ZipFile(images_zip, "a") as z:  # a corrupt file deep inside the archive
+        z.writestr("line 2/cam a/broken.png", b"\x89PNG\r\n\x1a\n not really a png")
+    normals_zip = zip_folder(demo / "train" / "good", tmp / "normals.zip")
+    config = ProtoAtlasConfig(device="cpu").with_overrides(backbone={"image_size": 128})
+    service = WorkspaceService(tmp / "home", "default", config=config)
+    app, url = launch(service, port=None, quiet=True, prevent_thread_lock=True)
+    client = Client(url, verbose=False)
+    t0 = time.perf_counter()
+    report, skipped = client.predict(
+        [handle_file(str(images_zip))], [handle_file(str(normals_zip))], "", "auto", "auto",
+        "first batch", api_name="/upload_batch")
+    ns = SimpleNamespace(service=service, app=app, url=url, client=client, report=report,
+                         skipped=skipped, demo=demo, tmp=tmp,
+                         upload_s=time.perf_counter() - t0)
+    yield ns
+    app.blocks.close()
+    service.close()
+
+
+def _types(client) -> list[dict]:
+    table = client.predict(api_name="/list_types")
+    return [dict(zip(table["headers"], row)) for row in table["data"]]
+
+
+def test_upload_batch_discovers_types_and_reports_skipped_files(served):
+    assert "discovered" in served.report
+    assert "17 images analysed" in served.report
+    rows = served.skipped["data"]
+    assert any(r[0] == "line 2/cam a/broken.png" and r[1] for r in rows), rows
+    batches = served.service.ws.batches()
+    assert [b.name for b in batches] == ["first batch"]
+    assert batches[0].n_images == 17
+
+
+def test_list_types_needs_no_argument_and_matches_the_workspace(served):
+    types = _types(served.client)
+    assert list(types[0]) == ["id", "name", "status", "regions", "images", "confidence"]
+    stored = {t.id: t for t in served.service.ws.list_types()}
+    assert len(types) >= 2 and {t["id"] for t in types} == set(stored)
+    for t in types:
+        assert t["name"] == stored[t["id"]].name
+        assert t["status"] in ("proposed", "confirmed", "rejected")
+        assert t["regions"] == stored[t["id"]].n_regions
+
+
+def test_type_detail_lists_members(served):
+    t = max(_types(served.client), key=lambda t: t["regions"])
+    detail = served.client.predict(t["id"], api_name="/type_detail")
+    assert detail["id"] == t["id"] and detail["regions"] == t["regions"]
+    assert len(detail["members"]) == t["regions"]
+    assert all(m["image"].endswith(".png") for m in detail["members"])
+
+
+def test_type_action_confirm_rename_conflict_and_undo(served):
+    c = served.client
+    t = _types(c)[0]
+    version = served.service.ws.get_type(t["id"]).version
+    out = c.predict(t["id"], "confirm", "", None, version, api_name="/type_action")
+    assert out["ok"], out
+    assert served.service.ws.get_type(t["id"]).status == "confirmed"
+    out = c.predict(t["id"], "rename", "scratch-like", None, -1, api_name="/type_action")
+    assert out["ok"] and served.service.ws.get_type(t["id"]).name == "scratch-like"
+    # a stale version (another reviewer changed the type meanwhile) is refused, not applied
+    out = c.predict(t["id"], "rename", "other", None, version, api_name="/type_action")
+    assert not out["ok"] and out["conflict"] and "changed" in out["message"]
+    assert served.service.ws.get_type(t["id"]).name == "scratch-like"
+    out = c.predict(api_name="/undo")
+    assert out["ok"] and "rename" in out["message"]
+    assert served.service.ws.get_type(t["id"]).name == t["name"]
+    out = c.predict(t["id"], "explode", "", None, -1, api_name="/type_action")
+    assert not out["ok"] and "Unknown action" in out["message"]
+
+
+def test_type_action_split_merge_move_and_mark_normal(served):
+    c, ws = served.client, served.service.ws
+    big = max(_types(c), key=lambda t: t["regions"])
+    assert big["regions"] >= 3
+    out = c.predict(big["id"], "split", "2", None, -1, api_name="/type_action")
+    assert out["ok"], out
+    new_id = out["type_ids"][1]
+    assert ws.get_type(new_id).n_regions >= 1
+    assert ws.get_type(big["id"]).n_regions + ws.get_type(new_id).n_regions == big["regions"]
+    out = c.predict(new_id, "merge", str(big["id"]), None, -1, api_name="/type_action")
+    assert out["ok"], out
+    assert ws.get_type(new_id).status == "merged"
+    assert ws.get_type(big["id"]).n_regions == big["regions"]
+    # move one member to another type, then mark one as normal
+    members = c.predict(big["id"], api_name="/type_detail")["members"]
+    other = next(t for t in _types(c) if t["id"] != big["id"])
+    rid = members[0]["region_id"]
+    out = c.predict(big["id"], "move", str(other["id"]), [rid], -1, api_name="/type_action")
+    assert out["ok"], out
+    assert rid in [m["region_id"] for m in c.predict(other["id"],
+                                                     api_name="/type_detail")["members"]]
+    out = c.predict(other["id"], "normal", "", [rid], -1, api_name="/type_action")
+    assert out["ok"], out
+    regions = {r.id: r for r in ws.regions_for_batch(ws.batches()[0].id, with_masks=False)}
+    assert regions[rid].is_normal
+    out = c.predict(other["id"], "move", "", [], -1, api_name="/type_action")
+    assert not out["ok"] and "Select regions" in out["message"]
+
+
+def test_next_and_answer_suggestion(served):
+    c, ws = served.client, served.service.ws
+    refreshed = c.predict(api_name="/refresh_suggestions")
+    assert "n_open" in refreshed
+    q = c.predict(api_name="/next_suggestion")
+    if q["id"] is None:
+        pytest.fail(f"no open question after refresh_suggestions: {refreshed}")
+    assert q["question"] and q["kind"] and "yes" in q["answers"] and q["images"]
+    out = c.predict(q["id"], "skip", api_name="/answer_suggestion")
+    assert out["ok"], out
+    status = {s.id: s.status for s in ws.suggestions()}
+    assert status[q["id"]] != "open"
+    q2 = c.predict(api_name="/next_suggestion")
+    assert q2["id"] != q["id"]
+    out = c.predict(q["id"], "", api_name="/answer_suggestion")
+    assert not out["ok"]
+
+
+def test_audit_is_filterable(served):
+    c = served.client
+    everything = c.predict("", "", None, api_name="/audit")["data"]
+    actions = {row[3] for row in everything}
+    assert {"ingest_batch", "confirm_type", "rename_type", "undo"} <= actions
+    only = c.predict("", "confirm_type", None, api_name="/audit")["data"]
+    assert only and all(row[3] == "confirm_type" for row in only)
+    mine = c.predict("reviewer", "", None, api_name="/audit")["data"]
+    assert mine and all(row[2] == "reviewer" for row in mine)
+
+
+def test_image_detail_endpoint(served):
+    ws = served.service.ws
+    region = ws.regions_for_batch(ws.batches()[0].id, with_masks=False)[0]
+    summary, orig, heat, regions, prior, rows = served.client.predict(
+        region.image_id, api_name="/image_detail")
+    assert f"Image #{region.image_id}" in summary
+    for picture in (orig, heat, regions, prior):
+        assert picture and Path(picture).stat().st_size > 100
+    assert any(r[0] == region.id for r in rows["data"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "coco", "audit_json", "images_csv"])
+def test_export(served, fmt):
+    path = Path(served.client.predict(fmt, api_name="/export"))
+    assert path.stat().st_size > 0
+    if fmt == "csv":
+        rows = list(csv.DictReader(path.open()))
+        assert rows and "region_id" in rows[0]
+    elif fmt == "parquet":
+        import duckdb
+        n = duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)",
+                                     [str(path)]).fetchone()[0]
+        assert n == sum(b.n_regions for b in served.service.ws.batches())
+    elif fmt == "coco":
+        coco = json.loads(path.read_text())
+        assert coco["images"] and coco["annotations"] and coco["categories"]
+    elif fmt == "audit_json":
+        text = path.read_text()
+        assert "confirm_type" in text
+
+
+def test_upload_errors_are_clear(served, tmp_path):
+    c = served.client
+    bad = _zip(tmp_path / "evil.zip", {"ok/a.png": b"x", "../escape.png": b"y"})
+    with pytest.raises(Exception, match="refused"):
+        c.predict([handle_file(str(bad))], None, "", "auto", "auto", "", api_name="/upload_batch")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(Exception, match="Invalid file type"):  # Gradio's own check
+        c.predict([handle_file(str(text))], None, "", "auto", "auto", "",
+                  api_name="/upload_batch")
+    good = served.demo / "test" / "crack" / "000.png"
+    with pytest.raises(Exception, match="Number of types"):
+        c.predict([handle_file(str(good))], None, "", "many", "auto", "",
+                  api_name="/upload_batch")
+    assert len(served.service.ws.batches()) == 1
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def test_file_access_is_limited_to_the_crop_cache_and_exports(served):
+    root = served.service.root
+    assert _get(f"{served.url}gradio_api/file={root / 'workspace.duckdb'}")[0] in (403, 404)
+    assert _get(f"{served.url}gradio_api/file=/etc/passwd")[0] in (403, 404)
+    image = served.service.ws.image_path(1)
+    assert _get(f"{served.url}gradio_api/file={image}")[0] in (403, 404)
+    rid = served.service.ws.regions_for_batch(1, with_masks=False)[0].id
+    status, data = _get(f"{served.url}pa/crop/{rid}.jpg")
+    assert status == 200 and data[:2] == b"\xff\xd8"
+    assert _get(f"{served.url}pa/thumb/999999.jpg")[0] == 404
+
+
+def test_a_second_session_reviews_while_a_batch_is_processed(served):
+    """While session A's upload holds the engine, session B lists, renames and asks;
+    each answer comes back fast and A's job is still running."""
+    service = served.service
+    original = service.upload_batch
+    started, release = threading.Event(), threading.Event()
+
+    def held(*args, **kwargs):
+        with service.engine_lock:  # the engine is busy with A's batch
+            started.set()
+            release.wait(120)
+        return original(*args, **kwargs)
+
+    service.upload_batch = held
+    try:
+        a = Client(served.url, verbose=False)
+        files = [handle_file(str(p)) for p in
+                 sorted((served.demo / "test").rglob("*.png"))[:3]]
+        job = a.submit(files, None, "", "auto", "auto", "second batch",
+                       api_name="/upload_batch")
+        assert started.wait(60), "the upload never started"
+        b = Client(served.url, verbose=False)
+        t0 = time.perf_counter()
+        types = _types(b)
+        t = types[0]
+        out = b.predict(t["id"], "rename", "renamed-by-b", None, -1, api_name="/type_action")
+        q = b.predict(api_name="/next_suggestion")
+        took = time.perf_counter() - t0
+        assert out["ok"], out
+        assert q is not None
+        assert service.engine_lock.locked() and not job.done()
+        assert took < 10, f"review calls took {took:.1f} s while the engine was busy"
+    finally:
+        release.set()
+        service.upload_batch = original
+    report, _ = job.result(timeout=300)
+    assert "sorted into the existing types" in report
+    assert [b.name for b in service.ws.batches()][-1] == "second batch"
