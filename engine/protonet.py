@@ -85,7 +85,11 @@ class PrototypeHead(nn.Module):
                  settings: PoolSettings, seed: int) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
-        self.pool = GuidedAttentionPool(channels, settings)
+        # The scorer's hidden layer uses torch's default init (global RNG): seed it too, so
+        # that the head depends on ``seed`` only, not on what ran before in the process.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.pool = GuidedAttentionPool(channels, settings)
         self.projector = nn.Linear(channels, embedding_dim, bias=False)
         with torch.no_grad():  # orthonormal rows (or columns when d > C): keeps angles
             if embedding_dim <= channels:
