@@ -390,6 +390,14 @@ class DiscoveryModel:
         type_ids = np.arange(len(used), dtype=np.int64)
         self._set_types(type_ids, prototypes, emb, assigned)
         result = self._result(analysis, emb, attention, type_ids, [int(t) for t in type_ids])
+        if n_known:  # _result re-derives types from the prototypes: labels are facts
+            known = labels >= 0
+            result.region_type[known] = type_ids[assigned[known]]
+            result.region_outlier[known] = False
+            result.region_similarity[known] = (
+                emb[known] * self.prototypes[assigned[known]]).sum(axis=1)
+            result.region_confidence[known] = 1.0
+            self._vote_images(result)
         result.k_scores = k_scores
         result.train = report
         return result
@@ -513,6 +521,10 @@ class DiscoveryModel:
         """Image type = weighted vote of its non-outlier regions; all-outlier images are
         outliers themselves."""
         analysis = result.analysis
+        # a re-vote (after new types or labels) starts afresh: no stale outlier flags
+        result.image_type[:] = NO_TYPE
+        result.image_confidence[:] = 0.0
+        result.image_outlier[:] = False
         ids = list(result.type_ids)
         col = {t: j for j, t in enumerate(ids)}
         onehot = np.zeros((len(result.region_type), len(ids)), np.float32)
