@@ -128,6 +128,11 @@ class ReviewApp:
         self.running: dict[str, str] = {}  # job id -> description (shown in the header)
         self.blocks = self._build()
 
+    def close(self) -> None:
+        """Stop the server and the background work (the service stays open)."""
+        self.views.stop()
+        self.blocks.close()
+
     # ---------------------------------------------------------------- header
     def header(self, request: gr.Request | None = None) -> str:
         ws = self.views.ws
@@ -936,6 +941,6 @@ def serve(home: str | os.PathLike | None = None, workspace: str = "default",
     except KeyboardInterrupt:
         pass
     finally:
-        app.blocks.close()
+        app.close()
         service.close()
     return 0

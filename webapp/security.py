@@ -71,7 +71,10 @@ def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
 #: reads the workspace.
 PUBLIC_EXACT = frozenset({"/", "/login", "/login/", "/logout", "/favicon.ico", "/theme.css",
                           "/gradio_api/theme.css", "/manifest.json", "/robots.txt",
-                          "/gradio_api/login", "/gradio_api/login/"})
+                          "/gradio_api/login", "/gradio_api/login/",
+                          # Gradio calls it itself once at launch (runs startup events once;
+                          # answers true/false, nothing else)
+                          "/gradio_api/startup-events"})
 PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon",
                    "/gradio_api/assets/", "/gradio_api/static/")
 

@@ -74,6 +74,8 @@ class Views:
         self._regions: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
         self._lock = threading.Lock()
         self._reps: dict[tuple, list[Member]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self.exports_dir = self.ws.db_path.parent / "exports"
 
     @property
@@ -221,12 +223,18 @@ class Views:
         types = self.types()
         for t in types:
             for m in self.representatives(t, n_thumbs):
+                if self._stop.is_set():
+                    return
                 try:
                     self.renderer.thumb_bytes(m.region_id, m.image_id, m.box)
                 except (OSError, StorageError):
                     pass
         for t in types:
+            if not gallery:
+                break
             for m in self.type_members(t.id, "representative", gallery):
+                if self._stop.is_set():
+                    return
                 try:
                     self.renderer.crop_path(m.region_id, m.image_id, m.box)
                 except (OSError, StorageError):
@@ -235,8 +243,18 @@ class Views:
     def warm_in_background(self) -> threading.Thread:
         thread = threading.Thread(target=self._warm_quietly, name="protoatlas-warm",
                                   daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
         return thread
+
+    def stop(self) -> None:
+        """Stop background warm-ups (before the workspace is closed)."""
+        self._stop.set()
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout=30)
 
     def _warm_quietly(self) -> None:
         try:

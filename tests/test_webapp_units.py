@@ -1,0 +1,221 @@
+"""Fast checks of the web app's parts (no server, no engine): login parsing, upload limits,
+screen data over a storage-only workspace, the 2-D map, requirements.txt."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_webapp import build_workspace
+from webapp.security import Limits, RequireLogin, UploadError, parse_auth, stage_upload
+from webapp.views import Views, project_2d
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------ login
+def test_parse_auth():
+    assert parse_auth(None) is None and parse_auth("  ") is None
+    assert parse_auth("alice:pw") == [("alice", "pw")]
+    assert parse_auth("alice:p:w, bob:x") == [("alice", "p:w"), ("bob", "x")]
+    for bad in ("alice", ":pw", "alice:"):
+        with pytest.raises(ValueError, match="user:password"):
+            parse_auth(bad)
+
+
+def test_only_the_login_page_and_static_files_are_public():
+    for path in ("/", "/login", "/assets/index.js", "/static/img/logo.svg", "/favicon.ico"):
+        assert RequireLogin.is_public(path), path
+    for path in ("/config", "/gradio_api/info", "/gradio_api/queue/join", "/pa/thumb/1.jpg",
+                 "/gradio_api/file=/etc/passwd", "/gradio_api/upload", "/monitoring",
+                 "/gradio_api/call/list_types", "/assets", "/loginx"):
+        assert not RequireLogin.is_public(path), path
+
+
+# ------------------------------------------------------------------------------ uploads
+def _png(path: Path, side: int = 8) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.full((side, side, 3), 100, np.uint8)).save(path)
+    return path
+
+
+def _zip(path: Path, members: dict[str, bytes], symlink: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (0o120777 << 16)
+            z.writestr(info, "/etc/passwd")
+    return path
+
+
+def test_stage_upload_images_and_zip(tmp_path):
+    a = _png(tmp_path / "a.png")
+    sub = tmp_path / "other"
+    sub.mkdir()
+    b = _png(sub / "a.png")  # same name from another folder: kept, renamed
+    note = tmp_path / "notes.txt"
+    note.write_text("x")
+    staged = stage_upload([str(a), str(b), str(note)], tmp_path / "stage", Limits())
+    assert staged is not None and staged.n_images == 2
+    assert sorted(p.name for p in staged.source.iterdir()) == ["a-1.png", "a.png"]
+    assert [s.name for s in staged.skipped] == ["notes.txt"]
+    staged.close()
+    assert not staged.source.exists()
+    png = a.read_bytes()
+    z = _zip(tmp_path / "batch.zip", {"line 1/cam/a.png": png, "b.png": png})
+    staged = stage_upload([str(z)], tmp_path / "stage", Limits())
+    assert staged.source == z and staged.n_images == 2 and staged.cleanup is None
+    assert stage_upload([], tmp_path / "stage", Limits()) is None
+
+
+def test_stage_upload_refuses_unsafe_or_oversized_uploads(tmp_path):
+    png = _png(tmp_path / "a.png").read_bytes()
+    stage = tmp_path / "stage"
+    cases = {
+        "traversal": (_zip(tmp_path / "t.zip", {"ok.png": png, "../../x.png": png}), Limits()),
+        "absolute": (_zip(tmp_path / "abs.zip", {"/etc/x.png": png}), Limits()),
+        "symlink": (_zip(tmp_path / "s.zip", {"ok.png": png}, symlink="link.png"), Limits()),
+        "ratio": (_zip(tmp_path / "bomb.zip", {"big.png": b"\0" * (4 * 2**20)}),
+                  Limits(max_zip_ratio=100)),
+        "total": (_zip(tmp_path / "total.zip", {"a.png": png, "b.png": png}),
+                  Limits(max_zip_total_mb=0)),
+        "count": (_zip(tmp_path / "n.zip", {f"{i}.png": png for i in range(3)}),
+                  Limits(max_images=2)),
+        "size": (tmp_path / "a.png", Limits(max_file_mb=0)),
+    }
+    for what, (path, limits) in cases.items():
+        with pytest.raises(UploadError) as err:
+            stage_upload([str(path)], stage, limits)
+        assert path.name in str(err.value) or "limit" in str(err.value), (what, err.value)
+    with pytest.raises(UploadError, match="either one .zip"):
+        stage_upload([str(cases["count"][0]), str(tmp_path / "a.png")], stage, Limits())
+    notzip = tmp_path / "fake.zip"
+    notzip.write_bytes(b"not a zip")
+    with pytest.raises(UploadError, match="not a valid zip"):
+        stage_upload([str(notzip)], stage, Limits())
+
+
+# ------------------------------------------------------------------------------ screens
+class _Service:
+    """The part of WorkspaceService the screens read (no engine needed here)."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+
+    def model(self):
+        return None
+
+    def split_type(self, type_id, parts=2, *, expected_version, actor, region_ids=None):
+        return self.ws.split_type(type_id, [list(region_ids)],
+                                  expected_version=expected_version, actor=actor)
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory):
+    ws = build_workspace(tmp_path_factory.mktemp("views"), n_images=40, n_types=3,
+                         type_names=["crack", "dent", "stain"])
+    yield Views(_Service(ws))
+    ws.close()
+
+
+def test_cards_table_and_members(views):
+    types = views.types()
+    html = views.cards_html(types, selected=types[0].id)
+    for t in types:
+        assert f"data-type-id='{t.id}'" in html and t.name in html
+    assert html.count("pa-selected") == 1 and "pa/thumb/" in html
+    assert [r[0] for r in views.types_table(types)] == [t.id for t in types]
+    members = views.type_members(types[0].id, "representative", limit=10)
+    assert len(members) == min(10, types[0].n_regions)
+    grid = views.members_html(members, selected=[members[1].region_id])
+    assert grid.count("pa-member pa-on") == 1 and grid.count("<figure") == len(members)
+    assert views.thumb(members[0].region_id)[:2] == b"\xff\xd8"
+    assert views.crop(members[0].region_id).stat().st_size > 500
+
+
+def test_type_actions_and_conflicts(views):
+    t = views.types()[0]
+    out = views.type_action(t.id, "confirm", expected_version=t.version, actor="ann")
+    assert out["ok"] and views.ws.get_type(t.id).status == "confirmed"
+    stale = views.type_action(t.id, "rename", "x", expected_version=t.version, actor="bob")
+    assert not stale["ok"] and stale["conflict"]
+    assert views.type_action(t.id, "rename", "  ", actor="ann")["message"].startswith(
+        "Type a new name")
+    members = views.type_members(t.id, limit=3)
+    out = views.type_action(t.id, "split", region_ids=[m.region_id for m in members[:2]],
+                            actor="ann")
+    assert out["ok"] and len(out["type_ids"]) == 2
+    new_id = out["type_ids"][1]
+    assert views.ws.get_type(new_id).n_regions == 2
+    out = views.selection_action([members[2].region_id], "normal", actor="ann")
+    assert out["ok"]
+    assert views.type_action(-1, "undo", actor="ann")["ok"]
+    rows = views.audit_rows(actor="ann")
+    assert rows and {r[3] for r in rows} >= {"confirm_type", "split_type", "undo"}
+
+
+def test_map_figure_has_one_trace_per_type(views):
+    fig = views.map_figure()
+    names = {tr.name for tr in fig.data}
+    assert {"dent", "stain"} <= names
+    assert sum(len(tr.x) for tr in fig.data) == 40
+    assert fig.layout.dragmode == "lasso"
+
+
+def test_project_2d_separates_clusters():
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 1, (30, 16)), rng.normal(8, 1, (30, 16))]
+    xy, method = project_2d(x)
+    assert xy.shape == (60, 2) and method in ("PCA", "UMAP")
+    a, b = xy[:30].mean(0), xy[30:].mean(0)
+    assert np.linalg.norm(a - b) > 3 * xy[:30].std()
+    assert project_2d(np.zeros((0, 4)))[0].shape == (0, 2)
+
+
+def test_image_detail_views(views):
+    m = views.type_members(views.types()[0].id, limit=1)[0]
+    d = views.image_detail(m.image_id)
+    assert d["original"].shape == (96, 96, 3) and d["heat"].shape == (96, 96, 3)
+    assert d["regions"].shape == (96, 96, 3) and d["prior"] is None
+    assert any(r[0] == m.region_id for r in d["rows"])
+
+
+# ------------------------------------------------------------------------------ packaging
+def _names(reqs: list[str]) -> dict[str, str]:
+    out = {}
+    for r in reqs:
+        name = re.split(r"[<>=!~ ;\[]", r.strip(), maxsplit=1)[0].lower()
+        out[name] = r.strip()
+    return out
+
+
+def test_requirements_txt_matches_pyproject():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [ln for ln in (REPO / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    want, have = _names(pyproject), _names(lines)
+    assert set(have) == set(want)
+    for name, spec in have.items():
+        if name == "gradio":  # the app needs Gradio 6 (a narrower range is still consistent)
+            assert spec.startswith("gradio>=6")
+            continue
+        assert spec == want[name], (spec, want[name])
+
+
+def test_spaces_entry_point_and_home(monkeypatch, tmp_path):
+    from webapp.app import default_home
+
+    monkeypatch.setenv("PROTOATLAS_HOME", str(tmp_path))
+    assert default_home() == tmp_path
+    monkeypatch.delenv("PROTOATLAS_HOME")
+    assert default_home() in (Path("/data/protoatlas"), Path("protoatlas-data"))
+    text = (REPO / "app.py").read_text()
+    assert "from webapp.app import serve" in text and "PROTOATLAS_HOME" in text
