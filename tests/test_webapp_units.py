@@ -183,8 +183,11 @@ def test_project_2d_separates_clusters():
 def test_image_detail_views(views):
     m = views.type_members(views.types()[0].id, limit=1)[0]
     d = views.image_detail(m.image_id)
-    assert d["original"].shape == (96, 96, 3) and d["heat"].shape == (96, 96, 3)
-    assert d["regions"].shape == (96, 96, 3) and d["prior"] is None
+    # 96 px images are shown enlarged 4x (to at least 384 px)
+    assert d["original"].shape == (384, 384, 3) and d["heat"].shape == (384, 384, 3)
+    assert d["regions"].shape == (384, 384, 3) and d["prior"] is None
+    # the region is painted in its type's colour where its mask is
+    assert (np.abs(d["regions"].astype(int) - d["original"].astype(int)).sum(-1) > 60).any()
     assert any(r[0] == m.region_id for r in d["rows"])
 
 

@@ -81,7 +81,7 @@ call_engine = _gpu(_call_engine)
 
 
 def _msg(result: dict[str, Any]) -> str:
-    mark = "✅" if result.get("ok") else "⚠️"
+    mark = "✔" if result.get("ok") else "✖"
     return f"{mark} {result.get('message', '')}"
 
 
@@ -181,7 +181,7 @@ class ReviewApp:
             order: str, show_rejected: bool, request: gr.Request | None) -> list[Any]:
         tid = _to_int(type_id)
         if tid is None and action != "undo":
-            return ["⚠️ Pick a type first (click a card or use the Type list).",
+            return ["✖ Pick a type first (click a card or use the Type list).",
                     *self.panel(None, order, show_rejected)]
         expected = None
         if seen and seen.get("type_id") == tid:
@@ -211,7 +211,7 @@ class ReviewApp:
                name: str | None = None) -> list[Any]:
         sid = _to_int(suggestion_id)
         if sid is None:
-            return ["⚠️ No question is open.", *self.question()]
+            return ["✖ No question is open.", *self.question()]
         result = self.views.answer(sid, str(answer or ""), actor_of(request), name)
         return [_msg(result), *self.question()]
 
@@ -334,7 +334,7 @@ class ReviewApp:
                    + (staged_normals.skipped if staged_normals else []) + list(report.skipped)]
         mode = ("discovered" if report.mode == "discover" else "sorted into the existing types")
         new = ", ".join(self.views.ws.get_type(t).name for t in report.new_type_ids) or "none"
-        md = (f"### ✅ Batch '{name}' (#{report.batch_id}) {mode}\n"
+        md = (f"### ✔ Batch '{name}' (#{report.batch_id}) {mode}\n"
               f"- {report.n_images} images analysed, {report.n_anomalous} flagged anomalous, "
               f"{report.n_regions} anomalous regions\n- new types: {new}\n"
               f"- {len(skipped)} file(s) skipped{' (see the table)' if skipped else ''}\n"
@@ -361,12 +361,12 @@ class ReviewApp:
                 ) -> str:
         ids = _ids(text)
         if not ids:
-            return "⚠️ Select regions on the map first (lasso or box)."
+            return "✖ Select regions on the map first (lasso or box)."
         v = self.views
         if action == "move":
             dest = _to_int(argument)
             if dest is None:
-                return "⚠️ Choose the type to move the selection to."
+                return "✖ Choose the type to move the selection to."
             first = v.ws.get_type(dest)
             return _msg(v.type_action(first.id, "move", str(dest), ids, None,
                                       actor_of(request)))
@@ -441,20 +441,19 @@ class ReviewApp:
                                 rename_btn = gr.Button("Rename", scale=1, elem_id="pa-rename")
                                 newtype_btn = gr.Button("Selected → new type", scale=1,
                                                         elem_id="pa-newtype")
-                            with gr.Row():
+                            with gr.Row(equal_height=True):
                                 merge_dd = gr.Dropdown(label="Merge this type into", choices=[],
                                                        scale=3, elem_id="pa-merge-dd")
                                 merge_btn = gr.Button("Merge", scale=1, elem_id="pa-merge")
-                            with gr.Row():
+                                move_dd = gr.Dropdown(label="Move selected to", choices=[],
+                                                      scale=3, elem_id="pa-move-dd")
+                                move_btn = gr.Button("Move", scale=1, elem_id="pa-move")
+                            with gr.Row(equal_height=True):
                                 parts = gr.Number(2, label="Split into parts", precision=0,
                                                   minimum=2, maximum=12, scale=1)
                                 split_btn = gr.Button("Split (selected → new type, else by "
                                                       "clustering)", scale=3, elem_id="pa-split")
-                            with gr.Row():
-                                move_dd = gr.Dropdown(label="Move selected to", choices=[],
-                                                      scale=3, elem_id="pa-move-dd")
-                                move_btn = gr.Button("Move", scale=1, elem_id="pa-move")
-                                normal_btn = gr.Button("Selected are normal", scale=1,
+                                normal_btn = gr.Button("Selected are normal", scale=2,
                                                        elem_id="pa-normal")
                     seen = gr.State({})
 
@@ -507,7 +506,8 @@ class ReviewApp:
                             up_k = gr.Dropdown(CLUSTER_CHOICES, value="auto",
                                                allow_custom_value=True,
                                                label="Number of defect types")
-                            up_name = gr.Textbox(label="Batch name (optional)", max_lines=1)
+                            up_name = gr.Textbox(label="Batch name (optional)", max_lines=1,
+                                                 elem_id="pa-upload-name")
                             up_btn = gr.Button("Upload and analyse", variant="primary",
                                                elem_id="pa-upload")
                             gr.Markdown(
@@ -533,6 +533,7 @@ class ReviewApp:
                                           max_lines=2)
                     map_info = gr.Markdown(elem_id="pa-map-msg")
                     map_gallery = gr.Gallery(columns=12, height=170, allow_preview=True,
+                                             elem_id="pa-map-gallery",
                                              label="Selection", object_fit="cover")
                     with gr.Row():
                         map_move_dd = gr.Dropdown(label="Move selection to", choices=[], scale=3)
@@ -548,8 +549,8 @@ class ReviewApp:
                         img_dd = gr.Dropdown(label="Image (with regions)", choices=[], scale=3,
                                              allow_custom_value=True)
                         img_btn = gr.Button("Show", scale=0)
-                    img_md = gr.Markdown()
-                    with gr.Row():
+                    img_md = gr.Markdown(elem_id="pa-image-md")
+                    with gr.Row(elem_id="pa-image-row"):
                         img_orig = gr.Image(label="Original", interactive=False, height=300)
                         img_heat = gr.Image(label="Anomaly heat map", interactive=False,
                                             height=300)
@@ -646,7 +647,8 @@ class ReviewApp:
                     image_id = v.region(ids[0])[0]
                 except LookupError as exc:
                     raise gr.Error(str(exc), print_exception=False) from None
-                return (gr.Tabs(selected="image"), gr.update(value=image_id),
+                return (gr.Tabs(selected="image"),
+                        gr.update(choices=v.batch_images(), value=image_id),
                         *self.image(image_id))
 
             IMG = [img_md, img_orig, img_heat, img_regions, img_prior, img_df]
@@ -711,7 +713,7 @@ class ReviewApp:
 
             def answer_label(type_id, sid, request: gr.Request):
                 if type_id is None:
-                    return ["⚠️ Choose the type first.", *self.question()]
+                    return ["✖ Choose the type first.", *self.question()]
                 return self.answer(str(type_id), sid, request)
 
             label_btn.click(answer_label, inputs=[label_dd, sugg_id], outputs=[sugg_msg, *Q],

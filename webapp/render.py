@@ -21,6 +21,8 @@ from PIL import Image, ImageDraw
 from storage import Workspace, decode_rle
 
 CROP_SIDE = 160
+#: Image-detail pictures of smaller images are enlarged (integer factor) to about this side.
+DETAIL_MIN_SIDE = 384
 THUMB_SIDE = 96
 #: Qualitative palette (Tableau 20 without the greys); a type keeps its colour by id.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -176,8 +178,15 @@ class Renderer:
                      ) -> dict[str, np.ndarray | None]:
         """original, heat (overlay), regions (coloured masks + boxes), prior (overlay)."""
         rgb = self.image(image_id)
+        h0, w0 = rgb.shape[:2]
+        f = max(1, int(np.ceil(DETAIL_MIN_SIDE / max(h0, w0))))  # small images: enlarge
+        if f > 1:
+            rgb = np.asarray(Image.fromarray(rgb).resize((w0 * f, h0 * f), Image.LANCZOS))
         out: dict[str, np.ndarray | None] = {"original": rgb}
         heat = self.heat(image_id, batch_id)
+        if heat is not None and f > 1:
+            heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize(
+                (w0 * f, h0 * f), Image.BILINEAR))
         if heat is None:
             out["heat"] = None
         else:
@@ -193,13 +202,15 @@ class Renderer:
             colour = np.array(_rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id)))
             if r.mask is not None:
                 m = decode_rle(r.mask).astype(bool)
+                if f > 1:
+                    m = np.kron(m, np.ones((f, f), dtype=bool))
                 arr[m] = (0.35 * arr[m] + 0.65 * colour).astype(np.uint8)
         picture = Image.fromarray(arr)
         draw = ImageDraw.Draw(picture)
         for r in d.regions:
             if batch_id is not None and r.batch_id != batch_id:
                 continue
-            t, l, b, rr = r.box
+            t, l, b, rr = (v * f for v in r.box)
             colour = _rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id))
             draw.rectangle([l, t, rr - 1, b - 1], outline=colour, width=max(1, rgb.shape[0] // 200))
             label = "normal" if r.is_normal else (r.type_name or "unassigned")
@@ -209,7 +220,9 @@ class Renderer:
             out["prior"] = None
         else:
             try:
-                obj = np.asarray(prior(rgb)).astype(bool)
+                obj = np.asarray(prior(self.image(image_id))).astype(bool)
+                if f > 1:
+                    obj = np.kron(obj, np.ones((f, f), dtype=bool))
             except Exception:  # the prior is an optional picture, never an error page
                 obj = None
             if obj is None or obj.shape != rgb.shape[:2]:

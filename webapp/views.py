@@ -515,7 +515,7 @@ class Views:
             rs = [pts["regions"][k] for k in rows]
             fig.add_trace(go.Scattergl(
                 x=pts["xy"][rows, 0], y=pts["xy"][rows, 1], mode="markers", name=label,
-                marker={"size": 8, "color": type_colour(type_ids.get(label)),
+                marker={"size": 11, "color": type_colour(type_ids.get(label)),
                         "line": {"width": 0.5, "color": "white"}},
                 customdata=[[r.id, r.image_id] for r in rs],
                 text=[f"#{r.id} · {label} · conf {fmt_conf(r.confidence)}" for r in rs],

@@ -1,0 +1,252 @@
+"""The whole review flow in a real browser: headless Chromium driven by Playwright.
+
+Open the app, upload a demo zip (with known-good images), wait for the types, confirm one,
+split one (multi-select in the members grid), answer a suggestion with the keyboard, draw
+the map and lasso a selection, open an image, see the history, export COCO; then a second
+browser session reviews while the first one's next batch is being analysed.
+
+Screenshots go to ``$PROTOATLAS_SCREENSHOTS`` when set (``docs/screenshots`` was made that
+way), else to the test's temporary folder. Chromium comes from Debian (``apt-get install
+chromium``; ``.ci/run`` installs it): the test skips only when it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.config import ProtoAtlasConfig
+from protoatlas.workspace import WorkspaceService
+from webapp.app import launch
+from webapp.demo import write_demo_set, zip_folder
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason=f"{CHROMIUM} is absent (install it: apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    out = Path(os.environ.get("PROTOATLAS_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    demo = write_demo_set(tmp / "demo", n_train=12, n_test_good=2, n_per_type=3, side=128)
+    images = zip_folder(demo / "test", tmp / "demo-batch.zip")
+    normals = zip_folder(demo / "train" / "good", tmp / "known-good.zip")
+    second = write_demo_set(tmp / "more", seed=5, n_train=1, n_test_good=2, n_per_type=2,
+                            side=128)
+    second_zip = zip_folder(second / "test", tmp / "second-batch.zip")
+    config = ProtoAtlasConfig(device="cpu").with_overrides(backbone={"image_size": 128})
+    service = WorkspaceService(tmp / "home", "default", config=config)
+    app, url = launch(service, port=None, quiet=True, prevent_thread_lock=True)
+    yield {"url": url, "service": service, "images": images, "normals": normals,
+           "second": second_zip}
+    app.close()
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def _wait_text(page, selector: str, pattern: str, timeout: float = 30) -> str:
+    """Wait until the element's text matches ``pattern`` (a regex); return the text."""
+    page.wait_for_function(
+        "([sel, pat]) => { const e = document.querySelector(sel); "
+        "return !!e && new RegExp(pat).test(e.innerText); }", arg=[selector, pattern],
+        timeout=timeout * 1000, polling=100)
+    return page.inner_text(selector)
+
+
+def _upload(page, zip_path: Path, normals: Path | None, name: str) -> None:
+    _tab(page, "Upload")
+    page.set_input_files("#pa-up-images input[type=file]", str(zip_path))
+    if normals is not None:
+        page.set_input_files("#pa-up-normals input[type=file]", str(normals))
+    page.fill("#pa-upload-name input, #pa-upload-name textarea", name)
+    page.wait_for_selector(f"#pa-up-images :text('{zip_path.stem}')", timeout=30000)
+    page.click("#pa-upload")
+
+
+def _card_sizes(page) -> dict[str, int]:
+    out = {}
+    for card in page.query_selector_all(".pa-card"):
+        m = re.search(r"(\d+) regions", card.inner_text())
+        out[card.get_attribute("data-type-id")] = int(m.group(1)) if m else 0
+    return out
+
+
+def test_review_flow_in_a_browser(served, browser, shots):
+    service = served["service"]
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(served["url"])
+    _wait_text(page, "#pa-cards", "No defect types yet")
+
+    # ---- upload a zip with known-good images; live progress, then the report
+    _upload(page, served["images"], served["normals"], "demo")
+    page.wait_for_selector("#pa-up-report .progress-text, #pa-up-report .eta-bar, "
+                           "#pa-up-report .progress-level", timeout=60000)
+    report = _wait_text(page, "#pa-up-report", "discovered", timeout=300)
+    assert "17 images analysed" in report
+    page.screenshot(path=str(shots / "upload.png"))
+
+    # ---- the types
+    _tab(page, "Types")
+    page.wait_for_function("() => document.querySelectorAll('.pa-card').length >= 2",
+                           timeout=30000)
+    sizes = _card_sizes(page)
+    assert sum(sizes.values()) == sum(t.n_regions for t in service.ws.list_types())
+
+    # confirm one
+    first = page.query_selector_all(".pa-card")[0]
+    tid = first.get_attribute("data-type-id")
+    first.click()
+    _wait_text(page, "#pa-type-head", rf"#{tid} ·")
+    page.click("#pa-confirm")
+    _wait_text(page, "#pa-msg", "Confirmed")
+    assert service.ws.get_type(int(tid)).status == "confirmed"
+    _wait_text(page, f".pa-card[data-type-id='{tid}']", "confirmed|CONFIRMED")
+
+    # split one: select three members (click, then shift-click), move them out
+    big = max((k for k in sizes if k != tid), key=lambda k: sizes[k])
+    assert sizes[big] >= 3, sizes
+    page.click(f".pa-card[data-type-id='{big}']")
+    _wait_text(page, "#pa-type-head", rf"#{big} ·")
+    members = page.query_selector_all("#pa-gallery .pa-member")
+    members[0].click()
+    members[2].click(modifiers=["Shift"])
+    page.wait_for_function(
+        "() => document.querySelector('#pa-selection textarea').value.split(',').length === 3")
+    assert len(page.query_selector_all("#pa-gallery .pa-member.pa-on")) == 3
+    page.click("#pa-split")
+    _wait_text(page, "#pa-msg", "Moved the 3 selected regions")
+    assert service.ws.get_type(int(big)).n_regions == sizes[big] - 3
+    page.wait_for_function("n => document.querySelectorAll('.pa-card').length === n",
+                           arg=len(sizes) + 1)
+    page.click(f".pa-card[data-type-id='{tid}']")
+    _wait_text(page, "#pa-type-head", rf"#{tid} ·")
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.pa-card img, "
+                           "#pa-gallery img')).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(shots / "types.png"))
+
+    # ---- a suggestion, answered with the keyboard (n = no), then undo is there
+    _tab(page, "Suggestions")
+    text = _wait_text(page, "#pa-question", r"\?")
+    qid = re.search(r"question #(\d+)", text).group(1)
+    page.wait_for_function("() => document.querySelectorAll('#pa-suggest-panel img').length > 0")
+    page.screenshot(path=str(shots / "suggestions.png"))
+    page.keyboard.press("n")
+    _wait_text(page, "#pa-sugg-msg", "Answered 'no'")
+    assert {s.id: s.status for s in service.ws.suggestions()}[int(qid)] == "answered"
+    assert page.is_visible("#pa-sugg-undo")
+
+    # ---- the map: draw it, lasso a selection
+    _tab(page, "Map")
+    page.wait_for_selector("#pa-map .js-plotly-plot .scatterlayer, #pa-map .js-plotly-plot "
+                           "canvas", timeout=30000)
+    time.sleep(1.0)  # the page script binds the plot's selection events every 0.6 s
+    box = page.query_selector("#pa-map .nsewdrag").bounding_box()
+    page.mouse.move(box["x"] + 3, box["y"] + 3)
+    page.mouse.down()
+    for fx, fy in ((0.99, 0.01), (0.99, 0.99), (0.01, 0.99), (0.01, 0.02)):
+        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=6)
+    page.mouse.up()
+    _wait_text(page, "#pa-map-msg", r"\d+ region\(s\) selected")
+    page.wait_for_function("() => { const i = Array.from(document.querySelectorAll("
+                           "'#pa-map-gallery img')); return i.length > 0 && "
+                           "i.every(x => x.complete && x.naturalWidth > 0); }")
+    page.screenshot(path=str(shots / "map.png"))
+
+    # ---- image detail, from a double-click in the members grid
+    _tab(page, "Types")
+    page.click(f".pa-card[data-type-id='{big}']")
+    _wait_text(page, "#pa-type-head", rf"#{big} ·")
+    page.dblclick("#pa-gallery .pa-member >> nth=0")
+    page.wait_for_function("() => document.querySelectorAll('#pa-image-row img').length === 4",
+                           timeout=30000)
+    page.wait_for_function("() => Array.from(document.querySelectorAll('#pa-image-row img'))"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    text = page.inner_text("#pa-image-md")
+    assert re.search(r"Image #\d+", text) and "region(s)" in text
+    time.sleep(0.5)
+    page.screenshot(path=str(shots / "image.png"))
+
+    # ---- the history
+    _tab(page, "History")
+    history = _wait_text(page, "#pa-history", "split_type")
+    for action in ("ingest_batch", "confirm_type", "split_type", "answer_suggestion"):
+        assert action in history
+
+    # ---- export COCO
+    _tab(page, "Export")
+    page.get_by_label("COCO instances: masks, boxes, categories (JSON)").check()
+    page.click("#pa-export")
+    link = page.wait_for_selector("#pa-export-file a", timeout=30000)
+    with page.expect_download() as dl:
+        link.click()
+    coco = json.loads(Path(dl.value.path()).read_text())
+    assert len(coco["images"]) == 17 and coco["annotations"]
+    names = {c["name"] for c in coco["categories"]}
+    assert service.ws.get_type(int(tid)).name in names
+    assert not errors, errors
+
+
+def test_a_second_session_reviews_while_the_first_ones_batch_is_processed(served, browser):
+    service = served["service"]
+    first = browser.new_context().new_page()
+    first.set_viewport_size({"width": 1300, "height": 900})
+    first.goto(served["url"])
+    first.wait_for_selector(".pa-card")
+    _upload(first, served["second"], None, "second")
+    # wait until the engine is busy with that batch
+    deadline = time.time() + 60
+    while not service.engine_lock.locked():
+        assert time.time() < deadline, "the second upload never started"
+        time.sleep(0.05)
+
+    other = browser.new_context().new_page()
+    other.set_viewport_size({"width": 1300, "height": 900})
+    t0 = time.perf_counter()
+    other.goto(served["url"])
+    card = other.wait_for_selector(".pa-card", timeout=30000)
+    tid = card.get_attribute("data-type-id")
+    card.click()
+    _wait_text(other, "#pa-type-head", rf"#{tid} ·")
+    other.fill("#pa-rename-tb textarea, #pa-rename-tb input", "renamed-while-busy")
+    other.click("#pa-rename")
+    _wait_text(other, "#pa-msg", "Renamed")
+    took = time.perf_counter() - t0
+    assert service.engine_lock.locked(), "the first session's batch finished too early to tell"
+    assert service.ws.get_type(int(tid)).name == "renamed-while-busy"
+    assert took < 20, f"the second session waited {took:.1f} s"
+    report = _wait_text(first, "#pa-up-report", "sorted into the existing types", timeout=300)
+    assert "images analysed" in report
