@@ -18,10 +18,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The review web app on the synthetic demo batch (discovered on first start; prints the URL).
 demo: install
-	$(BIN)/protoatlas synth --out $(DEMO_DIR)
-	$(BIN)/protoatlas detect --normals $(DEMO_DIR)/train/good --images $(DEMO_DIR)/test \
-		--labels $(DEMO_DIR)/labels.csv --out $(DEMO_DIR)/scores.csv --maps $(DEMO_DIR)/maps
+	$(BIN)/protoatlas serve --demo
 
 test: install
 	$(BIN)/python -m pytest -q
