@@ -1,8 +1,8 @@
 """The demo workspace: the seeded synthetic set (engine.synth), discovered on first start.
 
 Sized to be ready in well under 90 s on 2 CPU cores (see docs/webapp.md for the timing):
-128 px images and network input, 20 known-good images, 6 images of each of the 5 defect
-types and 4 good test images.
+128 px images and network input, 20 known-good images, 5 images of each of the 5 defect
+types and 3 good test images, 4 reference normals per crop.
 """
 
 from __future__ import annotations
@@ -17,14 +17,17 @@ from engine.synth import SynthConfig, write_mvtec
 
 DEMO_SIDE = 128
 DEMO_TRAIN = 20
-DEMO_TEST_GOOD = 4
-DEMO_PER_TYPE = 6
+DEMO_TEST_GOOD = 3
+DEMO_PER_TYPE = 5
+#: Reference normals per crop for the residual tokens (the engine default is 8): half the
+#: crop-token work, the main cost of a first discovery on a CPU.
+DEMO_REFERENCES = 4
 
 
 def demo_config(device: str | None = "auto") -> ProtoAtlasConfig:
     """The engine configuration of a demo workspace (small network input: fast on a CPU)."""
     return ProtoAtlasConfig(device=device or "auto").with_overrides(
-        backbone={"image_size": DEMO_SIDE})
+        backbone={"image_size": DEMO_SIDE}, discovery={"n_references": DEMO_REFERENCES})
 
 
 def write_demo_set(root: str | Path, *, seed: int = 0, n_train: int = DEMO_TRAIN,
