@@ -36,7 +36,7 @@ from sklearn.metrics import silhouette_score
 #: MAD of a normal distribution relative to its standard deviation.
 _MAD_TO_STD = 1.4826
 #: Prototypes with fewer members than this use the pooled similarity statistics.
-_MIN_MEMBERS_FOR_OWN_STATS = 5
+_MIN_MEMBERS_FOR_OWN_STATS = 20
 
 
 def normalise(x: np.ndarray) -> np.ndarray:

@@ -164,6 +164,9 @@ class DiscoveryConfig:
     # ---- number of types, outliers, assignment ------------------------------------------------
     #: Grouping that initialises the prototypes: ``ward`` (agglomerative) or ``kmeans``.
     cluster_method: str = "ward"
+    #: With reviewer labels: iterations of semi-supervised k-means (GCD) placing the known
+    #: and novel prototypes before training.
+    ss_kmeans_iterations: int = 20
     #: Ward on more vectors than this first groups them into this many k-means micro-clusters.
     ward_max_points: int = 2000
     #: Largest K tried by ``clusters="auto"``.

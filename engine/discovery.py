@@ -141,6 +141,19 @@ class DiscoveryResult:
     train: TrainReport | None = None
 
 
+@dataclass
+class TypeFit:
+    """What :meth:`DiscoveryModel.fit_types` learned, per region and overall."""
+
+    embeddings: np.ndarray
+    attention: np.ndarray
+    #: Index into the new types (0..K-1) of each region (labelled regions: their label).
+    assigned: np.ndarray
+    n_known: int
+    k_scores: dict[int, float]
+    train: TrainReport
+
+
 ProgressFn = Callable[[str, float], None]
 
 
@@ -350,57 +363,90 @@ class DiscoveryModel:
         ``labels`` (optional, per region: known-type index or -1) turns on the supervised
         terms (reviewer-confirmed types). ``clusters`` is an int K (novel types) or "auto".
         """
-        dcfg = self.config.discovery
-        n_regions = len(analysis.regions)
         self.value_range = analysis.value_range
-        if n_regions == 0:
+        if len(analysis.regions) == 0:
             return self._empty_result(analysis)
+        fit = self.fit_types(analysis.tokens, clusters, labels=labels, progress=progress)
+        result = self._result(analysis, fit.embeddings, fit.attention, self.type_ids,
+                              [int(t) for t in self.type_ids])
+        if fit.n_known:  # _result re-derives types from the prototypes: labels are facts
+            known = np.asarray(labels) >= 0
+            result.region_type[known] = self.type_ids[fit.assigned[known]]
+            result.region_outlier[known] = False
+            result.region_similarity[known] = (
+                fit.embeddings[known] * self.prototypes[fit.assigned[known]]).sum(axis=1)
+            result.region_confidence[known] = 1.0
+            self._vote_images(result)
+        result.k_scores = fit.k_scores
+        result.train = fit.train
+        return result
+
+    def fit_types(self, tokens: RegionTokens, clusters: int | str = "auto", *,
+                  labels: np.ndarray | None = None, progress: bool = False) -> "TypeFit":
+        """Train a fresh head on ``tokens`` and set the types (ids 0..K-1): known types
+        (``labels`` 0..n_known-1, kept as ids 0..n_known-1) first, then the novel ones that
+        received members. ``clusters`` counts the novel types ("auto": estimated)."""
+        dcfg = self.config.discovery
+        n_regions = len(tokens)
+        if n_regions == 0:
+            raise DiscoveryError("no regions to group")
         labels = np.full(n_regions, -1, np.int64) if labels is None else \
             np.asarray(labels, dtype=np.int64)
         n_known = int(labels.max()) + 1 if (labels >= 0).any() else 0
-        head = self._new_head(analysis.tokens.tokens.shape[2], 1)
-        emb0, _ = embed_all(head, analysis.tokens, self.device)
+        head = self._new_head(tokens.tokens.shape[2], 1)
+        emb0, _ = embed_all(head, tokens, self.device)
+        free = int((labels < 0).sum())
         k_scores: dict[int, float] = {}
         if clusters == "auto":
             k_novel, k_scores = estimate_k(
-                emb0, dcfg.max_clusters, restarts=dcfg.kmeans_restarts, seed=self.config.seed,
-                method=dcfg.cluster_method, max_points=dcfg.ward_max_points,
-                min_size=auto_min_size(len(emb0), dcfg.auto_min_fraction,
-                                       dcfg.auto_min_size_cap))
+                emb0[labels < 0], dcfg.max_clusters, restarts=dcfg.kmeans_restarts,
+                seed=self.config.seed, method=dcfg.cluster_method,
+                max_points=dcfg.ward_max_points,
+                min_size=auto_min_size(free, dcfg.auto_min_fraction, dcfg.auto_min_size_cap))
         else:
             k_novel = int(clusters)
-            if k_novel < 1:
+            if k_novel < 0 or (k_novel == 0 and n_known == 0):
                 raise DiscoveryError(f"--clusters must be >= 1 or 'auto', got {clusters}")
-        k_novel = max(1, min(k_novel, n_regions))
+        k_novel = min(k_novel, free)
         head.set_prototypes(torch.from_numpy(
             self._initial_prototypes(emb0, labels, n_known, k_novel)))
-        report = train_head(head, analysis.tokens, labels, n_known, dcfg,
-                            seed=self.config.seed, device=self.device, progress=progress)
+        report = train_head(head, tokens, labels, n_known, dcfg, seed=self.config.seed,
+                            device=self.device, progress=progress)
         self.head = head
-        emb, attention = embed_all(head, analysis.tokens, self.device)
+        emb, attention = embed_all(head, tokens, self.device)
         sims = emb @ normalise(head.prototypes.detach().cpu().numpy()).T
         assigned = sims.argmax(axis=1)
         if n_known:  # reviewer labels are facts: labelled regions stay in their type
             assigned = np.where(labels >= 0, labels, assigned)
-        used = np.unique(assigned)
+        used = np.unique(np.concatenate([np.arange(n_known), assigned]))
         remap = {old: new for new, old in enumerate(used)}
         assigned = np.array([remap[a] for a in assigned], dtype=np.int64)
         prototypes = normalise(np.stack([emb[assigned == k].mean(axis=0)
                                          for k in range(len(used))]))
-        type_ids = np.arange(len(used), dtype=np.int64)
-        self._set_types(type_ids, prototypes, emb, assigned)
-        result = self._result(analysis, emb, attention, type_ids, [int(t) for t in type_ids])
-        if n_known:  # _result re-derives types from the prototypes: labels are facts
-            known = labels >= 0
-            result.region_type[known] = type_ids[assigned[known]]
-            result.region_outlier[known] = False
-            result.region_similarity[known] = (
-                emb[known] * self.prototypes[assigned[known]]).sum(axis=1)
-            result.region_confidence[known] = 1.0
-            self._vote_images(result)
-        result.k_scores = k_scores
-        result.train = report
-        return result
+        self._set_types(np.arange(len(used), dtype=np.int64), prototypes, emb, assigned)
+        return TypeFit(emb, attention, assigned, n_known, k_scores, report)
+
+    def classify(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                   np.ndarray]:
+        """Per embedding: (type id or NO_TYPE for outliers, confidence, outlier flag,
+        similarity to the nearest prototype) against the current types."""
+        dcfg = self.config.discovery
+        if len(self.type_ids) == 0:
+            n = len(emb)
+            return (np.full(n, NO_TYPE, np.int64), np.zeros(n, np.float32), np.ones(n, bool),
+                    np.zeros(n, np.float32))
+        sims = emb @ self.prototypes.T
+        best = sims.argmax(axis=1)
+        best_sim = sims[np.arange(len(sims)), best]
+        outlier = best_sim < self.thresholds[best]
+        probs = softmax(sims, dcfg.confidence_temperature)
+        conf = probs[np.arange(len(probs)), best]
+        if len(self.type_ids) > 1:
+            top2 = np.sort(sims, axis=1)[:, -2]
+            low_margin = (best_sim - top2) < dcfg.assign_margin
+            conf = np.where(low_margin, np.minimum(conf, 0.5), conf)
+        region_type = np.where(outlier, NO_TYPE, self.type_ids[best]).astype(np.int64)
+        return region_type, conf.astype(np.float32), outlier, best_sim.astype(np.float32)
 
     def _initial_prototypes(self, emb: np.ndarray, labels: np.ndarray, n_known: int,
                             k_novel: int) -> np.ndarray:
@@ -410,10 +456,15 @@ class DiscoveryModel:
         if len(free) == 0:
             return np.stack(known)
         dcfg = self.config.discovery
+        if k_novel == 0:
+            return np.stack(known)
         _, centres = cluster(free, min(k_novel, len(free)), method=dcfg.cluster_method,
                              max_points=dcfg.ward_max_points, restarts=dcfg.kmeans_restarts,
                              seed=self.config.seed)
-        return np.concatenate([np.stack(known), centres]) if known else centres
+        if not known:
+            return centres
+        return semi_supervised_kmeans(emb, labels, np.concatenate([np.stack(known), centres]),
+                                      dcfg.ss_kmeans_iterations)
 
     def _set_types(self, type_ids: np.ndarray, prototypes: np.ndarray, emb: np.ndarray,
                    assigned: np.ndarray) -> None:
@@ -494,23 +545,12 @@ class DiscoveryModel:
     # ------------------------------------------------------------------ results
     def _result(self, analysis: BatchAnalysis, emb: np.ndarray, attention: np.ndarray,
                 type_ids: np.ndarray, new_ids: list[int]) -> DiscoveryResult:
-        dcfg = self.config.discovery
-        sims = emb @ self.prototypes.T
-        best = sims.argmax(axis=1)
-        best_sim = sims[np.arange(len(sims)), best]
-        outlier = best_sim < self.thresholds[best]
-        probs = softmax(sims, dcfg.confidence_temperature)
-        conf = probs[np.arange(len(probs)), best]
-        if len(type_ids) > 1:
-            top2 = np.sort(sims, axis=1)[:, -2]
-            low_margin = (best_sim - top2) < dcfg.assign_margin
-            conf = np.where(low_margin, np.minimum(conf, 0.5), conf)
-        region_type = np.where(outlier, NO_TYPE, type_ids[best]).astype(np.int64)
+        region_type, conf, outlier, best_sim = self.classify(emb)
         n = analysis.n_images
         result = DiscoveryResult(
             analysis=analysis, embeddings=emb, attention=attention,
-            region_type=region_type, region_confidence=conf.astype(np.float32),
-            region_outlier=outlier, region_similarity=best_sim.astype(np.float32),
+            region_type=region_type, region_confidence=conf,
+            region_outlier=outlier, region_similarity=best_sim,
             image_type=np.full(n, NO_TYPE, np.int64), image_confidence=np.zeros(n, np.float32),
             image_outlier=np.zeros(n, bool), type_ids=np.asarray(type_ids).copy(),
             prototypes=self.prototypes.copy(), new_type_ids=list(new_ids))
@@ -629,6 +669,29 @@ class DiscoveryModel:
         model.thresholds = arrays["thresholds"].astype(np.float32)
         model.value_range = tuple(meta["value_range"]) if meta["value_range"] else None
         return model
+
+
+def semi_supervised_kmeans(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray,
+                           iterations: int) -> np.ndarray:
+    """GCD's semi-supervised k-means on unit vectors: labelled rows stay in their class
+    (0..n_known-1), unlabelled rows go to the nearest centre, known or novel; centres are
+    the members' means. Unlabelled regions that belong to a known type thus join it instead
+    of keeping a novel prototype alive; novel centres left empty keep their last position
+    (and lose their type when nothing is assigned to them after training)."""
+    centres = normalise(centres)
+    free = labels < 0
+    for _ in range(iterations):
+        assigned = np.where(free, (emb @ centres.T).argmax(axis=1), labels)
+        new = centres.copy()
+        for k in range(len(centres)):
+            members = emb[assigned == k]
+            if len(members):
+                new[k] = members.mean(axis=0)
+        new = normalise(new)
+        if np.allclose(new, centres, atol=1e-6):
+            break
+        centres = new
+    return centres
 
 
 class _Iter:

@@ -128,6 +128,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _common(p)
 
+    p = sub.add_parser("simulate-review",
+                       help="measure the review loop with a simulated reviewer (labels file)")
+    p.add_argument("--normals", required=True, help="folder (or .zip) of known-good images")
+    p.add_argument("--images", required=True, help="folder or .zip of images")
+    p.add_argument("--labels", required=True,
+                   help="CSV with columns image,label (label 'good' = normal)")
+    p.add_argument("--budget", type=int, required=True, help="number of questions answered")
+    p.add_argument("--out", required=True, help="output CSV: step,actions,nmi,ari,f1,n_types")
+    p.add_argument("--strategy", default="ranked", choices=["ranked", "random"],
+                   help="ranked suggestions (default) or random questions (baseline)")
+    p.add_argument("--clusters", default="auto", type=_clusters)
+    p.add_argument("--home", default=None,
+                   help="keep the simulation's workspace here (default: a temporary folder)")
+    _engine_options(p)
+    _common(p)
+
+    p = sub.add_parser("doctor", help="check a workspace's integrity (exit 0 only when sound)")
+    p.add_argument("--home", default=None, help="data directory (default $PROTOATLAS_HOME)")
+    p.add_argument("--workspace", default="default", help="workspace name inside --home")
+    _common(p)
+
+    p = sub.add_parser("export", help="export a workspace's types, masks or audit log")
+    p.add_argument("--home", default=None, help="data directory (default $PROTOATLAS_HOME)")
+    p.add_argument("--workspace", default="default", help="workspace name inside --home")
+    p.add_argument("--format", required=True,
+                   choices=["csv", "parquet", "images-csv", "coco", "audit-json", "audit-csv"])
+    p.add_argument("--out", required=True, help="output file")
+    _common(p)
+
+    p = sub.add_parser("import-labels", help="import known labels (CSV image,label)")
+    p.add_argument("--home", default=None, help="data directory (default $PROTOATLAS_HOME)")
+    p.add_argument("--workspace", default="default", help="workspace name inside --home")
+    p.add_argument("--labels", required=True, help="CSV with columns image,label")
+    p.add_argument("--actor", default="import", help="who imports (audit log)")
+    _common(p)
+
     p = sub.add_parser("synth", help="write the seeded synthetic demo set (MVTec layout)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -264,6 +300,65 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  demo=args.demo, device=args.device, quiet=args.quiet)
 
 
+def cmd_simulate_review(args: argparse.Namespace) -> int:
+    from protoatlas import simulate
+
+    curve = simulate.simulate(args.normals, args.images, args.labels, _config_from(args),
+                              budget=args.budget, strategy=args.strategy,
+                              clusters=args.clusters, home=args.home,
+                              progress=not args.quiet)
+    out = simulate.write_curve(args.out, curve)
+    first, last = curve[0], curve[-1]
+    print(f"{args.strategy}: ARI {first.ari:.3f} -> {last.ari:.3f}, NMI {first.nmi:.3f} -> "
+          f"{last.nmi:.3f} after {last.actions} answers; wrote {out}")
+    return 0
+
+
+def _service(args: argparse.Namespace, read_only: bool = False):
+    from protoatlas.workspace import WorkspaceService
+
+    return WorkspaceService(args.home, args.workspace, read_only=read_only)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    with _service(args) as service:
+        problems = service.doctor()
+    for p in problems:
+        print(p)
+    errors = [p for p in problems if p.severity == "error"]
+    print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s): "
+          + ("workspace is sound" if not errors else "workspace is NOT sound"))
+    return 0 if not errors else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _service(args) as service:
+        ws = service.ws
+        kind = args.format
+        if kind in ("csv", "parquet"):
+            path = ws.export_assignments(args.out, fmt=kind, level="region")
+        elif kind == "images-csv":
+            path = ws.export_assignments(args.out, fmt="csv", level="image")
+        elif kind == "coco":
+            path = ws.export_coco(args.out)
+        else:
+            path = ws.export_audit(args.out, fmt=kind.split("-")[1])
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_import_labels(args: argparse.Namespace) -> int:
+    with _service(args) as service:
+        rep = service.ws.import_labels(args.labels, actor=args.actor)
+    print(f"{rep.rows} rows: {rep.images_matched} images matched, {rep.regions_assigned} "
+          f"regions labelled, {rep.regions_normal} marked normal, "
+          f"{len(rep.types_created)} types created")
+    if rep.unknown_images:
+        _warn(f"{len(rep.unknown_images)} images not in the workspace, e.g. "
+              f"{rep.unknown_images[0]}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from engine import synth
 
@@ -275,7 +370,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 COMMANDS = {"detect": cmd_detect, "eval-detect": cmd_eval_detect, "synth": cmd_synth,
             "discover": cmd_discover, "assign": cmd_assign, "eval-discover": cmd_eval_discover,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "simulate-review": cmd_simulate_review, "doctor": cmd_doctor,
+            "export": cmd_export, "import-labels": cmd_import_labels}
 DISCOVER_COLUMNS = ("image", "anomaly_score", "is_anomalous", "cluster", "confidence",
                     "outlier")
 

@@ -34,8 +34,9 @@ from engine.data import LazyImages, SkippedFile
 from engine.discovery import NO_TYPE, DiscoveryModel, DiscoveryResult
 from engine.tokens import RegionTokens
 from protoatlas.discover import DiscoverRun, open_images
+from protoatlas.suggest import ReviewState
 from storage import (AssignmentsIn, BatchIngest, ImageIn, ModelVersionIn, NewType, PrototypeIn,
-                     RegionsIn, Workspace, doctor, encode_rle)
+                     RegionsIn, SuggestionIn, Workspace, doctor, encode_rle)
 
 Progress = Callable[[str, float], None]
 TOKENS_DIR = "tokens"
@@ -150,7 +151,314 @@ def persist_run(home: str | os.PathLike, run: DiscoverRun, *, source: str,
 # ============================================================================================
 
 
-class WorkspaceService:
+# ============================================================================================
+# learning from feedback and active-learning suggestions
+# ============================================================================================
+
+@dataclass
+class RegionTable:
+    """Every region of the workspace with its current assignment (rows by region id)."""
+
+    region_ids: np.ndarray
+    image_ids: np.ndarray
+    batch_ids: np.ndarray
+    type_ids: np.ndarray      # -1: none
+    reviewed: np.ndarray      # assignment set by a reviewer
+    is_normal: np.ndarray
+    area: np.ndarray
+    score: np.ndarray
+    confidence: np.ndarray
+
+def region_table(ws: Workspace) -> RegionTable:
+    rows = [r for b in ws.batches() for r in ws.regions_for_batch(b.id, with_masks=False)]
+    rows.sort(key=lambda r: r.id)
+    return RegionTable(
+        region_ids=np.array([r.id for r in rows], dtype=np.int64),
+        image_ids=np.array([r.image_id for r in rows], dtype=np.int64),
+        batch_ids=np.array([r.batch_id for r in rows], dtype=np.int64),
+        type_ids=np.array([-1 if r.type_id is None or r.type_status not in
+                           ("proposed", "confirmed") else r.type_id for r in rows],
+                          dtype=np.int64),
+        reviewed=np.array([r.source == "reviewer" for r in rows], dtype=bool),
+        is_normal=np.array([bool(r.is_normal) for r in rows], dtype=bool),
+        area=np.array([r.area for r in rows], dtype=np.float64),
+        score=np.array([np.nan if r.anomaly_score is None else r.anomaly_score
+                        for r in rows], dtype=np.float64),
+        confidence=np.array([np.nan if r.confidence is None else r.confidence
+                             for r in rows], dtype=np.float64))
+
+def _target_key(kind: str, target: dict) -> str:
+    if kind == "confirm":
+        return str(target["type_id"])
+    if kind == "split":
+        return f"{target['type_id']}/{sum(len(g) for g in target['groups'])}"
+    if kind == "merge":
+        return ",".join(str(t) for t in sorted(target["type_ids"]))
+    if kind == "label":
+        return str(target["region_id"])
+    return ",".join(str(r) for r in sorted(target.get("region_ids", [])))
+
+
+class ReviewMixin:
+    """Learning from feedback and the active-learning queue (methods of
+    :class:`WorkspaceService`)."""
+
+    def retrain(self, actor: str = "model", progress: Progress = _quiet
+                 ) -> int | None:
+        """Retrain the prototype head from the cached tokens and the reviewers' decisions.
+
+        Regions of confirmed types are labelled samples of known classes; regions marked normal
+        are left out; the others are unlabelled, grouped into as many novel types as there are
+        proposed types with members (at least one when unlabelled regions exist). Novel
+        prototypes keep the ids of the proposed types they overlap most (Hungarian matching);
+        a novel prototype matching none becomes a new proposed type. Reviewer-set assignments
+        are never overwritten (storage guarantees it). Returns the new model version id, or None
+        when there is nothing to learn from.
+        """
+        from scipy.optimize import linear_sum_assignment
+
+        with self.engine_lock:
+            model = self.model()
+            if model is None:
+                return None
+            progress("load", 0.0)
+            table = region_table(self.ws)
+            row = {int(r): i for i, r in enumerate(table.region_ids)}
+            ids_parts, tok_parts = [], []
+            for b in self.ws.batches():
+                got = self.load_tokens(b.id)
+                if got is not None:
+                    ids_parts.append(got[0])
+                    tok_parts.append(got[1])
+            if not tok_parts:
+                return None
+            region_ids = np.concatenate(ids_parts)
+            tokens = RegionTokens.concat(tok_parts)
+            keep = np.array([int(r) in row and not table.is_normal[row[int(r)]]
+                             for r in region_ids], dtype=bool)
+            region_ids, tokens = region_ids[keep], tokens.select(np.flatnonzero(keep))
+            if len(region_ids) < 2:
+                return None
+            rows = np.array([row[int(r)] for r in region_ids], dtype=np.int64)
+            current = table.type_ids[rows]
+            types = {t.id: t for t in self.ws.list_types()}
+            confirmed = sorted({int(t) for t in current
+                                if t >= 0 and types[int(t)].status == "confirmed"})
+            proposed = sorted({int(t) for t in current
+                               if t >= 0 and types[int(t)].status == "proposed"})
+            known_index = {t: i for i, t in enumerate(confirmed)}
+            labels = np.array([known_index.get(int(t), -1) for t in current], dtype=np.int64)
+            n_free = int((labels < 0).sum())
+            k_novel = min(max(len(proposed), 1 if n_free else 0), n_free)
+            progress("train", 0.1)
+            fit = model.fit_types(tokens, k_novel if (k_novel or confirmed) else "auto",
+                                  labels=labels)
+            # engine type index -> storage type id (known: confirmed ids; novel: matched)
+            n_types = len(model.type_ids)
+            ref: dict[int, object] = {i: confirmed[i] for i in range(fit.n_known)}
+            novel = list(range(fit.n_known, n_types))
+            if novel and proposed:
+                overlap = np.zeros((len(novel), len(proposed)))
+                for a, b in zip(fit.assigned, current):
+                    if a >= fit.n_known and int(b) in proposed:
+                        overlap[novel.index(int(a)), proposed.index(int(b))] += 1
+                r_idx, c_idx = linear_sum_assignment(-overlap)
+                for r, c in zip(r_idx, c_idx):
+                    if overlap[r, c] > 0:
+                        ref[novel[r]] = proposed[c]
+            new_types = [NewType(key=f"r{i}") for i in novel if i not in ref]
+            for i in novel:
+                ref.setdefault(i, f"r{i}")
+            region_type, conf, outlier, _ = model.classify(fit.embeddings)
+            counts = np.bincount(fit.assigned, minlength=n_types)
+            protos = [PrototypeIn(type=ref[i], vector=model.prototypes[i],
+                                  n_members=int(counts[i])) for i in range(n_types)]
+            assignments = AssignmentsIn(
+                regions=region_ids,
+                types=[None if t == NO_TYPE else ref[int(t)] for t in region_type],
+                confidence=conf.astype(np.float64))
+            progress("store", 0.9)
+            metrics = {"n_regions": int(len(region_ids)), "n_known": fit.n_known,
+                       "n_novel": len(novel), "n_new_types": len(new_types),
+                       "final_loss": fit.train.final_loss if fit.train.epochs else None}
+            mv = self.ws.apply_retrain(
+                ModelVersionIn(kind="retrain", model=model_bytes(model), metrics=metrics),
+                assignments, protos, (region_ids, fit.embeddings), new_types=new_types,
+                actor=actor)
+            self._model = None
+            progress("done", 1.0)
+            return mv
+
+    def review_state(self) -> ReviewState:
+        """Regions, embeddings (latest model version), types and prototypes, for the
+        suggestion strategies."""
+        table = region_table(self.ws)
+        ids, emb = self.ws.embeddings()
+        pos = {int(r): i for i, r in enumerate(ids)}
+        have = np.array([int(r) in pos for r in table.region_ids], dtype=bool)
+        sel = np.flatnonzero(have)
+        types = {t.id: (t.name, t.status) for t in self.ws.list_types()
+                 if t.status in ("proposed", "confirmed")}
+        p_ids, p_mat, _ = self.ws.prototypes()
+        prototypes = {int(t): normalise(v[None])[0] for t, v in zip(p_ids, p_mat) if int(t) in types}
+        mixed = {int(s.target["type_id"]) for s in self.ws.suggestions(status="answered")
+                  if s.kind == "confirm" and s.answer == "no"}
+        return ReviewState(
+            mixed=mixed & set(types),
+            region_ids=table.region_ids[sel], image_ids=table.image_ids[sel],
+            embeddings=emb[[pos[int(r)] for r in table.region_ids[sel]]] if len(sel) else
+            np.zeros((0, self.ws.embedding_dim), np.float32),
+            region_type=table.type_ids[sel], reviewed=table.reviewed[sel],
+            is_normal=table.is_normal[sel], types=types, prototypes=prototypes)
+
+    def declined(self) -> set[tuple[str, str]]:
+        """(kind, target key) of questions already answered or skipped: not asked again
+        (a split question is keyed by the type and its size, so a changed type can be asked
+        about again)."""
+        out = set()
+        for s in self.ws.suggestions():
+            if s.status == "skipped" or s.status == "answered":
+                out.add((s.kind, _target_key(s.kind, s.target)))
+        return out
+
+    def refresh_suggestions(self, *, strategy: str = "ranked",
+                             rng: np.random.Generator | None = None) -> list:
+        """Recompute the open question queue (answered/declined ones are not asked again)."""
+        from protoatlas.suggest import SuggestConfig, suggest
+
+        state = self.review_state()
+        declined = self.declined()
+        cfg = SuggestConfig(seed=self.config.seed)
+        qs = [q for q in suggest(state, cfg, strategy=strategy, rng=rng)
+              if (q.kind, _target_key(q.kind, q.target)) not in declined]
+        mv = self.ws.latest_model_version()
+        items = [SuggestionIn(kind=q.kind, target=q.target, score=q.score, reason=q.reason)
+                 for q in qs]
+        self.ws.replace_open_suggestions(items, model_version=mv.id if mv else None)
+        return self.ws.open_suggestions() if strategy == "ranked" else \
+            sorted(self.ws.open_suggestions(), key=lambda s: s.id)
+
+    def next_suggestion(self):
+        """The best open question (refreshing the queue when it is empty)."""
+        open_ = self.ws.open_suggestions(limit=1)
+        if not open_:
+            open_ = self.refresh_suggestions()
+        return open_[0] if open_ else None
+
+    def type_by_name(self, name: str):
+        for t in self.ws.list_types():
+            if t.name.lower() == name.lower() and t.status in ("proposed", "confirmed"):
+                return t
+        return None
+
+    def place_regions(self, region_ids: Sequence[int], label: str, actor: str
+                       ) -> None:
+        """Put regions in the type called ``label`` (created, confirmed, when absent);
+        ``good``/``normal`` marks them as false alarms."""
+        table = region_table(self.ws)
+        pos = {int(r): i for i, r in enumerate(table.region_ids)}
+        region_ids = [int(r) for r in region_ids if int(r) in pos]
+        if not region_ids:
+            raise ValueError("the regions of this question no longer exist")
+        touched = {int(table.type_ids[pos[r]]) for r in region_ids if table.type_ids[pos[r]] >= 0}
+        if label.lower() in ("good", "normal"):
+            self.ws.mark_normal(region_ids, expected=self._versions(touched), actor=actor)
+            return
+        target = self.type_by_name(label)
+        if target is None:
+            self.ws.create_type(region_ids, expected=self._versions(touched), actor=actor,
+                                name=label, status="confirmed")
+        else:
+            self.ws.move_regions(region_ids, target.id,
+                                 expected=self._versions(touched | {target.id}), actor=actor)
+
+    def answer_suggestion(self, suggestion_id: int, answer: str, *,
+                           actor: str, name: str | None = None) -> dict:
+        """Apply a reviewer's answer to an open question, then record it.
+
+        ``answer``: ``yes`` / ``no`` / ``skip`` for yes-no questions (``name`` optionally names
+        a confirmed or new type; an existing name merges into that type), and for ``label``
+        questions a type id, a type name (created when new) or ``good`` (false alarm).
+        """
+        s = next((x for x in self.ws.suggestions() if x.id == suggestion_id), None)
+        if s is None:
+            raise ValueError(f"no suggestion with id {suggestion_id}")
+        if s.status != "open":
+            raise ValueError(f"suggestion {suggestion_id} is already {s.status}")
+        answer = str(answer).strip()
+        if answer.lower() == "skip":
+            self.ws.answer_suggestion(suggestion_id, None, actor=actor, skip=True)
+            return {"applied": "skip"}
+        kind, target = s.kind, s.target
+        applied = "nothing"
+        if kind == "label":
+            if answer.lstrip("-").isdigit():
+                tid = int(answer)
+                t = self.ws.get_type(tid)
+                touched = {int(x) for x in region_table(self.ws).type_ids[
+                    region_table(self.ws).region_ids == target["region_id"]] if x >= 0}
+                self.ws.move_regions([target["region_id"]], tid,
+                                     expected=self._versions(touched | {t.id}), actor=actor)
+                applied = f"moved to {t.name}"
+            else:
+                self.place_regions([target["region_id"]], answer, actor)
+                applied = f"labelled {answer}"
+        elif answer.lower() not in ("yes", "no", "y", "n"):
+            raise ValueError(f"answer yes, no or skip to a {kind} question, not {answer!r}")
+        elif answer.lower() in ("yes", "y"):
+            if kind == "confirm":
+                tid = int(target["type_id"])
+                existing = self.type_by_name(name) if name else None
+                if existing is not None and existing.id != tid:
+                    keep, absorb = existing.id, tid
+                    self.ws.merge_types(keep, absorb, expected=self._versions([keep, absorb]),
+                                        actor=actor)
+                    applied = f"merged into {existing.name}"
+                else:
+                    t = self.ws.get_type(tid)
+                    t = self.ws.confirm_type(tid, expected_version=t.version, actor=actor)
+                    if name and name != t.name:
+                        self.ws.rename_type(tid, name, expected_version=t.version, actor=actor)
+                    applied = "confirmed"
+            elif kind == "merge":
+                a, b = (int(x) for x in target["type_ids"])
+                ta, tb = self.ws.get_type(a), self.ws.get_type(b)
+                keep, absorb = (a, b) if (ta.status == "confirmed" or ta.n_regions >= tb.n_regions
+                                          ) and tb.status != "confirmed" else (b, a)
+                self.ws.merge_types(keep, absorb, expected=self._versions([keep, absorb]),
+                                    actor=actor)
+                applied = "merged"
+            elif kind == "split":
+                tid = int(target["type_id"])
+                members = {m.region_id for m in self.ws.type_members(tid, limit=10**7)}
+                groups = [[r for r in g if r in members] for g in target["groups"]]
+                groups = [g for g in groups if g]
+                if len(groups) < 2:
+                    raise ValueError("the type changed since the question: nothing left to split")
+                smaller = min(groups, key=len)
+                t = self.ws.get_type(tid)
+                self.ws.split_type(tid, [smaller], expected_version=t.version, actor=actor)
+                applied = "split"
+            elif kind == "new_type":
+                if name:
+                    self.place_regions(target["region_ids"], name, actor)
+                else:
+                    table = region_table(self.ws)
+                    pos = {int(r): i for i, r in enumerate(table.region_ids)}
+                    touched = {int(table.type_ids[pos[r]]) for r in target["region_ids"]
+                               if r in pos and table.type_ids[pos[r]] >= 0}
+                    self.ws.create_type(target["region_ids"], expected=self._versions(touched),
+                                        actor=actor)
+                applied = "new type"
+        self.ws.answer_suggestion(suggestion_id, answer if not name else f"{answer}:{name}"
+                                  if answer.lower() not in ("no", "n") else "no", actor=actor)
+        return {"applied": applied}
+
+
+
+
+
+class WorkspaceService(ReviewMixin):
     """Workflows on one workspace: upload, review actions, retraining, suggestions, export."""
 
     def __init__(self, home: str | os.PathLike | None = None, name: str = "default", *,

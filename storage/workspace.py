@@ -534,6 +534,19 @@ class Workspace:
                    FROM batches b ORDER BY b.id""").fetchall()
         return [BatchInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
+    def batch_images(self, batch_id: int) -> list[tuple[int, str, float | None, bool | None]]:
+        """(image id, name in the batch, anomaly score, is_anomalous) of every image of a
+        batch, by name."""
+        with self.read() as cur:
+            if cur.execute("SELECT count(*) FROM batches WHERE id = ?",
+                           [batch_id]).fetchone()[0] == 0:
+                raise NotFoundError(f"no batch with id {batch_id}")
+            rows = cur.execute("SELECT image_id, name, anomaly_score, is_anomalous "
+                               "FROM batch_images WHERE batch_id = ? ORDER BY name",
+                               [batch_id]).fetchall()
+        return [(int(r[0]), r[1], _f(r[2]), None if r[3] is None else bool(r[3]))
+                for r in rows]
+
     def embeddings(self, model_version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(region ids, float32 matrix (n, d)) of one model version (default: latest)."""
         if model_version is None:

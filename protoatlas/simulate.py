@@ -1,0 +1,212 @@
+"""Simulated reviewer: measures how fast answered suggestions improve the types.
+
+``protoatlas simulate-review`` runs discovery into a fresh workspace, then for ``budget``
+steps takes the top open question (or a random one with ``--strategy random``), lets an
+:class:`Oracle` answer it truthfully from a labels file, applies the answer and retrains as
+the app would, and records NMI / ARI / F1 of the image-level types against the labels.
+
+The loop only learns labels through :meth:`Oracle.answer`, which is given the question and
+looks at what a reviewer would see for it (the members of the types it names, the region it
+shows); nothing else reads the labels file except the metric, which never feeds back.
+
+Oracle rules (a careful reviewer):
+
+* ``confirm`` "Is T3 one type?": yes when at least ``purity`` of its members' images share
+  one label, and the reviewer names it with that label (an existing name merges).
+* ``split``: yes when the two proposed groups' majority labels differ.
+* ``merge``: yes when both types' majority labels are equal.
+* ``label`` "Which type is this?": the region's image label (``good``: a false alarm).
+* ``new_type``: yes, with its majority label as name, when the group is ``purity`` pure.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import metrics
+from engine.config import ProtoAtlasConfig
+from protoatlas.service import read_labels
+from protoatlas.workspace import WorkspaceService, region_table
+
+CURVE_COLUMNS = ("step", "actions", "nmi", "ari", "f1", "n_types")
+#: Label of images the metric scores but the method left without a type.
+NONE = "__none__"
+
+
+class Oracle:
+    """Answers only the question asked, from the true labels of the images it shows."""
+
+    def __init__(self, labels: dict[str, str], purity: float = 0.8) -> None:
+        self._labels = labels
+        self.purity = purity
+        self.questions = 0
+
+    def _label_of(self, image_name: str) -> str | None:
+        return self._labels.get(image_name)
+
+    def _majority(self, names: Sequence[str]) -> tuple[str | None, float]:
+        labels = [self._label_of(n) for n in names]
+        labels = [lab for lab in labels if lab is not None]
+        if not labels:
+            return None, 0.0
+        label, count = Counter(labels).most_common(1)[0]
+        return label, count / len(labels)
+
+    def answer(self, kind: str, target: dict, view: "ReviewerView") -> tuple[str, str | None]:
+        """(answer, name) for a question of ``kind`` about ``target``."""
+        self.questions += 1
+        if kind == "confirm":
+            label, share = self._majority(view.type_images(int(target["type_id"])))
+            ok = label is not None and label != "good" and share >= self.purity
+            return ("yes", label) if ok else ("no", None)
+        if kind == "merge":
+            a, b = (self._majority(view.type_images(int(t)))[0] for t in target["type_ids"])
+            return ("yes", None) if a is not None and a == b else ("no", None)
+        if kind == "split":
+            majorities = [self._majority(view.region_images(g))[0] for g in target["groups"]]
+            return ("yes", None) if len(set(majorities)) > 1 else ("no", None)
+        if kind == "label":
+            label = self._label_of(view.region_images([int(target["region_id"])])[0])
+            return (label or "skip"), None
+        if kind == "new_type":
+            label, share = self._majority(view.region_images(target["region_ids"]))
+            ok = label is not None and label != "good" and share >= self.purity
+            return ("yes", label) if ok else ("no", None)
+        return "skip", None
+
+
+class ReviewerView:
+    """What a reviewer sees in the app: image names of a type's members or of regions."""
+
+    def __init__(self, service: WorkspaceService, image_names: dict[int, str]) -> None:
+        self.service = service
+        self.image_names = image_names
+        self._table = region_table(service.ws)
+
+    def refresh(self) -> None:
+        self._table = region_table(self.service.ws)
+
+    def type_images(self, type_id: int) -> list[str]:
+        rows = np.flatnonzero(self._table.type_ids == type_id)
+        return [self.image_names[int(i)] for i in self._table.image_ids[rows]]
+
+    def region_images(self, region_ids: Sequence[int]) -> list[str]:
+        pos = {int(r): i for i, r in enumerate(self._table.region_ids)}
+        return [self.image_names[int(self._table.image_ids[pos[int(r)]])]
+                for r in region_ids if int(r) in pos]
+
+
+@dataclass
+class StepScores:
+    step: int
+    actions: int
+    nmi: float
+    ari: float
+    f1: float
+    n_types: int
+
+    def row(self) -> dict[str, object]:
+        return {"step": self.step, "actions": self.actions, "nmi": f"{self.nmi:.4f}",
+                "ari": f"{self.ari:.4f}", "f1": f"{self.f1:.4f}", "n_types": self.n_types}
+
+
+def image_types(service: WorkspaceService) -> dict[int, int]:
+    """Image id -> type id by the weighted vote of its typed regions (area x score)."""
+    table = region_table(service.ws)
+    votes: dict[int, Counter] = {}
+    for img, tid, normal, area, score in zip(table.image_ids, table.type_ids,
+                                             table.is_normal, table.area, table.score):
+        if tid < 0 or normal:
+            continue
+        w = float(np.sqrt(max(area, 1.0)) * (score if np.isfinite(score) else 1.0))
+        votes.setdefault(int(img), Counter())[int(tid)] += w
+    return {img: c.most_common(1)[0][0] for img, c in votes.items()}
+
+
+def score_state(service: WorkspaceService, labels: dict[str, str],
+                image_ids: dict[str, int], step: int, actions: int) -> StepScores:
+    """Metrics of the image-level types on the labelled anomalous images."""
+    types = image_types(service)
+    truth, pred = [], []
+    for name, label in labels.items():
+        if label == "good" or name not in image_ids:
+            continue
+        truth.append(label)
+        pred.append(str(types.get(image_ids[name], NONE)))
+    m = metrics.cluster_metrics(truth, pred)
+    live = {t.id for t in service.ws.list_types()
+            if t.status in ("proposed", "confirmed") and t.n_regions > 0}
+    return StepScores(step, actions, m.nmi, m.ari, m.macro_f1, len(live))
+
+
+def simulate(normals: str | os.PathLike, images: str | os.PathLike,
+             labels_path: str | os.PathLike, config: ProtoAtlasConfig, *, budget: int,
+             strategy: str = "ranked", clusters: int | str = "auto",
+             home: str | os.PathLike | None = None, progress: bool = False
+             ) -> list[StepScores]:
+    """Run discovery then ``budget`` answered questions; one :class:`StepScores` per step
+    (step 0 = the unsupervised start)."""
+    if strategy not in ("ranked", "random"):
+        raise ValueError(f"unknown strategy {strategy!r}: expected 'ranked' or 'random'")
+    labels = read_labels(labels_path)
+    tmp = None
+    if home is None:
+        tmp = tempfile.TemporaryDirectory(prefix="protoatlas-sim-")
+        home = tmp.name
+    service = WorkspaceService(home, "simulation", config=config)
+    try:
+        if service.ws.batches():
+            raise ValueError(f"{home}: the simulation needs an empty workspace")
+        service.upload_batch(images, normals, clusters=clusters, actor="simulation")
+        names = _image_names(service)
+        image_ids = {v: k for k, v in names.items()}
+        oracle = Oracle(labels)
+        view = ReviewerView(service, names)
+        rng = np.random.default_rng(config.seed)
+        curve = [score_state(service, labels, image_ids, 0, 0)]
+        actions = 0
+        for step in range(1, budget + 1):
+            queue = service.refresh_suggestions(strategy=strategy, rng=rng)
+            if queue:
+                q = queue[0]
+                view.refresh()
+                answer, name = oracle.answer(q.kind, q.target, view)
+                try:
+                    service.answer_suggestion(q.id, answer, actor="oracle", name=name)
+                    actions += 1
+                except ValueError:
+                    service.ws.answer_suggestion(q.id, None, actor="oracle", skip=True)
+                service.retrain(actor="model")
+            curve.append(score_state(service, labels, image_ids, step, actions))
+            if progress:
+                c = curve[-1]
+                print(f"step {step}: ARI {c.ari:.3f} NMI {c.nmi:.3f} F1 {c.f1:.3f} "
+                      f"types {c.n_types}", flush=True)
+        return curve
+    finally:
+        service.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _image_names(service: WorkspaceService) -> dict[int, str]:
+    return {img: name for b in service.ws.batches()
+            for img, name, _, _ in service.ws.batch_images(b.id)}
+
+
+def write_curve(path: str | os.PathLike, curve: Sequence[StepScores]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CURVE_COLUMNS))
+        writer.writeheader()
+        writer.writerows(s.row() for s in curve)
+    return path

@@ -1,0 +1,257 @@
+"""Active-learning suggestions: the questions whose answers help the model most.
+
+Every strategy reads a :class:`ReviewState` (the workspace's regions, their embeddings, types
+and prototypes) and proposes scored questions; :func:`suggest` ranks them. Kinds:
+
+* ``confirm`` -- "Is T3 one defect type?" for proposed types that are compact (mean cosine
+  of the members to their prototype) and large: one answer labels a whole type.
+* ``split`` -- "Should T7 be split?" when two-way clustering inside the type is clearly
+  better than one group (silhouette of the 2-way split, Ward).
+* ``merge`` -- "Are T2 and T5 the same type?" for pairs of types whose prototypes are close
+  (cosine) and whose members are confused (many members nearly as close to the other).
+* ``label`` -- "Which type is this image?" for the regions the model is least sure of
+  (smallest margin between the two nearest prototypes), spread over images.
+* ``new_type`` -- "Is this a new type?" for a group of unassigned (outlier) regions that are
+  close to each other and far from every prototype.
+
+Scores are comparable across kinds (roughly "regions whose label the answer settles, times
+the chance the question is not trivial"), so one ranked queue serves the reviewer. The
+``random`` strategy picks uniformly among all candidate questions (the baseline of the
+simulated-review benchmark). Pure computation: no storage, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.metrics import silhouette_score
+
+from engine.clustering import cluster, normalise
+
+#: Kinds of question, in the order a tie is broken.
+KINDS = ("confirm", "merge", "split", "new_type", "label")
+
+
+@dataclass
+class ReviewState:
+    """A snapshot of what the suggestions look at (rows aligned with ``region_ids``)."""
+
+    region_ids: np.ndarray
+    image_ids: np.ndarray
+    embeddings: np.ndarray
+    #: Current type of each region (-1: none); ``reviewed`` marks reviewer-set assignments.
+    region_type: np.ndarray
+    reviewed: np.ndarray
+    is_normal: np.ndarray
+    #: type id -> (name, status) for usable types (proposed or confirmed).
+    types: dict[int, tuple[str, str]]
+    #: type id -> unit prototype (types without one use their members' mean).
+    prototypes: dict[int, np.ndarray] = field(default_factory=dict)
+    #: Types a reviewer said are not one defect type (answered "no" to confirm): their
+    #: split and their members' labels become the most useful questions.
+    mixed: set[int] = field(default_factory=set)
+
+    def members(self, type_id: int) -> np.ndarray:
+        return np.flatnonzero(self.region_type == type_id)
+
+    def prototype(self, type_id: int) -> np.ndarray | None:
+        if type_id in self.prototypes:
+            return self.prototypes[type_id]
+        idx = self.members(type_id)
+        if len(idx) == 0:
+            return None
+        return normalise(self.embeddings[idx].mean(axis=0, keepdims=True))[0]
+
+
+@dataclass
+class Question:
+    kind: str
+    target: dict
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class SuggestConfig:
+    """Tunables of the strategies."""
+
+    #: Smallest type asked about as a whole (confirm) / split (split needs twice this).
+    min_type_size: int = 2
+    #: A 2-way split is suggested when its silhouette exceeds this.
+    split_silhouette: float = 0.08
+    #: Pairs of types whose prototype similarity is this many standard deviations above the
+    #: mean pair similarity (and positive) are merge candidates.
+    merge_z: float = 1.0
+    #: Score multiplier of questions about a type a reviewer called mixed.
+    mixed_boost: float = 3.0
+    #: Regions asked about one by one per refresh (lowest margins first, one per image).
+    max_label_questions: int = 10
+    #: Outlier groups smaller than this are not proposed as new types.
+    new_type_min_size: int = 3
+    #: Questions kept in the open queue per refresh.
+    queue_size: int = 20
+    seed: int = 0
+
+
+def _name(state: ReviewState, tid: int) -> str:
+    return state.types.get(tid, (f"type {tid}", ""))[0]
+
+
+def confirm_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
+    out = []
+    for tid, (name, status) in state.types.items():
+        if status != "proposed":
+            continue
+        idx = state.members(tid)
+        if len(idx) < cfg.min_type_size:
+            continue
+        proto = state.prototype(tid)
+        compact = float(np.mean(state.embeddings[idx] @ proto))
+        unreviewed = int((~state.reviewed[idx]).sum())
+        score = max(compact, 0.0) * np.log1p(unreviewed)
+        out.append(Question("confirm", {"type_id": tid}, float(score),
+                            f"{name}: {len(idx)} regions, compact (mean similarity "
+                            f"{compact:.2f}). Is it one defect type?"))
+    return out
+
+
+def split_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
+    out = []
+    for tid, (name, status) in state.types.items():
+        idx = state.members(tid)
+        mixed = tid in state.mixed
+        if len(idx) < (2 if mixed else 2 * max(cfg.min_type_size, 3)):
+            continue
+        x = normalise(state.embeddings[idx])
+        labels, _ = cluster(x, 2, method="ward", max_points=2000, restarts=3, seed=cfg.seed)
+        if len(np.unique(labels)) < 2:
+            continue
+        sil = float(silhouette_score(x, labels, metric="cosine")) if len(idx) > 2 else 1.0
+        if sil < cfg.split_silhouette and not mixed:
+            continue
+        groups = [state.region_ids[idx[labels == k]].tolist() for k in range(2)]
+        smaller = min(len(g) for g in groups)
+        boost = cfg.mixed_boost if mixed else 1.0
+        out.append(Question("split", {"type_id": tid, "groups": groups},
+                            float(max(sil, 0.05) * np.log1p(smaller) * 2 * boost),
+                            f"{name} looks like two groups ({len(groups[0])} + "
+                            f"{len(groups[1])} regions, silhouette {sil:.2f}). Should it be "
+                            "split?"))
+    return out
+
+
+def merge_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
+    ids = [t for t in state.types if len(state.members(t))]
+    if len(ids) < 2:
+        return []
+    protos = {t: state.prototype(t) for t in ids}
+    pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
+             if not (state.types[a][1] == "confirmed" and state.types[b][1] == "confirmed")]
+    all_sims = np.array([float(protos[a] @ protos[b]) for i, a in enumerate(ids)
+                         for b in ids[i + 1:]])
+    mean, std = float(all_sims.mean()), float(all_sims.std()) + 1e-6
+    out = []
+    for a, b in pairs:  # two confirmed types are distinct by the reviewers' word
+        sim = float(protos[a] @ protos[b])
+        z = (sim - mean) / std
+        if z < cfg.merge_z or sim <= 0:
+            continue
+        ia, ib = state.members(a), state.members(b)
+        # confusion: members about as close to the other prototype as to their own
+        xa, xb = state.embeddings[ia], state.embeddings[ib]
+        confused = float(np.mean(np.concatenate([
+            (xa @ protos[b]) > (xa @ protos[a]) - 0.1,
+            (xb @ protos[a]) > (xb @ protos[b]) - 0.1])))
+        score = (0.5 + confused) * min(z / 2, 1.5) * np.log1p(min(len(ia), len(ib)))
+        out.append(Question("merge", {"type_ids": [a, b]}, float(score),
+                            f"{_name(state, a)} and {_name(state, b)} have close prototypes "
+                            f"(similarity {sim:.2f}, {confused:.0%} of their members in "
+                            "between). Are they the same type?"))
+    return out
+
+
+def label_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
+    ids = [t for t in state.types if state.prototype(t) is not None]
+    open_rows = np.flatnonzero(~state.reviewed & ~state.is_normal)
+    if len(ids) < 2 or len(open_rows) == 0:
+        return []
+    protos = np.stack([state.prototype(t) for t in ids])
+    sims = state.embeddings[open_rows] @ protos.T
+    order = np.argsort(-sims, axis=1)
+    top = sims[np.arange(len(open_rows)), order[:, 0]]
+    second = sims[np.arange(len(open_rows)), order[:, 1]]
+    margin = top - second
+    out = []
+    seen_images: set[int] = set()
+    in_mixed = np.isin(state.region_type[open_rows], list(state.mixed))
+    for j in np.lexsort((margin, ~in_mixed)):
+        row = open_rows[j]
+        image = int(state.image_ids[row])
+        if image in seen_images:
+            continue
+        seen_images.add(image)
+        options = [int(ids[k]) for k in order[j, :3]]
+        boost = cfg.mixed_boost if int(state.region_type[row]) in state.mixed else 1.0
+        out.append(Question("label", {"region_id": int(state.region_ids[row]),
+                                      "image_id": image, "options": options},
+                            float((1.0 - margin[j]) * boost),
+                            f"The model hesitates between {_name(state, options[0])} and "
+                            f"{_name(state, options[1])} (margin {margin[j]:.3f}). Which "
+                            "type is this region?"))
+        if len(out) >= cfg.max_label_questions:
+            break
+    return out
+
+
+def new_type_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
+    rows = np.flatnonzero((state.region_type < 0) & ~state.is_normal & ~state.reviewed)
+    if len(rows) < cfg.new_type_min_size:
+        return []
+    x = normalise(state.embeddings[rows])
+    k = max(1, len(rows) // max(cfg.new_type_min_size, 1))
+    k = min(k, 8)
+    labels, centres = cluster(x, k, method="ward", max_points=2000, restarts=3, seed=cfg.seed)
+    out = []
+    for c in range(len(centres)):
+        members = rows[labels == c]
+        if len(members) < cfg.new_type_min_size:
+            continue
+        tight = float(np.mean(state.embeddings[members] @ centres[c]))
+        out.append(Question("new_type", {"region_ids": state.region_ids[members].tolist()},
+                            float(max(tight, 0.0) * np.log1p(len(members))),
+                            f"{len(members)} regions fit no type but resemble each other "
+                            f"(mean similarity {tight:.2f}). Is this a new defect type?"))
+    return out
+
+
+STRATEGIES = {
+    "confirm": confirm_questions,
+    "merge": merge_questions,
+    "split": split_questions,
+    "new_type": new_type_questions,
+    "label": label_questions,
+}
+
+
+def candidates(state: ReviewState, cfg: SuggestConfig = SuggestConfig()) -> list[Question]:
+    """Every question every strategy proposes (unranked)."""
+    out: list[Question] = []
+    for kind in KINDS:
+        out.extend(STRATEGIES[kind](state, cfg))
+    return out
+
+
+def suggest(state: ReviewState, cfg: SuggestConfig = SuggestConfig(), *,
+            strategy: str = "ranked", rng: np.random.Generator | None = None
+            ) -> list[Question]:
+    """The queue: ``ranked`` (best score first) or ``random`` (a random order)."""
+    qs = candidates(state, cfg)
+    if strategy == "random":
+        rng = rng or np.random.default_rng(cfg.seed)
+        return [qs[i] for i in rng.permutation(len(qs))][:cfg.queue_size]
+    if strategy != "ranked":
+        raise ValueError(f"unknown strategy {strategy!r}: expected 'ranked' or 'random'")
+    rank = {k: i for i, k in enumerate(KINDS)}
+    qs.sort(key=lambda q: (-q.score, rank[q.kind]))
+    return qs[:cfg.queue_size]
