@@ -57,7 +57,7 @@ def served(tmp_path_factory):
                          skipped=skipped, demo=demo, tmp=tmp,
                          upload_s=time.perf_counter() - t0)
     yield ns
-    app.blocks.close()
+    app.close()
     service.close()
 
 
@@ -160,6 +160,17 @@ def test_next_and_answer_suggestion(served):
     assert q2["id"] != q["id"]
     out = c.predict(q["id"], "", api_name="/answer_suggestion")
     assert not out["ok"]
+
+
+def test_retrain_learns_from_the_decisions(served):
+    ws = served.service.ws
+    before = ws.latest_model_version().id
+    out = served.client.predict(api_name="/retrain")
+    assert out["ok"], out
+    assert out["model_version"] is not None and out["model_version"] > before
+    assert ws.latest_model_version().id == out["model_version"]
+    # the app still lists every type and serves their crops afterwards
+    assert _types(served.client)
 
 
 def test_audit_is_filterable(served):

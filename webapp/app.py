@@ -65,7 +65,11 @@ def actor_of(request: gr.Request | None) -> str:
 
 
 def _gpu(fn: Callable) -> Callable:
-    """ZeroGPU: run engine jobs under ``spaces.GPU`` when the package is importable."""
+    """ZeroGPU: run engine jobs under ``spaces.GPU`` when the package is importable and the
+    Space runs on ZeroGPU hardware (``SPACES_ZERO_GPU``; elsewhere the decorator is a no-op
+    anyway)."""
+    if not os.environ.get("SPACES_ZERO_GPU"):
+        return fn
     try:
         import spaces  # type: ignore[import-not-found]
     except ImportError:
@@ -237,8 +241,11 @@ class ReviewApp:
         self.views.warm_in_background()
         if hasattr(svc, "refresh_suggestions"):
             svc.refresh_suggestions()
-        return {"ok": True, "message": f"Retrained: model version {version}.",
-                "model_version": version}
+        if version is None:
+            return {"ok": True, "message": "Nothing new to learn from yet (confirm, name or "
+                    "correct some types first).", "model_version": None}
+        return {"ok": True, "message": f"Retrained on every decision so far: model version "
+                f"{version}.", "model_version": version}
 
     # ---------------------------------------------------------------- uploads
     def _job(self, what: str):
