@@ -188,8 +188,8 @@ def test_review_flow_in_a_browser(served, browser, shots):
 
     # ---- image detail, from a double-click in the members grid
     _tab(page, "Types")
-    page.click(f".pa-card[data-type-id='{big}']")
-    _wait_text(page, "#pa-type-head", rf"#{big} ·")
+    page.click(f".pa-card[data-type-id='{tid}']")
+    _wait_text(page, "#pa-type-head", rf"#{tid} ·")
     page.dblclick("#pa-gallery .pa-member >> nth=0")
     page.wait_for_function("() => document.querySelectorAll('#pa-image-row img').length === 4",
                            timeout=30000)

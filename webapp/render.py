@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from storage import Workspace, decode_rle
 
@@ -207,6 +207,10 @@ class Renderer:
                 arr[m] = (0.35 * arr[m] + 0.65 * colour).astype(np.uint8)
         picture = Image.fromarray(arr)
         draw = ImageDraw.Draw(picture)
+        try:
+            font = ImageFont.load_default(size=max(11, rgb.shape[0] // 28))
+        except TypeError:  # Pillow < 10.1
+            font = ImageFont.load_default()
         for r in d.regions:
             if batch_id is not None and r.batch_id != batch_id:
                 continue
@@ -214,7 +218,8 @@ class Renderer:
             colour = _rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id))
             draw.rectangle([l, t, rr - 1, b - 1], outline=colour, width=max(1, rgb.shape[0] // 200))
             label = "normal" if r.is_normal else (r.type_name or "unassigned")
-            draw.text((l + 2, max(t - 11, 0)), f"#{r.id} {label}", fill=(255, 255, 255))
+            draw.text((l + 3, t + 2), f"#{r.id} {label}", fill=(255, 255, 255), font=font,
+                      stroke_width=2, stroke_fill=(0, 0, 0))
         out["regions"] = np.asarray(picture)
         if prior is None:
             out["prior"] = None
