@@ -6,7 +6,8 @@ and prototypes) and proposes scored questions; :func:`suggest` ranks them. Kinds
 * ``confirm`` -- "Is T3 one defect type?" for proposed types that are compact (mean cosine
   of the members to their prototype) and large: one answer labels a whole type.
 * ``split`` -- "Should T7 be split?" when two-way clustering inside the type is clearly
-  better than one group (silhouette of the 2-way split, Ward).
+  better than one group (silhouette of the 2-way split, Ward) and the two groups point in
+  different directions (a tight type is not split however its silhouette comes out).
 * ``merge`` -- "Are T2 and T5 the same type?" for pairs of types whose prototypes are close
   (cosine) and whose members are confused (many members nearly as close to the other).
 * ``label`` -- "Which type is this image?" for the regions the model is least sure of
@@ -78,8 +79,11 @@ class SuggestConfig:
 
     #: Smallest type asked about as a whole (confirm) / split (split needs twice this).
     min_type_size: int = 2
-    #: A 2-way split is suggested when its silhouette exceeds this.
+    #: A 2-way split is suggested when its silhouette exceeds this...
     split_silhouette: float = 0.08
+    #: ... and the two groups' mean directions differ (cosine below this): the silhouette is
+    #: scale-free, so the halves of a tight type score as high as two far groups.
+    split_max_similarity: float = 0.9
     #: Pairs of types whose prototype similarity is this many standard deviations above the
     #: mean pair similarity (and positive) are merge candidates.
     merge_z: float = 1.0
@@ -128,7 +132,9 @@ def split_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
         if len(np.unique(labels)) < 2:
             continue
         sil = float(silhouette_score(x, labels, metric="cosine")) if len(idx) > 2 else 1.0
-        if sil < cfg.split_silhouette and not mixed:
+        centres = normalise(np.stack([x[labels == k].mean(axis=0) for k in range(2)]))
+        apart = float(centres[0] @ centres[1])
+        if (sil < cfg.split_silhouette or apart > cfg.split_max_similarity) and not mixed:
             continue
         groups = [state.region_ids[idx[labels == k]].tolist() for k in range(2)]
         smaller = min(len(g) for g in groups)
