@@ -93,28 +93,36 @@ def test_cluster_dispatch_and_k_bounds() -> None:
         cluster(x, 2, method="dbscan", max_points=100, restarts=1, seed=0)
 
 
+#: Members a prototype needs for its own outlier statistics (fewer: pooled statistics).
+OWN = clustering._MIN_MEMBERS_FOR_OWN_STATS
+
+
 def test_outlier_threshold_flags_a_planted_far_point_only() -> None:
     rng = np.random.default_rng(5)
-    sims = np.concatenate([0.9 + rng.normal(0, 0.01, 20), [0.3],  # prototype 0 + outlier
-                           0.7 + rng.normal(0, 0.02, 10)])  # prototype 1
-    labels = np.array([0] * 21 + [1] * 10)
+    sims = np.concatenate([0.9 + rng.normal(0, 0.01, OWN), [0.3],  # prototype 0 + outlier
+                           0.7 + rng.normal(0, 0.02, OWN)])  # prototype 1
+    labels = np.array([0] * (OWN + 1) + [1] * OWN)
     thr = outlier_thresholds(sims, labels, 2, mads=3.5)
     assert thr.shape == (2,) and thr.dtype == np.float32
     flagged = sims < thr[labels]
-    assert flagged[20] and flagged.sum() == 1
+    assert flagged[OWN] and flagged.sum() == 1
     # per-prototype statistics: prototype 1's members (0.7) are not outliers by
     # prototype 0's standard
     assert thr[1] < 0.7 < thr[0]
 
 
 def test_small_prototypes_use_pooled_statistics() -> None:
-    sims = np.array([0.9, 0.91, 0.89, 0.9, 0.92, 0.88, 0.5, 0.52])
-    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1])  # prototype 1 has 2 members, 2 has none
+    rng = np.random.default_rng(6)
+    big = 0.9 + rng.normal(0, 0.01, OWN)
+    sims = np.concatenate([big, [0.5, 0.52]])
+    labels = np.array([0] * OWN + [1, 1])  # prototype 1 has 2 members, 2 has none
     thr = outlier_thresholds(sims, labels, 3, mads=3.5)
     med = np.median(sims)
     pooled = med - 3.5 * max(np.median(np.abs(sims - med)) * 1.4826, 1e-3)
     assert thr[1] == pytest.approx(pooled) and thr[2] == pytest.approx(pooled)
-    assert thr[0] > thr[1]
+    med0 = np.median(big)
+    own = med0 - 3.5 * max(np.median(np.abs(big - med0)) * 1.4826, 1e-3)
+    assert thr[0] == pytest.approx(own, abs=1e-6) and thr[0] > thr[1]
 
 
 def test_image_votes_are_weighted_means() -> None:
