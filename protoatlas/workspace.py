@@ -324,13 +324,18 @@ class ReviewMixin:
     def refresh_suggestions(self, *, strategy: str = "ranked",
                              rng: np.random.Generator | None = None) -> list:
         """Recompute the open question queue (answered/declined ones are not asked again)."""
+        from dataclasses import replace
+
         from protoatlas.suggest import SuggestConfig, suggest
 
         state = self.review_state()
         declined = self.declined()
         cfg = SuggestConfig(seed=self.config.seed)
-        qs = [q for q in suggest(state, cfg, strategy=strategy, rng=rng)
-              if (q.kind, _target_key(q.kind, q.target)) not in declined]
+        # drop the declined questions before keeping queue_size of them, so that declined
+        # questions cannot fill the queue (and leave it empty)
+        every = suggest(state, replace(cfg, queue_size=2**31), strategy=strategy, rng=rng)
+        qs = [q for q in every
+              if (q.kind, _target_key(q.kind, q.target)) not in declined][:cfg.queue_size]
         mv = self.ws.latest_model_version()
         items = [SuggestionIn(kind=q.kind, target=q.target, score=q.score, reason=q.reason)
                  for q in qs]
@@ -693,7 +698,13 @@ class WorkspaceService(ReviewMixin):
 
 
 def _scaled(progress: Progress, lo: float, hi: float) -> Progress:
+    """Map the engine's analyse progress onto ``lo..hi``. Each of its stages counts 0..1 on
+    its own ("detect", then "regions"), so each gets its half: fractions never go back."""
+    mid = (lo + hi) / 2
+    spans = {"detect": (lo, mid), "regions": (mid, hi)}
+
     def inner(stage: str, fraction: float) -> None:
-        progress(stage, lo + (hi - lo) * fraction)
+        a, b = spans.get(stage, (lo, hi))
+        progress(stage, a + (b - a) * fraction)
     return inner
 
