@@ -174,6 +174,18 @@ def test_review_flow_in_a_browser(served, browser, shots):
     page.wait_for_selector("#pa-map .js-plotly-plot .scatterlayer, #pa-map .js-plotly-plot "
                            "canvas", timeout=30000)
     time.sleep(1.0)  # the page script binds the plot's selection events every 0.6 s
+    # hovering a point shows its crop
+    x, y = page.evaluate(
+        "() => { const gd = document.querySelector('#pa-map .js-plotly-plot'); "
+        "const fl = gd._fullLayout, tr = gd._fullData[0]; "
+        "const r = gd.getBoundingClientRect(); "
+        "return [r.left + fl._size.l + fl.xaxis.l2p(tr.x[0]), "
+        "r.top + fl._size.t + fl.yaxis.l2p(tr.y[0])]; }")
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=5)
+    page.wait_for_function("() => { const t = document.getElementById('pa-hover-thumb'); "
+                           "return !!t && t.style.display === 'block' && t.complete && "
+                           "t.naturalWidth > 0; }", timeout=15000)
     box = page.query_selector("#pa-map .nsewdrag").bounding_box()
     page.mouse.move(box["x"] + 3, box["y"] + 3)
     page.mouse.down()

@@ -599,6 +599,9 @@ class ReviewApp:
                 return [self.header(request), *self.panel(None, "representative", False)]
 
             blocks.load(on_load, outputs=[header, *P], api_visibility="undocumented")
+            # the header (counts, running analyses) follows other sessions' work
+            gr.Timer(15).tick(self.header, outputs=[header], api_visibility="undocumented",
+                              show_progress="hidden", queue=False)
 
             def list_types() -> dict[str, Any]:
                 """Every type of the workspace (rejected ones too, not merged ones), as a
