@@ -34,6 +34,14 @@ def fast_config(seed: int = 0) -> ProtoAtlasConfig:
     return ProtoAtlasConfig(device="cpu", seed=seed).with_overrides(**FAST)
 
 
+def fast_cli(config_from):
+    """Wrap ``protoatlas.cli._config_from``: the command's config plus the FAST settings
+    (the CLI has no options for crop size, references or epochs)."""
+    def inner(args):
+        return config_from(args).with_overrides(**FAST)
+    return inner
+
+
 _CACHE: dict[str, Path] = {}
 
 

@@ -1,0 +1,244 @@
+"""The simulated reviewer: the oracle's rules, the metric, and ``simulate-review`` (which
+must learn labels only through the oracle)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
+
+import pytest
+
+from protoatlas import cli, simulate
+from protoatlas.cli import main
+from protoatlas.simulate import CURVE_COLUMNS, NONE, Oracle, score_state
+from tests.service_fixtures import data_root, fast_cli, shared_base
+
+
+class LabelLeak(BaseException):
+    """Labels read outside the oracle and the metric (BaseException: nothing swallows it)."""
+
+
+class Labels(Mapping):
+    """A labels dict that refuses to be read unless ``open`` (and records the reads)."""
+
+    def __init__(self, data: dict[str, str]) -> None:
+        self._data = dict(data)
+        self.open = 0
+        self.reads: list[str] = []
+        self.leaks: list[str] = []
+
+    def _check(self, what: str) -> None:
+        if not self.open:
+            self.leaks.append(what)
+            raise LabelLeak(f"labels read outside the oracle and the metric: {what}")
+
+    def __getitem__(self, key: str) -> str:
+        self._check(f"[{key!r}]")
+        self.reads.append(key)
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self._check("iter")
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        self._check("len")
+        return len(self._data)
+
+
+@contextlib.contextmanager
+def opened(labels: Labels):
+    labels.open += 1
+    try:
+        yield
+    finally:
+        labels.open -= 1
+
+
+class FakeView:
+    """What the reviewer is shown: image names per type and per region."""
+
+    def __init__(self, types: dict[int, list[str]], regions: dict[int, str]) -> None:
+        self.types, self.regions = types, regions
+        self.shown: set[str] = set()
+
+    def type_images(self, type_id: int) -> list[str]:
+        self.shown |= set(self.types[type_id])
+        return list(self.types[type_id])
+
+    def region_images(self, region_ids) -> list[str]:
+        names = [self.regions[int(r)] for r in region_ids if int(r) in self.regions]
+        self.shown |= set(names)
+        return names
+
+
+# ================================================================================ oracle
+TRUTH = {f"s{i}": "scratch" for i in range(10)} | {f"p{i}": "spot" for i in range(10)} \
+    | {f"g{i}": "good" for i in range(3)}
+
+
+@pytest.mark.parametrize("kind, target, expected", [
+    ("confirm", {"type_id": 1}, ("yes", "scratch")),   # 5/5 scratch
+    ("confirm", {"type_id": 2}, ("yes", "scratch")),   # 4/5 scratch: at the purity
+    ("confirm", {"type_id": 3}, ("no", None)),         # 3/5: mixed
+    ("confirm", {"type_id": 4}, ("no", None)),         # false alarms are not a type
+    ("merge", {"type_ids": [1, 2]}, ("yes", None)),
+    ("merge", {"type_ids": [1, 5]}, ("no", None)),
+    ("split", {"type_id": 3, "groups": [[1, 2], [3, 4]]}, ("yes", None)),
+    ("split", {"type_id": 1, "groups": [[1, 2], [5]]}, ("no", None)),
+    ("label", {"region_id": 3}, ("spot", None)),
+    ("label", {"region_id": 9}, ("skip", None)),       # an image without a label
+    ("new_type", {"region_ids": [3, 4, 6]}, ("yes", "spot")),
+    ("new_type", {"region_ids": [1, 3]}, ("no", None)),
+    ("unknown-kind", {}, ("skip", None)),
+])
+def test_oracle_answers_only_from_the_questions_images(kind, target, expected) -> None:
+    view = FakeView(
+        types={1: ["s0", "s1", "s2", "s3", "s4"], 2: ["s5", "s6", "s7", "s8", "p0"],
+               3: ["s0", "s1", "s2", "p1", "p2"], 4: ["g0", "g1", "g2"],
+               5: ["p3", "p4", "p5"]},
+        regions={1: "s0", 2: "s1", 3: "p6", 4: "p7", 5: "s9", 6: "p8", 9: "unlabelled.png"})
+    labels = Labels(TRUTH)
+    oracle = Oracle(labels)  # type: ignore[arg-type]
+    with opened(labels):
+        assert oracle.answer(kind, target, view) == expected  # type: ignore[arg-type]
+    assert set(labels.reads) <= view.shown  # it looked only at what the question shows
+    assert oracle.questions == 1
+
+
+# ================================================================================ metric
+def _fake_service(live: list[tuple[int, str, int]]):
+    types = [SimpleNamespace(id=i, status=s, n_regions=n) for i, s, n in live]
+    return SimpleNamespace(ws=SimpleNamespace(list_types=lambda: types))
+
+
+def test_score_state_counts_untyped_anomalous_images_as_a_wrong_cluster(monkeypatch) -> None:
+    labels = {"a": "scratch", "b": "scratch", "c": "spot", "d": "spot", "g": "good",
+              "x": "spot"}  # "x" is not in the workspace, "g" is normal: both left out
+    image_ids = {"a": 1, "b": 2, "c": 3, "d": 4, "g": 5}
+    service = _fake_service([(7, "proposed", 2), (8, "confirmed", 1), (9, "proposed", 0),
+                             (10, "rejected", 3)])
+    seen = []
+    real = simulate.metrics.cluster_metrics
+
+    def spy(truth, pred):
+        seen.append((list(truth), list(pred)))
+        return real(truth, pred)
+
+    monkeypatch.setattr(simulate.metrics, "cluster_metrics", spy)
+    monkeypatch.setattr(simulate, "image_types", lambda svc: {1: 7, 2: 7, 3: 8, 4: 8})
+    perfect = score_state(service, labels, image_ids, step=3, actions=2)  # type: ignore
+    assert (perfect.step, perfect.actions, perfect.n_types) == (3, 2, 2)
+    assert perfect.ari == pytest.approx(1.0) and perfect.f1 == pytest.approx(1.0)
+
+    monkeypatch.setattr(simulate, "image_types", lambda svc: {1: 7, 2: 7, 3: 8})
+    missing = score_state(service, labels, image_ids, step=4, actions=2)  # type: ignore
+    assert seen[-1] == (["scratch", "scratch", "spot", "spot"], ["7", "7", "8", NONE])
+    assert missing.ari < 1.0 and missing.f1 < 1.0
+
+    monkeypatch.setattr(simulate, "image_types", lambda svc: {})
+    none = score_state(service, labels, image_ids, step=0, actions=0)  # type: ignore
+    assert seen[-1][1] == [NONE] * 4 and none.ari == pytest.approx(0.0)
+
+
+# ============================================================================ simulation
+def _run(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return data_root(shared_base(tmp_path_factory), "tiny")
+
+
+@pytest.mark.parametrize("strategy", ["ranked", "random"])
+def test_simulate_review_learns_labels_only_through_the_oracle(strategy, tiny, tmp_path,
+                                                               monkeypatch) -> None:
+    budget = 2
+    guarded: list[Labels] = []
+    real_read = simulate.read_labels
+
+    def read_labels(path):
+        guarded.append(Labels(real_read(path)))
+        return guarded[-1]
+
+    asked: list[tuple[str, dict, set[str], list[str]]] = []
+
+    class RecordingOracle(Oracle):
+        def answer(self, kind, target, view):
+            spy = FakeView({}, {})
+            spy.type_images = lambda t: _note(spy, view.type_images(t))  # type: ignore
+            spy.region_images = lambda r: _note(spy, view.region_images(r))  # type: ignore
+            labels = guarded[-1]
+            start = len(labels.reads)
+            with opened(labels):
+                got = super().answer(kind, target, spy)  # type: ignore[arg-type]
+            asked.append((kind, target, spy.shown, labels.reads[start:]))
+            return got
+
+    real_score = simulate.score_state
+
+    def scored(service, labels, *args, **kwargs):
+        with opened(labels):
+            return real_score(service, labels, *args, **kwargs)
+
+    monkeypatch.setattr(simulate, "read_labels", read_labels)
+    monkeypatch.setattr(simulate, "Oracle", RecordingOracle)
+    monkeypatch.setattr(simulate, "score_state", scored)
+    monkeypatch.setattr(cli, "_config_from", fast_cli(cli._config_from))
+
+    out = tmp_path / "curve.csv"
+    code, stdout, err = _run(["simulate-review", "--normals", str(tiny / "train" / "good"),
+                              "--images", str(tiny / "test"), "--labels",
+                              str(tiny / "labels.csv"), "--budget", str(budget), "--out",
+                              str(out), "--strategy", strategy, "--image-size", "128",
+                              "--device", "cpu", "--quiet", "--home", str(tmp_path / "home")])
+    assert code == 0, err
+    assert stdout.startswith(f"{strategy}: ARI ") and str(out) in stdout
+
+    assert len(guarded) == 1 and guarded[0].leaks == []
+    assert 1 <= len(asked) <= budget
+    for kind, target, shown, reads in asked:
+        assert set(reads) <= shown, (kind, target)  # only the images the question shows
+
+    with open(out, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == CURVE_COLUMNS
+        rows = list(reader)
+    assert [int(r["step"]) for r in rows] == list(range(budget + 1))
+    actions = [int(r["actions"]) for r in rows]
+    assert actions[0] == 0 and actions == sorted(actions)
+    assert all(a <= s for a, s in zip(actions, range(budget + 1)))
+    for r in rows:
+        assert all(-1.0 <= float(r[c]) <= 1.0 for c in ("nmi", "ari", "f1"))
+        assert int(r["n_types"]) >= 1
+
+
+def _note(spy: FakeView, names: list[str]) -> list[str]:
+    spy.shown |= set(names)
+    return names
+
+
+def test_simulate_review_needs_image_and_label_columns(tiny, tmp_path) -> None:
+    bad = tmp_path / "labels.csv"
+    bad.write_text("file,kind\nscratch/000.png,scratch\n")
+    code, out, err = _run(["simulate-review", "--normals", str(tiny / "train" / "good"),
+                           "--images", str(tiny / "test"), "--labels", str(bad), "--budget",
+                           "2", "--out", str(tmp_path / "curve.csv"), "--quiet", "--home",
+                           str(tmp_path / "home")])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("protoatlas: error: ")
+    assert "expected a header with columns 'image' and 'label'" in err
+    assert not (tmp_path / "curve.csv").exists() and not (tmp_path / "home").exists()
+
+
+def test_simulate_refuses_an_unknown_strategy(tiny, tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown strategy 'greedy'"):
+        simulate.simulate(tiny / "train" / "good", tiny / "test", tiny / "labels.csv",
+                          None, budget=1, strategy="greedy")  # type: ignore[arg-type]
