@@ -468,7 +468,8 @@ class DiscoveryModel:
 
     def _set_types(self, type_ids: np.ndarray, prototypes: np.ndarray, emb: np.ndarray,
                    assigned: np.ndarray) -> None:
-        """Store prototypes and their outlier thresholds (from the members' similarities)."""
+        """Store prototypes and their outlier thresholds (from the members' similarities,
+        in-sample: see docs/decisions.md for the measured trade-off against leave-one-out)."""
         self.type_ids = np.asarray(type_ids, dtype=np.int64)
         self.prototypes = normalise(prototypes)
         own = (emb * self.prototypes[assigned]).sum(axis=1)

@@ -39,8 +39,11 @@ class PrototypeIndex:
 
     def search(self, embeddings: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids), each (N, k); missing neighbours have id -1 and sim -inf."""
-        q = np.ascontiguousarray(normalise(embeddings), dtype=np.float32)
-        if q.ndim != 2 or q.shape[1] != self.dim:
+        arr = np.asarray(embeddings)
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise ValueError(f"embeddings must be (n, {self.dim}), got {arr.shape}")
+        q = np.ascontiguousarray(normalise(arr), dtype=np.float32)
+        if q.shape[1] != self.dim:
             raise ValueError(f"embeddings must be (n, {self.dim}), got {q.shape}")
         if len(self) == 0:
             return (np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))

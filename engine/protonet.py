@@ -12,7 +12,8 @@
   ``s`` a small learned scorer, zero at initialisation so that an untrained pool is the
   training-free guided pooling. The crop descriptor is the softmax-weighted sum of tokens.
 * :class:`PrototypeHead` -- the pool, a linear projector onto the ``embedding_dim`` sphere
-  (initialised as a random orthogonal projection, which keeps the descriptors' angles) and
+  (initialised as a random orthonormal projection, which approximately keeps the
+  descriptors' angles: exactly when ``embedding_dim`` >= the token channels) and
   one cosine prototype per type: known types (reviewer-confirmed) first, then novel ones.
 """
 

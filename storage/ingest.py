@@ -582,7 +582,7 @@ def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
         if existing:
             con.execute("UPDATE types SET version = version + 1, updated_at = ? "
                         "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, existing])
-        summary.refresh(con, touched | created)
+        summary.refresh(con, touched | created | restated)
         all_ids = sorted(touched | created)
         audit.append_raw(
             con, actor=actor, action="ingest_batch",
@@ -658,6 +658,9 @@ def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str 
             insert_embeddings(con, emb_ids, emb, mv, chunk, progress)  # type: ignore[arg-type]
         new_ids = create_types(con, new_types, origin="model", status="proposed", now=now)
         touched: set[int] = set()
+        # types whose members only got new confidences: their summary (mean confidence)
+        # must be refreshed too, without a version bump (membership did not change)
+        restated: set[int] = set()
         n_skipped = n_changed = 0
         if assignments is not None and a_ids is not None and len(a_ids):
             tids = resolve_refs(con, assignments.types, new_ids)
@@ -684,6 +687,9 @@ def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str 
                     UNION SELECT tid FROM _retrain WHERE old_source <> 'reviewer'
                         AND (NOT had OR old_tid IS DISTINCT FROM tid OR old_normal)
                         AND tid IS NOT NULL""").fetchall()}
+                restated |= {r[0] for r in con.execute(
+                    "SELECT DISTINCT tid FROM _retrain WHERE old_source <> 'reviewer' "
+                    "AND tid IS NOT NULL").fetchall()}
                 con.execute(f"""INSERT INTO assignments (region_id, type_id, confidence,
                         model_version, source, is_normal)
                     SELECT rid, tid, conf, {mv}, 'model', false FROM _retrain
@@ -702,7 +708,7 @@ def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str 
         if existing:
             con.execute("UPDATE types SET version = version + 1, updated_at = ? "
                         "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, existing])
-        summary.refresh(con, touched | created)
+        summary.refresh(con, touched | created | restated)
         all_ids = sorted(touched | created)
         audit.append_raw(
             con, actor=actor, action="apply_retrain",

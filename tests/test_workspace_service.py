@@ -51,13 +51,6 @@ def errors(problems) -> list:
     return [p for p in problems if p.severity == "error"]
 
 
-def not_stale_stats(problems) -> list:
-    """Errors other than a stale type summary (storage issue: ``apply_retrain`` leaves
-    ``type_stats`` stale for types whose members only changed confidence; see
-    ``test_doctor_is_sound_after_a_retrain``)."""
-    return [p for p in errors(problems) if p.where != "type_stats"]
-
-
 def assert_progress(calls: list[tuple[str, float]]) -> None:
     fractions = [f for _, f in calls]
     assert len(fractions) > 5
@@ -245,7 +238,7 @@ def test_retrain_learns_from_confirmed_types_and_keeps_reviewer_decisions(retrai
         model_rows = [a for a in assignments(ws) if a[2] == "model" and a[1] is not None]
         assert model_rows and all(a[4] == mv.id for a in model_rows)
         assert ws.audit(action="apply_retrain", limit=1)[0].actor == "model"
-        assert not_stale_stats(svc.doctor()) == []
+        assert errors(svc.doctor()) == []
         # the retrained model loads with the workspace's types as its index
         model = svc.model()
         assert set(model.type_ids.tolist()) == set(p_ids.tolist()) & set(live_types(ws))
@@ -257,9 +250,6 @@ def test_retrain_is_deterministic(retrained, base, tmp_path) -> None:
     assert again["assignments"] == retrained[1]["assignments"]
 
 
-@pytest.mark.xfail(strict=True, reason="storage: apply_retrain refreshes type_stats only for "
-                   "types whose membership changed, not for types whose members only got new "
-                   "confidences; doctor then reports the stale sum_confidence")
 def test_doctor_is_sound_after_a_retrain(retrained) -> None:
     with WorkspaceService(retrained[0], WS, config=fast_config()) as svc:
         assert errors(svc.doctor()) == []
@@ -283,7 +273,7 @@ def test_retrain_leaves_out_a_batch_without_tokens(second, tmp_path) -> None:
             [a for a in before if a[0] in first_ids]
         problems = svc.doctor()
         assert [p.where for p in problems if p.severity == "warning"] == ["batch 1 (first)"]
-        assert not_stale_stats(problems) == []
+        assert errors(problems) == []
 
 
 def test_retrain_without_a_model_does_nothing(tmp_path) -> None:
