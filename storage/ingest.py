@@ -582,7 +582,7 @@ def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
         if existing:
             con.execute("UPDATE types SET version = version + 1, updated_at = ? "
                         "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, existing])
-        summary.refresh(con, touched | created | restated)
+        summary.refresh(con, touched | created)
         all_ids = sorted(touched | created)
         audit.append_raw(
             con, actor=actor, action="ingest_batch",
