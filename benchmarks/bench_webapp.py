@@ -218,16 +218,17 @@ def _browser(url: str, n_types: int, opens: int = 9) -> dict[str, float]:
             out["open_type_max_s"] = round(max(times), 3)
             # the Types page itself, re-rendered in the open app (Refresh): server data, the
             # cards' HTML and every visible card thumbnail loaded
-            refresh = page.get_by_role("button", name="↻ Refresh")
+            refresh = page.locator("#pa-refresh")
             times = []
             for _ in range(opens):
-                page.evaluate("() => document.querySelector('.pa-cards')"
-                              ".setAttribute('data-stale', '1')")
+                stamp = page.evaluate("() => document.querySelector('.pa-cards')"
+                                      ".getAttribute('data-rendered')")
                 t0 = time.perf_counter()
                 refresh.click()
                 page.wait_for_function(
-                    "() => { const c = document.querySelector('.pa-cards'); "
-                    "return c && !c.hasAttribute('data-stale'); }", timeout=30000, polling=10)
+                    "s => { const c = document.querySelector('.pa-cards'); "
+                    "return c && c.getAttribute('data-rendered') !== s; }", arg=stamp,
+                    timeout=30000, polling=10)
                 page.wait_for_function(visible_thumbs, timeout=30000, polling=10)
                 times.append(time.perf_counter() - t0)
             out["types_refresh_p50_s"] = round(statistics.median(times), 3)

@@ -17,7 +17,7 @@
   regions); with it, bottle (3 types) gives 2 and the synthetic demo (5 types) gives 5.
   On ties the smaller K wins. Fewer than 4 regions give K = 1.
 * :func:`outlier_thresholds` -- per prototype, ``median - m * MAD`` of its members'
-  similarities (a robust z-score; prototypes with few members use the pooled statistics).
+  similarities (a robust z-score), the MAD never below a typical type's.
   A region below its prototype's threshold is an outlier: it is kept out of every type.
 * :func:`image_votes` -- an image's type is the vote of its regions' prototype
   probabilities, each weighted by ``sqrt(anomaly area) * anomaly score`` (AnomalyNCD weighs
@@ -35,7 +35,7 @@ from sklearn.metrics import silhouette_score
 
 #: MAD of a normal distribution relative to its standard deviation.
 _MAD_TO_STD = 1.4826
-#: Prototypes with fewer members than this use the pooled similarity statistics.
+#: Prototypes with fewer members than this use the pooled statistics.
 _MIN_MEMBERS_FOR_OWN_STATS = 20
 
 
@@ -120,22 +120,31 @@ def auto_min_size(n: int, fraction: float, cap: int) -> int:
 
 def outlier_thresholds(similarity: np.ndarray, labels: np.ndarray, n_prototypes: int,
                        mads: float) -> np.ndarray:
-    """Per-prototype similarity threshold below which a member is an outlier."""
+    """Per-prototype similarity threshold below which a member is an outlier:
+    ``median_k - mads * max(MAD_k, typical MAD)``, the typical MAD being the median of the
+    types' own MADs. Each type keeps its own median (a diffuse type is not cut off by the
+    tighter ones) and a spread no smaller than a typical type's (a few near-identical
+    members would otherwise make a type reject everything else). Types with fewer than
+    ``_MIN_MEMBERS_FOR_OWN_STATS`` members use the pooled median and MAD."""
     similarity = np.asarray(similarity, dtype=np.float64)
     labels = np.asarray(labels)
-    pooled = _robust_floor(similarity, mads) if len(similarity) else -1.0
-    out = np.full(n_prototypes, pooled, dtype=np.float64)
-    for k in range(n_prototypes):
-        members = similarity[labels == k]
-        if len(members) >= _MIN_MEMBERS_FOR_OWN_STATS:
-            out[k] = _robust_floor(members, mads)
+    if len(similarity) == 0:
+        return np.full(n_prototypes, -1.0, np.float32)
+    pooled_med, pooled_mad = _median_mad(similarity)
+    out = np.full(n_prototypes, pooled_med - mads * pooled_mad, dtype=np.float64)
+    own = {k: _median_mad(similarity[labels == k]) for k in range(n_prototypes)
+           if (labels == k).sum() >= _MIN_MEMBERS_FOR_OWN_STATS}
+    if own:
+        typical = float(np.median([mad for _, mad in own.values()]))
+        for k, (med, mad) in own.items():
+            out[k] = med - mads * max(mad, typical)
     return out.astype(np.float32)
 
 
-def _robust_floor(values: np.ndarray, mads: float) -> float:
+def _median_mad(values: np.ndarray) -> tuple[float, float]:
     med = float(np.median(values))
     mad = float(np.median(np.abs(values - med))) * _MAD_TO_STD
-    return med - mads * max(mad, 1e-3)
+    return med, max(mad, 1e-3)
 
 
 def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:

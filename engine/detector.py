@@ -280,17 +280,13 @@ class PatchCoreDetector:
     def save(self, path: str | Path) -> Path:
         """Write arrays + JSON metadata to one ``.npz`` file (no pickled objects)."""
         arrays, meta = self.to_arrays()
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        return write_npz(path, arrays)
+        return write_model(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None
              ) -> "PatchCoreDetector":
         """Load a model written by :meth:`save`; other kinds/versions are a clear error."""
-        arrays = read_npz(path)
-        if "meta" not in arrays:
-            raise ModelFormatError(f"{path} is not a ProtoAtlas model file (no metadata)")
-        meta = json.loads(arrays["meta"].tobytes().decode())
+        arrays, meta = read_model(path)
         return cls.from_arrays(arrays, meta, device=device, source=str(path))
 
     @classmethod
@@ -298,12 +294,8 @@ class PatchCoreDetector:
                     device: str | torch.device | None = None, source: str = "model",
                     extractor: FeatureExtractor | None = None) -> "PatchCoreDetector":
         """Rebuild a detector from :meth:`to_arrays` output (kind and version checked)."""
-        if meta.get("kind") != MODEL_KIND:
-            raise ModelFormatError(f"{source} holds a '{meta.get('kind')}', not a detector")
-        if meta.get("format_version") != MODEL_FORMAT_VERSION:
-            raise ModelFormatError(
-                f"{source} has model format version {meta.get('format_version')}; this "
-                f"ProtoAtlas reads version {MODEL_FORMAT_VERSION}: refit the model")
+        check_model_meta(meta, MODEL_KIND, MODEL_FORMAT_VERSION, source=source,
+                         what="a detector", again="refit the model")
         config = ProtoAtlasConfig.from_dict(meta["config"])
         det = cls(config, device=resolve_device_arg(device, config.device), extractor=extractor)
         det.knn = NearestNeighbours(arrays["bank"], use_gpu=det.device.type == "cuda")
@@ -319,6 +311,31 @@ def resolve_device_arg(device: str | torch.device | None, default: str) -> torch
     if isinstance(device, torch.device):
         return device
     return resolve_device(device or default)
+
+
+def write_model(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """Arrays plus their JSON metadata (stored as the ``meta`` array) in one ``.npz``."""
+    return write_npz(path, {**arrays,
+                            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)})
+
+
+def read_model(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, metadata) of a file written by :func:`write_model`."""
+    arrays = read_npz(path)
+    if "meta" not in arrays:
+        raise ModelFormatError(f"{path} is not a ProtoAtlas model file (no metadata)")
+    return arrays, json.loads(arrays["meta"].tobytes().decode())
+
+
+def check_model_meta(meta: dict, kind: str, version: int, *, source: str, what: str,
+                     again: str, hint: str = "") -> None:
+    """A clear :class:`ModelFormatError` unless ``meta`` is of ``kind`` and ``version``."""
+    if meta.get("kind") != kind:
+        raise ModelFormatError(f"{source} holds a '{meta.get('kind')}', not {what}{hint}")
+    if meta.get("format_version") != version:
+        raise ModelFormatError(
+            f"{source} has {what.removeprefix('a ')} format version "
+            f"{meta.get('format_version')}; this ProtoAtlas reads version {version}: {again}")
 
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:

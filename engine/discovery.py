@@ -41,8 +41,8 @@ from engine.backbone import FeatureExtractor
 from engine.clustering import (auto_min_size, cluster, estimate_k, image_votes, normalise,
                                outlier_thresholds, region_weights, softmax)
 from engine.config import ProtoAtlasConfig
-from engine.detector import (ModelFormatError, PatchCoreDetector, read_npz,
-                             resolve_device_arg, write_npz)
+from engine.detector import (PatchCoreDetector, check_model_meta, read_model,
+                             resolve_device_arg, write_model)
 from engine.mebin import normalisation_range
 from engine.prior import ObjectPrior, make_prior
 from engine.protoindex import PrototypeIndex
@@ -628,25 +628,16 @@ class DiscoveryModel:
                 "config": json.loads(self.config.to_json()), "detector": det_meta,
                 "n_references": len(self.references), "head_shape": head_shape,
                 "value_range": list(self.value_range) if self.value_range else None}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        return write_npz(path, arrays)
+        return write_model(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None
              ) -> "DiscoveryModel":
         """Load a model written by :meth:`save`; another kind or version is a clear error."""
-        arrays = read_npz(path)
-        if "meta" not in arrays:
-            raise ModelFormatError(f"{path} is not a ProtoAtlas model file (no metadata)")
-        meta = json.loads(arrays["meta"].tobytes().decode())
-        if meta.get("kind") != MODEL_KIND:
-            raise ModelFormatError(
-                f"{path} holds a '{meta.get('kind')}', not a discovery model "
-                "(write one with protoatlas discover --save-model)")
-        if meta.get("format_version") != MODEL_FORMAT_VERSION:
-            raise ModelFormatError(
-                f"{path} has discovery model format version {meta.get('format_version')}; "
-                f"this ProtoAtlas reads version {MODEL_FORMAT_VERSION}: run discover again")
+        arrays, meta = read_model(path)
+        check_model_meta(meta, MODEL_KIND, MODEL_FORMAT_VERSION, source=str(path),
+                         what="a discovery model", again="run discover again",
+                         hint=" (write one with protoatlas discover --save-model)")
         config = ProtoAtlasConfig.from_dict(meta["config"])
         model = cls(config, device=device)
         det_arrays = {k.split(".", 1)[1]: v for k, v in arrays.items()

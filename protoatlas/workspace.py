@@ -270,6 +270,8 @@ class ReviewMixin:
             for i in novel:
                 ref.setdefault(i, f"r{i}")
             region_type, conf, outlier, _ = model.classify(fit.embeddings)
+            region_type = self._stable_assignments(model, fit.embeddings, region_type, current,
+                                                   ref)
             counts = np.bincount(fit.assigned, minlength=n_types)
             protos = [PrototypeIn(type=ref[i], vector=model.prototypes[i],
                                   n_members=int(counts[i])) for i in range(n_types)]
@@ -288,6 +290,32 @@ class ReviewMixin:
             self._model = None
             progress("done", 1.0)
             return mv
+
+    def _stable_assignments(self, model: DiscoveryModel, emb: np.ndarray,
+                            new_type: np.ndarray, current: np.ndarray,
+                            ref: dict[int, object]) -> np.ndarray:
+        """Keep a region in its current type unless the retrained model prefers another
+        by at least ``retrain_switch_margin`` (cosine); never turn a typed region into an
+        outlier. Measured: moving every region to
+        its new nearest prototype let a freshly confirmed type swallow a whole proposed
+        one (synthetic demo: ARI 0.87 -> 0.73 after one confirmation)."""
+        margin = self.config.discovery.retrain_switch_margin
+        storage_to_engine = {v: k for k, v in ref.items() if isinstance(v, int)}
+        engine_ids = list(model.type_ids)
+        out = new_type.copy()
+        for r in range(len(out)):
+            old = int(current[r])
+            if old < 0 or old not in storage_to_engine:
+                continue
+            old_col = engine_ids.index(storage_to_engine[old])
+            if out[r] == NO_TYPE:  # a typed region is not made an outlier by a retrain
+                out[r] = model.type_ids[old_col]
+                continue
+            new_col = engine_ids.index(int(out[r]))
+            if old_col != new_col and emb[r] @ model.prototypes[new_col] < \
+                    emb[r] @ model.prototypes[old_col] + margin:
+                out[r] = model.type_ids[old_col]
+        return out
 
     def review_state(self) -> ReviewState:
         """Regions, embeddings (latest model version), types and prototypes, for the

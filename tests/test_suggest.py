@@ -161,7 +161,7 @@ def test_a_mixed_type_boosts_its_split_and_its_members_label_questions() -> None
     boosted = {q.target["type_id"]: q
                for q in split_questions(make_state(parts, mixed={1, 2}), cfg)}
     assert set(boosted) == {1, 2}  # the reviewer said "not one type": ask how to split it
-    assert boosted[2].score == pytest.approx(plain[2].score * cfg.mixed_boost)
+    assert boosted[2].score == pytest.approx(plain[2].score * cfg.mixed_split_boost)
 
     # label questions: members of the mixed type come first, whatever their margin (type 2's
     # members sit between two prototypes, type 1's are clear)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,10 @@ class Views:
                 f"<div class='pa-meta'>#{t.id} · {t.n_regions} regions · {t.n_images} images · "
                 f"confidence {fmt_conf(t.mean_confidence)}</div>"
                 f"<div class='pa-thumbs'>{thumbs or '<i>no members</i>'}</div></div>")
-        return f"<div class='pa-cards'>{''.join(cards)}</div>"
+        # the render stamp makes every refresh a new value (Gradio then redraws) and lets a
+        # benchmark see when the redrawn page is in place
+        return (f"<div class='pa-cards' data-rendered='{time.monotonic_ns()}'>"
+                f"{''.join(cards)}</div>")
 
     def representatives(self, t: TypeSummary, n: int) -> list[Member]:
         """The type's representatives, cached while the type is unchanged (same version,
