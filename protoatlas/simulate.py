@@ -15,7 +15,10 @@ Oracle rules (a careful reviewer):
   one label, and the reviewer names it with that label (an existing name merges).
 * ``split``: yes when the two proposed groups' majority labels differ.
 * ``merge``: yes when both types' majority labels are equal.
-* ``label`` "Which type is this?": the region's image label (``good``: a false alarm).
+* ``label`` "Which type is this?": the region's image label (``good``: a false alarm). The
+  app lists every type with its members, so the reviewer picks the type named so, else the
+  purest (then largest) type whose members are at least ``purity`` of this
+  label, else gives a new name.
 * ``new_type``: yes, with its majority label as name, when the group is ``purity`` pure.
 """
 
@@ -75,7 +78,20 @@ class Oracle:
             return ("yes", None) if len(set(majorities)) > 1 else ("no", None)
         if kind == "label":
             label = self._label_of(view.region_images([int(target["region_id"])])[0])
-            return (label or "skip"), None
+            if label is None or label == "good":
+                return (label or "skip"), None
+            # the app lists every type with its members: a reviewer picks the type whose
+            # members are of this kind (by name first, else the purest, then largest)
+            named = view.type_named(label)
+            if named is not None:
+                return str(named), None
+            pure = []
+            for tid in view.type_ids():
+                members = view.type_images(tid)
+                major, share = self._majority(members)
+                if major == label and share >= self.purity:
+                    pure.append((share, len(members), -tid))
+            return (str(-max(pure)[2]) if pure else label), None
         if kind == "new_type":
             label, share = self._majority(view.region_images(target["region_ids"]))
             ok = label is not None and label != "good" and share >= self.purity
@@ -97,6 +113,14 @@ class ReviewerView:
     def type_images(self, type_id: int) -> list[str]:
         rows = np.flatnonzero(self._table.type_ids == type_id)
         return [self.image_names[int(i)] for i in self._table.image_ids[rows]]
+
+    def type_ids(self) -> list[int]:
+        """The types the app lists (usable, with members)."""
+        return sorted({int(t) for t in self._table.type_ids if t >= 0})
+
+    def type_named(self, name: str) -> int | None:
+        t = self.service.type_by_name(name)
+        return None if t is None else int(t.id)
 
     def region_images(self, region_ids: Sequence[int]) -> list[str]:
         pos = {int(r): i for i, r in enumerate(self._table.region_ids)}

@@ -92,6 +92,15 @@ class SuggestConfig:
     #: ... and of its split question, which settles most of its regions at once and so
     #: comes first (measured: label questions first left bottle's two mixed types mixed).
     mixed_split_boost: float = 9.0
+    #: An answer about a whole type ("no" to confirm or split) stands while the type's size
+    #: stays within this relative change of its size when asked; after a larger change
+    #: (a retrain or a split moved members) the question may be asked again.
+    answer_stale_change: float = 0.25
+    #: Typicality of a member of a mixed type: mean cosine to this many nearest members.
+    typical_neighbours: int = 5
+    #: Score of a typical-member label question: ``mixed_boost * (typical_base + value)``,
+    #: above the low-margin questions about the same type (at most ``mixed_boost``).
+    typical_base: float = 0.5
     #: Regions asked about one by one per refresh (lowest margins first, one per image).
     max_label_questions: int = 10
     #: Outlier groups smaller than this are not proposed as new types.
@@ -99,6 +108,13 @@ class SuggestConfig:
     #: Questions kept in the open queue per refresh.
     queue_size: int = 20
     seed: int = 0
+
+
+def answer_stands(asked_size: int | None, size: int, cfg: SuggestConfig) -> bool:
+    """Whether an answer about a type of ``asked_size`` members still holds at ``size``."""
+    if asked_size is None or asked_size <= 0:
+        return True
+    return abs(size - asked_size) <= cfg.answer_stale_change * asked_size
 
 
 def _name(state: ReviewState, tid: int) -> str:
@@ -117,7 +133,8 @@ def confirm_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
         compact = float(np.mean(state.embeddings[idx] @ proto))
         unreviewed = int((~state.reviewed[idx]).sum())
         score = max(compact, 0.0) * np.log1p(unreviewed)
-        out.append(Question("confirm", {"type_id": tid}, float(score),
+        out.append(Question("confirm", {"type_id": tid, "n_regions": int(len(idx))},
+                            float(score),
                             f"{name}: {len(idx)} regions, compact (mean similarity "
                             f"{compact:.2f}). Is it one defect type?"))
     return out
@@ -196,23 +213,55 @@ def label_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
     out = []
     seen_images: set[int] = set()
     in_mixed = np.isin(state.region_type[open_rows], list(state.mixed))
-    for j in np.lexsort((margin, ~in_mixed)):
+    typical = _typical_unexplored(state, open_rows, in_mixed, cfg)
+    # members of a mixed type: typical and unexplored first, then the least sure
+    for j in np.lexsort((margin, -typical, ~in_mixed)):
         row = open_rows[j]
         image = int(state.image_ids[row])
         if image in seen_images:
             continue
         seen_images.add(image)
         options = [int(ids[k]) for k in order[j, :3]]
-        boost = cfg.mixed_boost if int(state.region_type[row]) in state.mixed else 1.0
+        if typical[j] > 0:
+            score = cfg.mixed_boost * (cfg.typical_base + typical[j])
+            reason = (f"{_name(state, int(state.region_type[row]))} holds more than one "
+                      "type. This region is typical of a part of it that no reviewed region "
+                      "resembles yet. Which type is it?")
+        else:
+            boost = cfg.mixed_boost if int(state.region_type[row]) in state.mixed else 1.0
+            score = (1.0 - margin[j]) * boost
+            reason = (f"The model hesitates between {_name(state, options[0])} and "
+                      f"{_name(state, options[1])} (margin {margin[j]:.3f}). Which type is "
+                      "this region?")
         out.append(Question("label", {"region_id": int(state.region_ids[row]),
                                       "image_id": image, "options": options},
-                            float((1.0 - margin[j]) * boost),
-                            f"The model hesitates between {_name(state, options[0])} and "
-                            f"{_name(state, options[1])} (margin {margin[j]:.3f}). Which "
-                            "type is this region?"))
+                            float(score), reason))
         if len(out) >= cfg.max_label_questions:
             break
     return out
+
+
+def _typical_unexplored(state: ReviewState, open_rows: np.ndarray, in_mixed: np.ndarray,
+                        cfg: SuggestConfig) -> np.ndarray:
+    """Per open row: for members of a mixed type, typicality (mean cosine to their nearest
+    fellow members, TypiClust-like) times how far they are from every reviewed region
+    (1 - the highest cosine, clipped at 0); 0 elsewhere. The answer about such a region
+    names a part of the mixed type that no answer has named yet."""
+    value = np.zeros(len(open_rows))
+    reviewed = state.embeddings[state.reviewed & ~state.is_normal]
+    for tid in state.mixed:
+        sel = np.flatnonzero(in_mixed & (state.region_type[open_rows] == tid))
+        members = state.members(tid)
+        if len(sel) == 0 or len(members) < 2:
+            continue
+        x = state.embeddings[open_rows[sel]]
+        sims = x @ state.embeddings[members].T
+        k = min(cfg.typical_neighbours, len(members) - 1)
+        # the highest similarity of a member is to itself: skip it
+        typ = np.sort(sims, axis=1)[:, -1 - k:-1].mean(axis=1)
+        cover = (x @ reviewed.T).max(axis=1) if len(reviewed) else np.zeros(len(x))
+        value[sel] = np.clip(typ, 0, None) * (1.0 - np.clip(cover, 0, None)) + 1e-6
+    return value
 
 
 def new_type_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:

@@ -191,7 +191,7 @@ def _target_key(kind: str, target: dict) -> str:
     if kind == "confirm":
         return str(target["type_id"])
     if kind == "split":
-        return f"{target['type_id']}/{sum(len(g) for g in target['groups'])}"
+        return str(target["type_id"])
     if kind == "merge":
         return ",".join(str(t) for t in sorted(target["type_ids"]))
     if kind == "label":
@@ -296,24 +296,31 @@ class ReviewMixin:
                             ref: dict[int, object]) -> np.ndarray:
         """Keep a region in its current type unless the retrained model prefers another
         by at least ``retrain_switch_margin`` (cosine); never turn a typed region into an
-        outlier. Measured: moving every region to
+        outlier; members of a type a reviewer called mixed move freely, and no region of
+        another type moves into one. Measured: moving every region to
         its new nearest prototype let a freshly confirmed type swallow a whole proposed
         one (synthetic demo: ARI 0.87 -> 0.73 after one confirmation)."""
         margin = self.config.discovery.retrain_switch_margin
         storage_to_engine = {v: k for k, v in ref.items() if isinstance(v, int)}
         engine_ids = list(model.type_ids)
+        mixed = self.mixed_types()
         out = new_type.copy()
         for r in range(len(out)):
             old = int(current[r])
             if old < 0 or old not in storage_to_engine:
                 continue
+            if old in mixed and out[r] != NO_TYPE:
+                continue  # a reviewer said the type is not one type: its members move freely
             old_col = engine_ids.index(storage_to_engine[old])
             if out[r] == NO_TYPE:  # a typed region is not made an outlier by a retrain
                 out[r] = model.type_ids[old_col]
                 continue
             new_col = engine_ids.index(int(out[r]))
-            if old_col != new_col and emb[r] @ model.prototypes[new_col] < \
-                    emb[r] @ model.prototypes[old_col] + margin:
+            if old_col == new_col:
+                continue
+            if ref.get(int(out[r])) in mixed or \
+                    emb[r] @ model.prototypes[new_col] < emb[r] @ model.prototypes[old_col] + margin:
+                # nor does a region join a type the reviewers called mixed
                 out[r] = model.type_ids[old_col]
         return out
 
@@ -329,23 +336,46 @@ class ReviewMixin:
                  if t.status in ("proposed", "confirmed")}
         p_ids, p_mat, _ = self.ws.prototypes()
         prototypes = {int(t): normalise(v[None])[0] for t, v in zip(p_ids, p_mat) if int(t) in types}
-        mixed = {int(s.target["type_id"]) for s in self.ws.suggestions(status="answered")
-                  if s.kind == "confirm" and s.answer == "no"}
         return ReviewState(
-            mixed=mixed & set(types),
+            mixed=self.mixed_types() & set(types),
             region_ids=table.region_ids[sel], image_ids=table.image_ids[sel],
             embeddings=emb[[pos[int(r)] for r in table.region_ids[sel]]] if len(sel) else
             np.zeros((0, self.ws.embedding_dim), np.float32),
             region_type=table.type_ids[sel], reviewed=table.reviewed[sel],
             is_normal=table.is_normal[sel], types=types, prototypes=prototypes)
 
-    def declined(self) -> set[tuple[str, str]]:
+    def _type_sizes(self) -> dict[int, int]:
+        return {t.id: t.n_regions for t in self.ws.list_types()}
+
+    def mixed_types(self, sizes: dict[int, int] | None = None) -> set[int]:
+        """Types a reviewer said are not one defect type (answered "no" to confirm), while
+        they have not changed much since (:func:`protoatlas.suggest.answer_stands`)."""
+        from protoatlas.suggest import SuggestConfig, answer_stands
+
+        sizes = self._type_sizes() if sizes is None else sizes
+        cfg = SuggestConfig()
+        return {int(s.target["type_id"]) for s in self.ws.suggestions(status="answered")
+                if s.kind == "confirm" and s.answer == "no"
+                and answer_stands(s.target.get("n_regions"),
+                                  sizes.get(int(s.target["type_id"]), 0), cfg)}
+
+    def declined(self, sizes: dict[int, int] | None = None) -> set[tuple[str, str]]:
         """(kind, target key) of questions already answered or skipped: not asked again
-        (a split question is keyed by the type and its size, so a changed type can be asked
-        about again)."""
+        (an answer about a whole type, confirm or split, stands while the type keeps about
+        its size, so a type that changed much can be asked about again)."""
+        from protoatlas.suggest import SuggestConfig, answer_stands
+
+        sizes = self._type_sizes() if sizes is None else sizes
+        cfg = SuggestConfig()
         out = set()
         for s in self.ws.suggestions():
             if s.status == "skipped" or s.status == "answered":
+                if s.kind in ("confirm", "split"):
+                    asked = s.target.get("n_regions") if s.kind == "confirm" else \
+                        sum(len(g) for g in s.target["groups"])
+                    if answer_stands(asked, sizes.get(int(s.target["type_id"]), 0), cfg):
+                        out.add((s.kind, str(s.target["type_id"])))
+                    continue
                 out.add((s.kind, _target_key(s.kind, s.target)))
         return out
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from engine.backbone import (
+    fold_batchnorm,
     BackboneError,
     FeatureExtractor,
     available_backbones,
@@ -110,3 +111,24 @@ def test_vit_needs_explicit_feature_indices(tmp_path) -> None:
     feats = FeatureExtractor(cfg, torch.device("cpu"))(
         to_tensor_batch([np.zeros((128, 128, 3), np.uint8)]))
     assert [tuple(m.shape) for m in feats.maps] == [(1, 192, 8, 8), (1, 192, 8, 8)]
+
+
+def test_folded_batchnorm_gives_the_same_features_without_norm_layers() -> None:
+    cfg = BackboneConfig()
+    model = build_model(cfg)
+    folded = fold_batchnorm(model)
+    assert folded is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # untouched
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+        got = folded.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+    for a, b in zip(want, got):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+        assert float((a - b).abs().max()) < 1e-5 * float(a.abs().max()) * 100
+
+
+def test_fold_batchnorm_leaves_other_architectures_alone() -> None:
+    model = timm.create_model("resnet18", pretrained=False).eval()
+    assert fold_batchnorm(model) is model

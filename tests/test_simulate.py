@@ -61,9 +61,17 @@ def opened(labels: Labels):
 class FakeView:
     """What the reviewer is shown: image names per type and per region."""
 
-    def __init__(self, types: dict[int, list[str]], regions: dict[int, str]) -> None:
+    def __init__(self, types: dict[int, list[str]], regions: dict[int, str],
+                 names: dict[str, int] | None = None) -> None:
         self.types, self.regions = types, regions
+        self.names = names or {}
         self.shown: set[str] = set()
+
+    def type_ids(self) -> list[int]:
+        return sorted(self.types)
+
+    def type_named(self, name: str) -> int | None:
+        return self.names.get(name)
 
     def type_images(self, type_id: int) -> list[str]:
         self.shown |= set(self.types[type_id])
@@ -89,7 +97,9 @@ TRUTH = {f"s{i}": "scratch" for i in range(10)} | {f"p{i}": "spot" for i in rang
     ("merge", {"type_ids": [1, 5]}, ("no", None)),
     ("split", {"type_id": 3, "groups": [[1, 2], [3, 4]]}, ("yes", None)),
     ("split", {"type_id": 1, "groups": [[1, 2], [5]]}, ("no", None)),
-    ("label", {"region_id": 3}, ("spot", None)),
+    ("label", {"region_id": 3}, ("5", None)),          # type 5 is all spot: pick it
+    ("label", {"region_id": 5}, ("1", None)),          # the largest pure scratch type
+    ("label", {"region_id": 10}, ("good", None)),      # a false alarm
     ("label", {"region_id": 9}, ("skip", None)),       # an image without a label
     ("new_type", {"region_ids": [3, 4, 6]}, ("yes", "spot")),
     ("new_type", {"region_ids": [1, 3]}, ("no", None)),
@@ -100,7 +110,8 @@ def test_oracle_answers_only_from_the_questions_images(kind, target, expected) -
         types={1: ["s0", "s1", "s2", "s3", "s4"], 2: ["s5", "s6", "s7", "s8", "p0"],
                3: ["s0", "s1", "s2", "p1", "p2"], 4: ["g0", "g1", "g2"],
                5: ["p3", "p4", "p5"]},
-        regions={1: "s0", 2: "s1", 3: "p6", 4: "p7", 5: "s9", 6: "p8", 9: "unlabelled.png"})
+        regions={1: "s0", 2: "s1", 3: "p6", 4: "p7", 5: "s9", 6: "p8", 9: "unlabelled.png",
+                 10: "g0"})
     labels = Labels(TRUTH)
     oracle = Oracle(labels)  # type: ignore[arg-type]
     with opened(labels):
@@ -110,6 +121,18 @@ def test_oracle_answers_only_from_the_questions_images(kind, target, expected) -
 
 
 # ================================================================================ metric
+def test_oracle_label_prefers_the_type_named_so_and_else_gives_a_new_name() -> None:
+    view = FakeView(types={1: ["s0", "s1", "p0"], 2: ["s2", "s3", "s4", "s5"]},
+                    regions={1: "s9", 2: "p9"}, names={"scratch": 1})
+    labels = Labels(TRUTH)
+    oracle = Oracle(labels)  # type: ignore[arg-type]
+    with opened(labels):
+        # a type already named "scratch" wins over a purer unnamed one
+        assert oracle.answer("label", {"region_id": 1}, view) == ("1", None)
+        # no type is mostly spot: the reviewer names a new one
+        assert oracle.answer("label", {"region_id": 2}, view) == ("spot", None)
+
+
 def _fake_service(live: list[tuple[int, str, int]]):
     types = [SimpleNamespace(id=i, status=s, n_regions=n) for i, s, n in live]
     return SimpleNamespace(ws=SimpleNamespace(list_types=lambda: types))

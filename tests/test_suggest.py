@@ -173,8 +173,40 @@ def test_a_mixed_type_boosts_its_split_and_its_members_label_questions() -> None
     assert state_types(mixed[:12], parts) == {1} and state_types(mixed[12:], parts) == {2}
     plain_scores = {q.target["region_id"]: q.score for q in base}
     for q in mixed:
-        boost = cfg.mixed_boost if q.target["region_id"] <= 12 else 1.0
-        assert q.score == pytest.approx(plain_scores[q.target["region_id"]] * boost)
+        if q.target["region_id"] <= 12:  # typical members of the mixed type, boosted
+            assert q.score >= cfg.mixed_boost * cfg.typical_base
+            assert q.score > max(plain_scores.values())
+            assert "typical" in q.reason
+        else:
+            assert q.score == pytest.approx(plain_scores[q.target["region_id"]])
+
+
+def test_a_mixed_type_asks_first_about_a_part_no_answer_has_named() -> None:
+    """A type called mixed holds two groups; a reviewed region already sits in group A, so
+    the first label question is about a typical member of group B, not a borderline one."""
+    cfg = SuggestConfig(max_label_questions=100)
+    a, b = group(E[0], 8, 0.05, 1), group(E[1], 8, 0.05, 2)
+    border = normalise((E[0] + E[1])[None] + 0.01 * np.random.default_rng(3).normal(
+        size=(2, D))).astype(np.float32)
+    labelled = group(E[0], 1, 0.05, 4)
+    parts = [(1, a), (1, b), (1, border), (3, labelled), (2, group(E[2], 4, 0.05, 5))]
+    n = 8 + 8 + 2 + 1 + 4
+    reviewed = [False] * n
+    reviewed[18] = True
+    protos = {1: normalise((E[0] + E[1])[None])[0], 2: E[2], 3: E[0]}
+    state = make_state(parts, prototypes=protos, reviewed=reviewed, status={3: "confirmed"},
+                       mixed={1})
+    qs = label_questions(state, cfg)
+    first = qs[0].target["region_id"]
+    assert 9 <= first <= 16, first  # group B (region ids 9..16)
+    # group A members come after group B's: a reviewed region already covers them
+    pos = {q.target["region_id"]: i for i, q in enumerate(qs)}
+    assert max(pos[r] for r in range(9, 17)) < min(pos[r] for r in range(1, 9))
+    # without the mixed flag, the questions are the plain lowest-margin ones
+    plain = label_questions(make_state(parts, prototypes=protos, reviewed=reviewed,
+                                       status={3: "confirmed"}), cfg)
+    assert plain and not any("typical" in q.reason for q in plain)
+    assert [q.score for q in plain] == sorted((q.score for q in plain), reverse=True)
 
 
 def state_types(questions, parts) -> set[int]:

@@ -459,11 +459,32 @@ def test_skip_and_no_change_nothing_and_are_not_asked_again(service) -> None:
     queue = service.refresh_suggestions()
     assert queue, "the discovered workspace has questions"
     asked = {(q.kind, json.dumps(q.target, sort_keys=True)) for q in queue}
-    assert ("confirm", json.dumps({"type_id": t.id})) not in asked
+    assert not any(q.kind == "confirm" and q.target["type_id"] == t.id for q in queue)
     assert not any(q.kind == "label" and q.target["region_id"] == rid for q in queue)
     assert all(q.status == "open" for q in queue)
     assert [q.score for q in queue] == sorted((q.score for q in queue), reverse=True)
     assert service.next_suggestion().id == queue[0].id
+
+
+def test_a_no_about_a_type_stands_until_the_type_changes_much(service) -> None:
+    """"No, not one type" is about the type as it was: once its size moved by more than
+    ``answer_stale_change`` it may be asked again and is no longer treated as mixed."""
+    t = by_size(service)[0]
+    size = t.n_regions
+    same = ask(service, "confirm", {"type_id": t.id, "n_regions": size})
+    service.answer_suggestion(same, "no", actor="bob")
+    assert service.mixed_types() == {t.id}
+    assert ("confirm", str(t.id)) in service.declined()
+    # the same answer given when the type was twice its size no longer stands
+    other = by_size(service)[1]
+    grown = ask(service, "confirm", {"type_id": other.id, "n_regions": 2 * other.n_regions})
+    service.answer_suggestion(grown, "no", actor="bob")
+    assert other.id not in service.mixed_types()
+    assert ("confirm", str(other.id)) not in service.declined()
+    split = ask(service, "split", {"type_id": other.id, "groups": [[1] * other.n_regions,
+                                                                   [2] * other.n_regions]})
+    service.answer_suggestion(split, "skip", actor="bob")
+    assert ("split", str(other.id)) not in service.declined()
 
 
 def test_answering_twice_or_nonsense_is_a_clear_error(service) -> None:
