@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -52,29 +52,27 @@ def _ids_sql(ids: Iterable[int]) -> list[int]:
     return sorted({int(i) for i in ids})
 
 
-def snapshot_types(con: duckdb.DuckDBPyConnection, ids: Iterable[int]) -> dict[str, Any]:
+def _snapshot_rows(con: duckdb.DuckDBPyConnection, table: str, key: str,
+                   fields: Sequence[str], ids: Iterable[int]) -> dict[str, Any]:
+    """{str(id): {field: value} or None when the row does not exist} for ``ids``."""
     ids = _ids_sql(ids)
     out: dict[str, Any] = {str(i): None for i in ids}
     if ids:
         rows = con.execute(
-            f"SELECT id, {', '.join(TYPE_FIELDS)} FROM types "
-            "WHERE id IN (SELECT unnest(?::BIGINT[]))", [ids]).fetchall()
+            f"SELECT {key}, {', '.join(fields)} FROM {table} "
+            f"WHERE {key} IN (SELECT unnest(?::BIGINT[]))", [ids]).fetchall()
         for row in rows:
-            out[str(row[0])] = dict(zip(TYPE_FIELDS, row[1:]))
+            out[str(row[0])] = dict(zip(fields, row[1:]))
     return out
+
+
+def snapshot_types(con: duckdb.DuckDBPyConnection, ids: Iterable[int]) -> dict[str, Any]:
+    return _snapshot_rows(con, "types", "id", TYPE_FIELDS, ids)
 
 
 def snapshot_assignments(con: duckdb.DuckDBPyConnection,
                          region_ids: Iterable[int]) -> dict[str, Any]:
-    ids = _ids_sql(region_ids)
-    out: dict[str, Any] = {str(i): None for i in ids}
-    if ids:
-        rows = con.execute(
-            f"SELECT region_id, {', '.join(ASSIGNMENT_FIELDS)} FROM assignments "
-            "WHERE region_id IN (SELECT unnest(?::BIGINT[]))", [ids]).fetchall()
-        for row in rows:
-            out[str(row[0])] = dict(zip(ASSIGNMENT_FIELDS, row[1:]))
-    return out
+    return _snapshot_rows(con, "assignments", "region_id", ASSIGNMENT_FIELDS, region_ids)
 
 
 def snapshot_suggestions(con: duckdb.DuckDBPyConnection, ids: Iterable[int]) -> dict[str, Any]:

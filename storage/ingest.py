@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +237,17 @@ def check_prototypes(prototypes: Sequence[PrototypeIn], dim: int | None) -> int 
             raise ValidationError("a prototype needs a type and n_members >= 0")
         dim = v.shape[0]
     return dim
+
+
+def _bump_type_versions(con: Con, type_ids: Iterable[int], now: object) -> dict[str, Any]:
+    """Bump the version of existing types a batch change touched (optimistic concurrency);
+    returns their audit snapshot from before the change."""
+    existing = sorted(type_ids)
+    before = audit.snapshot_types(con, existing)
+    if existing:
+        con.execute("UPDATE types SET version = version + 1, updated_at = ? "
+                    "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, existing])
+    return before
 
 
 def insert_prototypes(con: Con, prototypes: Sequence[PrototypeIn], mv: int,
@@ -577,11 +588,7 @@ def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
         if batch.prototypes:
             insert_prototypes(con, batch.prototypes, int(mv), new_ids)  # type: ignore[arg-type]
         created = set(new_ids.values())
-        existing = sorted(touched - created)
-        before_types = audit.snapshot_types(con, existing)
-        if existing:
-            con.execute("UPDATE types SET version = version + 1, updated_at = ? "
-                        "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, existing])
+        before_types = _bump_type_versions(con, touched - created, now)
         summary.refresh(con, touched | created)
         all_ids = sorted(touched | created)
         audit.append_raw(
@@ -703,11 +710,7 @@ def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str 
             con.execute("DROP TABLE IF EXISTS _retrain")
         insert_prototypes(con, prototypes, mv, new_ids)
         created = set(new_ids.values())
-        existing = sorted(touched - created)
-        before_types = audit.snapshot_types(con, existing)
-        if existing:
-            con.execute("UPDATE types SET version = version + 1, updated_at = ? "
-                        "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, existing])
+        before_types = _bump_type_versions(con, touched - created, now)
         summary.refresh(con, touched | created | restated)
         all_ids = sorted(touched | created)
         audit.append_raw(
