@@ -5,11 +5,13 @@ Usage (repo root, inside the venv)::
     python benchmarks/bench_discover.py eval --mvtec DIR [--clusters 3|auto]
     python benchmarks/bench_discover.py ablation --mvtec DIR --clusters K
     python benchmarks/bench_discover.py speed --mvtec DIR
+    python benchmarks/bench_discover.py seeds --mvtec DIR --clusters K [--dims 256,320]
     python benchmarks/bench_discover.py xsdd [--root DIR]
 
 ``eval`` is ``protoatlas eval-discover`` recorded as JSON; ``ablation`` re-runs the method
 with one component off at a time (guidance, region factor, object prior, residual tokens,
-training, Ward); ``speed`` times ``discover`` end to end and ``assign`` on a saved model;
+training, Ward); ``seeds`` re-runs the type step (one analysis) with seeds 0-5 at each
+embedding dimension of ``--dims`` and reports mean / min / max; ``speed`` times ``discover`` end to end and ``assign`` on a saved model;
 ``xsdd`` checks the clustering head alone on pre-cropped images without normals. Results are
 appended to ``bench-out/discover.jsonl`` with the machine and load.
 """
@@ -107,6 +109,34 @@ def cmd_ablation(args: argparse.Namespace) -> None:
               f"ARI {s['ari']:.3f} F1 {s['f1']:.3f} K {s['k']}", flush=True)
 
 
+def cmd_seeds(args: argparse.Namespace) -> None:
+    normals, test, truth = _load(Path(args.mvtec))
+    clusters = args.clusters if args.clusters == "auto" else int(args.clusters)
+    base = ProtoAtlasConfig(device=args.device)
+    model = DiscoveryModel(base)
+    model.fit(normals)
+    analysis = model.analyse(test)
+    for dim in (int(d) for d in args.dims.split(",")):
+        scores = []
+        for seed in range(args.n_seeds):
+            model.config = replace(base.with_overrides(discovery={"embedding_dim": dim}),
+                                   seed=seed)
+            model.value_range = None
+            scores.append(_score(truth, analysis, model.discover(analysis, clusters)))
+        table = np.array([[s["nmi"], s["ari"], s["f1"]] for s in scores])
+        row = {"bench": "seeds", "data": Path(args.mvtec).name, "clusters": str(clusters),
+               "embedding_dim": dim, "per_seed": scores,
+               **{f"{k}_{stat}": float(f(table[:, j])) for j, k in enumerate(("nmi", "ari", "f1"))
+                  for stat, f in (("mean", np.mean), ("min", np.min), ("max", np.max))},
+               "machine": machine(), "load": os.getloadavg()[0]}
+        record(args.out, row)
+        print(f"{Path(args.mvtec).name} K={clusters} d={dim}, seeds 0-{args.n_seeds - 1}: "
+              f"NMI {table[:, 0].mean():.3f} ({table[:, 0].min():.3f}-{table[:, 0].max():.3f}) "
+              f"ARI {table[:, 1].mean():.3f} ({table[:, 1].min():.3f}-{table[:, 1].max():.3f}) "
+              f"F1 {table[:, 2].mean():.3f} ({table[:, 2].min():.3f}-{table[:, 2].max():.3f}); "
+              f"seed 0: {table[0, 0]:.3f} / {table[0, 1]:.3f} / {table[0, 2]:.3f}", flush=True)
+
+
 def cmd_speed(args: argparse.Namespace) -> None:
     from protoatlas.cli import main
 
@@ -184,19 +214,22 @@ def cmd_xsdd(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("eval", "ablation", "speed"):
+    for name in ("eval", "ablation", "speed", "seeds"):
         p = sub.add_parser(name)
         p.add_argument("--mvtec", default=str(SHARED / "mvtec_bottle"))
         p.add_argument("--clusters", default="3")
         p.add_argument("--device", default="cpu")
         p.add_argument("--out", default=OUT)
+        if name == "seeds":
+            p.add_argument("--dims", default="256,320")
+            p.add_argument("--n-seeds", type=int, default=6)
     p = sub.add_parser("xsdd")
     p.add_argument("--root", default=str(SHARED / "xsdd"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=OUT)
     args = parser.parse_args()
-    {"eval": cmd_eval, "ablation": cmd_ablation, "speed": cmd_speed, "xsdd": cmd_xsdd}[
-        args.cmd](args)
+    {"eval": cmd_eval, "ablation": cmd_ablation, "speed": cmd_speed, "seeds": cmd_seeds,
+     "xsdd": cmd_xsdd}[args.cmd](args)
 
 
 if __name__ == "__main__":

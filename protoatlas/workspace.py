@@ -36,7 +36,7 @@ from engine.tokens import RegionTokens
 from protoatlas.discover import DiscoverRun, open_images
 from protoatlas.suggest import ReviewState
 from storage import (AssignmentsIn, BatchIngest, ImageIn, ModelVersionIn, NewType, PrototypeIn,
-                     RegionsIn, SuggestionIn, Workspace, doctor, encode_rle)
+                     RegionsIn, SuggestionIn, ValidationError, Workspace, doctor, encode_rle)
 
 Progress = Callable[[str, float], None]
 TOKENS_DIR = "tokens"
@@ -530,8 +530,14 @@ class WorkspaceService(ReviewMixin):
         self.config = config or ProtoAtlasConfig()
         if device is not None:
             self.config = self.config.with_overrides(device=device)
-        self.ws = Workspace.open(home, name, embedding_dim=self.config.discovery.embedding_dim,
-                                 read_only=read_only)
+        self.ws = Workspace.open(home, name, read_only=read_only)
+        if not read_only:
+            try:
+                self.ws.set_embedding_dim(self.config.discovery.embedding_dim)
+            except ValidationError:
+                # A workspace that already stores vectors keeps their size: its saved model
+                # (and so every retrain of it) embeds at that size.
+                pass
         #: One engine job (discovery, assignment, retraining) at a time per process.
         self.engine_lock = threading.Lock()
         self._model: DiscoveryModel | None = None

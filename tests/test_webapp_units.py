@@ -222,3 +222,18 @@ def test_spaces_entry_point_and_home(monkeypatch, tmp_path):
     assert default_home() in (Path("/data/protoatlas"), Path("protoatlas-data"))
     text = (REPO / "app.py").read_text()
     assert "from webapp.app import serve" in text and "PROTOATLAS_HOME" in text
+
+
+def test_service_keeps_the_vector_size_of_an_existing_workspace(tmp_path):
+    """A workspace whose vectors were stored at another size (here 256-d, while the engine's
+    default is 320) opens in the service and keeps its size; a new workspace takes the
+    engine's."""
+    from engine.config import ProtoAtlasConfig
+    from protoatlas.workspace import WorkspaceService
+
+    build_workspace(tmp_path, n_images=6, n_types=2).close()
+    with WorkspaceService(tmp_path, "default") as service:
+        assert service.ws.embedding_dim == 256
+        assert len(service.ws.embeddings()[0]) > 0
+    with WorkspaceService(tmp_path, "fresh") as service:
+        assert service.ws.embedding_dim == ProtoAtlasConfig().discovery.embedding_dim == 320
