@@ -189,9 +189,6 @@ class DiscoveryConfig:
     confidence_temperature: float = 0.05
     #: ``assign``: top-1 minus top-2 similarity below this is reported with low confidence.
     assign_margin: float = 0.02
-    #: Retraining moves a model-assigned region to another type only when its new prototype
-    #: is at least this much more similar (cosine) than its current type's.
-    retrain_switch_margin: float = 0.1
     #: ``assign``: outlier regions of a new batch form a proposed new type when at least this
     #: many of them cluster together.
     new_type_min_size: int = 3

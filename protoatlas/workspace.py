@@ -199,6 +199,32 @@ def _target_key(kind: str, target: dict) -> str:
     return ",".join(str(r) for r in sorted(target.get("region_ids", [])))
 
 
+def _open_regions_only(new_type: np.ndarray, current: np.ndarray, ref: dict[int, object],
+                       mixed: set[int]) -> np.ndarray:
+    """The retrained model's type per region (engine ids, ``NO_TYPE`` for outliers), applied
+    only where the reviewers left the question open: regions without a type, regions whose
+    type got no prototype, and members of the types a reviewer called mixed ("not one
+    type"), unless the model makes them outliers. Every other region stays in its type.
+
+    ``current``: storage type id per region (-1: none); ``ref``: engine id -> storage id
+    (int) or the key of a type the retrain creates (str). New types therefore form from the
+    members of mixed types and from untyped regions only. Measured (docs/decisions.md):
+    letting any region move to a prototype at least 0.1 (cosine) closer than its own let a
+    confirmed type known from one region pull four contamination regions of an unquestioned
+    type on bottle, and let new prototypes fragment the demo's clean types.
+    """
+    storage_to_engine = {v: k for k, v in ref.items() if isinstance(v, int)}
+    out = new_type.copy()
+    for r in range(len(out)):
+        old = int(current[r])
+        if old < 0 or old not in storage_to_engine:
+            continue
+        if old in mixed and out[r] != NO_TYPE:
+            continue
+        out[r] = storage_to_engine[old]
+    return out
+
+
 class ReviewMixin:
     """Learning from feedback and the active-learning queue (methods of
     :class:`WorkspaceService`)."""
@@ -209,11 +235,13 @@ class ReviewMixin:
 
         Regions of confirmed types are labelled samples of known classes; regions marked normal
         are left out; the others are unlabelled, grouped into as many novel types as there are
-        proposed types with members (at least one when unlabelled regions exist). Novel
-        prototypes keep the ids of the proposed types they overlap most (Hungarian matching);
-        a novel prototype matching none becomes a new proposed type. Reviewer-set assignments
-        are never overwritten (storage guarantees it). Returns the new model version id, or None
-        when there is nothing to learn from.
+        proposed types with members, plus one for each proposed type a reviewer called mixed
+        (at least one when unlabelled regions exist). Novel prototypes keep the ids of the
+        proposed types they overlap most (Hungarian matching); a novel prototype matching
+        none becomes a new proposed type. The new assignments apply to the regions the
+        reviewers left open (:func:`_open_regions_only`): members of mixed types and regions
+        without a type. Reviewer-set assignments are never overwritten (storage guarantees
+        it). Returns the new model version id, or None when there is nothing to learn from.
         """
         from scipy.optimize import linear_sum_assignment
 
@@ -249,7 +277,10 @@ class ReviewMixin:
             known_index = {t: i for i, t in enumerate(confirmed)}
             labels = np.array([known_index.get(int(t), -1) for t in current], dtype=np.int64)
             n_free = int((labels < 0).sum())
-            k_novel = min(max(len(proposed), 1 if n_free else 0), n_free)
+            # a proposed type a reviewer called mixed ("not one type") holds at least two
+            # types: each asks for one more novel prototype than there are proposed types
+            mixed = self.mixed_types() & set(proposed)
+            k_novel = min(max(len(proposed) + len(mixed), 1 if n_free else 0), n_free)
             progress("train", 0.1)
             fit = model.fit_types(tokens, k_novel if (k_novel or confirmed) else "auto",
                                   labels=labels)
@@ -270,8 +301,7 @@ class ReviewMixin:
             for i in novel:
                 ref.setdefault(i, f"r{i}")
             region_type, conf, outlier, _ = model.classify(fit.embeddings)
-            region_type = self._stable_assignments(model, fit.embeddings, region_type, current,
-                                                   ref)
+            region_type = _open_regions_only(region_type, current, ref, mixed)
             counts = np.bincount(fit.assigned, minlength=n_types)
             protos = [PrototypeIn(type=ref[i], vector=model.prototypes[i],
                                   n_members=int(counts[i])) for i in range(n_types)]
@@ -290,39 +320,6 @@ class ReviewMixin:
             self._model = None
             progress("done", 1.0)
             return mv
-
-    def _stable_assignments(self, model: DiscoveryModel, emb: np.ndarray,
-                            new_type: np.ndarray, current: np.ndarray,
-                            ref: dict[int, object]) -> np.ndarray:
-        """Keep a region in its current type unless the retrained model prefers another
-        by at least ``retrain_switch_margin`` (cosine); never turn a typed region into an
-        outlier; members of a type a reviewer called mixed move freely, and no region of
-        another type moves into one. Measured: moving every region to
-        its new nearest prototype let a freshly confirmed type swallow a whole proposed
-        one (synthetic demo: ARI 0.87 -> 0.73 after one confirmation)."""
-        margin = self.config.discovery.retrain_switch_margin
-        storage_to_engine = {v: k for k, v in ref.items() if isinstance(v, int)}
-        engine_ids = list(model.type_ids)
-        mixed = self.mixed_types()
-        out = new_type.copy()
-        for r in range(len(out)):
-            old = int(current[r])
-            if old < 0 or old not in storage_to_engine:
-                continue
-            if old in mixed and out[r] != NO_TYPE:
-                continue  # a reviewer said the type is not one type: its members move freely
-            old_col = engine_ids.index(storage_to_engine[old])
-            if out[r] == NO_TYPE:  # a typed region is not made an outlier by a retrain
-                out[r] = model.type_ids[old_col]
-                continue
-            new_col = engine_ids.index(int(out[r]))
-            if old_col == new_col:
-                continue
-            if ref.get(int(out[r])) in mixed or \
-                    emb[r] @ model.prototypes[new_col] < emb[r] @ model.prototypes[old_col] + margin:
-                # nor does a region join a type the reviewers called mixed
-                out[r] = model.type_ids[old_col]
-        return out
 
     def review_state(self) -> ReviewState:
         """Regions, embeddings (latest model version), types and prototypes, for the
@@ -468,6 +465,9 @@ class ReviewMixin:
                 applied = f"labelled {answer}"
         elif answer.lower() not in ("yes", "no", "y", "n"):
             raise ValueError(f"answer yes, no or skip to a {kind} question, not {answer!r}")
+        elif kind == "confirm" and answer.lower() in ("no", "n"):
+            applied = ("marked as more than one type: the next retrain gives it one more "
+                       "prototype and re-sorts its members")
         elif answer.lower() in ("yes", "y"):
             if kind == "confirm":
                 tid = int(target["type_id"])
@@ -513,8 +513,10 @@ class ReviewMixin:
                     self.ws.create_type(target["region_ids"], expected=self._versions(touched),
                                         actor=actor)
                 applied = "new type"
-        self.ws.answer_suggestion(suggestion_id, answer if not name else f"{answer}:{name}"
-                                  if answer.lower() not in ("no", "n") else "no", actor=actor)
+        if kind != "label":  # stored as yes / no ("y", "N" ... alike), a name after "yes:"
+            answer = "no" if answer.lower() in ("no", "n") else "yes"
+        stored = f"{answer}:{name}" if name and answer != "no" else answer
+        self.ws.answer_suggestion(suggestion_id, stored, actor=actor)
         return {"applied": applied}
 
 

@@ -276,6 +276,42 @@ def test_retrain_leaves_out_a_batch_without_tokens(second, tmp_path) -> None:
         assert errors(problems) == []
 
 
+def _members(ws) -> dict[int, set[int]]:
+    table = region_table(ws)
+    out: dict[int, set[int]] = {}
+    for r, t in zip(table.region_ids, table.type_ids):
+        out.setdefault(int(t), set()).add(int(r))
+    return out
+
+
+def test_no_to_confirm_makes_the_retrain_split_that_type_and_move_nothing_else(
+        base, tmp_path) -> None:
+    home = copy_home(base[0], tmp_path / "home")
+    with WorkspaceService(home, WS, config=fast_config()) as svc:
+        ws = svc.ws
+        mixed, other = by_size(svc)[:2]
+        ws.confirm_type(other.id, expected_version=other.version, actor="bob")
+        sid = ask(svc, "confirm", {"type_id": mixed.id, "n_regions": mixed.n_regions})
+        out = svc.answer_suggestion(sid, "no", actor="bob")
+        assert out["applied"].startswith("marked as more than one type")
+        assert svc.mixed_types() == {mixed.id}
+        before = _members(ws)
+        n_proposed = sum(1 for t in live_types(ws).values()
+                         if t.status == "proposed" and t.n_regions)
+        svc.retrain()
+        after = _members(ws)
+        assert ws.latest_model_version().metrics["n_novel"] == n_proposed + 1
+        new = set(after) - set(before)
+        assert new, "the mixed type asked for one more prototype but no type was made"
+        for t in new:  # new types form from the mixed type's members and untyped regions
+            assert after[t] <= before[mixed.id] | before.get(-1, set())
+        for t, members in before.items():  # no other region moved
+            if t not in (mixed.id, -1):
+                assert members <= after[t]
+        assert after[mixed.id] < before[mixed.id]
+        assert errors(svc.doctor()) == []
+
+
 def test_retrain_without_a_model_does_nothing(tmp_path) -> None:
     with WorkspaceService(tmp_path, WS, config=fast_config()) as svc:
         assert svc.retrain() is None
@@ -447,10 +483,16 @@ def test_skip_and_no_change_nothing_and_are_not_asked_again(service) -> None:
     types_before = ws.list_types()
     rid = _a_region(service, t.id)
     s_confirm = ask(service, "confirm", {"type_id": t.id})
-    assert service.answer_suggestion(s_confirm, "no", actor="bob") == {"applied": "nothing"}
+    # "no" to "is it one type?" only marks the type (the next retrain acts on it)
+    assert service.answer_suggestion(s_confirm, "no", actor="bob")["applied"].startswith(
+        "marked as more than one type")
+    members = sorted(m.region_id for m in ws.type_members(t.id))
+    s_split = ask(service, "split", {"type_id": t.id, "groups": [members[:1], members[1:]]})
+    assert service.answer_suggestion(s_split, "n", actor="bob") == {"applied": "nothing"}
     s_label = ask(service, "label", {"region_id": rid, "image_id": 0, "options": []})
     assert service.answer_suggestion(s_label, "skip", actor="bob") == {"applied": "skip"}
     assert status_of(service, s_confirm) == ("answered", "no")
+    assert status_of(service, s_split) == ("answered", "no")
     assert status_of(service, s_label) == ("skipped", None)
     assert assignments(ws) == before and ws.list_types() == types_before
 
