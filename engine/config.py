@@ -189,6 +189,11 @@ class DiscoveryConfig:
     confidence_temperature: float = 0.05
     #: ``assign``: top-1 minus top-2 similarity below this is reported with low confidence.
     assign_margin: float = 0.02
+    #: Retraining moves a region of a type nobody called mixed only into a confirmed type
+    #: with at least ``retrain_min_known_members`` members whose prototype is at least this
+    #: much more similar (cosine) than its current type's (docs/decisions.md, *Retraining*).
+    retrain_switch_margin: float = 0.1
+    retrain_min_known_members: int = 3
     #: ``assign``: outlier regions of a new batch form a proposed new type when at least this
     #: many of them cluster together.
     new_type_min_size: int = 3

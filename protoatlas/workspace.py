@@ -199,19 +199,24 @@ def _target_key(kind: str, target: dict) -> str:
     return ",".join(str(r) for r in sorted(target.get("region_ids", [])))
 
 
-def _open_regions_only(new_type: np.ndarray, current: np.ndarray, ref: dict[int, object],
-                       mixed: set[int]) -> np.ndarray:
+def _retrained_assignments(new_type: np.ndarray, current: np.ndarray,
+                           ref: dict[int, object], mixed: set[int], *, sims: np.ndarray,
+                           established: set[int], margin: float) -> np.ndarray:
     """The retrained model's type per region (engine ids, ``NO_TYPE`` for outliers), applied
-    only where the reviewers left the question open: regions without a type, regions whose
-    type got no prototype, and members of the types a reviewer called mixed ("not one
-    type"), unless the model makes them outliers. Every other region stays in its type.
+    where the reviewers left the question open, and only there:
 
-    ``current``: storage type id per region (-1: none); ``ref``: engine id -> storage id
-    (int) or the key of a type the retrain creates (str). New types therefore form from the
-    members of mixed types and from untyped regions only. Measured (docs/decisions.md):
-    letting any region move to a prototype at least 0.1 (cosine) closer than its own let a
-    confirmed type known from one region pull four contamination regions of an unquestioned
-    type on bottle, and let new prototypes fragment the demo's clean types.
+    * regions without a type, or whose type got no prototype, take the new assignment;
+    * members of a type a reviewer called mixed ("not one type") take it too, unless the
+      model makes them outliers;
+    * any other region stays in its type, except that it moves into an *established*
+      confirmed type (``established``: storage ids) whose prototype is at least ``margin``
+      (cosine) closer than its own type's.
+
+    New types therefore form from mixed types' members and untyped regions only, and no
+    region moves between the model's own proposals. ``current``: storage type id per region
+    (-1: none); ``ref``: engine id -> storage id (int) or the key of a type the retrain
+    creates (str); ``sims``: region x engine-type cosine similarities. Measured reasons are
+    in docs/decisions.md (*Retraining*).
     """
     storage_to_engine = {v: k for k, v in ref.items() if isinstance(v, int)}
     out = new_type.copy()
@@ -221,7 +226,10 @@ def _open_regions_only(new_type: np.ndarray, current: np.ndarray, ref: dict[int,
             continue
         if old in mixed and out[r] != NO_TYPE:
             continue
-        out[r] = storage_to_engine[old]
+        own = storage_to_engine[old]
+        if out[r] == NO_TYPE or ref.get(int(out[r])) not in established or \
+                sims[r, int(out[r])] < sims[r, own] + margin:
+            out[r] = own
     return out
 
 
@@ -239,9 +247,10 @@ class ReviewMixin:
         (at least one when unlabelled regions exist). Novel prototypes keep the ids of the
         proposed types they overlap most (Hungarian matching); a novel prototype matching
         none becomes a new proposed type. The new assignments apply to the regions the
-        reviewers left open (:func:`_open_regions_only`): members of mixed types and regions
-        without a type. Reviewer-set assignments are never overwritten (storage guarantees
-        it). Returns the new model version id, or None when there is nothing to learn from.
+        reviewers left open (:func:`_retrained_assignments`): members of mixed types, regions
+        without a type, and regions much closer to an established confirmed type.
+        Reviewer-set assignments are never overwritten (storage guarantees it). Returns the
+        new model version id, or None when there is nothing to learn from.
         """
         from scipy.optimize import linear_sum_assignment
 
@@ -301,7 +310,12 @@ class ReviewMixin:
             for i in novel:
                 ref.setdefault(i, f"r{i}")
             region_type, conf, outlier, _ = model.classify(fit.embeddings)
-            region_type = _open_regions_only(region_type, current, ref, mixed)
+            dcfg = self.config.discovery
+            established = {t for t in confirmed
+                           if types[t].n_regions >= dcfg.retrain_min_known_members}
+            region_type = _retrained_assignments(
+                region_type, current, ref, mixed, sims=fit.embeddings @ model.prototypes.T,
+                established=established, margin=dcfg.retrain_switch_margin)
             counts = np.bincount(fit.assigned, minlength=n_types)
             protos = [PrototypeIn(type=ref[i], vector=model.prototypes[i],
                                   n_members=int(counts[i])) for i in range(n_types)]
