@@ -457,6 +457,16 @@ class ReviewMixin:
         s = next((x for x in self.ws.suggestions() if x.id == suggestion_id), None)
         if s is None:
             raise ValueError(f"no suggestion with id {suggestion_id}")
+        if s.status == "stale":
+            # a retrain renewed the queue while the reviewer looked at the question: the
+            # answer goes to the same question in the new queue, if it is still asked
+            key = _target_key(s.kind, s.target)
+            same = next((x for x in self.ws.open_suggestions()
+                         if x.kind == s.kind and _target_key(x.kind, x.target) == key), None)
+            if same is None:
+                raise ValueError(f"question {suggestion_id} is no longer asked: the model "
+                                 "was retrained since and renewed the questions")
+            s, suggestion_id = same, same.id
         if s.status != "open":
             raise ValueError(f"suggestion {suggestion_id} is already {s.status}")
         answer = str(answer).strip()

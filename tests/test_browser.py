@@ -56,7 +56,7 @@ def served(tmp_path_factory):
     service = WorkspaceService(tmp / "home", "default", config=config)
     app, url = launch(service, port=None, quiet=True, prevent_thread_lock=True)
     yield {"url": url, "service": service, "images": images, "normals": normals,
-           "second": second_zip}
+           "second": second_zip, "app": app}
     app.close()
     service.close()
 
@@ -164,10 +164,15 @@ def test_review_flow_in_a_browser(served, browser, shots):
     qid = re.search(r"question #(\d+)", text).group(1)
     page.wait_for_function("() => document.querySelectorAll('#pa-suggest-panel img').length > 0")
     page.screenshot(path=str(shots / "suggestions.png"))
+    mv = service.ws.latest_model_version().id
     page.keyboard.press("n")
     _wait_text(page, "#pa-sugg-msg", "Answered 'no'")
+    _wait_text(page, "#pa-sugg-msg", "learns from it in the background")
     assert {s.id: s.status for s in service.ws.suggestions()}[int(qid)] == "answered"
     assert page.is_visible("#pa-sugg-undo")
+    # the background retrain the answer started ends (the steps below expect its result)
+    assert served["app"].retrainer.wait(300) and served["app"].retrainer.last_error is None
+    assert service.ws.latest_model_version().id == mv + 1
 
     # ---- the map: draw it, lasso a selection
     _tab(page, "Map")
@@ -234,6 +239,7 @@ def test_review_flow_in_a_browser(served, browser, shots):
 
 def test_a_second_session_reviews_while_the_first_ones_batch_is_processed(served, browser):
     service = served["service"]
+    assert served["app"].retrainer.wait(300)  # the engine lock below is the upload's
     first = browser.new_context().new_page()
     first.set_viewport_size({"width": 1300, "height": 900})
     first.goto(served["url"])

@@ -290,3 +290,29 @@ def test_a_second_session_reviews_while_a_batch_is_processed(served):
     report, _ = job.result(timeout=300)
     assert "sorted into the existing types" in report
     assert [b.name for b in service.ws.batches()][-1] == "second batch"
+
+
+def test_an_answer_retrains_in_the_background_and_renews_the_questions(served):
+    c, ws, app = served.client, served.service.ws, served.app
+    assert app.auto_retrain
+    assert app.retrainer.wait(300)
+    before = ws.latest_model_version().id
+    c.predict(api_name="/refresh_suggestions")
+    q = c.predict(api_name="/next_suggestion")
+    assert q["id"] is not None
+    answer = "no" if q["kind"] != "label" else "good"
+    out = c.predict(q["id"], answer, api_name="/answer_suggestion")
+    assert out["ok"], out
+    assert "learns from it in the background" in out["message"]
+    assert app.retrainer.wait(300) and app.retrainer.last_error is None
+    mv = ws.latest_model_version()
+    assert mv.id == before + 1 and mv.kind == "retrain"
+    assert ws.audit(action="apply_retrain", limit=1)[0].actor == "model"
+    # the queue was renewed from the new model version
+    open_ = ws.open_suggestions()
+    assert open_ and all(s.model_version == mv.id for s in open_)
+    # a skipped question teaches nothing: no retrain
+    q = c.predict(api_name="/next_suggestion")
+    out = c.predict(q["id"], "skip", api_name="/answer_suggestion")
+    assert out["ok"] and "background" not in out["message"]
+    assert app.retrainer.wait(60) and ws.latest_model_version().id == mv.id

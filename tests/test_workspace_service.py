@@ -575,3 +575,23 @@ def test_declined_questions_do_not_crowd_out_the_queue(service, monkeypatch) -> 
     assert len(second) == 3  # the next best questions, not an empty queue
     key = lambda q: (q.kind, json.dumps(q.target, sort_keys=True))  # noqa: E731
     assert not {key(q) for q in first} & {key(q) for q in second}
+
+
+def test_an_answer_to_a_question_renewed_by_a_retrain_goes_to_its_successor(service) -> None:
+    t = by_size(service)[0]
+    old = ask(service, "confirm", {"type_id": t.id, "n_regions": t.n_regions})
+    (new,) = service.ws.replace_open_suggestions(
+        [SuggestionIn(kind="confirm", target={"type_id": t.id, "n_regions": t.n_regions + 1},
+                      score=1.0)])
+    assert status_of(service, old)[0] == "stale"
+    assert service.answer_suggestion(old, "yes", actor="bob")["applied"] == "confirmed"
+    assert status_of(service, new) == ("answered", "yes")
+    assert status_of(service, old)[0] == "stale"
+    assert service.ws.get_type(t.id).status == "confirmed"
+    # a question the new queue no longer asks: a clear refusal, nothing applied
+    other = by_size(service)[1]
+    gone = ask(service, "confirm", {"type_id": other.id})
+    service.ws.replace_open_suggestions([])
+    with pytest.raises(ValueError, match="no longer asked"):
+        service.answer_suggestion(gone, "yes", actor="bob")
+    assert service.ws.get_type(other.id).status == "proposed"

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from protoatlas.background import BackgroundRetrainer
 from webapp.assets import CSS, HEAD, KEYS_HELP
 from webapp.security import (AUTH_ENV, Limits, RequireLogin, UploadError, parse_auth,
                              stage_upload)
@@ -44,6 +45,10 @@ ORDERS = [("representative first", "representative"), ("most confident", "confid
           ("borderline (least confident)", "borderline")]
 #: Engine jobs (uploads, retraining) share one concurrency group of size 1.
 ENGINE = "engine"
+#: Environment switch of the background retrain after each answer ("0": off).
+AUTO_RETRAIN_ENV = "PROTOATLAS_AUTO_RETRAIN"
+#: Seconds ``close()`` waits for a background retrain to finish.
+RETRAIN_WAIT_S = 120.0
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -120,8 +125,15 @@ class ReviewApp:
     """The Gradio Blocks over one :class:`~protoatlas.workspace.WorkspaceService`."""
 
     def __init__(self, service, *, limits: Limits | None = None, note: str | None = None,
-                 auth_on: bool = False) -> None:
+                 auth_on: bool = False, auto_retrain: bool | None = None) -> None:
         self.service = service
+        #: Retrain in the background after every answered question (off on ZeroGPU, where
+        #: the GPU is only lent inside a request; ``PROTOATLAS_AUTO_RETRAIN=0`` turns it off).
+        self.auto_retrain = auto_retrain if auto_retrain is not None else (
+            os.environ.get(AUTO_RETRAIN_ENV, "1") != "0"
+            and not os.environ.get("SPACES_ZERO_GPU"))
+        self.retrainer = BackgroundRetrainer(service, runner=call_engine,
+                                             on_busy=self._retraining)
         self.views = Views(service)
         self.limits = limits or Limits.from_env()
         self.note = note
@@ -134,6 +146,7 @@ class ReviewApp:
 
     def close(self) -> None:
         """Stop the server and the background work (the service stays open)."""
+        self.retrainer.wait(RETRAIN_WAIT_S)
         self.views.stop()
         self.blocks.close()
 
@@ -216,8 +229,29 @@ class ReviewApp:
         sid = _to_int(suggestion_id)
         if sid is None:
             return ["✖ No question is open.", *self.question()]
-        result = self.views.answer(sid, str(answer or ""), actor_of(request), name)
+        result = self.learn(self.views.answer(sid, str(answer or ""), actor_of(request), name),
+                            answer)
         return [_msg(result), *self.question()]
+
+    def learn(self, result: dict[str, Any], answer: Any) -> dict[str, Any]:
+        """After an applied answer (not a skip), retrain in the background when
+        ``auto_retrain`` is on; says so in the result's message."""
+        if not (self.auto_retrain and result.get("ok")
+                and str(answer or "").strip().lower() != "skip"):
+            return result
+        self.retrainer.request()
+        result = dict(result)
+        result["message"] = (f"{result.get('message', '')} The model learns from it in the "
+                             "background; the next questions follow the retrain.").strip()
+        return result
+
+    def _retraining(self, busy: bool) -> None:
+        with self.jobs_lock:
+            if busy:
+                self.running["auto-retrain"] = (f"retraining in the background (since "
+                                                f"{dt.datetime.now():%H:%M:%S})")
+            else:
+                self.running.pop("auto-retrain", None)
 
     def refresh_suggestions(self) -> dict[str, Any]:
         svc = self.service
@@ -765,7 +799,8 @@ class ReviewApp:
                 type name or "good". name (optional): the name a "yes" gives the type. The
                 service applies the answer and writes the audit. Returns {ok, message,
                 applied}."""
-                return v.answer(int(suggestion_id), answer, actor_of(request), name)
+                return self.learn(v.answer(int(suggestion_id), answer, actor_of(request),
+                                           name), answer)
 
             gr.api(answer_suggestion, api_name="answer_suggestion")
 
@@ -881,9 +916,12 @@ def _picture_routes(views: Views) -> list[Route]:
 def launch(service, *, host: str = "127.0.0.1", port: int | None = 7860,
            auth: list[tuple[str, str]] | None = None, limits: Limits | None = None,
            note: str | None = None, quiet: bool = False, prevent_thread_lock: bool = False,
-           max_threads: int = 40) -> tuple[ReviewApp, str]:
-    """Build the app over ``service`` and start its server; returns (app, local URL)."""
-    app = ReviewApp(service, limits=limits, note=note, auth_on=bool(auth))
+           max_threads: int = 40, auto_retrain: bool | None = None) -> tuple[ReviewApp, str]:
+    """Build the app over ``service`` and start its server; returns (app, local URL).
+    ``auto_retrain``: retrain in the background after each answer (None: on, unless
+    ``PROTOATLAS_AUTO_RETRAIN=0`` or ZeroGPU)."""
+    app = ReviewApp(service, limits=limits, note=note, auth_on=bool(auth),
+                    auto_retrain=auto_retrain)
     root = app.views.root
     blocks = app.blocks
     blocks.queue(default_concurrency_limit=8, max_size=200)
