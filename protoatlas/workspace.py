@@ -287,9 +287,14 @@ class ReviewMixin:
             labels = np.array([known_index.get(int(t), -1) for t in current], dtype=np.int64)
             n_free = int((labels < 0).sum())
             # a proposed type a reviewer called mixed ("not one type") holds at least two
-            # types: each asks for one more novel prototype than there are proposed types
-            mixed = self.mixed_types() & set(proposed)
-            k_novel = min(max(len(proposed) + len(mixed), 1 if n_free else 0), n_free)
+            # types: its "no" asks the next retrain, once, for one more novel prototype
+            no_answers = {t: sid for t, sid in self._standing_no_answers().items()
+                          if t in proposed}
+            mixed = set(no_answers)
+            acted = {int(sid) for mv in self.ws.model_versions("retrain")
+                     for sid in mv.metrics.get("split_for", [])}
+            split_for = sorted(sid for sid in no_answers.values() if sid not in acted)
+            k_novel = min(max(len(proposed) + len(split_for), 1 if n_free else 0), n_free)
             progress("train", 0.1)
             fit = model.fit_types(tokens, k_novel if (k_novel or confirmed) else "auto",
                                   labels=labels)
@@ -325,6 +330,7 @@ class ReviewMixin:
                 confidence=conf.astype(np.float64))
             progress("store", 0.9)
             metrics = {"n_regions": int(len(region_ids)), "n_known": fit.n_known,
+                       "split_for": split_for,
                        "n_novel": len(novel), "n_new_types": len(new_types),
                        "final_loss": fit.train.final_loss if fit.train.epochs else None}
             mv = self.ws.apply_retrain(
@@ -361,11 +367,17 @@ class ReviewMixin:
     def mixed_types(self, sizes: dict[int, int] | None = None) -> set[int]:
         """Types a reviewer said are not one defect type (answered "no" to confirm), while
         they have not changed much since (:func:`protoatlas.suggest.answer_stands`)."""
+        return set(self._standing_no_answers(sizes))
+
+    def _standing_no_answers(self, sizes: dict[int, int] | None = None) -> dict[int, int]:
+        """Type id -> id of the latest standing "no" to "is it one type?" (see
+        :meth:`mixed_types`)."""
         from protoatlas.suggest import SuggestConfig, answer_stands
 
         sizes = self._type_sizes() if sizes is None else sizes
         cfg = SuggestConfig()
-        return {int(s.target["type_id"]) for s in self.ws.suggestions(status="answered")
+        return {int(s.target["type_id"]): int(s.id)
+                for s in sorted(self.ws.suggestions(status="answered"), key=lambda x: x.id)
                 if s.kind == "confirm" and s.answer == "no"
                 and answer_stands(s.target.get("n_regions"),
                                   sizes.get(int(s.target["type_id"]), 0), cfg)}

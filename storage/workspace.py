@@ -595,6 +595,14 @@ class Workspace:
                               "FROM model_versions ORDER BY id DESC LIMIT 1").fetchone()
         return self._model_version(row)
 
+    def model_versions(self, kind: str | None = None) -> list[ModelVersion]:
+        """Every model version (optionally of one kind), oldest first."""
+        with self.read() as cur:
+            rows = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
+                               "FROM model_versions WHERE ? IS NULL OR kind = ? ORDER BY id",
+                               [kind, kind]).fetchall()
+        return [self._model_version(r) for r in rows]  # type: ignore[misc]
+
     def model_version(self, model_version_id: int) -> ModelVersion:
         with self.read() as cur:
             row = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "

@@ -311,6 +311,13 @@ def test_no_to_confirm_makes_the_retrain_split_that_type_and_move_nothing_else(
         assert before[other.id] <= after[other.id]
         assert after[mixed.id] < before[mixed.id]
         assert errors(svc.doctor()) == []
+        # the "no" was acted on once: the next retrain asks for no further prototype
+        retrains = ws.model_versions("retrain")
+        assert [m.metrics["split_for"] for m in retrains] == [[sid]]
+        assert [m.kind for m in ws.model_versions()][-1] == "retrain"
+        svc.retrain()
+        assert ws.model_versions("retrain")[-1].metrics["split_for"] == []
+        assert set(_members(ws)) <= set(after) | {-1}
 
 
 def test_retrain_without_a_model_does_nothing(tmp_path) -> None:
