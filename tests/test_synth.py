@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 
 import cv2
@@ -229,11 +228,9 @@ def test_write_mvtec_images_match_generate(tmp_path: Path) -> None:
     assert np.array_equal(mask > 0, expected.mask)
 
 
-def test_default_demo_set_counts_and_speed(tmp_path: Path) -> None:
-    start = time.perf_counter()
+def test_default_demo_set_counts(tmp_path: Path) -> None:
+    # its speed is a benchmark figure (BENCHMARKS.md), not a timed unit test
     root = write_mvtec(tmp_path)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0
     assert len(list((root / "train" / "good").glob("*.png"))) == 60
     assert len(list((root / "test" / "good").glob("*.png"))) == 10
     for defect_type in DEFECT_TYPES:
