@@ -288,7 +288,8 @@ class ReviewMixin:
             n_free = int((labels < 0).sum())
             # a proposed type a reviewer called mixed ("not one type") holds at least two
             # types: its "no" asks the next retrain, once, for one more novel prototype
-            no_answers = {t: sid for t, sid in self._standing_no_answers().items()
+            sizes = {t: info.n_regions for t, info in types.items()}
+            no_answers = {t: sid for t, sid in self._standing_no_answers(sizes).items()
                           if t in proposed}
             mixed = set(no_answers)
             acted = {int(sid) for mv in self.ws.model_versions("retrain")
@@ -349,12 +350,13 @@ class ReviewMixin:
         pos = {int(r): i for i, r in enumerate(ids)}
         have = np.array([int(r) in pos for r in table.region_ids], dtype=bool)
         sel = np.flatnonzero(have)
-        types = {t.id: (t.name, t.status) for t in self.ws.list_types()
+        listed = self.ws.list_types()
+        types = {t.id: (t.name, t.status) for t in listed
                  if t.status in ("proposed", "confirmed")}
         p_ids, p_mat, _ = self.ws.prototypes()
         prototypes = {int(t): normalise(v[None])[0] for t, v in zip(p_ids, p_mat) if int(t) in types}
         return ReviewState(
-            mixed=self.mixed_types() & set(types),
+            mixed=self.mixed_types({t.id: t.n_regions for t in listed}) & set(types),
             region_ids=table.region_ids[sel], image_ids=table.image_ids[sel],
             embeddings=emb[[pos[int(r)] for r in table.region_ids[sel]]] if len(sel) else
             np.zeros((0, self.ws.embedding_dim), np.float32),
@@ -491,8 +493,9 @@ class ReviewMixin:
             if answer.lstrip("-").isdigit():
                 tid = int(answer)
                 t = self.ws.get_type(tid)
-                touched = {int(x) for x in region_table(self.ws).type_ids[
-                    region_table(self.ws).region_ids == target["region_id"]] if x >= 0}
+                table = region_table(self.ws)
+                touched = {int(x) for x in table.type_ids[
+                    table.region_ids == target["region_id"]] if x >= 0}
                 self.ws.move_regions([target["region_id"]], tid,
                                      expected=self._versions(touched | {t.id}), actor=actor)
                 applied = f"moved to {t.name}"
