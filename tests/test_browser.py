@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -240,31 +241,45 @@ def test_review_flow_in_a_browser(served, browser, shots):
 def test_a_second_session_reviews_while_the_first_ones_batch_is_processed(served, browser):
     service = served["service"]
     assert served["app"].retrainer.wait(300)  # the engine lock below is the upload's
-    first = browser.new_context().new_page()
-    first.set_viewport_size({"width": 1300, "height": 900})
-    first.goto(served["url"])
-    first.wait_for_selector(".pa-card")
-    _upload(first, served["second"], None, "second")
-    # wait until the engine is busy with that batch
-    deadline = time.time() + 60
-    while not service.engine_lock.locked():
-        assert time.time() < deadline, "the second upload never started"
-        time.sleep(0.05)
+    # the first session's batch holds the engine until the second session is done (a small
+    # batch could otherwise finish before the second session acts, and the test would race)
+    original, release = service.upload_batch, threading.Event()
 
-    other = browser.new_context().new_page()
-    other.set_viewport_size({"width": 1300, "height": 900})
-    t0 = time.perf_counter()
-    other.goto(served["url"])
-    card = other.wait_for_selector(".pa-card", timeout=30000)
-    tid = card.get_attribute("data-type-id")
-    card.click()
-    _wait_text(other, "#pa-type-head", rf"#{tid} ·")
-    other.fill("#pa-rename-tb textarea, #pa-rename-tb input", "renamed-while-busy")
-    other.click("#pa-rename")
-    _wait_text(other, "#pa-msg", "Renamed")
-    took = time.perf_counter() - t0
-    assert service.engine_lock.locked(), "the first session's batch finished too early to tell"
-    assert service.ws.get_type(int(tid)).name == "renamed-while-busy"
-    assert took < 20, f"the second session waited {took:.1f} s"
+    def held(*args, **kwargs):
+        with service.engine_lock:
+            release.wait(120)
+        return original(*args, **kwargs)
+
+    service.upload_batch = held
+    try:
+        first = browser.new_context().new_page()
+        first.set_viewport_size({"width": 1300, "height": 900})
+        first.goto(served["url"])
+        first.wait_for_selector(".pa-card")
+        _upload(first, served["second"], None, "second")
+        # wait until the engine is busy with that batch
+        deadline = time.time() + 60
+        while not service.engine_lock.locked():
+            assert time.time() < deadline, "the second upload never started"
+            time.sleep(0.05)
+
+        other = browser.new_context().new_page()
+        other.set_viewport_size({"width": 1300, "height": 900})
+        t0 = time.perf_counter()
+        other.goto(served["url"])
+        card = other.wait_for_selector(".pa-card", timeout=30000)
+        tid = card.get_attribute("data-type-id")
+        card.click()
+        _wait_text(other, "#pa-type-head", rf"#{tid} ·")
+        other.fill("#pa-rename-tb textarea, #pa-rename-tb input", "renamed-while-busy")
+        other.click("#pa-rename")
+        _wait_text(other, "#pa-msg", "Renamed")
+        took = time.perf_counter() - t0
+        assert service.engine_lock.locked(), "the first session's batch finished too early to tell"
+        assert service.ws.get_type(int(tid)).name == "renamed-while-busy"
+        assert took < 20, f"the second session waited {took:.1f} s"
+    finally:
+        release.set()
+        service.upload_batch = original
     report = _wait_text(first, "#pa-up-report", "sorted into the existing types", timeout=300)
     assert "images analysed" in report
