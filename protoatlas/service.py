@@ -11,6 +11,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,63 @@ def read_labels(path: str | os.PathLike) -> dict[str, str]:
         return {row["image"]: row["label"] for row in reader}
 
 
+def read_label_keys(path: str | os.PathLike) -> list[str]:
+    """The ``image`` column of a labels CSV (the names only, not the labels)."""
+    path = Path(path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "image" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected a header with columns 'image' and 'label'")
+        return [row["image"] for row in reader]
+
+
+def _normal_name(name: str) -> str:
+    name = name.strip().replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
+def match_names(names: Iterable[str], keys: Iterable[str]) -> dict[str, str]:
+    """Image name (relative to the batch root) -> the labels-file entry naming it.
+
+    The file may name images relative to the batch root (``broken_large/000.png``), to a
+    folder above it (``test/broken_large/000.png``), by absolute path, or by a shorter tail
+    (``000.png``); separators ``\\`` and a leading ``./`` do not matter. A tail counts only
+    when whole path components agree and the pairing is unambiguous both ways: an entry that
+    fits several images, or an image that several entries fit, is left out.
+    """
+    exact: dict[str, str] = {}
+    by_base: dict[str, list[tuple[str, str]]] = {}
+    for key in keys:
+        norm = _normal_name(key)
+        exact.setdefault(norm, key)
+        by_base.setdefault(norm.rsplit("/", 1)[-1], []).append((norm, key))
+    out: dict[str, str] = {}
+    tails: dict[str, str] = {}
+    fits: dict[str, int] = {}    # entry -> how many images it fits by its tail
+    for name in names:
+        norm = _normal_name(name)
+        cands = by_base.get(norm.rsplit("/", 1)[-1], [])
+        # the entries whose path and the image's agree on their whole common tail; the
+        # longest such tail wins
+        depth = {key: min(kn.count("/"), norm.count("/")) for kn, key in cands
+                 if kn.endswith("/" + norm) or norm.endswith("/" + kn)}
+        for key in depth:
+            fits[key] = fits.get(key, 0) + 1
+        if norm in exact:
+            out[name] = exact[norm]
+            continue
+        best = [key for key, d in depth.items() if d == max(depth.values(), default=-1)]
+        if len(best) == 1:
+            tails[name] = best[0]
+    taken = set(out.values())
+    for name, key in tails.items():
+        if fits[key] == 1 and key not in taken:
+            out[name] = key
+    return out
+
+
 def heatmap_overlay(detection: ImageDetection, threshold: float) -> np.ndarray:
     """Colour (BGR) heat map; the detector threshold maps to the middle of the colour scale."""
     scale = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else \
@@ -112,7 +170,9 @@ def write_heatmaps(out_dir: str | os.PathLike, run: DetectRun) -> int:
 
 def label_metrics(run: DetectRun, labels: dict[str, str]) -> dict[str, float]:
     """Image AUROC and the F1 of ``is_anomalous`` for the scored images that have a label."""
-    pairs = [(labels[n], d.score) for n, d in zip(run.names, run.detections) if n in labels]
+    named = match_names(run.names, labels)
+    pairs = [(labels[named[n]], d.score) for n, d in zip(run.names, run.detections)
+             if n in named]
     if not pairs:
         raise ValueError("none of the scored images appears in the labels file")
     truth = np.array([lab != "good" for lab, _ in pairs], dtype=int)

@@ -36,7 +36,8 @@ import numpy as np
 
 from engine import metrics
 from engine.config import ProtoAtlasConfig
-from protoatlas.service import read_labels
+from engine.data import list_images
+from protoatlas.service import match_names, read_label_keys, read_labels
 from protoatlas.workspace import WorkspaceService, region_table
 
 CURVE_COLUMNS = ("step", "actions", "nmi", "ari", "f1", "n_types")
@@ -47,13 +48,23 @@ NONE = "__none__"
 class Oracle:
     """Answers only the question asked, from the true labels of the images it shows."""
 
-    def __init__(self, labels: dict[str, str], purity: float = 0.8) -> None:
+    def __init__(self, labels: dict[str, str], purity: float = 0.8,
+                 names: Sequence[str] | None = None) -> None:
         self._labels = labels
         self.purity = purity
         self.questions = 0
+        #: The batch's image names: the labels file may name them by another path
+        #: (:func:`protoatlas.service.match_names`); None: exact names only.
+        self._names = names
+        self._keys: dict[str, str] | None = None
 
     def _label_of(self, image_name: str) -> str | None:
-        return self._labels.get(image_name)
+        if self._names is None:
+            return self._labels.get(image_name)
+        if self._keys is None:
+            self._keys = match_names(self._names, self._labels)
+        key = self._keys.get(image_name)
+        return None if key is None else self._labels[key]
 
     def _majority(self, names: Sequence[str]) -> tuple[str | None, float]:
         labels = [self._label_of(n) for n in names]
@@ -160,11 +171,14 @@ def score_state(service: WorkspaceService, labels: dict[str, str],
     """Metrics of the image-level types on the labelled anomalous images."""
     types = image_types(service)
     truth, pred = [], []
-    for name, label in labels.items():
-        if label == "good" or name not in image_ids:
+    for name, key in match_names(image_ids, labels).items():
+        label = labels[key]
+        if label == "good":
             continue
         truth.append(label)
         pred.append(str(types.get(image_ids[name], NONE)))
+    if not truth:
+        raise ValueError("no anomalous image of the batch has a label in the labels file")
     m = metrics.cluster_metrics(truth, pred)
     live = {t.id for t in service.ws.list_types()
             if t.status in ("proposed", "confirmed") and t.n_regions > 0}
@@ -180,6 +194,15 @@ def simulate(normals: str | os.PathLike, images: str | os.PathLike,
     (step 0 = the unsupervised start)."""
     if strategy not in ("ranked", "random"):
         raise ValueError(f"unknown strategy {strategy!r}: expected 'ranked' or 'random'")
+    named = match_names([r.name for r in list_images(images)], read_label_keys(labels_path))
+    if not named:
+        keys = read_label_keys(labels_path)
+        listed = list_images(images)
+        raise ValueError(
+            f"{labels_path}: none of its {len(keys)} image names matches an image of "
+            f"{images} (for example {keys[0] if keys else 'none'!r} against "
+            f"{listed[0].name if listed else 'no image'!r}); name the images by their path "
+            "relative to the images folder, e.g. 'crack/000.png'")
     labels = read_labels(labels_path)
     tmp = None
     if home is None:
@@ -192,7 +215,7 @@ def simulate(normals: str | os.PathLike, images: str | os.PathLike,
         service.upload_batch(images, normals, clusters=clusters, actor="simulation")
         names = _image_names(service)
         image_ids = {v: k for k, v in names.items()}
-        oracle = Oracle(labels)
+        oracle = Oracle(labels, names=list(image_ids))
         view = ReviewerView(service, names)
         rng = np.random.default_rng(config.seed)
         curve = [score_state(service, labels, image_ids, 0, 0)]

@@ -265,3 +265,60 @@ def test_simulate_refuses_an_unknown_strategy(tiny, tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown strategy 'greedy'"):
         simulate.simulate(tiny / "train" / "good", tiny / "test", tiny / "labels.csv",
                           None, budget=1, strategy="greedy")  # type: ignore[arg-type]
+
+
+# ============================================================== labels named another way
+@pytest.mark.parametrize("keys, expected", [
+    # relative to the images folder (the usual case); separators and "./" do not matter
+    (["crack/000.png", "./spot\\001.png"], {"crack/000.png": "crack/000.png",
+                                            "spot/001.png": "./spot\\001.png"}),
+    # relative to a folder above it, or absolute
+    (["test/crack/000.png", "/data/mvtec/test/spot/001.png"],
+     {"crack/000.png": "test/crack/000.png", "spot/001.png": "/data/mvtec/test/spot/001.png"}),
+    # a bare file name that only one image has
+    (["001.png"], {"spot/001.png": "001.png"}),
+    # a bare file name several images have: which one is meant is unknown
+    (["000.png"], {}),
+    # the longest agreeing tail wins over a shorter, ambiguous one
+    (["000.png", "test/crack/000.png"], {"crack/000.png": "test/crack/000.png"}),
+    # a different folder is not a match, however the file is named
+    (["fold/000.png", "train/good/001.png"], {}),
+])
+def test_match_names_pairs_labels_with_the_batch_images(keys, expected) -> None:
+    from protoatlas.service import match_names
+
+    names = ["crack/000.png", "good/000.png", "spot/001.png"]
+    assert match_names(names, keys) == expected
+
+
+def test_simulate_review_takes_labels_named_from_a_folder_above(tiny, tmp_path) -> None:
+    rows = (tiny / "labels.csv").read_text().splitlines()
+    assert rows[0] == "image,label" and len(rows) > 4
+    other = tmp_path / "labels-from-above.csv"
+    other.write_text("\n".join([rows[0]] + ["test\\" + r.replace("/", "\\") for r in rows[1:]])
+                     + "\n")
+    curves = []
+    for i, labels in enumerate((tiny / "labels.csv", other)):
+        out = tmp_path / f"curve{i}.csv"
+        code, _, err = _run(["simulate-review", "--normals", str(tiny / "train" / "good"),
+                             "--images", str(tiny / "test"), "--labels", str(labels),
+                             "--budget", "2", "--out", str(out), "--image-size", "128",
+                             "--device", "cpu", "--quiet", "--home", str(tmp_path / f"h{i}")])
+        assert code == 0, err
+        curves.append(out.read_text())
+    assert curves[0] == curves[1]
+    assert "nan" not in curves[0]
+
+
+def test_simulate_review_refuses_labels_that_name_no_image_before_the_work(tiny,
+                                                                           tmp_path) -> None:
+    bad = tmp_path / "labels.csv"
+    bad.write_text("image,label\nother/000.png,crack\nother/001.png,good\n")
+    code, out, err = _run(["simulate-review", "--normals", str(tiny / "train" / "good"),
+                           "--images", str(tiny / "test"), "--labels", str(bad), "--budget",
+                           "2", "--out", str(tmp_path / "curve.csv"), "--quiet", "--home",
+                           str(tmp_path / "home")])
+    assert code == 2 and out == ""
+    assert err.startswith("protoatlas: error: ") and str(bad) in err
+    assert "none of its 2 image names matches" in err and "'other/000.png'" in err
+    assert not (tmp_path / "curve.csv").exists() and not (tmp_path / "home").exists()
