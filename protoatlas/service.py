@@ -84,22 +84,21 @@ def write_csv(path: str | os.PathLike, rows: list[dict[str, object]],
 
 def read_labels(path: str | os.PathLike) -> dict[str, str]:
     """Read a ``image,label`` CSV (other columns ignored); label ``good`` means normal."""
+    return {row["image"]: row["label"] for row in _label_rows(path)}
+
+
+def read_label_keys(path: str | os.PathLike) -> list[str]:
+    """The ``image`` column of a labels CSV (the names only, not the labels)."""
+    return [row["image"] for row in _label_rows(path)]
+
+
+def _label_rows(path: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(path)
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"image", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{path}: expected a header with columns 'image' and 'label'")
-        return {row["image"]: row["label"] for row in reader}
-
-
-def read_label_keys(path: str | os.PathLike) -> list[str]:
-    """The ``image`` column of a labels CSV (the names only, not the labels)."""
-    path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "image" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected a header with columns 'image' and 'label'")
-        return [row["image"] for row in reader]
+        return list(reader)
 
 
 def _normal_name(name: str) -> str:

@@ -194,10 +194,8 @@ def simulate(normals: str | os.PathLike, images: str | os.PathLike,
     (step 0 = the unsupervised start)."""
     if strategy not in ("ranked", "random"):
         raise ValueError(f"unknown strategy {strategy!r}: expected 'ranked' or 'random'")
-    named = match_names([r.name for r in list_images(images)], read_label_keys(labels_path))
-    if not named:
-        keys = read_label_keys(labels_path)
-        listed = list_images(images)
+    keys, listed = read_label_keys(labels_path), list_images(images)
+    if not match_names([r.name for r in listed], keys):
         raise ValueError(
             f"{labels_path}: none of its {len(keys)} image names matches an image of "
             f"{images} (for example {keys[0] if keys else 'none'!r} against "

@@ -248,16 +248,25 @@ def _note(spy: FakeView, names: list[str]) -> list[str]:
     return names
 
 
-def test_simulate_review_needs_image_and_label_columns(tiny, tmp_path) -> None:
+@pytest.mark.parametrize("content, expected", [
+    ("file,kind\nscratch/000.png,scratch\n",
+     ["expected a header with columns 'image' and 'label'"]),
+    # a file naming none of the batch's images is refused before the discovery
+    ("image,label\nother/000.png,crack\nother/001.png,good\n",
+     ["none of its 2 image names matches", "'other/000.png'"]),
+])
+def test_simulate_review_refuses_a_bad_labels_file_before_the_work(tiny, tmp_path, content,
+                                                                   expected) -> None:
     bad = tmp_path / "labels.csv"
-    bad.write_text("file,kind\nscratch/000.png,scratch\n")
+    bad.write_text(content)
     code, out, err = _run(["simulate-review", "--normals", str(tiny / "train" / "good"),
                            "--images", str(tiny / "test"), "--labels", str(bad), "--budget",
                            "2", "--out", str(tmp_path / "curve.csv"), "--quiet", "--home",
                            str(tmp_path / "home")])
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and err.startswith("protoatlas: error: ")
-    assert "expected a header with columns 'image' and 'label'" in err
+    assert err.count("\n") == 1 and err.startswith("protoatlas: error: ") and str(bad) in err
+    for part in expected:
+        assert part in err
     assert not (tmp_path / "curve.csv").exists() and not (tmp_path / "home").exists()
 
 
@@ -309,16 +318,3 @@ def test_simulate_review_takes_labels_named_from_a_folder_above(tiny, tmp_path) 
     assert curves[0] == curves[1]
     assert "nan" not in curves[0]
 
-
-def test_simulate_review_refuses_labels_that_name_no_image_before_the_work(tiny,
-                                                                           tmp_path) -> None:
-    bad = tmp_path / "labels.csv"
-    bad.write_text("image,label\nother/000.png,crack\nother/001.png,good\n")
-    code, out, err = _run(["simulate-review", "--normals", str(tiny / "train" / "good"),
-                           "--images", str(tiny / "test"), "--labels", str(bad), "--budget",
-                           "2", "--out", str(tmp_path / "curve.csv"), "--quiet", "--home",
-                           str(tmp_path / "home")])
-    assert code == 2 and out == ""
-    assert err.startswith("protoatlas: error: ") and str(bad) in err
-    assert "none of its 2 image names matches" in err and "'other/000.png'" in err
-    assert not (tmp_path / "curve.csv").exists() and not (tmp_path / "home").exists()
