@@ -12,7 +12,10 @@ shows); nothing else reads the labels file except the metric, which never feeds 
 Oracle rules (a careful reviewer):
 
 * ``confirm`` "Is T3 one type?": yes when at least ``purity`` of its members' images share
-  one label, and the reviewer names it with that label (an existing name merges).
+  one label, and the reviewer names it with that label (an existing name merges), else no.
+  Either way, among the members the question shows, the reviewer picks those whose label is
+  not the majority's (they move out into a new type first); a type that is mostly false
+  alarms is a plain no.
 * ``split``: yes when the two proposed groups' majority labels differ.
 * ``merge``: yes when both types' majority labels are equal.
 * ``label`` "Which type is this?": the region's image label (``good``: a false alarm). The
@@ -31,6 +34,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +47,15 @@ from protoatlas.workspace import WorkspaceService, region_table
 CURVE_COLUMNS = ("step", "actions", "nmi", "ari", "f1", "n_types")
 #: Label of images the metric scores but the method left without a type.
 NONE = "__none__"
+
+
+class Reply(NamedTuple):
+    """An answer: ``answer`` (yes / no / skip / a type), ``name`` for the type, and for a
+    "no" to "is T one type?" the ``regions`` picked as not belonging."""
+
+    answer: str
+    name: str | None = None
+    regions: tuple[int, ...] = ()
 
 
 class Oracle:
@@ -74,40 +87,46 @@ class Oracle:
         label, count = Counter(labels).most_common(1)[0]
         return label, count / len(labels)
 
-    def answer(self, kind: str, target: dict, view: "ReviewerView") -> tuple[str, str | None]:
-        """(answer, name) for a question of ``kind`` about ``target``."""
+    def answer(self, kind: str, target: dict, view: "ReviewerView") -> Reply:
+        """The reply to a question of ``kind`` about ``target``."""
         self.questions += 1
         if kind == "confirm":
             label, share = self._majority(view.type_images(int(target["type_id"])))
-            ok = label is not None and label != "good" and share >= self.purity
-            return ("yes", label) if ok else ("no", None)
+            if label is None or label == "good":
+                return Reply("no")
+            shown = view.shown_members(int(target["type_id"]))
+            odd = tuple(rid for rid, image in shown
+                        if self._label_of(image) not in (None, label))
+            if share >= self.purity:
+                return Reply("yes", label, odd)
+            return Reply("no", None, odd)
         if kind == "merge":
             a, b = (self._majority(view.type_images(int(t)))[0] for t in target["type_ids"])
-            return ("yes", None) if a is not None and a == b else ("no", None)
+            return Reply("yes") if a is not None and a == b else Reply("no")
         if kind == "split":
             majorities = [self._majority(view.region_images(g))[0] for g in target["groups"]]
-            return ("yes", None) if len(set(majorities)) > 1 else ("no", None)
+            return Reply("yes") if len(set(majorities)) > 1 else Reply("no")
         if kind == "label":
             label = self._label_of(view.region_images([int(target["region_id"])])[0])
             if label is None or label == "good":
-                return (label or "skip"), None
+                return Reply(label or "skip")
             # the app lists every type with its members: a reviewer picks the type whose
             # members are of this kind (by name first, else the purest, then largest)
             named = view.type_named(label)
             if named is not None:
-                return str(named), None
+                return Reply(str(named))
             pure = []
             for tid in view.type_ids():
                 members = view.type_images(tid)
                 major, share = self._majority(members)
                 if major == label and share >= self.purity:
                     pure.append((share, len(members), -tid))
-            return (str(-max(pure)[2]) if pure else label), None
+            return Reply(str(-max(pure)[2]) if pure else label)
         if kind == "new_type":
             label, share = self._majority(view.region_images(target["region_ids"]))
             ok = label is not None and label != "good" and share >= self.purity
-            return ("yes", label) if ok else ("no", None)
-        return "skip", None
+            return Reply("yes", label) if ok else Reply("no")
+        return Reply("skip")
 
 
 class ReviewerView:
@@ -132,6 +151,13 @@ class ReviewerView:
     def type_named(self, name: str) -> int | None:
         t = self.service.type_by_name(name)
         return None if t is None else int(t.id)
+
+    def shown_members(self, type_id: int) -> list[tuple[int, str]]:
+        """(region id, image name) of the members an "is it one type?" question shows."""
+        from protoatlas.suggest import SuggestConfig
+
+        reps = self.service.ws.representatives(type_id, n=SuggestConfig().shown_members)
+        return [(m.region_id, self.image_names[m.image_id]) for m in reps]
 
     def region_images(self, region_ids: Sequence[int]) -> list[str]:
         pos = {int(r): i for i, r in enumerate(self._table.region_ids)}
@@ -223,9 +249,10 @@ def simulate(normals: str | os.PathLike, images: str | os.PathLike,
             if queue:
                 q = queue[0]
                 view.refresh()
-                answer, name = oracle.answer(q.kind, q.target, view)
+                reply = oracle.answer(q.kind, q.target, view)
                 try:
-                    service.answer_suggestion(q.id, answer, actor="oracle", name=name)
+                    service.answer_suggestion(q.id, reply.answer, actor="oracle",
+                                              name=reply.name, regions=reply.regions)
                     actions += 1
                 except ValueError:
                     service.ws.answer_suggestion(q.id, None, actor="oracle", skip=True)

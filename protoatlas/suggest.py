@@ -107,6 +107,9 @@ class SuggestConfig:
     new_type_min_size: int = 3
     #: Questions kept in the open queue per refresh.
     queue_size: int = 20
+    #: Members an "is T one type?" question shows (one per image, nearest the prototype
+    #: first); a reviewer answering "no" picks the ones that do not belong among these.
+    shown_members: int = 48
     seed: int = 0
 
 
@@ -131,8 +134,10 @@ def confirm_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
             continue
         proto = state.prototype(tid)
         compact = float(np.mean(state.embeddings[idx] @ proto))
+        # a reviewed member still counts half: a proposed type a reviewer made (members
+        # picked out of a mixed type) is asked about so that its answer names it
         unreviewed = int((~state.reviewed[idx]).sum())
-        score = max(compact, 0.0) * np.log1p(unreviewed)
+        score = max(compact, 0.0) * np.log1p(unreviewed + 0.5 * (len(idx) - unreviewed))
         out.append(Question("confirm", {"type_id": tid, "n_regions": int(len(idx))},
                             float(score),
                             f"{name}: {len(idx)} regions, compact (mean similarity "

@@ -395,6 +395,8 @@ class ReviewMixin:
         out = set()
         for s in self.ws.suggestions():
             if s.status == "skipped" or s.status == "answered":
+                if s.kind == "confirm" and str(s.answer or "").startswith("no:"):
+                    continue  # the reviewer picked out what did not belong: ask again
                 if s.kind in ("confirm", "split"):
                     asked = s.target.get("n_regions") if s.kind == "confirm" else \
                         sum(len(g) for g in s.target["groups"])
@@ -461,12 +463,17 @@ class ReviewMixin:
                                  expected=self._versions(touched | {target.id}), actor=actor)
 
     def answer_suggestion(self, suggestion_id: int, answer: str, *,
-                           actor: str, name: str | None = None) -> dict:
+                           actor: str, name: str | None = None,
+                           regions: Sequence[int] | None = None) -> dict:
         """Apply a reviewer's answer to an open question, then record it.
 
         ``answer``: ``yes`` / ``no`` / ``skip`` for yes-no questions (``name`` optionally names
         a confirmed or new type; an existing name merges into that type), and for ``label``
         questions a type id, a type name (created when new) or ``good`` (false alarm).
+        ``regions``: with yes or no to "is T one type?", the members the reviewer picked as
+        not belonging; they move out into a new proposed type (one split) first. A "no" with
+        a pick is settled: the next retrain does not carve the type again, and the type may
+        be asked about again as it now is.
         """
         s = next((x for x in self.ws.suggestions() if x.id == suggestion_id), None)
         if s is None:
@@ -489,6 +496,10 @@ class ReviewMixin:
             return {"applied": "skip"}
         kind, target = s.kind, s.target
         applied = "nothing"
+        picked = sorted({int(r) for r in regions or ()})
+        if picked and not (kind == "confirm" and answer.lower() in ("yes", "y", "no", "n")):
+            raise ValueError("a selection of members goes with yes or no to \"is it one "
+                             f"type?\" only, not with {answer!r} to a {kind} question")
         if kind == "label":
             if answer.lstrip("-").isdigit():
                 tid = int(answer)
@@ -504,24 +515,27 @@ class ReviewMixin:
                 applied = f"labelled {answer}"
         elif answer.lower() not in ("yes", "no", "y", "n"):
             raise ValueError(f"answer yes, no or skip to a {kind} question, not {answer!r}")
+        elif kind == "confirm" and answer.lower() in ("no", "n") and picked:
+            applied = self._move_out(int(target["type_id"]), picked, actor)
         elif kind == "confirm" and answer.lower() in ("no", "n"):
             applied = ("marked as more than one type: the next retrain gives it one more "
                        "prototype and re-sorts its members")
         elif answer.lower() in ("yes", "y"):
             if kind == "confirm":
                 tid = int(target["type_id"])
+                moved = self._move_out(tid, picked, actor) + "; " if picked else ""
                 existing = self.type_by_name(name) if name else None
                 if existing is not None and existing.id != tid:
                     keep, absorb = existing.id, tid
                     self.ws.merge_types(keep, absorb, expected=self._versions([keep, absorb]),
                                         actor=actor)
-                    applied = f"merged into {existing.name}"
+                    applied = f"{moved}merged into {existing.name}"
                 else:
                     t = self.ws.get_type(tid)
                     t = self.ws.confirm_type(tid, expected_version=t.version, actor=actor)
                     if name and name != t.name:
                         self.ws.rename_type(tid, name, expected_version=t.version, actor=actor)
-                    applied = "confirmed"
+                    applied = f"{moved}confirmed"
             elif kind == "merge":
                 a, b = (int(x) for x in target["type_ids"])
                 ta, tb = self.ws.get_type(a), self.ws.get_type(b)
@@ -555,8 +569,27 @@ class ReviewMixin:
         if kind != "label":  # stored as yes / no ("y", "N" ... alike), a name after "yes:"
             answer = "no" if answer.lower() in ("no", "n") else "yes"
         stored = f"{answer}:{name}" if name and answer != "no" else answer
+        if picked and answer == "no":  # a settled "no", not a standing one
+            stored = f"no:{len(picked)} moved out"
         self.ws.answer_suggestion(suggestion_id, stored, actor=actor)
         return {"applied": applied}
+
+    def _move_out(self, type_id: int, region_ids: Sequence[int], actor: str) -> str:
+        """Split the picked members of ``type_id`` into a new proposed type."""
+        t = self.ws.get_type(type_id)
+        members = {m.region_id for m in self.ws.type_members(type_id, limit=10**7)}
+        gone = [r for r in region_ids if r not in members]
+        if gone:
+            listed = ", ".join(f"#{r}" for r in gone[:5]) + (" ..." if len(gone) > 5 else "")
+            raise ValueError(f"region(s) {listed} are not members of {t.name} (any more); "
+                             "nothing was changed")
+        if len(region_ids) >= len(members):
+            raise ValueError(f"all {len(members)} members of {t.name} were picked: pick the "
+                             "ones that do not belong (or reject the type)")
+        new = self.ws.split_type(type_id, [list(region_ids)], expected_version=t.version,
+                                 actor=actor)
+        return (f"moved {len(region_ids)} member(s) that do not belong out of {t.name} into "
+                f"a new type (#{new[0]})")
 
 
 

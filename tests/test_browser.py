@@ -23,6 +23,7 @@ import pytest
 
 from engine.config import ProtoAtlasConfig
 from protoatlas.workspace import WorkspaceService
+from storage import SuggestionIn
 from webapp.app import launch
 from webapp.demo import write_demo_set, zip_folder
 
@@ -174,6 +175,36 @@ def test_review_flow_in_a_browser(served, browser, shots):
     # the background retrain the answer started ends (the steps below expect its result)
     assert served["app"].retrainer.wait(300) and served["app"].retrainer.last_error is None
     assert service.ws.latest_model_version().id == mv + 1
+
+    # ---- "is it one type?": pick two members that do not belong, then yes with a name
+    t = max((x for x in service.ws.list_types() if x.status == "proposed"),
+            key=lambda x: x.n_regions)
+    assert t.n_regions >= 3, t
+    (sid,) = service.ws.replace_open_suggestions([SuggestionIn(
+        kind="confirm", target={"type_id": t.id, "n_regions": t.n_regions}, score=99.0)])
+    page.get_by_role("button", name="Next question").click()
+    _wait_text(page, "#pa-question", rf"question #{sid}\b")
+    thumbs = "#pa-suggest-panel .thumbnail-item"
+    page.wait_for_function(f"() => document.querySelectorAll('{thumbs}').length >= 3")
+    page.query_selector_all(thumbs)[0].click()
+    page.wait_for_function("() => /^\\d+$/.test(document.querySelector("
+                           "'#pa-sugg-pick textarea, #pa-sugg-pick input').value.trim())")
+    page.query_selector_all(thumbs)[1].click()
+    page.wait_for_function("() => document.querySelector('#pa-sugg-pick textarea, "
+                           "#pa-sugg-pick input').value.split(',').length === 2")
+    picked = [int(x) for x in page.input_value(
+        "#pa-sugg-pick textarea, #pa-sugg-pick input").split(",")]
+    members = {m.region_id for m in service.ws.type_members(t.id, limit=10**6)}
+    assert set(picked) <= members and len(set(picked)) == 2
+    page.fill("#pa-sugg-name input, #pa-sugg-name textarea", "picked-type")
+    page.click("#pa-yes")
+    _wait_text(page, "#pa-sugg-msg", "moved 2 member")
+    got = service.ws.get_type(t.id)
+    assert (got.status, got.name, got.n_regions) == ("confirmed", "picked-type",
+                                                     t.n_regions - 2)
+    assert {m.region_id for m in service.ws.type_members(t.id, limit=10**6)} == \
+        members - set(picked)
+    assert served["app"].retrainer.wait(300) and served["app"].retrainer.last_error is None
 
     # ---- the map: draw it, lasso a selection
     _tab(page, "Map")

@@ -13,7 +13,7 @@ import pytest
 
 from protoatlas import cli, simulate
 from protoatlas.cli import main
-from protoatlas.simulate import CURVE_COLUMNS, NONE, Oracle, score_state
+from protoatlas.simulate import CURVE_COLUMNS, NONE, Oracle, Reply, score_state
 from tests.service_fixtures import data_root, fast_cli, shared_base
 
 
@@ -77,6 +77,11 @@ class FakeView:
         self.shown |= set(self.types[type_id])
         return list(self.types[type_id])
 
+    def shown_members(self, type_id: int) -> list[tuple[int, str]]:
+        """Member i of type t is region 100 * t + i."""
+        self.shown |= set(self.types[type_id])
+        return [(100 * type_id + i, name) for i, name in enumerate(self.types[type_id])]
+
     def region_images(self, region_ids) -> list[str]:
         names = [self.regions[int(r)] for r in region_ids if int(r) in self.regions]
         self.shown |= set(names)
@@ -89,27 +94,33 @@ TRUTH = {f"s{i}": "scratch" for i in range(10)} | {f"p{i}": "spot" for i in rang
 
 
 @pytest.mark.parametrize("kind, target, expected", [
-    ("confirm", {"type_id": 1}, ("yes", "scratch")),   # 5/5 scratch
-    ("confirm", {"type_id": 2}, ("yes", "scratch")),   # 4/5 scratch: at the purity
-    ("confirm", {"type_id": 3}, ("no", None)),         # 3/5: mixed
-    ("confirm", {"type_id": 4}, ("no", None)),         # false alarms are not a type
-    ("merge", {"type_ids": [1, 2]}, ("yes", None)),
-    ("merge", {"type_ids": [1, 5]}, ("no", None)),
-    ("split", {"type_id": 3, "groups": [[1, 2], [3, 4]]}, ("yes", None)),
-    ("split", {"type_id": 1, "groups": [[1, 2], [5]]}, ("no", None)),
-    ("label", {"region_id": 3}, ("5", None)),          # type 5 is all spot: pick it
-    ("label", {"region_id": 5}, ("1", None)),          # the largest pure scratch type
-    ("label", {"region_id": 10}, ("good", None)),      # a false alarm
-    ("label", {"region_id": 9}, ("skip", None)),       # an image without a label
-    ("new_type", {"region_ids": [3, 4, 6]}, ("yes", "spot")),
-    ("new_type", {"region_ids": [1, 3]}, ("no", None)),
-    ("unknown-kind", {}, ("skip", None)),
+    ("confirm", {"type_id": 1}, Reply("yes", "scratch")),   # 5/5 scratch
+    # 4/5 scratch: at the purity; the spot is picked out (member 204)
+    ("confirm", {"type_id": 2}, Reply("yes", "scratch", (204,))),
+    # 3/5: mixed; the two spots are picked as not belonging (members 303 and 304)
+    ("confirm", {"type_id": 3}, Reply("no", None, (303, 304))),
+    ("confirm", {"type_id": 4}, Reply("no")),               # false alarms are not a type
+    ("confirm", {"type_id": 6}, Reply("no")),               # mostly false alarms: no pick
+    # an unlabelled member is not picked (the reviewer cannot tell)
+    ("confirm", {"type_id": 7}, Reply("no", None, (703,))),
+    ("merge", {"type_ids": [1, 2]}, Reply("yes")),
+    ("merge", {"type_ids": [1, 5]}, Reply("no")),
+    ("split", {"type_id": 3, "groups": [[1, 2], [3, 4]]}, Reply("yes")),
+    ("split", {"type_id": 1, "groups": [[1, 2], [5]]}, Reply("no")),
+    ("label", {"region_id": 3}, Reply("5")),          # type 5 is all spot: pick it
+    ("label", {"region_id": 5}, Reply("1")),          # the largest pure scratch type
+    ("label", {"region_id": 10}, Reply("good")),      # a false alarm
+    ("label", {"region_id": 9}, Reply("skip")),       # an image without a label
+    ("new_type", {"region_ids": [3, 4, 6]}, Reply("yes", "spot")),
+    ("new_type", {"region_ids": [1, 3]}, Reply("no")),
+    ("unknown-kind", {}, Reply("skip")),
 ])
 def test_oracle_answers_only_from_the_questions_images(kind, target, expected) -> None:
     view = FakeView(
         types={1: ["s0", "s1", "s2", "s3", "s4"], 2: ["s5", "s6", "s7", "s8", "p0"],
                3: ["s0", "s1", "s2", "p1", "p2"], 4: ["g0", "g1", "g2"],
-               5: ["p3", "p4", "p5"]},
+               5: ["p3", "p4", "p5"], 6: ["g0", "g1", "g2", "s0", "s1"],
+               7: ["s0", "s1", "unlabelled.png", "p0"]},
         regions={1: "s0", 2: "s1", 3: "p6", 4: "p7", 5: "s9", 6: "p8", 9: "unlabelled.png",
                  10: "g0"})
     labels = Labels(TRUTH)
@@ -128,9 +139,9 @@ def test_oracle_label_prefers_the_type_named_so_and_else_gives_a_new_name() -> N
     oracle = Oracle(labels)  # type: ignore[arg-type]
     with opened(labels):
         # a type already named "scratch" wins over a purer unnamed one
-        assert oracle.answer("label", {"region_id": 1}, view) == ("1", None)
+        assert oracle.answer("label", {"region_id": 1}, view) == Reply("1")
         # no type is mostly spot: the reviewer names a new one
-        assert oracle.answer("label", {"region_id": 2}, view) == ("spot", None)
+        assert oracle.answer("label", {"region_id": 2}, view) == Reply("spot")
 
 
 def _fake_service(live: list[tuple[int, str, int]]):
@@ -198,6 +209,7 @@ def test_simulate_review_learns_labels_only_through_the_oracle(strategy, tiny, t
             spy = FakeView({}, {})
             spy.type_images = lambda t: _note(spy, view.type_images(t))  # type: ignore
             spy.region_images = lambda r: _note(spy, view.region_images(r))  # type: ignore
+            spy.shown_members = lambda t: _note_members(spy, view.shown_members(t))  # type: ignore
             labels = guarded[-1]
             start = len(labels.reads)
             with opened(labels):
@@ -246,6 +258,11 @@ def test_simulate_review_learns_labels_only_through_the_oracle(strategy, tiny, t
 def _note(spy: FakeView, names: list[str]) -> list[str]:
     spy.shown |= set(names)
     return names
+
+
+def _note_members(spy: FakeView, members: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    spy.shown |= {name for _, name in members}
+    return members
 
 
 @pytest.mark.parametrize("content, expected", [

@@ -66,6 +66,19 @@ def test_confirm_skips_types_below_the_minimum_size() -> None:
     assert [q.target["type_id"] for q in confirm_questions(state, SuggestConfig())] == [2]
 
 
+def test_confirm_asks_about_a_type_a_reviewer_made_but_after_an_untouched_one() -> None:
+    """A proposed type whose members a reviewer picked out of another is asked about (its
+    answer names it); a reviewed member counts half, so an untouched type of the same size
+    and shape comes first."""
+    first = group(E[0], 6, 0.05, 1)
+    second = first[:, [1, 0, *range(2, D)]]  # the same shape, turned onto another axis
+    state = make_state([(1, first), (2, second)], reviewed=[False] * 6 + [True] * 6)
+    qs = {q.target["type_id"]: q.score for q in confirm_questions(state, SuggestConfig())}
+    assert set(qs) == {1, 2}
+    assert 0 < qs[2] < qs[1]
+    assert qs[2] == pytest.approx(qs[1] * np.log1p(3) / np.log1p(6), rel=1e-5)
+
+
 # --------------------------------------------------------------------------------- split
 def test_split_is_proposed_for_two_far_groups_not_for_a_tight_type() -> None:
     far_a, far_b = group(E[0], 5, 0.05, 1), group(E[1], 7, 0.05, 2)

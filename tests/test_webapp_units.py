@@ -200,6 +200,21 @@ def _names(reqs: list[str]) -> dict[str, str]:
     return out
 
 
+def test_clicking_question_thumbnails_toggles_the_picked_members():
+    from types import SimpleNamespace
+
+    from webapp.app import toggle_pick
+
+    def click(picked, caption):
+        return toggle_pick(picked, SimpleNamespace(value={"caption": caption}))
+
+    assert click("", "T3 #12") == "12"
+    assert click("12", "T3 #15") == "12, 15"
+    assert click("12, 15", "T3 #12") == "15"      # a second click unpicks
+    assert click("15", "no id here") == "15"      # a caption without an id changes nothing
+    assert click("#7; 9", "A: T2 #9") == "7"      # ids typed by hand are read too
+
+
 def test_requirements_txt_matches_pyproject():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     lines = [ln for ln in (REPO / "requirements.txt").read_text().splitlines()

@@ -537,6 +537,86 @@ def test_a_no_about_a_type_stands_until_the_type_changes_much(service) -> None:
     assert ("split", str(other.id)) not in service.declined()
 
 
+def test_no_with_picked_members_moves_them_out_and_settles_the_no(service) -> None:
+    """"No, not one type: these do not belong" splits the picked members into a new
+    proposed type at once; the type is then not treated as mixed and may be asked about
+    again (as it is now)."""
+    ws = service.ws
+    t = by_size(service)[0]
+    members = sorted(m.region_id for m in ws.type_members(t.id, limit=10**6))
+    assert len(members) >= 3
+    picked = members[:2]
+    sid = ask(service, "confirm", {"type_id": t.id, "n_regions": len(members)})
+    out = service.answer_suggestion(sid, "no", actor="bob", regions=picked)
+    assert out["applied"].startswith(f"moved 2 member(s) that do not belong out of {t.name}")
+    new = [x for x in live_types(ws).values() if x.origin == "reviewer"]
+    assert len(new) == 1 and new[0].status == "proposed"
+    assert sorted(m.region_id for m in ws.type_members(new[0].id)) == picked
+    assert sorted(m.region_id for m in ws.type_members(t.id, limit=10**6)) == members[2:]
+    assert status_of(service, sid) == ("answered", "no:2 moved out")
+    assert t.id not in service.mixed_types()
+    assert ("confirm", str(t.id)) not in service.declined()
+    assert [e.action for e in ws.audit(actor="bob")][:2] == ["answer_suggestion",
+                                                             "split_type"]
+    assert errors(service.doctor()) == []
+    # undo: the answer, then the split
+    assert ws.undo("bob").target["action"] == "answer_suggestion"
+    assert ws.undo("bob").target["action"] == "split_type"
+    assert sorted(m.region_id for m in ws.type_members(t.id, limit=10**6)) == members
+
+
+def test_yes_with_picked_members_moves_them_out_then_confirms(service) -> None:
+    ws = service.ws
+    big, small = by_size(service)[:2]
+    ws.rename_type(small.id, "spot", expected_version=small.version, actor="bob")
+    members = sorted(m.region_id for m in ws.type_members(big.id, limit=10**6))
+    sid = ask(service, "confirm", {"type_id": big.id})
+    out = service.answer_suggestion(sid, "yes", actor="bob", name="scratch",
+                                    regions=members[-1:])
+    assert out["applied"].startswith("moved 1 member(s)") and out["applied"].endswith(
+        "; confirmed")
+    got = ws.get_type(big.id)
+    assert (got.status, got.name, got.n_regions) == ("confirmed", "scratch", len(members) - 1)
+    assert status_of(service, sid) == ("answered", "yes:scratch")
+    # with the name of an existing type: the rest merges into it, the pick stays out
+    rest = live_types(ws)
+    new = next(t for t in rest.values() if t.origin == "reviewer")
+    assert [m.region_id for m in ws.type_members(new.id)] == members[-1:]
+    third = next((t for t in by_size(service) if t.id not in (big.id, small.id, new.id)
+                  and t.n_regions >= 2), None)
+    assert third is not None, "the fixture discovers three types"
+    inside = sorted(m.region_id for m in ws.type_members(third.id, limit=10**6))
+    sid = ask(service, "confirm", {"type_id": third.id})
+    out = service.answer_suggestion(sid, "yes", actor="bob", name="Spot", regions=inside[:1])
+    assert out["applied"].endswith("merged into spot")
+    assert ws.get_type(third.id).merged_into == small.id
+    assert ws.get_type(small.id).n_regions == small.n_regions + len(inside) - 1
+    assert errors(service.doctor()) == []
+
+
+def test_a_pick_that_does_not_fit_the_question_changes_nothing(service) -> None:
+    ws = service.ws
+    a, b = by_size(service)[:2]
+    members = sorted(m.region_id for m in ws.type_members(a.id, limit=10**6))
+    other = ws.type_members(b.id)[0].region_id
+    before = assignments(ws)
+    sid = ask(service, "confirm", {"type_id": a.id})
+    with pytest.raises(ValueError, match=rf"#{other} are not members of {a.name}"):
+        service.answer_suggestion(sid, "no", actor="bob", regions=[members[0], other])
+    with pytest.raises(ValueError, match=f"all {len(members)} members of {a.name} were "
+                                         "picked"):
+        service.answer_suggestion(sid, "no", actor="bob", regions=members)
+    with pytest.raises(ValueError, match="all .* were picked"):
+        service.answer_suggestion(sid, "yes", actor="bob", regions=members)
+    assert status_of(service, sid) == ("open", None)
+    merge = ask(service, "merge", {"type_ids": [a.id, b.id]})
+    with pytest.raises(ValueError, match=r"goes with yes or no to \"is it one type\?\" only, "
+                                         "not with 'no' to a merge question"):
+        service.answer_suggestion(merge, "no", actor="bob", regions=members[:1])
+    assert assignments(ws) == before
+    assert status_of(service, merge) == ("open", None)
+
+
 def test_answering_twice_or_nonsense_is_a_clear_error(service) -> None:
     t = by_size(service)[0]
     sid = ask(service, "confirm", {"type_id": t.id})

@@ -103,6 +103,19 @@ def _to_int(value: Any) -> int | None:
         return None
 
 
+def toggle_pick(picked: Any, evt: gr.SelectData) -> str:
+    """Adds the clicked thumbnail's region (its caption ends in "#<id>") to the picked
+    members, or takes it out when it is there."""
+    value = evt.value if isinstance(evt.value, dict) else {}
+    caption = str(value.get("caption") or "")
+    rid = _to_int(caption.rsplit("#", 1)[-1]) if "#" in caption else None
+    ids = _ids(picked)
+    if rid is None:
+        return ", ".join(str(i) for i in ids)
+    ids = [i for i in ids if i != rid] if rid in ids else ids + [rid]
+    return ", ".join(str(i) for i in ids)
+
+
 def _ids(value: Any) -> list[int]:
     """Region ids from a list or a text like "12, 15 #17"."""
     if value is None:
@@ -218,19 +231,19 @@ class ReviewApp:
             return ("### No open questions\nEvery question so far is answered. *Refresh "
                     "questions* asks the model for new ones (after more review or an upload).",
                     [], None, gr.update(choices=[], value=None, visible=False),
-                    gr.update(visible=False))
+                    gr.update(visible=False), gr.update(value="", visible=False))
         text = f"### {q.text}\n{q.reason}  \n<small>question #{q.id} · {q.kind}</small>"
         label = q.kind == "label"
         return (text, q.images, q.id, gr.update(choices=q.choices, value=None, visible=label),
-                gr.update(visible=label))
+                gr.update(visible=label), gr.update(value="", visible=q.kind == "confirm"))
 
     def answer(self, answer: Any, suggestion_id: Any, request: gr.Request | None,
-               name: str | None = None) -> list[Any]:
+               name: str | None = None, picked: list[int] | tuple = ()) -> list[Any]:
         sid = _to_int(suggestion_id)
         if sid is None:
             return ["✖ No question is open.", *self.question()]
-        result = self.learn(self.views.answer(sid, str(answer or ""), actor_of(request), name),
-                            answer)
+        result = self.learn(self.views.answer(sid, str(answer or ""), actor_of(request), name,
+                                              picked), answer)
         return [_msg(result), *self.question()]
 
     def learn(self, result: dict[str, Any], answer: Any) -> dict[str, Any]:
@@ -513,6 +526,12 @@ class ReviewApp:
                         sugg_name = gr.Textbox(label="Name for the type (optional, used "
                                                "by yes)", placeholder="e.g. scratch",
                                                max_lines=1, elem_id="pa-sugg-name")
+                        sugg_pick = gr.Textbox(
+                            label="Members that do not belong (click a thumbnail to pick "
+                                  "it, again to unpick; with yes or no they move out into a "
+                                  "new type first)",
+                            placeholder="e.g. 12, 15", max_lines=1, visible=False,
+                            elem_id="pa-sugg-pick")
                         with gr.Row():
                             label_dd = gr.Dropdown(label="It is this type", choices=[],
                                                    visible=False, scale=3)
@@ -737,7 +756,7 @@ class ReviewApp:
             gr.api(undo, api_name="undo")
 
             # ---- suggestions
-            Q = [question_md, question_gallery, sugg_id, label_dd, label_btn]
+            Q = [question_md, question_gallery, sugg_id, label_dd, label_btn, sugg_pick]
 
             def show_question():
                 return self.question()
@@ -746,14 +765,18 @@ class ReviewApp:
             next_btn.click(show_question, outputs=Q, api_visibility="undocumented")
 
             def answer_with(value):
-                def fn(sid, name, request: gr.Request):
-                    return self.answer(value, sid, request, name if value == "yes" else None)
+                def fn(sid, name, picked, request: gr.Request):
+                    return self.answer(value, sid, request, name if value == "yes" else None,
+                                       _ids(picked) if value != "skip" else ())
                 return fn
 
             for button, value in ((yes_btn, "yes"), (no_btn, "no"), (skip_btn, "skip")):
-                button.click(answer_with(value), inputs=[sugg_id, sugg_name],
+                button.click(answer_with(value), inputs=[sugg_id, sugg_name, sugg_pick],
                              outputs=[sugg_msg, *Q], api_visibility="undocumented").then(
                     lambda: "", outputs=[sugg_name], api_visibility="undocumented")
+
+            question_gallery.select(toggle_pick, inputs=[sugg_pick], outputs=[sugg_pick],
+                                    api_visibility="undocumented")
 
             def answer_label(type_id, sid, request: gr.Request):
                 if type_id is None:
@@ -794,13 +817,15 @@ class ReviewApp:
             gr.api(next_suggestion, api_name="next_suggestion")
 
             def answer_suggestion(suggestion_id: int, answer: str, name: str = "",
+                                  region_ids: list[int] | None = None,
                                   request: gr.Request = None) -> dict[str, Any]:
                 """Answer a question: "yes", "no", "skip", or (label questions) a type id, a
-                type name or "good". name (optional): the name a "yes" gives the type. The
-                service applies the answer and writes the audit. Returns {ok, message,
-                applied}."""
+                type name or "good". name (optional): the name a "yes" gives the type.
+                region_ids (optional, with yes or no to "is T one type?"): the members that
+                do not belong; they move out into a new type first. The service applies the
+                answer and writes the audit. Returns {ok, message, applied}."""
                 return self.learn(v.answer(int(suggestion_id), answer, actor_of(request),
-                                           name), answer)
+                                           name, list(region_ids or [])), answer)
 
             gr.api(answer_suggestion, api_name="answer_suggestion")
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from protoatlas.suggest import SuggestConfig
 from storage import ConflictError, Member, NotFoundError, StorageError, TypeSummary
 from webapp.render import Renderer, type_colour
 from webapp.security import escape
@@ -424,7 +425,7 @@ class Views:
         kind = s.kind
         if kind == "confirm":
             text = f"Is {name(target.get('type_id'))} one defect type?"
-            add_type(target["type_id"], 8)
+            add_type(target["type_id"], SuggestConfig().shown_members)
         elif kind == "merge":
             a, b = target.get("type_ids", [None, None])[:2]
             text = f"Are {name(a)} and {name(b)} the same defect type?"
@@ -458,9 +459,10 @@ class Views:
         return Question(int(s.id), kind, text, s.reason or "", target, images, choices)
 
     def answer(self, suggestion_id: int, answer: str, actor: str,
-               name: str | None = None) -> dict[str, Any]:
+               name: str | None = None, regions: Sequence[int] = ()) -> dict[str, Any]:
         """Answer a question through the service (which applies it and writes the audit).
-        ``name`` optionally names the type a "yes" confirms or creates."""
+        ``name`` optionally names the type a "yes" confirms or creates; ``regions`` are the
+        members picked as not belonging with a yes or no to "is it one type?"."""
         svc = self.service
         answer = (answer or "").strip()
         name = (name or "").strip() or None
@@ -468,8 +470,9 @@ class Views:
             return _fail("Choose an answer: yes, no, skip or a type.")
         try:
             if hasattr(svc, "answer_suggestion"):
+                extra = {"regions": list(regions)} if regions else {}
                 result = svc.answer_suggestion(int(suggestion_id), answer, actor=actor,
-                                               name=name)
+                                               name=name, **extra)
                 out = dict(result) if isinstance(result, dict) else {"result": str(result)}
                 applied = out.get("applied")
                 out.setdefault("ok", True)
