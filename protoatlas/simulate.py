@@ -154,10 +154,8 @@ class ReviewerView:
 
     def shown_members(self, type_id: int) -> list[tuple[int, str]]:
         """(region id, image name) of the members an "is it one type?" question shows."""
-        from protoatlas.suggest import SuggestConfig
-
-        reps = self.service.ws.representatives(type_id, n=SuggestConfig().shown_members)
-        return [(m.region_id, self.image_names[m.image_id]) for m in reps]
+        return [(m.region_id, self.image_names[m.image_id])
+                for m in self.service.question_members(type_id)]
 
     def region_images(self, region_ids: Sequence[int]) -> list[str]:
         pos = {int(r): i for i, r in enumerate(self._table.region_ids)}

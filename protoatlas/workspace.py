@@ -435,6 +435,32 @@ class ReviewMixin:
             open_ = self.refresh_suggestions()
         return open_[0] if open_ else None
 
+    def question_members(self, type_id: int, n: int | None = None) -> list:
+        """The members an "is it one type?" question shows (one region per image, at most
+        ``n``, default ``SuggestConfig.shown_members``): every image's region nearest the
+        prototype when the type spans at most ``n`` images; else half of them nearest the
+        prototype and the rest its least confident (borderline) members, where members that
+        do not belong are likelier."""
+        from protoatlas.suggest import SuggestConfig
+
+        n = SuggestConfig().shown_members if n is None else int(n)
+        near = self.ws.representatives(type_id, n=n + 1)
+        if len(near) <= n:
+            return near
+        out = near[:n - n // 2]
+        seen = {m.image_id for m in out}
+        offset = 0
+        while len(out) < n:
+            page = self.ws.type_members(type_id, limit=4 * n, offset=offset, order="borderline")
+            if not page:
+                break
+            offset += len(page)
+            for m in page:
+                if m.image_id not in seen and len(out) < n:
+                    seen.add(m.image_id)
+                    out.append(m)
+        return out
+
     def type_by_name(self, name: str):
         for t in self.ws.list_types():
             if t.name.lower() == name.lower() and t.status in ("proposed", "confirmed"):

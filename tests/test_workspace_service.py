@@ -594,6 +594,26 @@ def test_yes_with_picked_members_moves_them_out_then_confirms(service) -> None:
     assert errors(service.doctor()) == []
 
 
+def test_a_question_shows_typical_and_borderline_members_of_a_large_type(service) -> None:
+    ws = service.ws
+    t = by_size(service)[0]
+    everyone = ws.representatives(t.id, n=10**6)
+    assert len(everyone) >= 6, "the largest fixture type spans at least six images"
+    # small enough: every image once, nearest the prototype first
+    assert service.question_members(t.id, n=len(everyone)) == everyone
+    # too many images: half typical, then the least confident members of other images
+    shown = service.question_members(t.id, n=4)
+    assert len(shown) == 4 and len({m.image_id for m in shown}) == 4
+    assert [m.region_id for m in shown[:2]] == [m.region_id for m in everyone[:2]]
+    seen = {m.image_id for m in everyone[:2]}
+    firsts = []  # the first (least confident) member of each other image
+    for m in ws.type_members(t.id, limit=10**6, order="borderline"):
+        if m.image_id not in seen:
+            seen.add(m.image_id)
+            firsts.append(m.region_id)
+    assert [m.region_id for m in shown[2:]] == firsts[:2]
+
+
 def test_a_pick_that_does_not_fit_the_question_changes_nothing(service) -> None:
     ws = service.ws
     a, b = by_size(service)[:2]

@@ -425,7 +425,14 @@ class Views:
         kind = s.kind
         if kind == "confirm":
             text = f"Is {name(target.get('type_id'))} one defect type?"
-            add_type(target["type_id"], SuggestConfig().shown_members)
+            tid = int(target["type_id"])
+            if hasattr(self.service, "question_members"):
+                shown = self.service.question_members(tid)
+                self._remember(shown)
+                images.extend((str(self.crop(m.region_id)), f"{name(tid)} #{m.region_id}")
+                              for m in shown)
+            else:
+                add_type(tid, SuggestConfig().shown_members)
         elif kind == "merge":
             a, b = target.get("type_ids", [None, None])[:2]
             text = f"Are {name(a)} and {name(b)} the same defect type?"
