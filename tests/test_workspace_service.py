@@ -621,7 +621,7 @@ def test_a_pick_that_does_not_fit_the_question_changes_nothing(service) -> None:
     other = ws.type_members(b.id)[0].region_id
     before = assignments(ws)
     sid = ask(service, "confirm", {"type_id": a.id})
-    with pytest.raises(ValueError, match=rf"#{other} are not members of {a.name}"):
+    with pytest.raises(ValueError, match=rf"region {other} is not in type '{a.name}'"):
         service.answer_suggestion(sid, "no", actor="bob", regions=[members[0], other])
     with pytest.raises(ValueError, match=f"all {len(members)} members of {a.name} were "
                                          "picked"):

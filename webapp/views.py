@@ -409,11 +409,13 @@ class Views:
 
         images: list[tuple[str, str]] = []
 
-        def add_type(tid: int, n: int, prefix: str = "") -> None:
-            reps = self.ws.representatives(int(tid), n=n)
-            self._remember(reps)
+        def add_members(tid: int, members: Sequence[Member], prefix: str = "") -> None:
+            self._remember(members)
             images.extend((str(self.crop(m.region_id)), f"{prefix}{name(tid)} #{m.region_id}")
-                          for m in reps)
+                          for m in members)
+
+        def add_type(tid: int, n: int, prefix: str = "") -> None:
+            add_members(tid, self.ws.representatives(int(tid), n=n), prefix)
 
         def add_regions(ids: Sequence[int], n: int, prefix: str = "") -> None:
             for rid in list(ids)[:n]:
@@ -427,10 +429,7 @@ class Views:
             text = f"Is {name(target.get('type_id'))} one defect type?"
             tid = int(target["type_id"])
             if hasattr(self.service, "question_members"):
-                shown = self.service.question_members(tid)
-                self._remember(shown)
-                images.extend((str(self.crop(m.region_id)), f"{name(tid)} #{m.region_id}")
-                              for m in shown)
+                add_members(tid, self.service.question_members(tid))
             else:
                 add_type(tid, SuggestConfig().shown_members)
         elif kind == "merge":
