@@ -51,7 +51,7 @@ NONE = "__none__"
 
 class Reply(NamedTuple):
     """An answer: ``answer`` (yes / no / skip / a type), ``name`` for the type, and for a
-    "no" to "is T one type?" the ``regions`` picked as not belonging."""
+    yes or no to "is T one type?" the ``regions`` picked as not belonging."""
 
     answer: str
     name: str | None = None

@@ -107,8 +107,9 @@ class SuggestConfig:
     new_type_min_size: int = 3
     #: Questions kept in the open queue per refresh.
     queue_size: int = 20
-    #: Members an "is T one type?" question shows (one per image, nearest the prototype
-    #: first); a reviewer answering "no" picks the ones that do not belong among these.
+    #: Members an "is T one type?" question shows (one per image; past this many images,
+    #: half nearest the prototype and half borderline: ``WorkspaceService.question_members``);
+    #: a reviewer answering yes or no picks the ones that do not belong among these.
     shown_members: int = 48
     seed: int = 0
 

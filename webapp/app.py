@@ -110,9 +110,8 @@ def toggle_pick(picked: Any, evt: gr.SelectData) -> str:
     caption = str(value.get("caption") or "")
     rid = _to_int(caption.rsplit("#", 1)[-1]) if "#" in caption else None
     ids = _ids(picked)
-    if rid is None:
-        return ", ".join(str(i) for i in ids)
-    ids = [i for i in ids if i != rid] if rid in ids else ids + [rid]
+    if rid is not None:
+        ids = [i for i in ids if i != rid] if rid in ids else ids + [rid]
     return ", ".join(str(i) for i in ids)
 
 
