@@ -125,10 +125,37 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _walk_directory(root: Path) -> list[ImageRef]:
-    """Recursive listing of ``root``; symlinks leading outside ``root`` are skipped."""
+class ImageListing(list):
+    """The :class:`ImageRef` list of a folder or zip, plus what was passed over and why
+    (:attr:`skipped`: other file types, hidden files, broken or outside-pointing links), so
+    that "no images found" can say what the folder held instead."""
+
+    def __init__(self, refs: Iterable[ImageRef] = (), skipped: Iterable["SkippedFile"] = (),
+                 source: str = "") -> None:
+        super().__init__(refs)
+        self.skipped: list[SkippedFile] = list(skipped)
+        self.source = source
+
+    def nothing_found(self) -> str:
+        """The message for a listing without images: where, and what was there instead."""
+        head = f"no images found in {self.source}" if self.source else "no images found"
+        head += " (supported extensions: " + ", ".join(SUPPORTED_EXTENSIONS) + ")"
+        if not self.skipped:
+            return head + "; the folder holds no files"
+        items = [f"{s.name} ({s.reason})" for s in self.skipped[:SUMMARY_MAX_ITEMS]]
+        more = len(self.skipped) - SUMMARY_MAX_ITEMS
+        if more > 0:
+            items.append(f"... and {more} more")
+        return f"{head}; skipped {len(self.skipped)}: " + "; ".join(items)
+
+
+def _walk_directory(root: Path) -> ImageListing:
+    """Recursive listing of ``root``. Symbolic links to files are followed wherever they
+    point (data-versioning tools keep the bytes elsewhere); links to folders only within
+    ``root`` (and each folder once, so link loops end)."""
     real_root = root.resolve()
     refs: list[ImageRef] = []
+    skipped: list[SkippedFile] = []
     seen_dirs: set[Path] = set()
     pending: list[Path] = [root]
     while pending:
@@ -139,19 +166,36 @@ def _walk_directory(root: Path) -> list[ImageRef]:
         seen_dirs.add(real_dir)
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError:
-            continue  # unreadable sub-directory: nothing to list there
+        except OSError as exc:
+            skipped.append(SkippedFile(directory.relative_to(root).as_posix() or ".",
+                                       f"folder not readable ({exc.strerror or exc})"))
+            continue
         for entry in entries:
-            if _is_hidden(entry.name):
-                continue
             path = Path(entry.path)
-            if entry.is_symlink() and not _inside(path, real_root):
+            name = path.relative_to(root).as_posix()
+            if _is_hidden(entry.name):
+                if not entry.is_dir():
+                    skipped.append(SkippedFile(name, "hidden file"))
+                continue
+            link = entry.is_symlink()
+            if link and not path.exists():
+                skipped.append(SkippedFile(name, "broken symbolic link"))
                 continue
             if entry.is_dir():
+                if link and not _inside(path, real_root):
+                    skipped.append(SkippedFile(name, "symbolic link to a folder outside "
+                                                     f"{root} (not followed)"))
+                    continue
                 pending.append(path)
-            elif entry.is_file() and is_supported(entry.name):
-                refs.append(ImageRef(name=path.relative_to(root).as_posix(), path=path))
-    return sorted(refs, key=lambda r: r.name)
+            elif entry.is_file():
+                if is_supported(entry.name):
+                    refs.append(ImageRef(name=name, path=path))
+                else:
+                    skipped.append(SkippedFile(name, "not an image file extension"))
+            else:
+                skipped.append(SkippedFile(name, "not a regular file"))
+    return ImageListing(sorted(refs, key=lambda r: r.name),
+                        sorted(skipped, key=lambda s: s.name), str(root))
 
 
 def _member_problem(info: zipfile.ZipInfo, max_ratio: float) -> str | None:
@@ -204,7 +248,7 @@ def _is_listed_member(info: zipfile.ZipInfo) -> bool:
 
 def _list_zip(
     zip_path: Path, max_total_bytes: int, max_ratio: float, max_members: int
-) -> list[ImageRef]:
+) -> ImageListing:
     """Safety-check and list a zip archive (nothing is extracted)."""
     try:
         with zipfile.ZipFile(zip_path) as archive:
@@ -218,7 +262,9 @@ def _list_zip(
         for info in infos
         if _is_listed_member(info)
     ]
-    return sorted(refs, key=lambda r: r.name)
+    skipped = [SkippedFile(info.filename, "not an image file extension") for info in infos
+               if not info.is_dir() and not _is_listed_member(info)]
+    return ImageListing(sorted(refs, key=lambda r: r.name), skipped, str(zip_path))
 
 
 def list_images(
@@ -227,11 +273,13 @@ def list_images(
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     max_ratio: float = DEFAULT_MAX_RATIO,
     max_members: int = DEFAULT_MAX_MEMBERS,
-) -> list[ImageRef]:
+) -> ImageListing:
     """List the images in a directory tree or a ``.zip`` archive, sorted by name.
 
     Only :data:`SUPPORTED_EXTENSIONS` (any case) are listed; hidden files/folders (``.``)
-    and ``__MACOSX`` are skipped, as are symlinks in a directory that lead outside it.
+    and ``__MACOSX`` are skipped. In a folder, symbolic links to files are followed
+    wherever they lead, links to folders only inside it; a zip's symbolic links refuse it.
+    What was passed over is in the returned listing's ``skipped``.
     A zip archive is refused as a whole (:class:`ArchiveError`) when any member is absolute,
     has a drive letter or ``..``, is a symlink, or (when >= 1 MiB) expands more than
     ``max_ratio`` times; or when it holds more than ``max_members`` members or more than
@@ -282,6 +330,13 @@ class LoadReport:
         if more > 0:
             items.append(f"... and {more} more")
         return f"{head}: " + "; ".join(items)
+
+
+def _nothing_found(listing: "ImageListing | None") -> str:
+    if listing is not None:
+        return listing.nothing_found()
+    return ("no images found: nothing to load (supported extensions: "
+            + ", ".join(SUPPORTED_EXTENSIONS) + ")")
 
 
 class NoUsableImagesError(ValueError):
@@ -349,12 +404,10 @@ def load_images(
         NoUsableImagesError: ``refs`` is empty, or every file was skipped (the message
             contains :meth:`LoadReport.summary`).
     """
+    listing = refs if isinstance(refs, ImageListing) else None
     refs = list(refs)
     if not refs:
-        raise NoUsableImagesError(
-            "no images found: nothing to load (supported extensions: "
-            + ", ".join(SUPPORTED_EXTENSIONS) + ")"
-        )
+        raise NoUsableImagesError(_nothing_found(listing))
     images: list[tuple[str, np.ndarray]] = []
     report = LoadReport()
     for item in iter_images(refs, max_pixels=max_pixels, progress=progress, desc=desc):
@@ -379,6 +432,7 @@ class LazyImages(Sequence[np.ndarray]):
     def __init__(self, refs: Sequence[ImageRef], *, max_pixels: int = DEFAULT_MAX_PIXELS
                  ) -> None:
         self.max_pixels = max_pixels
+        self._listing = refs if isinstance(refs, ImageListing) else None
         self._refs = list(refs)
         self.shapes: list[tuple[int, int]] = []
         self.report: LoadReport | None = None
@@ -386,9 +440,7 @@ class LazyImages(Sequence[np.ndarray]):
     def validate(self, *, progress: bool = False, desc: str = "checking") -> LoadReport:
         """Keep the refs that decode; raise :class:`NoUsableImagesError` if none does."""
         if not self._refs:
-            raise NoUsableImagesError(
-                "no images found: nothing to load (supported extensions: "
-                + ", ".join(SUPPORTED_EXTENSIONS) + ")")
+            raise NoUsableImagesError(_nothing_found(self._listing))
         report = LoadReport()
         good = []
         shapes = []
@@ -509,6 +561,9 @@ class MVTecDataset:
     root: Path
     train: list[ImageRef]
     test: list[MVTecSample]
+    #: Whether the set has pixel masks (a ``ground_truth/`` folder); without them only
+    #: image-level metrics can be computed.
+    has_masks: bool = True
 
     @property
     def defect_types(self) -> list[str]:
@@ -534,7 +589,7 @@ def _mask_ref(root: Path, defect_type: str, ref: ImageRef) -> ImageRef:
     return ImageRef(name=mask_rel.as_posix(), path=mask_path)
 
 
-def _test_samples(root: Path) -> list[MVTecSample]:
+def _test_samples(root: Path, with_masks: bool) -> list[MVTecSample]:
     """All ``test/<type>/*`` images with their masks (empty when ``test/`` is absent)."""
     test_dir = root / "test"
     if not test_dir.is_dir():
@@ -543,7 +598,8 @@ def _test_samples(root: Path) -> list[MVTecSample]:
     for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and not _is_hidden(p.name)):
         defect_type = type_dir.name
         for ref in _list_under(root, Path("test") / defect_type):
-            mask = None if defect_type == GOOD else _mask_ref(root, defect_type, ref)
+            mask = None if defect_type == GOOD or not with_masks else \
+                _mask_ref(root, defect_type, ref)
             samples.append(MVTecSample(ref=ref, defect_type=defect_type, mask_ref=mask))
     return samples
 
@@ -551,7 +607,9 @@ def _test_samples(root: Path) -> list[MVTecSample]:
 def load_mvtec(root: str | os.PathLike) -> MVTecDataset:
     """Read an MVTec AD category folder: ``train/good/``, ``test/<type>/``, ``ground_truth/``.
 
-    Every defect image ``test/<type>/<stem>.<ext>`` needs ``ground_truth/<type>/<stem>_mask.png``;
+    When the folder has a ``ground_truth/`` folder, every defect image
+    ``test/<type>/<stem>.<ext>`` needs ``ground_truth/<type>/<stem>_mask.png``; without one
+    the set has no masks (``has_masks`` False: image-level labels only, as in AITEX).
     ``good`` test images have no mask. A missing ``test/`` folder gives an empty ``test`` list.
 
     Raises:
@@ -567,9 +625,10 @@ def load_mvtec(root: str | os.PathLike) -> MVTecDataset:
             f"{root_path}: not an MVTec-style folder, expected normal training images in "
             f"{train_dir}"
         )
+    with_masks = (root_path / "ground_truth").is_dir()
     return MVTecDataset(
         root=root_path, train=_list_under(root_path, Path("train") / GOOD),
-        test=_test_samples(root_path),
+        test=_test_samples(root_path, with_masks), has_masks=with_masks,
     )
 
 

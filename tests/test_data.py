@@ -15,6 +15,7 @@ from PIL import Image
 from engine.data import (
     ArchiveError,
     ImageRef,
+    LazyImages,
     LoadReport,
     MVTecSample,
     NoUsableImagesError,
@@ -76,15 +77,37 @@ def test_list_nested_directory(tmp_path: Path) -> None:
     assert refs[-1].read_bytes() == png_bytes()
 
 
-def test_list_accepts_str_and_skips_outside_symlinks(tmp_path: Path) -> None:
+def test_list_follows_file_symlinks_anywhere(tmp_path: Path) -> None:
+    """Data-versioning tools (git-annex, DVC) leave links to files kept elsewhere: they are
+    images. Links to folders are followed inside the root only; loops end."""
     root = tmp_path / "data"
     put(root / "real.png", png_bytes())
-    outside = put(tmp_path / "elsewhere" / "secret.png", png_bytes())
-    os.symlink(outside, root / "leak.png")
-    os.symlink(outside.parent, root / "leakdir")
-    os.symlink(root / "real.png", root / "alias.png")  # inside: kept
+    outside = put(tmp_path / "elsewhere" / "cached.png", png_bytes())
+    os.symlink(outside, root / "linked.png")
+    os.symlink(outside.parent, root / "outdir")
+    os.symlink(root / "real.png", root / "alias.png")
+    os.symlink(tmp_path / "gone.png", root / "broken.png")
     os.symlink(root, root / "loop")  # inside, but a loop: must terminate, no duplicates
-    assert [r.name for r in list_images(str(root))] == ["alias.png", "real.png"]
+    listing = list_images(str(root))
+    assert [r.name for r in listing] == ["alias.png", "linked.png", "real.png"]
+    assert listing[1].read_bytes() == png_bytes()
+    reasons = {s.name: s.reason for s in listing.skipped}
+    assert reasons["broken.png"] == "broken symbolic link"
+    assert "outside" in reasons["outdir"]
+
+
+def test_no_images_found_says_what_was_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "batch"
+    put(root / "notes.txt", b"hello")
+    os.symlink(tmp_path / "missing.png", root / "img.png")
+    with pytest.raises(NoUsableImagesError) as err:
+        load_images(list_images(root))
+    text = str(err.value)
+    assert str(root) in text and "img.png (broken symbolic link)" in text
+    assert "notes.txt (not an image file extension)" in text
+    lazy = LazyImages(list_images(root))
+    with pytest.raises(NoUsableImagesError, match="broken symbolic link"):
+        lazy.validate()
 
 
 def test_list_missing_path(tmp_path: Path) -> None:
