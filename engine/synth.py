@@ -32,6 +32,7 @@ byte-identical arrays. No global random state is touched.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import math
 import os
@@ -42,8 +43,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.synth_surfaces import PAINTERS as _SURFACE_PAINTERS
+from engine.synth_surfaces import PCB_DEFECTS, RENDERERS as _SURFACE_RENDERERS, TILE_DEFECTS
+
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "crack", "spot", "missing", "fold")
-SCENE_KINDS: tuple[str, ...] = ("texture", "object")
+SCENE_KINDS: tuple[str, ...] = ("texture", "object", "pcb", "tile")
+#: Grayscale kinds: written as one-channel PNGs.
+GRAY_KINDS: tuple[str, ...] = ("pcb", "tile")
+#: Defect types of each scene kind (``pcb`` and ``tile``: :mod:`engine.synth_surfaces`).
+KIND_DEFECTS: dict[str, tuple[str, ...]] = {
+    "texture": DEFECT_TYPES, "object": DEFECT_TYPES, "pcb": PCB_DEFECTS, "tile": TILE_DEFECTS}
+_ALL_DEFECTS: tuple[str, ...] = tuple(dict.fromkeys(
+    DEFECT_TYPES + PCB_DEFECTS + TILE_DEFECTS))
 OBJECT_SHAPES: tuple[str, ...] = ("disc", "rounded_rect")
 GOOD = "good"
 
@@ -72,6 +83,9 @@ class SynthConfig:
     # ---- scene ---------------------------------------------------------------------------
     #: Image size as (height, width) in pixels; non-square is fine.
     size: tuple[int, int] = (256, 256)
+    #: When set, ((h_min, h_max), (w_min, w_max)): every sample draws its own size in these
+    #: inclusive ranges (``size`` is then only the nominal size).
+    size_range: tuple[tuple[int, int], tuple[int, int]] | None = None
     #: ``"object"`` (part on a dark background) or ``"texture"`` (full-frame surface).
     kind: str = "object"
     #: Object outline for ``kind="object"``: ``"disc"`` (bottle top) or ``"rounded_rect"``.
@@ -252,7 +266,30 @@ def _stream_rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 def _defect_stream(defect_type: str) -> int:
     """Stream id of a defect type (fixed by name, not by position in ``types``)."""
-    return _STREAM_DEFECT_BASE + DEFECT_TYPES.index(defect_type)
+    return _STREAM_DEFECT_BASE + _ALL_DEFECTS.index(defect_type)
+
+
+def _sample_config(cfg: SynthConfig, rng: np.random.Generator) -> SynthConfig:
+    """``cfg`` with this sample's own size when ``cfg.size_range`` is set."""
+    if cfg.size_range is None:
+        return cfg
+    (h0, h1), (w0, w1) = cfg.size_range
+    size = (int(rng.integers(h0, h1 + 1)), int(rng.integers(w0, w1 + 1)))
+    return dataclasses.replace(cfg, size=size)
+
+
+def kind_config(kind: str, **overrides) -> SynthConfig:
+    """A :class:`SynthConfig` with the usual settings of ``kind``: ``pcb`` crops are 128 px
+    with tiny defects; ``tile`` images draw sizes like magnetic-tile crops (222-403 x
+    103-632 px) and allow large low-contrast defects."""
+    defaults: dict[str, object] = {"kind": kind}
+    if kind == "pcb":
+        defaults.update(size=(128, 128), min_area_frac=0.0003, max_area_frac=0.01)
+    elif kind == "tile":
+        defaults.update(size=(300, 300), size_range=((222, 403), (103, 632)),
+                        min_area_frac=0.0004, max_area_frac=0.15)
+    defaults.update(overrides)
+    return SynthConfig(**defaults)  # type: ignore[arg-type]
 
 
 def _sensor_noise(rng: np.random.Generator, shape: tuple[int, ...], cfg: SynthConfig) -> np.ndarray:
@@ -368,7 +405,10 @@ def _render_object_scene(rng: np.random.Generator,
 
 def make_scene(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
     """A normal image (H, W, 3 uint8) and its bool object mask (all True for textures)."""
-    if cfg.kind == "texture":
+    if cfg.kind in _SURFACE_RENDERERS:
+        image = _SURFACE_RENDERERS[cfg.kind](rng, cfg.size)
+        support = np.ones(cfg.size, dtype=bool)
+    elif cfg.kind == "texture":
         image = _render_texture_scene(rng, cfg)
         support = np.ones(cfg.size, dtype=bool)
     else:
@@ -392,7 +432,7 @@ def estimate_object_mask(image: np.ndarray, cfg: SynthConfig) -> np.ndarray:
 
     All True for texture scenes. Used by :func:`add_defect` when no mask is given.
     """
-    if cfg.kind == "texture":
+    if cfg.kind != "object":
         return np.ones(image.shape[:2], dtype=bool)
     diff = image.astype(np.float32) - np.asarray(cfg.background_rgb, np.float32)
     far = (np.linalg.norm(diff, axis=2) > _OBJECT_COLOUR_DISTANCE).astype(np.uint8)
@@ -612,8 +652,10 @@ def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator, cf
         ValueError: unknown ``defect_type`` or badly shaped input.
         RuntimeError: no draw met the area range within ``cfg.max_attempts``.
     """
-    if defect_type not in _PAINTERS:
-        raise ValueError(f"unknown defect type {defect_type!r}; expected one of {DEFECT_TYPES}")
+    painters = _SURFACE_PAINTERS.get(cfg.kind, _PAINTERS)
+    if defect_type not in painters:
+        raise ValueError(f"unknown defect type {defect_type!r} for kind {cfg.kind!r}; "
+                         f"expected one of {KIND_DEFECTS[cfg.kind]}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     support = (estimate_object_mask(image, cfg) if object_mask is None
@@ -624,7 +666,7 @@ def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator, cf
                          edge_distance=_edge_distance(support), rng=rng, cfg=cfg)
     n_pixels = support.size
     for _ in range(cfg.max_attempts):
-        new, mask = _PAINTERS[defect_type](ctx)
+        new, mask = painters[defect_type](ctx)
         mask &= support
         if cfg.min_area_frac <= mask.sum() / n_pixels <= cfg.max_area_frac:
             return np.where(mask[..., None], _to_uint8(new), image), mask
@@ -639,9 +681,13 @@ def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator, cf
 
 def _normals(cfg: SynthConfig, n: int, seed: int, stream: int) -> list[SynthSample]:
     """``n`` good samples from one random stream."""
-    empty = np.zeros(cfg.size, dtype=bool)
-    return [SynthSample(make_normal(_stream_rng(seed, stream, i), cfg), empty.copy(), GOOD, i)
-            for i in range(n)]
+    samples = []
+    for i in range(n):
+        rng = _stream_rng(seed, stream, i)
+        own = _sample_config(cfg, rng)
+        samples.append(SynthSample(make_normal(rng, own), np.zeros(own.size, dtype=bool),
+                                   GOOD, i))
+    return samples
 
 
 def _defects(cfg: SynthConfig, defect_type: str, n: int, seed: int) -> list[SynthSample]:
@@ -649,35 +695,42 @@ def _defects(cfg: SynthConfig, defect_type: str, n: int, seed: int) -> list[Synt
     samples = []
     for i in range(n):
         rng = _stream_rng(seed, _defect_stream(defect_type), i)
-        clean, support = make_scene(rng, cfg)
-        image, mask = add_defect(clean, defect_type, rng, cfg, support)
+        own = _sample_config(cfg, rng)
+        clean, support = make_scene(rng, own)
+        image, mask = add_defect(clean, defect_type, rng, own, support)
         samples.append(SynthSample(image, mask, defect_type, i))
     return samples
 
 
-def _check_types(types: Sequence[str]) -> tuple[str, ...]:
-    """Validate a defect-type selection."""
-    unknown = [t for t in types if t not in DEFECT_TYPES]
+def _check_types(types: Sequence[str] | None, kind: str = "object") -> tuple[str, ...]:
+    """Validate a defect-type selection (None: every type of ``kind``)."""
+    allowed = KIND_DEFECTS[kind]
+    if types is None:
+        return allowed
+    unknown = [t for t in types if t not in allowed]
     if unknown:
-        raise ValueError(f"unknown defect types {unknown}; expected a subset of {DEFECT_TYPES}")
+        raise ValueError(f"unknown defect types {unknown}; expected a subset of {allowed}")
     return tuple(types)
 
 
 def generate(cfg: SynthConfig, *, n_normal: int, n_per_type: int,
-             types: Sequence[str] = DEFECT_TYPES, seed: int) -> list[SynthSample]:
-    """``n_normal`` good samples, then ``n_per_type`` samples of each type in ``types``.
+             types: Sequence[str] | None = None, seed: int) -> list[SynthSample]:
+    """``n_normal`` good samples, then ``n_per_type`` samples of each type in ``types``
+    (default: every defect type of ``cfg.kind``).
 
     Each (seed, label, index) has its own random stream, so e.g. asking for more normals
     leaves the defect samples unchanged.
     """
     samples = _normals(cfg, n_normal, seed, _STREAM_NORMAL)
-    for defect_type in _check_types(types):
+    for defect_type in _check_types(types, cfg.kind):
         samples.extend(_defects(cfg, defect_type, n_per_type, seed))
     return samples
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    """Write an RGB (H, W, 3) or grey (H, W) uint8 array as PNG."""
+def _write_png(path: Path, array: np.ndarray, gray: bool = False) -> None:
+    """Write an RGB (H, W, 3) or grey (H, W) uint8 array as PNG (``gray``: one channel)."""
+    if gray and array.ndim == 3:
+        array = np.ascontiguousarray(array[..., 0])
     data = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
     if not cv2.imwrite(str(path), data):
         raise OSError(f"could not write {path}")
@@ -685,7 +738,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 def write_mvtec(root: str | os.PathLike[str], cfg: SynthConfig | None = None, *,
                 n_train: int = 60, n_test_good: int = 10, n_per_type: int = 12,
-                types: Sequence[str] = DEFECT_TYPES, seed: int = 0) -> Path:
+                types: Sequence[str] | None = None, seed: int = 0) -> Path:
     """Write a synthetic data set in the MVTec AD layout under ``root``; return ``root``.
 
     Layout: ``train/good/000.png``, ``test/good/000.png``, ``test/<type>/000.png``,
@@ -694,19 +747,20 @@ def write_mvtec(root: str | os.PathLike[str], cfg: SynthConfig | None = None, *,
     random streams of ``seed``. ``cfg`` defaults to ``SynthConfig()`` (object scenes).
     """
     cfg = SynthConfig() if cfg is None else cfg
-    types = _check_types(types)
+    types = _check_types(types, cfg.kind)
+    gray = cfg.kind in GRAY_KINDS
     root = Path(root)
     train_dir = root / "train" / GOOD
     train_dir.mkdir(parents=True, exist_ok=True)
     for sample in _normals(cfg, n_train, seed, _STREAM_TRAIN):
-        _write_png(train_dir / f"{sample.index:03d}.png", sample.image)
+        _write_png(train_dir / f"{sample.index:03d}.png", sample.image, gray)
 
     rows: list[tuple[str, str]] = []
     test = generate(cfg, n_normal=n_test_good, n_per_type=n_per_type, types=types, seed=seed)
     for sample in test:
         (root / "test" / sample.label).mkdir(parents=True, exist_ok=True)
         name = f"{sample.index:03d}"
-        _write_png(root / "test" / sample.label / f"{name}.png", sample.image)
+        _write_png(root / "test" / sample.label / f"{name}.png", sample.image, gray)
         rows.append((f"{sample.label}/{name}.png", sample.label))
         if sample.label != GOOD:
             mask_dir = root / "ground_truth" / sample.label
