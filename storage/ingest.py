@@ -285,6 +285,9 @@ def check_assignments(a: AssignmentsIn, n_regions: int | None, what: str
         raise ValidationError(f"assignments refer to region index outside 0..{n_regions - 1}")
     if not np.isfinite(conf).all() or (conf < 0).any() or (conf > 1).any():
         raise ValidationError("assignment confidence must be finite and in [0, 1]")
+    if a.is_normal is not None and np.shape(a.is_normal) != (len(regions),):
+        raise ValidationError(f"assignments: is_normal has {np.size(a.is_normal)} entries for "
+                              f"{len(regions)} regions")
     return regions, conf
 
 
@@ -423,11 +426,7 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
                     + (list(batch.assignments.types) if batch.assignments is not None else []))
     maps = [im.anomaly_map for im in images]
     for im, m in zip(images, maps):
-        # A map may be stored at a lower resolution than its image (detectors work at a few
-        # hundred pixels); it must keep the image's aspect ratio within a pixel.
-        if m is not None and (np.ndim(m) != 2 or min(np.shape(m)) < 1 or abs(
-                np.shape(m)[0] * im.width / max(np.shape(m)[1], 1) - im.height)
-                > max(1.0, im.height / np.shape(m)[0])):
+        if m is not None and not map_fits_image(np.shape(m), im.height, im.width):
             raise ValidationError(f"image {im.name!r}: anomaly map shape {np.shape(m)} does "
                                   f"not have the aspect of the {im.width}x{im.height} image")
 
@@ -451,6 +450,23 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
                      a_conf if batch.assignments is not None else None, params_text)
     with ws.pending_files():
         return _write_batch(ws, batch, prep, actor, progress)
+
+
+def map_fits_image(map_shape: tuple[int, ...], height: int, width: int) -> bool:
+    """Whether a 2-D map of ``map_shape`` can be the anomaly map of a height x width image.
+
+    A map may be stored at a lower resolution than its image (detectors and MEBin work at
+    a few hundred pixels), each side rounded to whole pixels on its own: it fits when one
+    common scale, rounded per side, gives its shape to within a pixel on each side (so a
+    256 x 108 map fits a 288 x 122 image, and any aspect up to 1:32 and beyond is fine).
+    """
+    if len(map_shape) != 2 or min(map_shape) < 1 or height < 1 or width < 1:
+        return False
+    mh, mw = int(map_shape[0]), int(map_shape[1])
+    for scale in (mh / height, mw / width):
+        if abs(height * scale - mh) <= 1.0 and abs(width * scale - mw) <= 1.0:
+            return True
+    return False
 
 
 @dataclass
@@ -576,12 +592,18 @@ def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
         touched: set[int] = set()
         if batch.assignments is not None and a_regions is not None and len(a_regions):
             tids = resolve_refs(con, batch.assignments.types, new_ids)
+            a_normal = np.zeros(len(a_regions), dtype=bool) \
+                if batch.assignments.is_normal is None else \
+                np.asarray(batch.assignments.is_normal, dtype=bool)
+            if np.any(a_normal & (tids >= 0)):
+                raise ValidationError("a region stored as judged normal cannot have a type")
             for start in range(0, len(a_regions), chunk):
                 s = slice(start, min(start + chunk, len(a_regions)))
                 insert_from(con, """INSERT INTO assignments (region_id, type_id, confidence,
                         model_version, source, is_normal)
-                        SELECT rid, nullif(tid, -1), conf, ?, 'model', false FROM _src""", {
-                    "rid": region_ids[a_regions[s]], "tid": tids[s], "conf": a_conf[s]}, [mv])
+                        SELECT rid, nullif(tid, -1), conf, ?, 'model', normal FROM _src""", {
+                    "rid": region_ids[a_regions[s]], "tid": tids[s], "conf": a_conf[s],
+                    "normal": a_normal[s]}, [mv])
                 if progress:
                     progress("assignments", s.stop, len(a_regions))
             touched = {int(t) for t in np.unique(tids) if t >= 0}

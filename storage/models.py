@@ -112,6 +112,9 @@ class AssignmentsIn:
     regions: np.ndarray
     types: Sequence[Any]
     confidence: np.ndarray
+    #: :meth:`ingest_batch` only: per entry, whether the region is stored as judged normal
+    #: (a candidate region of an image the detector passed, with no type); None: none is.
+    is_normal: np.ndarray | None = None
 
 
 @dataclass
