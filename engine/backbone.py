@@ -130,7 +130,9 @@ def build_model(cfg: BackboneConfig) -> torch.nn.Module:
         )
     kwargs = {}
     if "vit" in cfg.name or "deit" in cfg.name:
+        # inputs keep their aspect ratio: the position embedding is interpolated per size
         kwargs["img_size"] = cfg.image_size
+        kwargs["dynamic_img_size"] = True
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
     if cfg.weights is None:
         state = map_positionally(_state_dict_from_file(bundled_weight_file(cfg.name)),
@@ -231,11 +233,62 @@ def select_feature_indices(model: torch.nn.Module, cfg: BackboneConfig) -> list[
     return chosen
 
 
+#: Side (px) of the probe image :func:`measure_offsets` feeds the backbone.
+OFFSET_PROBE_SIDE = 256
+#: Gaussian bump of the probe: sigma (px) and height (grey levels) over a noise background.
+OFFSET_PROBE_SIGMA = 3.0
+OFFSET_PROBE_HEIGHT = 100.0
+#: Cells whose response exceeds this fraction of the peak form the probe's centroid.
+OFFSET_PROBE_FRACTION = 0.3
+_OFFSET_CACHE: dict[tuple, list[float]] = {}
+
+
+@torch.inference_mode()
+def measure_offsets(model: torch.nn.Module, indices: list[int], strides: list[int],
+                    device: torch.device) -> list[float]:
+    """Input pixel of cell 0's centre, per selected stage (``pixel = stride * cell + offset``).
+
+    Trained convolutional networks do not centre cell ``j`` of a stride-``s`` stage on
+    ``s * j + s / 2``: padding and learned weights shift it (EfficientNet-Lite0's stride-8
+    and stride-16 cells sit 7 and 13 px up-left of that), and maps drawn with the naive
+    mapping lie beside their defects. This finds the mapping the way it is used: small bumps
+    at known sub-cell positions on a seeded noise image, and the centroid of the feature
+    change each causes, averaged over positions and both axes.
+    """
+    from engine.preprocess import to_tensor_batch
+
+    side = OFFSET_PROBE_SIDE
+    rng = np.random.default_rng(0)
+    base = np.clip(128 + rng.normal(0, 20, (side, side, 1)), 0, 255).repeat(3, axis=2)
+    centres = side / 2 + np.arange(-8.0, 9.0, 2.0)
+    yy, xx = np.mgrid[:side, :side].astype(np.float64)
+    probes = [base.astype(np.uint8)]
+    for c in centres:
+        bump = np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2 * OFFSET_PROBE_SIGMA ** 2))
+        probes.append(np.clip(base + OFFSET_PROBE_HEIGHT * bump[..., None], 0, 255)
+                      .astype(np.uint8))
+    x = torch.from_numpy(to_tensor_batch(probes)).to(device)
+    maps = model.forward_intermediates(x, indices=indices, intermediates_only=True)
+    offsets = []
+    for fmap, stride in zip(maps, strides):
+        diff = (fmap[1:] - fmap[:1]).float().norm(dim=1).cpu().numpy()  # (P, h, w)
+        found = []
+        for c, d in zip(centres, diff):
+            d = np.where(d >= OFFSET_PROBE_FRACTION * d.max(), d, 0.0)
+            gy, gx = np.mgrid[:d.shape[0], :d.shape[1]]
+            total = d.sum()
+            found.append(c - stride * (d * gy).sum() / total)
+            found.append(c - stride * (d * gx).sum() / total)
+        offsets.append(float(np.mean(found)))
+    return offsets
+
+
 class FeatureExtractor:
     """A frozen backbone that returns multi-scale patch features and a pooled feature.
 
     Batch-wise, eval mode, ``torch.inference_mode``; inputs are normalised float arrays
-    (B, 3, S, S) as made by :func:`engine.preprocess.to_tensor_batch`.
+    (B, 3, H, W) as made by :func:`engine.preprocess.to_tensor_batch`, H and W multiples of
+    :attr:`max_stride`. :attr:`offsets` says where each stage's cells lie in the input.
     """
 
     def __init__(self, cfg: BackboneConfig, device: torch.device) -> None:
@@ -250,6 +303,14 @@ class FeatureExtractor:
         dicts = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
         self.strides = [int(dicts[i]["reduction"]) for i in self.indices]
         self.channels = [int(dicts[i]["num_chs"]) for i in self.indices]
+        #: Input sizes must be multiples of the largest stride of the whole network.
+        self.max_stride = max(int(d["reduction"]) for d in dicts)
+        key = (cfg.name, cfg.weights, tuple(self.indices))
+        if key not in _OFFSET_CACHE:
+            _OFFSET_CACHE[key] = measure_offsets(self.model, self.indices, self.strides,
+                                                 device)
+        #: Input pixel of cell 0's centre per selected stage (see :func:`measure_offsets`).
+        self.offsets = list(_OFFSET_CACHE[key])
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray | torch.Tensor, pooled: bool = False) -> Features:

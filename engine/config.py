@@ -19,8 +19,10 @@ from engine.crops import CropConfig
 from engine.mebin import MEBinConfig
 from engine.prior import PriorConfig
 
-ResizeMode = Literal["letterbox", "squash"]
+ResizeMode = Literal["native", "area", "letterbox", "squash"]
+RESIZE_MODES: tuple[str, ...] = ("native", "area", "letterbox", "squash")
 DeviceName = Literal["auto", "cpu", "cuda"]
+Contrast = Literal["none", "image", "normals"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,15 +37,31 @@ class BackboneConfig:
     name: str = "efficientnet_lite0"
     #: Path to a local checkpoint (state dict) for backbones whose weights are not bundled.
     weights: str | None = None
-    #: Side of the square network input in pixels (MVTec-style data is 256 px).
+    #: Target side of the network input in pixels: the shorter side (``native``), the side
+    #: of the square of equal area (``area``) or of the square input (``letterbox``,
+    #: ``squash``). MVTec-style data is 256 px.
     image_size: int = 256
-    #: ``letterbox`` keeps the aspect ratio and pads; ``squash`` stretches to a square.
-    #: Letterbox measured better on non-square inputs and equal on square ones
-    #: (``benchmarks/bench_resize_mode.py``).
+    #: How an image becomes the network input (:mod:`engine.preprocess`): ``native`` scales
+    #: the shorter side to ``image_size`` and keeps the aspect ratio (no padding; long or
+    #: large inputs are tiled), ``area`` scales the area instead, ``letterbox`` pads into a
+    #: square, ``squash`` stretches into one.
     resize_mode: ResizeMode = "letterbox"
+    #: Side (px) of the tiles a large or elongated input is processed in (a multiple of the
+    #: backbone's largest stride); inputs up to this size are one tile.
+    tile_size: int = 512
+    #: Context (px) each tile has beyond the cells it contributes: neighbouring tiles
+    #: overlap by at least twice this, so seams fall outside the backbone's near field.
+    tile_margin: int = 64
     #: Feature-map strides (in input pixels) whose outputs form the patch features:
     #: PatchCore uses the stride-8 and stride-16 stages (WRN50 layer2 + layer3).
     feature_strides: tuple[int, ...] = (8, 16)
+    #: Grey-level stretch before the backbone (dark or low-contrast captures): ``none``,
+    #: ``image`` (each image's own ``contrast_percentiles`` onto 0..255) or ``normals``
+    #: (one stretch for all images, fitted on the known-good ones, so that brightness
+    #: differences between images survive).
+    contrast: Contrast = "none"
+    #: (low, high) percentiles of the grey values mapped onto 0 and 255.
+    contrast_percentiles: tuple[float, float] = (0.5, 99.5)
     #: Explicit timm ``feature_info`` indices; overrides ``feature_strides`` (needed for ViTs,
     #: whose blocks all have the same stride).
     feature_indices: tuple[int, ...] | None = None
@@ -55,8 +73,9 @@ class BackboneConfig:
 class DetectorConfig:
     """PatchCore-style detector with PRN-style residual prototypes."""
 
-    #: Side of the local neighbourhood averaged around each patch (PatchCore: 3).
-    patch_neighbourhood: int = 3
+    #: Side of the local neighbourhood averaged around each patch (PatchCore: 3), one for
+    #: every stage or one per stage (finest first).
+    patch_neighbourhood: int | tuple[int, ...] = 3
     #: Fraction of normal patches kept in the memory bank by greedy coreset (PatchCore: 1-10 %).
     coreset_ratio: float = 0.1
     #: Upper bound on the memory bank size: keeps fit and search time flat for large normal
@@ -74,13 +93,19 @@ class DetectorConfig:
     #: Gaussian sigma (pixels, at network input resolution) applied to the anomaly map
     #: (PatchCore: 4).
     map_sigma: float = 4.0
-    #: Fraction of the normal images held out of the memory bank to calibrate the threshold.
-    calibration_fraction: float = 0.1
-    #: Minimum number of calibration images (when at least this many + 1 normals exist).
-    calibration_min: int = 2
-    #: Threshold = mean + ``threshold_sigmas`` x std of the calibration scores, and at least
-    #: the calibration maximum (documented in docs/decisions.md).
-    threshold_sigmas: float = 3.0
+    #: Folds of the normal images: the bank is one coreset per fold, and an image is scored
+    #: as unseen against the bank without its fold to calibrate the threshold
+    #: (:mod:`engine.calibration`), so no normal image is kept out of the bank.
+    calibration_folds: int = 5
+    #: At most this many normal images are scored for calibration (spread over the folds).
+    calibration_max_images: int = 200
+    #: Fraction of good images the calibrated threshold flags (``--false-alarm-rate``):
+    #: the threshold is this upper quantile of the held-out normals' scores.
+    false_alarm_rate: float = 0.02
+    #: An image the detector passes but that scores within this fraction below the
+    #: threshold keeps its strongest region as a *candidate*: stored as judged normal, and
+    #: asked about ("is this image defective?"), so that no near-miss vanishes unseen.
+    candidate_band: float = 0.25
     #: Number of k-means prototypes per feature scale (PRN multi-scale prototypes).
     prototypes_per_scale: int = 64
     #: k-means iterations for the prototypes.
@@ -111,15 +136,17 @@ class DiscoveryConfig:
     use_residual: bool = True
     #: Reference normals per image (the closest normals in pooled backbone features).
     n_references: int = 8
-    #: Normals kept inside a saved model as references (downscaled to ``reference_side``).
+    #: Normals kept inside a saved model as references (shrunk to ``reference_side`` on the
+    #: shorter side, :func:`engine.regions.shrink_to`).
     max_kept_references: int = 32
-    #: Longer side (px) of the reference normals kept in a model.
+    #: Shorter side (px) of the reference normals kept in a model.
     reference_side: int = 256
     #: Quantile of an image's own map whose exceedance forms the mask when MEBin finds no
     #: stable component in an image the detector flagged (the image is then cropped whole).
     fallback_quantile: float = 0.97
-    #: MEBin runs on maps resized to at most this many pixels on the longer side, so its
-    #: pixel-sized erosion and components mean the same for every image size.
+    #: MEBin runs on maps shrunk to at most this many pixels on the shorter side (and a
+    #: bounded area: :func:`engine.regions.shrink_to`), so its pixel-sized erosion and
+    #: components mean the same for every image size; these maps are also the stored ones.
     mebin_side: int = 256
 
     # ---- guided attention (ProtoAnomalyNCD) -------------------------------------------------

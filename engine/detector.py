@@ -21,16 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from engine.backbone import FeatureExtractor
+from engine.calibration import assign_folds, pick_calibration, threshold_at
 from engine.config import ProtoAtlasConfig
 from engine.device import resolve_device
+from engine.feature_grid import ImageFeatures, iter_image_features
 from engine.knn import NearestNeighbours
 from engine.patch_features import aggregate
-from engine.preprocess import Geometry, fit_square, restore_map, to_tensor_batch
+from engine.preprocess import Geometry, grid_to_image, intensity_range, restore_map
 from engine.prototypes import ResidualPrototypes
 from engine.sampler import coreset_size, greedy_coreset
 
@@ -45,13 +46,25 @@ class ModelFormatError(ValueError):
 
 @dataclass
 class PatchBatch:
-    """Patch features of a batch of images on the finest feature grid."""
+    """Patch features of a batch of images, each on its own finest feature grid."""
 
-    features: torch.Tensor  # (B, D, h, w)
-    stage_maps: list[torch.Tensor]  # per-stage locally averaged maps (for prototypes)
+    features: list[torch.Tensor]  # per image (D, h, w)
+    stage_maps: list[list[torch.Tensor]]  # per image, per stage (C_k, h_k, w_k), averaged
     geometries: list[Geometry]
-    valid: np.ndarray  # (B, h, w) bool: patch centre inside the image content
+    valid: list[np.ndarray]  # per image (h, w) bool: patch centre inside the image content
     pooled: torch.Tensor | None  # (B, P) global features when requested
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def flat(self, i: int) -> np.ndarray:
+        """(h * w, D) float32 patch features of image ``i`` (row-major cells)."""
+        f = self.features[i]
+        return f.permute(1, 2, 0).reshape(-1, f.shape[0]).cpu().numpy()
+
+    def content(self, i: int) -> np.ndarray:
+        """(n_valid, D) float32 features of image ``i``'s content cells."""
+        return self.flat(i)[self.valid[i].reshape(-1)]
 
 
 @dataclass
@@ -69,11 +82,13 @@ class ImageDetection:
 @dataclass
 class FitReport:
     n_fit_images: int
+    #: Normal images scored as unseen (against the bank without their fold) to calibrate.
     n_calibration_images: int
     n_patches: int
     bank_size: int
     threshold: float
     calibration_scores: np.ndarray
+    n_folds: int = 1
 
 
 class PatchCoreDetector:
@@ -89,100 +104,157 @@ class PatchCoreDetector:
         self.prototypes: ResidualPrototypes | None = None
         self.threshold: float | None = None
         self.calibration_scores: np.ndarray | None = None
+        #: Grey-level stretch fitted on the normals (``contrast == "normals"``), else None.
+        self.intensity: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------ features
+    @property
+    def finest(self) -> tuple[int, float]:
+        """(stride, offset) of the patch grid (the finest selected stage)."""
+        i = int(np.argmin(self.extractor.strides))
+        return self.extractor.strides[i], self.extractor.offsets[i]
+
     def iter_patches(self, images: Iterable[np.ndarray], *, pooled: bool = False,
                      progress: bool = False, desc: str = "features",
                      total: int | None = None) -> Iterator[PatchBatch]:
-        """Yield :class:`PatchBatch` for consecutive batches of ``images``."""
+        """Yield :class:`PatchBatch` for consecutive batches of ``images`` (any sizes)."""
         bcfg = self.config.backbone
-        stride = min(self.extractor.strides)
+        ext = self.extractor
         bar = tqdm(total=total, desc=desc, disable=not progress, file=sys.stderr, leave=False)
-        squares: list[np.ndarray] = []
-        geoms: list[Geometry] = []
+        pending: list[ImageFeatures] = []
 
         def flush() -> PatchBatch:
-            feats = self.extractor(to_tensor_batch(squares), pooled=pooled)
-            patch, stages = aggregate(feats, self.config.detector.patch_neighbourhood)
-            valid = np.stack([g.grid_valid(stride) for g in geoms])
-            return PatchBatch(patch, stages, list(geoms), valid, feats.pooled)
+            feats, stages, valids = [], [], []
+            for item in pending:
+                stage_valid = [torch.from_numpy(item.geometry.grid_valid(s, o))[None]
+                               for s, o in zip(ext.strides, ext.offsets)]
+                masked = None if all(bool(v.all()) for v in stage_valid) else stage_valid
+                patch, per_stage = aggregate([m[None] for m in item.maps], ext.strides,
+                                             ext.offsets, self.config.detector.patch_neighbourhood,
+                                             masked)
+                feats.append(patch[0])
+                stages.append([m[0] for m in per_stage])
+                stride, offset = self.finest
+                valids.append(item.geometry.grid_valid(stride, offset))
+            vec = torch.stack([p.pooled for p in pending]) if pooled else None
+            return PatchBatch(feats, stages, [p.geometry for p in pending], valids, vec)
 
         with bar:
-            for image in images:
-                square, geom = fit_square(image, bcfg.image_size, bcfg.resize_mode)
-                squares.append(square)
-                geoms.append(geom)
-                if len(squares) == bcfg.batch_size:
+            for item in iter_image_features(ext, images, bcfg, pooled=pooled,
+                                            intensity=self.intensity):
+                pending.append(item)
+                if len(pending) == bcfg.batch_size:
                     yield flush()
-                    bar.update(len(squares))
-                    squares, geoms = [], []
-            if squares:
+                    bar.update(len(pending))
+                    pending = []
+            if pending:
                 yield flush()
-                bar.update(len(squares))
+                bar.update(len(pending))
 
     # ------------------------------------------------------------------ fitting
     def fit(self, images: Sequence[np.ndarray], progress: bool = False) -> FitReport:
-        """Fit the memory bank, prototypes and threshold on known-good ``images``."""
+        """Fit the memory bank, prototypes and threshold on known-good ``images``.
+
+        The bank is the union of one coreset per fold of the images; the threshold is
+        calibrated on images scored against the bank without their own fold
+        (:mod:`engine.calibration`).
+        """
         dcfg = self.config.detector
         if len(images) == 0:
             raise ValueError("no normal images to fit on")
-        fit_idx, calib_idx = self._split_calibration(len(images))
-        feats: list[np.ndarray] = []
+        n = len(images)
+        self.fit_intensity(images)
+        folds = assign_folds(n, dcfg.calibration_folds, self.config.seed)
+        n_folds = int(folds.max()) + 1
+        calib = set(pick_calibration(folds, dcfg.calibration_max_images,
+                                     self.config.seed).tolist())
+        per_image: list[np.ndarray] = []
+        kept: dict[int, np.ndarray] = {}
         stage_samples: list[list[np.ndarray]] = []
         rng = np.random.default_rng(self.config.seed)
-        for batch in self.iter_patches((images[i] for i in fit_idx), progress=progress,
-                                       desc="fit: features", total=len(fit_idx)):
-            flat = batch.features.permute(0, 2, 3, 1).cpu().numpy()
-            feats.append(flat[batch.valid])
+        for batch in self.iter_patches((images[i] for i in range(n)), progress=progress,
+                                       desc="fit: features", total=n):
+            for i in range(len(batch)):
+                per_image.append(batch.content(i))
+                if len(per_image) - 1 in calib:
+                    kept[len(per_image) - 1] = per_image[-1]
             stage_samples.append(self._sample_stage_features(batch, rng))
-        bank_all = np.concatenate(feats).astype(np.float32)
-        n_keep = coreset_size(len(bank_all), dcfg.coreset_ratio, dcfg.coreset_max)
-        keep = greedy_coreset(
-            bank_all, n_keep, projection_dim=dcfg.coreset_projection_dim,
-            max_candidates=dcfg.coreset_candidates, seed=self.config.seed,
-            device=self.device, progress=progress,
-        )
-        self.knn = NearestNeighbours(bank_all[keep], use_gpu=self.device.type == "cuda")
+        counts = np.array([len(p) for p in per_image])
+        n_patches = int(counts.sum())
+        n_keep = coreset_size(n_patches, dcfg.coreset_ratio, dcfg.coreset_max)
+        fold_banks: list[np.ndarray] = []
+        for f in range(n_folds):
+            members = np.flatnonzero(folds == f)
+            part = np.concatenate([per_image[i] for i in members]).astype(np.float32)
+            share = len(part) / n_patches
+            keep = greedy_coreset(
+                part, max(1, min(len(part), int(round(n_keep * share)))),
+                projection_dim=dcfg.coreset_projection_dim,
+                max_candidates=max(1, int(round(dcfg.coreset_candidates * share))),
+                seed=self.config.seed + f, device=self.device, progress=progress)
+            fold_banks.append(part[keep])
+            for i in members:
+                if i not in kept:
+                    per_image[i] = np.zeros((0, part.shape[1]), np.float32)  # free memory
+        del per_image
+        use_gpu = self.device.type == "cuda"
+        self.knn = NearestNeighbours(np.concatenate(fold_banks), use_gpu=use_gpu)
         per_stage = [np.concatenate([s[i] for s in stage_samples])
                      for i in range(len(stage_samples[0]))]
         self.prototypes = ResidualPrototypes.fit(
             per_stage, dcfg.prototypes_per_scale, dcfg.prototype_iterations, self.config.seed)
-        calib = [images[i] for i in calib_idx]
-        scores = np.array([d.score for d in self.score(calib)], np.float32) if calib else \
-            np.zeros(0, np.float32)
+        scores = []
+        for f in range(n_folds):
+            held = [i for i in sorted(kept) if folds[i] == f]
+            if not held:
+                continue
+            others = NearestNeighbours(np.concatenate(
+                [b for g, b in enumerate(fold_banks) if g != f]), use_gpu=use_gpu)
+            scores.extend(self._content_score(kept[i], others) for i in held)
+        scores = np.asarray(scores, np.float32)
         self.calibration_scores = scores
-        self.threshold = self._threshold_from(scores)
-        return FitReport(len(fit_idx), len(calib_idx), len(bank_all), n_keep,
-                         self.threshold, scores)
+        self.threshold = threshold_at(scores, dcfg.false_alarm_rate)
+        return FitReport(n, len(scores), n_patches, len(self.knn.bank), self.threshold,
+                         scores, n_folds)
 
-    def _split_calibration(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        dcfg = self.config.detector
-        n_cal = int(round(n * dcfg.calibration_fraction))
-        n_cal = max(n_cal, dcfg.calibration_min) if n > dcfg.calibration_min else 0
-        order = np.random.default_rng(self.config.seed).permutation(n)
-        return np.sort(order[n_cal:]), np.sort(order[:n_cal])
+    def fit_intensity(self, images: Sequence[np.ndarray]) -> None:
+        """Fit the grey-level stretch on the normals when ``contrast == "normals"`` (a
+        seeded sample of at most 64 images)."""
+        bcfg = self.config.backbone
+        if bcfg.contrast != "normals" or len(images) == 0:
+            self.intensity = None
+            return
+        pick = np.linspace(0, len(images) - 1, num=min(len(images), 64)).round().astype(int)
+        self.intensity = intensity_range((images[int(i)] for i in np.unique(pick)),
+                                         *bcfg.contrast_percentiles)
+
+    def _content_score(self, content: np.ndarray, knn: NearestNeighbours) -> float:
+        """Image score of an image's content patches against ``knn``'s bank."""
+        dist, nn_idx = knn.search(content, k=1)
+        pos = int(np.argmax(dist[:, 0]))
+        weight = self._reweight(content[pos], int(nn_idx[pos, 0]), knn)
+        return float(dist[pos, 0] * weight)
 
     def _sample_stage_features(self, batch: PatchBatch, rng: np.random.Generator
                                ) -> list[np.ndarray]:
         """Up to 64 random patch features per image and stage, for the k-means prototypes."""
         out = []
-        for fmap in batch.stage_maps:
-            flat = fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1]).cpu().numpy()
-            take = rng.choice(len(flat), size=min(len(flat), 64 * fmap.shape[0]),
-                              replace=False)
-            out.append(flat[np.sort(take)])
+        for k in range(len(batch.stage_maps[0])):
+            parts = []
+            for stages in batch.stage_maps:
+                fmap = stages[k]
+                flat = fmap.permute(1, 2, 0).reshape(-1, fmap.shape[0]).cpu().numpy()
+                take = rng.choice(len(flat), size=min(len(flat), 64), replace=False)
+                parts.append(flat[np.sort(take)])
+            out.append(np.concatenate(parts))
         return out
 
-    def _threshold_from(self, scores: np.ndarray) -> float:
-        """mean + k*std of the held-out normal scores, and at least their maximum.
-
-        With no held-out normals (too few images) the threshold is +inf: nothing is flagged,
-        and the CLI warns that the threshold could not be calibrated.
-        """
-        if len(scores) == 0:
-            return float("inf")
-        k = self.config.detector.threshold_sigmas
-        return float(max(scores.max(), scores.mean() + k * scores.std()))
+    def set_false_alarm_rate(self, rate: float) -> float:
+        """Re-derive the threshold from the stored calibration scores at ``rate``."""
+        if self.calibration_scores is None:
+            raise RuntimeError("detector is not fitted: call fit() or load() first")
+        self.threshold = threshold_at(self.calibration_scores, rate)
+        return self.threshold
 
     # ------------------------------------------------------------------ scoring
     def _require_fitted(self) -> NearestNeighbours:
@@ -199,32 +271,32 @@ class PatchCoreDetector:
                    total: int | None = None) -> Iterator[ImageDetection]:
         knn = self._require_fitted()
         dcfg = self.config.detector
-        size = self.config.backbone.image_size
+        stride, offset = self.finest
         for batch in self.iter_patches(images, progress=progress, desc="score", total=total):
-            b, d, h, w = batch.features.shape
-            flat = batch.features.permute(0, 2, 3, 1).reshape(-1, d).cpu().numpy()
-            dist, nn_idx = knn.search(flat, k=1)
-            dist = dist[:, 0].reshape(b, h, w)
-            nn_idx = nn_idx[:, 0].reshape(b, h, w)
-            grids = torch.from_numpy(np.where(batch.valid, dist, np.nan).astype(np.float32))
-            for i in range(b):
-                grid = grids[i].numpy()
+            flats = [batch.flat(i) for i in range(len(batch))]
+            contents = [f[v.reshape(-1)] for f, v in zip(flats, batch.valid)]
+            dist, nn_idx = knn.search(np.concatenate(contents), k=1)
+            start = 0
+            for i, content in enumerate(contents):
+                d = dist[start:start + len(content), 0]
+                nn = nn_idx[start:start + len(content), 0]
+                start += len(content)
                 valid = batch.valid[i]
-                flat_pos = int(np.nanargmax(grid))
-                query = flat.reshape(b, h * w, d)[i, flat_pos]
-                weight = self._reweight(query, int(nn_idx[i].reshape(-1)[flat_pos]))
-                score = float(grid.reshape(-1)[flat_pos] * weight)
-                filled = np.where(valid, grid, np.nanmin(grid)).astype(np.float32)
-                up = F.interpolate(torch.from_numpy(filled)[None, None], size=(size, size),
-                                   mode="bilinear", align_corners=False)[0, 0].numpy()
+                grid = np.full(valid.shape, np.nan, np.float32)
+                grid[valid] = d
+                pos = int(np.argmax(d))
+                score = float(d[pos] * self._reweight(content[pos], int(nn[pos]), knn))
+                filled = np.where(valid, grid, float(d.min())).astype(np.float32)
+                geom = batch.geometries[i]
+                up = grid_to_image(filled, stride, offset, geom)
                 smooth = gaussian_filter(up, sigma=dcfg.map_sigma)
-                descriptor = flat.reshape(b, h * w, d)[i][valid.reshape(-1)].mean(axis=0)
-                yield ImageDetection(score, restore_map(smooth, batch.geometries[i]), grid,
-                                     descriptor.astype(np.float32))
+                yield ImageDetection(score, restore_map(smooth, geom), grid,
+                                     content.mean(axis=0).astype(np.float32))
 
-    def _reweight(self, query: np.ndarray, nearest: int) -> float:
+    def _reweight(self, query: np.ndarray, nearest: int,
+                  knn: NearestNeighbours | None = None) -> float:
         """PatchCore's image-score weight ``1 - softmax(distances to N_b(m*))[m*]``."""
-        knn = self._require_fitted()
+        knn = knn or self._require_fitted()
         b = self.config.detector.reweight_neighbours
         if b <= 1 or len(knn.bank) < 2:
             return 1.0
@@ -241,10 +313,8 @@ class PatchCoreDetector:
         """Global descriptor (mean valid patch feature, as in scoring) of each image; needs
         no fitting (the backbone alone)."""
         for batch in self.iter_patches(images):
-            b, d, h, w = batch.features.shape
-            flat = batch.features.permute(0, 2, 3, 1).reshape(b, h * w, d).cpu().numpy()
-            for i in range(b):
-                yield flat[i][batch.valid[i].reshape(-1)].mean(axis=0).astype(np.float32)
+            for i in range(len(batch)):
+                yield batch.content(i).mean(axis=0).astype(np.float32)
 
     @property
     def is_fitted(self) -> bool:
@@ -255,10 +325,12 @@ class PatchCoreDetector:
         """Yield per image ``(residual (h, w, D), valid (h, w))`` against the prototypes."""
         if self.prototypes is None:
             raise RuntimeError("detector is not fitted: call fit() or load() first")
+        ext = self.extractor
         for batch in self.iter_patches(images, progress=progress, desc="residuals"):
-            res = self.prototypes.residual_features(batch.stage_maps).permute(0, 2, 3, 1)
-            for i in range(res.shape[0]):
-                yield res[i].numpy(), batch.valid[i]
+            for i in range(len(batch)):
+                res = self.prototypes.residual_features(
+                    [m[None] for m in batch.stage_maps[i]], ext.strides, ext.offsets)
+                yield res[0].permute(1, 2, 0).numpy(), batch.valid[i]
 
     # ------------------------------------------------------------------ persistence
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
@@ -271,6 +343,7 @@ class PatchCoreDetector:
             "config": json.loads(self.config.to_json()),
             "threshold": self.threshold,
             "n_stages": len(self.prototypes.centroids),
+            "intensity": list(self.intensity) if self.intensity is not None else None,
         }
         arrays = {"bank": knn.bank, "calibration_scores": self.calibration_scores}
         for i, c in enumerate(self.prototypes.centroids):
@@ -302,6 +375,8 @@ class PatchCoreDetector:
         det.prototypes = ResidualPrototypes(
             [arrays[f"prototypes_{i}"] for i in range(int(meta["n_stages"]))])
         det.threshold = float(meta["threshold"]) if meta["threshold"] is not None else None
+        if meta.get("intensity") is not None:
+            det.intensity = (float(meta["intensity"][0]), float(meta["intensity"][1]))
         det.calibration_scores = arrays["calibration_scores"]
         return det
 

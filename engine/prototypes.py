@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from engine.patch_features import resample_stage
 
 
 @dataclass
@@ -61,10 +62,13 @@ class ResidualPrototypes:
             out.append(res)
         return out
 
-    def residual_features(self, stage_maps: list[torch.Tensor]) -> torch.Tensor:
-        """(B, sum C_i, h, w) residuals of all stages on the finest grid."""
+    def residual_features(self, stage_maps: list[torch.Tensor], strides: list[int],
+                          offsets: list[float]) -> torch.Tensor:
+        """(B, sum C_i, h, w) residuals of all stages on the finest grid (each stage
+        resampled at the finest cells' positions, :func:`engine.patch_features.resample_stage`)."""
         maps = self.residual_maps(stage_maps)
-        size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-        ups = [m if m.shape[-2:] == size else
-               F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+        finest = max(range(len(maps)), key=lambda i: maps[i].shape[-2] * maps[i].shape[-1])
+        size = tuple(maps[finest].shape[-2:])
+        ups = [resample_stage(m, s, o, size, strides[finest], offsets[finest])
+               for m, s, o in zip(maps, strides, offsets)]
         return torch.cat(ups, dim=1)

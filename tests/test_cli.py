@@ -53,7 +53,9 @@ def test_detect_writes_one_row_per_image_with_paths_relative_to_images(demo, tmp
     heat = cv2.imread(str(maps / "scratch" / "000.png"))
     assert heat is not None and heat.shape == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3)
     report = json.loads((tmp_path / "scores_report.json").read_text())
-    assert report["images"]["skipped"] == [] and report["fit"]["n_calibration_images"] == 2
+    # every normal is scored as unseen, against the bank without its fold
+    assert report["images"]["skipped"] == [] and report["fit"]["n_calibration_images"] == 12
+    assert report["fit"]["n_folds"] == 5
     assert "image AUROC 1.0000" in capsys.readouterr().out
 
 

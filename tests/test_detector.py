@@ -26,9 +26,18 @@ def test_defects_score_higher_and_are_localised(fitted, synth_samples) -> None:
 
 
 def test_threshold_is_calibrated_on_held_out_normals(fitted, synth_samples) -> None:
+    """Every normal is in the bank and is also scored as unseen (against the other folds);
+    the threshold is the 1 - false_alarm_rate quantile of those scores."""
     det, report = fitted
-    assert report.n_calibration_images == 2 and report.n_fit_images == 14
-    assert report.threshold >= float(report.calibration_scores.max())
+    assert report.n_folds == 5 and report.n_fit_images == 16
+    assert report.n_calibration_images == 16
+    scores = report.calibration_scores
+    assert report.threshold == pytest.approx(float(np.quantile(scores, 0.98)))
+    assert np.mean(scores > report.threshold) <= max(0.02, 1 / len(scores)) + 1e-9
+    # held-out scores are those of unseen normals: above the in-bank scores of the same images
+    normals = [s.image for s in synth_samples if s.label == "good"][:16]
+    in_bank = np.array([r.score for r in det.score(normals)])
+    assert np.median(scores) > np.median(in_bank)
     test = held_out(synth_samples)
     flagged = [r.score > det.threshold for r in det.score([s.image for s in test])]
     truth = [s.label != "good" for s in test]
@@ -37,8 +46,19 @@ def test_threshold_is_calibrated_on_held_out_normals(fitted, synth_samples) -> N
 
 
 def test_bank_is_a_coreset_of_the_patches(fitted) -> None:
+    """One coreset per fold, together 10 % of the patches (give or take a rounding each)."""
     det, report = fitted
-    assert report.bank_size == len(det.knn.bank) == round(0.1 * report.n_patches)
+    assert report.bank_size == len(det.knn.bank)
+    assert abs(report.bank_size - 0.1 * report.n_patches) <= report.n_folds
+
+
+def test_false_alarm_rate_moves_the_threshold(fitted) -> None:
+    det, report = fitted
+    low = det.set_false_alarm_rate(0.2)
+    high = det.set_false_alarm_rate(0.02)
+    assert low < high == pytest.approx(report.threshold)
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        det.set_false_alarm_rate(0.0)
 
 
 def test_non_square_and_grayscale_inputs_keep_their_shape(fitted, synth_samples) -> None:

@@ -1,11 +1,12 @@
-"""Letterbox / squash geometry and the way back to the original image."""
+"""Network-input geometry (native, area, letterbox, squash), tiles, and the way back."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.preprocess import fit_square, restore_map, to_tensor_batch
+from engine.preprocess import (fit_input, fit_square, grid_to_image, plan_geometry,
+                               restore_map, tile_starts, to_tensor_batch)
 
 
 def test_letterbox_keeps_aspect_and_centres() -> None:
@@ -24,6 +25,28 @@ def test_squash_fills_the_square() -> None:
     assert geom.grid_valid(16).all()
 
 
+@pytest.mark.parametrize("hw, want", [((600, 290), (544, 256)), ((128, 2048), (256, 4096)),
+                                      ((256, 256), (256, 256)), ((32, 900), (256, 7200))])
+def test_native_scales_the_shorter_side_without_padding(hw, want) -> None:
+    geom = plan_geometry(hw, 256, "native", 32)
+    assert geom.input_hw == want and geom.box == (0, 0, *want)
+    assert geom.grid_valid(8).all()
+    h, w = hw
+    assert abs((want[0] / want[1]) / (h / w) - 1) <= 16 / min(want)  # aspect kept to a cell
+
+
+def test_area_keeps_the_pixel_budget() -> None:
+    geom = plan_geometry((128, 2048), 256, "area", 32)
+    assert geom.input_hw == (64, 1024)
+    ih, iw = plan_geometry((3000, 4000), 256, "area", 32).input_hw
+    assert abs(ih * iw - 256 * 256) / 65536 < 0.1 and ih % 32 == 0 == iw % 32
+
+
+def test_fit_input_resizes_content() -> None:
+    arr, geom = fit_input(np.zeros((300, 400, 3), np.uint8), 256, "native", 32)
+    assert arr.shape == (256, 352, 3) and geom.orig_hw == (300, 400)
+
+
 def test_restore_map_inverts_the_letterbox() -> None:
     image = np.zeros((90, 180, 3), np.uint8)
     _, geom = fit_square(image, 256, "letterbox")
@@ -35,9 +58,34 @@ def test_restore_map_inverts_the_letterbox() -> None:
     assert back[:, :80].mean() > 0.95 and back[:, 100:].mean() < 0.05
 
 
+def test_grid_to_image_puts_a_cell_at_its_offset() -> None:
+    """A single hot cell j of a stride-8 grid peaks at pixel 8 j + offset."""
+    geom = plan_geometry((256, 256), 256, "native", 32)
+    for offset in (-3.5, 3.5):
+        grid = np.zeros((32, 32), np.float32)
+        grid[10, 20] = 1.0
+        up = grid_to_image(grid, 8, offset, geom)
+        assert up.shape == (256, 256)
+        y, x = np.unravel_index(int(np.argmax(up)), up.shape)
+        assert abs(y - (80 + offset)) <= 0.5 and abs(x - (160 + offset)) <= 0.5
+
+
+@pytest.mark.parametrize("extent, tile, margin", [(256, 512, 64), (4096, 512, 64),
+                                                   (544, 512, 64), (7200, 512, 64),
+                                                   (1024, 256, 32)])
+def test_tiles_cover_and_overlap(extent, tile, margin) -> None:
+    starts = tile_starts(extent, tile, margin, 32)
+    assert starts[0] == 0 and all(s % 32 == 0 for s in starts)
+    assert min(starts[-1] + tile, extent) == extent
+    for a, b in zip(starts, starts[1:]):
+        assert b > a and a + tile - b >= min(2 * margin, tile - 32)
+    with pytest.raises(ValueError, match="multiples"):
+        tile_starts(100, 64, 8, 32)
+
+
 def test_unknown_mode_is_an_error() -> None:
     with pytest.raises(ValueError, match="resize_mode"):
-        fit_square(np.zeros((10, 10, 3), np.uint8), 32, "crop")  # type: ignore[arg-type]
+        fit_input(np.zeros((10, 10, 3), np.uint8), 32, "crop")  # type: ignore[arg-type]
 
 
 def test_tensor_batch_is_imagenet_normalised() -> None:
