@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import SHARED, machine, record  # noqa: E402
 from benchmarks.variants import make_gray_aspect  # noqa: E402
 from engine.config import ProtoAtlasConfig  # noqa: E402
-from protoatlas.service import eval_detect  # noqa: E402
+from protoatlas.evaluation import eval_detect  # noqa: E402
 
 
 def main() -> None:

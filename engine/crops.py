@@ -49,6 +49,12 @@ class CropConfig:
     extra_boxes: int = 1
     #: Side of the square output crops in pixels (the backbone input size of the NCD stage).
     output_size: int = 224
+    #: Smallest box side in source pixels (on top of ``min_side_fraction``), so that a tiny
+    #: defect in a small image keeps some context around it.
+    min_side_px: int = 0
+    #: Side of the crop cut around the map's maximum when there is no MEBin component (the
+    #: nearest-type crop of an image judged normal), as a fraction of the shorter side.
+    peak_side_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         if self.pad_fraction < 0:
@@ -158,7 +164,7 @@ class Crop:
 def side_limits(image_shape: tuple[int, ...], cfg: CropConfig = CropConfig()) -> tuple[int, int]:
     """(min, max) side of a single-component box for an image of ``image_shape``."""
     short = min(image_shape[:2])
-    min_side = max(1, math.ceil(cfg.min_side_fraction * short - _ROUND_EPS))
+    min_side = max(1, cfg.min_side_px, math.ceil(cfg.min_side_fraction * short - _ROUND_EPS))
     max_side = math.floor(cfg.max_side_fraction * short + _ROUND_EPS)
     return min(min_side, short), max(min_side, min(max_side, short))
 

@@ -43,12 +43,14 @@ from engine.clustering import (auto_min_size, cluster, estimate_k, image_votes, 
 from engine.config import ProtoAtlasConfig
 from engine.detector import (PatchCoreDetector, check_model_meta, read_model,
                              resolve_device_arg, write_model)
+from engine.feature_grid import input_intensity
 from engine.mebin import normalisation_range
+from engine.preprocess import stretch_contrast
 from engine.prior import ObjectPrior, make_prior
 from engine.protoindex import PrototypeIndex
 from engine.protonet import PoolSettings, PrototypeHead
 from engine.prototrain import TrainReport, embed_all, train_head
-from engine.regions import Region, image_regions, resize_long_side
+from engine.regions import Region, image_regions, shrink_to
 from engine.tokens import CropEncoder, RegionTokens
 
 MODEL_KIND = "protoatlas-discovery"
@@ -97,12 +99,18 @@ class BatchAnalysis:
     shapes: list[tuple[int, int]]
     scores: np.ndarray
     is_anomalous: np.ndarray
-    #: Anomaly maps resized to at most ``mebin_side`` on the longer side (float32).
+    #: Anomaly maps shrunk to at most ``mebin_side`` on the shorter side (float32,
+    #: :func:`engine.regions.shrink_to`).
     maps: list[np.ndarray]
     regions: list[RegionRecord]
     tokens: RegionTokens
     value_range: tuple[float, float]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: One region per image that is not anomalous: its strongest MEBin region, or a crop
+    #: around the map's maximum. Never a type member: it gives :attr:`DiscoveryResult.
+    #: nearest_type` (AnomalyNCD's protocol types every image), with its tokens.
+    peaks: list[RegionRecord] = field(default_factory=list)
+    peak_tokens: RegionTokens | None = None
 
     @property
     def n_images(self) -> int:
@@ -139,6 +147,17 @@ class DiscoveryResult:
     #: ``clusters="auto"``: mean silhouette of every K tried.
     k_scores: dict[int, float] = field(default_factory=dict)
     train: TrainReport | None = None
+    #: Per image, flagged or not: the type nearest to its strongest region (an image judged
+    #: normal: its peak region, :attr:`BatchAnalysis.peaks`), outliers included; NO_TYPE
+    #: when there are no types. AnomalyNCD's protocol (every defective image typed).
+    nearest_type: np.ndarray | None = None
+    #: (P, d) embeddings of :attr:`BatchAnalysis.peaks` (rows aligned with them).
+    peak_embeddings: np.ndarray | None = None
+
+    @property
+    def n_regions(self) -> np.ndarray:
+        """Regions per image (0 for an image judged normal)."""
+        return np.bincount(self.analysis.region_image, minlength=self.analysis.n_images)
 
 
 @dataclass
@@ -219,6 +238,8 @@ class DiscoveryModel:
         det = PatchCoreDetector(self.config, device=self.device)
         if fit_detector:
             det.fit(normals, progress=progress)
+        else:
+            det.fit_intensity(normals)
         self.detector = det
         self._keep_references(normals)
         # The prior is fitted on the kept references, so that a loaded model (which keeps
@@ -229,9 +250,18 @@ class DiscoveryModel:
         dcfg = self.config.discovery
         n = len(normals)
         keep = np.linspace(0, n - 1, num=min(n, dcfg.max_kept_references)).round().astype(int)
-        self.references = [resize_long_side(normals[i], dcfg.reference_side) for i in np.unique(keep)]
+        self.references = [shrink_to(self.stretched(normals[i]), dcfg.reference_side)
+                           for i in np.unique(keep)]
         self.reference_descriptors = np.array(
             list(self._require_detector().iter_descriptors(self.references)), np.float32)
+
+    def stretched(self, image: np.ndarray) -> np.ndarray:
+        """``image`` with the detector's grey-level stretch (``BackboneConfig.contrast``), so
+        that crops and references are cut from what the backbone saw."""
+        det = self.detector
+        fitted = det.intensity if det is not None else None
+        stretch = input_intensity(image, self.config.backbone, fitted)
+        return image if stretch is None else stretch_contrast(image, *stretch)
 
     def _references_for(self, descriptor: np.ndarray) -> list[np.ndarray]:
         k = min(self.config.discovery.n_references, len(self.references))
@@ -271,7 +301,7 @@ class DiscoveryModel:
                 self._detect_pass(images, maps)):
             shapes.append(shape)
             scores[i] = score
-            small_maps.append(resize_long_side(amap, dcfg.mebin_side))
+            small_maps.append(shrink_to(amap, dcfg.mebin_side))
             descriptors.append(descriptor)
             bar.update(1)
             on_progress("detect", (i + 1) / n)
@@ -287,42 +317,54 @@ class DiscoveryModel:
         value_range = self.value_range or self._value_range(
             [m for m, f in zip(small_maps, flagged) if f], floor)
         records: list[RegionRecord] = []
+        peaks: list[RegionRecord] = []
         token_parts: list[RegionTokens] = []
-        todo = np.flatnonzero(flagged)
+        peak_parts: list[RegionTokens] = []
         chunk = max(1, self.config.backbone.batch_size)
-        bar = tqdm(total=len(todo), desc="regions", disable=not progress, file=sys.stderr,
+        bar = tqdm(total=n, desc="regions", disable=not progress, file=sys.stderr,
                    leave=False)
-        for start in range(0, len(todo), chunk):
-            batch_regions: list[Region] = []
-            batch_shapes, batch_refs = [], []
-            for i in todo[start:start + chunk]:
-                image = images[int(i)]
+        for start in range(0, n, chunk):
+            found_regions: list[Region] = []
+            found_shapes, found_refs = [], []
+            peak_regions: list[Region] = []
+            peak_shapes, peak_refs = [], []
+            for i in range(start, min(n, start + chunk)):
+                image = self.stretched(images[i])
                 full_map = cv2.resize(small_maps[i], (shapes[i][1], shapes[i][0]),
                                       interpolation=cv2.INTER_LINEAR)
                 found = image_regions(
-                    int(i), image, full_map, self.prior.predict(image),
+                    i, image, full_map, self.prior.predict(image),
                     mebin_cfg=self.config.mebin, crop_cfg=self.config.crops,
                     value_range=value_range, fallback_quantile=dcfg.fallback_quantile,
-                    mebin_side=dcfg.mebin_side)
+                    mebin_side=dcfg.mebin_side, peak_fallback=not flagged[i])
                 if maps is not None and found.fallback:
                     flagged[i] = False
-                    continue
                 refs = self._references_for(descriptors[i])
-                for region in found.regions:
-                    batch_regions.append(region)
-                    records.append(RegionRecord.of(region, found.fallback))
-                    batch_shapes.append(shapes[i])
-                    batch_refs.append(refs)
-            if batch_regions:
-                token_parts.append(self.encoder.encode(batch_regions, batch_shapes, batch_refs))
-            bar.update(len(todo[start:start + chunk]))
-            on_progress("regions", min(1.0, (start + chunk) / max(len(todo), 1)))
+                if flagged[i]:
+                    for region in found.regions:
+                        found_regions.append(region)
+                        records.append(RegionRecord.of(region, found.fallback))
+                        found_shapes.append(shapes[i])
+                        found_refs.append(refs)
+                else:  # not an anomaly: its strongest region only says which type is nearest
+                    region = max(found.regions, key=lambda r: r.score)
+                    peak_regions.append(region)
+                    peaks.append(RegionRecord.of(region, found.fallback))
+                    peak_shapes.append(shapes[i])
+                    peak_refs.append(refs)
+            if found_regions:
+                token_parts.append(self.encoder.encode(found_regions, found_shapes, found_refs))
+            if peak_regions:
+                peak_parts.append(self.encoder.encode(peak_regions, peak_shapes, peak_refs))
+            bar.update(min(n, start + chunk) - start)
+            on_progress("regions", min(1.0, (start + chunk) / n))
         bar.close()
-        tokens = RegionTokens.concat(token_parts) if token_parts else \
-            self.encoder.encode([], [], [])
+        empty = None if token_parts and peak_parts else self.encoder.encode([], [], [])
+        tokens = RegionTokens.concat(token_parts) if token_parts else empty
+        peak_tokens = RegionTokens.concat(peak_parts) if peak_parts else empty
         t2 = time.perf_counter()
         return BatchAnalysis(shapes, scores, flagged, small_maps, records, tokens, value_range,
-                             {"detect": t1 - t0, "regions": t2 - t1})
+                             {"detect": t1 - t0, "regions": t2 - t1}, peaks, peak_tokens)
 
     def _detect_pass(self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None
                      ) -> Iterable[tuple[tuple[int, int], float, np.ndarray, np.ndarray]]:
@@ -379,7 +421,31 @@ class DiscoveryModel:
             self._vote_images(result)
         result.k_scores = fit.k_scores
         result.train = fit.train
+        self._set_nearest_types(result)
         return result
+
+    def _set_nearest_types(self, result: DiscoveryResult) -> None:
+        """Fill :attr:`DiscoveryResult.nearest_type` from the regions and the peaks."""
+        analysis = result.analysis
+        nearest = np.full(analysis.n_images, NO_TYPE, np.int64)
+        result.nearest_type = nearest
+        if len(result.type_ids) == 0:
+            return
+        protos = normalise(result.prototypes)
+        if len(result.embeddings):
+            best = (result.embeddings @ protos.T).argmax(axis=1)
+            strongest: dict[int, tuple[float, int]] = {}
+            for r, rec in enumerate(analysis.regions):
+                if rec.image_index not in strongest or rec.score > strongest[rec.image_index][0]:
+                    strongest[rec.image_index] = (rec.score, r)
+            for img, (_, r) in strongest.items():
+                nearest[img] = result.type_ids[best[r]]
+        if analysis.peaks and analysis.peak_tokens is not None and self.head is not None:
+            emb, _ = self.embed(analysis.peak_tokens)
+            result.peak_embeddings = emb
+            best = (emb @ protos.T).argmax(axis=1)
+            for rec, b in zip(analysis.peaks, best):
+                nearest[rec.image_index] = result.type_ids[b]
 
     def fit_types(self, tokens: RegionTokens, clusters: int | str = "auto", *,
                   labels: np.ndarray | None = None, progress: bool = False) -> "TypeFit":
@@ -502,13 +568,16 @@ class DiscoveryModel:
         if self.head is None or len(self.type_ids) == 0:
             raise RuntimeError("the model has no types yet: run discover first")
         if not analysis.regions:
-            return self._empty_result(analysis)
+            result = self._empty_result(analysis)
+            self._set_nearest_types(result)
+            return result
         emb, attention = self.embed(analysis.tokens)
         result = self._result(analysis, emb, attention, self.type_ids, [])
         outliers = np.flatnonzero(result.region_outlier)
         dcfg = self.config.discovery
         if len(outliers) >= dcfg.new_type_min_size:
             self._propose_new_types(result, outliers)
+        self._set_nearest_types(result)
         return result
 
     def _propose_new_types(self, result: DiscoveryResult, outliers: np.ndarray) -> None:
@@ -601,7 +670,8 @@ class DiscoveryModel:
             region_similarity=np.zeros(0, np.float32),
             image_type=np.full(n, NO_TYPE, np.int64), image_confidence=np.zeros(n, np.float32),
             image_outlier=np.zeros(n, bool), type_ids=self.type_ids.copy(),
-            prototypes=self.prototypes.copy(), new_type_ids=[])
+            prototypes=self.prototypes.copy(), new_type_ids=[],
+            nearest_type=np.full(n, NO_TYPE, np.int64))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

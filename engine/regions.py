@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine.crops import Box, CropConfig, extract_crops, select_boxes, whole_image_box
+from engine.crops import (Box, CropConfig, extract_crops, select_boxes, side_limits,
+                          square_box, whole_image_box)
 from engine.mebin import MEBinConfig, MEBinResult, binarize
 from engine.prior import region_map
 
@@ -89,26 +90,42 @@ def image_regions(
     value_range: tuple[float, float],
     fallback_quantile: float,
     mebin_side: int,
+    peak_fallback: bool = False,
 ) -> ImageRegions:
     """Regions of one image that the detector flagged as anomalous.
 
-    MEBin runs on the map resized so that its longer side is at most ``mebin_side`` pixels:
-    its erosion kernel and step are in pixels, so this makes the binarization behave the
-    same for a 256 px and a 4000 px image (AnomalyNCD works at one fixed size). The mask is
+    MEBin runs on the map shrunk so that its shorter side is at most ``mebin_side`` pixels
+    (:func:`shrink_to`): its erosion kernel and step are in pixels, so this makes the
+    binarization behave the same for a 256 px and a 4000 px image (AnomalyNCD works at one
+    fixed size) while a 2048 x 128 fabric strip keeps its 128 px. The mask is
     then resized back (nearest) and the crops are cut from the original image.
     ``value_range`` is MEBin's normalisation range (one per data set, see
     :func:`engine.mebin.normalisation_range`); ``object_mask`` comes from the object prior.
+    When MEBin finds nothing, the image is cropped whole (AnomalyNCD), or with
+    ``peak_fallback`` one square of ``crop_cfg.peak_side_fraction`` of the shorter side is
+    cut around the map's maximum (the mask: the image's top ``1 - fallback_quantile`` of
+    map values inside it).
     """
     amap = np.asarray(anomaly_map, dtype=np.float32)
     if amap.shape != image.shape[:2]:
         raise ValueError(f"image {index}: anomaly map {amap.shape} does not match the "
                          f"image {image.shape[:2]}")
-    small = resize_long_side(amap, mebin_side)
+    small = shrink_to(amap, mebin_side)
     res = binarize(small, value_range, mebin_cfg)
     fallback = not res.is_anomalous
     if fallback:
         mask = fallback_mask(amap, fallback_quantile)
-        boxes = [whole_image_box(mask.shape)]
+        if peak_fallback:
+            box = peak_box(amap, crop_cfg)
+            inside = np.zeros_like(mask)
+            top, left, bottom, right = _clip_box(box, mask.shape)
+            inside[top:bottom, left:right] = True
+            mask = mask & inside
+            if not mask.any():
+                mask[np.unravel_index(int(np.argmax(amap)), amap.shape)] = True
+            boxes = [box]
+        else:
+            boxes = [whole_image_box(mask.shape)]
     else:
         mask = res.mask if small.shape == amap.shape else cv2.resize(
             res.mask.view(np.uint8), (amap.shape[1], amap.shape[0]),
@@ -126,11 +143,39 @@ def image_regions(
     return ImageRegions(res, regions, fallback)
 
 
+def peak_box(anomaly_map: np.ndarray, crop_cfg: CropConfig) -> Box:
+    """Square of ``peak_side_fraction`` of the shorter side (at least the minimum box side)
+    centred on the map's maximum, shifted inside the image."""
+    amap = np.asarray(anomaly_map)
+    y, x = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    min_side, _ = side_limits(amap.shape, crop_cfg)
+    side = max(min_side, int(round(crop_cfg.peak_side_fraction * min(amap.shape))))
+    return square_box((y + 0.5, x + 0.5), side, amap.shape)
+
+
 def resize_long_side(array: np.ndarray, side: int) -> np.ndarray:
     """``array`` (image or map) shrunk (area interpolation) so its longer side is at most
     ``side``; returned as is (a contiguous copy) when already small enough."""
     h, w = array.shape[:2]
-    scale = side / max(h, w)
+    return _shrunk(array, side / max(h, w))
+
+
+#: :func:`shrink_to` keeps at most ``side**2 * WORK_MAX_ASPECT`` pixels.
+WORK_MAX_ASPECT = 16
+
+
+def shrink_to(array: np.ndarray, side: int) -> np.ndarray:
+    """``array`` (image or map) shrunk (area interpolation) so that its *shorter* side is at
+    most ``side`` and it holds at most ``side**2 * WORK_MAX_ASPECT`` pixels: a square image
+    ends at ``side`` x ``side`` and an elongated one (fabric, 16:1) keeps its short side, so
+    thin structures survive. Returned as is (a contiguous copy) when already small enough."""
+    h, w = array.shape[:2]
+    scale = min(side / min(h, w), float(np.sqrt(side * side * WORK_MAX_ASPECT / (h * w))))
+    return _shrunk(array, scale)
+
+
+def _shrunk(array: np.ndarray, scale: float) -> np.ndarray:
+    h, w = array.shape[:2]
     if scale >= 1.0:
         return np.ascontiguousarray(array).copy()
     size = (max(1, round(w * scale)), max(1, round(h * scale)))

@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from engine.config import ProtoAtlasConfig
+from engine.config import RESIZE_MODES, BackboneConfig, DetectorConfig, ProtoAtlasConfig
 
 EXIT_FAILURE = 2
 
@@ -31,9 +31,23 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
                         help="local checkpoint file for a backbone whose weights are not bundled")
     parser.add_argument("--image-size", type=int, default=None,
                         help="network input side in pixels (default 256)")
-    parser.add_argument("--resize", default=None, choices=["letterbox", "squash"],
-                        help="how non-square images are fitted (default letterbox)")
+    parser.add_argument("--resize", default=None, choices=list(RESIZE_MODES),
+                        help="how images become the network input (default "
+                             f"{BackboneConfig().resize_mode})")
+    parser.add_argument("--false-alarm-rate", type=_rate, default=None,
+                        help="fraction of good images the calibrated threshold flags "
+                             f"(default {DetectorConfig().false_alarm_rate})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}")
+    if not 0.0 < rate < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {rate}")
+    return rate
 
 
 def _config_from(args: argparse.Namespace) -> ProtoAtlasConfig:
@@ -41,7 +55,12 @@ def _config_from(args: argparse.Namespace) -> ProtoAtlasConfig:
         "name": args.backbone, "weights": args.weights, "image_size": args.image_size,
         "resize_mode": args.resize}.items() if v is not None}
     cfg = ProtoAtlasConfig(device=args.device, seed=args.seed)
-    return cfg.with_overrides(backbone=backbone) if backbone else cfg
+    sections: dict[str, dict] = {}
+    if backbone:
+        sections["backbone"] = backbone
+    if getattr(args, "false_alarm_rate", None) is not None:
+        sections["detector"] = {"false_alarm_rate": args.false_alarm_rate}
+    return cfg.with_overrides(**sections) if sections else cfg
 
 
 def _clusters(value: str) -> int | str:
@@ -54,6 +73,15 @@ def _clusters(value: str) -> int | str:
     if k < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {k}")
     return k
+
+
+def _suite_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mvtec", action="append", default=None, metavar="DIR",
+                   help="MVTec-layout set (train/good, test/<type>, optional ground_truth); "
+                        "repeat for several, or 'synth:<kind>[:seed]' for a generated one")
+    p.add_argument("--suite", default=None, metavar="FILE",
+                   help="CSV 'path,clusters[,name]' listing sets and their number of types")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p)
     _common(p)
 
-    p = sub.add_parser("eval-detect", help="image/pixel AUROC and AUPRO on an MVTec folder")
-    p.add_argument("--mvtec", required=True, help="MVTec-layout category folder")
-    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p = sub.add_parser("eval-detect",
+                       help="image/pixel AUROC, AUPRO, recall and false alarms on labelled sets")
+    _suite_options(p)
     _engine_options(p)
     _common(p)
 
@@ -109,11 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("eval-discover",
-                       help="discovery metrics on an MVTec folder, against k-means baselines")
-    p.add_argument("--mvtec", required=True, help="MVTec-layout category folder")
+                       help="discovery metrics on labelled sets, against k-means baselines")
+    _suite_options(p)
     p.add_argument("--clusters", default="auto", type=_clusters,
-                   help="number of defect types K, or 'auto'")
-    p.add_argument("--json", default=None, help="also write the results as JSON here")
+                   help="number of defect types K of the --mvtec sets, or 'auto'")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="score the full method only (the baselines re-run the analysis)")
     _engine_options(p)
     _common(p)
 
@@ -183,7 +212,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         "threshold": run.threshold, "seconds": run.seconds,
         "fit": {"n_fit_images": run.fit.n_fit_images,
                 "n_calibration_images": run.fit.n_calibration_images,
-                "bank_size": run.fit.bank_size},
+                "n_folds": run.fit.n_folds, "bank_size": run.fit.bank_size},
     }
     report_path = out.with_name(out.stem + "_report.json")
     report_path.write_text(json.dumps(report, indent=2))
@@ -209,16 +238,27 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_detect(args: argparse.Namespace) -> int:
-    from protoatlas import service
+    from protoatlas import evaluation as ev
 
-    res = service.eval_detect(args.mvtec, _config_from(args), progress=not args.quiet)
-    print(f"image AUROC {res.image_auroc:.4f} | pixel AUROC {res.pixel_auroc:.4f} | "
-          f"AUPRO(0.3) {res.aupro:.4f}")
-    print(f"fit {res.fit_seconds:.1f}s on {res.n_train} normals (bank {res.bank_size}) | "
-          f"score {res.score_seconds:.1f}s for {res.n_test} images "
-          f"({res.images_per_second:.1f} img/s) | peak RSS {res.peak_rss_mib:.0f} MiB")
+    rows, results = [], []
+    for item in ev.suite_sets(args.mvtec, args.suite):
+        with ev.materialised(item.path) as root:
+            res = ev.eval_detect(root, _config_from(args), progress=not args.quiet,
+                                 name=item.name)
+        results.append(asdict(res))
+        rows.append(ev.as_row(res))
+        print(f"{res.data}: image AUROC {res.image_auroc:.4f} | pixel AUROC "
+              f"{res.pixel_auroc:.4f} | AUPRO(0.3) {res.aupro:.4f} | recall {res.recall:.3f} "
+              f"at false-alarm rate {res.false_alarm_rate:.3f}", flush=True)
+        print(f"  fit {res.fit_seconds:.1f}s on {res.n_train} normals (bank {res.bank_size}) | "
+              f"score {res.score_seconds:.1f}s for {res.n_test} images "
+              f"({res.images_per_second:.1f} img/s) | peak RSS {res.peak_rss_mib:.0f} MiB",
+              flush=True)
+    if len(rows) > 1:
+        print(ev.format_table(rows, ev.DETECT_COLUMNS))
     if args.json:
-        Path(args.json).write_text(json.dumps(asdict(res), indent=2))
+        Path(args.json).write_text(json.dumps(results if len(results) > 1 else results[0],
+                                              indent=2))
     return 0
 
 
@@ -233,6 +273,7 @@ def _discover_config(args: argparse.Namespace) -> ProtoAtlasConfig:
 
 def _write_discover_outputs(args: argparse.Namespace, run) -> Path:
     from protoatlas import service
+    from protoatlas.discover import DISCOVER_COLUMNS
 
     out = service.write_csv(args.out, run.rows(), DISCOVER_COLUMNS)
     report_path = out.with_name(out.stem + "_report.json")
@@ -277,19 +318,30 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_discover(args: argparse.Namespace) -> int:
-    from protoatlas import discover
+    from protoatlas import evaluation as ev
 
-    res = discover.eval_discover(args.mvtec, _config_from(args), clusters=args.clusters,
-                                 progress=not args.quiet)
-    print(f"{res.data}: {res.n_defect_images} defect images of {res.n_types} types "
-          f"(clusters={res.clusters}); detection recall {res.detection_recall:.3f}, "
-          f"{res.false_alarms} good images flagged")
-    print(f"{'method':40s} {'NMI':>6s} {'ARI':>6s} {'F1':>6s} {'K':>3s} {'seconds':>8s}")
-    for m in res.methods:
-        print(f"{m.method:40s} {m.nmi:6.3f} {m.ari:6.3f} {m.f1:6.3f} {m.k_found:3d} "
-              f"{m.seconds:8.1f}")
+    rows, results = [], []
+    for item in ev.suite_sets(args.mvtec, args.suite, args.clusters):
+        with ev.materialised(item.path) as root:
+            res = ev.eval_discover(root, _config_from(args), clusters=item.clusters,
+                                   progress=not args.quiet, name=item.name,
+                                   baselines=not args.no_baselines)
+        results.append(asdict(res))
+        rows.append(ev.discover_row(res))
+        print(f"{res.data}: {res.n_defect_images} defect images of {res.n_types} types "
+              f"(clusters={res.clusters}); detection recall {res.detection_recall:.3f}, "
+              f"{res.false_alarms} good images flagged")
+        print(f"  {'method':38s} {'protocol':8s} {'NMI':>6s} {'ARI':>6s} {'acc':>6s} "
+              f"{'F1':>6s} {'K':>3s} {'seconds':>8s}")
+        for m in res.methods:
+            print(f"  {m.method:38s} {m.protocol:8s} {m.nmi:6.3f} {m.ari:6.3f} "
+                  f"{m.accuracy:6.3f} {m.macro_f1:6.3f} {m.k_found:3d} {m.seconds:8.1f}",
+                  flush=True)
+    if len(rows) > 1:
+        print(ev.format_table(rows, ev.DISCOVER_COLUMNS))
     if args.json:
-        Path(args.json).write_text(json.dumps(asdict(res), indent=2))
+        Path(args.json).write_text(json.dumps(results if len(results) > 1 else results[0],
+                                              indent=2))
     return 0
 
 
@@ -372,8 +424,6 @@ COMMANDS = {"detect": cmd_detect, "eval-detect": cmd_eval_detect, "synth": cmd_s
             "discover": cmd_discover, "assign": cmd_assign, "eval-discover": cmd_eval_discover,
             "serve": cmd_serve, "simulate-review": cmd_simulate_review, "doctor": cmd_doctor,
             "export": cmd_export, "import-labels": cmd_import_labels}
-DISCOVER_COLUMNS = ("image", "anomaly_score", "is_anomalous", "cluster", "confidence",
-                    "outlier")
 
 
 def _warn(message: str) -> None:

@@ -1,4 +1,4 @@
-"""Service layer for discovery: ``discover``, ``assign`` and ``eval-discover`` workflows.
+"""Service layer for discovery: the ``discover`` and ``assign`` workflows.
 
 Paths and a :class:`~engine.config.ProtoAtlasConfig` in, plain dataclasses out; the CLI and
 the web app (through :mod:`protoatlas.workspace`) call these. Images are streamed
@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import metrics
-from engine.clustering import estimate_k, spherical_kmeans
 from engine.config import ProtoAtlasConfig
 from engine.data import (LazyImages, LoadReport, SkippedFile, check_map_shape, find_map,
-                         list_images, load_mvtec, read_anomaly_map)
+                         list_images, read_anomaly_map)
 from engine.discovery import NO_TYPE, DiscoveryModel, DiscoveryResult
 
 DISCOVER_COLUMNS = ("image", "anomaly_score", "is_anomalous", "cluster", "confidence",
-                    "outlier")
+                    "outlier", "nearest_type", "n_regions")
 
 Progress = Callable[[str, float], None]
 
@@ -51,6 +49,9 @@ class DiscoverRun:
     def rows(self) -> list[dict[str, object]]:
         """One CSV row per image (the ``discover`` contract)."""
         res = self.result
+        n_regions = res.n_regions
+        nearest = res.nearest_type if res.nearest_type is not None else \
+            np.full(len(self.names), NO_TYPE)
         rows = []
         for i, name in enumerate(self.names):
             anomalous = bool(res.analysis.is_anomalous[i])
@@ -62,6 +63,8 @@ class DiscoverRun:
                 "cluster": str(int(res.image_type[i])) if typed else "",
                 "confidence": f"{res.image_confidence[i]:.4f}" if typed else "0.0000",
                 "outlier": int(anomalous and bool(res.image_outlier[i])),
+                "nearest_type": str(int(nearest[i])) if nearest[i] != NO_TYPE else "",
+                "n_regions": int(n_regions[i]),
             })
         return rows
 
@@ -167,152 +170,3 @@ def assign(model_path: str | os.PathLike, images: str | os.PathLike, *,
     t2 = time.perf_counter()
     return DiscoverRun(batch.names, result, model, batch.report, None,
                        {"load": t1 - t0, **analysis.seconds, "total": t2 - t0})
-
-
-# ============================================================================================
-# eval-discover: the full method against training-free k-means baselines
-# ============================================================================================
-
-
-@dataclass
-class MethodScores:
-    method: str
-    nmi: float
-    ari: float
-    f1: float
-    accuracy: float
-    k_found: int
-    seconds: float
-
-
-@dataclass
-class EvalDiscoverResult:
-    data: str
-    n_defect_images: int
-    n_types: int
-    clusters: str
-    methods: list[MethodScores]
-    detection_recall: float
-    false_alarms: int
-
-
-def _scores(method: str, truth: Sequence[str], pred: Sequence[object], k: int,
-            seconds: float) -> MethodScores:
-    m = metrics.cluster_metrics(list(truth), [str(p) for p in pred])
-    return MethodScores(method, m.nmi, m.ari, m.macro_f1, m.accuracy, k, seconds)
-
-
-def _kmeans_labels(x: np.ndarray, clusters: int | str, config: ProtoAtlasConfig
-                   ) -> tuple[np.ndarray, int]:
-    d = config.discovery
-    k = estimate_k(x, d.max_clusters, restarts=d.kmeans_restarts, seed=config.seed)[0] \
-        if clusters == "auto" else int(clusters)
-    labels, _ = spherical_kmeans(x, k, restarts=d.kmeans_restarts, seed=config.seed)
-    return labels, k
-
-
-def eval_discover(root: str | os.PathLike, config: ProtoAtlasConfig, *,
-                  clusters: int | str = "auto", progress: bool = False
-                  ) -> EvalDiscoverResult:
-    """Discovery metrics on an MVTec-layout folder (defect types = sub-folders of test/).
-
-    Every method is scored on the same images, the defective test images, against their
-    folder names. The full method uses its own detection: a defect image it does not flag
-    (or leaves as an outlier) counts as one more, wrong, cluster. The k-means baselines are
-    given the defect images directly.
-    """
-    data = load_mvtec(root)
-    normals = LazyImages(data.train, max_pixels=config.data.max_pixels)
-    normals.validate(progress=progress, desc="check normals")
-    test = LazyImages([s.ref for s in data.test], max_pixels=config.data.max_pixels)
-    test.validate(progress=progress, desc="check test")
-    kind = {s.ref.name: s.defect_type for s in data.test}
-    truth_all = [kind[n] for n in test.names]
-    defect_idx = [i for i, t in enumerate(truth_all) if t != "good"]
-    if not defect_idx:
-        raise ValueError(f"{root}: no defective test images to discover types in")
-    truth = [truth_all[i] for i in defect_idx]
-    methods: list[MethodScores] = []
-
-    t0 = time.perf_counter()
-    model = DiscoveryModel(config)
-    model.fit(normals, progress=progress)
-    t_fit = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    analysis = model.analyse(test, progress=progress)
-    result = model.discover(analysis, clusters, progress=progress)
-    t_full = time.perf_counter() - t1 + t_fit
-    pred = ["none" if not analysis.is_anomalous[i] or result.image_type[i] == NO_TYPE
-            else int(result.image_type[i]) for i in defect_idx]
-    full = _scores("full method", truth, pred, len(result.type_ids), t_full)
-
-    defect_images = _Subset(test, defect_idx)
-    det = model.detector
-    assert det is not None
-    # 1. whole-image pooled backbone features
-    t = time.perf_counter()
-    pooled = np.concatenate([b.pooled.cpu().numpy() for b in
-                             det.iter_patches(defect_images, pooled=True)])
-    lab, k = _kmeans_labels(pooled, clusters, config)
-    methods.append(_scores("k-means: whole-image pooled", truth, lab, k,
-                           time.perf_counter() - t))
-    # 2. crop features without guidance: mean of raw crop tokens, image = area-weighted mean
-    t = time.perf_counter()
-    plain = DiscoveryModel(config.with_overrides(discovery={"use_residual": False}),
-                           device=model.device)
-    plain.detector, plain.references = det, model.references
-    plain.reference_descriptors = model.reference_descriptors
-    plain.prior = model.prior
-    plain_an = plain.analyse(test, progress=progress)
-    crop_desc = plain_an.tokens.tokens.mean(axis=1)
-    x = _image_means(crop_desc, plain_an, defect_idx)
-    lab, k = _kmeans_labels(x, clusters, config)
-    methods.append(_scores("k-means: crops, no guidance", truth, lab, k,
-                           time.perf_counter() - t + t_fit))
-    # 3. anomaly-weighted residual features on the full image (training-free)
-    t = time.perf_counter()
-    x = np.stack([_weighted_residual(res, valid, d.patch_scores) for (res, valid), d in
-                  zip(det.residual_features(defect_images), det.iter_score(defect_images))])
-    lab, k = _kmeans_labels(x, clusters, config)
-    methods.append(_scores("k-means: anomaly-weighted residuals", truth, lab, k,
-                           time.perf_counter() - t + t_fit))
-    methods.append(full)
-    flagged = analysis.is_anomalous
-    return EvalDiscoverResult(
-        data=Path(root).name, n_defect_images=len(defect_idx), n_types=len(set(truth)),
-        clusters=str(clusters), methods=methods,
-        detection_recall=float(np.mean([flagged[i] for i in defect_idx])),
-        false_alarms=int(sum(flagged[i] for i, t in enumerate(truth_all) if t == "good")))
-
-
-class _Subset(Sequence[np.ndarray]):
-    def __init__(self, seq: Sequence[np.ndarray], index: Sequence[int]) -> None:
-        self.seq, self.index = seq, list(index)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.seq[self.index[i]]
-
-
-def _image_means(region_desc: np.ndarray, analysis, image_index: Sequence[int]) -> np.ndarray:
-    """Per image: sqrt(area)-weighted mean of its regions' unit descriptors (zeros if none)."""
-    unit = region_desc / np.maximum(np.linalg.norm(region_desc, axis=1, keepdims=True), 1e-12)
-    out = np.zeros((len(image_index), region_desc.shape[1]), np.float32)
-    row = {img: j for j, img in enumerate(image_index)}
-    for r, rec in enumerate(analysis.regions):
-        if rec.image_index in row:
-            out[row[rec.image_index]] += np.sqrt(max(rec.area, 1)) * unit[r]
-    return out + 1e-6
-
-
-def _weighted_residual(residual: np.ndarray, valid: np.ndarray, grid_map: np.ndarray
-                       ) -> np.ndarray:
-    """Softmax of the standardised anomaly map (the detector's patch scores, on the same
-    grid as the residuals) as pooling weights over the patch residuals."""
-    values = grid_map[valid]
-    z = (grid_map - values.mean()) / (values.std() + 1e-6)
-    weights = np.where(valid, np.exp(np.where(valid, z, 0.0) - z[valid].max()), 0.0)
-    weights /= weights.sum()
-    return (residual * weights[..., None]).sum(axis=(0, 1))

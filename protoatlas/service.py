@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import resource
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ import numpy as np
 
 from engine import metrics
 from engine.config import ProtoAtlasConfig
-from engine.data import LoadReport, load_images, load_mvtec, list_images, read_masks
+from engine.data import LoadReport, list_images, load_images
 from engine.detector import FitReport, ImageDetection, PatchCoreDetector
 
 SCORE_COLUMNS = ("image", "anomaly_score", "is_anomalous")
@@ -183,54 +181,3 @@ def label_metrics(run: DetectRun, labels: dict[str, str]) -> dict[str, float]:
     f1 = 2 * precision * recall / max(precision + recall, 1e-12)
     return {"n_labelled": len(pairs), "image_auroc": metrics.image_auroc(truth, scores),
             "precision": precision, "recall": recall, "f1": f1}
-
-
-@dataclass
-class EvalDetectResult:
-    image_auroc: float
-    pixel_auroc: float
-    aupro: float
-    n_train: int
-    n_test: int
-    fit_seconds: float
-    score_seconds: float
-    images_per_second: float
-    peak_rss_mib: float
-    bank_size: int
-
-
-def eval_detect(root: str | os.PathLike, config: ProtoAtlasConfig,
-                *, progress: bool = False) -> EvalDetectResult:
-    """Fit on ``train/good`` of an MVTec-layout folder, score ``test``, compute the metrics."""
-    data = load_mvtec(root)
-    train, _ = load_images(data.train, max_pixels=config.data.max_pixels,
-                           progress=progress, desc="load train")
-    test_items, test_report = load_images([s.ref for s in data.test],
-                                          max_pixels=config.data.max_pixels,
-                                          progress=progress, desc="load test")
-    if test_report.skipped:
-        raise ValueError(f"MVTec test set has unreadable images: {test_report.summary()}")
-    t0 = time.perf_counter()
-    det = PatchCoreDetector(config)
-    fit = det.fit([im for _, im in train], progress=progress)
-    t1 = time.perf_counter()
-    dets = det.score([im for _, im in test_items], progress=progress, total=len(test_items))
-    t2 = time.perf_counter()
-    labels = np.array([s.defect_type != "good" for s in data.test], dtype=int)
-    masks = [read_masks([s], im.shape[:2])[0] for s, (_, im) in zip(data.test, test_items)]
-    maps = [d.anomaly_map for d in dets]
-    return EvalDetectResult(
-        image_auroc=metrics.image_auroc(labels, np.array([d.score for d in dets])),
-        pixel_auroc=metrics.pixel_auroc(masks, maps),
-        aupro=metrics.aupro(masks, maps),
-        n_train=len(train), n_test=len(test_items),
-        fit_seconds=t1 - t0, score_seconds=t2 - t1,
-        images_per_second=len(test_items) / max(t2 - t1, 1e-9),
-        peak_rss_mib=peak_rss_mib(), bank_size=fit.bank_size,
-    )
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024**2 if sys.platform == "darwin" else 1024)

@@ -112,21 +112,34 @@ class Oracle:
                 return Reply(label or "skip")
             # the app lists every type with its members: a reviewer picks the type whose
             # members are of this kind (by name first, else the purest, then largest)
-            named = view.type_named(label)
-            if named is not None:
-                return Reply(str(named))
-            pure = []
-            for tid in view.type_ids():
-                members = view.type_images(tid)
-                major, share = self._majority(members)
-                if major == label and share >= self.purity:
-                    pure.append((share, len(members), -tid))
-            return Reply(str(-max(pure)[2]) if pure else label)
+            tid = self._type_for(label, view)
+            return Reply(str(tid) if tid is not None else label)
         if kind == "new_type":
             label, share = self._majority(view.region_images(target["region_ids"]))
             ok = label is not None and label != "good" and share >= self.purity
             return Reply("yes", label) if ok else Reply("no")
+        if kind == "defect":
+            label = self._label_of(view.region_images([int(target["region_id"])])[0])
+            if label is None:
+                return Reply("skip")
+            if label == "good":
+                return Reply("no")
+            return Reply("yes", view.type_name(self._type_for(label, view)) or label)
         return Reply("skip")
+
+    def _type_for(self, label: str, view: "ReviewerView") -> int | None:
+        """The type a reviewer would put a region of ``label`` in: the one of that name,
+        else the purest type of that label (then the largest), else None."""
+        named = view.type_named(label)
+        if named is not None:
+            return named
+        pure = []
+        for tid in view.type_ids():
+            members = view.type_images(tid)
+            major, share = self._majority(members)
+            if major == label and share >= self.purity:
+                pure.append((share, len(members), -tid))
+        return -max(pure)[2] if pure else None
 
 
 class ReviewerView:
@@ -151,6 +164,9 @@ class ReviewerView:
     def type_named(self, name: str) -> int | None:
         t = self.service.type_by_name(name)
         return None if t is None else int(t.id)
+
+    def type_name(self, type_id: int | None) -> str | None:
+        return None if type_id is None else self.service.ws.get_type(int(type_id)).name
 
     def shown_members(self, type_id: int) -> list[tuple[int, str]]:
         """(region id, image name) of the members an "is it one type?" question shows."""

@@ -14,6 +14,11 @@ and prototypes) and proposes scored questions; :func:`suggest` ranks them. Kinds
   (smallest margin between the two nearest prototypes), spread over images.
 * ``new_type`` -- "Is this a new type?" for a group of unassigned (outlier) regions that are
   close to each other and far from every prototype.
+* ``defect`` -- "Is this image defective?" for images the detector passed that scored just
+  below its threshold (their strongest region is stored as a *candidate*, judged normal):
+  closest to the threshold first, and first of all those a moved threshold now flags. A
+  "yes" types the candidate region and lowers the workspace's threshold below the image's
+  score (:meth:`protoatlas.workspace.ReviewMixin.threshold`), so no near miss vanishes.
 
 Scores are comparable across kinds (roughly "regions whose label the answer settles, times
 the chance the question is not trivial"), so one ranked queue serves the reviewer. The
@@ -31,7 +36,17 @@ from sklearn.metrics import silhouette_score
 from engine.clustering import cluster, normalise
 
 #: Kinds of question, in the order a tie is broken.
-KINDS = ("confirm", "merge", "split", "new_type", "label")
+KINDS = ("confirm", "merge", "split", "new_type", "defect", "label")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate region: the strongest region of an image the detector passed."""
+
+    region_id: int
+    image_id: int
+    #: The image's anomaly score.
+    score: float
 
 
 @dataclass
@@ -52,6 +67,9 @@ class ReviewState:
     #: Types a reviewer said are not one defect type (answered "no" to confirm): their
     #: split and their members' labels become the most useful questions.
     mixed: set[int] = field(default_factory=set)
+    #: Candidate regions no reviewer has looked at, and the detector threshold in force.
+    candidates: list[Candidate] = field(default_factory=list)
+    threshold: float | None = None
 
     def members(self, type_id: int) -> np.ndarray:
         return np.flatnonzero(self.region_type == type_id)
@@ -105,6 +123,13 @@ class SuggestConfig:
     max_label_questions: int = 10
     #: Outlier groups smaller than this are not proposed as new types.
     new_type_min_size: int = 3
+    #: "Is this image defective?" questions per refresh (closest to the threshold first),
+    #: and their score at the threshold (falling linearly to 0 at ``defect_band`` below it);
+    #: images a lowered threshold now flags score ``defect_above`` more.
+    max_defect_questions: int = 5
+    defect_weight: float = 1.0
+    defect_band: float = 0.25
+    defect_above: float = 1.0
     #: Questions kept in the open queue per refresh.
     queue_size: int = 20
     #: Members an "is T one type?" question shows (one per image; past this many images,
@@ -291,11 +316,37 @@ def new_type_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]
     return out
 
 
+def defect_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
+    t = state.threshold
+    if not state.candidates or t is None or not np.isfinite(t) or t <= 0:
+        return []
+    scored = []
+    for c in state.candidates:
+        gap = (t - c.score) / t
+        value = cfg.defect_weight * max(0.0, 1.0 - max(gap, 0.0) / cfg.defect_band)
+        if gap <= 0:
+            value += cfg.defect_above
+        if value > 0:
+            scored.append((value, c, gap))
+    scored.sort(key=lambda x: (-x[0], x[1].region_id))
+    out = []
+    for value, c, gap in scored[:cfg.max_defect_questions]:
+        where = ("above the threshold as reviewers moved it" if gap <= 0 else
+                 f"{gap:.0%} below the detector's threshold")
+        out.append(Question("defect", {"region_id": c.region_id, "image_id": c.image_id,
+                                       "score": c.score},
+                            float(value),
+                            f"The detector passed this image as good: it scored {where}. "
+                            "Is it defective?"))
+    return out
+
+
 STRATEGIES = {
     "confirm": confirm_questions,
     "merge": merge_questions,
     "split": split_questions,
     "new_type": new_type_questions,
+    "defect": defect_questions,
     "label": label_questions,
 }
 

@@ -42,6 +42,8 @@ Progress = Callable[[str, float], None]
 TOKENS_DIR = "tokens"
 #: Tokens are cached in half precision (they are frozen-backbone features: plenty).
 TOKENS_DTYPE = np.float16
+#: A reviewer's "yes, defective" puts the threshold this fraction below the image's score.
+THRESHOLD_EPSILON = 1e-6
 
 
 def _quiet(stage: str, fraction: float) -> None:
@@ -58,6 +60,8 @@ class UploadReport:
     skipped: list[SkippedFile]
     mode: str  # "discover" (first batch) or "assign" (sorted into existing types)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: Candidate regions stored (images passed just below the threshold, judged normal).
+    n_candidates: int = 0
 
 
 # ============================================================================================
@@ -92,10 +96,24 @@ def _dedupe(images: LazyImages) -> list[SkippedFile]:
     return dupes
 
 
+def candidate_peaks(run: DiscoverRun, band: float) -> list[int]:
+    """Indices into ``run.result.analysis.peaks`` of the images the detector passed that
+    score within ``band`` below its threshold (their peak region becomes a candidate)."""
+    an = run.result.analysis
+    threshold = run.threshold
+    if threshold is None or not np.isfinite(threshold) or run.result.peak_embeddings is None:
+        return []
+    floor = (1.0 - band) * threshold
+    return [k for k, rec in enumerate(an.peaks) if an.scores[rec.image_index] >= floor]
+
+
 def batch_ingest(run: DiscoverRun, images: LazyImages, *, name: str, params: dict,
-                 model: ModelVersionIn | int | None, existing: bool) -> BatchIngest:
+                 model: ModelVersionIn | int | None, existing: bool,
+                 candidates: Sequence[int] = ()) -> BatchIngest:
     """The storage form of a run. ``existing``: the run's type ids are storage ids (assign),
-    except ``run.result.new_type_ids``; otherwise all types are new (discover)."""
+    except ``run.result.new_type_ids``; otherwise all types are new (discover).
+    ``candidates`` (indices into the analysis' peaks) are stored after the regions, as
+    regions judged normal without a type."""
     res = run.result
     an = res.analysis
     new_ids = set(res.new_type_ids) if existing else {int(t) for t in res.type_ids}
@@ -103,18 +121,27 @@ def batch_ingest(run: DiscoverRun, images: LazyImages, *, name: str, params: dic
     def ref(tid: int) -> object:
         return f"k{tid}" if tid in new_ids else int(tid)
 
-    n = len(an.regions)
+    records = list(an.regions) + [an.peaks[k] for k in candidates]
+    n = len(records)
+    embeddings = res.embeddings
+    if candidates:
+        assert res.peak_embeddings is not None
+        embeddings = np.concatenate([res.embeddings, res.peak_embeddings[list(candidates)]])
     regions = RegionsIn(
-        image=np.array([r.image_index for r in an.regions], dtype=np.int64),
-        boxes=np.array([r.clip for r in an.regions], dtype=np.int64).reshape(n, 4),
-        anomaly_score=np.array([r.score for r in an.regions], dtype=np.float64),
-        masks=[encode_rle(r.full_mask(an.shapes[r.image_index])) for r in an.regions],
-        area=np.array([r.area for r in an.regions], dtype=np.int64),
-        embeddings=res.embeddings if n else None)
+        image=np.array([r.image_index for r in records], dtype=np.int64),
+        boxes=np.array([r.clip for r in records], dtype=np.int64).reshape(n, 4),
+        anomaly_score=np.array([r.score for r in records], dtype=np.float64),
+        masks=[encode_rle(r.full_mask(an.shapes[r.image_index])) for r in records],
+        area=np.array([r.area for r in records], dtype=np.int64),
+        embeddings=embeddings if n else None)
+    n_found = len(an.regions)
     assignments = AssignmentsIn(
         regions=np.arange(n, dtype=np.int64),
-        types=[None if t == NO_TYPE else ref(int(t)) for t in res.region_type],
-        confidence=res.region_confidence.astype(np.float64))
+        types=[None if t == NO_TYPE else ref(int(t)) for t in res.region_type]
+        + [None] * len(candidates),
+        confidence=np.concatenate([res.region_confidence.astype(np.float64),
+                                   np.zeros(len(candidates))]),
+        is_normal=np.arange(n) >= n_found)
     counts = {int(t): int((res.region_type == t).sum()) for t in res.type_ids}
     prototypes = [PrototypeIn(type=ref(int(t)), vector=v, n_members=counts[int(t)])
                   for t, v in zip(res.type_ids, res.prototypes) if int(t) in new_ids]
@@ -122,7 +149,16 @@ def batch_ingest(run: DiscoverRun, images: LazyImages, *, name: str, params: dic
         name=name, images=[_image_in(images, i, res) for i in range(len(images))],
         regions=regions, params=params, model=model,
         new_types=[NewType(key=f"k{t}") for t in sorted(new_ids)],
-        assignments=assignments if n else None, prototypes=prototypes if n else [])
+        assignments=assignments if n else None,
+        prototypes=prototypes if n_found else [])
+
+
+def stored_tokens(run: DiscoverRun, candidates: Sequence[int]) -> RegionTokens:
+    """Tokens of the regions :func:`batch_ingest` stores, in its order."""
+    an = run.result.analysis
+    if not candidates or an.peak_tokens is None:
+        return an.tokens
+    return RegionTokens.concat([an.tokens, an.peak_tokens.select(list(candidates))])
 
 
 def model_bytes(model: DiscoveryModel) -> bytes:
@@ -194,7 +230,7 @@ def _target_key(kind: str, target: dict) -> str:
         return str(target["type_id"])
     if kind == "merge":
         return ",".join(str(t) for t in sorted(target["type_ids"]))
-    if kind == "label":
+    if kind in ("label", "defect"):
         return str(target["region_id"])
     return ",".join(str(r) for r in sorted(target.get("region_ids", [])))
 
@@ -355,13 +391,55 @@ class ReviewMixin:
                  if t.status in ("proposed", "confirmed")}
         p_ids, p_mat, _ = self.ws.prototypes()
         prototypes = {int(t): normalise(v[None])[0] for t, v in zip(p_ids, p_mat) if int(t) in types}
+        model = self.model()
         return ReviewState(
+            candidates=self._candidates(table),
+            threshold=None if model is None or model.detector is None
+            else model.detector.threshold,
             mixed=self.mixed_types({t.id: t.n_regions for t in listed}) & set(types),
             region_ids=table.region_ids[sel], image_ids=table.image_ids[sel],
             embeddings=emb[[pos[int(r)] for r in table.region_ids[sel]]] if len(sel) else
             np.zeros((0, self.ws.embedding_dim), np.float32),
             region_type=table.type_ids[sel], reviewed=table.reviewed[sel],
             is_normal=table.is_normal[sel], types=types, prototypes=prototypes)
+
+    def _candidates(self, table: RegionTable) -> list:
+        """Candidate regions (stored judged normal by the model, on an image it passed) no
+        reviewer has looked at, with their image's score."""
+        from protoatlas.suggest import Candidate
+
+        rows = np.flatnonzero(table.is_normal & ~table.reviewed)
+        if len(rows) == 0:
+            return []
+        scores: dict[tuple[int, int], tuple[float | None, bool | None]] = {}
+        for b in {int(table.batch_ids[r]) for r in rows}:
+            for image_id, _, score, flagged in self.ws.batch_images(b):
+                scores[(b, image_id)] = (score, flagged)
+        out = []
+        for r in rows:
+            score, flagged = scores.get((int(table.batch_ids[r]), int(table.image_ids[r])),
+                                        (None, None))
+            if score is not None and not flagged:
+                out.append(Candidate(int(table.region_ids[r]), int(table.image_ids[r]),
+                                     float(score)))
+        return out
+
+    def defect_answers(self) -> list[tuple[float, bool]]:
+        """(image score, defective?) of every answered "is this image defective?"."""
+        out = []
+        for s in self.ws.suggestions(status="answered"):
+            if s.kind == "defect":
+                out.append((float(s.target["score"]), not str(s.answer).startswith("no")))
+        return out
+
+    def threshold(self, calibrated: float | None) -> float | None:
+        """The detector threshold in force: the calibrated one, lowered just below the
+        score of the lowest-scoring image a reviewer called defective (recall first: a "no"
+        only settles its own image)."""
+        yes = [score for score, defective in self.defect_answers() if defective]
+        if calibrated is None or not yes:
+            return calibrated
+        return float(min(calibrated, min(yes) * (1.0 - THRESHOLD_EPSILON)))
 
     def _type_sizes(self) -> dict[int, int]:
         return {t.id: t.n_regions for t in self.ws.list_types()}
@@ -541,6 +619,9 @@ class ReviewMixin:
                 applied = f"labelled {answer}"
         elif answer.lower() not in ("yes", "no", "y", "n"):
             raise ValueError(f"answer yes, no or skip to a {kind} question, not {answer!r}")
+        elif kind == "defect":
+            applied = self._answer_defect(int(target["region_id"]),
+                                          answer.lower() in ("yes", "y"), name, actor)
         elif kind == "confirm" and answer.lower() in ("no", "n") and picked:
             applied = self._move_out(int(target["type_id"]), picked, actor)
         elif kind == "confirm" and answer.lower() in ("no", "n"):
@@ -600,6 +681,30 @@ class ReviewMixin:
         self.ws.answer_suggestion(suggestion_id, stored, actor=actor)
         return {"applied": applied}
 
+    def _answer_defect(self, region_id: int, defective: bool, name: str | None,
+                       actor: str) -> str:
+        """"Is this image defective?": yes types its candidate region (the named type, else
+        the nearest one, else a new proposed type) and so lowers the threshold
+        (:meth:`threshold`); no marks it normal for good."""
+        if not defective:
+            self.ws.mark_normal([region_id], expected={}, actor=actor)
+            return "marked normal"
+        if name:
+            self.place_regions([region_id], name, actor)
+            return f"labelled {name}"
+        ids, emb = self.ws.embeddings()
+        p_ids, p_mat, _ = self.ws.prototypes()
+        live = {t.id for t in self.ws.list_types() if t.status in ("proposed", "confirmed")}
+        keep = [i for i, t in enumerate(p_ids) if int(t) in live]
+        hit = np.flatnonzero(np.asarray(ids) == region_id)
+        if keep and len(hit):
+            sims = normalise(np.asarray(p_mat)[keep]) @ emb[int(hit[0])]
+            tid = int(np.asarray(p_ids)[keep][int(np.argmax(sims))])
+            self.ws.move_regions([region_id], tid, expected=self._versions([tid]), actor=actor)
+            return f"defective: moved to {self.ws.get_type(tid).name}"
+        new = self.ws.create_type([region_id], expected={}, actor=actor)
+        return f"defective: new type #{new}"
+
     def _move_out(self, type_id: int, region_ids: Sequence[int], actor: str) -> str:
         """Split the picked members of ``type_id`` into a new proposed type (the storage
         refuses a pick that is not a member, changing nothing)."""
@@ -637,6 +742,7 @@ class WorkspaceService(ReviewMixin):
         self.engine_lock = threading.Lock()
         self._model: DiscoveryModel | None = None
         self._model_version: int | None = None
+        self._calibrated: float | None = None
 
     def close(self) -> None:
         self.ws.close()
@@ -660,7 +766,11 @@ class WorkspaceService(ReviewMixin):
         if self._model is None or self._model_version != mv.id:
             self._model = DiscoveryModel.load(mv.blob_path, device=self.config.device)
             self._model_version = mv.id
+            det = self._model.detector
+            self._calibrated = det.threshold if det is not None else None
         self._sync_types(self._model, mv.id)
+        if self._model.detector is not None:
+            self._model.detector.threshold = self.threshold(self._calibrated)
         return self._model
 
     def _sync_types(self, model: DiscoveryModel, mv: int) -> None:
@@ -725,12 +835,14 @@ class WorkspaceService(ReviewMixin):
         res = run.result
         metrics = {"n_types": len(res.type_ids), "k_silhouette": {
             str(k): v for k, v in res.k_scores.items()}}
+        cands = candidate_peaks(run, self.config.detector.candidate_band)
         ingest = batch_ingest(run, images, name=batch_name, params=params or {},
                               model=ModelVersionIn(kind="discover", model=model_bytes(run.model),
-                                                   metrics=metrics), existing=False)
+                                                   metrics=metrics), existing=False,
+                              candidates=cands)
         batch_id = self.ws.ingest_batch(ingest, actor=actor)
-        self._save_tokens(batch_id, self._region_ids(batch_id, len(res.analysis.regions)),
-                          res.analysis.tokens)
+        tokens = stored_tokens(run, cands)
+        self._save_tokens(batch_id, self._region_ids(batch_id, len(tokens)), tokens)
         self._model = None
         return batch_id
 
@@ -777,6 +889,7 @@ class WorkspaceService(ReviewMixin):
                                                 params={"clusters": clusters, "mode": "discover"})
                 new = list(self._batch_types(batch_id))
                 mode = "discover"
+                n_cands = len(candidate_peaks(run, self.config.detector.candidate_band))
             else:
                 if normals_src is not None:
                     normals = open_images(normals_src, config, progress=False,
@@ -789,22 +902,24 @@ class WorkspaceService(ReviewMixin):
                 progress("store", 0.92)
                 mv = self.ws.latest_model_version()
                 assert mv is not None
+                cands = candidate_peaks(run, self.config.detector.candidate_band)
                 ingest = batch_ingest(run, images, name=name, params={"mode": "assign"},
-                                      model=mv.id, existing=True)
+                                      model=mv.id, existing=True, candidates=cands)
                 batch_id = self.ws.ingest_batch(ingest, actor=actor)
-                self._save_tokens(batch_id, self._region_ids(batch_id, len(analysis.regions)),
-                                  analysis.tokens)
+                tokens = stored_tokens(run, cands)
+                self._save_tokens(batch_id, self._region_ids(batch_id, len(tokens)), tokens)
                 new = [t for t in self._batch_types(batch_id)
                        if t not in set(int(x) for x in result.type_ids)
                        or t in result.new_type_ids]
                 self._model = None
                 mode = "assign"
+                n_cands = len(cands)
             progress("done", 1.0)
             assert images.report is not None
             return UploadReport(batch_id, len(images), int(result.analysis.is_anomalous.sum()),
                                 len(result.analysis.regions), new,
                                 images.report.skipped + dupes, mode,
-                                {"total": time.perf_counter() - t0})
+                                {"total": time.perf_counter() - t0}, n_cands)
 
     def _batch_types(self, batch_id: int) -> list[int]:
         types = {r.type_id for r in self.ws.regions_for_batch(batch_id, with_masks=False)

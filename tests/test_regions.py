@@ -155,3 +155,13 @@ def test_reference_box_keeps_relative_position_and_scale(ref_shape) -> None:
     assert ref.side / min(ref_shape) == pytest.approx(40 / min(SHAPE), abs=1.0 / min(ref_shape))
     if ref_shape == SHAPE:
         assert ref == box
+
+
+def test_shrink_to_keeps_the_short_side_of_strips() -> None:
+    from engine.regions import shrink_to
+
+    assert shrink_to(np.zeros((1024, 1024), np.float32), 256).shape == (256, 256)
+    assert shrink_to(np.zeros((128, 2048), np.float32), 256).shape == (128, 2048)  # fabric
+    assert shrink_to(np.zeros((300, 400), np.float32), 256).shape == (256, 341)
+    tall = shrink_to(np.zeros((10_000, 313), np.float32), 256)
+    assert tall.shape[0] * tall.shape[1] <= 256 * 256 * 16 and tall.shape[1] < 256

@@ -73,6 +73,10 @@ class FakeView:
     def type_named(self, name: str) -> int | None:
         return self.names.get(name)
 
+    def type_name(self, type_id: int | None) -> str | None:
+        names = {v: k for k, v in self.names.items()}
+        return None if type_id is None else names.get(type_id, f"T{type_id}")
+
     def type_images(self, type_id: int) -> list[str]:
         self.shown |= set(self.types[type_id])
         return list(self.types[type_id])
@@ -210,6 +214,9 @@ def test_simulate_review_learns_labels_only_through_the_oracle(strategy, tiny, t
             spy.type_images = lambda t: _note(spy, view.type_images(t))  # type: ignore
             spy.region_images = lambda r: _note(spy, view.region_images(r))  # type: ignore
             spy.shown_members = lambda t: _note_members(spy, view.shown_members(t))  # type: ignore
+            spy.type_ids = view.type_ids  # type: ignore
+            spy.type_named = view.type_named  # type: ignore
+            spy.type_name = view.type_name  # type: ignore
             labels = guarded[-1]
             start = len(labels.reads)
             with opened(labels):

@@ -234,7 +234,8 @@ class ReviewApp:
         text = f"### {q.text}\n{q.reason}  \n<small>question #{q.id} · {q.kind}</small>"
         label = q.kind == "label"
         return (text, q.images, q.id, gr.update(choices=q.choices, value=None, visible=label),
-                gr.update(visible=label), gr.update(value="", visible=q.kind == "confirm"))
+                gr.update(visible=label),
+                gr.update(value="", visible=q.kind in ("confirm", "defect")))
 
     def answer(self, answer: Any, suggestion_id: Any, request: gr.Request | None,
                name: str | None = None, picked: list[int] | tuple = ()) -> list[Any]:

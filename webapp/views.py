@@ -456,6 +456,11 @@ class Views:
             ids = target.get("region_ids") or []
             text = f"Do these {len(ids)} regions form a new defect type?"
             add_regions(ids, 8)
+        elif kind == "defect":
+            rid = target.get("region_id")
+            text = "Is this image defective?"
+            if rid is not None:
+                add_regions([rid], 1, "its strongest region: ")
         else:
             text = f"{kind}: {json.dumps(target)}"
             if "type_id" in target:
