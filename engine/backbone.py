@@ -121,7 +121,8 @@ def build_model(cfg: BackboneConfig) -> torch.nn.Module:
         raise BackboneError(
             f"unknown backbone '{cfg.name}' without a checkpoint. Available without a "
             f"checkpoint: {', '.join(available_backbones()) or 'none'}; any timm model name "
-            "is accepted together with --weights PATH (a local state-dict file)"
+            "is accepted together with --weights PATH (a local state-dict file) or "
+            "--weights hub (timm's pretrained weights, downloaded: needs internet)"
         )
     if cfg.name not in timm.list_models() and cfg.name not in BUNDLED_WEIGHTS:
         raise BackboneError(
@@ -133,6 +134,8 @@ def build_model(cfg: BackboneConfig) -> torch.nn.Module:
         # inputs keep their aspect ratio: the position embedding is interpolated per size
         kwargs["img_size"] = cfg.image_size
         kwargs["dynamic_img_size"] = True
+    if cfg.weights == HUB:
+        return _hub_model(cfg, kwargs)
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
     if cfg.weights is None:
         state = map_positionally(_state_dict_from_file(bundled_weight_file(cfg.name)),
@@ -143,6 +146,29 @@ def build_model(cfg: BackboneConfig) -> torch.nn.Module:
         if not path.is_file():
             raise BackboneError(f"checkpoint file not found: {path}")
         _load_user_checkpoint(model, _state_dict_from_file(path), path)
+    return model.eval()
+
+
+#: ``BackboneConfig.weights`` value asking for timm's own pretrained weights.
+HUB = "hub"
+
+
+def _hub_model(cfg: BackboneConfig, kwargs: dict) -> torch.nn.Module:
+    """A timm model with its published pretrained weights: downloaded by timm from the
+    Hugging Face hub (needs internet), or read from ``cfg.hub_file``, a local copy of that
+    file (a machine without internet, or a test)."""
+    if cfg.hub_file is not None:
+        path = Path(cfg.hub_file)
+        if not path.is_file():
+            raise BackboneError(f"hub weight file not found: {path}")
+        kwargs = {**kwargs, "pretrained_cfg_overlay": {"file": str(path)}}
+    try:
+        model = timm.create_model(cfg.name, pretrained=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - network, hub and file errors alike
+        raise BackboneError(
+            f"cannot get the pretrained weights of '{cfg.name}' from the hub ({exc}); "
+            "without internet give a local file: --weights PATH (a state dict) or "
+            "BackboneConfig.hub_file") from exc
     return model.eval()
 
 

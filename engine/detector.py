@@ -218,15 +218,17 @@ class PatchCoreDetector:
                          scores, n_folds)
 
     def fit_intensity(self, images: Sequence[np.ndarray]) -> None:
-        """Fit the grey-level stretch on the normals when ``contrast == "normals"`` (a
-        seeded sample of at most 64 images)."""
+        """Fit the grey-level stretch on the normals when ``contrast`` is ``normals`` (or
+        ``auto`` and they are dark), from an even sample of at most 64 of them."""
         bcfg = self.config.backbone
-        if bcfg.contrast != "normals" or len(images) == 0:
+        if bcfg.contrast not in ("normals", "auto") or len(images) == 0:
             self.intensity = None
             return
         pick = np.linspace(0, len(images) - 1, num=min(len(images), 64)).round().astype(int)
-        self.intensity = intensity_range((images[int(i)] for i in np.unique(pick)),
-                                         *bcfg.contrast_percentiles)
+        lo, hi = intensity_range((images[int(i)] for i in np.unique(pick)),
+                                 *bcfg.contrast_percentiles)
+        dark = hi < bcfg.dark_level
+        self.intensity = (lo, hi) if bcfg.contrast == "normals" or dark else None
 
     def _content_score(self, content: np.ndarray, knn: NearestNeighbours) -> float:
         """Image score of an image's content patches against ``knn``'s bank."""

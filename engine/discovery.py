@@ -35,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from engine.backbone import FeatureExtractor
@@ -301,7 +302,10 @@ class DiscoveryModel:
                 self._detect_pass(images, maps)):
             shapes.append(shape)
             scores[i] = score
-            small_maps.append(shrink_to(amap, dcfg.mebin_side))
+            small = shrink_to(amap, dcfg.mebin_side)
+            if dcfg.region_sigma > 0:
+                small = gaussian_filter(small, dcfg.region_sigma).astype(np.float32)
+            small_maps.append(small)
             descriptors.append(descriptor)
             bar.update(1)
             on_progress("detect", (i + 1) / n)
@@ -314,8 +318,11 @@ class DiscoveryModel:
         else:  # no calibrated threshold: MEBin decides (no stable component = normal)
             flagged = np.ones(n, dtype=bool)
             floor = None
-        value_range = self.value_range or self._value_range(
-            [m for m, f in zip(small_maps, flagged) if f], floor)
+        if dcfg.mebin_range == "all":  # AnomalyNCD: every map of the batch, no floor
+            value_range = self.value_range or self._value_range(small_maps, None)
+        else:
+            value_range = self.value_range or self._value_range(
+                [m for m, f in zip(small_maps, flagged) if f], floor)
         records: list[RegionRecord] = []
         peaks: list[RegionRecord] = []
         token_parts: list[RegionTokens] = []

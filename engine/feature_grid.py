@@ -94,7 +94,7 @@ def input_intensity(image: np.ndarray, cfg: BackboneConfig,
     """The grey-level stretch to apply to ``image`` under ``cfg.contrast``."""
     if cfg.contrast == "image":
         return intensity_range([image], *cfg.contrast_percentiles)
-    if cfg.contrast == "normals":
+    if cfg.contrast in ("normals", "auto"):
         return fitted
     return None
 

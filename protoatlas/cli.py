@@ -28,7 +28,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default=None,
                         help="timm backbone name (default efficientnet_lite0, bundled weights)")
     parser.add_argument("--weights", default=None,
-                        help="local checkpoint file for a backbone whose weights are not bundled")
+                        help="local checkpoint file for a backbone whose weights are not "
+                             "bundled, or 'hub' for timm's pretrained weights (downloads)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="network input side in pixels (default 256)")
     parser.add_argument("--resize", default=None, choices=list(RESIZE_MODES),
@@ -337,6 +338,8 @@ def cmd_eval_discover(args: argparse.Namespace) -> int:
             print(f"  {m.method:38s} {m.protocol:8s} {m.nmi:6.3f} {m.ari:6.3f} "
                   f"{m.accuracy:6.3f} {m.macro_f1:6.3f} {m.k_found:3d} {m.seconds:8.1f}",
                   flush=True)
+        if res.k_auto >= 0:
+            print(f"  K found with clusters=auto: {res.k_auto}")
     if len(rows) > 1:
         print(ev.format_table(rows, ev.DISCOVER_COLUMNS))
     if args.json:

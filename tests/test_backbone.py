@@ -86,6 +86,29 @@ def test_user_checkpoint_of_another_timm_model_is_loaded(tmp_path) -> None:
     assert feats.strides == [8, 16] and feats.maps[0].shape[1] == 128
 
 
+def test_hub_weights_go_through_timms_pretrained_path(tmp_path) -> None:
+    """``--weights hub`` asks timm for its published weights; a local copy of the hub file
+    (here a random-initialised resnet18) stands in for the download."""
+    torch.manual_seed(1)
+    ref = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(ref.state_dict(), path)
+    model = build_model(BackboneConfig(name="resnet18", weights="hub", hub_file=str(path)))
+    assert torch.equal(model.conv1.weight, ref.conv1.weight)
+    with pytest.raises(BackboneError, match="hub weight file not found"):
+        build_model(BackboneConfig(name="resnet18", weights="hub",
+                                   hub_file=str(tmp_path / "absent.bin")))
+
+
+def test_the_larger_bundled_backbones_load_when_installed() -> None:
+    for name in ("efficientnet_lite1", "efficientnet_lite2"):
+        if name not in available_backbones():
+            continue  # the lite1 / lite2 extras are optional
+        ext = FeatureExtractor(BackboneConfig(name=name), torch.device("cpu"))
+        feats = ext(to_tensor_batch([np.zeros((64, 96, 3), np.uint8)]))
+        assert feats.strides == [8, 16] and feats.maps[0].shape[-2:] == (8, 12)
+
+
 def test_checkpoint_of_the_wrong_architecture_is_refused(tmp_path) -> None:
     path = tmp_path / "other.pth"
     torch.save(timm.create_model("resnet18").state_dict(), path)
