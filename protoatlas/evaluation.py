@@ -330,6 +330,8 @@ class EvalDiscoverResult:
     fit_seconds: float
     seconds: float
     peak_rss_mib: float
+    #: The number of types ``clusters="auto"`` finds on the same analysis (-1: not run).
+    k_auto: int = -1
 
     def method(self, name: str, protocol: str) -> MethodScores:
         for m in self.methods:
@@ -362,14 +364,17 @@ def _kmeans_labels(x: np.ndarray, clusters: int | str, config: ProtoAtlasConfig
 
 def eval_discover(root: str | os.PathLike, config: ProtoAtlasConfig, *,
                   clusters: int | str = "auto", progress: bool = False,
-                  name: str | None = None, baselines: bool = True) -> EvalDiscoverResult:
+                  name: str | None = None, baselines: bool = True,
+                  auto_k: bool = True) -> EvalDiscoverResult:
     """Discovery metrics on an MVTec-layout folder (defect types = sub-folders of test/).
 
     Every method is scored on the defective test images against their folder names, in
     two protocols: ``typed`` (each image's nearest type; AnomalyNCD's) and ``product``
     (a defective image the detector passes, or leaves as an outlier, is a wrong answer).
     The k-means baselines cluster every defective image directly; in the product protocol
-    the images the full method's detector passes are wrong answers for them too.
+    the images the full method's detector passes are wrong answers for them too. With
+    ``auto_k`` and a given K, discovery also runs with ``clusters="auto"`` on the same
+    analysis to report the K it would find (``k_auto``).
     """
     from engine.discovery import NO_TYPE, DiscoveryModel
 
@@ -414,6 +419,9 @@ def eval_discover(root: str | os.PathLike, config: ProtoAtlasConfig, *,
             methods.append(_scores(label, "product", truth,
                                    [product_label(i, lab) for i, lab in
                                     zip(defect_idx, labels)], k, seconds + t_fit))
+    k_auto = k_full if clusters == "auto" else -1
+    if auto_k and clusters != "auto":
+        k_auto = len(model.discover(analysis, "auto").type_ids)
     labels_all = np.array([t != "good" for t in truth_all])
     auroc, recall, far = detection_metrics(labels_all, analysis.scores,
                                            model.detector.threshold)  # type: ignore[union-attr]
@@ -422,7 +430,7 @@ def eval_discover(root: str | os.PathLike, config: ProtoAtlasConfig, *,
         n_types=len(set(truth)), clusters=str(clusters), methods=methods,
         image_auroc=auroc, detection_recall=recall, false_alarm_rate=far,
         false_alarms=int(sum(flagged[i] for i, t in enumerate(truth_all) if t == "good")),
-        fit_seconds=t_fit, seconds=t_full, peak_rss_mib=peak_rss_mib())
+        fit_seconds=t_fit, seconds=t_full, peak_rss_mib=peak_rss_mib(), k_auto=k_auto)
 
 
 def _baselines(model, analysis, test, defect_idx, clusters, config, progress):
@@ -499,7 +507,7 @@ def _weighted_residual(residual: np.ndarray, valid: np.ndarray, grid_map: np.nda
 
 
 DISCOVER_COLUMNS = [
-    Column("K", "k_found", ".0f"),
+    Column("K", "k_found", ".0f"), Column("K auto", "k_auto", ".0f"),
     Column("NMI typed", "typed_nmi"), Column("ARI typed", "typed_ari"),
     Column("acc typed", "typed_accuracy"), Column("F1 typed", "typed_macro_f1"),
     Column("NMI product", "product_nmi"), Column("ARI product", "product_ari"),

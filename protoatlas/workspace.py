@@ -509,9 +509,22 @@ class ReviewMixin:
     def next_suggestion(self):
         """The best open question (refreshing the queue when it is empty)."""
         open_ = self.ws.open_suggestions(limit=1)
-        if not open_:
+        if not open_ or not self._still_stands(open_[0]):
             open_ = self.refresh_suggestions()
         return open_[0] if open_ else None
+
+    def _still_stands(self, suggestion) -> bool:
+        """Whether the types a queued question is about still exist and have members (an
+        action since the queue was built may have emptied or merged one: the queue is then
+        rebuilt rather than asking about an empty type)."""
+        target = dict(suggestion.target or {})
+        ids = list(target.get("type_ids") or [])
+        if target.get("type_id") is not None:
+            ids.append(target["type_id"])
+        if not ids:
+            return True
+        types = {t.id: t for t in self.ws.list_types()}
+        return all(int(i) in types and types[int(i)].n_regions > 0 for i in ids)
 
     def question_members(self, type_id: int, n: int | None = None) -> list:
         """The members an "is it one type?" question shows (one region per image, at most

@@ -418,7 +418,13 @@ def test_yes_to_merge_keeps_the_confirmed_type(service) -> None:
 
 
 def test_yes_to_merge_keeps_the_larger_type(service) -> None:
+    a, b = by_size(service)[:2]
+    # the fixture's types may be the same size: make the first one larger
+    moved = service.ws.type_members(b.id)[0].region_id
+    service.ws.move_regions([moved], a.id, expected={a.id: a.version, b.id: b.version},
+                            actor="bob")
     big, small = by_size(service)[:2]
+    assert big.n_regions > small.n_regions
     sid = ask(service, "merge", {"type_ids": [small.id, big.id]})
     service.answer_suggestion(sid, "yes", actor="bob")
     assert service.ws.get_type(small.id).merged_into == big.id
@@ -604,9 +610,12 @@ def test_yes_with_picked_members_moves_them_out_then_confirms(service) -> None:
 
 def test_a_question_shows_typical_and_borderline_members_of_a_large_type(service) -> None:
     ws = service.ws
-    t = by_size(service)[0]
+    t, other = by_size(service)[:2]
+    # one type of at least five images: the fixture's two largest together
+    ws.merge_types(t.id, other.id, expected={t.id: t.version, other.id: other.version},
+                   actor="bob")
     everyone = ws.representatives(t.id, n=10**6)
-    assert len(everyone) >= 5, "the largest fixture type spans at least five images"
+    assert len(everyone) >= 5, "the merged type spans at least five images"
     # small enough: every image once, nearest the prototype first
     assert service.question_members(t.id, n=len(everyone)) == everyone
     # too many images: half typical, then the least confident members of other images
