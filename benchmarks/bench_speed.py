@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import SHARED, machine, record  # noqa: E402
+from benchmarks.common import SHARED, machine, record, split_engine_args  # noqa: E402
 
 
 def _tiles(args: argparse.Namespace, engine: list[str]) -> dict:
@@ -64,11 +64,7 @@ def _bottle(args: argparse.Namespace, engine: list[str]) -> dict:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    engine: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, engine = argv[:cut], argv[cut + 1:]
+    argv, engine = split_engine_args(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["tiles", "bottle"])
     parser.add_argument("--normals", type=int, default=761)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, machine, record  # noqa: E402
+from benchmarks.common import REPO, machine, record, split_engine_args  # noqa: E402
 from protoatlas.evaluation import (DETECT_COLUMNS, DISCOVER_COLUMNS,  # noqa: E402
                                    EvalDiscoverResult, MethodScores, SuiteSet,
                                    discover_row, format_table, read_suite)
@@ -48,11 +48,7 @@ def _available(item: SuiteSet) -> bool:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    engine: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, engine = argv[:cut], argv[cut + 1:]
+    argv, engine = split_engine_args(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default=str(DEFAULT_SUITE))
     parser.add_argument("--only", nargs="*", default=None, help="set names to run")

@@ -41,3 +41,11 @@ def record(path: str | os.PathLike, result: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fh.write(json.dumps(result) + "\n")
+
+
+def split_engine_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the script's own arguments, the engine options after ``--``) of ``argv``."""
+    if "--" not in argv:
+        return list(argv), []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
