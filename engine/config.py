@@ -109,6 +109,10 @@ class DetectorConfig:
     #: as unseen against the bank without its fold to calibrate the threshold
     #: (:mod:`engine.calibration`), so no normal image is kept out of the bank.
     calibration_folds: int = 5
+    #: The bank a calibration image is scored against: ``other_folds`` (the coresets of
+    #: the other folds) or ``leave_one_out`` (the whole bank without the entries taken from
+    #: that image, so the other folds' coresets cover what its own entries covered).
+    calibration_bank: Literal["other_folds", "leave_one_out"] = "other_folds"
     #: At most this many normal images are scored for calibration (spread over the folds).
     calibration_max_images: int = 200
     #: Fraction of good images the calibrated threshold flags (``--false-alarm-rate``):

@@ -183,6 +183,7 @@ class PatchCoreDetector:
         n_patches = int(counts.sum())
         n_keep = coreset_size(n_patches, dcfg.coreset_ratio, dcfg.coreset_max)
         fold_banks: list[np.ndarray] = []
+        fold_origin: list[np.ndarray] = []  # the normal image each bank entry comes from
         for f in range(n_folds):
             members = np.flatnonzero(folds == f)
             part = np.concatenate([per_image[i] for i in members]).astype(np.float32)
@@ -193,6 +194,7 @@ class PatchCoreDetector:
                 max_candidates=max(1, int(round(dcfg.coreset_candidates * share))),
                 seed=self.config.seed + f, device=self.device, progress=progress)
             fold_banks.append(part[keep])
+            fold_origin.append(np.repeat(members, counts[members])[keep])
             for i in members:
                 if i not in kept:
                     per_image[i] = np.zeros((0, part.shape[1]), np.float32)  # free memory
@@ -203,19 +205,33 @@ class PatchCoreDetector:
                      for i in range(len(stage_samples[0]))]
         self.prototypes = ResidualPrototypes.fit(
             per_stage, dcfg.prototypes_per_scale, dcfg.prototype_iterations, self.config.seed)
+        scores = self._calibration_scores(kept, folds, fold_banks, fold_origin)
+        self.calibration_scores = scores
+        self.threshold = threshold_at(scores, dcfg.false_alarm_rate)
+        return FitReport(n, len(scores), n_patches, len(self.knn.bank), self.threshold,
+                         scores, n_folds)
+
+    def _calibration_scores(self, kept: dict[int, np.ndarray], folds: np.ndarray,
+                            fold_banks: list[np.ndarray], fold_origin: list[np.ndarray]
+                            ) -> np.ndarray:
+        """Scores of the calibration images ``kept`` (index -> content patches), each
+        against a bank it did not shape (``DetectorConfig.calibration_bank``)."""
+        use_gpu = self.device.type == "cuda"
         scores = []
-        for f in range(n_folds):
+        if self.config.detector.calibration_bank == "leave_one_out":
+            bank, origin = np.concatenate(fold_banks), np.concatenate(fold_origin)
+            for i in sorted(kept):
+                rest = NearestNeighbours(bank[origin != i], use_gpu=use_gpu)
+                scores.append(self._content_score(kept[i], rest))
+            return np.asarray(scores, np.float32)
+        for f in range(len(fold_banks)):
             held = [i for i in sorted(kept) if folds[i] == f]
             if not held:
                 continue
             others = NearestNeighbours(np.concatenate(
                 [b for g, b in enumerate(fold_banks) if g != f]), use_gpu=use_gpu)
             scores.extend(self._content_score(kept[i], others) for i in held)
-        scores = np.asarray(scores, np.float32)
-        self.calibration_scores = scores
-        self.threshold = threshold_at(scores, dcfg.false_alarm_rate)
-        return FitReport(n, len(scores), n_patches, len(self.knn.bank), self.threshold,
-                         scores, n_folds)
+        return np.asarray(scores, np.float32)
 
     def fit_intensity(self, images: Sequence[np.ndarray]) -> None:
         """Fit the grey-level stretch on the normals when ``contrast`` is ``normals`` (or
