@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from engine.config import RESIZE_MODES, BackboneConfig, DetectorConfig, ProtoAtlasConfig
+from engine.synth import SCENE_KINDS
 
 EXIT_FAILURE = 2
 
@@ -197,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write the seeded synthetic demo set (MVTec layout)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", default="object", choices=["object", "texture"])
+    p.add_argument("--kind", default="object", choices=list(SCENE_KINDS),
+                   help="object, texture, pcb (binary traces, tiny defects) or tile "
+                        "(grayscale, varying sizes)")
     _common(p)
     return parser
 
@@ -417,9 +420,9 @@ def cmd_import_labels(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from engine import synth
 
-    cfg = synth.SynthConfig(kind=args.kind)
+    cfg = synth.kind_config(args.kind)
     root = synth.write_mvtec(args.out, cfg, seed=args.seed)
-    print(f"wrote the synthetic demo set to {root}")
+    print(f"wrote the synthetic {args.kind} set to {root}")
     return 0
 
 

@@ -159,3 +159,14 @@ def test_save_model_and_eval_detect(demo, tmp_path, capsys) -> None:
     assert got["image_auroc"] >= 0.95 and got["pixel_auroc"] >= 0.9 and got["aupro"] > 0.5
     assert got["n_train"] == 12 and got["n_test"] == 13
     assert "AUPRO(0.3)" in capsys.readouterr().out
+
+
+def test_synth_writes_every_generated_kind(tmp_path) -> None:
+    from engine.synth_surfaces import TILE_DEFECTS
+
+    assert main(["synth", "--out", str(tmp_path / "t"), "--kind", "tile", "--quiet"]) == 0
+    test = tmp_path / "t" / "test"
+    assert sorted(p.name for p in test.iterdir()) == sorted((*TILE_DEFECTS, "good"))
+    shapes = {Image.open(p).size for p in (test / "crack").iterdir()}
+    modes = {Image.open(p).mode for p in (test / "crack").iterdir()}
+    assert len(shapes) > 1 and modes == {"L"}
