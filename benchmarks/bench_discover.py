@@ -11,7 +11,8 @@ Usage (repo root, inside the venv)::
 ``eval`` is ``protoatlas eval-discover`` recorded as JSON; ``ablation`` re-runs the method
 with one component off at a time (guidance, region factor, object prior, residual tokens,
 training, Ward); ``seeds`` re-runs the type step (one analysis) with seeds 0-5 at each
-embedding dimension of ``--dims`` and reports mean / min / max; ``speed`` times ``discover`` end to end and ``assign`` on a saved model;
+embedding dimension of ``--dims`` and reports mean / min / max; ``speed`` times ``discover``
+end to end and ``assign`` on a saved model;
 ``xsdd`` checks the clustering head alone on pre-cropped images without normals. Results are
 appended to ``bench-out/discover.jsonl`` with the machine and load.
 """
@@ -167,8 +168,8 @@ def cmd_speed(args: argparse.Namespace) -> None:
 def cmd_xsdd(args: argparse.Namespace) -> None:
     """Clustering head alone: every pre-cropped image is one region (no normals, no map)."""
     from engine.clustering import spherical_kmeans
-    from engine.regions import Region
     from engine.crops import Box
+    from engine.regions import Region
 
     root = Path(args.root)
     images = LazyImages(list_images(root))

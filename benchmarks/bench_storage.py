@@ -30,9 +30,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, record  # noqa: E402
-from storage import (AssignmentsIn, BatchIngest, ImageIn, ModelVersionIn, NewType,  # noqa: E402
-                     PrototypeIn, RegionsIn, StorageConfig, Workspace, doctor)
-from storage import summary  # noqa: E402
+from storage import (  # noqa: E402
+    AssignmentsIn,
+    BatchIngest,
+    ImageIn,
+    ModelVersionIn,
+    NewType,
+    PrototypeIn,
+    RegionsIn,
+    StorageConfig,
+    Workspace,
+    doctor,
+    summary,  # noqa: E402
+)
 
 GROUP_BY_SQL = summary._STATS_SQL.format(where="")  # what list_types would run without it
 

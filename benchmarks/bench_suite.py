@@ -26,9 +26,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, machine, record, split_engine_args  # noqa: E402
-from protoatlas.evaluation import (DETECT_COLUMNS, DISCOVER_COLUMNS,  # noqa: E402
-                                   EvalDiscoverResult, MethodScores, SuiteSet,
-                                   discover_row, format_table, read_suite)
+from protoatlas.evaluation import (  # noqa: E402
+    DETECT_COLUMNS,
+    DISCOVER_COLUMNS,
+    EvalDiscoverResult,
+    MethodScores,
+    SuiteSet,
+    discover_row,
+    format_table,
+    read_suite,
+)
 
 DEFAULT_SUITE = REPO / "benchmarks" / "suite.csv"
 

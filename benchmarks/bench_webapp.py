@@ -34,8 +34,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage import (AssignmentsIn, BatchIngest, ImageIn, ModelVersionIn,  # noqa: E402
-                     NewType, PrototypeIn, RegionsIn, Workspace)
+from storage import (  # noqa: E402
+    AssignmentsIn,
+    BatchIngest,
+    ImageIn,
+    ModelVersionIn,
+    NewType,
+    PrototypeIn,
+    RegionsIn,
+    Workspace,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu",
@@ -60,7 +68,7 @@ def build_workspace(home: str | Path, name: str = "default", *, n_images: int = 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_types, dim)).astype(np.float32) * 3
     yy, xx = np.mgrid[0:side, 0:side]
-    images, masks, boxes, maps = [], [], [], []
+    images, masks, boxes = [], [], []
     k = rng.integers(0, n_types, n_images)
     for i in range(n_images):
         base = np.full((side, side, 3), 150, np.float32) + rng.normal(0, 6, (side, side, 3))

@@ -39,11 +39,24 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from engine.backbone import FeatureExtractor
-from engine.clustering import (auto_min_size, cluster, estimate_k, image_votes, normalise,
-                               outlier_thresholds, region_weights, softmax)
+from engine.clustering import (
+    auto_min_size,
+    cluster,
+    estimate_k,
+    image_votes,
+    normalise,
+    outlier_thresholds,
+    region_weights,
+    softmax,
+)
 from engine.config import ProtoAtlasConfig
-from engine.detector import (PatchCoreDetector, check_model_meta, read_model,
-                             resolve_device_arg, write_model)
+from engine.detector import (
+    PatchCoreDetector,
+    check_model_meta,
+    read_model,
+    resolve_device_arg,
+    write_model,
+)
 from engine.feature_grid import input_intensity
 from engine.mebin import normalisation_range
 from engine.preprocess import stretch_contrast

@@ -20,8 +20,7 @@ import torch
 
 from engine.backbone import FeatureExtractor
 from engine.config import BackboneConfig
-from engine.preprocess import (Geometry, fit_input, intensity_range, tile_starts,
-                               to_tensor_batch)
+from engine.preprocess import Geometry, fit_input, intensity_range, tile_starts, to_tensor_batch
 
 #: Images read ahead per window, in batches: mixed sizes batch within a window.
 WINDOW_BATCHES = 4

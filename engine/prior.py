@@ -590,8 +590,8 @@ def _load_groundingdino(cfg: PriorConfig, device: str) -> Any:
     """
     import torch
     from groundingdino.models import build_model
-    from groundingdino.util.slconfig import SLConfig
     from groundingdino.util.misc import clean_state_dict
+    from groundingdino.util.slconfig import SLConfig
 
     args = SLConfig.fromfile(cfg.groundingdino_config)
     args.device = device

@@ -17,8 +17,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine.crops import (Box, CropConfig, extract_crops, select_boxes, side_limits,
-                          square_box, whole_image_box)
+from engine.crops import (
+    Box,
+    CropConfig,
+    extract_crops,
+    select_boxes,
+    side_limits,
+    square_box,
+    whole_image_box,
+)
 from engine.mebin import MEBinConfig, MEBinResult, binarize
 from engine.prior import region_map
 

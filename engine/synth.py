@@ -44,7 +44,8 @@ import cv2
 import numpy as np
 
 from engine.synth_surfaces import PAINTERS as _SURFACE_PAINTERS
-from engine.synth_surfaces import PCB_DEFECTS, RENDERERS as _SURFACE_RENDERERS, TILE_DEFECTS
+from engine.synth_surfaces import PCB_DEFECTS, TILE_DEFECTS
+from engine.synth_surfaces import RENDERERS as _SURFACE_RENDERERS
 
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "crack", "spot", "missing", "fold")
 SCENE_KINDS: tuple[str, ...] = ("texture", "object", "pcb", "tile")

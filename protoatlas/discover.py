@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from engine.config import ProtoAtlasConfig
-from engine.data import (LazyImages, LoadReport, SkippedFile, check_map_shape, find_map,
-                         list_images, read_anomaly_map)
+from engine.data import (
+    LazyImages,
+    LoadReport,
+    SkippedFile,
+    check_map_shape,
+    find_map,
+    list_images,
+    read_anomaly_map,
+)
 from engine.discovery import NO_TYPE, DiscoveryModel, DiscoveryResult
 
 DISCOVER_COLUMNS = ("image", "anomaly_score", "is_anomalous", "cluster", "confidence",

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from engine import metrics
-from engine.config import ProtoAtlasConfig
 from engine.calibration import threshold_at
+from engine.config import ProtoAtlasConfig
 from engine.data import LazyImages, load_mvtec, read_masks
 from engine.detector import PatchCoreDetector
 

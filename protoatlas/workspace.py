@@ -35,8 +35,20 @@ from engine.discovery import NO_TYPE, DiscoveryModel, DiscoveryResult
 from engine.tokens import RegionTokens
 from protoatlas.discover import DiscoverRun, open_images
 from protoatlas.suggest import ReviewState
-from storage import (AssignmentsIn, BatchIngest, ImageIn, ModelVersionIn, NewType, PrototypeIn,
-                     RegionsIn, SuggestionIn, ValidationError, Workspace, doctor, encode_rle)
+from storage import (
+    AssignmentsIn,
+    BatchIngest,
+    ImageIn,
+    ModelVersionIn,
+    NewType,
+    PrototypeIn,
+    RegionsIn,
+    SuggestionIn,
+    ValidationError,
+    Workspace,
+    doctor,
+    encode_rle,
+)
 
 Progress = Callable[[str, float], None]
 TOKENS_DIR = "tokens"
@@ -390,7 +402,8 @@ class ReviewMixin:
         types = {t.id: (t.name, t.status) for t in listed
                  if t.status in ("proposed", "confirmed")}
         p_ids, p_mat, _ = self.ws.prototypes()
-        prototypes = {int(t): normalise(v[None])[0] for t, v in zip(p_ids, p_mat) if int(t) in types}
+        prototypes = {int(t): normalise(v[None])[0] for t, v in zip(p_ids, p_mat)
+                      if int(t) in types}
         model = self.model()
         return ReviewState(
             candidates=self._candidates(table),

@@ -11,12 +11,36 @@ numpy and duckdb only. Typical use::
 
 from storage.config import StorageConfig
 from storage.doctor import doctor, is_sound
-from storage.errors import (ConflictError, NotFoundError, SchemaError, StorageError,
-                            ValidationError, WorkspaceLockedError)
-from storage.models import (AssignmentsIn, AuditEntry, BatchImageInfo, BatchInfo, BatchIngest,
-                            ImageDetail, ImageIn, ImportReport, Member, ModelVersion,
-                            ModelVersionIn, NewType, Problem, PrototypeIn, RegionIn, RegionInfo,
-                            RegionsIn, Suggestion, SuggestionIn, TypeSummary)
+from storage.errors import (
+                            ConflictError,
+                            NotFoundError,
+                            SchemaError,
+                            StorageError,
+                            ValidationError,
+                            WorkspaceLockedError,
+)
+from storage.models import (
+                            AssignmentsIn,
+                            AuditEntry,
+                            BatchImageInfo,
+                            BatchInfo,
+                            BatchIngest,
+                            ImageDetail,
+                            ImageIn,
+                            ImportReport,
+                            Member,
+                            ModelVersion,
+                            ModelVersionIn,
+                            NewType,
+                            Problem,
+                            PrototypeIn,
+                            RegionIn,
+                            RegionInfo,
+                            RegionsIn,
+                            Suggestion,
+                            SuggestionIn,
+                            TypeSummary,
+)
 from storage.png16 import decode_map, encode_map
 from storage.rle import decode_rle, encode_rle, rle_area, rle_from_json, rle_to_json
 from storage.schema import LATEST as SCHEMA_VERSION

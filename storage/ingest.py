@@ -22,8 +22,16 @@ import numpy as np
 from storage import audit, summary
 from storage.errors import NotFoundError, ValidationError
 from storage.files import normalise_ext
-from storage.models import (AssignmentsIn, BatchIngest, ImageIn, ModelVersionIn, NewType,
-                            PrototypeIn, RegionIn, RegionsIn)
+from storage.models import (
+    AssignmentsIn,
+    BatchIngest,
+    ImageIn,
+    ModelVersionIn,
+    NewType,
+    PrototypeIn,
+    RegionIn,
+    RegionsIn,
+)
 from storage.png16 import encode_map
 from storage.rle import encode_rle_text, rle_from_json, rle_to_json
 from storage.schema import utcnow
@@ -349,7 +357,6 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
                  progress: "Progress | None" = None) -> int:
     """See :meth:`storage.workspace.Workspace.ingest_batch`; returns the new batch id."""
     actor = check_actor(actor)
-    cfg = ws.config
     if not isinstance(batch.name, str) or not batch.name.strip():
         raise ValidationError("a batch needs a non-empty name")
     try:

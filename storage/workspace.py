@@ -32,13 +32,32 @@ import numpy as np
 
 from storage import schema
 from storage.config import StorageConfig
-from storage.errors import (NotFoundError, SchemaError, StorageError, ValidationError,
-                            WorkspaceLockedError)
+from storage.errors import (
+    NotFoundError,
+    SchemaError,
+    StorageError,
+    ValidationError,
+    WorkspaceLockedError,
+)
 from storage.files import ContentStore
-from storage.models import (AssignmentsIn, AuditEntry, BatchImageInfo, BatchInfo, BatchIngest,
-                            ImageDetail, ImportReport, Member, ModelVersion, ModelVersionIn,
-                            NewType, PrototypeIn, RegionInfo, Suggestion, SuggestionIn,
-                            TypeSummary)
+from storage.models import (
+    AssignmentsIn,
+    AuditEntry,
+    BatchImageInfo,
+    BatchInfo,
+    BatchIngest,
+    ImageDetail,
+    ImportReport,
+    Member,
+    ModelVersion,
+    ModelVersionIn,
+    NewType,
+    PrototypeIn,
+    RegionInfo,
+    Suggestion,
+    SuggestionIn,
+    TypeSummary,
+)
 from storage.png16 import decode_map
 from storage.rle import rle_from_json
 

@@ -11,8 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from storage import (AssignmentsIn, BatchIngest, ImageIn, ModelVersionIn, NewType, PrototypeIn,
-                     RegionsIn, StorageConfig, Workspace)
+from storage import (
+    AssignmentsIn,
+    BatchIngest,
+    ImageIn,
+    ModelVersionIn,
+    NewType,
+    PrototypeIn,
+    RegionsIn,
+    StorageConfig,
+    Workspace,
+)
 
 MARKER = "INSIDE-TRANSACTION"
 

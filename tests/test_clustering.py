@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 import engine.clustering as clustering
-from engine.clustering import (auto_min_size, cluster, estimate_k, image_votes,
-                               outlier_thresholds, region_weights, softmax, ward)
+from engine.clustering import (
+    auto_min_size,
+    cluster,
+    estimate_k,
+    image_votes,
+    outlier_thresholds,
+    region_weights,
+    softmax,
+    ward,
+)
 from engine.metrics import cluster_metrics
 
 D = 16

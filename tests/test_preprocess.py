@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.preprocess import (fit_input, fit_square, grid_to_image, plan_geometry,
-                               restore_map, tile_starts, to_tensor_batch)
+from engine.preprocess import (
+    fit_input,
+    fit_square,
+    grid_to_image,
+    plan_geometry,
+    restore_map,
+    tile_starts,
+    to_tensor_batch,
+)
 
 
 def test_letterbox_keeps_aspect_and_centres() -> None:

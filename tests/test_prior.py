@@ -20,10 +20,10 @@ from engine.prior import (
     ObjectPrior,
     PriorConfig,
     PriorUnavailableError,
-    make_prior,
     _cxcywh_to_xyxy,
     _dino_tensor,
     _hub_offline,
+    make_prior,
     region_map,
 )
 from engine.synth import SynthConfig, generate, make_scene

@@ -8,8 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage import (StorageError, ValidationError, Workspace, decode_map, decode_rle,
-                     default_home, encode_map, encode_rle, rle_area, rle_from_json, rle_to_json)
+from storage import (
+    StorageError,
+    ValidationError,
+    Workspace,
+    decode_map,
+    decode_rle,
+    default_home,
+    encode_map,
+    encode_rle,
+    rle_area,
+    rle_from_json,
+    rle_to_json,
+)
 from storage.files import ContentStore, sha256_bytes
 from storage.png16 import decode_png16, encode_png16
 

@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from storage import (BatchIngest, ImageIn, RegionIn, ValidationError, Workspace, decode_rle)
+from storage import BatchIngest, ImageIn, RegionIn, ValidationError, Workspace, decode_rle
 from tests.storage_fixtures import make_batch
 
 

@@ -5,8 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from storage import (AssignmentsIn, ImageIn, ModelVersionIn, NewType, NotFoundError,
-                     PrototypeIn, RegionIn, ValidationError, Workspace, decode_rle, doctor)
+from storage import (
+    AssignmentsIn,
+    ImageIn,
+    ModelVersionIn,
+    NewType,
+    NotFoundError,
+    PrototypeIn,
+    RegionIn,
+    ValidationError,
+    Workspace,
+    decode_rle,
+    doctor,
+)
 from tests.storage_fixtures import counts, make_batch
 
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from storage import (AssignmentsIn, ConflictError, ModelVersionIn, NotFoundError, StorageError,
-                     SuggestionIn, ValidationError, Workspace, doctor)
+from storage import (
+    AssignmentsIn,
+    ConflictError,
+    ModelVersionIn,
+    NotFoundError,
+    StorageError,
+    SuggestionIn,
+    ValidationError,
+    Workspace,
+    doctor,
+)
 from tests.storage_fixtures import make_batch
 
 

@@ -7,8 +7,7 @@ import datetime
 import duckdb
 import pytest
 
-from storage import SchemaError, Workspace, doctor
-from storage import schema, summary
+from storage import SchemaError, Workspace, doctor, schema, summary
 from storage.audit import GENESIS, canonical, row_hash, verify_chain
 
 

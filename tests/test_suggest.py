@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from engine.clustering import normalise
-from protoatlas.suggest import (ReviewState, SuggestConfig, candidates, confirm_questions,
-                                label_questions, merge_questions, new_type_questions,
-                                split_questions, suggest)
+from protoatlas.suggest import (
+    ReviewState,
+    SuggestConfig,
+    candidates,
+    confirm_questions,
+    label_questions,
+    merge_questions,
+    new_type_questions,
+    split_questions,
+    suggest,
+)
 
 D = 16
 E = np.eye(D, dtype=np.float32)

@@ -4,12 +4,12 @@ screen data over a storage-only workspace, the 2-D map, requirements.txt."""
 from __future__ import annotations
 
 import re
-import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from benchmarks.bench_webapp import build_workspace
 from webapp.security import Limits, RequireLogin, UploadError, parse_auth, stage_upload

@@ -18,8 +18,16 @@ import pytest
 from engine.discovery import DiscoveryModel
 from protoatlas.workspace import WorkspaceService, region_table
 from storage import SuggestionIn
-from tests.service_fixtures import (MARKER, WS, copy_home, data_root, discovered_home,
-                                    fast_config, shared_base, zip_folder)
+from tests.service_fixtures import (
+    MARKER,
+    WS,
+    copy_home,
+    data_root,
+    discovered_home,
+    fast_config,
+    shared_base,
+    zip_folder,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -522,7 +530,6 @@ def test_skip_and_no_change_nothing_and_are_not_asked_again(service) -> None:
     assert service.review_state().mixed == {t.id}
     queue = service.refresh_suggestions()
     assert queue, "the discovered workspace has questions"
-    asked = {(q.kind, json.dumps(q.target, sort_keys=True)) for q in queue}
     assert not any(q.kind == "confirm" and q.target["type_id"] == t.id for q in queue)
     assert not any(q.kind == "label" and q.target["region_id"] == rid for q in queue)
     assert all(q.status == "open" for q in queue)

@@ -27,10 +27,8 @@ from starlette.routing import Route
 
 from protoatlas.background import BackgroundRetrainer
 from webapp.assets import CSS, HEAD, KEYS_HELP
-from webapp.security import (AUTH_ENV, Limits, RequireLogin, UploadError, parse_auth,
-                             stage_upload)
-from webapp.views import (AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS, Views,
-                          fmt_conf)
+from webapp.security import AUTH_ENV, Limits, RequireLogin, UploadError, parse_auth, stage_upload
+from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS, Views
 
 STAGES = {"check": "Checking the images", "fit": "Learning what normal looks like",
           "detect": "Finding anomalies", "regions": "Cutting out anomalous regions",
@@ -981,8 +979,8 @@ def serve(home: str | os.PathLike | None = None, workspace: str = "default",
           host: str = "127.0.0.1", port: int = 7860, demo: bool = False,
           device: str | None = "auto", quiet: bool = False, block: bool = True) -> int:
     """Open (or create) the workspace, prepare the demo on first start, serve the app."""
-    from webapp.demo import demo_config, prepare_demo
     from protoatlas.workspace import WorkspaceService
+    from webapp.demo import demo_config, prepare_demo
 
     t0 = time.perf_counter()
     home = Path(home) if home else default_home()
