@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO_DIR ?= demo-data
 
-.PHONY: demo test install clean bench
+.PHONY: demo test test-fast install clean bench lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The suite without the tests marked slow (those that fit a real backbone end to end).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Ruff (pycodestyle, pyflakes, import order) and the layering contracts of pyproject.toml
+# (import-linter: engine imports neither storage, gradio nor duckdb; storage no torch).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/bench_detect.py
