@@ -64,7 +64,7 @@ from engine.prior import ObjectPrior, make_prior
 from engine.protoindex import PrototypeIndex
 from engine.protonet import PoolSettings, PrototypeHead
 from engine.prototrain import TrainReport, embed_all, train_head
-from engine.regions import Region, image_regions, shrink_to
+from engine.regions import Region, image_regions, paste_mask, shrink_to
 from engine.tokens import CropEncoder, RegionTokens
 
 MODEL_KIND = "protoatlas-discovery"
@@ -95,10 +95,8 @@ class RegionRecord:
     fallback: bool
 
     def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
-        out = np.zeros(shape[:2], dtype=bool)
-        top, left, bottom, right = self.clip
-        out[top:bottom, left:right] = self.mask
-        return out
+        """The region's anomaly mask as a bool array of the image's (H, W)."""
+        return paste_mask(self.mask, self.clip, shape)
 
     @classmethod
     def of(cls, region: Region, fallback: bool) -> "RegionRecord":
@@ -187,10 +185,12 @@ class TypeFit:
     train: TrainReport
 
 
+#: A progress callback: (stage name, fraction done 0..1).
 ProgressFn = Callable[[str, float], None]
 
 
-def _noop(stage: str, fraction: float) -> None:
+def no_progress(stage: str, fraction: float) -> None:
+    """The :data:`ProgressFn` that reports nothing."""
     return None
 
 
@@ -287,7 +287,7 @@ class DiscoveryModel:
 
     # ------------------------------------------------------------------ analysis
     def analyse(self, images: Sequence[np.ndarray], *, maps: Sequence[np.ndarray] | None = None,
-                progress: bool = False, on_progress: ProgressFn = _noop) -> BatchAnalysis:
+                progress: bool = False, on_progress: ProgressFn = no_progress) -> BatchAnalysis:
         """Detect, find regions and encode their tokens for every image of ``images``.
 
         ``images`` may be any sequence that loads lazily (``len`` and indexing); each image

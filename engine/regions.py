@@ -61,10 +61,17 @@ class Region:
 
     def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
         """The region's anomaly mask as a bool array of the image's (H, W)."""
-        out = np.zeros(shape[:2], dtype=bool)
-        top, left, bottom, right = self.clip
-        out[top:bottom, left:right] = self.mask
-        return out
+        return paste_mask(self.mask, self.clip, shape)
+
+
+def paste_mask(mask: np.ndarray, clip: tuple[int, int, int, int],
+               shape: tuple[int, ...]) -> np.ndarray:
+    """A (H, W) bool image (``shape[:2]``), False but for ``mask`` at ``clip`` (top, left,
+    bottom, right; ``mask`` has the clip's height and width)."""
+    out = np.zeros(shape[:2], dtype=bool)
+    top, left, bottom, right = clip
+    out[top:bottom, left:right] = mask
+    return out
 
 
 @dataclass
