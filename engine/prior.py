@@ -44,6 +44,16 @@ ANOMALY = 2
 #: Names accepted by :attr:`PriorConfig.backend`.
 PRIOR_BACKENDS: tuple[str, ...] = ("classical", "none", "grounded-sam")
 
+
+def prior_overrides(backend: str | None, prompt: str | None) -> dict[str, str]:
+    """The :class:`PriorConfig` fields a command's ``--prior`` / ``--prompt`` set: the
+    ones given, and a prompt without a backend asks for ``grounded-sam`` (the only
+    backend that reads it)."""
+    out = {k: v for k, v in {"backend": backend, "prompt": prompt}.items() if v}
+    if prompt and not backend:
+        out["backend"] = "grounded-sam"
+    return out
+
 #: Install hint for the grounded-SAM backend.
 SAM_EXTRA_HINT = 'pip install "protoatlas[sam]"'
 

@@ -268,10 +268,9 @@ def cmd_eval_detect(args: argparse.Namespace) -> int:
 
 def _discover_config(args: argparse.Namespace) -> ProtoAtlasConfig:
     cfg = _config_from(args)
-    prior = {k: v for k, v in {"backend": args.prior, "prompt": args.prompt}.items()
-             if v is not None}
-    if args.prompt and not args.prior:
-        prior["backend"] = "grounded-sam"
+    from engine.prior import prior_overrides
+
+    prior = prior_overrides(args.prior, args.prompt)
     return cfg.with_overrides(prior=prior) if prior else cfg
 
 

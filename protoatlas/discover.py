@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,16 +24,12 @@ from engine.data import (
     list_images,
     read_anomaly_map,
 )
-from engine.discovery import NO_TYPE, DiscoveryModel, DiscoveryResult
+from engine.discovery import NO_TYPE, DiscoveryModel, DiscoveryResult, no_progress
+from engine.discovery import ProgressFn as Progress
 
 DISCOVER_COLUMNS = ("image", "anomaly_score", "is_anomalous", "cluster", "confidence",
                     "outlier", "nearest_type", "n_regions")
 
-Progress = Callable[[str, float], None]
-
-
-def _quiet(stage: str, fraction: float) -> None:
-    return None
 
 
 @dataclass
@@ -142,7 +137,7 @@ def load_maps(maps_dir: str | os.PathLike, images: LazyImages) -> list[np.ndarra
 def discover(normals: str | os.PathLike, images: str | os.PathLike,
              config: ProtoAtlasConfig, *, clusters: int | str = "auto",
              maps_dir: str | os.PathLike | None = None, progress: bool = False,
-             on_progress: Progress = _quiet) -> DiscoverRun:
+             on_progress: Progress = no_progress) -> DiscoverRun:
     """Fit on ``normals``, then detect, localise and group the anomalies of ``images``."""
     t0 = time.perf_counter()
     normal_images = open_images(normals, config, progress=progress, desc="check normals")
@@ -165,7 +160,7 @@ def discover(normals: str | os.PathLike, images: str | os.PathLike,
 
 def assign(model_path: str | os.PathLike, images: str | os.PathLike, *,
            device: str | None = None, maps_dir: str | os.PathLike | None = None,
-           progress: bool = False, on_progress: Progress = _quiet) -> DiscoverRun:
+           progress: bool = False, on_progress: Progress = no_progress) -> DiscoverRun:
     """Sort a new batch into the types of a saved model; propose new types where needed."""
     t0 = time.perf_counter()
     model = DiscoveryModel.load(model_path, device=device)

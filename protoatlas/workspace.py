@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,9 @@ import numpy as np
 from engine.clustering import cluster, normalise
 from engine.config import ProtoAtlasConfig
 from engine.data import LazyImages, SkippedFile
-from engine.discovery import NO_TYPE, DiscoveryModel, DiscoveryResult
+from engine.discovery import NO_TYPE, DiscoveryModel, DiscoveryResult, no_progress
+from engine.discovery import ProgressFn as Progress
+from engine.prior import prior_overrides
 from engine.tokens import RegionTokens
 from protoatlas.discover import DiscoverRun, open_images
 from protoatlas.suggest import ReviewState
@@ -50,16 +52,11 @@ from storage import (
     encode_rle,
 )
 
-Progress = Callable[[str, float], None]
 TOKENS_DIR = "tokens"
 #: Tokens are cached in half precision (they are frozen-backbone features: plenty).
 TOKENS_DTYPE = np.float16
 #: A reviewer's "yes, defective" puts the threshold this fraction below the image's score.
 THRESHOLD_EPSILON = 1e-6
-
-
-def _quiet(stage: str, fraction: float) -> None:
-    return None
 
 
 @dataclass
@@ -285,7 +282,7 @@ class ReviewMixin:
     """Learning from feedback and the active-learning queue (methods of
     :class:`WorkspaceService`)."""
 
-    def retrain(self, actor: str = "model", progress: Progress = _quiet
+    def retrain(self, actor: str = "model", progress: Progress = no_progress
                  ) -> int | None:
         """Retrain the prototype head from the cached tokens and the reviewers' decisions.
 
@@ -876,7 +873,7 @@ class WorkspaceService(ReviewMixin):
                      normals_src: str | os.PathLike | None = None, *,
                      clusters: int | str = "auto", prior: str | None = None,
                      prompt: str | None = None, actor: str = "reviewer",
-                     batch_name: str | None = None, progress: Progress = _quiet
+                     batch_name: str | None = None, progress: Progress = no_progress
                      ) -> UploadReport:
         """Analyse a batch and store it. The first batch needs known-good images and runs
         discovery; later ones are sorted into the workspace's types (new types proposed
@@ -887,9 +884,7 @@ class WorkspaceService(ReviewMixin):
         with self.engine_lock:
             t0 = time.perf_counter()
             config = self.config
-            prior_cfg = {k: v for k, v in {"backend": prior, "prompt": prompt}.items() if v}
-            if prompt and not prior:
-                prior_cfg["backend"] = "grounded-sam"
+            prior_cfg = prior_overrides(prior, prompt)
             if prior_cfg:
                 config = config.with_overrides(prior=prior_cfg)
             progress("check", 0.0)

@@ -330,3 +330,12 @@ def test_grounded_sam_reads_the_given_sam_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         GroundedSamPrior(cfg, box_detector=_FakeDetector([]))
     assert not isinstance(info.value, PriorUnavailableError)
+
+
+def test_a_prompt_without_a_backend_asks_for_grounded_sam() -> None:
+    from engine.prior import prior_overrides
+
+    assert prior_overrides(None, None) == {}
+    assert prior_overrides(None, "bottle") == {"backend": "grounded-sam", "prompt": "bottle"}
+    assert prior_overrides("classical", "bottle") == {"backend": "classical", "prompt": "bottle"}
+    assert prior_overrides("none", "") == {"backend": "none"}
