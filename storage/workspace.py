@@ -70,10 +70,19 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Progress = Callable[[str, int, int], None]
 
 
+#: Hugging Face Spaces' persistent storage, used for the data when it is there and writable.
+SPACES_DATA = Path("/data")
+
+
 def default_home() -> Path:
-    """Data directory: ``$PROTOATLAS_HOME`` if set, else ``./protoatlas-data``."""
+    """Data directory: ``$PROTOATLAS_HOME`` if set; else ``/data/protoatlas`` when a
+    writable ``/data`` exists (Spaces persistent storage); else ``./protoatlas-data``."""
     value = os.environ.get(ENV_HOME, "").strip()
-    return Path(value).expanduser() if value else Path(DEFAULT_HOME)
+    if value:
+        return Path(value).expanduser()
+    if SPACES_DATA.is_dir() and os.access(SPACES_DATA, os.W_OK):
+        return SPACES_DATA / "protoatlas"
+    return Path(DEFAULT_HOME)
 
 
 class _Handle:

@@ -105,10 +105,16 @@ def test_content_store_is_idempotent_and_checks_sha(tmp_path):
 
 # -------------------------------------------------------------------- open / close
 def test_default_home_from_environment(monkeypatch, tmp_path):
+    import storage.workspace as sw
+
     monkeypatch.setenv("PROTOATLAS_HOME", str(tmp_path / "data"))
     assert default_home() == tmp_path / "data"
     monkeypatch.delenv("PROTOATLAS_HOME")
+    monkeypatch.setattr(sw, "SPACES_DATA", tmp_path / "absent")
     assert default_home() == Path("protoatlas-data")
+    # on Spaces, the persistent /data
+    monkeypatch.setattr(sw, "SPACES_DATA", tmp_path)
+    assert default_home() == tmp_path / "protoatlas"
 
 
 def test_open_creates_layout_and_uses_env_home(monkeypatch, tmp_path):

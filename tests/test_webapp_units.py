@@ -229,7 +229,7 @@ def test_requirements_txt_matches_pyproject():
 
 
 def test_spaces_entry_point_and_home(monkeypatch, tmp_path):
-    from webapp.app import default_home
+    from webapp.app import default_home  # the storage layer's rule, one for everything
 
     monkeypatch.setenv("PROTOATLAS_HOME", str(tmp_path))
     assert default_home() == tmp_path

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from protoatlas.background import BackgroundRetrainer
+from storage.workspace import default_home
 from webapp.assets import CSS, HEAD, KEYS_HELP
 from webapp.security import AUTH_ENV, Limits, RequireLogin, UploadError, parse_auth, stage_upload
 from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS, Views
@@ -961,18 +962,6 @@ def launch(service, *, host: str = "127.0.0.1", port: int | None = 7860,
                     "routes": _picture_routes(app.views)},
         footer_links=["api", "settings"], theme=gr.themes.Soft(), css=CSS, head=HEAD)
     return app, url
-
-
-def default_home() -> Path:
-    """``$PROTOATLAS_HOME``; else ``/data/protoatlas`` when a persistent ``/data`` exists
-    (Hugging Face Spaces persistent storage); else ``./protoatlas-data``."""
-    env = os.environ.get("PROTOATLAS_HOME")
-    if env:
-        return Path(env)
-    data = Path("/data")
-    if data.is_dir() and os.access(data, os.W_OK):
-        return data / "protoatlas"
-    return Path("protoatlas-data")
 
 
 def serve(home: str | os.PathLike | None = None, workspace: str = "default",
