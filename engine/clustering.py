@@ -4,8 +4,8 @@
   clustering (default) or k-means, on L2-normalised vectors, returning unit centres.
   Ward merges, bottom-up, the two groups whose union adds the least within-group variance;
   unlike k-means it does not assume round, equally sized groups, and on the small and
-  uneven groups of a defect batch it measured clearly better (MVTec bottle, K=3: NMI 0.75
-  vs 0.51 on the same embeddings; ``BENCHMARKS.md``). Above ``ward_max_points`` vectors,
+  uneven groups of a defect batch it measured clearly better (docs/decisions.md,
+  *Discovery*). Above ``ward_max_points`` vectors,
   k-means first makes that many micro-clusters and Ward groups their centres (Ward needs
   quadratic memory).
 * :func:`spherical_kmeans` -- k-means on L2-normalised vectors with unit centres, several
@@ -13,9 +13,9 @@
 * :func:`estimate_k` -- ``clusters="auto"``: the grouping for every K in ``2..max_k`` and
   the K with the highest mean silhouette (cosine), among the groupings whose every group
   holds at least ``min_size`` vectors. Without that floor the silhouette of a small batch
-  keeps rising as groups shrink to two or three members (measured: K=11 on bottle's 63
-  regions); with it, bottle (3 types) gives 2 and the synthetic demo (5 types) gives 5.
-  On ties the smaller K wins. Fewer than 4 regions give K = 1.
+  keeps rising as groups shrink to two or three members (the K it finds per set:
+  ``BENCHMARKS.md``, *The development suite*). On ties the smaller K wins. Fewer than 4
+  regions give K = 1.
 * :func:`outlier_thresholds` -- per prototype, ``median - m * MAD`` of its members'
   similarities (a robust z-score), the MAD never below a typical type's.
   A region below its prototype's threshold is an outlier: it is kept out of every type.

@@ -91,7 +91,7 @@ class DetectorConfig:
     #: Fraction of normal patches kept in the memory bank by greedy coreset (PatchCore: 1-10 %).
     coreset_ratio: float = 0.1
     #: Upper bound on the memory bank size: keeps fit and search time flat for large normal
-    #: sets (8192 measured as accurate as 16384 on bottle at half the time, BENCHMARKS.md).
+    #: sets (a larger cap measured no better on the suite: docs/decisions.md).
     coreset_max: int = 8192
     #: Candidates the greedy coreset looks at (random pre-subsample above this many patches).
     coreset_candidates: int = 65536
@@ -190,8 +190,7 @@ class DiscoveryConfig:
     #: Dimension of the unit embeddings stored and indexed in FAISS. At least the crop
     #: tokens' channels (320 for the default backbone's stride-32 stage), so that the
     #: projector starts as an isometry: a narrower random projection drops directions at
-    #: random, and the types then depended on the seed (MVTec bottle, K=3, six seeds: NMI
-    #: 0.60-0.77 at 256-d, 0.746-0.765 at 320-d; BENCHMARKS.md).
+    #: random, and the types then depended on the seed (docs/decisions.md, *Discovery*).
     embedding_dim: int = 320
     #: Training epochs of the prototype head over the cached tokens (0: training-free).
     head_epochs: int = 30

@@ -1,3 +1,3 @@
-"""ProtoAtlas: service layer and command line over the engine (and, later, storage)."""
+"""ProtoAtlas: the service layer and the command line over ``engine`` and ``storage``."""
 
 __version__ = "0.1.0"

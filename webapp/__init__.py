@@ -1,1 +1,1 @@
-"""Gradio review UI: arrives with the web-app issue; nothing here yet."""
+"""The Gradio review app: a view over the service layer (``protoatlas.workspace``)."""
