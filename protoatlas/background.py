@@ -10,9 +10,12 @@ measures (answer, retrain, ask), without making the reviewer wait for the retrai
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: Runs ``fn(**kwargs)``; the web app passes its GPU-aware engine call.
 Runner = Callable[..., Any]
@@ -76,6 +79,7 @@ class BackgroundRetrainer:
                 self.service.refresh_suggestions()
                 self.last_error = None
             except Exception as exc:  # reported by the app; a later request tries again
+                log.exception("background retrain failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 self.runs += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import asdict
@@ -21,6 +22,8 @@ EXIT_FAILURE = 2
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what the library does (the INFO level) on stderr")
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
@@ -437,6 +440,9 @@ def _warn(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False)
+                        else logging.WARNING,
+                        format="protoatlas: %(levelname)s: %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

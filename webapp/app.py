@@ -10,6 +10,7 @@ Named API endpoints (``gradio_client``; see docs/webapp.md): ``upload_batch``,
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import sys
 import threading
@@ -30,6 +31,8 @@ from storage.workspace import default_home
 from webapp.assets import CSS, HEAD, KEYS_HELP
 from webapp.security import AUTH_ENV, Limits, RequireLogin, UploadError, parse_auth, stage_upload
 from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS, Views
+
+log = logging.getLogger(__name__)
 
 STAGES = {"check": "Checking the images", "fit": "Learning what normal looks like",
           "detect": "Finding anomalies", "regions": "Cutting out anomalous regions",
@@ -64,7 +67,7 @@ def actor_of(request: gr.Request | None) -> str:
         if user:
             return str(user)
     except Exception:  # no session middleware (OAuth off)
-        pass
+        log.debug("no login session", exc_info=True)
     return "reviewer"
 
 
@@ -316,7 +319,7 @@ class ReviewApp:
                     progress(float(min(max(fraction, 0.0), 1.0)),
                              desc=STAGES.get(stage, stage.capitalize()))
                 except Exception:  # progress display must never break the job
-                    pass
+                    log.debug("progress display failed", exc_info=True)
         return cb
 
     def upload(self, images: Any, normals: Any, prompt: str | None, clusters: Any,
@@ -405,8 +408,8 @@ class ReviewApp:
         for rid in ids[:48]:
             try:
                 items.append((str(self.views.crop(rid)), f"#{rid}"))
-            except Exception:
-                pass
+            except Exception:  # a region deleted since the lasso: left out of the gallery
+                log.warning("no crop for region %s", rid, exc_info=True)
         more = f" (showing {len(items)})" if len(ids) > len(items) else ""
         return f"**{len(ids)} region(s) selected**{more}", items
 

@@ -9,6 +9,7 @@ and image details are kept in small in-memory LRU caches.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from storage import Workspace, decode_rle
+
+log = logging.getLogger(__name__)
 
 CROP_SIDE = 160
 #: Image-detail pictures of smaller images are enlarged (integer factor) to about this side.
@@ -229,6 +232,7 @@ class Renderer:
                 if f > 1:
                     obj = np.kron(obj, np.ones((f, f), dtype=bool))
             except Exception:  # the prior is an optional picture, never an error page
+                log.warning("object prior of image %s failed", image_id, exc_info=True)
                 obj = None
             if obj is None or obj.shape != rgb.shape[:2]:
                 out["prior"] = None

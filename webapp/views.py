@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from protoatlas.suggest import SuggestConfig
 from storage import ConflictError, Member, NotFoundError, StorageError, TypeSummary
 from webapp.render import Renderer, type_colour
 from webapp.security import escape
+
+log = logging.getLogger(__name__)
 
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
 AUDIT_COLUMNS = ["#", "time (UTC)", "reviewer", "action", "types", "details"]
@@ -265,7 +268,7 @@ class Views:
         try:
             self.warm()
         except Exception:  # a picture cache must never take the app down
-            pass
+            log.warning("warming the picture cache failed", exc_info=True)
 
     # ------------------------------------------------------------------ type actions
     def type_action(self, type_id: int, action: str, argument: str = "",
@@ -555,6 +558,7 @@ class Views:
             if model is not None and getattr(model, "prior", None) is not None:
                 prior = model.prior.predict
         except Exception:  # no model yet / model file unreadable: the prior is optional
+            log.info("no object prior for the image view", exc_info=True)
             prior = None
         views = self.renderer.detail_views(d.id, prior=prior)
         rows = [[r.id, "normal" if r.is_normal else (r.type_name or "unassigned"),
