@@ -35,8 +35,18 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# Every benchmark with its default arguments (tens of minutes on 2 cores; results are
+# appended under bench-out/, the tables go into BENCHMARKS.md by hand).
 bench: install
+	$(BIN)/python benchmarks/bench_suite.py
+	$(BIN)/python benchmarks/bench_speed.py tiles
+	$(BIN)/python benchmarks/bench_speed.py bottle
 	$(BIN)/python benchmarks/bench_detect.py
+	$(BIN)/python benchmarks/bench_resize_mode.py
+	$(BIN)/python benchmarks/bench_discover.py eval --clusters 3
+	$(BIN)/python benchmarks/bench_discover.py xsdd
+	$(BIN)/python benchmarks/bench_storage.py
+	$(BIN)/python benchmarks/bench_webapp.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
