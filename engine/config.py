@@ -250,6 +250,59 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class SuggestConfig:
+    """Tunables of the review-question strategies (:mod:`protoatlas.suggest`)."""
+
+    #: Smallest type asked about as a whole (confirm) / split (split needs twice this).
+    min_type_size: int = 2
+    #: The split and new-type groupings: Ward on at most this many points (k-means
+    #: micro-clusters first above it) with this many k-means restarts.
+    group_max_points: int = 2000
+    group_restarts: int = 3
+    #: A 2-way split is suggested when its silhouette exceeds this...
+    split_silhouette: float = 0.08
+    #: ... and the two groups' mean directions differ (cosine below this): the silhouette is
+    #: scale-free, so the halves of a tight type score as high as two far groups.
+    split_max_similarity: float = 0.9
+    #: Pairs of types whose prototype similarity is this many standard deviations above the
+    #: mean pair similarity (and positive) are merge candidates.
+    merge_z: float = 1.0
+    #: Score multiplier of the label questions about a type a reviewer called mixed...
+    mixed_boost: float = 3.0
+    #: ... and of its split question, which settles most of its regions at once and so
+    #: comes first (measured: label questions first left bottle's two mixed types mixed).
+    mixed_split_boost: float = 9.0
+    #: An answer about a whole type ("no" to confirm or split) stands while the type's size
+    #: stays within this relative change of its size when asked; after a larger change
+    #: (a retrain or a split moved members) the question may be asked again.
+    answer_stale_change: float = 0.25
+    #: Typicality of a member of a mixed type: mean cosine to this many nearest members.
+    typical_neighbours: int = 5
+    #: Score of a typical-member label question: ``mixed_boost * (typical_base + value)``,
+    #: above the low-margin questions about the same type (at most ``mixed_boost``).
+    typical_base: float = 0.5
+    #: Regions asked about one by one per refresh (lowest margins first, one per image).
+    max_label_questions: int = 10
+    #: Outlier groups smaller than this are not proposed as new types.
+    new_type_min_size: int = 3
+    #: "Is this image defective?" questions per refresh (closest to the threshold first),
+    #: and their score at the threshold (falling linearly to 0 at ``defect_band`` below it);
+    #: images a lowered threshold now flags score ``defect_above`` more.
+    max_defect_questions: int = 5
+    defect_weight: float = 1.0
+    defect_band: float = 0.25
+    defect_above: float = 1.0
+    #: Questions kept in the open queue per refresh.
+    queue_size: int = 20
+    #: Members an "is T one type?" question shows (one per image; past this many images,
+    #: half nearest the prototype and half borderline: ``WorkspaceService.question_members``);
+    #: a reviewer answering yes or no picks the ones that do not belong among these.
+    shown_members: int = 48
+    #: Seed of the random strategy and the groupings (the service sets the config's seed).
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ProtoAtlasConfig:
     """Top-level configuration: passed down from the CLI / service layer into the engine."""
 
@@ -262,6 +315,7 @@ class ProtoAtlasConfig:
     crops: CropConfig = field(default_factory=CropConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    suggest: SuggestConfig = field(default_factory=SuggestConfig)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -34,6 +34,7 @@ import numpy as np
 from sklearn.metrics import silhouette_score
 
 from engine.clustering import cluster, normalise
+from engine.config import SuggestConfig
 
 #: Kinds of question, in the order a tie is broken.
 KINDS = ("confirm", "merge", "split", "new_type", "defect", "label")
@@ -91,52 +92,6 @@ class Question:
     reason: str
 
 
-@dataclass(frozen=True)
-class SuggestConfig:
-    """Tunables of the strategies."""
-
-    #: Smallest type asked about as a whole (confirm) / split (split needs twice this).
-    min_type_size: int = 2
-    #: A 2-way split is suggested when its silhouette exceeds this...
-    split_silhouette: float = 0.08
-    #: ... and the two groups' mean directions differ (cosine below this): the silhouette is
-    #: scale-free, so the halves of a tight type score as high as two far groups.
-    split_max_similarity: float = 0.9
-    #: Pairs of types whose prototype similarity is this many standard deviations above the
-    #: mean pair similarity (and positive) are merge candidates.
-    merge_z: float = 1.0
-    #: Score multiplier of the label questions about a type a reviewer called mixed...
-    mixed_boost: float = 3.0
-    #: ... and of its split question, which settles most of its regions at once and so
-    #: comes first (measured: label questions first left bottle's two mixed types mixed).
-    mixed_split_boost: float = 9.0
-    #: An answer about a whole type ("no" to confirm or split) stands while the type's size
-    #: stays within this relative change of its size when asked; after a larger change
-    #: (a retrain or a split moved members) the question may be asked again.
-    answer_stale_change: float = 0.25
-    #: Typicality of a member of a mixed type: mean cosine to this many nearest members.
-    typical_neighbours: int = 5
-    #: Score of a typical-member label question: ``mixed_boost * (typical_base + value)``,
-    #: above the low-margin questions about the same type (at most ``mixed_boost``).
-    typical_base: float = 0.5
-    #: Regions asked about one by one per refresh (lowest margins first, one per image).
-    max_label_questions: int = 10
-    #: Outlier groups smaller than this are not proposed as new types.
-    new_type_min_size: int = 3
-    #: "Is this image defective?" questions per refresh (closest to the threshold first),
-    #: and their score at the threshold (falling linearly to 0 at ``defect_band`` below it);
-    #: images a lowered threshold now flags score ``defect_above`` more.
-    max_defect_questions: int = 5
-    defect_weight: float = 1.0
-    defect_band: float = 0.25
-    defect_above: float = 1.0
-    #: Questions kept in the open queue per refresh.
-    queue_size: int = 20
-    #: Members an "is T one type?" question shows (one per image; past this many images,
-    #: half nearest the prototype and half borderline: ``WorkspaceService.question_members``);
-    #: a reviewer answering yes or no picks the ones that do not belong among these.
-    shown_members: int = 48
-    seed: int = 0
 
 
 def answer_stands(asked_size: int | None, size: int, cfg: SuggestConfig) -> bool:
@@ -179,7 +134,8 @@ def split_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
         if len(idx) < (2 if mixed else 2 * max(cfg.min_type_size, 3)):
             continue
         x = normalise(state.embeddings[idx])
-        labels, _ = cluster(x, 2, method="ward", max_points=2000, restarts=3, seed=cfg.seed)
+        labels, _ = cluster(x, 2, method="ward", max_points=cfg.group_max_points,
+                            restarts=cfg.group_restarts, seed=cfg.seed)
         if len(np.unique(labels)) < 2:
             continue
         sil = float(silhouette_score(x, labels, metric="cosine")) if len(idx) > 2 else 1.0
@@ -302,7 +258,8 @@ def new_type_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]
     x = normalise(state.embeddings[rows])
     k = max(1, len(rows) // max(cfg.new_type_min_size, 1))
     k = min(k, 8)
-    labels, centres = cluster(x, k, method="ward", max_points=2000, restarts=3, seed=cfg.seed)
+    labels, centres = cluster(x, k, method="ward", max_points=cfg.group_max_points,
+                              restarts=cfg.group_restarts, seed=cfg.seed)
     out = []
     for c in range(len(centres)):
         members = rows[labels == c]

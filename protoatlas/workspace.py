@@ -387,6 +387,13 @@ class ReviewMixin:
             progress("done", 1.0)
             return mv
 
+    @property
+    def suggest_config(self):
+        """The question strategies' settings (``config.suggest``, with the config's seed)."""
+        from dataclasses import replace
+
+        return replace(self.config.suggest, seed=self.config.seed)
+
     def review_state(self) -> ReviewState:
         """Regions, embeddings (latest model version), types and prototypes, for the
         suggestion strategies."""
@@ -462,10 +469,10 @@ class ReviewMixin:
     def _standing_no_answers(self, sizes: dict[int, int] | None = None) -> dict[int, int]:
         """Type id -> id of the latest standing "no" to "is it one type?" (see
         :meth:`mixed_types`)."""
-        from protoatlas.suggest import SuggestConfig, answer_stands
+        from protoatlas.suggest import answer_stands
 
         sizes = self._type_sizes() if sizes is None else sizes
-        cfg = SuggestConfig()
+        cfg = self.suggest_config
         return {int(s.target["type_id"]): int(s.id)
                 for s in sorted(self.ws.suggestions(status="answered"), key=lambda x: x.id)
                 if s.kind == "confirm" and s.answer == "no"
@@ -476,10 +483,10 @@ class ReviewMixin:
         """(kind, target key) of questions already answered or skipped: not asked again
         (an answer about a whole type, confirm or split, stands while the type keeps about
         its size, so a type that changed much can be asked about again)."""
-        from protoatlas.suggest import SuggestConfig, answer_stands
+        from protoatlas.suggest import answer_stands
 
         sizes = self._type_sizes() if sizes is None else sizes
-        cfg = SuggestConfig()
+        cfg = self.suggest_config
         out = set()
         for s in self.ws.suggestions():
             if s.status == "skipped" or s.status == "answered":
@@ -499,11 +506,11 @@ class ReviewMixin:
         """Recompute the open question queue (answered/declined ones are not asked again)."""
         from dataclasses import replace
 
-        from protoatlas.suggest import SuggestConfig, suggest
+        from protoatlas.suggest import suggest
 
         state = self.review_state()
         declined = self.declined()
-        cfg = SuggestConfig(seed=self.config.seed)
+        cfg = self.suggest_config
         # drop the declined questions before keeping queue_size of them, so that declined
         # questions cannot fill the queue (and leave it empty)
         every = suggest(state, replace(cfg, queue_size=2**31), strategy=strategy, rng=rng)
@@ -538,13 +545,11 @@ class ReviewMixin:
 
     def question_members(self, type_id: int, n: int | None = None) -> list:
         """The members an "is it one type?" question shows (one region per image, at most
-        ``n``, default ``SuggestConfig.shown_members``): every image's region nearest the
+        ``n``, default ``config.suggest.shown_members``): every image's region nearest the
         prototype when the type spans at most ``n`` images; else half of them nearest the
         prototype and the rest its least confident (borderline) members, where members that
         do not belong are likelier."""
-        from protoatlas.suggest import SuggestConfig
-
-        n = SuggestConfig().shown_members if n is None else int(n)
+        n = self.suggest_config.shown_members if n is None else int(n)
         near = self.ws.representatives(type_id, n=n + 1)
         if len(near) <= n:
             return near

@@ -692,12 +692,9 @@ def test_undo_after_an_applied_answer_restores_the_state(service) -> None:
 
 
 def test_declined_questions_do_not_crowd_out_the_queue(service, monkeypatch) -> None:
-    import functools
-
-    import protoatlas.suggest as suggest_module
-
-    monkeypatch.setattr(suggest_module, "SuggestConfig",
-                        functools.partial(suggest_module.SuggestConfig, queue_size=3))
+    # the question settings are part of the one config object, so they can be overridden
+    monkeypatch.setattr(service, "config",
+                        service.config.with_overrides(suggest={"queue_size": 3}))
     first = service.refresh_suggestions()
     assert len(first) == 3
     for q in first:

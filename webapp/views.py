@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from protoatlas.suggest import SuggestConfig
 from storage import ConflictError, Member, NotFoundError, StorageError, TypeSummary
 from webapp.render import Renderer, type_colour
 from webapp.security import escape
@@ -434,7 +433,7 @@ class Views:
             if hasattr(self.service, "question_members"):
                 add_members(tid, self.service.question_members(tid))
             else:
-                add_type(tid, SuggestConfig().shown_members)
+                add_type(tid, self.service.config.suggest.shown_members)
         elif kind == "merge":
             a, b = target.get("type_ids", [None, None])[:2]
             text = f"Are {name(a)} and {name(b)} the same defect type?"
