@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from storage.schema import utcnow
+from storage.sql import utcnow
 
 GENESIS = "0" * 64
 TYPE_FIELDS = ("name", "status", "origin", "merged_into", "version")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 
-from storage import audit, summary
+from storage import audit, schema, summary
 from storage.errors import NotFoundError, ValidationError
 from storage.files import normalise_ext
 from storage.models import (
@@ -34,7 +34,7 @@ from storage.models import (
 )
 from storage.png16 import encode_map
 from storage.rle import encode_rle_text, rle_from_json, rle_to_json
-from storage.schema import utcnow
+from storage.sql import bump_type_versions, utcnow
 
 if TYPE_CHECKING:
     from storage.workspace import Progress, Workspace
@@ -252,9 +252,7 @@ def _bump_type_versions(con: Con, type_ids: Iterable[int], now: object) -> dict[
     returns their audit snapshot from before the change."""
     existing = sorted(type_ids)
     before = audit.snapshot_types(con, existing)
-    if existing:
-        con.execute("UPDATE types SET version = version + 1, updated_at = ? "
-                    "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, existing])
+    bump_type_versions(con, existing, now)
     return before
 
 
@@ -543,8 +541,7 @@ def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
     with ws.transaction() as con:
         now = utcnow()
         if dim is not None:
-            from storage.workspace import _set_dim
-            _set_dim(con, ws.name, dim)
+            schema.set_embedding_dim(con, ws.name, dim)
         mv = insert_model_version(con, ws, batch.model, model_ref, now)
         batch_id = next_id(con, "batches")
         con.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
@@ -679,8 +676,7 @@ def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str 
     with ws.transaction() as con:
         now = utcnow()
         if dim is not None:
-            from storage.workspace import _set_dim
-            _set_dim(con, ws.name, dim)
+            schema.set_embedding_dim(con, ws.name, dim)
         mv = int(insert_model_version(con, ws, model, model_ref, now))  # type: ignore[arg-type]
         for ids in ([emb_ids] if emb_ids is not None else []) + \
                    ([a_ids] if a_ids is not None else []):

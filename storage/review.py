@@ -27,7 +27,7 @@ from storage import audit, summary
 from storage.errors import ConflictError, NotFoundError, StorageError, ValidationError
 from storage.ingest import check_actor, check_type_name, insert_from, next_id, registered
 from storage.models import AuditEntry, ImportReport, Suggestion, SuggestionIn, TypeSummary
-from storage.schema import utcnow
+from storage.sql import bump_type_versions, utcnow
 
 if TYPE_CHECKING:
     from storage.workspace import Workspace
@@ -112,13 +112,6 @@ def _name_free(con: Con, name: str, except_id: int | None) -> None:
                               "are unique (case-insensitive)")
 
 
-def _bump(con: Con, ids: Iterable[int], now: Any) -> None:
-    ids = sorted(set(ids))
-    if ids:
-        con.execute("UPDATE types SET version = version + 1, updated_at = ? "
-                    "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, ids])
-
-
 def write_assignments(con: Con, states: Mapping[Any, Mapping[str, Any] | None]) -> None:
     """Set assignment rows to ``states`` (region id -> state, ``None`` deletes the row)."""
     delete = [int(k) for k, v in states.items() if v is None]
@@ -193,7 +186,7 @@ def set_status(ws: "Workspace", type_id: int, status: str, expected_version: int
         check_versions(con, {type_id: expected_version}, [type_id], usable=[type_id])
         before = _before(con, [type_id])
         con.execute("UPDATE types SET status = ? WHERE id = ?", [status, type_id])
-        _bump(con, [type_id], utcnow())
+        bump_type_versions(con, [type_id], utcnow())
         _record(con, actor, "confirm_type" if status == "confirmed" else "reject_type",
                 {"type_id": type_id}, [type_id], [], before)
     return ws.get_type(type_id)
@@ -208,7 +201,7 @@ def rename_type(ws: "Workspace", type_id: int, name: str, expected_version: int,
         _name_free(con, name, type_id)
         before = _before(con, [type_id])
         con.execute("UPDATE types SET name = ? WHERE id = ?", [name, type_id])
-        _bump(con, [type_id], utcnow())
+        bump_type_versions(con, [type_id], utcnow())
         _record(con, actor, "rename_type", {"type_id": type_id, "name": name}, [type_id], [],
                 before)
     return ws.get_type(type_id)
@@ -226,7 +219,7 @@ def merge_types(ws: "Workspace", keep: int, absorb: int, expected: Mapping[int, 
         con.execute("UPDATE assignments SET type_id = ? WHERE type_id = ?", [keep, absorb])
         con.execute("UPDATE types SET status = 'merged', merged_into = ? WHERE id = ?",
                     [keep, absorb])
-        _bump(con, [keep, absorb], utcnow())
+        bump_type_versions(con, [keep, absorb], utcnow())
         _record(con, actor, "merge_types", {"keep": keep, "absorb": absorb,
                                             "n_regions": len(members)},
                 [keep, absorb], members, before)
@@ -268,7 +261,7 @@ def split_type(ws: "Workspace", type_id: int, groups: Sequence[Sequence[int]],
         before["types"].update({str(t): None for t in new_ids})
         write_assignments(con, {r: {"type_id": new_ids[i], "is_normal": False, **REVIEWER_STATE}
                                 for i, g in enumerate(groups) for r in g})
-        _bump(con, [type_id], now)
+        bump_type_versions(con, [type_id], now)
         _record(con, actor, "split_type", {"type_id": type_id, "new_type_ids": new_ids,
                                            "sizes": [len(g) for g in groups]},
                 [type_id, *new_ids], listed, before)
@@ -291,7 +284,7 @@ def move_regions(ws: "Workspace", region_ids: Sequence[int], to_type_id: int,
         before = _before(con, touched, region_ids)
         write_assignments(con, {r: {"type_id": int(to_type_id), "is_normal": False,
                                     **REVIEWER_STATE} for r in region_ids})
-        _bump(con, touched, utcnow())
+        bump_type_versions(con, touched, utcnow())
         _record(con, actor, "move_regions", {"region_ids": region_ids,
                                              "to_type_id": int(to_type_id)},
                 touched, region_ids, before)
@@ -325,7 +318,7 @@ def create_type(ws: "Workspace", region_ids: Sequence[int], expected: Mapping[in
         before["types"][str(new_id)] = None
         write_assignments(con, {r: {"type_id": new_id, "is_normal": False, **REVIEWER_STATE}
                                 for r in region_ids})
-        _bump(con, touched, now)
+        bump_type_versions(con, touched, now)
         _record(con, actor, "create_type", {"type_id": new_id, "region_ids": region_ids,
                                             "name": name, "status": status},
                 [*touched, new_id], region_ids, before)
@@ -346,7 +339,7 @@ def mark_normal(ws: "Workspace", region_ids: Sequence[int], expected: Mapping[in
         before = _before(con, touched, region_ids)
         write_assignments(con, {r: {"type_id": None, "is_normal": True, **REVIEWER_STATE}
                                 for r in region_ids})
-        _bump(con, touched, utcnow())
+        bump_type_versions(con, touched, utcnow())
         _record(con, actor, "mark_normal", {"region_ids": region_ids}, touched, region_ids,
                 before)
 
@@ -570,7 +563,7 @@ def import_labels(ws: "Workspace", csv_path: str | os.PathLike[str], actor: str,
                 states[rid] = {"type_id": type_by_label[label.lower()], "is_normal": False,
                                **REVIEWER_STATE}
         write_assignments(con, states)
-        _bump(con, touched, now)
+        bump_type_versions(con, touched, now)
         all_types = touched | set(created.values())
         _record(con, actor, "import_labels",
                 {"file": path.name, "rows": len(rows), "images": len(where),

@@ -11,20 +11,17 @@ depends on (tests/test_storage_schema.py checks this stays true).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 
-from storage.errors import SchemaError
+from storage import audit, summary
+from storage.errors import SchemaError, ValidationError
+from storage.sql import utcnow
 
 Connection = duckdb.DuckDBPyConnection
-
-
-def utcnow() -> dt.datetime:
-    """Naive UTC timestamp with microsecond precision (what DuckDB's TIMESTAMP stores)."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def vector_tables_sql(dim: int) -> list[str]:
@@ -99,8 +96,6 @@ def _v2_review(con: Connection, dim: int) -> None:
         con.execute(sql)
     # Types that existed before the audit log get a synthetic creation entry, so the rule
     # "every type's state equals the after-state of its last audit entry" holds from here on.
-    from storage import audit  # local: audit imports this module
-
     fields = ("name", "status", "origin", "merged_into", "version")  # frozen at v2
     rows = con.execute(f"SELECT id, {', '.join(fields)} FROM types ORDER BY id").fetchall()
     if rows:
@@ -124,8 +119,6 @@ def _v3_suggestions_and_chain(con: Connection, dim: int) -> None:
         "ALTER TABLE audit_log ADD COLUMN hash VARCHAR",
     ]:
         con.execute(sql)
-    from storage import audit
-
     audit.backfill_chain(con)
 
 
@@ -134,8 +127,6 @@ def _v4_type_summary(con: Connection, dim: int) -> None:
     con.execute("""CREATE TABLE type_stats(
         type_id BIGINT PRIMARY KEY, n_regions BIGINT NOT NULL, n_images BIGINT NOT NULL,
         sum_confidence DOUBLE NOT NULL)""")
-    from storage import summary
-
     summary.rebuild(con)
 
 
@@ -189,3 +180,23 @@ def migrate(con: Connection, *, dim: int, upto: int = LATEST, label: str = "work
                 raise
             applied += 1
     return applied
+
+
+def set_embedding_dim(con: Connection, name: str, dim: int) -> None:
+    """Inside a transaction: make the vector tables ``FLOAT[dim]`` if they are empty."""
+    if not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= 65536:
+        raise ValidationError(f"embedding dimension must be an integer in 1..65536, got {dim!r}")
+    dim = int(dim)
+    have = int(con.execute("SELECT value FROM meta WHERE key='embedding_dim'").fetchone()[0])
+    if have == dim:
+        return
+    stored = con.execute("SELECT (SELECT count(*) FROM embeddings) + "
+                         "(SELECT count(*) FROM prototypes)").fetchone()[0]
+    if stored:
+        raise ValidationError(f"workspace {name!r} stores {have}-d embeddings; got {dim}-d "
+                              "vectors (use a new workspace for another embedding size)")
+    con.execute("DROP TABLE embeddings")
+    con.execute("DROP TABLE prototypes")
+    for sql in vector_tables_sql(dim):
+        con.execute(sql)
+    con.execute("UPDATE meta SET value = ? WHERE key = 'embedding_dim'", [str(dim)])

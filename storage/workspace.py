@@ -347,7 +347,7 @@ class Workspace:
     def set_embedding_dim(self, dim: int) -> None:
         """Change the vector dimension; allowed only while no embedding/prototype exists."""
         with self.transaction() as con:
-            _set_dim(con, self.name, dim)
+            schema.set_embedding_dim(con, self.name, dim)
 
     def image_path(self, image_id: int) -> Path:
         with self.read() as cur:
@@ -777,24 +777,4 @@ def suggestion(r: Sequence[Any]) -> Suggestion:
     return Suggestion(id=r[0], kind=r[1], target=json.loads(r[2]), score=_f(r[3]),
                       reason=r[4], status=r[5], answer=r[6], answered_by=r[7],
                       answered_at=r[8], created_at=r[9], model_version=r[10])
-
-
-def _set_dim(con: duckdb.DuckDBPyConnection, name: str, dim: int) -> None:
-    """Inside a transaction: make the vector tables ``FLOAT[dim]`` if they are empty."""
-    if not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= 65536:
-        raise ValidationError(f"embedding dimension must be an integer in 1..65536, got {dim!r}")
-    dim = int(dim)
-    have = int(con.execute("SELECT value FROM meta WHERE key='embedding_dim'").fetchone()[0])
-    if have == dim:
-        return
-    stored = con.execute("SELECT (SELECT count(*) FROM embeddings) + "
-                         "(SELECT count(*) FROM prototypes)").fetchone()[0]
-    if stored:
-        raise ValidationError(f"workspace {name!r} stores {have}-d embeddings; got {dim}-d "
-                              "vectors (use a new workspace for another embedding size)")
-    con.execute("DROP TABLE embeddings")
-    con.execute("DROP TABLE prototypes")
-    for sql in schema.vector_tables_sql(dim):
-        con.execute(sql)
-    con.execute("UPDATE meta SET value = ? WHERE key = 'embedding_dim'", [str(dim)])
 
