@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from starlette.concurrency import run_in_threadpool
@@ -33,6 +33,9 @@ from webapp.security import AUTH_ENV, Limits, RequireLogin, UploadError, parse_a
 from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS, Views
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the service imports torch: only for the annotations
+    from protoatlas.workspace import WorkspaceService
 
 STAGES = {"check": "Checking the images", "fit": "Learning what normal looks like",
           "detect": "Finding anomalies", "regions": "Cutting out anomalous regions",
@@ -138,8 +141,9 @@ def _ids(value: Any) -> list[int]:
 class ReviewApp:
     """The Gradio Blocks over one :class:`~protoatlas.workspace.WorkspaceService`."""
 
-    def __init__(self, service, *, limits: Limits | None = None, note: str | None = None,
-                 auth_on: bool = False, auto_retrain: bool | None = None) -> None:
+    def __init__(self, service: WorkspaceService, *, limits: Limits | None = None,
+                 note: str | None = None, auth_on: bool = False,
+                 auto_retrain: bool | None = None) -> None:
         self.service = service
         #: Retrain in the background after every answered question (off on ZeroGPU, where
         #: the GPU is only lent inside a request; ``PROTOATLAS_AUTO_RETRAIN=0`` turns it off).
@@ -270,10 +274,6 @@ class ReviewApp:
 
     def refresh_suggestions(self) -> dict[str, Any]:
         svc = self.service
-        if not hasattr(svc, "refresh_suggestions"):
-            return {"ok": False, "message": "This version of the service cannot make new "
-                    "questions yet (WorkspaceService.refresh_suggestions is missing).",
-                    "n_open": len(svc.ws.open_suggestions())}
         items = svc.refresh_suggestions()
         n = len(items) if items is not None else len(svc.ws.open_suggestions())
         return {"ok": True, "message": f"{n} open question(s).", "n_open": n}
@@ -281,15 +281,11 @@ class ReviewApp:
     def retrain(self, request: gr.Request | None, progress: gr.Progress | None = None
                 ) -> dict[str, Any]:
         svc = self.service
-        if not hasattr(svc, "retrain"):
-            return {"ok": False, "message": "Retraining is not available in this version "
-                    "(WorkspaceService.retrain is missing)."}
         cb = self._progress(progress)
         with self._job("retraining"):
             version = call_engine(svc.retrain, actor=actor_of(request), progress=cb)
         self.views.warm_in_background()
-        if hasattr(svc, "refresh_suggestions"):
-            svc.refresh_suggestions()
+        svc.refresh_suggestions()
         if version is None:
             return {"ok": True, "message": "Nothing new to learn from yet (confirm, name or "
                     "correct some types first).", "model_version": None}
@@ -381,11 +377,11 @@ class ReviewApp:
                 staged_normals.close()
         self.views.warm(gallery=0)
         self.views.warm_in_background()
-        if hasattr(self.service, "refresh_suggestions"):
-            try:
-                self.service.refresh_suggestions()
-            except Exception as exc:  # suggestions are optional after an upload
-                notes.append(f"Questions not refreshed: {exc}")
+        try:
+            self.service.refresh_suggestions()
+        except Exception as exc:  # suggestions are optional after an upload
+            log.warning("questions not refreshed after an upload", exc_info=True)
+            notes.append(f"Questions not refreshed: {exc}")
         skipped = [[s.name, s.reason] for s in list(staged.skipped)
                    + (staged_normals.skipped if staged_normals else []) + list(report.skipped)]
         mode = ("discovered" if report.mode == "discover" else "sorted into the existing types")

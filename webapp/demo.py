@@ -64,9 +64,8 @@ def prepare_demo(service, home: str | Path, *, say: Callable[[str], None] = prin
 
     report = service.upload_batch(root / "test", root / "train" / "good", clusters="auto",
                                   actor="demo", batch_name="demo batch", progress=progress)
-    if hasattr(service, "refresh_suggestions"):
-        try:
-            service.refresh_suggestions()
-        except Exception as exc:  # questions are optional for the demo to open
-            say(f"  demo: questions not prepared ({exc})")
+    try:
+        service.refresh_suggestions()
+    except Exception as exc:  # questions are optional for the demo to open
+        say(f"  demo: questions not prepared ({exc})")
     return report

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from webapp.render import Renderer, type_colour
 from webapp.security import escape
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the service imports torch: only for the annotations
+    from protoatlas.workspace import WorkspaceService
 
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
 AUDIT_COLUMNS = ["#", "time (UTC)", "reviewer", "action", "types", "details"]
@@ -71,7 +74,7 @@ class Question:
 class Views:
     """Screen data for one service (thread-safe: reads use snapshot cursors)."""
 
-    def __init__(self, service) -> None:
+    def __init__(self, service: WorkspaceService) -> None:
         self.service = service
         self.ws = service.ws
         self.renderer = Renderer(self.ws)
@@ -394,9 +397,7 @@ class Views:
 
     # ------------------------------------------------------------------ suggestions
     def next_question(self) -> Question | None:
-        svc = self.service
-        s = svc.next_suggestion() if hasattr(svc, "next_suggestion") else \
-            next(iter(self.ws.open_suggestions(limit=1)), None)
+        s = self.service.next_suggestion()
         if s is None:
             return None
         return self.question(s)
@@ -430,10 +431,7 @@ class Views:
         if kind == "confirm":
             text = f"Is {name(target.get('type_id'))} one defect type?"
             tid = int(target["type_id"])
-            if hasattr(self.service, "question_members"):
-                add_members(tid, self.service.question_members(tid))
-            else:
-                add_type(tid, self.service.config.suggest.shown_members)
+            add_members(tid, self.service.question_members(tid))
         elif kind == "merge":
             a, b = target.get("type_ids", [None, None])[:2]
             text = f"Are {name(a)} and {name(b)} the same defect type?"
@@ -482,20 +480,15 @@ class Views:
         if not answer:
             return _fail("Choose an answer: yes, no, skip or a type.")
         try:
-            if hasattr(svc, "answer_suggestion"):
-                extra = {"regions": list(regions)} if regions else {}
-                result = svc.answer_suggestion(int(suggestion_id), answer, actor=actor,
-                                               name=name, **extra)
-                out = dict(result) if isinstance(result, dict) else {"result": str(result)}
-                applied = out.get("applied")
-                out.setdefault("ok", True)
-                out.setdefault("message", f"Answered '{answer}'"
-                               + (f": {applied}." if applied else "."))
-                return out
-            # The service method is not there: record the answer only.
-            self.ws.answer_suggestion(int(suggestion_id), None if answer == "skip" else answer,
-                                      actor=actor, skip=answer == "skip")
-            return _ok(f"Recorded '{answer}' (the service does not apply answers yet).", [])
+            extra = {"regions": list(regions)} if regions else {}
+            result = svc.answer_suggestion(int(suggestion_id), answer, actor=actor,
+                                           name=name, **extra)
+            out = dict(result) if isinstance(result, dict) else {"result": str(result)}
+            applied = out.get("applied")
+            out.setdefault("ok", True)
+            out.setdefault("message", f"Answered '{answer}'"
+                           + (f": {applied}." if applied else "."))
+            return out
         except ConflictError as exc:
             return _fail(f"Not applied: {exc}. The queue was refreshed.", conflict=True)
         except (StorageError, ValueError, KeyError) as exc:
