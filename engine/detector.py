@@ -218,7 +218,11 @@ class PatchCoreDetector:
         against a bank it did not shape (``DetectorConfig.calibration_bank``)."""
         use_gpu = self.device.type == "cuda"
         scores = []
-        if self.config.detector.calibration_bank == "leave_one_out":
+        how = self.config.detector.calibration_bank
+        if how not in ("other_folds", "leave_one_out"):
+            raise ValueError("DetectorConfig.calibration_bank must be 'other_folds' or "
+                             f"'leave_one_out', got {how!r}")
+        if how == "leave_one_out":
             bank, origin = np.concatenate(fold_banks), np.concatenate(fold_origin)
             for i in sorted(kept):
                 rest = NearestNeighbours(bank[origin != i], use_gpu=use_gpu)

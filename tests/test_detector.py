@@ -64,6 +64,12 @@ def test_calibration_scores_each_normal_against_a_bank_it_did_not_shape(
         assert np.median(report.calibration_scores) < np.median(folds.calibration_scores)
 
 
+def test_an_unknown_calibration_bank_is_refused(small_config, synth_samples) -> None:
+    det = PatchCoreDetector(small_config.with_overrides(detector={"calibration_bank": "x"}))
+    with pytest.raises(ValueError, match="calibration_bank"):
+        det.fit([s.image for s in synth_samples if s.label == "good"][:4])
+
+
 def test_bank_is_a_coreset_of_the_patches(fitted) -> None:
     """One coreset per fold, together 10 % of the patches (give or take a rounding each)."""
     det, report = fitted
