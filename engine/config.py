@@ -23,6 +23,8 @@ ResizeMode = Literal["native", "area", "letterbox", "squash"]
 RESIZE_MODES: tuple[str, ...] = ("native", "area", "letterbox", "squash")
 DeviceName = Literal["auto", "cpu", "cuda"]
 Contrast = Literal["none", "image", "normals", "auto"]
+CalibrationBank = Literal["other_folds", "leave_one_out"]
+MebinRange = Literal["all", "flagged"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -112,7 +114,7 @@ class DetectorConfig:
     #: The bank a calibration image is scored against: ``other_folds`` (the coresets of
     #: the other folds) or ``leave_one_out`` (the whole bank without the entries taken from
     #: that image, so the other folds' coresets cover what its own entries covered).
-    calibration_bank: Literal["other_folds", "leave_one_out"] = "other_folds"
+    calibration_bank: CalibrationBank = "other_folds"
     #: At most this many normal images are scored for calibration (spread over the folds).
     calibration_max_images: int = 200
     #: Fraction of good images the calibrated threshold flags (``--false-alarm-rate``):
@@ -171,7 +173,7 @@ class DiscoveryConfig:
     #: MEBin's normalisation range (one per batch): ``all`` spans the maxima of every map
     #: of the batch (AnomalyNCD); ``flagged`` those of the flagged images, floored at the
     #: detector threshold (image-score units, which sit above a smoothed map's maximum).
-    mebin_range: str = "all"
+    mebin_range: MebinRange = "all"
 
     # ---- guided attention (ProtoAnomalyNCD) -------------------------------------------------
     #: Weight of the (crop-standardised) anomaly map in the attention logits.

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from engine.backbone import FeatureExtractor
 from engine.calibration import assign_folds, pick_calibration, threshold_at
-from engine.config import ProtoAtlasConfig
+from engine.config import CalibrationBank, ProtoAtlasConfig
 from engine.device import resolve_device
 from engine.feature_grid import ImageFeatures, iter_image_features
 from engine.knn import NearestNeighbours
@@ -219,9 +220,9 @@ class PatchCoreDetector:
         use_gpu = self.device.type == "cuda"
         scores = []
         how = self.config.detector.calibration_bank
-        if how not in ("other_folds", "leave_one_out"):
-            raise ValueError("DetectorConfig.calibration_bank must be 'other_folds' or "
-                             f"'leave_one_out', got {how!r}")
+        if how not in get_args(CalibrationBank):
+            raise ValueError(f"DetectorConfig.calibration_bank must be one of "
+                             f"{get_args(CalibrationBank)}, got {how!r}")
         if how == "leave_one_out":
             bank, origin = np.concatenate(fold_banks), np.concatenate(fold_origin)
             for i in sorted(kept):

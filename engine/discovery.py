@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import get_args
 
 import cv2
 import numpy as np
@@ -49,7 +50,7 @@ from engine.clustering import (
     region_weights,
     softmax,
 )
-from engine.config import ProtoAtlasConfig
+from engine.config import MebinRange, ProtoAtlasConfig
 from engine.detector import (
     PatchCoreDetector,
     check_model_meta,
@@ -331,11 +332,14 @@ class DiscoveryModel:
         else:  # no calibrated threshold: MEBin decides (no stable component = normal)
             flagged = np.ones(n, dtype=bool)
             floor = None
+        if dcfg.mebin_range not in get_args(MebinRange):
+            raise ValueError(f"DiscoveryConfig.mebin_range must be one of "
+                             f"{get_args(MebinRange)}, got {dcfg.mebin_range!r}")
         if dcfg.mebin_range == "all":  # AnomalyNCD: every map of the batch, no floor
-            value_range = self.value_range or self._value_range(small_maps, None)
+            range_maps, floor = small_maps, None
         else:
-            value_range = self.value_range or self._value_range(
-                [m for m, f in zip(small_maps, flagged) if f], floor)
+            range_maps = [m for m, f in zip(small_maps, flagged) if f]
+        value_range = self.value_range or self._value_range(range_maps, floor)
         records: list[RegionRecord] = []
         peaks: list[RegionRecord] = []
         token_parts: list[RegionTokens] = []

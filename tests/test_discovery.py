@@ -253,3 +253,10 @@ def test_misuse_is_a_clear_error(world) -> None:
         fresh.fit([])
     with pytest.raises(DiscoveryError, match="--clusters must be >= 1"):
         fresh.discover(world.analysis, 0)
+
+
+def test_an_unknown_mebin_range_is_refused(world, monkeypatch) -> None:
+    bad = world.model.config.with_overrides(discovery={"mebin_range": "some"})
+    monkeypatch.setattr(world.model, "config", bad)
+    with pytest.raises(ValueError, match="mebin_range"):
+        world.model.analyse([world.normals[0]])
