@@ -74,7 +74,7 @@ def _score(truth: list[str], analysis, result) -> dict[str, float]:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from protoatlas.discover import eval_discover
+    from protoatlas.evaluation import eval_discover
 
     clusters = args.clusters if args.clusters == "auto" else int(args.clusters)
     res = eval_discover(args.mvtec, ProtoAtlasConfig(device=args.device), clusters=clusters)

@@ -118,7 +118,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from benchmarks.common import machine, record
-    from protoatlas.workspace import WorkspaceService
+    from protoatlas.service import WorkspaceService
     from webapp.app import ReviewApp, launch
 
     tmp = Path(tempfile.mkdtemp(dir=args.tmp))

@@ -1,4 +1,6 @@
-"""``protoatlas`` command line: a thin shell over :mod:`protoatlas.service`.
+"""``protoatlas`` command line: a thin shell over :mod:`protoatlas.service` (and the
+evaluation and simulated-review harnesses of :mod:`protoatlas.evaluation` and
+:mod:`protoatlas.simulate`).
 
 Every subcommand accepts ``--quiet`` (no progress bars) and exits non-zero with a one-line
 reason on failure (set ``PROTOATLAS_DEBUG=1`` for the traceback).
@@ -13,9 +15,13 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from engine.config import RESIZE_MODES, BackboneConfig, DetectorConfig, ProtoAtlasConfig
 from engine.synth import SCENE_KINDS
+
+if TYPE_CHECKING:
+    from protoatlas.service import WorkspaceService
 
 EXIT_FAILURE = 2
 
@@ -89,12 +95,16 @@ def _suite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the results as JSON here")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="protoatlas",
-        description="Find anomalies in industrial images and discover their defect types.")
-    sub = parser.add_subparsers(dest="command", required=True)
+#: What ``add_subparsers`` returns (each ``_add_<command>`` adds one subcommand to it).
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
+
+def _workspace_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", default=None, help="data directory (default $PROTOATLAS_HOME)")
+    p.add_argument("--workspace", default="default", help="workspace name inside --home")
+
+
+def _add_detect(sub: Subparsers) -> None:
     p = sub.add_parser("detect", help="fit on known-good images, score a batch")
     p.add_argument("--normals", required=True, help="folder (or .zip) of known-good images")
     p.add_argument("--images", required=True, help="folder or .zip of images to score")
@@ -106,12 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p)
     _common(p)
 
+
+def _add_eval_detect(sub: Subparsers) -> None:
     p = sub.add_parser("eval-detect",
                        help="image/pixel AUROC, AUPRO, recall and false alarms on labelled sets")
     _suite_options(p)
     _engine_options(p)
     _common(p)
 
+
+def _add_discover(sub: Subparsers) -> None:
     p = sub.add_parser("discover", help="find anomalies in a batch and group them into types")
     p.add_argument("--normals", required=True, help="folder (or .zip) of known-good images")
     p.add_argument("--images", required=True, help="folder or .zip of images to analyse")
@@ -132,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p)
     _common(p)
 
+
+def _add_assign(sub: Subparsers) -> None:
     p = sub.add_parser("assign", help="sort a new batch into the types of a saved model")
     p.add_argument("--model", required=True, help="model written by discover --save-model")
     p.add_argument("--images", required=True, help="folder or .zip of images to sort")
@@ -141,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute device (default: the model's)")
     _common(p)
 
+
+def _add_eval_discover(sub: Subparsers) -> None:
     p = sub.add_parser("eval-discover",
                        help="discovery metrics on labelled sets, against k-means baselines")
     _suite_options(p)
@@ -151,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p)
     _common(p)
 
+
+def _add_serve(sub: Subparsers) -> None:
     p = sub.add_parser("serve", help="start the web app (review UI) on a workspace")
     p.add_argument("--home", default=None,
                    help="data directory (default: $PROTOATLAS_HOME, else ./protoatlas-data)")
@@ -162,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _common(p)
 
+
+def _add_simulate_review(sub: Subparsers) -> None:
     p = sub.add_parser("simulate-review",
                        help="measure the review loop with a simulated reviewer (labels file)")
     p.add_argument("--normals", required=True, help="folder (or .zip) of known-good images")
@@ -178,26 +200,31 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p)
     _common(p)
 
+
+def _add_doctor(sub: Subparsers) -> None:
     p = sub.add_parser("doctor", help="check a workspace's integrity (exit 0 only when sound)")
-    p.add_argument("--home", default=None, help="data directory (default $PROTOATLAS_HOME)")
-    p.add_argument("--workspace", default="default", help="workspace name inside --home")
+    _workspace_options(p)
     _common(p)
 
+
+def _add_export(sub: Subparsers) -> None:
     p = sub.add_parser("export", help="export a workspace's types, masks or audit log")
-    p.add_argument("--home", default=None, help="data directory (default $PROTOATLAS_HOME)")
-    p.add_argument("--workspace", default="default", help="workspace name inside --home")
+    _workspace_options(p)
     p.add_argument("--format", required=True,
                    choices=["csv", "parquet", "images-csv", "coco", "audit-json", "audit-csv"])
     p.add_argument("--out", required=True, help="output file")
     _common(p)
 
+
+def _add_import_labels(sub: Subparsers) -> None:
     p = sub.add_parser("import-labels", help="import known labels (CSV image,label)")
-    p.add_argument("--home", default=None, help="data directory (default $PROTOATLAS_HOME)")
-    p.add_argument("--workspace", default="default", help="workspace name inside --home")
+    _workspace_options(p)
     p.add_argument("--labels", required=True, help="CSV with columns image,label")
     p.add_argument("--actor", default="import", help="who imports (audit log)")
     _common(p)
 
+
+def _add_synth(sub: Subparsers) -> None:
     p = sub.add_parser("synth", help="write the seeded synthetic demo set (MVTec layout)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -205,11 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="object, texture, pcb (binary traces, tiny defects) or tile "
                         "(grayscale, varying sizes)")
     _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protoatlas",
+        description="Find anomalies in industrial images and discover their defect types.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_detect, _add_eval_detect, _add_discover, _add_assign, _add_eval_discover,
+                _add_serve, _add_simulate_review, _add_doctor, _add_export, _add_import_labels,
+                _add_synth):
+        add(sub)
     return parser
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from protoatlas import service
+    from protoatlas.service import detection as service
 
     run = service.detect(args.normals, args.images, _config_from(args),
                          progress=not args.quiet)
@@ -237,7 +275,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
           f"(threshold {run.threshold:.4f}); wrote {out} and {report_path.name}")
     print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in run.seconds.items()))
     if args.labels:
-        m = service.label_metrics(run, service.read_labels(args.labels))
+        from protoatlas.service.labels import read_labels
+
+        m = service.label_metrics(run, read_labels(args.labels))
         print(f"image AUROC {m['image_auroc']:.4f} | is_anomalous precision "
               f"{m['precision']:.3f} recall {m['recall']:.3f} F1 {m['f1']:.3f} "
               f"({m['n_labelled']} labelled images)")
@@ -278,8 +318,8 @@ def _discover_config(args: argparse.Namespace) -> ProtoAtlasConfig:
 
 
 def _write_discover_outputs(args: argparse.Namespace, run) -> Path:
-    from protoatlas import service
-    from protoatlas.discover import DISCOVER_COLUMNS
+    from protoatlas.service import detection as service
+    from protoatlas.service.discovery import DISCOVER_COLUMNS
 
     out = service.write_csv(args.out, run.rows(), DISCOVER_COLUMNS)
     report_path = out.with_name(out.stem + "_report.json")
@@ -298,7 +338,7 @@ def _write_discover_outputs(args: argparse.Namespace, run) -> Path:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from protoatlas import discover
+    from protoatlas.service import discovery as discover
 
     cfg = _discover_config(args)
     run = discover.discover(args.normals, args.images, cfg, clusters=args.clusters,
@@ -307,7 +347,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if args.save_model:
         run.model.save(args.save_model)
     if args.home:
-        from protoatlas.workspace import persist_run
+        from protoatlas.service import persist_run
 
         batch_id = persist_run(args.home, run, source=str(args.images))
         print(f"stored as batch {batch_id} in workspace {args.home}")
@@ -315,7 +355,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    from protoatlas import discover
+    from protoatlas.service import discovery as discover
 
     run = discover.assign(args.model, args.images, device=args.device, maps_dir=args.maps,
                           progress=not args.quiet)
@@ -374,8 +414,8 @@ def cmd_simulate_review(args: argparse.Namespace) -> int:
     return 0
 
 
-def _service(args: argparse.Namespace, read_only: bool = False):
-    from protoatlas.workspace import WorkspaceService
+def _service(args: argparse.Namespace, read_only: bool = False) -> WorkspaceService:
+    from protoatlas.service import WorkspaceService
 
     return WorkspaceService(args.home, args.workspace, read_only=read_only)
 
@@ -393,23 +433,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     with _service(args) as service:
-        ws = service.ws
         kind = args.format
         if kind in ("csv", "parquet"):
-            path = ws.export_assignments(args.out, fmt=kind, level="region")
+            path = service.export_assignments(args.out, fmt=kind, level="region")
         elif kind == "images-csv":
-            path = ws.export_assignments(args.out, fmt="csv", level="image")
+            path = service.export_assignments(args.out, fmt="csv", level="image")
         elif kind == "coco":
-            path = ws.export_coco(args.out)
+            path = service.export_coco(args.out)
         else:
-            path = ws.export_audit(args.out, fmt=kind.split("-")[1])
+            path = service.export_audit(args.out, fmt=kind.split("-")[1])
     print(f"wrote {path}")
     return 0
 
 
 def cmd_import_labels(args: argparse.Namespace) -> int:
     with _service(args) as service:
-        rep = service.ws.import_labels(args.labels, actor=args.actor)
+        rep = service.import_labels(args.labels, actor=args.actor)
     print(f"{rep.rows} rows: {rep.images_matched} images matched, {rep.regions_assigned} "
           f"regions labelled, {rep.regions_normal} marked normal, "
           f"{len(rep.types_created)} types created")

@@ -41,8 +41,8 @@ import numpy as np
 from engine import metrics
 from engine.config import ProtoAtlasConfig
 from engine.data import list_images
-from protoatlas.service import match_names, read_label_keys, read_labels
-from protoatlas.workspace import WorkspaceService, region_table
+from protoatlas.service import WorkspaceService, region_table
+from protoatlas.service.labels import match_names, read_label_keys, read_labels
 
 CURVE_COLUMNS = ("step", "actions", "nmi", "ari", "f1", "n_types")
 #: Label of images the metric scores but the method left without a type.
@@ -67,7 +67,7 @@ class Oracle:
         self.purity = purity
         self.questions = 0
         #: The batch's image names: the labels file may name them by another path
-        #: (:func:`protoatlas.service.match_names`); None: exact names only.
+        #: (:func:`protoatlas.service.labels.match_names`); None: exact names only.
         self._names = names
         self._keys: dict[str, str] | None = None
 

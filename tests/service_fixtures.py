@@ -89,7 +89,7 @@ def zip_folder(folder: Path, out: Path, extra: dict[str, Path] | None = None) ->
 def discovered_home(base: Path) -> tuple[Path, list[tuple[str, float]]]:
     """A home holding workspace ``w``: the "first" batch discovered (3 clusters); and the
     progress calls of that upload. Made once per session; copy it before mutating."""
-    from protoatlas.workspace import WorkspaceService
+    from protoatlas.service import WorkspaceService
 
     if "home" not in _CACHE:
         data = data_root(base, "first")
@@ -114,7 +114,7 @@ def copy_home(home: Path, dest: Path) -> Path:
 def _crash_retrain(home: Path) -> None:
     """Retrain, printing the service stages; SIGKILLed by the parent inside the storage
     transaction (the first embeddings chunk of ``apply_retrain`` is written)."""
-    from protoatlas.workspace import WorkspaceService
+    from protoatlas.service import WorkspaceService
 
     service = WorkspaceService(home, WS, config=fast_config())
     original = service.ws.apply_retrain

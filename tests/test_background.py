@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from protoatlas.background import BackgroundRetrainer
+from protoatlas.service.background import BackgroundRetrainer
 
 
 class FakeService:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import ProtoAtlasConfig
-from protoatlas.workspace import WorkspaceService
+from protoatlas.service import WorkspaceService
 from storage import SuggestionIn
 from webapp.app import launch
 from webapp.demo import write_demo_set, zip_folder

@@ -14,7 +14,7 @@ import pytest
 
 from protoatlas import cli
 from protoatlas.cli import main
-from protoatlas.workspace import WorkspaceService, region_table
+from protoatlas.service import WorkspaceService, region_table
 from tests.service_fixtures import copy_home, data_root, fast_cli, shared_base
 
 NAME = "default"

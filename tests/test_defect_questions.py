@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from protoatlas.service import WorkspaceService, region_table
+from protoatlas.service.suggestions import Candidate, ReviewState, SuggestConfig, defect_questions
 from protoatlas.simulate import Oracle, ReviewerView
-from protoatlas.suggest import Candidate, ReviewState, SuggestConfig, defect_questions
-from protoatlas.workspace import WorkspaceService, region_table
 from tests.service_fixtures import WS, data_root, fast_config, shared_base
 
 

@@ -51,7 +51,7 @@ def odd_folders(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_odd_shapes_are_ingested_reviewed_and_exported(odd_folders, tmp_path) -> None:
-    from protoatlas.workspace import WorkspaceService
+    from protoatlas.service import WorkspaceService
     from webapp.render import Renderer
 
     normals, batch = odd_folders
@@ -67,7 +67,7 @@ def test_odd_shapes_are_ingested_reviewed_and_exported(odd_folders, tmp_path) ->
         t = types[0]
         ws.confirm_type(t.id, expected_version=t.version, actor="t")
         ws.rename_type(t.id, "blob", expected_version=t.version + 1, actor="t")
-        renderer = Renderer(ws)
+        renderer = Renderer(service)
         for image_id, *_ in ws.batch_images(report.batch_id):
             detail = ws.image_detail(image_id)
             heat = renderer.heat(image_id)

@@ -1,11 +1,11 @@
-"""Which regions a retrain may move (protoatlas.workspace._retrained_assignments)."""
+"""Which regions a retrain may move (protoatlas.service.retrain._retrained_assignments)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from engine.discovery import NO_TYPE
-from protoatlas.workspace import _retrained_assignments
+from protoatlas.service.retrain import _retrained_assignments
 
 # engine type ids 0..3 -> storage ids: 0 -> 5 (proposed), 1 -> 6 (proposed, called mixed),
 # 2 -> 7 (confirmed, established), 3 -> a type the retrain creates

@@ -318,7 +318,7 @@ def test_simulate_refuses_an_unknown_strategy(tiny, tmp_path) -> None:
     (["fold/000.png", "train/good/001.png"], {}),
 ])
 def test_match_names_pairs_labels_with_the_batch_images(keys, expected) -> None:
-    from protoatlas.service import match_names
+    from protoatlas.service.labels import match_names
 
     names = ["crack/000.png", "good/000.png", "spot/001.png"]
     assert match_names(names, keys) == expected

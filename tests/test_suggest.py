@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.clustering import normalise
-from protoatlas.suggest import (
+from protoatlas.service.suggestions import (
     ReviewState,
     SuggestConfig,
     candidates,

@@ -23,7 +23,7 @@ pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from engine.config import ProtoAtlasConfig  # noqa: E402
-from protoatlas.workspace import WorkspaceService  # noqa: E402
+from protoatlas.service import WorkspaceService  # noqa: E402
 from webapp.app import launch  # noqa: E402
 from webapp.demo import write_demo_set, zip_folder  # noqa: E402
 

@@ -15,7 +15,7 @@ pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
 from benchmarks.bench_webapp import build_workspace  # noqa: E402
-from protoatlas.workspace import WorkspaceService  # noqa: E402
+from protoatlas.service import WorkspaceService  # noqa: E402
 from webapp.app import launch  # noqa: E402
 from webapp.security import RequireLogin, parse_auth  # noqa: E402
 

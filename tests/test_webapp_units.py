@@ -12,6 +12,7 @@ import pytest
 import tomllib
 
 from benchmarks.bench_webapp import build_workspace
+from protoatlas.service import WorkspaceService
 from webapp.security import Limits, RequireLogin, UploadError, parse_auth, stage_upload
 from webapp.views import Views, project_2d
 
@@ -104,26 +105,13 @@ def test_stage_upload_refuses_unsafe_or_oversized_uploads(tmp_path):
 
 
 # ------------------------------------------------------------------------------ screens
-class _Service:
-    """The part of WorkspaceService the screens read (no engine needed here)."""
-
-    def __init__(self, ws) -> None:
-        self.ws = ws
-
-    def model(self):
-        return None
-
-    def split_type(self, type_id, parts=2, *, expected_version, actor, region_ids=None):
-        return self.ws.split_type(type_id, [list(region_ids)],
-                                  expected_version=expected_version, actor=actor)
-
-
 @pytest.fixture(scope="module")
 def views(tmp_path_factory):
     ws = build_workspace(tmp_path_factory.mktemp("views"), n_images=40, n_types=3,
                          type_names=["crack", "dent", "stain"])
-    yield Views(_Service(ws))
-    ws.close()
+    service = WorkspaceService.over(ws)  # reads and actions: no engine needed here
+    yield Views(service)
+    service.close()
 
 
 def test_cards_table_and_members(views):
@@ -144,7 +132,7 @@ def test_cards_table_and_members(views):
 def test_type_actions_and_conflicts(views):
     t = views.types()[0]
     out = views.type_action(t.id, "confirm", expected_version=t.version, actor="ann")
-    assert out["ok"] and views.ws.get_type(t.id).status == "confirmed"
+    assert out["ok"] and views.service.get_type(t.id).status == "confirmed"
     stale = views.type_action(t.id, "rename", "x", expected_version=t.version, actor="bob")
     assert not stale["ok"] and stale["conflict"]
     assert views.type_action(t.id, "rename", "  ", actor="ann")["message"].startswith(
@@ -154,7 +142,7 @@ def test_type_actions_and_conflicts(views):
                             actor="ann")
     assert out["ok"] and len(out["type_ids"]) == 2
     new_id = out["type_ids"][1]
-    assert views.ws.get_type(new_id).n_regions == 2
+    assert views.service.get_type(new_id).n_regions == 2
     out = views.selection_action([members[2].region_id], "normal", actor="ann")
     assert out["ok"]
     assert views.type_action(-1, "undo", actor="ann")["ok"]
@@ -244,7 +232,7 @@ def test_service_keeps_the_vector_size_of_an_existing_workspace(tmp_path):
     default is 320) opens in the service and keeps its size; a new workspace takes the
     engine's."""
     from engine.config import ProtoAtlasConfig
-    from protoatlas.workspace import WorkspaceService
+    from protoatlas.service import WorkspaceService
 
     build_workspace(tmp_path, n_images=6, n_types=2).close()
     with WorkspaceService(tmp_path, "default") as service:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from engine.discovery import DiscoveryModel
-from protoatlas.workspace import WorkspaceService, region_table
+from protoatlas.service import Answer, WorkspaceService, region_table
 from storage import SuggestionIn
 from tests.service_fixtures import (
     MARKER,
@@ -384,9 +384,10 @@ def ask(svc: WorkspaceService, kind: str, target: dict) -> int:
     return sid
 
 
-def status_of(svc: WorkspaceService, sid: int) -> tuple[str, str | None]:
+def status_of(svc: WorkspaceService, sid: int) -> tuple[str, Answer | None]:
+    """The question's status and its stored answer, read back (None while open)."""
     s = next(x for x in svc.ws.suggestions() if x.id == sid)
-    return s.status, s.answer
+    return s.status, None if s.status == "open" else Answer.load(s.answer)
 
 
 def by_size(svc: WorkspaceService) -> list:
@@ -400,7 +401,7 @@ def test_yes_to_confirm_with_a_name_confirms_and_renames(service) -> None:
         {"applied": "confirmed"}
     got = service.ws.get_type(t.id)
     assert (got.status, got.name, got.n_regions) == ("confirmed", "scratch", t.n_regions)
-    assert status_of(service, sid) == ("answered", "yes:scratch")
+    assert status_of(service, sid) == ("answered", Answer("yes", name="scratch"))
     assert [e.action for e in service.ws.audit(actor="bob")][:3] == [
         "answer_suggestion", "rename_type", "confirm_type"]
 
@@ -521,9 +522,9 @@ def test_skip_and_no_change_nothing_and_are_not_asked_again(service) -> None:
     assert service.answer_suggestion(s_split, "n", actor="bob") == {"applied": "nothing"}
     s_label = ask(service, "label", {"region_id": rid, "image_id": 0, "options": []})
     assert service.answer_suggestion(s_label, "skip", actor="bob") == {"applied": "skip"}
-    assert status_of(service, s_confirm) == ("answered", "no")
-    assert status_of(service, s_split) == ("answered", "no")
-    assert status_of(service, s_label) == ("skipped", None)
+    assert status_of(service, s_confirm) == ("answered", Answer("no"))
+    assert status_of(service, s_split) == ("answered", Answer("no"))
+    assert status_of(service, s_label) == ("skipped", Answer("skip"))
     assert assignments(ws) == before and ws.list_types() == types_before
 
     assert service.declined() >= {("confirm", str(t.id)), ("label", str(rid))}
@@ -574,7 +575,7 @@ def test_no_with_picked_members_moves_them_out_and_settles_the_no(service) -> No
     assert len(new) == 1 and new[0].status == "proposed"
     assert sorted(m.region_id for m in ws.type_members(new[0].id)) == picked
     assert sorted(m.region_id for m in ws.type_members(t.id, limit=10**6)) == members[2:]
-    assert status_of(service, sid) == ("answered", "no:2 moved out")
+    assert status_of(service, sid) == ("answered", Answer("no", moved_out=2))
     assert t.id not in service.mixed_types()
     assert ("confirm", str(t.id)) not in service.declined()
     assert [e.action for e in ws.audit(actor="bob")][:2] == ["answer_suggestion",
@@ -598,7 +599,7 @@ def test_yes_with_picked_members_moves_them_out_then_confirms(service) -> None:
         "; confirmed")
     got = ws.get_type(big.id)
     assert (got.status, got.name, got.n_regions) == ("confirmed", "scratch", len(members) - 1)
-    assert status_of(service, sid) == ("answered", "yes:scratch")
+    assert status_of(service, sid) == ("answered", Answer("yes", name="scratch", moved_out=1))
     # with the name of an existing type: the rest merges into it, the pick stays out
     rest = live_types(ws)
     new = next(t for t in rest.values() if t.origin == "reviewer")
@@ -713,7 +714,7 @@ def test_an_answer_to_a_question_renewed_by_a_retrain_goes_to_its_successor(serv
                       score=1.0)])
     assert status_of(service, old)[0] == "stale"
     assert service.answer_suggestion(old, "yes", actor="bob")["applied"] == "confirmed"
-    assert status_of(service, new) == ("answered", "yes")
+    assert status_of(service, new) == ("answered", Answer("yes"))
     assert status_of(service, old)[0] == "stale"
     assert service.ws.get_type(t.id).status == "confirmed"
     # a question the new queue no longer asks: a clear refusal, nothing applied

@@ -1,1 +1,1 @@
-"""The Gradio review app: a view over the service layer (``protoatlas.workspace``)."""
+"""The Gradio review app: a view over the service layer (``protoatlas.service``)."""

@@ -26,8 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from protoatlas.background import BackgroundRetrainer
-from storage.workspace import default_home
+from protoatlas.service import BackgroundRetrainer, default_home
 from webapp.assets import CSS, HEAD, KEYS_HELP
 from webapp.security import AUTH_ENV, Limits, RequireLogin, UploadError, parse_auth, stage_upload
 from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS, Views
@@ -35,7 +34,7 @@ from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS, V
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the service imports torch: only for the annotations
-    from protoatlas.workspace import WorkspaceService
+    from protoatlas.service import WorkspaceService
 
 STAGES = {"check": "Checking the images", "fit": "Learning what normal looks like",
           "detect": "Finding anomalies", "regions": "Cutting out anomalous regions",
@@ -139,7 +138,7 @@ def _ids(value: Any) -> list[int]:
 
 # ----------------------------------------------------------------------------- the app
 class ReviewApp:
-    """The Gradio Blocks over one :class:`~protoatlas.workspace.WorkspaceService`."""
+    """The Gradio Blocks over one :class:`~protoatlas.service.WorkspaceService`."""
 
     def __init__(self, service: WorkspaceService, *, limits: Limits | None = None,
                  note: str | None = None, auth_on: bool = False,
@@ -170,9 +169,9 @@ class ReviewApp:
 
     # ---------------------------------------------------------------- header
     def header(self, request: gr.Request | None = None) -> str:
-        ws = self.views.ws
-        batches = ws.batches()
-        types = ws.list_types()
+        svc = self.views.service
+        batches = svc.batches()
+        types = svc.list_types()
         n_conf = sum(t.status == "confirmed" for t in types)
         n_images = sum(b.n_images for b in batches)
         who = actor_of(request)
@@ -181,7 +180,7 @@ class ReviewApp:
             jobs = list(self.running.values())
         busy = f"  \n⏳ Running: {'; '.join(jobs)}" if jobs else ""
         note = f"  \n{self.note}" if self.note else ""
-        return (f"# ProtoAtlas\nWorkspace **{ws.name}** · {len(batches)} batch(es) · "
+        return (f"# ProtoAtlas\nWorkspace **{svc.name}** · {len(batches)} batch(es) · "
                 f"{n_images} images · {len(types)} types ({n_conf} confirmed){login}"
                 f"{busy}{note}")
 
@@ -275,7 +274,7 @@ class ReviewApp:
     def refresh_suggestions(self) -> dict[str, Any]:
         svc = self.service
         items = svc.refresh_suggestions()
-        n = len(items) if items is not None else len(svc.ws.open_suggestions())
+        n = len(items) if items is not None else len(svc.open_suggestions())
         return {"ok": True, "message": f"{n} open question(s).", "n_open": n}
 
     def retrain(self, request: gr.Request | None, progress: gr.Progress | None = None
@@ -385,7 +384,7 @@ class ReviewApp:
         skipped = [[s.name, s.reason] for s in list(staged.skipped)
                    + (staged_normals.skipped if staged_normals else []) + list(report.skipped)]
         mode = ("discovered" if report.mode == "discover" else "sorted into the existing types")
-        new = ", ".join(self.views.ws.get_type(t).name for t in report.new_type_ids) or "none"
+        new = ", ".join(self.views.service.get_type(t).name for t in report.new_type_ids) or "none"
         md = (f"### ✔ Batch '{name}' (#{report.batch_id}) {mode}\n"
               f"- {report.n_images} images analysed, {report.n_anomalous} flagged anomalous, "
               f"{report.n_regions} anomalous regions\n- new types: {new}\n"
@@ -419,7 +418,7 @@ class ReviewApp:
             dest = _to_int(argument)
             if dest is None:
                 return "✖ Choose the type to move the selection to."
-            first = v.ws.get_type(dest)
+            first = v.service.get_type(dest)
             return _msg(v.type_action(first.id, "move", str(dest), ids, None,
                                       actor_of(request)))
         # new type / mark normal: anchor on the type of the first selected region
@@ -721,7 +720,7 @@ class ReviewApp:
             def type_detail(type_id: int) -> dict[str, Any]:
                 """One type: its summary and its members (region id, image id, image name,
                 confidence, source), representative first."""
-                t = v.ws.get_type(int(type_id))
+                t = v.service.get_type(int(type_id))
                 members = v.type_members(t.id, "representative")
                 return {"id": t.id, "name": t.name, "status": t.status, "version": t.version,
                         "regions": t.n_regions, "images": t.n_images,
@@ -967,7 +966,7 @@ def serve(home: str | os.PathLike | None = None, workspace: str = "default",
           host: str = "127.0.0.1", port: int = 7860, demo: bool = False,
           device: str | None = "auto", quiet: bool = False, block: bool = True) -> int:
     """Open (or create) the workspace, prepare the demo on first start, serve the app."""
-    from protoatlas.workspace import WorkspaceService
+    from protoatlas.service import WorkspaceService
     from webapp.demo import demo_config, prepare_demo
 
     t0 = time.perf_counter()
@@ -978,7 +977,7 @@ def serve(home: str | os.PathLike | None = None, workspace: str = "default",
     service = WorkspaceService(home, workspace, config=config,
                                device=None if demo else (device or "auto"))
     note = None
-    if demo and not service.ws.batches():
+    if demo and not service.batches():
         def say(text: str) -> None:
             if not quiet:
                 print(text, file=sys.stderr, flush=True)

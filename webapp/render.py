@@ -14,12 +14,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from storage import Workspace, decode_rle
+if TYPE_CHECKING:
+    from protoatlas.service import WorkspaceService
+
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,9 @@ class _LRU:
 class Renderer:
     """Renders pictures of one workspace (thread-safe; caches on disk and in memory)."""
 
-    def __init__(self, ws: Workspace, cache_dir: str | Path | None = None) -> None:
-        self.ws = ws
-        self.cache_dir = Path(cache_dir) if cache_dir else ws.db_path.parent / "webcache"
+    def __init__(self, service: WorkspaceService, cache_dir: str | Path | None = None) -> None:
+        self.service = service
+        self.cache_dir = Path(cache_dir) if cache_dir else service.root / "webcache"
         (self.cache_dir / "crops").mkdir(parents=True, exist_ok=True)
         self._images = _LRU(48)
         self._details = _LRU(256)
@@ -85,13 +87,13 @@ class Renderer:
     # ----------------------------------------------------------------- sources
     def image(self, image_id: int) -> np.ndarray:
         def load() -> np.ndarray:
-            path = self.ws.image_path(image_id)
+            path = self.service.image_path(image_id)
             with Image.open(path) as im:
                 return np.asarray(_to_rgb(im))
         return self._images.get(image_id, load)
 
     def detail(self, image_id: int):
-        return self._details.get(image_id, lambda: self.ws.image_detail(image_id))
+        return self._details.get(image_id, lambda: self.service.image_detail(image_id))
 
     def heat(self, image_id: int, batch_id: int | None = None) -> np.ndarray | None:
         """The anomaly map at the image's size, scaled to [0, 1] (None when not stored)."""
@@ -101,7 +103,7 @@ class Renderer:
             if not memberships:
                 return None
             m = memberships[-1]
-            amap = self.ws.anomaly_map(m.batch_id, image_id)
+            amap = self.service.anomaly_map(m.batch_id, image_id)
             if amap is None:
                 return None
             amap = np.asarray(amap, dtype=np.float32)
@@ -115,7 +117,7 @@ class Renderer:
     def region_mask(self, image_id: int, region_id: int) -> np.ndarray | None:
         for r in self.detail(image_id).regions:
             if r.id == region_id and r.mask is not None:
-                return decode_rle(r.mask).astype(bool)
+                return self.service.region_mask(r.mask).astype(bool)
         return None
 
     # ----------------------------------------------------------------- crops
@@ -204,7 +206,7 @@ class Renderer:
                 continue
             colour = np.array(_rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id)))
             if r.mask is not None:
-                m = decode_rle(r.mask).astype(bool)
+                m = self.service.region_mask(r.mask).astype(bool)
                 if f > 1:
                     m = np.kron(m, np.ones((f, f), dtype=bool))
                 arr[m] = (0.35 * arr[m] + 0.65 * colour).astype(np.uint8)

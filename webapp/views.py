@@ -1,8 +1,8 @@
 """What each screen shows, as plain data (tables, HTML, figures, file paths): no Gradio here,
 so the benchmark and the tests can time and check the screens without a browser.
 
-Everything goes through :class:`protoatlas.workspace.WorkspaceService` (workflows) and its
-storage workspace ``service.ws`` (reads and reviewer actions).
+Everything goes through :class:`protoatlas.service.WorkspaceService`: its workflows, its
+reads and its reviewer actions (the web app never holds the storage workspace itself).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from storage import ConflictError, Member, NotFoundError, StorageError, TypeSummary
+from protoatlas.service import ConflictError, Member, NotFoundError, StorageError, TypeSummary
 from webapp.render import Renderer, type_colour
 from webapp.security import escape
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:  # the service imports torch: only for the annotations
-    from protoatlas.workspace import WorkspaceService
+if TYPE_CHECKING:
+    from protoatlas.service import WorkspaceService
 
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
 AUDIT_COLUMNS = ["#", "time (UTC)", "reviewer", "action", "types", "details"]
@@ -76,18 +76,17 @@ class Views:
 
     def __init__(self, service: WorkspaceService) -> None:
         self.service = service
-        self.ws = service.ws
-        self.renderer = Renderer(self.ws)
+        self.renderer = Renderer(service)
         self._regions: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
         self._lock = threading.Lock()
         self._reps: dict[tuple, list[Member]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.exports_dir = self.ws.db_path.parent / "exports"
+        self.exports_dir = service.root / "exports"
 
     @property
     def root(self) -> Path:
-        return self.ws.db_path.parent
+        return self.service.root
 
     # ------------------------------------------------------------------ regions
     def _remember(self, members: Sequence[Member]) -> None:
@@ -101,8 +100,8 @@ class Views:
             hit = self._regions.get(region_id)
         if hit is not None:
             return hit
-        for b in self.ws.batches():
-            for r in self.ws.regions_for_batch(b.id, with_masks=False):
+        for b in self.service.batches():
+            for r in self.service.regions_for_batch(b.id, with_masks=False):
                 with self._lock:
                     self._regions[r.id] = (r.image_id, r.box)
         with self._lock:
@@ -120,7 +119,7 @@ class Views:
 
     # ------------------------------------------------------------------ types
     def types(self, include_rejected: bool = True) -> list[TypeSummary]:
-        return [t for t in self.ws.list_types()
+        return [t for t in self.service.list_types()
                 if include_rejected or t.status != "rejected"]
 
     def types_table(self, types: Sequence[TypeSummary] | None = None) -> list[list[Any]]:
@@ -174,7 +173,7 @@ class Views:
             hit = self._reps.get(key)
         if hit is not None:
             return hit
-        reps = self.ws.representatives(t.id, n=n)
+        reps = self.service.representatives(t.id, n=n)
         self._remember(reps)
         with self._lock:
             if len(self._reps) > 4096:
@@ -185,12 +184,12 @@ class Views:
     def type_members(self, type_id: int, order: str = "representative",
                      limit: int = 48) -> list[Member]:
         if order == "representative":
-            reps = self.ws.representatives(type_id, n=min(12, limit))
-            rest = self.ws.type_members(type_id, limit=limit)
+            reps = self.service.representatives(type_id, n=min(12, limit))
+            rest = self.service.type_members(type_id, limit=limit)
             seen = {m.region_id for m in reps}
             members = reps + [m for m in rest if m.region_id not in seen]
         else:
-            members = self.ws.type_members(type_id, limit=limit,
+            members = self.service.type_members(type_id, limit=limit,
                                            order="borderline" if order == "borderline"
                                            else "confidence")
         members = members[:limit]
@@ -279,80 +278,93 @@ class Views:
         """Apply one reviewer action; returns {ok, message, type_ids}. Conflicts (someone
         else changed the type since ``expected_version``) and bad input come back as
         ``ok: False`` with a message that says what to do."""
-        ws, action = self.ws, (action or "").strip().lower()
+        action = (action or "").strip().lower()
         region_ids = [int(r) for r in region_ids]
         try:
             if action == "undo":
-                entry = ws.undo(actor)
+                entry = self.service.undo(actor)
                 what = (entry.target or {}).get("action", entry.action)
                 of = (entry.target or {}).get("undo_of")
                 return {"ok": True, "message": f"Undid '{what}'"
                         + (f" (history #{of})." if of else "."), "type_ids": entry.type_ids}
-            t = ws.get_type(int(type_id))
+            t = self.service.get_type(int(type_id))
             version = t.version if expected_version is None or expected_version < 0 \
                 else int(expected_version)
-            if action == "confirm":
-                ws.confirm_type(t.id, expected_version=version, actor=actor)
-                return _ok(f"Confirmed {t.name}.", [t.id])
-            if action == "reject":
-                ws.reject_type(t.id, expected_version=version, actor=actor)
-                return _ok(f"Rejected {t.name}: its regions no longer count as a type.", [t.id])
-            if action == "rename":
-                name = (argument or "").strip()
-                if not name:
-                    return _fail("Type a new name first.")
-                ws.rename_type(t.id, name, expected_version=version, actor=actor)
-                return _ok(f"Renamed {t.name} to {name}.", [t.id])
-            if action == "merge":
-                other = ws.get_type(_int(argument, "the type to merge into"))
-                if other.id == t.id:
-                    return _fail("Pick another type to merge into.")
-                ws.merge_types(other.id, t.id, expected={t.id: version, other.id: other.version},
-                               actor=actor)
-                return _ok(f"Merged {t.name} into {other.name}.", [other.id, t.id])
-            if action == "split":
-                if region_ids:
-                    new = self.service.split_type(t.id, expected_version=version, actor=actor,
-                                                  region_ids=region_ids)
-                    return _ok(f"Moved the {len(region_ids)} selected regions out of {t.name} "
-                               f"into a new type.", [t.id, *new])
-                parts = _int(argument or "2", "the number of parts")
-                if parts < 2:
-                    return _fail("Split into at least 2 parts.")
-                new = self.service.split_type(t.id, parts, expected_version=version,
-                                              actor=actor)
-                names = ", ".join(ws.get_type(i).name for i in new)
-                return _ok(f"Split {t.name} into {parts}: new type(s) {names}.", [t.id, *new])
-            if action == "move":
-                if not region_ids:
-                    return _fail("Select regions in the gallery first (click images).")
-                dest = ws.get_type(_int(argument, "the destination type"))
-                expected = {t.id: version, dest.id: dest.version}
-                expected.update(self._expected_for(region_ids, expected))
-                ws.move_regions(region_ids, dest.id, expected=expected, actor=actor)
-                return _ok(f"Moved {len(region_ids)} region(s) to {dest.name}.", [t.id, dest.id])
-            if action == "normal":
-                if not region_ids:
-                    return _fail("Select regions in the gallery first (click images).")
-                expected = self._expected_for(region_ids, {t.id: version})
-                ws.mark_normal(region_ids, expected=expected, actor=actor)
-                return _ok(f"Marked {len(region_ids)} region(s) as normal (not a defect).",
-                           [t.id])
-            if action == "new_type":
-                if not region_ids:
-                    return _fail("Select regions first.")
-                expected = self._expected_for(region_ids, {t.id: version})
-                new_id = ws.create_type(region_ids, expected=expected, actor=actor,
-                                        name=(argument or "").strip() or None)
-                return _ok(f"Made a new type {ws.get_type(new_id).name} of "
-                           f"{len(region_ids)} region(s).", [t.id, new_id])
-            return _fail(f"Unknown action {action!r}: use confirm, reject, rename, merge, "
-                         "split, move, normal, new_type or undo.")
+            handler = _TYPE_ACTIONS.get(action)
+            if handler is None:
+                return _fail(f"Unknown action {action!r}: use confirm, reject, rename, merge, "
+                             "split, move, normal, new_type or undo.")
+            return handler(self, t, version, (argument or "").strip(), region_ids, actor)
         except ConflictError as exc:
             return _fail(f"Not applied: {exc}. Someone else changed it since you opened it; "
                          "the view was refreshed, check and try again.", conflict=True)
         except (StorageError, ValueError) as exc:
             return _fail(f"Not applied: {exc}")
+
+    def _confirm(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
+                 actor: str) -> dict[str, Any]:
+        self.service.confirm_type(t.id, expected_version=version, actor=actor)
+        return _ok(f"Confirmed {t.name}.", [t.id])
+
+    def _reject(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
+                actor: str) -> dict[str, Any]:
+        self.service.reject_type(t.id, expected_version=version, actor=actor)
+        return _ok(f"Rejected {t.name}: its regions no longer count as a type.", [t.id])
+
+    def _rename(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
+                actor: str) -> dict[str, Any]:
+        if not argument:
+            return _fail("Type a new name first.")
+        self.service.rename_type(t.id, argument, expected_version=version, actor=actor)
+        return _ok(f"Renamed {t.name} to {argument}.", [t.id])
+
+    def _merge(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
+               actor: str) -> dict[str, Any]:
+        other = self.service.get_type(_int(argument, "the type to merge into"))
+        if other.id == t.id:
+            return _fail("Pick another type to merge into.")
+        self.service.merge_types(other.id, t.id, seen={t.id: version, other.id: other.version},
+                                 actor=actor)
+        return _ok(f"Merged {t.name} into {other.name}.", [other.id, t.id])
+
+    def _split(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
+               actor: str) -> dict[str, Any]:
+        if region_ids:
+            new = self.service.split_type(t.id, expected_version=version, actor=actor,
+                                          region_ids=region_ids)
+            return _ok(f"Moved the {len(region_ids)} selected regions out of {t.name} "
+                       f"into a new type.", [t.id, *new])
+        parts = _int(argument or "2", "the number of parts")
+        if parts < 2:
+            return _fail("Split into at least 2 parts.")
+        new = self.service.split_type(t.id, parts, expected_version=version, actor=actor)
+        names = ", ".join(self.service.get_type(i).name for i in new)
+        return _ok(f"Split {t.name} into {parts}: new type(s) {names}.", [t.id, *new])
+
+    def _move(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
+              actor: str) -> dict[str, Any]:
+        if not region_ids:
+            return _fail("Select regions in the gallery first (click images).")
+        dest = self.service.get_type(_int(argument, "the destination type"))
+        self.service.move_regions(region_ids, dest.id,
+                                  seen={t.id: version, dest.id: dest.version}, actor=actor)
+        return _ok(f"Moved {len(region_ids)} region(s) to {dest.name}.", [t.id, dest.id])
+
+    def _normal(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
+                actor: str) -> dict[str, Any]:
+        if not region_ids:
+            return _fail("Select regions in the gallery first (click images).")
+        self.service.mark_normal(region_ids, seen={t.id: version}, actor=actor)
+        return _ok(f"Marked {len(region_ids)} region(s) as normal (not a defect).", [t.id])
+
+    def _new_type(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
+                  actor: str) -> dict[str, Any]:
+        if not region_ids:
+            return _fail("Select regions first.")
+        new_id = self.service.create_type(region_ids, seen={t.id: version}, actor=actor,
+                                          name=argument or None)
+        return _ok(f"Made a new type {self.service.get_type(new_id).name} of "
+                   f"{len(region_ids)} region(s).", [t.id, new_id])
 
     def selection_action(self, region_ids: Sequence[int], action: str, argument: str = "",
                          actor: str = "reviewer") -> dict[str, Any]:
@@ -361,14 +373,14 @@ class Views:
         if not ids:
             return _fail("Select regions first.")
         try:
-            expected = self._expected_for(ids, {})
+            expected = self.service.expected_for(ids)
             if action == "new_type":
-                new_id = self.ws.create_type(ids, expected=expected, actor=actor,
-                                             name=(argument or "").strip() or None)
-                return _ok(f"Made a new type {self.ws.get_type(new_id).name} of {len(ids)} "
+                new_id = self.service.create_type(ids, seen=expected, actor=actor,
+                                                  name=(argument or "").strip() or None)
+                return _ok(f"Made a new type {self.service.get_type(new_id).name} of {len(ids)} "
                            "region(s).", [new_id, *expected])
             if action == "normal":
-                self.ws.mark_normal(ids, expected=expected, actor=actor)
+                self.service.mark_normal(ids, seen=expected, actor=actor)
                 return _ok(f"Marked {len(ids)} region(s) as normal (not a defect).",
                            list(expected))
             return _fail(f"Unknown action {action!r} for a selection.")
@@ -376,24 +388,6 @@ class Views:
             return _fail(f"Not applied: {exc}", conflict=True)
         except (StorageError, ValueError) as exc:
             return _fail(f"Not applied: {exc}")
-
-    def _expected_for(self, region_ids: Sequence[int], expected: dict[int, int]
-                      ) -> dict[int, int]:
-        """Add the current versions of the types the regions are in now (the versions the
-        caller saw are already in ``expected``: those are checked, not overwritten)."""
-        out = dict(expected)
-        by_image: dict[int, set[int]] = {}
-        for rid in region_ids:
-            image_id, _ = self.region(int(rid))
-            by_image.setdefault(image_id, set()).add(int(rid))
-        current: set[int] = set()
-        for image_id, rids in by_image.items():
-            for r in self.ws.image_detail(image_id).regions:
-                if r.id in rids and r.type_id is not None:
-                    current.add(int(r.type_id))
-        for tid in current - set(out):
-            out[tid] = self.ws.get_type(tid).version
-        return out
 
     # ------------------------------------------------------------------ suggestions
     def next_question(self) -> Question | None:
@@ -404,7 +398,7 @@ class Views:
 
     def question(self, s) -> Question:
         target = dict(s.target or {})
-        types = {t.id: t for t in self.ws.list_types(include_merged=True)}
+        types = {t.id: t for t in self.service.list_types(include_merged=True)}
 
         def name(tid: Any) -> str:
             t = types.get(int(tid)) if tid is not None else None
@@ -418,7 +412,7 @@ class Views:
                           for m in members)
 
         def add_type(tid: int, n: int, prefix: str = "") -> None:
-            add_members(tid, self.ws.representatives(int(tid), n=n), prefix)
+            add_members(tid, self.service.representatives(int(tid), n=n), prefix)
 
         def add_regions(ids: Sequence[int], n: int, prefix: str = "") -> None:
             for rid in list(ids)[:n]:
@@ -497,10 +491,10 @@ class Views:
     # ------------------------------------------------------------------ map
     def map_points(self) -> dict[str, np.ndarray]:
         """2-D layout of the latest embeddings (UMAP when installed, else PCA)."""
-        ids, emb = self.ws.embeddings()
+        ids, emb = self.service.embeddings()
         info: dict[int, Any] = {}
-        for b in self.ws.batches():
-            for r in self.ws.regions_for_batch(b.id, with_masks=False):
+        for b in self.service.batches():
+            for r in self.service.regions_for_batch(b.id, with_masks=False):
                 info[r.id] = r
                 with self._lock:
                     self._regions[r.id] = (r.image_id, r.box)
@@ -543,7 +537,7 @@ class Views:
 
     # ------------------------------------------------------------------ image detail
     def image_detail(self, image_id: int) -> dict[str, Any]:
-        d = self.ws.image_detail(int(image_id))
+        d = self.service.image_detail(int(image_id))
         prior = None
         try:
             model = self.service.model()
@@ -569,10 +563,10 @@ class Views:
         """(label, image id) choices for the image picker: images with regions first."""
         out: list[tuple[str, int]] = []
         seen: set[int] = set()
-        for b in reversed(self.ws.batches()):
+        for b in reversed(self.service.batches()):
             if batch_id is not None and b.id != batch_id:
                 continue
-            for r in self.ws.regions_for_batch(b.id, with_masks=False):
+            for r in self.service.regions_for_batch(b.id, with_masks=False):
                 if r.image_id not in seen:
                     seen.add(r.image_id)
                     out.append((f"#{r.image_id} (batch {b.id})", r.image_id))
@@ -584,7 +578,7 @@ class Views:
     def audit_rows(self, actor: str | None = None, action: str | None = None,
                    type_id: int | None = None, limit: int = 200) -> list[list[Any]]:
         rows = []
-        for e in self.ws.audit(actor=actor or None, action=action or None,
+        for e in self.service.audit(actor=actor or None, action=action or None,
                                type_id=type_id, limit=limit):
             ts = e.ts.astimezone(dt.timezone.utc) if e.ts.tzinfo else e.ts
             rows.append([e.seq, ts.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action,
@@ -592,7 +586,7 @@ class Views:
         return rows
 
     def audit_filters(self) -> tuple[list[str], list[str]]:
-        entries = self.ws.audit(limit=2000)
+        entries = self.service.audit(limit=2000)
         return sorted({e.actor for e in entries}), sorted({e.action for e in entries})
 
     def export(self, fmt: str) -> Path:
@@ -602,7 +596,7 @@ class Views:
         folder = self.exports_dir / stamp
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / EXPORTS[fmt][0]
-        ws = self.ws
+        ws = self.service
         if fmt == "csv":
             return ws.export_assignments(path, "csv", "region")
         if fmt == "parquet":
@@ -668,3 +662,10 @@ def _ok(message: str, type_ids: Sequence[int]) -> dict[str, Any]:
 
 def _fail(message: str, conflict: bool = False) -> dict[str, Any]:
     return {"ok": False, "message": message, "type_ids": [], "conflict": conflict}
+
+
+#: The Types tab's actions: action name -> Views method (type, version, argument, regions,
+#: actor) -> result.
+_TYPE_ACTIONS = {"confirm": Views._confirm, "reject": Views._reject, "rename": Views._rename,
+                 "merge": Views._merge, "split": Views._split, "move": Views._move,
+                 "normal": Views._normal, "new_type": Views._new_type}

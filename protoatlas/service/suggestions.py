@@ -18,7 +18,7 @@ and prototypes) and proposes scored questions; :func:`suggest` ranks them. Kinds
   below its threshold (their strongest region is stored as a *candidate*, judged normal):
   closest to the threshold first, and first of all those a moved threshold now flags. A
   "yes" types the candidate region and lowers the workspace's threshold below the image's
-  score (:meth:`protoatlas.workspace.ReviewMixin.threshold`), so no near miss vanishes.
+  score (:meth:`protoatlas.service.core.ServiceCore.threshold`), so no near miss vanishes.
 
 Scores are comparable across kinds (roughly "regions whose label the answer settles, times
 the chance the question is not trivial"), so one ranked queue serves the reviewer. The
@@ -329,3 +329,16 @@ def suggest(state: ReviewState, cfg: SuggestConfig = SuggestConfig(), *,
     rank = {k: i for i, k in enumerate(KINDS)}
     qs.sort(key=lambda q: (-q.score, rank[q.kind]))
     return qs[:cfg.queue_size]
+
+
+def target_key(kind: str, target: dict) -> str:
+    """What a question is about, as a string: the same question asked again has the same key."""
+    if kind == "confirm":
+        return str(target["type_id"])
+    if kind == "split":
+        return str(target["type_id"])
+    if kind == "merge":
+        return ",".join(str(t) for t in sorted(target["type_ids"]))
+    if kind in ("label", "defect"):
+        return str(target["region_id"])
+    return ",".join(str(r) for r in sorted(target.get("region_ids", [])))

@@ -1,7 +1,7 @@
 """Service layer for discovery: the ``discover`` and ``assign`` workflows.
 
 Paths and a :class:`~engine.config.ProtoAtlasConfig` in, plain dataclasses out; the CLI and
-the web app (through :mod:`protoatlas.workspace`) call these. Images are streamed
+the web app (through :class:`protoatlas.service.WorkspaceService`) call these. Images are streamed
 (:class:`engine.data.LazyImages`): a batch of thousands of images is not held in memory.
 """
 

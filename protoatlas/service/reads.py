@@ -1,0 +1,93 @@
+"""What the screens read from a workspace (types, members, images, maps, batches, history,
+exports): thin typed passes to the storage repository, so that the web app and the CLI never
+hold a :class:`storage.Workspace` themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from protoatlas.service.core import ServiceCore
+from storage import (
+    AuditEntry,
+    BatchInfo,
+    ImageDetail,
+    Member,
+    RegionInfo,
+    Suggestion,
+    TypeSummary,
+    decode_rle,
+)
+
+
+class ReadsMixin(ServiceCore):
+    """Reads and exports (a part of :class:`~protoatlas.service.workspace.WorkspaceService`)."""
+
+    @property
+    def name(self) -> str:
+        """The workspace's name."""
+        return self.ws.name
+
+    def batches(self) -> list[BatchInfo]:
+        return self.ws.batches()
+
+    def list_types(self, include_merged: bool = False) -> list[TypeSummary]:
+        return self.ws.list_types(include_merged=include_merged)
+
+    def get_type(self, type_id: int) -> TypeSummary:
+        return self.ws.get_type(int(type_id))
+
+    def type_members(self, type_id: int, limit: int = 50, offset: int = 0,
+                     order: Literal["confidence", "borderline"] = "confidence"
+                     ) -> list[Member]:
+        return self.ws.type_members(int(type_id), limit=limit, offset=offset, order=order)
+
+    def representatives(self, type_id: int, n: int = 8) -> list[Member]:
+        return self.ws.representatives(int(type_id), n=n)
+
+    def regions_for_batch(self, batch_id: int, with_masks: bool = False) -> list[RegionInfo]:
+        return self.ws.regions_for_batch(int(batch_id), with_masks=with_masks)
+
+    def image_detail(self, image_id: int) -> ImageDetail:
+        return self.ws.image_detail(int(image_id))
+
+    def image_path(self, image_id: int) -> Path:
+        return self.ws.image_path(int(image_id))
+
+    def anomaly_map(self, batch_id: int, image_id: int) -> np.ndarray | None:
+        """The stored anomaly map (float32, at the image's size or the stored scale)."""
+        return self.ws.anomaly_map(int(batch_id), int(image_id))
+
+    @staticmethod
+    def region_mask(rle: dict) -> np.ndarray:
+        """A region's stored mask (run-length encoded) as a bool array (H, W)."""
+        return decode_rle(rle)
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(region ids (N,), embeddings (N, D)) of the latest model version."""
+        return self.ws.embeddings()
+
+    def open_suggestions(self, limit: int | None = None) -> list[Suggestion]:
+        return self.ws.open_suggestions(limit=limit)
+
+    def audit(self, actor: str | None = None, action: str | None = None,
+              type_id: int | None = None, limit: int = 100, offset: int = 0
+              ) -> list[AuditEntry]:
+        return self.ws.audit(actor=actor, action=action, type_id=type_id, limit=limit,
+                             offset=offset)
+
+    # ------------------------------------------------------------------ exports
+    def export_assignments(self, path: str | os.PathLike[str],
+                           fmt: Literal["csv", "parquet"] = "csv",
+                           level: Literal["region", "image"] = "region") -> Path:
+        return self.ws.export_assignments(path, fmt, level)
+
+    def export_coco(self, path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
+        return self.ws.export_coco(path, batch_id)
+
+    def export_audit(self, path: str | os.PathLike[str],
+                     fmt: Literal["csv", "json"] = "json") -> Path:
+        return self.ws.export_audit(path, fmt)
