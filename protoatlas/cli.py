@@ -268,9 +268,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         _warn("too few normal images to calibrate a threshold: is_anomalous is 0 everywhere")
     if args.maps:
         service.write_heatmaps(args.maps, run)
-    if args.save_model:
+    if args.save_model and run.detector is not None:
         run.detector.save(args.save_model)
-    n_flag = sum(int(r["is_anomalous"]) for r in run.rows())
+    n_flag = sum(1 for r in run.rows() if r["is_anomalous"])
     print(f"scored {len(run.names)} images, {n_flag} anomalous "
           f"(threshold {run.threshold:.4f}); wrote {out} and {report_path.name}")
     print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in run.seconds.items()))

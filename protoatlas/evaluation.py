@@ -257,8 +257,8 @@ def mean_row(rows: Sequence[dict[str, object]], keys: Sequence[str]) -> dict[str
     """Mean of each numeric column over the rows that have a finite value."""
     out: dict[str, object] = {"data": "mean"}
     for key in keys:
-        values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))
-                  and math.isfinite(float(r[key]))]
+        numbers = [v for r in rows if isinstance(v := r.get(key), (int, float))]
+        values = [float(v) for v in numbers if math.isfinite(float(v))]
         out[key] = float(np.mean(values)) if values else float("nan")
     return out
 
@@ -423,8 +423,10 @@ def eval_discover(root: str | os.PathLike, config: ProtoAtlasConfig, *,
     if auto_k and clusters != "auto":
         k_auto = len(model.discover(analysis, "auto").type_ids)
     labels_all = np.array([t != "good" for t in truth_all])
+    if model.detector is None or model.detector.threshold is None:
+        raise RuntimeError(f"{root}: the detector was not calibrated (too few normal images)")
     auroc, recall, far = detection_metrics(labels_all, analysis.scores,
-                                           model.detector.threshold)  # type: ignore[union-attr]
+                                           model.detector.threshold)
     return EvalDiscoverResult(
         data=name or Path(root).name, n_defect_images=len(defect_idx),
         n_types=len(set(truth)), clusters=str(clusters), methods=methods,
@@ -466,13 +468,13 @@ def _baselines(model, analysis, test, defect_idx, clusters, config, progress):
 
 class _Subset(Sequence[np.ndarray]):
     def __init__(self, seq: Sequence[np.ndarray], index: Sequence[int]) -> None:
-        self.seq, self.index = seq, list(index)
+        self.seq, self.rows = seq, list(index)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.rows)
 
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.seq[self.index[i]]
+    def __getitem__(self, i):  # int only: what the detector reads
+        return self.seq[self.rows[i]]
 
 
 def _image_means(analysis, image_index: Sequence[int]) -> np.ndarray:

@@ -196,14 +196,16 @@ class StepScores:
 def image_types(service: WorkspaceService) -> dict[int, int]:
     """Image id -> type id by the weighted vote of its typed regions (area x score)."""
     table = region_table(service.ws)
-    votes: dict[int, Counter] = {}
+    votes: dict[int, dict[int, float]] = {}
     for img, tid, normal, area, score in zip(table.image_ids, table.type_ids,
                                              table.is_normal, table.area, table.score):
         if tid < 0 or normal:
             continue
         w = float(np.sqrt(max(area, 1.0)) * (score if np.isfinite(score) else 1.0))
-        votes.setdefault(int(img), Counter())[int(tid)] += w
-    return {img: c.most_common(1)[0][0] for img, c in votes.items()}
+        per_type = votes.setdefault(int(img), {})
+        per_type[int(tid)] = per_type.get(int(tid), 0.0) + w
+    # the heaviest type; a tie goes to the type voted first
+    return {img: max(c, key=c.__getitem__) for img, c in votes.items()}
 
 
 def score_state(service: WorkspaceService, labels: dict[str, str],

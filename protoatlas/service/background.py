@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from protoatlas.service.workspace import WorkspaceService
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ def _direct(fn: Callable[..., Any], **kwargs: Any) -> Any:
 class BackgroundRetrainer:
     """One retrain at a time in a daemon thread; extra requests coalesce into one rerun."""
 
-    def __init__(self, service: Any, *, runner: Runner = _direct,
+    def __init__(self, service: WorkspaceService, *, runner: Runner = _direct,
                  on_busy: Callable[[bool], None] | None = None) -> None:
         self.service = service
         self._runner = runner

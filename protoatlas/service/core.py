@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
 from engine.clustering import normalise
-from engine.config import ProtoAtlasConfig
+from engine.config import DeviceName, ProtoAtlasConfig
 from engine.discovery import DiscoveryModel
 from engine.tokens import RegionTokens
 from protoatlas.service.answer_format import Answer
@@ -48,11 +49,11 @@ class ServiceCore:
     part of :class:`~protoatlas.service.workspace.WorkspaceService`)."""
 
     def __init__(self, home: str | os.PathLike | None = None, name: str = "default", *,
-                 config: ProtoAtlasConfig | None = None, device: str | None = None,
+                 config: ProtoAtlasConfig | None = None, device: DeviceName | None = None,
                  read_only: bool = False) -> None:
         config = config or ProtoAtlasConfig()
         if device is not None:
-            config = config.with_overrides(device=device)
+            config = replace(config, device=device)
         self._attach(Workspace.open(home, name, read_only=read_only), config)
 
     @classmethod
@@ -126,9 +127,8 @@ class ServiceCore:
             thresholds[exact] = model.thresholds[best[exact]]
         fill = float(np.nanmedian(thresholds)) if np.isfinite(thresholds).any() else -1.0
         thresholds = np.where(np.isfinite(thresholds), thresholds, fill)
-        model.set_types(ids, mat if len(ids) else np.zeros((0, model.prototypes.shape[1] if
-                                                            model.prototypes.ndim == 2 else
-                                                            self.ws.embedding_dim)),
+        dim = model.prototypes.shape[1] if model.prototypes.ndim == 2 else self.ws.embedding_dim
+        model.set_types([int(t) for t in ids], mat if len(ids) else np.zeros((0, dim)),
                         thresholds)
 
 
@@ -165,7 +165,7 @@ class ServiceCore:
             raise RuntimeError(f"batch {batch_id}: stored {len(ids)} regions, expected {n}")
         return ids
 
-    def _versions(self, type_ids: Sequence[int]) -> dict[int, int]:
+    def _versions(self, type_ids: Iterable[int]) -> dict[int, int]:
         """The current version of each type (what an action expects to find)."""
         return {int(t): self.ws.get_type(int(t)).version for t in type_ids}
 

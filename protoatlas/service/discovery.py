@@ -88,6 +88,13 @@ class DiscoverRun:
         }
 
 
+def checked(images: LazyImages) -> LoadReport:
+    """The load report of images that :func:`open_images` checked."""
+    if images.report is None:
+        raise RuntimeError("the images were not checked (open them with open_images)")
+    return images.report
+
+
 def _report_dict(report: LoadReport) -> dict[str, object]:
     return {"loaded": len(report.loaded),
             "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped]}
@@ -153,7 +160,7 @@ def discover(normals: str | os.PathLike, images: str | os.PathLike,
     on_progress("types", 0.0)
     result = model.discover(analysis, clusters, progress=progress)
     t4 = time.perf_counter()
-    return DiscoverRun(batch.names, result, model, batch.report, normal_images.report,
+    return DiscoverRun(batch.names, result, model, checked(batch), checked(normal_images),
                        {"load": t1 - t0, "fit": t2 - t1, **analysis.seconds,
                         "types": t4 - t3, "total": t4 - t0})
 
@@ -163,12 +170,12 @@ def assign(model_path: str | os.PathLike, images: str | os.PathLike, *,
            progress: bool = False, on_progress: Progress = no_progress) -> DiscoverRun:
     """Sort a new batch into the types of a saved model; propose new types where needed."""
     t0 = time.perf_counter()
-    model = DiscoveryModel.load(model_path, device=device)
+    model = DiscoveryModel.load(Path(model_path), device=device)
     batch = open_images(images, model.config, progress=progress, desc="check images")
     maps = load_maps(maps_dir, batch) if maps_dir is not None else None
     t1 = time.perf_counter()
     analysis = model.analyse(batch, maps=maps, progress=progress, on_progress=on_progress)
     result = model.assign(analysis)
     t2 = time.perf_counter()
-    return DiscoverRun(batch.names, result, model, batch.report, None,
+    return DiscoverRun(batch.names, result, model, checked(batch), None,
                        {"load": t1 - t0, **analysis.seconds, "total": t2 - t0})

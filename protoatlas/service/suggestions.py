@@ -160,7 +160,8 @@ def merge_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
     ids = [t for t in state.types if len(state.members(t))]
     if len(ids) < 2:
         return []
-    protos = {t: state.prototype(t) for t in ids}
+    protos = {t: p for t in ids if (p := state.prototype(t)) is not None}
+    ids = [t for t in ids if t in protos]
     pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
              if not (state.types[a][1] == "confirmed" and state.types[b][1] == "confirmed")]
     all_sims = np.array([float(protos[a] @ protos[b]) for i, a in enumerate(ids)
@@ -191,7 +192,7 @@ def label_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
     open_rows = np.flatnonzero(~state.reviewed & ~state.is_normal)
     if len(ids) < 2 or len(open_rows) == 0:
         return []
-    protos = np.stack([state.prototype(t) for t in ids])
+    protos = np.stack([p for t in ids if (p := state.prototype(t)) is not None])
     sims = state.embeddings[open_rows] @ protos.T
     order = np.argsort(-sims, axis=1)
     top = sims[np.arange(len(open_rows)), order[:, 0]]

@@ -26,7 +26,7 @@ from engine.discovery import ProgressFn as Progress
 from engine.prior import prior_overrides
 from protoatlas.service.actions import ActionsMixin
 from protoatlas.service.answers import AnswersMixin
-from protoatlas.service.discovery import DiscoverRun, open_images
+from protoatlas.service.discovery import DiscoverRun, checked, open_images
 from protoatlas.service.persist import (
     batch_ingest,
     candidate_peaks,
@@ -112,7 +112,7 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
                 analysis = model.analyse(images, on_progress=_scaled(progress, 0.1, 0.85))
                 progress("types", 0.85)
                 result = model.discover(analysis, clusters)
-                run = DiscoverRun(images.names, result, model, images.report, normals.report)
+                run = DiscoverRun(images.names, result, model, checked(images), checked(normals))
                 progress("store", 0.92)
                 batch_id = self.store_discovery(run, images, batch_name=name, actor=actor,
                                                 params={"clusters": clusters, "mode": "discover"})
@@ -127,7 +127,7 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
                     model.fit(normals)
                 analysis = model.analyse(images, on_progress=_scaled(progress, 0.1, 0.85))
                 result = model.assign(analysis)
-                run = DiscoverRun(images.names, result, model, images.report, None)
+                run = DiscoverRun(images.names, result, model, checked(images), None)
                 progress("store", 0.92)
                 mv = self.ws.latest_model_version()
                 assert mv is not None
@@ -144,10 +144,9 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
                 mode = "assign"
                 n_cands = len(cands)
             progress("done", 1.0)
-            assert images.report is not None
             return UploadReport(batch_id, len(images), int(result.analysis.is_anomalous.sum()),
                                 len(result.analysis.regions), new,
-                                images.report.skipped + dupes, mode,
+                                checked(images).skipped + dupes, mode,
                                 {"total": time.perf_counter() - t0}, n_cands)
 
     def _batch_types(self, batch_id: int) -> list[int]:
