@@ -41,6 +41,7 @@ from webapp.tabs import (
     history_tab,
     image_tab,
     map_tab,
+    ordered,
     suggestions_tab,
     types_tab,
     upload_tab,
@@ -196,7 +197,8 @@ class ReviewApp:
     # ---------------------------------------------------------------- types
     def panel(self, type_id: Any, order: str, show_rejected: bool,
               keep: list[int] | None = None) -> list[Any]:
-        """Everything on the Types tab, for the selected type (or the largest one)."""
+        """Everything on the Types tab, for the selected type (or the largest one): the
+        values of ``TypesTab.PANEL``, in its order."""
         v = self.views
         types = v.types(include_rejected=bool(show_rejected))
         ids = [t.id for t in types]
@@ -207,18 +209,23 @@ class ReviewApp:
         table = v.types_table(types)
         choices = [(f"{t.name} (#{t.id}, {t.status}, {t.n_regions})", t.id) for t in types]
         if tid is None:
-            return [cards, table, gr.update(choices=choices, value=None),
-                    "No type selected.", "", "", gr.update(choices=[], value=None),
-                    gr.update(choices=[], value=None), {}]
+            return ordered(TypesTab.PANEL, cards=cards, table=table,
+                           type_dd=gr.update(choices=choices, value=None),
+                           type_md="No type selected.", gallery="", selection="",
+                           merge_dd=gr.update(choices=[], value=None),
+                           move_dd=gr.update(choices=[], value=None), seen={})
         t = next(x for x in types if x.id == tid)
         members = v.type_members(tid, order or "representative")
         mids = {m.region_id for m in members}
         keep = [r for r in (keep or []) if r in mids]
         others = v.type_choices(exclude=tid)
-        return [cards, table, gr.update(choices=choices, value=tid), v.type_header(t),
-                v.members_html(members, keep), ", ".join(str(r) for r in keep),
-                gr.update(choices=others, value=None), gr.update(choices=others, value=None),
-                {"type_id": tid, "version": t.version}]
+        return ordered(TypesTab.PANEL, cards=cards, table=table,
+                       type_dd=gr.update(choices=choices, value=tid), type_md=v.type_header(t),
+                       gallery=v.members_html(members, keep),
+                       selection=", ".join(str(r) for r in keep),
+                       merge_dd=gr.update(choices=others, value=None),
+                       move_dd=gr.update(choices=others, value=None),
+                       seen={"type_id": tid, "version": t.version})
 
     def act(self, action: str, type_id: Any, argument: Any, selection: Any, seen: dict | None,
             order: str, show_rejected: bool, request: gr.Request | None) -> list[Any]:
@@ -239,17 +246,26 @@ class ReviewApp:
 
     # ---------------------------------------------------------------- suggestions
     def question(self) -> list[Any]:
+        """The next open question on the Suggestions tab: the values of
+        ``SuggestionsTab.QUESTION``, in its order."""
         q = self.views.next_question()
         if q is None:
-            return ("### No open questions\nEvery question so far is answered. *Refresh "
-                    "questions* asks the model for new ones (after more review or an upload).",
-                    [], None, gr.update(choices=[], value=None, visible=False),
-                    gr.update(visible=False), gr.update(value="", visible=False))
-        text = f"### {q.text}\n{q.reason}  \n<small>question #{q.id} · {q.kind}</small>"
+            return ordered(
+                SuggestionsTab.QUESTION,
+                question_md="### No open questions\nEvery question so far is answered. "
+                            "*Refresh questions* asks the model for new ones (after more "
+                            "review or an upload).",
+                gallery=[], sugg_id=None,
+                label_dd=gr.update(choices=[], value=None, visible=False),
+                label_btn=gr.update(visible=False), pick=gr.update(value="", visible=False))
         label = q.kind == "label"
-        return (text, q.images, q.id, gr.update(choices=q.choices, value=None, visible=label),
-                gr.update(visible=label),
-                gr.update(value="", visible=q.kind in ("confirm", "defect")))
+        return ordered(
+            SuggestionsTab.QUESTION,
+            question_md=f"### {q.text}\n{q.reason}  \n<small>question #{q.id} · {q.kind}</small>",
+            gallery=q.images, sugg_id=q.id,
+            label_dd=gr.update(choices=q.choices, value=None, visible=label),
+            label_btn=gr.update(visible=label),
+            pick=gr.update(value="", visible=q.kind in ("confirm", "defect")))
 
     def answer(self, answer: Any, suggestion_id: Any, request: gr.Request | None,
                name: str | None = None, picked: list[int] | tuple = ()) -> list[Any]:
@@ -435,7 +451,8 @@ class ReviewApp:
         return _msg(result)
 
     # ---------------------------------------------------------------- image detail
-    def image(self, image_id: Any):
+    def image(self, image_id: Any) -> list[Any]:
+        """One image on the Image tab: the values of ``ImageTab.DETAIL``, in its order."""
         iid = _to_int(image_id)
         if iid is None:
             raise gr.Error("Choose an image (or type its id).", print_exception=False)
@@ -443,7 +460,8 @@ class ReviewApp:
             d = self.views.image_detail(iid)
         except Exception as exc:
             raise gr.Error(f"Image {iid}: {exc}", print_exception=False) from None
-        return d["summary"], d["original"], d["heat"], d["regions"], d["prior"], d["rows"]
+        return ordered(ImageTab.DETAIL, summary=d["summary"], original=d["original"],
+                       heat=d["heat"], regions=d["regions"], prior=d["prior"], table=d["rows"])
 
     # ---------------------------------------------------------------- build
     def _build(self) -> gr.Blocks:

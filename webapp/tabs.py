@@ -2,8 +2,8 @@
 that lays them out (no handlers here: :class:`webapp.app.ReviewApp` wires the events).
 
 Where a handler fills many components at once, the tab names them in one tuple (e.g.
-``TypesTab.PANEL``), in the order the handler returns its values; the events' ``outputs``
-come from that tuple (``outputs()``).
+``TypesTab.PANEL``): the handler returns its values by name through :func:`ordered`, and
+the event's ``outputs`` come from the same tuple, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -26,6 +26,14 @@ ORDERS = [("representative first", "representative"), ("most confident", "confid
           ("borderline (least confident)", "borderline")]
 #: The file types the upload boxes accept.
 UPLOAD_TYPES = ["image", ".zip", ".tif", ".tiff", ".bmp"]
+
+
+def ordered(names: tuple[str, ...], **values: Any) -> list[Any]:
+    """A handler's ``values``, by component name, in the order of ``names`` (the order of
+    the event's ``outputs``)."""
+    if values.keys() != set(names):
+        raise TypeError(f"expected the values of {names}, got {tuple(values)}")
+    return [values[name] for name in names]
 
 
 # ----------------------------------------------------------------------------- Types
