@@ -27,9 +27,26 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from protoatlas.service import BackgroundRetrainer, default_home
-from webapp.assets import CSS, HEAD, KEYS_HELP
+from webapp.assets import CSS, HEAD
 from webapp.security import AUTH_ENV, Limits, RequireLogin, UploadError, parse_auth, stage_upload
-from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS, Views
+from webapp.tabs import (
+    ExportTab,
+    HistoryTab,
+    ImageTab,
+    MapTab,
+    SuggestionsTab,
+    TypesTab,
+    UploadTab,
+    export_tab,
+    history_tab,
+    image_tab,
+    map_tab,
+    ordered,
+    suggestions_tab,
+    types_tab,
+    upload_tab,
+)
+from webapp.views import TYPE_COLUMNS, Views
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +57,6 @@ STAGES = {"check": "Checking the images", "fit": "Learning what normal looks lik
           "detect": "Finding anomalies", "regions": "Cutting out anomalous regions",
           "types": "Discovering defect types", "assign": "Sorting into types",
           "store": "Saving to the workspace", "done": "Done"}
-PRIOR_CHOICES = [("auto (classical; grounded-SAM for the prompt when configured)", "auto"),
-                 ("classical: object from the known-good images", "classical"),
-                 ("none: textures, the whole image is the object", "none"),
-                 ("grounded-SAM: text prompt (needs local checkpoints)", "grounded-sam")]
-CLUSTER_CHOICES = ["auto"] + [str(k) for k in range(2, 13)]
-ORDERS = [("representative first", "representative"), ("most confident", "confidence"),
-          ("borderline (least confident)", "borderline")]
 #: Engine jobs (uploads, retraining) share one concurrency group of size 1.
 ENGINE = "engine"
 #: Environment switch of the background retrain after each answer ("0": off).
@@ -187,7 +197,8 @@ class ReviewApp:
     # ---------------------------------------------------------------- types
     def panel(self, type_id: Any, order: str, show_rejected: bool,
               keep: list[int] | None = None) -> list[Any]:
-        """Everything on the Types tab, for the selected type (or the largest one)."""
+        """Everything on the Types tab, for the selected type (or the largest one): the
+        values of ``TypesTab.PANEL``, in its order."""
         v = self.views
         types = v.types(include_rejected=bool(show_rejected))
         ids = [t.id for t in types]
@@ -198,18 +209,23 @@ class ReviewApp:
         table = v.types_table(types)
         choices = [(f"{t.name} (#{t.id}, {t.status}, {t.n_regions})", t.id) for t in types]
         if tid is None:
-            return [cards, table, gr.update(choices=choices, value=None),
-                    "No type selected.", "", "", gr.update(choices=[], value=None),
-                    gr.update(choices=[], value=None), {}]
+            return ordered(TypesTab.PANEL, cards=cards, table=table,
+                           type_dd=gr.update(choices=choices, value=None),
+                           type_md="No type selected.", gallery="", selection="",
+                           merge_dd=gr.update(choices=[], value=None),
+                           move_dd=gr.update(choices=[], value=None), seen={})
         t = next(x for x in types if x.id == tid)
         members = v.type_members(tid, order or "representative")
         mids = {m.region_id for m in members}
         keep = [r for r in (keep or []) if r in mids]
         others = v.type_choices(exclude=tid)
-        return [cards, table, gr.update(choices=choices, value=tid), v.type_header(t),
-                v.members_html(members, keep), ", ".join(str(r) for r in keep),
-                gr.update(choices=others, value=None), gr.update(choices=others, value=None),
-                {"type_id": tid, "version": t.version}]
+        return ordered(TypesTab.PANEL, cards=cards, table=table,
+                       type_dd=gr.update(choices=choices, value=tid), type_md=v.type_header(t),
+                       gallery=v.members_html(members, keep),
+                       selection=", ".join(str(r) for r in keep),
+                       merge_dd=gr.update(choices=others, value=None),
+                       move_dd=gr.update(choices=others, value=None),
+                       seen={"type_id": tid, "version": t.version})
 
     def act(self, action: str, type_id: Any, argument: Any, selection: Any, seen: dict | None,
             order: str, show_rejected: bool, request: gr.Request | None) -> list[Any]:
@@ -230,17 +246,26 @@ class ReviewApp:
 
     # ---------------------------------------------------------------- suggestions
     def question(self) -> list[Any]:
+        """The next open question on the Suggestions tab: the values of
+        ``SuggestionsTab.QUESTION``, in its order."""
         q = self.views.next_question()
         if q is None:
-            return ("### No open questions\nEvery question so far is answered. *Refresh "
-                    "questions* asks the model for new ones (after more review or an upload).",
-                    [], None, gr.update(choices=[], value=None, visible=False),
-                    gr.update(visible=False), gr.update(value="", visible=False))
-        text = f"### {q.text}\n{q.reason}  \n<small>question #{q.id} · {q.kind}</small>"
+            return ordered(
+                SuggestionsTab.QUESTION,
+                question_md="### No open questions\nEvery question so far is answered. "
+                            "*Refresh questions* asks the model for new ones (after more "
+                            "review or an upload).",
+                gallery=[], sugg_id=None,
+                label_dd=gr.update(choices=[], value=None, visible=False),
+                label_btn=gr.update(visible=False), pick=gr.update(value="", visible=False))
         label = q.kind == "label"
-        return (text, q.images, q.id, gr.update(choices=q.choices, value=None, visible=label),
-                gr.update(visible=label),
-                gr.update(value="", visible=q.kind in ("confirm", "defect")))
+        return ordered(
+            SuggestionsTab.QUESTION,
+            question_md=f"### {q.text}\n{q.reason}  \n<small>question #{q.id} · {q.kind}</small>",
+            gallery=q.images, sugg_id=q.id,
+            label_dd=gr.update(choices=q.choices, value=None, visible=label),
+            label_btn=gr.update(visible=label),
+            pick=gr.update(value="", visible=q.kind in ("confirm", "defect")))
 
     def answer(self, answer: Any, suggestion_id: Any, request: gr.Request | None,
                name: str | None = None, picked: list[int] | tuple = ()) -> list[Any]:
@@ -426,7 +451,8 @@ class ReviewApp:
         return _msg(result)
 
     # ---------------------------------------------------------------- image detail
-    def image(self, image_id: Any):
+    def image(self, image_id: Any) -> list[Any]:
+        """One image on the Image tab: the values of ``ImageTab.DETAIL``, in its order."""
         iid = _to_int(image_id)
         if iid is None:
             raise gr.Error("Choose an image (or type its id).", print_exception=False)
@@ -434,485 +460,344 @@ class ReviewApp:
             d = self.views.image_detail(iid)
         except Exception as exc:
             raise gr.Error(f"Image {iid}: {exc}", print_exception=False) from None
-        return d["summary"], d["original"], d["heat"], d["regions"], d["prior"], d["rows"]
+        return ordered(ImageTab.DETAIL, summary=d["summary"], original=d["original"],
+                       heat=d["heat"], regions=d["regions"], prior=d["prior"], table=d["rows"])
 
     # ---------------------------------------------------------------- build
-    def _build(self) -> gr.Blocks:  # noqa: C901 (one screen after the other)
-        v = self.views
+    def _build(self) -> gr.Blocks:
+        """Lays out the tabs, then wires them in one fixed order (the order of the events
+        gives the undocumented endpoints their names)."""
         with gr.Blocks(title="ProtoAtlas review", fill_width=True) as blocks:
             header = gr.Markdown(elem_id="pa-header")
             with gr.Tabs(selected="types") as tabs:
-                # ======================================================== Types
-                with gr.Tab("Types", id="types") as types_tab:
-                    with gr.Row(equal_height=False):
-                        with gr.Column(scale=5, min_width=340):
-                            with gr.Row():
-                                refresh_btn = gr.Button("↻ Refresh", size="sm", scale=0,
-                                                        elem_id="pa-refresh")
-                                show_rejected = gr.Checkbox(False, label="show rejected types",
-                                                            container=False)
-                            cards = gr.HTML(elem_id="pa-cards")
-                            pick = gr.Textbox(elem_id="pa-type-pick", elem_classes="pa-hidden",
-                                              max_lines=1, label="pick")
-                            with gr.Accordion("Types as a table", open=False):
-                                types_df = gr.Dataframe(headers=TYPE_COLUMNS, interactive=False,
-                                                        label="types", max_height=320)
-                        with gr.Column(scale=7, min_width=420):
-                            with gr.Row():
-                                type_dd = gr.Dropdown(label="Type", choices=[], scale=3,
-                                                      elem_id="pa-type-dd")
-                                order = gr.Radio(ORDERS, value="representative",
-                                                 label="Order", scale=3)
-                            type_md = gr.Markdown(elem_id="pa-type-head")
-                            gallery = gr.HTML(elem_id="pa-gallery")
-                            with gr.Row(equal_height=True):
-                                selection = gr.Textbox(
-                                    label="Selected region ids (click images; shift-click "
-                                          "selects a range; double-click opens the image)",
-                                    elem_id="pa-selection", scale=4, max_lines=2)
-                                with gr.Column(scale=1, min_width=120):
-                                    sel_all = gr.Button("Select all", size="sm",
-                                                        elem_id="pa-sel-all")
-                                    sel_none = gr.Button("Clear", size="sm",
-                                                         elem_id="pa-sel-none")
-                                    open_img = gr.Button("Open image", size="sm",
-                                                         elem_id="pa-open-image")
-                            open_box = gr.Textbox(elem_id="pa-open-box", elem_classes="pa-hidden",
-                                                  max_lines=1, label="open")
-                            msg = gr.Markdown(elem_id="pa-msg")
-                            with gr.Row():
-                                confirm_btn = gr.Button("✔ Confirm type", variant="primary",
-                                                        elem_id="pa-confirm")
-                                reject_btn = gr.Button("✖ Reject type", variant="stop",
-                                                       elem_id="pa-reject")
-                                undo_btn = gr.Button("↶ Undo last", elem_id="pa-undo")
-                            with gr.Row():
-                                rename_tb = gr.Textbox(label="New name", placeholder="e.g. scratch",
-                                                       scale=3, max_lines=1, elem_id="pa-rename-tb")
-                                rename_btn = gr.Button("Rename", scale=1, elem_id="pa-rename")
-                                newtype_btn = gr.Button("Selected → new type", scale=1,
-                                                        elem_id="pa-newtype")
-                            with gr.Row(equal_height=True):
-                                merge_dd = gr.Dropdown(label="Merge this type into", choices=[],
-                                                       scale=3, elem_id="pa-merge-dd")
-                                merge_btn = gr.Button("Merge", scale=1, elem_id="pa-merge")
-                                move_dd = gr.Dropdown(label="Move selected to", choices=[],
-                                                      scale=3, elem_id="pa-move-dd")
-                                move_btn = gr.Button("Move", scale=1, elem_id="pa-move")
-                            with gr.Row(equal_height=True):
-                                parts = gr.Number(2, label="Split into parts", precision=0,
-                                                  minimum=2, maximum=12, scale=1)
-                                split_btn = gr.Button("Split (selected → new type, else by "
-                                                      "clustering)", scale=3, elem_id="pa-split")
-                                normal_btn = gr.Button("Selected are normal", scale=2,
-                                                       elem_id="pa-normal")
-                    seen = gr.State({})
+                types = types_tab()
+                suggestions = suggestions_tab()
+                upload = upload_tab(self.limits)
+                map_ = map_tab()
+                image = image_tab()
+                history = history_tab()
+                export = export_tab()
 
-                # ======================================================== Suggestions
-                with gr.Tab("Suggestions", id="suggestions") as sugg_tab:
-                    with gr.Column(elem_id="pa-suggest-panel"):
-                        question_md = gr.Markdown(elem_id="pa-question")
-                        question_gallery = gr.Gallery(label="Look at these", columns=8,
-                                                      height=260, allow_preview=True,
-                                                      object_fit="cover")
-                        with gr.Row():
-                            yes_btn = gr.Button("Yes  (y)", variant="primary", elem_id="pa-yes")
-                            no_btn = gr.Button("No  (n)", elem_id="pa-no")
-                            skip_btn = gr.Button("Skip  (s)", elem_id="pa-skip")
-                            sugg_undo = gr.Button("↶ Undo  (u)", elem_id="pa-sugg-undo")
-                        sugg_name = gr.Textbox(label="Name for the type (optional, used "
-                                               "by yes)", placeholder="e.g. scratch",
-                                               max_lines=1, elem_id="pa-sugg-name")
-                        sugg_pick = gr.Textbox(
-                            label="Members that do not belong (click a thumbnail to pick "
-                                  "it, again to unpick; with yes or no they move out into a "
-                                  "new type first)",
-                            placeholder="e.g. 12, 15", max_lines=1, visible=False,
-                            elem_id="pa-sugg-pick")
-                        with gr.Row():
-                            label_dd = gr.Dropdown(label="It is this type", choices=[],
-                                                   visible=False, scale=3)
-                            label_btn = gr.Button("Answer with this type", visible=False,
-                                                  scale=1)
-                        sugg_msg = gr.Markdown(elem_id="pa-sugg-msg")
-                        gr.HTML(KEYS_HELP)
-                        with gr.Row():
-                            next_btn = gr.Button("Next question", size="sm")
-                            refresh_q = gr.Button("Refresh questions", size="sm")
-                            retrain_btn = gr.Button("Retrain the model now", size="sm")
-                    sugg_id = gr.State(None)
-
-                # ======================================================== Upload
-                with gr.Tab("Upload", id="upload"):
-                    with gr.Row():
-                        with gr.Column():
-                            up_images = gr.File(label="Images: files, or one .zip (any folder "
-                                                "depth)", file_count="multiple",
-                                                file_types=["image", ".zip", ".tif", ".tiff",
-                                                            ".bmp"], elem_id="pa-up-images")
-                            up_normals = gr.File(label="Known-good images (optional after the "
-                                                 "first batch: the workspace's are reused)",
-                                                 file_count="multiple",
-                                                 file_types=["image", ".zip", ".tif", ".tiff",
-                                                             ".bmp"], elem_id="pa-up-normals")
-                        with gr.Column():
-                            up_prompt = gr.Textbox(label="Object (prompt for the object prior)",
-                                                   placeholder="e.g. bottle, tile", max_lines=1)
-                            up_prior = gr.Dropdown(PRIOR_CHOICES, value="auto",
-                                                   label="Object prior")
-                            up_k = gr.Dropdown(CLUSTER_CHOICES, value="auto",
-                                               allow_custom_value=True,
-                                               label="Number of defect types")
-                            up_name = gr.Textbox(label="Batch name (optional)", max_lines=1,
-                                                 elem_id="pa-upload-name")
-                            up_btn = gr.Button("Upload and analyse", variant="primary",
-                                               elem_id="pa-upload")
-                            gr.Markdown(
-                                f"<small>Limits: {self.limits.max_file_mb} MB per file, "
-                                f"{self.limits.max_images} images per batch, zip up to "
-                                f"{self.limits.max_zip_total_mb} MB uncompressed and "
-                                f"{self.limits.max_zip_ratio:.0f}:1 compression. One analysis "
-                                "runs at a time; reviewing goes on meanwhile.</small>")
-                    up_report = gr.Markdown(elem_id="pa-up-report")
-                    up_skipped = gr.Dataframe(headers=["file", "reason"], interactive=False,
-                                              label="Skipped files", max_height=260,
-                                              elem_id="pa-up-skipped")
-
-                # ======================================================== Map
-                with gr.Tab("Map", id="map") as map_tab:
-                    with gr.Row():
-                        map_btn = gr.Button("Draw / refresh the map", size="sm", scale=0)
-                        gr.Markdown("Hover a point to see its crop; drag a **lasso** (default) "
-                                    "or **box** (toolbar) to select regions, then act below.")
-                    plot = gr.Plot(elem_id="pa-map", label="Region embeddings")
-                    map_pick = gr.Textbox(label="Selected region ids (filled by the lasso; "
-                                          "you can also type them)", elem_id="pa-map-pick",
-                                          max_lines=2)
-                    map_info = gr.Markdown(elem_id="pa-map-msg")
-                    map_gallery = gr.Gallery(columns=12, height=170, allow_preview=True,
-                                             elem_id="pa-map-gallery",
-                                             label="Selection", object_fit="cover")
-                    with gr.Row():
-                        map_move_dd = gr.Dropdown(label="Move selection to", choices=[], scale=3)
-                        map_move = gr.Button("Move", scale=1)
-                        map_new_name = gr.Textbox(label="New type name (optional)", scale=2,
-                                                  max_lines=1)
-                        map_new = gr.Button("Selection → new type", scale=1)
-                        map_normal = gr.Button("Selection is normal", scale=1)
-
-                # ======================================================== Image
-                with gr.Tab("Image", id="image") as image_tab:
-                    with gr.Row():
-                        img_dd = gr.Dropdown(label="Image (with regions)", choices=[], scale=3,
-                                             allow_custom_value=True)
-                        img_btn = gr.Button("Show", scale=0)
-                    img_md = gr.Markdown(elem_id="pa-image-md")
-                    with gr.Row(elem_id="pa-image-row"):
-                        img_orig = gr.Image(label="Original", interactive=False, height=300)
-                        img_heat = gr.Image(label="Anomaly heat map", interactive=False,
-                                            height=300)
-                        img_regions = gr.Image(label="Regions (coloured by type)",
-                                               interactive=False, height=300)
-                        img_prior = gr.Image(label="Object prior", interactive=False, height=300)
-                    img_df = gr.Dataframe(headers=REGION_COLUMNS, interactive=False,
-                                          label="Regions")
-
-                # ======================================================== History
-                with gr.Tab("History", id="history") as history_tab:
-                    with gr.Row():
-                        h_actor = gr.Dropdown(label="Reviewer", choices=[""], value="",
-                                              allow_custom_value=True)
-                        h_action = gr.Dropdown(label="Action", choices=[""], value="",
-                                               allow_custom_value=True)
-                        h_type = gr.Number(label="Type id", precision=0, value=None)
-                        h_btn = gr.Button("Filter / refresh", scale=0)
-                    h_df = gr.Dataframe(headers=AUDIT_COLUMNS, interactive=False,
-                                        label="Audit log (newest first)", wrap=True,
-                                        max_height=600, elem_id="pa-history")
-
-                # ======================================================== Export
-                with gr.Tab("Export", id="export"):
-                    ex_fmt = gr.Radio([(label, key) for key, (_, label) in EXPORTS.items()],
-                                      value="csv", label="What to export")
-                    ex_btn = gr.Button("Export", variant="primary", elem_id="pa-export")
-                    ex_file = gr.File(label="Download", elem_id="pa-export-file")
-
-            # ============================================================ wiring
-            P = [cards, types_df, type_dd, type_md, gallery, selection, merge_dd, move_dd,
-                 seen]
-            panel_in = [type_dd, order, show_rejected]
-
+            # every event that refreshes the Types tab runs this (its endpoints: panel, ...)
             def panel(type_id, order_v, rejected, sel=None):
                 return self.panel(type_id, order_v, rejected, sel)
 
             def on_load(request: gr.Request):
                 return [self.header(request), *self.panel(None, "representative", False)]
 
-            blocks.load(on_load, outputs=[header, *P], api_visibility="undocumented")
+            blocks.load(on_load, outputs=[header, *types.outputs()],
+                        api_visibility="undocumented")
             # the header (counts, running analyses) follows other sessions' work
             gr.Timer(15).tick(self.header, outputs=[header], api_visibility="undocumented",
                               show_progress="hidden", queue=False)
+            self._wire_types(types, panel, header, tabs, image)
+            self._wire_suggestions(suggestions)
+            self._suggestions_api()
+            self._wire_upload(upload, panel, header, types)
+            self._wire_map(map_)
+            self._wire_image(image)
+            self._wire_history(history)
+            self._wire_export(export)
+            types.tab.select(panel, inputs=types.inputs(), outputs=types.outputs(),
+                             api_visibility="undocumented")
+        return blocks
 
-            def list_types() -> dict[str, Any]:
-                """Every type of the workspace (rejected ones too, not merged ones), as a
-                table: {"headers": [id, name, status, regions, images, confidence],
-                "data": [[...], ...]}."""
-                return {"headers": TYPE_COLUMNS, "data": v.types_table()}
+    # ---- Types
+    def _wire_types(self, t: TypesTab, panel: Callable, header: gr.Markdown, tabs: gr.Tabs,
+                    image: ImageTab) -> None:
+        v = self.views
 
-            gr.api(list_types, api_name="list_types")
+        def list_types() -> dict[str, Any]:
+            """Every type of the workspace (rejected ones too, not merged ones), as a
+            table: {"headers": [id, name, status, regions, images, confidence],
+            "data": [[...], ...]}."""
+            return {"headers": TYPE_COLUMNS, "data": v.types_table()}
 
-            def refresh(type_id, order_v, rejected, request: gr.Request):
-                return [self.header(request), *self.panel(type_id, order_v, rejected)]
+        gr.api(list_types, api_name="list_types")
 
-            refresh_btn.click(refresh, inputs=panel_in, outputs=[header, *P],
-                              api_visibility="undocumented")
-            for trigger in (type_dd.input, order.change, show_rejected.change):
-                trigger(panel, inputs=panel_in, outputs=P, api_visibility="undocumented")
+        def refresh(type_id, order_v, rejected, request: gr.Request):
+            return [self.header(request), *self.panel(type_id, order_v, rejected)]
 
-            def picked(value, order_v, rejected):
-                return self.panel(_to_int(value), order_v, rejected)
+        t.refresh_btn.click(refresh, inputs=t.inputs(), outputs=[header, *t.outputs()],
+                            api_visibility="undocumented")
+        for trigger in (t.type_dd.input, t.order.change, t.show_rejected.change):
+            trigger(panel, inputs=t.inputs(), outputs=t.outputs(),
+                    api_visibility="undocumented")
 
-            pick.change(picked, inputs=[pick, order, show_rejected], outputs=P,
-                       api_visibility="undocumented")
+        def picked(value, order_v, rejected):
+            return self.panel(_to_int(value), order_v, rejected)
 
-            sel_all.click(None, js="() => window.paSelectAll(true)",
+        t.pick.change(picked, inputs=[t.pick, t.order, t.show_rejected], outputs=t.outputs(),
+                      api_visibility="undocumented")
+
+        t.sel_all.click(None, js="() => window.paSelectAll(true)",
+                        api_visibility="undocumented")
+        t.sel_none.click(None, js="() => window.paSelectAll(false)",
+                         api_visibility="undocumented")
+        self._wire_type_actions(t, header)
+        self._wire_open_image(t, tabs, image)
+        self._types_api()
+
+    def _wire_type_actions(self, t: TypesTab, header: gr.Markdown) -> None:
+        """The action buttons under the members (each refreshes the header after)."""
+        def bind(button, action, argument):
+            def fn(type_id, arg, sel, seen_v, order_v, rejected, request: gr.Request):
+                return self.act(action, type_id, arg, sel, seen_v, order_v, rejected,
+                                request)
+            button.click(fn, inputs=[t.type_dd, argument, t.selection, t.seen, t.order,
+                                     t.show_rejected], outputs=[t.msg, *t.outputs()],
+                         api_visibility="undocumented").then(
+                self.header, outputs=[header], api_visibility="undocumented")
+
+        bind(t.confirm_btn, "confirm", t.rename_tb)
+        bind(t.reject_btn, "reject", t.rename_tb)
+        bind(t.undo_btn, "undo", t.rename_tb)
+        bind(t.rename_btn, "rename", t.rename_tb)
+        bind(t.newtype_btn, "new_type", t.rename_tb)
+        bind(t.merge_btn, "merge", t.merge_dd)
+        bind(t.split_btn, "split", t.parts)
+        bind(t.move_btn, "move", t.move_dd)
+        bind(t.normal_btn, "normal", t.rename_tb)
+
+    def _wire_open_image(self, t: TypesTab, tabs: gr.Tabs, image: ImageTab) -> None:
+        """"Open image" (and a double-click on a member) shows its image on the Image tab."""
+        v = self.views
+
+        def open_image(value):
+            ids = _ids(str(value or "").split(":")[0])
+            if not ids:
+                raise gr.Error("Select an image in the gallery first.", print_exception=False)
+            try:
+                image_id = v.region(ids[0])[0]
+            except LookupError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            return (gr.Tabs(selected="image"),
+                    gr.update(choices=v.batch_images(), value=image_id),
+                    *self.image(image_id))
+
+        outputs = [tabs, image.image_dd, *image.outputs()]
+        t.open_img.click(open_image, inputs=[t.selection], outputs=outputs,
+                         api_visibility="undocumented")
+        t.open_box.change(open_image, inputs=[t.open_box], outputs=outputs,
                           api_visibility="undocumented")
-            sel_none.click(None, js="() => window.paSelectAll(false)",
-                           api_visibility="undocumented")
 
-            def bind(button, action, argument):
-                def fn(type_id, arg, sel, seen_v, order_v, rejected, request: gr.Request):
-                    return self.act(action, type_id, arg, sel, seen_v, order_v, rejected,
-                                    request)
-                button.click(fn, inputs=[type_dd, argument, selection, seen, order,
-                                         show_rejected], outputs=[msg, *P],
-                             api_visibility="undocumented").then(
-                    self.header, outputs=[header], api_visibility="undocumented")
+    def _types_api(self) -> None:
+        """The named endpoints of the Types tab's data and actions."""
+        v = self.views
 
-            bind(confirm_btn, "confirm", rename_tb)
-            bind(reject_btn, "reject", rename_tb)
-            bind(undo_btn, "undo", rename_tb)
-            bind(rename_btn, "rename", rename_tb)
-            bind(newtype_btn, "new_type", rename_tb)
-            bind(merge_btn, "merge", merge_dd)
-            bind(split_btn, "split", parts)
-            bind(move_btn, "move", move_dd)
-            bind(normal_btn, "normal", rename_tb)
+        def type_detail(type_id: int) -> dict[str, Any]:
+            """One type: its summary and its members (region id, image id, image name,
+            confidence, source), representative first."""
+            t = v.service.get_type(int(type_id))
+            members = v.type_members(t.id, "representative")
+            return {"id": t.id, "name": t.name, "status": t.status, "version": t.version,
+                    "regions": t.n_regions, "images": t.n_images,
+                    "confidence": t.mean_confidence,
+                    "members": [{"region_id": m.region_id, "image_id": m.image_id,
+                                 "image": m.image_name, "confidence": m.confidence,
+                                 "source": m.source} for m in members]}
 
-            def open_image(value):
-                ids = _ids(str(value or "").split(":")[0])
-                if not ids:
-                    raise gr.Error("Select an image in the gallery first.", print_exception=False)
-                try:
-                    image_id = v.region(ids[0])[0]
-                except LookupError as exc:
-                    raise gr.Error(str(exc), print_exception=False) from None
-                return (gr.Tabs(selected="image"),
-                        gr.update(choices=v.batch_images(), value=image_id),
-                        *self.image(image_id))
+        gr.api(type_detail, api_name="type_detail")
 
-            IMG = [img_md, img_orig, img_heat, img_regions, img_prior, img_df]
-            open_img.click(open_image, inputs=[selection], outputs=[tabs, img_dd, *IMG],
-                           api_visibility="undocumented")
-            open_box.change(open_image, inputs=[open_box], outputs=[tabs, img_dd, *IMG],
-                            api_visibility="undocumented")
+        def type_action(type_id: int, action: str, argument: str = "",
+                        region_ids: list[int] | None = None, expected_version: int = -1,
+                        request: gr.Request = None) -> dict[str, Any]:
+            """Apply a reviewer action to a type. action: confirm | reject | rename
+            (argument = new name) | merge (argument = id of the type to merge into) |
+            split (argument = parts, or region_ids = the part to move out) | move
+            (region_ids to argument = type id) | normal (region_ids) | new_type
+            (region_ids, argument = name) | undo. expected_version: the type version
+            you saw (-1 = current). Returns {ok, message, type_ids, conflict}."""
+            return v.type_action(int(type_id), action, argument or "",
+                                 list(region_ids or []), expected_version,
+                                 actor_of(request))
 
-            def type_detail(type_id: int) -> dict[str, Any]:
-                """One type: its summary and its members (region id, image id, image name,
-                confidence, source), representative first."""
-                t = v.service.get_type(int(type_id))
-                members = v.type_members(t.id, "representative")
-                return {"id": t.id, "name": t.name, "status": t.status, "version": t.version,
-                        "regions": t.n_regions, "images": t.n_images,
-                        "confidence": t.mean_confidence,
-                        "members": [{"region_id": m.region_id, "image_id": m.image_id,
-                                     "image": m.image_name, "confidence": m.confidence,
-                                     "source": m.source} for m in members]}
+        gr.api(type_action, api_name="type_action")
 
-            gr.api(type_detail, api_name="type_detail")
+        def undo(request: gr.Request = None) -> dict[str, Any]:
+            """Undo the last reviewer action of the workspace."""
+            return v.type_action(-1, "undo", actor=actor_of(request))
 
-            def type_action(type_id: int, action: str, argument: str = "",
-                            region_ids: list[int] | None = None, expected_version: int = -1,
-                            request: gr.Request = None) -> dict[str, Any]:
-                """Apply a reviewer action to a type. action: confirm | reject | rename
-                (argument = new name) | merge (argument = id of the type to merge into) |
-                split (argument = parts, or region_ids = the part to move out) | move
-                (region_ids to argument = type id) | normal (region_ids) | new_type
-                (region_ids, argument = name) | undo. expected_version: the type version
-                you saw (-1 = current). Returns {ok, message, type_ids, conflict}."""
-                return v.type_action(int(type_id), action, argument or "",
-                                     list(region_ids or []), expected_version,
-                                     actor_of(request))
+        gr.api(undo, api_name="undo")
 
-            gr.api(type_action, api_name="type_action")
+    # ---- Suggestions
+    def _wire_suggestions(self, s: SuggestionsTab) -> None:
+        v = self.views
+        shown = s.outputs()
 
-            def undo(request: gr.Request = None) -> dict[str, Any]:
-                """Undo the last reviewer action of the workspace."""
-                return v.type_action(-1, "undo", actor=actor_of(request))
+        def show_question():
+            return self.question()
 
-            gr.api(undo, api_name="undo")
+        s.tab.select(show_question, outputs=shown, api_visibility="undocumented")
+        s.next_btn.click(show_question, outputs=shown, api_visibility="undocumented")
 
-            # ---- suggestions
-            Q = [question_md, question_gallery, sugg_id, label_dd, label_btn, sugg_pick]
+        def answer_with(value):
+            def fn(sid, name, picked, request: gr.Request):
+                return self.answer(value, sid, request, name if value == "yes" else None,
+                                   _ids(picked) if value != "skip" else ())
+            return fn
 
-            def show_question():
-                return self.question()
+        for button, value in ((s.yes_btn, "yes"), (s.no_btn, "no"), (s.skip_btn, "skip")):
+            button.click(answer_with(value), inputs=[s.sugg_id, s.name, s.pick],
+                         outputs=[s.msg, *shown], api_visibility="undocumented").then(
+                lambda: "", outputs=[s.name], api_visibility="undocumented")
 
-            sugg_tab.select(show_question, outputs=Q, api_visibility="undocumented")
-            next_btn.click(show_question, outputs=Q, api_visibility="undocumented")
+        s.gallery.select(toggle_pick, inputs=[s.pick], outputs=[s.pick],
+                         api_visibility="undocumented")
 
-            def answer_with(value):
-                def fn(sid, name, picked, request: gr.Request):
-                    return self.answer(value, sid, request, name if value == "yes" else None,
-                                       _ids(picked) if value != "skip" else ())
-                return fn
+        def answer_label(type_id, sid, request: gr.Request):
+            if type_id is None:
+                return ["✖ Choose the type first.", *self.question()]
+            return self.answer(str(type_id), sid, request)
 
-            for button, value in ((yes_btn, "yes"), (no_btn, "no"), (skip_btn, "skip")):
-                button.click(answer_with(value), inputs=[sugg_id, sugg_name, sugg_pick],
-                             outputs=[sugg_msg, *Q], api_visibility="undocumented").then(
-                    lambda: "", outputs=[sugg_name], api_visibility="undocumented")
+        s.label_btn.click(answer_label, inputs=[s.label_dd, s.sugg_id], outputs=[s.msg, *shown],
+                          api_visibility="undocumented")
 
-            question_gallery.select(toggle_pick, inputs=[sugg_pick], outputs=[sugg_pick],
-                                    api_visibility="undocumented")
+        def undo_answer(request: gr.Request):
+            return [_msg(v.type_action(-1, "undo", actor=actor_of(request))),
+                    *self.question()]
 
-            def answer_label(type_id, sid, request: gr.Request):
-                if type_id is None:
-                    return ["✖ Choose the type first.", *self.question()]
-                return self.answer(str(type_id), sid, request)
+        s.undo_btn.click(undo_answer, outputs=[s.msg, *shown], api_visibility="undocumented")
 
-            label_btn.click(answer_label, inputs=[label_dd, sugg_id], outputs=[sugg_msg, *Q],
-                            api_visibility="undocumented")
+        def refresh_questions():
+            return [_msg(self.refresh_suggestions()), *self.question()]
 
-            def undo_answer(request: gr.Request):
-                return [_msg(v.type_action(-1, "undo", actor=actor_of(request))),
-                        *self.question()]
-
-            sugg_undo.click(undo_answer, outputs=[sugg_msg, *Q], api_visibility="undocumented")
-
-            def refresh_questions():
-                return [_msg(self.refresh_suggestions()), *self.question()]
-
-            refresh_q.click(refresh_questions, outputs=[sugg_msg, *Q],
+        s.refresh_btn.click(refresh_questions, outputs=[s.msg, *shown],
                             api_visibility="undocumented", concurrency_id="suggest",
                             concurrency_limit=1)
 
-            def retrain_ui(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-                return [_msg(self.retrain(request, progress)), *self.question()]
+        def retrain_ui(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+            return [_msg(self.retrain(request, progress)), *self.question()]
 
-            retrain_btn.click(retrain_ui, outputs=[sugg_msg, *Q], api_visibility="undocumented",
-                              concurrency_id=ENGINE, concurrency_limit=1)
+        s.retrain_btn.click(retrain_ui, outputs=[s.msg, *shown], api_visibility="undocumented",
+                            concurrency_id=ENGINE, concurrency_limit=1)
 
-            def next_suggestion() -> dict[str, Any]:
-                """The next open question (highest score first): {id, kind, question, reason,
-                target, images, answers}; id is null when the queue is empty."""
-                q = v.next_question()
-                if q is None:
-                    return {"id": None, "kind": None, "question": None, "reason": None,
-                            "target": {}, "images": [], "answers": []}
-                return q.as_dict()
+    def _suggestions_api(self) -> None:
+        """The named endpoints of the question queue and of retraining."""
+        v = self.views
 
-            gr.api(next_suggestion, api_name="next_suggestion")
+        def next_suggestion() -> dict[str, Any]:
+            """The next open question (highest score first): {id, kind, question, reason,
+            target, images, answers}; id is null when the queue is empty."""
+            q = v.next_question()
+            if q is None:
+                return {"id": None, "kind": None, "question": None, "reason": None,
+                        "target": {}, "images": [], "answers": []}
+            return q.as_dict()
 
-            def answer_suggestion(suggestion_id: int, answer: str, name: str = "",
-                                  region_ids: list[int] | None = None,
-                                  request: gr.Request = None) -> dict[str, Any]:
-                """Answer a question: "yes", "no", "skip", or (label questions) a type id, a
-                type name or "good". name (optional): the name a "yes" gives the type.
-                region_ids (optional, with yes or no to "is T one type?"): the members that
-                do not belong; they move out into a new type first. The service applies the
-                answer and writes the audit. Returns {ok, message, applied}."""
-                return self.learn(v.answer(int(suggestion_id), answer, actor_of(request),
-                                           name, list(region_ids or [])), answer)
+        gr.api(next_suggestion, api_name="next_suggestion")
 
-            gr.api(answer_suggestion, api_name="answer_suggestion")
+        def answer_suggestion(suggestion_id: int, answer: str, name: str = "",
+                              region_ids: list[int] | None = None,
+                              request: gr.Request = None) -> dict[str, Any]:
+            """Answer a question: "yes", "no", "skip", or (label questions) a type id, a
+            type name or "good". name (optional): the name a "yes" gives the type.
+            region_ids (optional, with yes or no to "is T one type?"): the members that
+            do not belong; they move out into a new type first. The service applies the
+            answer and writes the audit. Returns {ok, message, applied}."""
+            return self.learn(v.answer(int(suggestion_id), answer, actor_of(request),
+                                       name, list(region_ids or [])), answer)
 
-            def refresh_suggestions_api() -> dict[str, Any]:
-                """Recompute the question queue from the current workspace."""
-                return self.refresh_suggestions()
+        gr.api(answer_suggestion, api_name="answer_suggestion")
 
-            gr.api(refresh_suggestions_api, api_name="refresh_suggestions",
-                   concurrency_id="suggest", concurrency_limit=1)
+        def refresh_suggestions_api() -> dict[str, Any]:
+            """Recompute the question queue from the current workspace."""
+            return self.refresh_suggestions()
 
-            def retrain(request: gr.Request = None) -> dict[str, Any]:
-                """Retrain the model on every decision so far (one engine job at a time)."""
-                return self.retrain(request)
+        gr.api(refresh_suggestions_api, api_name="refresh_suggestions",
+               concurrency_id="suggest", concurrency_limit=1)
 
-            gr.api(retrain, api_name="retrain", concurrency_id=ENGINE, concurrency_limit=1)
+        def retrain(request: gr.Request = None) -> dict[str, Any]:
+            """Retrain the model on every decision so far (one engine job at a time)."""
+            return self.retrain(request)
 
-            # ---- upload
-            def upload_batch(images, normals, prompt, clusters, prior, name,
-                             request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-                return self.upload(images, normals, prompt, clusters, prior, name, request,
-                                   progress)
+        gr.api(retrain, api_name="retrain", concurrency_id=ENGINE, concurrency_limit=1)
 
-            up_btn.click(upload_batch,
-                         inputs=[up_images, up_normals, up_prompt, up_k, up_prior, up_name],
-                         outputs=[up_report, up_skipped], api_name="upload_batch",
-                         concurrency_id=ENGINE, concurrency_limit=1,
-                         show_progress_on=[up_report]).then(
-                panel, inputs=panel_in, outputs=P, api_visibility="undocumented").then(
-                self.header, outputs=[header], api_visibility="undocumented")
+    # ---- Upload
+    def _wire_upload(self, u: UploadTab, panel: Callable, header: gr.Markdown,
+                     types: TypesTab) -> None:
+        """An upload, then the Types tab and the header show the new batch."""
+        def upload_batch(images, normals, prompt, clusters, prior, name,
+                         request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+            return self.upload(images, normals, prompt, clusters, prior, name, request,
+                               progress)
 
-            # ---- map
-            def draw_map():
+        u.button.click(upload_batch,
+                       inputs=[u.images, u.normals, u.prompt, u.clusters, u.prior, u.name],
+                       outputs=[u.report, u.skipped], api_name="upload_batch",
+                       concurrency_id=ENGINE, concurrency_limit=1,
+                       show_progress_on=[u.report]).then(
+            panel, inputs=types.inputs(), outputs=types.outputs(),
+            api_visibility="undocumented").then(
+            self.header, outputs=[header], api_visibility="undocumented")
+
+    # ---- Map
+    def _wire_map(self, m: MapTab) -> None:
+        v = self.views
+
+        def draw_map():
+            fig = v.map_figure()
+            return fig, gr.update(choices=v.type_choices(), value=None)
+
+        m.button.click(draw_map, outputs=[m.plot, m.move_dd], api_visibility="undocumented")
+        m.tab.select(draw_map, outputs=[m.plot, m.move_dd], api_visibility="undocumented")
+        m.pick.change(self.map_selection, inputs=[m.pick], outputs=[m.info, m.gallery],
+                      api_visibility="undocumented", trigger_mode="always_last")
+
+        def map_action(action):
+            def fn(text, arg, request: gr.Request):
+                message = self.map_act(action, text, arg, request)
                 fig = v.map_figure()
-                return fig, gr.update(choices=v.type_choices(), value=None)
+                return message, fig, gr.update(choices=v.type_choices(), value=None)
+            return fn
 
-            map_btn.click(draw_map, outputs=[plot, map_move_dd], api_visibility="undocumented")
-            map_tab.select(draw_map, outputs=[plot, map_move_dd], api_visibility="undocumented")
-            map_pick.change(self.map_selection, inputs=[map_pick],
-                            outputs=[map_info, map_gallery], api_visibility="undocumented",
-                            trigger_mode="always_last")
+        for button, action, arg in ((m.move_btn, "move", m.move_dd),
+                                    (m.new_btn, "new_type", m.new_name),
+                                    (m.normal_btn, "normal", m.new_name)):
+            button.click(map_action(action), inputs=[m.pick, arg],
+                         outputs=[m.info, m.plot, m.move_dd], api_visibility="undocumented")
 
-            def map_action(action):
-                def fn(text, arg, request: gr.Request):
-                    message = self.map_act(action, text, arg, request)
-                    fig = v.map_figure()
-                    return message, fig, gr.update(choices=v.type_choices(), value=None)
-                return fn
+    # ---- Image, History, Export
+    def _wire_image(self, i: ImageTab) -> None:
+        v = self.views
 
-            for button, action, arg in ((map_move, "move", map_move_dd),
-                                        (map_new, "new_type", map_new_name),
-                                        (map_normal, "normal", map_new_name)):
-                button.click(map_action(action), inputs=[map_pick, arg],
-                             outputs=[map_info, plot, map_move_dd],
-                             api_visibility="undocumented")
+        def image_detail(image_id):
+            return self.image(image_id)
 
-            # ---- image detail
-            def image_detail(image_id):
-                return self.image(image_id)
-
-            img_btn.click(image_detail, inputs=[img_dd], outputs=IMG, api_name="image_detail")
-            img_dd.input(image_detail, inputs=[img_dd], outputs=IMG,
+        i.show_btn.click(image_detail, inputs=[i.image_dd], outputs=i.outputs(),
+                         api_name="image_detail")
+        i.image_dd.input(image_detail, inputs=[i.image_dd], outputs=i.outputs(),
                          api_visibility="undocumented")
-            image_tab.select(lambda: gr.update(choices=v.batch_images()), outputs=[img_dd],
-                             api_visibility="undocumented")
+        i.tab.select(lambda: gr.update(choices=v.batch_images()), outputs=[i.image_dd],
+                     api_visibility="undocumented")
 
-            # ---- history
-            def audit(actor, action, type_id):
-                return v.audit_rows(actor or None, action or None,
-                                    None if type_id in (None, "") else int(type_id))
+    def _wire_history(self, h: HistoryTab) -> None:
+        v = self.views
 
-            def audit_tab():
-                actors, actions = v.audit_filters()
-                return (gr.update(choices=[""] + actors), gr.update(choices=[""] + actions),
-                        v.audit_rows())
+        def audit(actor, action, type_id):
+            return v.audit_rows(actor or None, action or None,
+                                None if type_id in (None, "") else int(type_id))
 
-            h_btn.click(audit, inputs=[h_actor, h_action, h_type], outputs=[h_df],
-                        api_name="audit")
-            history_tab.select(audit_tab, outputs=[h_actor, h_action, h_df],
-                               api_visibility="undocumented")
+        def audit_tab():
+            actors, actions = v.audit_filters()
+            return (gr.update(choices=[""] + actors), gr.update(choices=[""] + actions),
+                    v.audit_rows())
 
-            # ---- export
-            def export(fmt):
-                try:
-                    return str(v.export(fmt or "csv"))
-                except ValueError as exc:
-                    raise gr.Error(str(exc), print_exception=False) from None
+        h.button.click(audit, inputs=[h.actor, h.action, h.type_id], outputs=[h.table],
+                       api_name="audit")
+        h.tab.select(audit_tab, outputs=[h.actor, h.action, h.table],
+                     api_visibility="undocumented")
 
-            ex_btn.click(export, inputs=[ex_fmt], outputs=[ex_file], api_name="export")
-            types_tab.select(panel, inputs=panel_in, outputs=P, api_visibility="undocumented")
-        return blocks
+    def _wire_export(self, e: ExportTab) -> None:
+        v = self.views
+
+        def export(fmt):
+            try:
+                return str(v.export(fmt or "csv"))
+            except ValueError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+
+        e.button.click(export, inputs=[e.fmt], outputs=[e.file], api_name="export")
 
 
 # ----------------------------------------------------------------------------- launching
