@@ -28,6 +28,7 @@ from storage.models import (
     ImageIn,
     ModelVersionIn,
     NewType,
+    Progress,
     PrototypeIn,
     RegionIn,
     RegionsIn,
@@ -37,7 +38,7 @@ from storage.rle import encode_rle_text, rle_from_json, rle_to_json
 from storage.sql import bump_type_versions, utcnow
 
 if TYPE_CHECKING:
-    from storage.workspace import Progress, Workspace
+    from storage.workspace import Workspace
 
 Con = duckdb.DuckDBPyConnection
 
@@ -108,7 +109,7 @@ def check_matrix(mat: Any, n: int, what: str) -> np.ndarray:
 
 
 def insert_embeddings(con: Con, region_ids: np.ndarray, mat: np.ndarray, model_version: int,
-                      chunk: int, progress: "Progress | None") -> None:
+                      chunk: int, progress: Progress | None) -> None:
     dim = mat.shape[1]
     select = vector_sql(dim)
     for start in range(0, len(region_ids), chunk):
@@ -352,7 +353,7 @@ def as_regions(regions: RegionsIn | Sequence[RegionIn]) -> RegionsIn:
 
 
 def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
-                 progress: "Progress | None" = None) -> int:
+                 progress: Progress | None = None) -> int:
     """See :meth:`storage.workspace.Workspace.ingest_batch`; returns the new batch id."""
     actor = check_actor(actor)
     if not isinstance(batch.name, str) or not batch.name.strip():
@@ -502,7 +503,7 @@ class _Prepared:
 
 
 def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
-                 progress: "Progress | None") -> int:
+                 progress: Progress | None) -> int:
     """Files first (content-addressed, idempotent, made durable), then ONE transaction."""
     cfg = ws.config
     images, names, exts, shas, widths, heights, maps = (p.images, p.names, p.exts, p.shas,
@@ -632,7 +633,7 @@ def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
                   assignments: AssignmentsIn | None, prototypes: Sequence[PrototypeIn] = (),
                   embeddings: tuple[np.ndarray, np.ndarray] | None = None, *,
                   new_types: Sequence[NewType] = (), actor: str = "model",
-                  progress: "Progress | None" = None) -> int:
+                  progress: Progress | None = None) -> int:
     """See :meth:`storage.workspace.Workspace.apply_retrain`; returns the model version id.
 
     Model assignments replace only assignments whose source is ``model`` (or absent);
@@ -671,7 +672,7 @@ def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str 
                    assignments: AssignmentsIn | None, prototypes: Sequence[PrototypeIn],
                    emb_ids: np.ndarray | None, emb: np.ndarray | None, dim: int | None,
                    a_ids: np.ndarray | None, a_conf: np.ndarray | None,
-                   new_types: Sequence[NewType], actor: str, progress: "Progress | None") -> int:
+                   new_types: Sequence[NewType], actor: str, progress: Progress | None) -> int:
     chunk = max(1, ws.config.insert_chunk_rows)
     with ws.transaction() as con:
         now = utcnow()

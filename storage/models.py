@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
@@ -14,6 +14,14 @@ TypeStatus = Literal["proposed", "confirmed", "rejected", "merged"]
 Source = Literal["model", "reviewer"]
 SuggestionStatus = Literal["open", "answered", "skipped", "stale"]
 Severity = Literal["error", "warning"]
+
+Progress: TypeAlias = Callable[[str, int, int], None]
+"""Progress callback of a long write: ``progress(stage, done, total)``.
+
+``stage`` names the step (``"files"``, ``"regions"``, ``"embeddings"``,
+``"assignments"``); ``done`` of ``total`` items of that stage are written so far.
+"""
+
 # A mask ("MaskLike" below) is a boolean (h, w) array over the whole image, a COCO RLE
 # dict or its JSON text. A type reference ("TypeRef") in ingest/retrain input is a
 # ``NewType.key`` (str) or an existing type id (int).

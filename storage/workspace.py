@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -52,6 +52,7 @@ from storage.models import (
     ModelVersion,
     ModelVersionIn,
     NewType,
+    Progress,
     PrototypeIn,
     RegionInfo,
     Suggestion,
@@ -66,9 +67,6 @@ DEFAULT_HOME = "protoatlas-data"
 DB_FILE = "workspace.duckdb"
 PENDING = "pending"  # markers of writes whose files may not be committed yet
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-Progress = Callable[[str, int, int], None]
-
 
 #: Hugging Face Spaces' persistent storage, used for the data when it is there and writable.
 SPACES_DATA = Path("/data")
