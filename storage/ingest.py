@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,14 @@ import duckdb
 import numpy as np
 
 from storage import audit, schema, summary
+from storage.checks import (
+    check_actor,
+    check_assignments,
+    check_matrix,
+    check_model,
+    check_new_types,
+    check_prototypes,
+)
 from storage.errors import NotFoundError, ValidationError
 from storage.files import normalise_ext
 from storage.models import (
@@ -35,7 +42,8 @@ from storage.models import (
 )
 from storage.png16 import encode_map
 from storage.rle import encode_rle_text, rle_from_json, rle_to_json
-from storage.sql import bump_type_versions, utcnow
+from storage.rows import create_types, resolve_refs
+from storage.sql import bump_type_versions, insert_from, next_id, registered, utcnow
 
 if TYPE_CHECKING:
     from storage.workspace import Workspace
@@ -44,52 +52,6 @@ Con = duckdb.DuckDBPyConnection
 
 
 # ------------------------------------------------------------------------ helpers
-def check_actor(actor: str) -> str:
-    if not isinstance(actor, str) or not actor.strip() or len(actor) > 100:
-        raise ValidationError(f"actor must be a non-empty name of at most 100 characters, "
-                              f"got {actor!r}")
-    return actor.strip()
-
-
-def check_type_name(name: str) -> str:
-    """A type name: 1-100 printable characters, not the reserved label 'good'."""
-    if not isinstance(name, str):
-        raise ValidationError(f"a type name must be text, got {type(name).__name__}")
-    name = name.strip()
-    if not name or len(name) > 100 or any(ord(c) < 32 for c in name):
-        raise ValidationError(f"type name {name!r} must be 1-100 printable characters")
-    if name.lower() == "good":
-        raise ValidationError("'good' is reserved for normal images and cannot name a type")
-    return name
-
-
-def next_id(con: Con, table: str, column: str = "id") -> int:
-    return int(con.execute(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}").fetchone()[0])
-
-
-@contextmanager
-def registered(con: Con, name: str, columns: Mapping[str, Any]) -> Iterator[None]:
-    """Expose numpy columns to SQL as the view ``name`` for the duration of the block.
-
-    DuckDB 2.0 refuses ``register`` while a previous ``execute`` result is unfinished
-    (an INSERT's row count counts), hence ``complete()`` first.
-    """
-    con.complete()
-    con.register(name, dict(columns))
-    try:
-        yield
-    finally:
-        con.complete()
-        con.unregister(name)
-
-
-def insert_from(con: Con, sql: str, columns: Mapping[str, Any],
-                params: Sequence[Any] | None = None) -> None:
-    """Run ``sql`` (which reads the view ``_src``) over numpy columns."""
-    with registered(con, "_src", columns):
-        con.execute(sql, params)
-
-
 def vector_sql(dim: int) -> str:
     return "list_value(" + ", ".join(f"v{i}" for i in range(dim)) + f")::FLOAT[{dim}]"
 
@@ -97,15 +59,6 @@ def vector_sql(dim: int) -> str:
 def vector_columns(mat: np.ndarray) -> dict[str, np.ndarray]:
     return {f"v{i}": np.ascontiguousarray(mat[:, i], dtype=np.float32)
             for i in range(mat.shape[1])}
-
-
-def check_matrix(mat: Any, n: int, what: str) -> np.ndarray:
-    mat = np.asarray(mat, dtype=np.float32)
-    if mat.ndim != 2 or mat.shape[0] != n or mat.shape[1] < 1:
-        raise ValidationError(f"{what} must be a ({n}, d) matrix, got shape {mat.shape}")
-    if not np.isfinite(mat).all():
-        raise ValidationError(f"{what} contain NaN or infinite values")
-    return mat
 
 
 def insert_embeddings(con: Con, region_ids: np.ndarray, mat: np.ndarray, model_version: int,
@@ -120,84 +73,6 @@ def insert_embeddings(con: Con, region_ids: np.ndarray, mat: np.ndarray, model_v
                          "FROM _src", cols)
         if progress:
             progress("embeddings", stop, len(region_ids))
-
-
-def types_state(con: Con) -> dict[int, tuple[str, str, int | None]]:
-    """id -> (lower name, status, merged_into) of every type."""
-    return {r[0]: (r[1].lower(), r[2], r[3]) for r in
-            con.execute("SELECT id, name, status, merged_into FROM types").fetchall()}
-
-
-def follow_merges(types: Mapping[int, tuple[str, str, int | None]], type_id: int) -> int:
-    seen = set()
-    while types[type_id][1] == "merged" and types[type_id][2] is not None:
-        if type_id in seen:
-            break
-        seen.add(type_id)
-        type_id = int(types[type_id][2])  # type: ignore[arg-type]
-    return type_id
-
-
-def create_types(con: Con, new_types: Sequence[NewType], *, origin: str, status: str,
-                 now: Any) -> dict[str, int]:
-    """Insert new types (automatic names ``T<n>`` where none is given); key -> id."""
-    if not new_types:
-        return {}
-    keys = [t.key for t in new_types]
-    if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
-        raise ValidationError("new type keys must be distinct non-empty strings")
-    taken = {r[0] for r in con.execute(
-        "SELECT lower(name) FROM types WHERE status <> 'merged'").fetchall()}
-    counter = int(con.execute("SELECT value FROM meta WHERE key = 'next_type_number'")
-                  .fetchone()[0])
-    first = next_id(con, "types")
-    out, rows = {}, []
-    for i, t in enumerate(new_types):
-        if t.name is None:
-            while f"t{counter}" in taken:
-                counter += 1
-            name = f"T{counter}"
-            counter += 1
-        else:
-            name = check_type_name(t.name)
-            if name.lower() in taken:
-                raise ValidationError(f"a type named {name!r} already exists; type names are "
-                                      "unique (case-insensitive)")
-        taken.add(name.lower())
-        out[t.key] = first + i
-        rows.append([first + i, name, status, now, 1, origin, now, None])
-    con.executemany("INSERT INTO types (id, name, status, created_at, version, origin, "
-                    "updated_at, merged_into) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    con.execute("UPDATE meta SET value = ? WHERE key = 'next_type_number'", [str(counter)])
-    return out
-
-
-def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int],
-                 follow: bool = True) -> np.ndarray:
-    """Type references -> int64 ids (-1 for None); merged types are followed if ``follow``."""
-    types = types_state(con)
-    cache: dict[Any, int] = {}
-    out = np.empty(len(refs), dtype=np.int64)
-    for i, ref in enumerate(refs):
-        if ref in cache:
-            out[i] = cache[ref]
-            continue
-        if ref is None:
-            value = -1
-        elif isinstance(ref, str):
-            if ref not in new_ids:
-                raise ValidationError(f"type key {ref!r} is not one of the new types")
-            value = new_ids[ref]
-        elif isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
-            if int(ref) not in types:
-                raise NotFoundError(f"no type with id {int(ref)}")
-            value = follow_merges(types, int(ref)) if follow else int(ref)
-        else:
-            raise ValidationError(f"a type reference must be a new-type key (str), a type id "
-                                  f"(int) or None, got {ref!r}")
-        cache[ref] = value
-        out[i] = value
-    return out
 
 
 def insert_model_version(con: Con, ws: "Workspace", model: ModelVersionIn | int | None,
@@ -219,33 +94,6 @@ def insert_model_version(con: Con, ws: "Workspace", model: ModelVersionIn | int 
     con.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
                 [mv, parent, model.kind, now, blob_ref, audit.canonical(dict(model.metrics))])
     return mv
-
-
-def check_model(model: ModelVersionIn | int | None) -> None:
-    if isinstance(model, ModelVersionIn):
-        if not isinstance(model.kind, str) or not model.kind:
-            raise ValidationError("a model version needs a kind, e.g. 'discover' or 'retrain'")
-        try:
-            audit.canonical(dict(model.metrics))
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"model metrics must be JSON-serialisable: {exc}") from None
-    elif model is not None and not isinstance(model, (int, np.integer)):
-        raise ValidationError("model must be a ModelVersionIn, an existing model version id "
-                              "or None")
-
-
-def check_prototypes(prototypes: Sequence[PrototypeIn], dim: int | None) -> int | None:
-    for p in prototypes:
-        v = np.asarray(p.vector, dtype=np.float32)
-        if v.ndim != 1 or (dim is not None and v.shape[0] != dim):
-            raise ValidationError(f"prototype of type {p.type!r} has shape {v.shape}, "
-                                  f"expected ({dim if dim is not None else 'd'},)")
-        if not np.isfinite(v).all():
-            raise ValidationError(f"prototype of type {p.type!r} contains NaN or inf")
-        if p.type is None or int(p.n_members) < 0:
-            raise ValidationError("a prototype needs a type and n_members >= 0")
-        dim = v.shape[0]
-    return dim
 
 
 def _bump_type_versions(con: Con, type_ids: Iterable[int], now: object) -> dict[str, Any]:
@@ -276,39 +124,6 @@ def insert_prototypes(con: Con, prototypes: Sequence[PrototypeIn], mv: int,
     insert_from(con, f"INSERT INTO prototypes SELECT {int(mv)}, tid, {vector_sql(mat.shape[1])}, "
                      "n FROM _src", cols)
     return ids.tolist()
-
-
-def check_assignments(a: AssignmentsIn, n_regions: int | None, what: str
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    regions = np.asarray(a.regions, dtype=np.int64).reshape(-1)
-    conf = np.asarray(a.confidence, dtype=np.float64).reshape(-1)
-    if len(a.types) != len(regions) or len(conf) != len(regions):
-        raise ValidationError(f"assignments: regions, types and confidence differ in length "
-                              f"({len(regions)}, {len(a.types)}, {len(conf)})")
-    if len(np.unique(regions)) != len(regions):
-        raise ValidationError(f"assignments name a {what} twice")
-    if n_regions is not None and len(regions) and (regions.min() < 0
-                                                   or regions.max() >= n_regions):
-        raise ValidationError(f"assignments refer to region index outside 0..{n_regions - 1}")
-    if not np.isfinite(conf).all() or (conf < 0).any() or (conf > 1).any():
-        raise ValidationError("assignment confidence must be finite and in [0, 1]")
-    if a.is_normal is not None and np.shape(a.is_normal) != (len(regions),):
-        raise ValidationError(f"assignments: is_normal has {np.size(a.is_normal)} entries for "
-                              f"{len(regions)} regions")
-    return regions, conf
-
-
-def check_new_types(new_types: Sequence[NewType], refs: Sequence[Any]) -> None:
-    """Up-front checks (before any file is written) of new types and string references."""
-    keys = [t.key for t in new_types]
-    if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
-        raise ValidationError("new type keys must be distinct non-empty strings")
-    names = [check_type_name(t.name).lower() for t in new_types if t.name is not None]
-    if len(set(names)) != len(names):
-        raise ValidationError("two new types have the same name")
-    unknown = {r for r in refs if isinstance(r, str)} - set(keys)
-    if unknown:
-        raise ValidationError(f"type key {sorted(unknown)[0]!r} is not one of the new types")
 
 
 def _sync(ws: "Workspace", wrote: bool) -> None:

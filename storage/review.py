@@ -24,10 +24,18 @@ import duckdb
 import numpy as np
 
 from storage import audit, summary
+from storage.checks import check_actor, check_type_name
 from storage.errors import ConflictError, NotFoundError, StorageError, ValidationError
-from storage.ingest import check_actor, check_type_name, insert_from, next_id, registered
-from storage.models import AuditEntry, ImportReport, Suggestion, SuggestionIn, TypeSummary
-from storage.sql import bump_type_versions, utcnow
+from storage.models import (
+    AuditEntry,
+    ImportReport,
+    NewType,
+    Suggestion,
+    SuggestionIn,
+    TypeSummary,
+)
+from storage.rows import create_types
+from storage.sql import bump_type_versions, insert_from, next_id, registered, utcnow
 
 if TYPE_CHECKING:
     from storage.workspace import Workspace
@@ -239,9 +247,6 @@ def split_type(ws: "Workspace", type_id: int, groups: Sequence[Sequence[int]],
         raise ValidationError("a region id appears in two split groups")
     if names is not None and len(names) != len(groups):
         raise ValidationError(f"split_type got {len(names)} names for {len(groups)} groups")
-    from storage.ingest import create_types
-    from storage.models import NewType
-
     with ws.transaction() as con:
         rows = check_versions(con, {type_id: expected_version}, [type_id], usable=[type_id])
         with registered(con, "_ids", {"rid": np.array(listed, dtype=np.int64)}):
@@ -302,9 +307,6 @@ def create_type(ws: "Workspace", region_ids: Sequence[int], expected: Mapping[in
         raise ValidationError(f"a new type is 'proposed' or 'confirmed', not {status!r}")
     if name is not None:
         name = check_type_name(name)
-    from storage.ingest import create_types
-    from storage.models import NewType
-
     with ws.transaction() as con:
         _regions_exist(con, region_ids)
         touched = _current_types(con, region_ids)
@@ -543,8 +545,6 @@ def import_labels(ws: "Workspace", csv_path: str | os.PathLike[str], actor: str,
         touched = _current_types(con, region_ids) | set(to_confirm) \
             | set(type_by_label.values())
         before = _before(con, touched, region_ids)
-        from storage.ingest import create_types
-        from storage.models import NewType
         created = create_types(con, [NewType(key=l.lower(), name=l) for l in missing],
                                origin="reviewer", status="confirmed", now=now)
         type_by_label.update(created)
