@@ -1,8 +1,11 @@
-"""Data classes in and out of the workspace API (numpy arrays for vectors and columns)."""
+"""Data classes in and out of the workspace API (numpy arrays for vectors and columns),
+and the converters from DuckDB rows to the output classes that more than one module reads.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,3 +309,25 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.what} ({self.where})"
+
+
+# ------------------------------------------------------------------- rows -> outputs
+def optional_float(value: Any) -> float | None:
+    """A nullable number read from DuckDB as a float (``None`` for NULL and NaN)."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) \
+        else float(value)
+
+
+def audit_entry(r: Sequence[Any]) -> AuditEntry:
+    """An ``audit_log`` row (seq, ts, actor, action, target, type_ids, before, after, hash)."""
+    return AuditEntry(seq=r[0], ts=r[1], actor=r[2], action=r[3], target=json.loads(r[4]),
+                      type_ids=list(r[5]), before=json.loads(r[6]), after=json.loads(r[7]),
+                      hash=r[8])
+
+
+def suggestion(r: Sequence[Any]) -> Suggestion:
+    """A ``suggestions`` row (id, kind, target, score, reason, status, answer, answered_by,
+    answered_at, created_at, model_version)."""
+    return Suggestion(id=r[0], kind=r[1], target=json.loads(r[2]), score=optional_float(r[3]),
+                      reason=r[4], status=r[5], answer=r[6], answered_by=r[7],
+                      answered_at=r[8], created_at=r[9], model_version=r[10])

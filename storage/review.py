@@ -33,6 +33,8 @@ from storage.models import (
     Suggestion,
     SuggestionIn,
     TypeSummary,
+    audit_entry,
+    suggestion,
 )
 from storage.rows import create_types
 from storage.sql import bump_type_versions, insert_from, next_id, registered, utcnow
@@ -357,8 +359,6 @@ def _state_equal(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
 
 def undo(ws: "Workspace", actor: str) -> AuditEntry:
     """Revert ``actor``'s last action that is not undone yet (see module docstring)."""
-    from storage.workspace import audit_entry
-
     actor = check_actor(actor)
     with ws.transaction() as con:
         undone = {json.loads(r[0]).get("undo_of") for r in con.execute(
@@ -620,8 +620,6 @@ def replace_open_suggestions(ws: "Workspace", items: Sequence[SuggestionIn],
 
 def answer_suggestion(ws: "Workspace", suggestion_id: int, answer: str | None, actor: str,
                       skip: bool) -> Suggestion:
-    from storage.workspace import suggestion
-
     actor = check_actor(actor)
     with ws.transaction() as con:
         row = con.execute("SELECT status, answered_by, answered_at FROM suggestions "

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import duckdb
 import numpy as np
 
-from storage import schema
+from storage import export, ingest, review, schema
 from storage.config import StorageConfig
 from storage.errors import (
     NotFoundError,
@@ -58,7 +58,10 @@ from storage.models import (
     Suggestion,
     SuggestionIn,
     TypeSummary,
+    audit_entry,
+    suggestion,
 )
+from storage.models import optional_float as _f
 from storage.png16 import decode_map
 from storage.rle import rle_from_json
 
@@ -145,11 +148,6 @@ def _connect(db: Path, label: str, read_only: bool,
     except duckdb.Error as exc:
         raise StorageError(f"cannot open workspace {label}: {str(exc).splitlines()[0]}") \
             from None
-
-
-def _f(value: Any) -> float | None:
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) \
-        else float(value)
 
 
 class Workspace:
@@ -676,8 +674,7 @@ class Workspace:
     def ingest_batch(self, batch: BatchIngest, *, actor: str = "model",
                      progress: Progress | None = None) -> int:
         """Store a whole batch (files, rows, vectors, model, types) in one transaction."""
-        from storage.ingest import ingest_batch
-        return ingest_batch(self, batch, actor=actor, progress=progress)
+        return ingest.ingest_batch(self, batch, actor=actor, progress=progress)
 
     def apply_retrain(self, model: ModelVersionIn | int, assignments: AssignmentsIn | None,
                       prototypes: Sequence[PrototypeIn] = (),
@@ -685,94 +682,65 @@ class Workspace:
                       new_types: Sequence[NewType] = (), actor: str = "model",
                       progress: Progress | None = None) -> int:
         """Store a retrain result; never overwrites reviewer-sourced assignments."""
-        from storage.ingest import apply_retrain
-        return apply_retrain(self, model, assignments, prototypes, embeddings,
-                             new_types=new_types, actor=actor, progress=progress)
+        return ingest.apply_retrain(self, model, assignments, prototypes, embeddings,
+                                    new_types=new_types, actor=actor, progress=progress)
 
     def confirm_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
-        from storage import review
         return review.set_status(self, type_id, "confirmed", expected_version, actor)
 
     def reject_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
-        from storage import review
         return review.set_status(self, type_id, "rejected", expected_version, actor)
 
     def rename_type(self, type_id: int, name: str, *, expected_version: int,
                     actor: str) -> TypeSummary:
-        from storage import review
         return review.rename_type(self, type_id, name, expected_version, actor)
 
     def merge_types(self, keep: int, absorb: int, *, expected: Mapping[int, int],
                     actor: str) -> TypeSummary:
-        from storage import review
         return review.merge_types(self, keep, absorb, expected, actor)
 
     def split_type(self, type_id: int, groups: Sequence[Sequence[int]], *,
                    expected_version: int, actor: str,
                    names: Sequence[str | None] | None = None) -> list[int]:
-        from storage import review
         return review.split_type(self, type_id, groups, expected_version, actor, names)
 
     def move_regions(self, region_ids: Sequence[int], to_type_id: int, *,
                      expected: Mapping[int, int], actor: str) -> None:
-        from storage import review
         review.move_regions(self, region_ids, to_type_id, expected, actor)
 
     def create_type(self, region_ids: Sequence[int], *, expected: Mapping[int, int],
                     actor: str, name: str | None = None, status: str = "proposed") -> int:
-        from storage import review
         return review.create_type(self, region_ids, expected, actor, name, status)
 
     def mark_normal(self, region_ids: Sequence[int], *, expected: Mapping[int, int],
                     actor: str) -> None:
-        from storage import review
         review.mark_normal(self, region_ids, expected, actor)
 
     def undo(self, actor: str) -> AuditEntry:
-        from storage import review
         return review.undo(self, actor)
 
     def import_labels(self, csv_path: str | os.PathLike[str], *, actor: str,
                       batch_id: int | None = None) -> ImportReport:
-        from storage import review
         return review.import_labels(self, csv_path, actor, batch_id)
 
     def replace_open_suggestions(self, items: Sequence[SuggestionIn], *,
                                  model_version: int | None = None,
                                  actor: str = "model") -> list[int]:
-        from storage import review
         return review.replace_open_suggestions(self, items, model_version, actor)
 
     def answer_suggestion(self, suggestion_id: int, answer: str | None, *, actor: str,
                           skip: bool = False) -> Suggestion:
-        from storage import review
         return review.answer_suggestion(self, suggestion_id, answer, actor, skip)
 
     # ------------------------------------------------------------------- exports
     def export_assignments(self, path: str | os.PathLike[str],
                            fmt: Literal["csv", "parquet"] = "csv",
                            level: Literal["region", "image"] = "region") -> Path:
-        from storage import export
         return export.export_assignments(self, path, fmt, level)
 
     def export_coco(self, path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
-        from storage import export
         return export.export_coco(self, path, batch_id)
 
     def export_audit(self, path: str | os.PathLike[str],
                      fmt: Literal["csv", "json"] = "json") -> Path:
-        from storage import export
         return export.export_audit(self, path, fmt)
-
-
-def audit_entry(r: Sequence[Any]) -> AuditEntry:
-    return AuditEntry(seq=r[0], ts=r[1], actor=r[2], action=r[3], target=json.loads(r[4]),
-                      type_ids=list(r[5]), before=json.loads(r[6]), after=json.loads(r[7]),
-                      hash=r[8])
-
-
-def suggestion(r: Sequence[Any]) -> Suggestion:
-    return Suggestion(id=r[0], kind=r[1], target=json.loads(r[2]), score=_f(r[3]),
-                      reason=r[4], status=r[5], answer=r[6], answered_by=r[7],
-                      answered_at=r[8], created_at=r[9], model_version=r[10])
-
