@@ -15,7 +15,7 @@ import numpy as np
 from storage.checks import check_type_name
 from storage.errors import NotFoundError, ValidationError
 from storage.models import NewType
-from storage.sql import next_id
+from storage.sql import fetch_value, next_id
 
 Con = duckdb.DuckDBPyConnection
 
@@ -27,13 +27,14 @@ def types_state(con: Con) -> dict[int, tuple[str, str, int | None]]:
 
 
 def follow_merges(types: Mapping[int, tuple[str, str, int | None]], type_id: int) -> int:
+    """The type ``type_id`` ended up in after merges (stops on a merge cycle)."""
     seen = set()
-    while types[type_id][1] == "merged" and types[type_id][2] is not None:
-        if type_id in seen:
-            break
+    while True:
+        _, status, merged_into = types[type_id]
+        if status != "merged" or merged_into is None or type_id in seen:
+            return type_id
         seen.add(type_id)
-        type_id = int(types[type_id][2])  # type: ignore[arg-type]
-    return type_id
+        type_id = int(merged_into)
 
 
 def create_types(con: Con, new_types: Sequence[NewType], *, origin: str, status: str,
@@ -46,8 +47,7 @@ def create_types(con: Con, new_types: Sequence[NewType], *, origin: str, status:
         raise ValidationError("new type keys must be distinct non-empty strings")
     taken = {r[0] for r in con.execute(
         "SELECT lower(name) FROM types WHERE status <> 'merged'").fetchall()}
-    counter = int(con.execute("SELECT value FROM meta WHERE key = 'next_type_number'")
-                  .fetchone()[0])
+    counter = int(fetch_value(con, "SELECT value FROM meta WHERE key = 'next_type_number'"))
     first = next_id(con, "types")
     out, rows = {}, []
     for i, t in enumerate(new_types):

@@ -64,6 +64,7 @@ from storage.models import (
 from storage.models import optional_float as _f
 from storage.png16 import decode_map
 from storage.rle import rle_from_json
+from storage.sql import fetch_value
 
 ENV_HOME = "PROTOATLAS_HOME"
 DEFAULT_HOME = "protoatlas-data"
@@ -333,8 +334,7 @@ class Workspace:
     @property
     def embedding_dim(self) -> int:
         with self.read() as cur:
-            return int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
-                       .fetchone()[0])
+            return schema.embedding_dim(cur)
 
     def schema_version(self) -> int:
         with self.read() as cur:
@@ -465,8 +465,7 @@ class Workspace:
         with self.read() as cur:
             proto = cur.execute("SELECT model_version, vector FROM prototypes WHERE type_id = ? "
                                 "ORDER BY model_version DESC LIMIT 1", [type_id]).fetchone()
-            dim = int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
-                      .fetchone()[0])
+            dim = schema.embedding_dim(cur)
             sims = ("SELECT NULL::BIGINT AS region_id, NULL::DOUBLE AS sim WHERE false"
                     if proto is None else
                     f"""SELECT e.region_id, array_cosine_similarity(e.vector, ?::FLOAT[{dim}])
@@ -542,8 +541,7 @@ class Workspace:
 
     def regions_for_batch(self, batch_id: int, with_masks: bool = True) -> list[RegionInfo]:
         with self.read() as cur:
-            if cur.execute("SELECT count(*) FROM batches WHERE id = ?",
-                           [batch_id]).fetchone()[0] == 0:
+            if fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?", [batch_id]) == 0:
                 raise NotFoundError(f"no batch with id {batch_id}")
             rows = cur.execute(self._REGION_SQL.format(mask="r.mask" if with_masks else "NULL")
                                + " WHERE r.batch_id = ? ORDER BY r.id", [batch_id]).fetchall()
@@ -562,8 +560,7 @@ class Workspace:
         """(image id, name in the batch, anomaly score, is_anomalous) of every image of a
         batch, by name."""
         with self.read() as cur:
-            if cur.execute("SELECT count(*) FROM batches WHERE id = ?",
-                           [batch_id]).fetchone()[0] == 0:
+            if fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?", [batch_id]) == 0:
                 raise NotFoundError(f"no batch with id {batch_id}")
             rows = cur.execute("SELECT image_id, name, anomaly_score, is_anomalous "
                                "FROM batch_images WHERE batch_id = ? ORDER BY name",
@@ -579,14 +576,13 @@ class Workspace:
                 return np.zeros(0, np.int64), np.zeros((0, self.embedding_dim), np.float32)
             model_version = latest.id
         with self.read() as cur:
-            dim = int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
-                      .fetchone()[0])
+            dim = schema.embedding_dim(cur)
             got = cur.execute("SELECT region_id, vector FROM embeddings WHERE model_version = ? "
                               "ORDER BY region_id", [model_version]).fetchnumpy()
         ids = np.asarray(got["region_id"], dtype=np.int64)
         if len(ids) == 0:
             return ids, np.zeros((0, dim), np.float32)
-        return ids, np.stack(got["vector"]).astype(np.float32, copy=False)
+        return ids, np.stack(list(got["vector"])).astype(np.float32, copy=False)
 
     def prototypes(self, model_version: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -595,20 +591,17 @@ class Workspace:
             latest = self.latest_model_version()
             model_version = latest.id if latest else -1
         with self.read() as cur:
-            dim = int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
-                      .fetchone()[0])
+            dim = schema.embedding_dim(cur)
             got = cur.execute("SELECT type_id, vector, n_members FROM prototypes "
                               "WHERE model_version = ? ORDER BY type_id",
                               [model_version]).fetchnumpy()
         ids = np.asarray(got["type_id"], dtype=np.int64)
         if len(ids) == 0:
             return ids, np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
-        return ids, np.stack(got["vector"]).astype(np.float32), \
+        return ids, np.stack(list(got["vector"])).astype(np.float32), \
             np.asarray(got["n_members"], dtype=np.int64)
 
-    def _model_version(self, row: Sequence[Any] | None) -> ModelVersion | None:
-        if row is None:
-            return None
+    def _model_version(self, row: Sequence[Any]) -> ModelVersion:
         return ModelVersion(id=row[0], parent=row[1], kind=row[2], created_at=row[3],
                             blob_path=self.blobs.path(row[4]) if row[4] else None,
                             metrics=json.loads(row[5]))
@@ -617,7 +610,7 @@ class Workspace:
         with self.read() as cur:
             row = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
                               "FROM model_versions ORDER BY id DESC LIMIT 1").fetchone()
-        return self._model_version(row)
+        return None if row is None else self._model_version(row)
 
     def model_versions(self, kind: str | None = None) -> list[ModelVersion]:
         """Every model version (optionally of one kind), oldest first."""
@@ -625,7 +618,7 @@ class Workspace:
             rows = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
                                "FROM model_versions WHERE ? IS NULL OR kind = ? ORDER BY id",
                                [kind, kind]).fetchall()
-        return [self._model_version(r) for r in rows]  # type: ignore[misc]
+        return [self._model_version(r) for r in rows]
 
     def model_version(self, model_version_id: int) -> ModelVersion:
         with self.read() as cur:
@@ -633,13 +626,14 @@ class Workspace:
                               "FROM model_versions WHERE id = ?", [model_version_id]).fetchone()
         if row is None:
             raise NotFoundError(f"no model version {model_version_id}")
-        return self._model_version(row)  # type: ignore[return-value]
+        return self._model_version(row)
 
     def audit(self, actor: str | None = None, action: str | None = None,
               type_id: int | None = None, limit: int = 100, offset: int = 0
               ) -> list[AuditEntry]:
         """Audit entries, newest first, optionally filtered by actor, action and type."""
-        where, params = ["true"], []
+        where: list[str] = ["true"]
+        params: list[str | int] = []
         if actor is not None:
             where.append("actor = ?")
             params.append(actor)
