@@ -1,7 +1,8 @@
-"""Rows the writers share: new type rows and type references (ingest, retrain, review).
+"""Rows the writers share (ingest, retrain, review): new types, type references, regions.
 
 ``create_types`` inserts types with automatic names ``T<n>``; ``resolve_refs`` turns the
-type references of model input (a new-type key, an existing id, or ``None``) into ids.
+type references of model input (a new-type key, an existing id, or ``None``) into ids;
+``require_regions`` refuses region ids that do not exist.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from storage.checks import check_type_name
 from storage.errors import NotFoundError, ValidationError
 from storage.models import NewType
-from storage.sql import fetch_value, next_id
+from storage.sql import fetch_one, fetch_value, next_id, registered
 
 Con = duckdb.DuckDBPyConnection
 
@@ -96,3 +97,12 @@ def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int],
         cache[ref] = value
         out[i] = value
     return out
+
+
+def require_regions(con: Con, region_ids: np.ndarray) -> None:
+    """Raise :class:`NotFoundError` unless every id of ``region_ids`` (int64) is a region."""
+    with registered(con, "_ids", {"rid": region_ids}):
+        missing = fetch_one(con, "SELECT min(rid), count(*) FROM _ids "
+                                 "WHERE rid NOT IN (SELECT id FROM regions)")
+    if missing[1]:
+        raise NotFoundError(f"{missing[1]} region id(s) do not exist (e.g. {missing[0]})")
