@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from storage.sql import utcnow
+from storage.sql import next_id, utcnow
 
 GENESIS = "0" * 64
 TYPE_FIELDS = ("name", "status", "origin", "merged_into", "version")
@@ -107,7 +107,7 @@ def append_raw(con: duckdb.DuckDBPyConnection, *, actor: str, action: str,
     ids = _ids_sql(type_ids)
     target_s, before_s, after_s = canonical(target), canonical(before), canonical(after)
     if not chained:  # schema version 2 had no hash columns
-        seq = int(con.execute("SELECT coalesce(max(seq), 0) + 1 FROM audit_log").fetchone()[0])
+        seq = next_id(con, "audit_log", "seq")
         con.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [seq, ts, actor, action, target_s, ids, before_s, after_s])
         return seq

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from storage import audit, schema, summary
-from storage.models import Problem
+from storage.models import Problem, Severity
+from storage.sql import fetch_one
 
 if TYPE_CHECKING:
     from storage.workspace import Workspace
@@ -92,8 +93,8 @@ def doctor(ws: "Workspace", verify_hashes: bool = False) -> list[Problem]:
     """
     problems: list[Problem] = []
 
-    def add(severity: str, what: str, where: str) -> None:
-        problems.append(Problem(severity, what, where))  # type: ignore[arg-type]
+    def add(severity: Severity, what: str, where: str) -> None:
+        problems.append(Problem(severity, what, where))
 
     with ws.read() as cur:
         version = schema.current_version(cur)
@@ -102,7 +103,7 @@ def doctor(ws: "Workspace", verify_hashes: bool = False) -> list[Problem]:
                          "(open the workspace for writing to migrate)", "schema_version")
             return problems
         for sql, what, where in _CHECKS:
-            count, example = cur.execute(sql).fetchone()
+            count, example = fetch_one(cur, sql)
             if count:
                 add("error", f"{count} {what} (e.g. {example})", where)
         _check_dim(cur, add)

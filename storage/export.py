@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from storage.errors import NotFoundError, ValidationError
 from storage.rle import rle_from_json
+from storage.sql import fetch_value
 
 if TYPE_CHECKING:
     from storage.workspace import Workspace
@@ -104,8 +105,8 @@ def export_coco(ws: "Workspace", path: str | os.PathLike[str],
     """
     out = _target(path)
     with ws.read() as cur:
-        if batch_id is not None and cur.execute("SELECT count(*) FROM batches WHERE id = ?",
-                                                [batch_id]).fetchone()[0] == 0:
+        if batch_id is not None and fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?",
+                                                [batch_id]) == 0:
             raise NotFoundError(f"no batch with id {batch_id}")
         imgs = cur.execute(
             """SELECT bi.batch_id, bi.image_id, bi.name, b.name, i.width, i.height, i.sha256

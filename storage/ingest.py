@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,14 @@ import duckdb
 import numpy as np
 
 from storage import audit, schema, summary
+from storage.checks import (
+    check_actor,
+    check_assignments,
+    check_matrix,
+    check_model,
+    check_new_types,
+    check_prototypes,
+)
 from storage.errors import NotFoundError, ValidationError
 from storage.files import normalise_ext
 from storage.models import (
@@ -28,67 +35,31 @@ from storage.models import (
     ImageIn,
     ModelVersionIn,
     NewType,
+    Progress,
     PrototypeIn,
     RegionIn,
     RegionsIn,
 )
 from storage.png16 import encode_map
 from storage.rle import encode_rle_text, rle_from_json, rle_to_json
-from storage.sql import bump_type_versions, utcnow
+from storage.rows import create_types, require_regions, resolve_refs
+from storage.sql import (
+    bump_type_versions,
+    fetch_one,
+    fetch_value,
+    insert_from,
+    next_id,
+    registered,
+    utcnow,
+)
 
 if TYPE_CHECKING:
-    from storage.workspace import Progress, Workspace
+    from storage.workspace import Workspace
 
 Con = duckdb.DuckDBPyConnection
 
 
 # ------------------------------------------------------------------------ helpers
-def check_actor(actor: str) -> str:
-    if not isinstance(actor, str) or not actor.strip() or len(actor) > 100:
-        raise ValidationError(f"actor must be a non-empty name of at most 100 characters, "
-                              f"got {actor!r}")
-    return actor.strip()
-
-
-def check_type_name(name: str) -> str:
-    """A type name: 1-100 printable characters, not the reserved label 'good'."""
-    if not isinstance(name, str):
-        raise ValidationError(f"a type name must be text, got {type(name).__name__}")
-    name = name.strip()
-    if not name or len(name) > 100 or any(ord(c) < 32 for c in name):
-        raise ValidationError(f"type name {name!r} must be 1-100 printable characters")
-    if name.lower() == "good":
-        raise ValidationError("'good' is reserved for normal images and cannot name a type")
-    return name
-
-
-def next_id(con: Con, table: str, column: str = "id") -> int:
-    return int(con.execute(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}").fetchone()[0])
-
-
-@contextmanager
-def registered(con: Con, name: str, columns: Mapping[str, Any]) -> Iterator[None]:
-    """Expose numpy columns to SQL as the view ``name`` for the duration of the block.
-
-    DuckDB 2.0 refuses ``register`` while a previous ``execute`` result is unfinished
-    (an INSERT's row count counts), hence ``complete()`` first.
-    """
-    con.complete()
-    con.register(name, dict(columns))
-    try:
-        yield
-    finally:
-        con.complete()
-        con.unregister(name)
-
-
-def insert_from(con: Con, sql: str, columns: Mapping[str, Any],
-                params: Sequence[Any] | None = None) -> None:
-    """Run ``sql`` (which reads the view ``_src``) over numpy columns."""
-    with registered(con, "_src", columns):
-        con.execute(sql, params)
-
-
 def vector_sql(dim: int) -> str:
     return "list_value(" + ", ".join(f"v{i}" for i in range(dim)) + f")::FLOAT[{dim}]"
 
@@ -98,17 +69,8 @@ def vector_columns(mat: np.ndarray) -> dict[str, np.ndarray]:
             for i in range(mat.shape[1])}
 
 
-def check_matrix(mat: Any, n: int, what: str) -> np.ndarray:
-    mat = np.asarray(mat, dtype=np.float32)
-    if mat.ndim != 2 or mat.shape[0] != n or mat.shape[1] < 1:
-        raise ValidationError(f"{what} must be a ({n}, d) matrix, got shape {mat.shape}")
-    if not np.isfinite(mat).all():
-        raise ValidationError(f"{what} contain NaN or infinite values")
-    return mat
-
-
 def insert_embeddings(con: Con, region_ids: np.ndarray, mat: np.ndarray, model_version: int,
-                      chunk: int, progress: "Progress | None") -> None:
+                      chunk: int, progress: Progress | None) -> None:
     dim = mat.shape[1]
     select = vector_sql(dim)
     for start in range(0, len(region_ids), chunk):
@@ -121,98 +83,18 @@ def insert_embeddings(con: Con, region_ids: np.ndarray, mat: np.ndarray, model_v
             progress("embeddings", stop, len(region_ids))
 
 
-def types_state(con: Con) -> dict[int, tuple[str, str, int | None]]:
-    """id -> (lower name, status, merged_into) of every type."""
-    return {r[0]: (r[1].lower(), r[2], r[3]) for r in
-            con.execute("SELECT id, name, status, merged_into FROM types").fetchall()}
-
-
-def follow_merges(types: Mapping[int, tuple[str, str, int | None]], type_id: int) -> int:
-    seen = set()
-    while types[type_id][1] == "merged" and types[type_id][2] is not None:
-        if type_id in seen:
-            break
-        seen.add(type_id)
-        type_id = int(types[type_id][2])  # type: ignore[arg-type]
-    return type_id
-
-
-def create_types(con: Con, new_types: Sequence[NewType], *, origin: str, status: str,
-                 now: Any) -> dict[str, int]:
-    """Insert new types (automatic names ``T<n>`` where none is given); key -> id."""
-    if not new_types:
-        return {}
-    keys = [t.key for t in new_types]
-    if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
-        raise ValidationError("new type keys must be distinct non-empty strings")
-    taken = {r[0] for r in con.execute(
-        "SELECT lower(name) FROM types WHERE status <> 'merged'").fetchall()}
-    counter = int(con.execute("SELECT value FROM meta WHERE key = 'next_type_number'")
-                  .fetchone()[0])
-    first = next_id(con, "types")
-    out, rows = {}, []
-    for i, t in enumerate(new_types):
-        if t.name is None:
-            while f"t{counter}" in taken:
-                counter += 1
-            name = f"T{counter}"
-            counter += 1
-        else:
-            name = check_type_name(t.name)
-            if name.lower() in taken:
-                raise ValidationError(f"a type named {name!r} already exists; type names are "
-                                      "unique (case-insensitive)")
-        taken.add(name.lower())
-        out[t.key] = first + i
-        rows.append([first + i, name, status, now, 1, origin, now, None])
-    con.executemany("INSERT INTO types (id, name, status, created_at, version, origin, "
-                    "updated_at, merged_into) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    con.execute("UPDATE meta SET value = ? WHERE key = 'next_type_number'", [str(counter)])
-    return out
-
-
-def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int],
-                 follow: bool = True) -> np.ndarray:
-    """Type references -> int64 ids (-1 for None); merged types are followed if ``follow``."""
-    types = types_state(con)
-    cache: dict[Any, int] = {}
-    out = np.empty(len(refs), dtype=np.int64)
-    for i, ref in enumerate(refs):
-        if ref in cache:
-            out[i] = cache[ref]
-            continue
-        if ref is None:
-            value = -1
-        elif isinstance(ref, str):
-            if ref not in new_ids:
-                raise ValidationError(f"type key {ref!r} is not one of the new types")
-            value = new_ids[ref]
-        elif isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
-            if int(ref) not in types:
-                raise NotFoundError(f"no type with id {int(ref)}")
-            value = follow_merges(types, int(ref)) if follow else int(ref)
-        else:
-            raise ValidationError(f"a type reference must be a new-type key (str), a type id "
-                                  f"(int) or None, got {ref!r}")
-        cache[ref] = value
-        out[i] = value
-    return out
-
-
-def insert_model_version(con: Con, ws: "Workspace", model: ModelVersionIn | int | None,
-                         blob_ref: str | None, now: Any) -> int | None:
-    if model is None:
-        return None
+def insert_model_version(con: Con, model: ModelVersionIn | int, blob_ref: str | None,
+                         now: Any) -> int:
+    """The id of an existing model version, or of the new row ``model`` is stored as."""
     if isinstance(model, (int, np.integer)):
-        if con.execute("SELECT count(*) FROM model_versions WHERE id = ?",
-                       [int(model)]).fetchone()[0] == 0:
+        if fetch_value(con, "SELECT count(*) FROM model_versions WHERE id = ?",
+                       [int(model)]) == 0:
             raise NotFoundError(f"no model version {int(model)}")
         return int(model)
     parent = model.parent
     if parent is None:
-        parent = con.execute("SELECT max(id) FROM model_versions").fetchone()[0]
-    elif con.execute("SELECT count(*) FROM model_versions WHERE id = ?",
-                     [parent]).fetchone()[0] == 0:
+        parent = fetch_value(con, "SELECT max(id) FROM model_versions")
+    elif fetch_value(con, "SELECT count(*) FROM model_versions WHERE id = ?", [parent]) == 0:
         raise NotFoundError(f"parent model version {parent} does not exist")
     mv = next_id(con, "model_versions")
     con.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
@@ -220,31 +102,11 @@ def insert_model_version(con: Con, ws: "Workspace", model: ModelVersionIn | int 
     return mv
 
 
-def check_model(model: ModelVersionIn | int | None) -> None:
-    if isinstance(model, ModelVersionIn):
-        if not isinstance(model.kind, str) or not model.kind:
-            raise ValidationError("a model version needs a kind, e.g. 'discover' or 'retrain'")
-        try:
-            audit.canonical(dict(model.metrics))
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"model metrics must be JSON-serialisable: {exc}") from None
-    elif model is not None and not isinstance(model, (int, np.integer)):
-        raise ValidationError("model must be a ModelVersionIn, an existing model version id "
-                              "or None")
-
-
-def check_prototypes(prototypes: Sequence[PrototypeIn], dim: int | None) -> int | None:
-    for p in prototypes:
-        v = np.asarray(p.vector, dtype=np.float32)
-        if v.ndim != 1 or (dim is not None and v.shape[0] != dim):
-            raise ValidationError(f"prototype of type {p.type!r} has shape {v.shape}, "
-                                  f"expected ({dim if dim is not None else 'd'},)")
-        if not np.isfinite(v).all():
-            raise ValidationError(f"prototype of type {p.type!r} contains NaN or inf")
-        if p.type is None or int(p.n_members) < 0:
-            raise ValidationError("a prototype needs a type and n_members >= 0")
-        dim = v.shape[0]
-    return dim
+def _require_model(mv: int | None, what: str) -> int:
+    """``mv`` where ``what`` is being stored (validation already refused it without one)."""
+    if mv is None:
+        raise ValidationError(f"{what} need the model version that computed them")
+    return mv
 
 
 def _bump_type_versions(con: Con, type_ids: Iterable[int], now: object) -> dict[str, Any]:
@@ -256,6 +118,20 @@ def _bump_type_versions(con: Con, type_ids: Iterable[int], now: object) -> dict[
     return before
 
 
+def _record_type_changes(con: Con, *, actor: str, action: str, target: Mapping[str, Any],
+                         touched: set[int], created: set[int], now: object,
+                         restated: set[int] | None = None) -> None:
+    """Last step of a model-side write: bump the versions of the existing types it touched,
+    refresh the summary of those, the new ones and ``restated``, append the audit row."""
+    before_types = _bump_type_versions(con, touched - created, now)
+    summary.refresh(con, touched | created | (restated or set()))
+    all_ids = sorted(touched | created)
+    audit.append_raw(
+        con, actor=actor, action=action, target=target, type_ids=all_ids,
+        before={"types": {**before_types, **{str(t): None for t in created}}},
+        after={"types": audit.snapshot_types(con, all_ids)})
+
+
 def insert_prototypes(con: Con, prototypes: Sequence[PrototypeIn], mv: int,
                       new_ids: Mapping[str, int]) -> list[int]:
     if not prototypes:
@@ -264,8 +140,8 @@ def insert_prototypes(con: Con, prototypes: Sequence[PrototypeIn], mv: int,
     ids = resolve_refs(con, [p.type for p in prototypes], new_ids, follow=False)
     if len(set(ids.tolist())) != len(ids):
         raise ValidationError("two prototypes refer to the same type")
-    clash = con.execute("SELECT min(type_id) FROM prototypes WHERE model_version = ? AND "
-                        "type_id IN (SELECT unnest(?::BIGINT[]))", [mv, ids.tolist()]).fetchone()
+    clash = fetch_one(con, "SELECT min(type_id) FROM prototypes WHERE model_version = ? AND "
+                           "type_id IN (SELECT unnest(?::BIGINT[]))", [mv, ids.tolist()])
     if clash[0] is not None:
         raise ValidationError(f"model version {mv} already has a prototype for type {clash[0]}")
     mat = np.stack([np.asarray(p.vector, dtype=np.float32) for p in prototypes])
@@ -277,52 +153,68 @@ def insert_prototypes(con: Con, prototypes: Sequence[PrototypeIn], mv: int,
     return ids.tolist()
 
 
-def check_assignments(a: AssignmentsIn, n_regions: int | None, what: str
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    regions = np.asarray(a.regions, dtype=np.int64).reshape(-1)
-    conf = np.asarray(a.confidence, dtype=np.float64).reshape(-1)
-    if len(a.types) != len(regions) or len(conf) != len(regions):
-        raise ValidationError(f"assignments: regions, types and confidence differ in length "
-                              f"({len(regions)}, {len(a.types)}, {len(conf)})")
-    if len(np.unique(regions)) != len(regions):
-        raise ValidationError(f"assignments name a {what} twice")
-    if n_regions is not None and len(regions) and (regions.min() < 0
-                                                   or regions.max() >= n_regions):
-        raise ValidationError(f"assignments refer to region index outside 0..{n_regions - 1}")
-    if not np.isfinite(conf).all() or (conf < 0).any() or (conf > 1).any():
-        raise ValidationError("assignment confidence must be finite and in [0, 1]")
-    if a.is_normal is not None and np.shape(a.is_normal) != (len(regions),):
-        raise ValidationError(f"assignments: is_normal has {np.size(a.is_normal)} entries for "
-                              f"{len(regions)} regions")
-    return regions, conf
-
-
-def check_new_types(new_types: Sequence[NewType], refs: Sequence[Any]) -> None:
-    """Up-front checks (before any file is written) of new types and string references."""
-    keys = [t.key for t in new_types]
-    if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
-        raise ValidationError("new type keys must be distinct non-empty strings")
-    names = [check_type_name(t.name).lower() for t in new_types if t.name is not None]
-    if len(set(names)) != len(names):
-        raise ValidationError("two new types have the same name")
-    unknown = {r for r in refs if isinstance(r, str)} - set(keys)
-    if unknown:
-        raise ValidationError(f"type key {sorted(unknown)[0]!r} is not one of the new types")
-
-
 def _sync(ws: "Workspace", wrote: bool) -> None:
     if wrote and ws.config.sync_files and hasattr(os, "sync"):
         os.sync()
 
 
-# ------------------------------------------------------------------- batch ingest
+# ----------------------------------------------------------- batch ingest: validation
+@dataclass
+class _Images:
+    """The validated images of a batch, column-wise (internal to ``ingest_batch``)."""
+
+    items: list[ImageIn]
+    names: list[str]
+    exts: list[str]
+    widths: np.ndarray
+    heights: np.ndarray
+    maps: list[Any]
+    #: sha256 of each image's bytes (filled by the hashing pass, before any file is written)
+    shas: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Regions:
+    """The validated regions of a batch, column-wise."""
+
+    n: int
+    img_idx: np.ndarray
+    top: np.ndarray
+    left: np.ndarray
+    bottom: np.ndarray
+    right: np.ndarray
+    area: np.ndarray
+    scores: np.ndarray
+    mask_text: np.ndarray
+
+
+@dataclass
+class _ModelOutputs:
+    """The validated model outputs of a batch: region embeddings and assignments."""
+
+    emb: np.ndarray | None
+    dim: int | None
+    #: (region indices, confidences) of ``batch.assignments``
+    assignments: tuple[np.ndarray, np.ndarray] | None
+
+
+@dataclass
+class _Prepared:
+    """The validated, column-wise content of a batch (internal to ``ingest_batch``)."""
+
+    images: _Images
+    regions: _Regions
+    outputs: _ModelOutputs
+    params_text: str
+
+
 def _image_bytes(img: ImageIn) -> bytes:
-    if (img.data is None) == (img.path is None):
-        raise ValidationError(f"image {img.name!r}: give exactly one of data and path")
-    if img.data is not None:
+    if img.data is not None and img.path is None:
         return bytes(img.data)
+    if img.path is None or img.data is not None:
+        raise ValidationError(f"image {img.name!r}: give exactly one of data and path")
     try:
-        return Path(img.path).read_bytes()  # type: ignore[arg-type]
+        return Path(img.path).read_bytes()
     except OSError as exc:
         raise ValidationError(f"image {img.name!r}: cannot read {img.path}: "
                               f"{exc.strerror or exc}") from None
@@ -351,16 +243,18 @@ def as_regions(regions: RegionsIn | Sequence[RegionIn]) -> RegionsIn:
     return RegionsIn.from_records(list(regions))
 
 
-def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
-                 progress: "Progress | None" = None) -> int:
-    """See :meth:`storage.workspace.Workspace.ingest_batch`; returns the new batch id."""
-    actor = check_actor(actor)
+def _check_batch_header(batch: BatchIngest) -> str:
+    """The batch name and params; returns the params as canonical JSON text."""
     if not isinstance(batch.name, str) or not batch.name.strip():
         raise ValidationError("a batch needs a non-empty name")
     try:
-        params_text = audit.canonical(dict(batch.params))
+        return audit.canonical(dict(batch.params))
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"batch params must be JSON-serialisable: {exc}") from None
+
+
+def _check_images(batch: BatchIngest) -> _Images:
+    """Names (unique, non-empty), sizes and extensions of the batch's images."""
     images = list(batch.images)
     if not images:
         raise ValidationError(f"batch {batch.name!r} has no images")
@@ -378,16 +272,19 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
     for im in images:
         ext = im.ext or (os.path.splitext(im.name)[1] or ".bin")
         exts.append(normalise_ext(ext))
-    check_model(batch.model)
+    return _Images(images, names, exts, widths, heights, [im.anomaly_map for im in images])
 
-    regions = as_regions(batch.regions)
+
+def _check_regions(regions: RegionsIn, images: _Images) -> _Regions:
+    """Image indices, boxes (inside their image), scores, masks and areas of the regions."""
     n = len(regions)
     img_idx = np.asarray(regions.image, dtype=np.int64).reshape(-1)
     boxes = np.asarray(regions.boxes, dtype=np.int64).reshape(n, 4) if n else \
         np.zeros((0, 4), np.int64)
-    if len(img_idx) and (img_idx.min() < 0 or img_idx.max() >= len(images)):
-        raise ValidationError(f"a region refers to image index outside 0..{len(images) - 1}")
-    h_r, w_r = heights[img_idx], widths[img_idx]
+    if len(img_idx) and (img_idx.min() < 0 or img_idx.max() >= len(images.items)):
+        raise ValidationError(f"a region refers to image index outside "
+                              f"0..{len(images.items) - 1}")
+    h_r, w_r = images.heights[img_idx], images.widths[img_idx]
     top, left, bottom, right = boxes.T
     bad = np.flatnonzero((top < 0) | (left < 0) | (bottom > h_r) | (right > w_r)
                          | (bottom <= top) | (right <= left))
@@ -395,12 +292,24 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
         i = int(bad[0])
         raise ValidationError(f"region {i}: box (top, left, bottom, right) = "
                               f"{tuple(int(v) for v in boxes[i])} is empty or outside its "
-                              f"{int(w_r[i])}x{int(h_r[i])} image {names[img_idx[i]]!r}")
+                              f"{int(w_r[i])}x{int(h_r[i])} image {images.names[img_idx[i]]!r}")
     scores = (np.full(n, np.nan) if regions.anomaly_score is None
               else np.asarray(regions.anomaly_score, dtype=np.float64).reshape(-1))
     if len(scores) != n:
         raise ValidationError(f"anomaly_score has {len(scores)} values for {n} regions")
-    masks = regions.masks
+    mask_text, mask_area = _check_masks(regions.masks, n, h_r, w_r)
+    if regions.area is not None:
+        area = np.asarray(regions.area, dtype=np.int64).reshape(-1)
+        if len(area) != n or (area < 0).any():
+            raise ValidationError("region areas must be n non-negative integers")
+    else:
+        area = np.where(mask_area >= 0, mask_area, (bottom - top) * (right - left))
+    return _Regions(n, img_idx, top, left, bottom, right, area, scores, mask_text)
+
+
+def _check_masks(masks: Sequence[Any] | None, n: int, h_r: np.ndarray, w_r: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(RLE JSON text or None, area or -1) of each region's mask."""
     if masks is not None and len(masks) != n:
         raise ValidationError(f"masks has {len(masks)} entries for {n} regions")
     mask_text = np.empty(n, dtype=object)
@@ -411,31 +320,36 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
             mask_text[i] = text
             if area is not None:
                 mask_area[i] = area
-    if regions.area is not None:
-        area = np.asarray(regions.area, dtype=np.int64).reshape(-1)
-        if len(area) != n or (area < 0).any():
-            raise ValidationError("region areas must be n non-negative integers")
-    else:
-        area = np.where(mask_area >= 0, mask_area, (bottom - top) * (right - left))
+    return mask_text, mask_area
+
+
+def _check_model_outputs(batch: BatchIngest, embeddings: Any, n: int) -> _ModelOutputs:
+    """Embeddings, prototypes, assignments and new types (outputs need their model)."""
     emb = None
-    if regions.embeddings is not None:
-        emb = check_matrix(regions.embeddings, n, "region embeddings")
+    if embeddings is not None:
+        emb = check_matrix(embeddings, n, "region embeddings")
         if batch.model is None:
             raise ValidationError("embeddings need the model version that computed them")
     dim = check_prototypes(batch.prototypes, emb.shape[1] if emb is not None else None)
     if batch.prototypes and batch.model is None:
         raise ValidationError("prototypes need the model version that computed them")
+    assignments = None
     if batch.assignments is not None:
-        a_regions, a_conf = check_assignments(batch.assignments, n, "region index")
+        assignments = check_assignments(batch.assignments, n, "region index")
     check_new_types(batch.new_types, [p.type for p in batch.prototypes]
                     + (list(batch.assignments.types) if batch.assignments is not None else []))
-    maps = [im.anomaly_map for im in images]
-    for im, m in zip(images, maps):
+    return _ModelOutputs(emb, dim, assignments)
+
+
+def _check_maps(images: _Images) -> None:
+    for im, m in zip(images.items, images.maps):
         if m is not None and not map_fits_image(np.shape(m), im.height, im.width):
             raise ValidationError(f"image {im.name!r}: anomaly map shape {np.shape(m)} does "
                                   f"not have the aspect of the {im.width}x{im.height} image")
 
-    # Pass 1: hashes (refuse identical content twice in the batch before writing anything).
+
+def _hash_images(batch_name: str, images: Sequence[ImageIn]) -> list[str]:
+    """sha256 of each image; refuses identical content twice in the batch."""
     shas: list[str] = []
     first_name: dict[str, str] = {}
     for im in images:
@@ -446,13 +360,26 @@ def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
                                   f"bytes hash to {sha}")
         if sha in first_name:
             raise ValidationError(f"images {first_name[sha]!r} and {im.name!r} of batch "
-                                  f"{batch.name!r} have identical content; keep one of them")
+                                  f"{batch_name!r} have identical content; keep one of them")
         first_name[sha] = im.name
         shas.append(sha)
-    prep = _Prepared(images, names, exts, shas, widths, heights, maps, n, img_idx, top, left,
-                     bottom, right, area, scores, mask_text, emb, dim,
-                     a_regions if batch.assignments is not None else None,
-                     a_conf if batch.assignments is not None else None, params_text)
+    return shas
+
+
+def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
+                 progress: Progress | None = None) -> int:
+    """See :meth:`storage.workspace.Workspace.ingest_batch`; returns the new batch id."""
+    actor = check_actor(actor)
+    params_text = _check_batch_header(batch)
+    images = _check_images(batch)
+    check_model(batch.model)
+    regions_in = as_regions(batch.regions)
+    regions = _check_regions(regions_in, images)
+    outputs = _check_model_outputs(batch, regions_in.embeddings, regions.n)
+    _check_maps(images)
+    # Pass 1: hashes (refuse identical content twice in the batch before writing anything).
+    images.shas = _hash_images(batch.name, images.items)
+    prep = _Prepared(images, regions, outputs, params_text)
     with ws.pending_files():
         return _write_batch(ws, batch, prep, actor, progress)
 
@@ -474,165 +401,185 @@ def map_fits_image(map_shape: tuple[int, ...], height: int, width: int) -> bool:
     return False
 
 
+# -------------------------------------------------------------- batch ingest: writing
 @dataclass
-class _Prepared:
-    """The validated, column-wise content of a batch (internal to ``ingest_batch``)."""
+class _Files:
+    """What writing a batch's files gave, per image: its size and its anomaly-map blob."""
 
-    images: list[ImageIn]
-    names: list[str]
-    exts: list[str]
-    shas: list[str]
-    widths: np.ndarray
-    heights: np.ndarray
-    maps: list[Any]
-    n: int
-    img_idx: np.ndarray
-    top: np.ndarray
-    left: np.ndarray
-    bottom: np.ndarray
-    right: np.ndarray
-    area: np.ndarray
-    scores: np.ndarray
-    mask_text: np.ndarray
-    emb: np.ndarray | None
-    dim: int | None
-    a_regions: np.ndarray | None
-    a_conf: np.ndarray | None
-    params_text: str
+    n_bytes: np.ndarray
+    map_refs: list[str | None]
+    map_lo: np.ndarray
+    map_hi: np.ndarray
+    model_ref: str | None = None
 
 
-def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
-                 progress: "Progress | None") -> int:
-    """Files first (content-addressed, idempotent, made durable), then ONE transaction."""
-    cfg = ws.config
-    images, names, exts, shas, widths, heights, maps = (p.images, p.names, p.exts, p.shas,
-                                                        p.widths, p.heights, p.maps)
-    n, img_idx, top, left, bottom, right = p.n, p.img_idx, p.top, p.left, p.bottom, p.right
-    area, scores, mask_text, emb, dim = p.area, p.scores, p.mask_text, p.emb, p.dim
-    a_regions, a_conf, params_text = p.a_regions, p.a_conf, p.params_text
+def _write_batch_files(ws: "Workspace", batch: BatchIngest, images: _Images,
+                       progress: Progress | None) -> _Files:
+    """Images, anomaly maps and the model blob (content-addressed, idempotent), synced."""
+    count = len(images.items)
+    files = _Files(n_bytes=np.zeros(count, dtype=np.int64), map_refs=[],
+                   map_lo=np.full(count, np.nan), map_hi=np.full(count, np.nan))
     wrote = False
-    map_refs: list[str | None] = []
-    map_lo = np.full(len(images), np.nan)
-    map_hi = np.full(len(images), np.nan)
-    n_bytes = np.zeros(len(images), dtype=np.int64)
-    for i, im in enumerate(images):
+    for i, im in enumerate(images.items):
         data = _image_bytes(im)
-        n_bytes[i] = len(data)
-        _, new = ws.images.put(data, exts[i], shas[i], trust_sha=True)
+        files.n_bytes[i] = len(data)
+        _, new = ws.images.put(data, images.exts[i], images.shas[i], trust_sha=True)
         wrote |= new
-        if maps[i] is not None:
-            png, lo, hi = encode_map(maps[i])
+        if images.maps[i] is not None:
+            png, lo, hi = encode_map(images.maps[i])
             ref, new = ws.blobs.put(png, "png")
             wrote |= new
-            map_refs.append(ref)
-            map_lo[i], map_hi[i] = lo, hi
+            files.map_refs.append(ref)
+            files.map_lo[i], files.map_hi[i] = lo, hi
         else:
-            map_refs.append(None)
+            files.map_refs.append(None)
         if progress and (i + 1) % 1000 == 0:
-            progress("files", i + 1, len(images))
-    model_ref = None
+            progress("files", i + 1, count)
     if isinstance(batch.model, ModelVersionIn) and batch.model.model is not None:
-        model_ref, new = ws.blobs.put(bytes(batch.model.model), batch.model.ext)
+        files.model_ref, new = ws.blobs.put(bytes(batch.model.model), batch.model.ext)
         wrote |= new
     _sync(ws, wrote)
     if progress:
-        progress("files", len(images), len(images))
+        progress("files", count, count)
+    return files
 
+
+def _insert_images(con: Con, images: _Images, files: _Files, now: object
+                   ) -> tuple[np.ndarray, int]:
+    """(image id of each batch image, number of new ones): rows of content seen before are
+    reused, the others inserted."""
+    sha_arr = np.array(images.shas, dtype=object)
+    with registered(con, "_shas", {"sha": sha_arr}):
+        known = dict(con.execute("SELECT i.sha256, i.id FROM images i "
+                                 "JOIN _shas s ON s.sha = i.sha256").fetchall())
+    new_idx = [i for i, s in enumerate(images.shas) if s not in known]
+    first = next_id(con, "images")
+    image_ids = np.empty(len(images.items), dtype=np.int64)
+    for k, i in enumerate(new_idx):
+        known[images.shas[i]] = first + k
+    for i, s in enumerate(images.shas):
+        image_ids[i] = known[s]
+    if new_idx:
+        sel = np.array(new_idx, dtype=np.int64)
+        insert_from(con, "INSERT INTO images SELECT id, sha, ext, w, h, nb, ? FROM _src", {
+            "id": image_ids[sel], "sha": sha_arr[sel],
+            "ext": np.array(images.exts, dtype=object)[sel], "w": images.widths[sel],
+            "h": images.heights[sel], "nb": files.n_bytes[sel]}, [now])
+    return image_ids, len(new_idx)
+
+
+def _insert_batch_images(con: Con, batch_id: int, images: _Images, image_ids: np.ndarray,
+                         files: _Files) -> None:
+    """The batch's membership rows: name, score, anomaly flag and map of each image."""
+    anomalous = np.array([-1 if im.is_anomalous is None else int(bool(im.is_anomalous))
+                          for im in images.items], dtype=np.int8)
+    img_scores = np.array([np.nan if im.anomaly_score is None else float(im.anomaly_score)
+                           for im in images.items], dtype=np.float64)
+    insert_from(con, f"""INSERT INTO batch_images SELECT {batch_id}, iid, name,
+            CASE WHEN isnan(score) THEN NULL ELSE score END,
+            CASE WHEN anom < 0 THEN NULL ELSE anom = 1 END, blob,
+            CASE WHEN isnan(lo) THEN NULL ELSE lo END,
+            CASE WHEN isnan(hi) THEN NULL ELSE hi END FROM _src""", {
+        "iid": image_ids, "name": np.array(images.names, dtype=object), "score": img_scores,
+        "anom": anomalous, "blob": np.array(files.map_refs, dtype=object), "lo": files.map_lo,
+        "hi": files.map_hi})
+
+
+def _insert_regions(con: Con, batch_id: int, regions: _Regions, image_ids: np.ndarray,
+                    chunk: int, progress: Progress | None) -> np.ndarray:
+    """The batch's regions, ``chunk`` rows per INSERT; returns their new ids."""
+    n = regions.n
+    base = next_id(con, "regions")
+    region_ids = base + np.arange(n, dtype=np.int64)
+    for start in range(0, n, chunk):
+        s = slice(start, min(start + chunk, n))
+        insert_from(con, f"""INSERT INTO regions SELECT id, {batch_id}, iid, t, l, b, r,
+                area, CASE WHEN isnan(score) THEN NULL ELSE score END, mask FROM _src""", {
+            "id": region_ids[s], "iid": image_ids[regions.img_idx[s]], "t": regions.top[s],
+            "l": regions.left[s], "b": regions.bottom[s], "r": regions.right[s],
+            "area": regions.area[s], "score": regions.scores[s],
+            "mask": regions.mask_text[s]})
+        if progress:
+            progress("regions", s.stop, n)
+    return region_ids
+
+
+def _insert_assignments(con: Con, a: AssignmentsIn | None, outputs: _ModelOutputs,
+                        region_ids: np.ndarray, new_ids: Mapping[str, int], mv: int | None,
+                        chunk: int, progress: Progress | None) -> set[int]:
+    """The model's assignments of the batch's regions; returns the types they name."""
+    if a is None or outputs.assignments is None or not len(outputs.assignments[0]):
+        return set()
+    a_regions, a_conf = outputs.assignments
+    tids = resolve_refs(con, a.types, new_ids)
+    a_normal = np.zeros(len(a_regions), dtype=bool) if a.is_normal is None else \
+        np.asarray(a.is_normal, dtype=bool)
+    if np.any(a_normal & (tids >= 0)):
+        raise ValidationError("a region stored as judged normal cannot have a type")
+    for start in range(0, len(a_regions), chunk):
+        s = slice(start, min(start + chunk, len(a_regions)))
+        insert_from(con, """INSERT INTO assignments (region_id, type_id, confidence,
+                model_version, source, is_normal)
+                SELECT rid, nullif(tid, -1), conf, ?, 'model', normal FROM _src""", {
+            "rid": region_ids[a_regions[s]], "tid": tids[s], "conf": a_conf[s],
+            "normal": a_normal[s]}, [mv])
+        if progress:
+            progress("assignments", s.stop, len(a_regions))
+    return {int(t) for t in np.unique(tids) if t >= 0}
+
+
+def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
+                 progress: Progress | None) -> int:
+    """Files first (content-addressed, idempotent, made durable), then ONE transaction."""
+    files = _write_batch_files(ws, batch, p.images, progress)
+    chunk = max(1, ws.config.insert_chunk_rows)
     with ws.transaction() as con:
         now = utcnow()
-        if dim is not None:
-            schema.set_embedding_dim(con, ws.name, dim)
-        mv = insert_model_version(con, ws, batch.model, model_ref, now)
+        if p.outputs.dim is not None:
+            schema.set_embedding_dim(con, ws.name, p.outputs.dim)
+        mv = None if batch.model is None else \
+            insert_model_version(con, batch.model, files.model_ref, now)
         batch_id = next_id(con, "batches")
         con.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
-                    [batch_id, batch.name.strip(), params_text, now, mv])
-        # images: reuse rows of content seen before
-        sha_arr = np.array(shas, dtype=object)
-        with registered(con, "_shas", {"sha": sha_arr}):
-            known = dict(con.execute("SELECT i.sha256, i.id FROM images i "
-                                     "JOIN _shas s ON s.sha = i.sha256").fetchall())
-        new_idx = [i for i, s in enumerate(shas) if s not in known]
-        first = next_id(con, "images")
-        image_ids = np.empty(len(images), dtype=np.int64)
-        for k, i in enumerate(new_idx):
-            known[shas[i]] = first + k
-        for i, s in enumerate(shas):
-            image_ids[i] = known[s]
-        if new_idx:
-            sel = np.array(new_idx, dtype=np.int64)
-            insert_from(con, "INSERT INTO images SELECT id, sha, ext, w, h, nb, ? FROM _src", {
-                "id": image_ids[sel], "sha": sha_arr[sel],
-                "ext": np.array(exts, dtype=object)[sel], "w": widths[sel], "h": heights[sel],
-                "nb": n_bytes[sel]}, [now])
-        anomalous = np.array([-1 if im.is_anomalous is None else int(bool(im.is_anomalous))
-                              for im in images], dtype=np.int8)
-        img_scores = np.array([np.nan if im.anomaly_score is None else float(im.anomaly_score)
-                               for im in images], dtype=np.float64)
-        insert_from(con, f"""INSERT INTO batch_images SELECT {batch_id}, iid, name,
-                CASE WHEN isnan(score) THEN NULL ELSE score END,
-                CASE WHEN anom < 0 THEN NULL ELSE anom = 1 END, blob,
-                CASE WHEN isnan(lo) THEN NULL ELSE lo END,
-                CASE WHEN isnan(hi) THEN NULL ELSE hi END FROM _src""", {
-            "iid": image_ids, "name": np.array(names, dtype=object), "score": img_scores,
-            "anom": anomalous, "blob": np.array(map_refs, dtype=object), "lo": map_lo,
-            "hi": map_hi})
-        # regions, chunked
-        base = next_id(con, "regions")
-        region_ids = base + np.arange(n, dtype=np.int64)
-        chunk = max(1, cfg.insert_chunk_rows)
-        for start in range(0, n, chunk):
-            s = slice(start, min(start + chunk, n))
-            insert_from(con, f"""INSERT INTO regions SELECT id, {batch_id}, iid, t, l, b, r,
-                    area, CASE WHEN isnan(score) THEN NULL ELSE score END, mask FROM _src""", {
-                "id": region_ids[s], "iid": image_ids[img_idx[s]], "t": top[s], "l": left[s],
-                "b": bottom[s], "r": right[s], "area": area[s], "score": scores[s],
-                "mask": mask_text[s]})
-            if progress:
-                progress("regions", s.stop, n)
-        if emb is not None:
-            insert_embeddings(con, region_ids, emb, int(mv), chunk, progress)  # type: ignore
+                    [batch_id, batch.name.strip(), p.params_text, now, mv])
+        image_ids, n_new_images = _insert_images(con, p.images, files, now)
+        _insert_batch_images(con, batch_id, p.images, image_ids, files)
+        region_ids = _insert_regions(con, batch_id, p.regions, image_ids, chunk, progress)
+        if p.outputs.emb is not None:
+            insert_embeddings(con, region_ids, p.outputs.emb, _require_model(mv, "embeddings"),
+                              chunk, progress)
         new_ids = create_types(con, batch.new_types, origin="model", status="proposed",
                                now=now)
-        touched: set[int] = set()
-        if batch.assignments is not None and a_regions is not None and len(a_regions):
-            tids = resolve_refs(con, batch.assignments.types, new_ids)
-            a_normal = np.zeros(len(a_regions), dtype=bool) \
-                if batch.assignments.is_normal is None else \
-                np.asarray(batch.assignments.is_normal, dtype=bool)
-            if np.any(a_normal & (tids >= 0)):
-                raise ValidationError("a region stored as judged normal cannot have a type")
-            for start in range(0, len(a_regions), chunk):
-                s = slice(start, min(start + chunk, len(a_regions)))
-                insert_from(con, """INSERT INTO assignments (region_id, type_id, confidence,
-                        model_version, source, is_normal)
-                        SELECT rid, nullif(tid, -1), conf, ?, 'model', normal FROM _src""", {
-                    "rid": region_ids[a_regions[s]], "tid": tids[s], "conf": a_conf[s],
-                    "normal": a_normal[s]}, [mv])
-                if progress:
-                    progress("assignments", s.stop, len(a_regions))
-            touched = {int(t) for t in np.unique(tids) if t >= 0}
+        touched = _insert_assignments(con, batch.assignments, p.outputs, region_ids, new_ids,
+                                      mv, chunk, progress)
         if batch.prototypes:
-            insert_prototypes(con, batch.prototypes, int(mv), new_ids)  # type: ignore[arg-type]
-        created = set(new_ids.values())
-        before_types = _bump_type_versions(con, touched - created, now)
-        summary.refresh(con, touched | created)
-        all_ids = sorted(touched | created)
-        audit.append_raw(
+            insert_prototypes(con, batch.prototypes, _require_model(mv, "prototypes"), new_ids)
+        _record_type_changes(
             con, actor=actor, action="ingest_batch",
-            target={"batch_id": batch_id, "name": batch.name.strip(), "n_images": len(images),
-                    "n_new_images": len(new_idx), "n_regions": n, "model_version": mv},
-            type_ids=all_ids,
-            before={"types": {**before_types, **{str(t): None for t in created}}},
-            after={"types": audit.snapshot_types(con, all_ids)})
+            target={"batch_id": batch_id, "name": batch.name.strip(),
+                    "n_images": len(p.images.items), "n_new_images": n_new_images,
+                    "n_regions": p.regions.n, "model_version": mv},
+            touched=touched, created=set(new_ids.values()), now=now)
     return batch_id
 
 
 # ------------------------------------------------------------------------ retrain
+@dataclass
+class _RetrainVectors:
+    """The validated vectors of a retrain result (internal to ``apply_retrain``)."""
+
+    #: (region ids, (n, d) matrix)
+    embeddings: tuple[np.ndarray, np.ndarray] | None
+    dim: int | None
+    #: (region ids, confidences) of the assignments
+    assignments: tuple[np.ndarray, np.ndarray] | None
+
+
 def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
                   assignments: AssignmentsIn | None, prototypes: Sequence[PrototypeIn] = (),
                   embeddings: tuple[np.ndarray, np.ndarray] | None = None, *,
                   new_types: Sequence[NewType] = (), actor: str = "model",
-                  progress: "Progress | None" = None) -> int:
+                  progress: Progress | None = None) -> int:
     """See :meth:`storage.workspace.Workspace.apply_retrain`; returns the model version id.
 
     Model assignments replace only assignments whose source is ``model`` (or absent);
@@ -644,16 +591,17 @@ def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
         raise ValidationError("a retrain result needs its model version")
     check_model(model)
     dim = None
-    emb_ids = emb = None
+    emb = None
     if embeddings is not None:
         emb_ids = np.asarray(embeddings[0], dtype=np.int64).reshape(-1)
-        emb = check_matrix(embeddings[1], len(emb_ids), "embeddings")
+        emb = (emb_ids, check_matrix(embeddings[1], len(emb_ids), "embeddings"))
         if len(np.unique(emb_ids)) != len(emb_ids):
             raise ValidationError("embeddings name a region twice")
-        dim = emb.shape[1]
+        dim = emb[1].shape[1]
     dim = check_prototypes(prototypes, dim)
+    checked = None
     if assignments is not None:
-        a_ids, a_conf = check_assignments(assignments, None, "region id")
+        checked = check_assignments(assignments, None, "region id")
     check_new_types(new_types, [p.type for p in prototypes]
                     + (list(assignments.types) if assignments is not None else []))
     with ws.pending_files():
@@ -661,91 +609,104 @@ def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
         if isinstance(model, ModelVersionIn) and model.model is not None:
             model_ref, wrote = ws.blobs.put(bytes(model.model), model.ext)
         _sync(ws, wrote)
-        return _write_retrain(ws, model, model_ref, assignments, prototypes, emb_ids, emb,
-                              dim, a_ids if assignments is not None else None,
-                              a_conf if assignments is not None else None, new_types, actor,
-                              progress)
+        return _write_retrain(ws, model, model_ref, assignments, prototypes,
+                              _RetrainVectors(emb, dim, checked), new_types, actor, progress)
+
+
+@dataclass
+class _Merged:
+    """What merging model assignments into the stored ones did."""
+
+    #: types that gained or lost members (their version is bumped)
+    touched: set[int] = field(default_factory=set)
+    #: types whose members only got new confidences: their summary (mean confidence)
+    #: must be refreshed too, without a version bump (membership did not change)
+    restated: set[int] = field(default_factory=set)
+    n_skipped: int = 0  # kept, because a reviewer placed them
+    n_changed: int = 0
+
+
+def _merge_chunk(con: Con, columns: Mapping[str, np.ndarray], mv: int, out: _Merged) -> None:
+    """Merge one chunk (rid, tid, conf) of model assignments, counting into ``out``."""
+    with registered(con, "_src", columns):
+        con.execute("""CREATE OR REPLACE TEMP TABLE _retrain AS
+            SELECT s.rid, nullif(s.tid, -1) AS tid, s.conf,
+                   a.region_id IS NOT NULL AS had, a.type_id AS old_tid,
+                   coalesce(a.source, 'model') AS old_source,
+                   coalesce(a.is_normal, false) AS old_normal
+            FROM _src s LEFT JOIN assignments a ON a.region_id = s.rid""")
+    stats = fetch_one(con, """SELECT
+            count(*) FILTER (WHERE old_source = 'reviewer'),
+            count(*) FILTER (WHERE old_source <> 'reviewer' AND
+                (NOT had OR old_tid IS DISTINCT FROM tid OR old_normal))
+        FROM _retrain""")
+    out.n_skipped += stats[0]
+    out.n_changed += stats[1]
+    out.touched |= {r[0] for r in con.execute("""
+        SELECT old_tid FROM _retrain WHERE old_source <> 'reviewer'
+            AND old_tid IS DISTINCT FROM tid AND old_tid IS NOT NULL
+        UNION SELECT tid FROM _retrain WHERE old_source <> 'reviewer'
+            AND (NOT had OR old_tid IS DISTINCT FROM tid OR old_normal)
+            AND tid IS NOT NULL""").fetchall()}
+    out.restated |= {r[0] for r in con.execute(
+        "SELECT DISTINCT tid FROM _retrain WHERE old_source <> 'reviewer' "
+        "AND tid IS NOT NULL").fetchall()}
+    con.execute(f"""INSERT INTO assignments (region_id, type_id, confidence,
+            model_version, source, is_normal)
+        SELECT rid, tid, conf, {mv}, 'model', false FROM _retrain
+        WHERE old_source <> 'reviewer'
+        ON CONFLICT (region_id) DO UPDATE SET type_id = excluded.type_id,
+            confidence = excluded.confidence,
+            model_version = excluded.model_version,
+            source = 'model', is_normal = false""")
+
+
+def _merge_model_assignments(con: Con, assignments: AssignmentsIn | None,
+                             checked: tuple[np.ndarray, np.ndarray] | None,
+                             new_ids: Mapping[str, int], mv: int, chunk: int,
+                             progress: Progress | None) -> _Merged:
+    """Model assignments replace model-sourced (or absent) ones, ``chunk`` rows at a time."""
+    out = _Merged()
+    if assignments is None or checked is None or not len(checked[0]):
+        return out
+    a_ids, a_conf = checked
+    tids = resolve_refs(con, assignments.types, new_ids)
+    for start in range(0, len(a_ids), chunk):
+        s = slice(start, min(start + chunk, len(a_ids)))
+        _merge_chunk(con, {"rid": a_ids[s], "tid": tids[s], "conf": a_conf[s]}, mv, out)
+        if progress:
+            progress("assignments", s.stop, len(a_ids))
+    con.execute("DROP TABLE IF EXISTS _retrain")
+    return out
 
 
 def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str | None,
                    assignments: AssignmentsIn | None, prototypes: Sequence[PrototypeIn],
-                   emb_ids: np.ndarray | None, emb: np.ndarray | None, dim: int | None,
-                   a_ids: np.ndarray | None, a_conf: np.ndarray | None,
-                   new_types: Sequence[NewType], actor: str, progress: "Progress | None") -> int:
+                   v: _RetrainVectors, new_types: Sequence[NewType], actor: str,
+                   progress: Progress | None) -> int:
+    """ONE transaction: model version, embeddings, new types, assignments, prototypes."""
     chunk = max(1, ws.config.insert_chunk_rows)
     with ws.transaction() as con:
         now = utcnow()
-        if dim is not None:
-            schema.set_embedding_dim(con, ws.name, dim)
-        mv = int(insert_model_version(con, ws, model, model_ref, now))  # type: ignore[arg-type]
-        for ids in ([emb_ids] if emb_ids is not None else []) + \
-                   ([a_ids] if a_ids is not None else []):
-            with registered(con, "_ids", {"rid": ids}):
-                missing = con.execute("SELECT min(rid), count(*) FROM _ids WHERE rid NOT IN "
-                                      "(SELECT id FROM regions)").fetchone()
-            if missing[1]:
-                raise NotFoundError(f"{missing[1]} region id(s) do not exist "
-                                    f"(e.g. {missing[0]})")
-        if emb is not None:
-            insert_embeddings(con, emb_ids, emb, mv, chunk, progress)  # type: ignore[arg-type]
+        if v.dim is not None:
+            schema.set_embedding_dim(con, ws.name, v.dim)
+        mv = insert_model_version(con, model, model_ref, now)
+        for ids in ([v.embeddings[0]] if v.embeddings is not None else []) + \
+                   ([v.assignments[0]] if v.assignments is not None else []):
+            require_regions(con, ids)
+        if v.embeddings is not None:
+            insert_embeddings(con, v.embeddings[0], v.embeddings[1], mv, chunk, progress)
         new_ids = create_types(con, new_types, origin="model", status="proposed", now=now)
-        touched: set[int] = set()
-        # types whose members only got new confidences: their summary (mean confidence)
-        # must be refreshed too, without a version bump (membership did not change)
-        restated: set[int] = set()
-        n_skipped = n_changed = 0
-        if assignments is not None and a_ids is not None and len(a_ids):
-            tids = resolve_refs(con, assignments.types, new_ids)
-            for start in range(0, len(a_ids), chunk):
-                s = slice(start, min(start + chunk, len(a_ids)))
-                with registered(con, "_src", {"rid": a_ids[s], "tid": tids[s],
-                                               "conf": a_conf[s]}):
-                    con.execute("""CREATE OR REPLACE TEMP TABLE _retrain AS
-                        SELECT s.rid, nullif(s.tid, -1) AS tid, s.conf,
-                               a.region_id IS NOT NULL AS had, a.type_id AS old_tid,
-                               coalesce(a.source, 'model') AS old_source,
-                               coalesce(a.is_normal, false) AS old_normal
-                        FROM _src s LEFT JOIN assignments a ON a.region_id = s.rid""")
-                stats = con.execute("""SELECT
-                        count(*) FILTER (WHERE old_source = 'reviewer'),
-                        count(*) FILTER (WHERE old_source <> 'reviewer' AND
-                            (NOT had OR old_tid IS DISTINCT FROM tid OR old_normal))
-                    FROM _retrain""").fetchone()
-                n_skipped += stats[0]
-                n_changed += stats[1]
-                touched |= {r[0] for r in con.execute("""
-                    SELECT old_tid FROM _retrain WHERE old_source <> 'reviewer'
-                        AND old_tid IS DISTINCT FROM tid AND old_tid IS NOT NULL
-                    UNION SELECT tid FROM _retrain WHERE old_source <> 'reviewer'
-                        AND (NOT had OR old_tid IS DISTINCT FROM tid OR old_normal)
-                        AND tid IS NOT NULL""").fetchall()}
-                restated |= {r[0] for r in con.execute(
-                    "SELECT DISTINCT tid FROM _retrain WHERE old_source <> 'reviewer' "
-                    "AND tid IS NOT NULL").fetchall()}
-                con.execute(f"""INSERT INTO assignments (region_id, type_id, confidence,
-                        model_version, source, is_normal)
-                    SELECT rid, tid, conf, {mv}, 'model', false FROM _retrain
-                    WHERE old_source <> 'reviewer'
-                    ON CONFLICT (region_id) DO UPDATE SET type_id = excluded.type_id,
-                        confidence = excluded.confidence,
-                        model_version = excluded.model_version,
-                        source = 'model', is_normal = false""")
-                if progress:
-                    progress("assignments", s.stop, len(a_ids))
-            con.execute("DROP TABLE IF EXISTS _retrain")
+        merged = _merge_model_assignments(con, assignments, v.assignments, new_ids, mv, chunk,
+                                          progress)
         insert_prototypes(con, prototypes, mv, new_ids)
-        created = set(new_ids.values())
-        before_types = _bump_type_versions(con, touched - created, now)
-        summary.refresh(con, touched | created | restated)
-        all_ids = sorted(touched | created)
-        audit.append_raw(
+        _record_type_changes(
             con, actor=actor, action="apply_retrain",
             target={"model_version": mv,
-                    "n_assignments": 0 if a_ids is None else len(a_ids),
-                    "n_changed": n_changed, "n_kept_reviewer": n_skipped,
-                    "n_embeddings": 0 if emb_ids is None else len(emb_ids),
+                    "n_assignments": 0 if v.assignments is None else len(v.assignments[0]),
+                    "n_changed": merged.n_changed, "n_kept_reviewer": merged.n_skipped,
+                    "n_embeddings": 0 if v.embeddings is None else len(v.embeddings[0]),
                     "n_prototypes": len(prototypes)},
-            type_ids=all_ids,
-            before={"types": {**before_types, **{str(t): None for t in created}}},
-            after={"types": audit.snapshot_types(con, all_ids)})
+            touched=merged.touched, created=set(new_ids.values()), now=now,
+            restated=merged.restated)
     return mv

@@ -1,12 +1,15 @@
-"""Data classes in and out of the workspace API (numpy arrays for vectors and columns)."""
+"""Data classes in and out of the workspace API (numpy arrays for vectors and columns),
+and the converters from DuckDB rows to the output classes that more than one module reads.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
@@ -14,6 +17,14 @@ TypeStatus = Literal["proposed", "confirmed", "rejected", "merged"]
 Source = Literal["model", "reviewer"]
 SuggestionStatus = Literal["open", "answered", "skipped", "stale"]
 Severity = Literal["error", "warning"]
+
+Progress: TypeAlias = Callable[[str, int, int], None]
+"""Progress callback of a long write: ``progress(stage, done, total)``.
+
+``stage`` names the step (``"files"``, ``"regions"``, ``"embeddings"``,
+``"assignments"``); ``done`` of ``total`` items of that stage are written so far.
+"""
+
 # A mask ("MaskLike" below) is a boolean (h, w) array over the whole image, a COCO RLE
 # dict or its JSON text. A type reference ("TypeRef") in ingest/retrain input is a
 # ``NewType.key`` (str) or an existing type id (int).
@@ -298,3 +309,25 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.what} ({self.where})"
+
+
+# ------------------------------------------------------------------- rows -> outputs
+def optional_float(value: Any) -> float | None:
+    """A nullable number read from DuckDB as a float (``None`` for NULL and NaN)."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) \
+        else float(value)
+
+
+def audit_entry(r: Sequence[Any]) -> AuditEntry:
+    """An ``audit_log`` row (seq, ts, actor, action, target, type_ids, before, after, hash)."""
+    return AuditEntry(seq=r[0], ts=r[1], actor=r[2], action=r[3], target=json.loads(r[4]),
+                      type_ids=list(r[5]), before=json.loads(r[6]), after=json.loads(r[7]),
+                      hash=r[8])
+
+
+def suggestion(r: Sequence[Any]) -> Suggestion:
+    """A ``suggestions`` row (id, kind, target, score, reason, status, answer, answered_by,
+    answered_at, created_at, model_version)."""
+    return Suggestion(id=r[0], kind=r[1], target=json.loads(r[2]), score=optional_float(r[3]),
+                      reason=r[4], status=r[5], answer=r[6], answered_by=r[7],
+                      answered_at=r[8], created_at=r[9], model_version=r[10])

@@ -24,10 +24,28 @@ import duckdb
 import numpy as np
 
 from storage import audit, summary
+from storage.checks import check_actor, check_type_name
 from storage.errors import ConflictError, NotFoundError, StorageError, ValidationError
-from storage.ingest import check_actor, check_type_name, insert_from, next_id, registered
-from storage.models import AuditEntry, ImportReport, Suggestion, SuggestionIn, TypeSummary
-from storage.sql import bump_type_versions, utcnow
+from storage.models import (
+    AuditEntry,
+    ImportReport,
+    NewType,
+    Suggestion,
+    SuggestionIn,
+    TypeSummary,
+    audit_entry,
+    suggestion,
+)
+from storage.rows import create_types, require_regions
+from storage.sql import (
+    bump_type_versions,
+    fetch_one,
+    fetch_value,
+    insert_from,
+    next_id,
+    registered,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from storage.workspace import Workspace
@@ -165,11 +183,7 @@ def _before(con: Con, type_ids: Iterable[int], region_ids: Iterable[int] = (),
 
 
 def _regions_exist(con: Con, region_ids: list[int]) -> None:
-    with registered(con, "_ids", {"rid": np.array(region_ids, dtype=np.int64)}):
-        row = con.execute("SELECT min(rid), count(*) FROM _ids "
-                          "WHERE rid NOT IN (SELECT id FROM regions)").fetchone()
-    if row[1]:
-        raise NotFoundError(f"{row[1]} region id(s) do not exist (e.g. {row[0]})")
+    require_regions(con, np.array(region_ids, dtype=np.int64))
 
 
 def _current_types(con: Con, region_ids: list[int]) -> set[int]:
@@ -239,9 +253,6 @@ def split_type(ws: "Workspace", type_id: int, groups: Sequence[Sequence[int]],
         raise ValidationError("a region id appears in two split groups")
     if names is not None and len(names) != len(groups):
         raise ValidationError(f"split_type got {len(names)} names for {len(groups)} groups")
-    from storage.ingest import create_types
-    from storage.models import NewType
-
     with ws.transaction() as con:
         rows = check_versions(con, {type_id: expected_version}, [type_id], usable=[type_id])
         with registered(con, "_ids", {"rid": np.array(listed, dtype=np.int64)}):
@@ -302,9 +313,6 @@ def create_type(ws: "Workspace", region_ids: Sequence[int], expected: Mapping[in
         raise ValidationError(f"a new type is 'proposed' or 'confirmed', not {status!r}")
     if name is not None:
         name = check_type_name(name)
-    from storage.ingest import create_types
-    from storage.models import NewType
-
     with ws.transaction() as con:
         _regions_exist(con, region_ids)
         touched = _current_types(con, region_ids)
@@ -353,92 +361,112 @@ def _state_equal(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
     return all(a.get(k) == b.get(k) for k in keys)
 
 
+def _last_undoable(con: Con, actor: str
+                   ) -> tuple[int, str, list[int], dict[str, Any], dict[str, Any]]:
+    """(seq, action, type ids, before, after) of ``actor``'s last action not undone yet."""
+    undone = {json.loads(r[0]).get("undo_of") for r in con.execute(
+        "SELECT target FROM audit_log WHERE actor = ? AND action = 'undo'",
+        [actor]).fetchall()}
+    rows = con.execute("SELECT seq, action, target, type_ids, before, after FROM audit_log "
+                       "WHERE actor = ? AND action IN (SELECT unnest(?::VARCHAR[])) "
+                       "ORDER BY seq DESC", [actor, sorted(UNDOABLE)]).fetchall()
+    row = next((r for r in rows if r[0] not in undone), None)
+    if row is None:
+        raise StorageError(f"{actor} has nothing to undo")
+    seq, action, _, type_ids, before_s, after_s = row
+    return seq, action, list(type_ids), json.loads(before_s), json.loads(after_s)
+
+
+def _refuse_later_changes(con: Con, seq: int, actor: str, type_ids: list[int],
+                          what: str) -> None:
+    """Later actions by others on the same types conflict, unless they were undone later
+    too (an action and its undo cancel out; the state check confirms)."""
+    others = con.execute(
+        "SELECT seq, actor, action, ts, list_intersect(type_ids, ?::BIGINT[]), target "
+        "FROM audit_log WHERE seq > ? AND actor <> ? "
+        "AND len(list_intersect(type_ids, ?::BIGINT[])) > 0 ORDER BY seq",
+        [type_ids, seq, actor, type_ids]).fetchall()
+    neutral = set()
+    for r in others:
+        undo_of = json.loads(r[5]).get("undo_of") if r[2] == "undo" else None
+        if undo_of is not None and undo_of > seq:
+            neutral |= {r[0], undo_of}
+    later = next((r for r in others if r[0] not in neutral), None)
+    if later is not None:
+        raise ConflictError(f"{what}: type {later[4][0]} was changed later by {later[1]} "
+                            f"({later[2]}, audit #{later[0]}) at {later[3]:%Y-%m-%d %H:%M:%S}"
+                            " UTC", type_id=later[4][0])
+
+
+def _refuse_changed_since(con: Con, before: Mapping[str, Any], after: Mapping[str, Any],
+                          what: str) -> dict[str, Any]:
+    """The current state must still be the action's after-state (else someone changed it);
+    returns the current snapshot of the suggestions the action changed."""
+    now_types = audit.snapshot_types(con, [int(t) for t in after.get("types", {})])
+    for tid, state in after.get("types", {}).items():
+        if not _state_equal(now_types.get(tid), state, ignore=("version",)):
+            raise ConflictError(f"{what}: type {tid} changed since", type_id=int(tid))
+    now_assign = audit.snapshot_assignments(con, [int(r) for r in after.get("assignments",
+                                                                             {})])
+    for rid, state in after.get("assignments", {}).items():
+        if not _state_equal(now_assign.get(rid), state):
+            raise ConflictError(f"{what}: region {rid} was changed since")
+    now_sugg = audit.snapshot_suggestions(con, [int(s) for s in before.get("suggestions", {})])
+    for sid, state in after.get("suggestions", {}).items():
+        if not _state_equal(now_sugg.get(sid), state):
+            raise ConflictError(f"{what}: suggestion {sid} was changed since")
+    return now_sugg
+
+
+def _restore(con: Con, before: Mapping[str, Any], what: str, now: object) -> None:
+    """Put types, assignments and suggestions back to ``before``: types it created are
+    deleted (unless in use now), the others get their state back with a version bump."""
+    to_delete = []
+    for tid, state in before.get("types", {}).items():
+        if state is None:
+            to_delete.append(int(tid))
+            continue
+        if state["status"] != "merged":
+            _name_free_undo(con, state["name"], int(tid), what)
+        con.execute("UPDATE types SET name = ?, status = ?, origin = ?, merged_into = ?, "
+                    "version = version + 1, updated_at = ? WHERE id = ?",
+                    [state["name"], state["status"], state["origin"],
+                     state["merged_into"], now, int(tid)])
+    write_assignments(con, before.get("assignments", {}))
+    for tid in to_delete:
+        used = fetch_value(con, "SELECT (SELECT count(*) FROM assignments WHERE type_id = ?) + "
+                                "(SELECT count(*) FROM prototypes WHERE type_id = ?) + "
+                                "(SELECT count(*) FROM types WHERE merged_into = ?)",
+                           [tid, tid, tid])
+        if used:
+            raise ConflictError(f"{what}: type {tid} it created is in use now", type_id=tid)
+        con.execute("DELETE FROM types WHERE id = ?", [tid])
+    for sid, state in before.get("suggestions", {}).items():
+        con.execute("UPDATE suggestions SET status = ?, answer = ?, answered_by = ?, "
+                    "answered_at = ? WHERE id = ?",
+                    [state["status"], state["answer"], state["answered_by"],
+                     state["answered_at"], int(sid)])
+
+
 def undo(ws: "Workspace", actor: str) -> AuditEntry:
     """Revert ``actor``'s last action that is not undone yet (see module docstring)."""
-    from storage.workspace import audit_entry
-
     actor = check_actor(actor)
     with ws.transaction() as con:
-        undone = {json.loads(r[0]).get("undo_of") for r in con.execute(
-            "SELECT target FROM audit_log WHERE actor = ? AND action = 'undo'",
-            [actor]).fetchall()}
-        rows = con.execute("SELECT seq, action, target, type_ids, before, after FROM audit_log "
-                           "WHERE actor = ? AND action IN (SELECT unnest(?::VARCHAR[])) "
-                           "ORDER BY seq DESC", [actor, sorted(UNDOABLE)]).fetchall()
-        row = next((r for r in rows if r[0] not in undone), None)
-        if row is None:
-            raise StorageError(f"{actor} has nothing to undo")
-        seq, action, _, type_ids, before_s, after_s = row
-        before, after = json.loads(before_s), json.loads(after_s)
+        seq, action, type_ids, before, after = _last_undoable(con, actor)
         what = f"cannot undo {action} (audit #{seq})"
-        # Later actions by others on the same types conflict, unless they were undone
-        # later too (an action and its undo cancel out; the state check below confirms).
-        others = con.execute(
-            "SELECT seq, actor, action, ts, list_intersect(type_ids, ?::BIGINT[]), target "
-            "FROM audit_log WHERE seq > ? AND actor <> ? "
-            "AND len(list_intersect(type_ids, ?::BIGINT[])) > 0 ORDER BY seq",
-            [list(type_ids), seq, actor, list(type_ids)]).fetchall()
-        neutral = set()
-        for r in others:
-            undo_of = json.loads(r[5]).get("undo_of") if r[2] == "undo" else None
-            if undo_of is not None and undo_of > seq:
-                neutral |= {r[0], undo_of}
-        later = next((r for r in others if r[0] not in neutral), None)
-        if later is not None:
-            raise ConflictError(f"{what}: type {later[4][0]} was changed later by {later[1]} "
-                                f"({later[2]}, audit #{later[0]}) at {later[3]:%Y-%m-%d %H:%M:%S}"
-                                " UTC", type_id=later[4][0])
-        # The current state must still be the action's after-state (else someone changed it).
-        now_types = audit.snapshot_types(con, [int(t) for t in after.get("types", {})])
-        for tid, state in after.get("types", {}).items():
-            if not _state_equal(now_types.get(tid), state, ignore=("version",)):
-                raise ConflictError(f"{what}: type {tid} changed since", type_id=int(tid))
-        now_assign = audit.snapshot_assignments(con, [int(r) for r in after.get("assignments",
-                                                                                 {})])
-        for rid, state in after.get("assignments", {}).items():
-            if not _state_equal(now_assign.get(rid), state):
-                raise ConflictError(f"{what}: region {rid} was changed since")
+        _refuse_later_changes(con, seq, actor, type_ids, what)
+        now_sugg = _refuse_changed_since(con, before, after, what)
         sugg_ids = [int(s) for s in before.get("suggestions", {})]
-        now_sugg = audit.snapshot_suggestions(con, sugg_ids)
-        for sid, state in after.get("suggestions", {}).items():
-            if not _state_equal(now_sugg.get(sid), state):
-                raise ConflictError(f"{what}: suggestion {sid} was changed since")
-
         type_keys = [int(t) for t in before.get("types", {})]
         region_keys = [int(r) for r in before.get("assignments", {})]
         undo_before = _before(con, type_keys, region_keys)
         if sugg_ids:
             undo_before["suggestions"] = now_sugg
-        now = utcnow()
-        to_delete = []
-        for tid, state in before.get("types", {}).items():
-            if state is None:
-                to_delete.append(int(tid))
-                continue
-            if state["status"] != "merged":
-                _name_free_undo(con, state["name"], int(tid), what)
-            con.execute("UPDATE types SET name = ?, status = ?, origin = ?, merged_into = ?, "
-                        "version = version + 1, updated_at = ? WHERE id = ?",
-                        [state["name"], state["status"], state["origin"],
-                         state["merged_into"], now, int(tid)])
-        write_assignments(con, before.get("assignments", {}))
-        for tid in to_delete:
-            used = con.execute("SELECT (SELECT count(*) FROM assignments WHERE type_id = ?) + "
-                               "(SELECT count(*) FROM prototypes WHERE type_id = ?) + "
-                               "(SELECT count(*) FROM types WHERE merged_into = ?)",
-                               [tid, tid, tid]).fetchone()[0]
-            if used:
-                raise ConflictError(f"{what}: type {tid} it created is in use now", type_id=tid)
-            con.execute("DELETE FROM types WHERE id = ?", [tid])
-        for sid, state in before.get("suggestions", {}).items():
-            con.execute("UPDATE suggestions SET status = ?, answer = ?, answered_by = ?, "
-                        "answered_at = ? WHERE id = ?",
-                        [state["status"], state["answer"], state["answered_by"],
-                         state["answered_at"], int(sid)])
+        _restore(con, before, what, utcnow())
         new_seq = _record(con, actor, "undo", {"undo_of": seq, "action": action},
                           type_keys, region_keys, undo_before, sugg_ids)
-        entry = con.execute("SELECT seq, ts, actor, action, target, type_ids, before, after, "
-                            "hash FROM audit_log WHERE seq = ?", [new_seq]).fetchone()
+        entry = fetch_one(con, "SELECT seq, ts, actor, action, target, type_ids, before, "
+                               "after, hash FROM audit_log WHERE seq = ?", [new_seq])
     return audit_entry(entry)
 
 
@@ -478,11 +506,8 @@ def _read_labels(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def import_labels(ws: "Workspace", csv_path: str | os.PathLike[str], actor: str,
-                  batch_id: int | None = None) -> ImportReport:
-    """Labels ``image,label`` (``good`` = normal) -> confirmed types, reviewer assignments."""
-    actor = check_actor(actor)
-    path = Path(csv_path)
+def _labels_of(path: Path) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(rows of the file, image -> label): one label per image, each a valid type name."""
     labels: dict[str, str] = {}
     rows = _read_labels(path)
     for image, label in rows:
@@ -494,57 +519,100 @@ def import_labels(ws: "Workspace", csv_path: str | os.PathLike[str], actor: str,
         labels[image] = label
     for label in {v for v in labels.values() if v.lower() != "good"}:
         check_type_name(label)
+    return rows, labels
+
+
+def _locate_images(con: Con, labels: Mapping[str, str], batch_id: int | None,
+                   path: Path) -> dict[str, tuple[int, int]]:
+    """image name -> (batch id, image id) of the labelled images found (in ``batch_id``)."""
+    names = np.array(list(labels), dtype=object)
+    with registered(con, "_names", {"name": names}):
+        found = con.execute(
+            "SELECT bi.name, bi.batch_id, bi.image_id FROM batch_images bi "
+            "JOIN _names n ON n.name = bi.name WHERE ? IS NULL OR bi.batch_id = ?",
+            [batch_id, batch_id]).fetchall()
+    where: dict[str, tuple[int, int]] = {}
+    for name, b, i in found:
+        if name in where:
+            raise ValidationError(f"image {name!r} is in batches {where[name][0]} and {b}; "
+                                  "pass batch_id to say which")
+        where[name] = (b, i)
+    if labels and not where:
+        raise ValidationError(f"none of the {len(labels)} images in {path.name} is in the "
+                              "workspace (names are paths relative to the upload, e.g. "
+                              f"{next(iter(labels))!r})")
+    return where
+
+
+def _label_types(con: Con, labels: Mapping[str, str], where: Mapping[str, Any]
+                 ) -> tuple[dict[str, int], list[int], list[str]]:
+    """(lower label -> existing type id, ids to confirm, labels that need a new type)."""
+    type_by_label: dict[str, int] = {}
+    wanted = sorted({labels[n] for n in where if labels[n].lower() != "good"},
+                    key=str.lower)
+    existing = {r[1].lower(): (r[0], r[2]) for r in con.execute(
+        "SELECT id, name, status FROM types WHERE status <> 'merged'").fetchall()}
+    to_confirm, missing = [], []
+    for label in wanted:
+        if label.lower() in existing:
+            tid, status = existing[label.lower()]
+            type_by_label[label.lower()] = tid
+            if status != "confirmed":
+                to_confirm.append(tid)
+        else:
+            missing.append(label)
+    return type_by_label, to_confirm, missing
+
+
+def _regions_of_images(con: Con, where: Mapping[str, tuple[int, int]]
+                       ) -> list[tuple[int, str]]:
+    """(region id, image name) of every region of the matched images."""
+    pairs = list(where.items())
+    with registered(con, "_imgs", {
+            "name": np.array([p[0] for p in pairs], dtype=object),
+            "bid": np.array([p[1][0] for p in pairs], dtype=np.int64),
+            "iid": np.array([p[1][1] for p in pairs], dtype=np.int64)}):
+        return [(r[0], r[1]) for r in con.execute(
+            "SELECT r.id, i.name FROM regions r JOIN _imgs i "
+            "ON r.batch_id = i.bid AND r.image_id = i.iid").fetchall()]
+
+
+def _label_states(reg: Sequence[tuple[int, str]], labels: Mapping[str, str],
+                  type_by_label: Mapping[str, int]) -> tuple[dict[int, dict[str, Any]], int]:
+    """(region id -> reviewer assignment state, number marked normal) from the labels."""
+    states: dict[int, dict[str, Any]] = {}
+    n_normal = 0
+    for rid, name in reg:
+        label = labels[name]
+        if label.lower() == "good":
+            states[rid] = {"type_id": None, "is_normal": True, **REVIEWER_STATE}
+            n_normal += 1
+        else:
+            states[rid] = {"type_id": type_by_label[label.lower()], "is_normal": False,
+                           **REVIEWER_STATE}
+    return states, n_normal
+
+
+def import_labels(ws: "Workspace", csv_path: str | os.PathLike[str], actor: str,
+                  batch_id: int | None = None) -> ImportReport:
+    """Labels ``image,label`` (``good`` = normal) -> confirmed types, reviewer assignments."""
+    actor = check_actor(actor)
+    path = Path(csv_path)
+    rows, labels = _labels_of(path)
     with ws.transaction() as con:
-        if batch_id is not None and con.execute("SELECT count(*) FROM batches WHERE id = ?",
-                                                [batch_id]).fetchone()[0] == 0:
+        if batch_id is not None and fetch_value(con, "SELECT count(*) FROM batches WHERE id = ?",
+                                                [batch_id]) == 0:
             raise NotFoundError(f"no batch with id {batch_id}")
-        names = np.array(list(labels), dtype=object)
-        with registered(con, "_names", {"name": names}):
-            found = con.execute(
-                "SELECT bi.name, bi.batch_id, bi.image_id FROM batch_images bi "
-                "JOIN _names n ON n.name = bi.name WHERE ? IS NULL OR bi.batch_id = ?",
-                [batch_id, batch_id]).fetchall()
-        where: dict[str, tuple[int, int]] = {}
-        for name, b, i in found:
-            if name in where:
-                raise ValidationError(f"image {name!r} is in batches {where[name][0]} and {b}; "
-                                      "pass batch_id to say which")
-            where[name] = (b, i)
+        where = _locate_images(con, labels, batch_id, path)
         unknown = sorted(set(labels) - set(where))
-        if labels and not where:
-            raise ValidationError(f"none of the {len(labels)} images in {path.name} is in the "
-                                  "workspace (names are paths relative to the upload, e.g. "
-                                  f"{next(iter(labels))!r})")
         now = utcnow()
-        type_by_label: dict[str, int] = {}
-        wanted = sorted({labels[n] for n in where if labels[n].lower() != "good"},
-                        key=str.lower)
-        existing = {r[1].lower(): (r[0], r[2]) for r in con.execute(
-            "SELECT id, name, status FROM types WHERE status <> 'merged'").fetchall()}
-        to_confirm, missing = [], []
-        for label in wanted:
-            if label.lower() in existing:
-                tid, status = existing[label.lower()]
-                type_by_label[label.lower()] = tid
-                if status != "confirmed":
-                    to_confirm.append(tid)
-            else:
-                missing.append(label)
-        # regions of the matched images
-        pairs = list(where.items())
-        with registered(con, "_imgs", {
-                "name": np.array([p[0] for p in pairs], dtype=object),
-                "bid": np.array([p[1][0] for p in pairs], dtype=np.int64),
-                "iid": np.array([p[1][1] for p in pairs], dtype=np.int64)}):
-            reg = con.execute("SELECT r.id, i.name FROM regions r JOIN _imgs i "
-                              "ON r.batch_id = i.bid AND r.image_id = i.iid").fetchall()
+        type_by_label, to_confirm, missing = _label_types(con, labels, where)
+        reg = _regions_of_images(con, where)
         region_ids = [r[0] for r in reg]
         with_regions = {r[1] for r in reg}
         touched = _current_types(con, region_ids) | set(to_confirm) \
             | set(type_by_label.values())
         before = _before(con, touched, region_ids)
-        from storage.ingest import create_types
-        from storage.models import NewType
         created = create_types(con, [NewType(key=l.lower(), name=l) for l in missing],
                                origin="reviewer", status="confirmed", now=now)
         type_by_label.update(created)
@@ -552,16 +620,7 @@ def import_labels(ws: "Workspace", csv_path: str | os.PathLike[str], actor: str,
         if to_confirm:
             con.execute("UPDATE types SET status = 'confirmed' "
                         "WHERE id IN (SELECT unnest(?::BIGINT[]))", [to_confirm])
-        states: dict[int, dict[str, Any]] = {}
-        n_normal = 0
-        for rid, name in reg:
-            label = labels[name]
-            if label.lower() == "good":
-                states[rid] = {"type_id": None, "is_normal": True, **REVIEWER_STATE}
-                n_normal += 1
-            else:
-                states[rid] = {"type_id": type_by_label[label.lower()], "is_normal": False,
-                               **REVIEWER_STATE}
+        states, n_normal = _label_states(reg, labels, type_by_label)
         write_assignments(con, states)
         bump_type_versions(con, touched, now)
         all_types = touched | set(created.values())
@@ -595,9 +654,8 @@ def replace_open_suggestions(ws: "Workspace", items: Sequence[SuggestionIn],
             raise ValidationError("suggestion score must be finite")
         prepared.append((it.kind, target, float(it.score), it.reason or ""))
     with ws.transaction() as con:
-        if model_version is not None and con.execute(
-                "SELECT count(*) FROM model_versions WHERE id = ?",
-                [model_version]).fetchone()[0] == 0:
+        if model_version is not None and fetch_value(
+                con, "SELECT count(*) FROM model_versions WHERE id = ?", [model_version]) == 0:
             raise NotFoundError(f"no model version {model_version}")
         stale = [r[0] for r in con.execute(
             "SELECT id FROM suggestions WHERE status = 'open' ORDER BY id").fetchall()]
@@ -620,8 +678,6 @@ def replace_open_suggestions(ws: "Workspace", items: Sequence[SuggestionIn],
 
 def answer_suggestion(ws: "Workspace", suggestion_id: int, answer: str | None, actor: str,
                       skip: bool) -> Suggestion:
-    from storage.workspace import suggestion
-
     actor = check_actor(actor)
     with ws.transaction() as con:
         row = con.execute("SELECT status, answered_by, answered_at FROM suggestions "
@@ -639,7 +695,7 @@ def answer_suggestion(ws: "Workspace", suggestion_id: int, answer: str | None, a
         _record(con, actor, "answer_suggestion", {"suggestion_id": suggestion_id,
                                                   "answer": answer, "skipped": skip},
                 [], [], before, [suggestion_id])
-        out = con.execute("SELECT id, kind, target, score, reason, status, answer, answered_by, "
-                          "answered_at, created_at, model_version FROM suggestions WHERE id = ?",
-                          [suggestion_id]).fetchone()
+        out = fetch_one(con, "SELECT id, kind, target, score, reason, status, answer, "
+                             "answered_by, answered_at, created_at, model_version "
+                             "FROM suggestions WHERE id = ?", [suggestion_id])
     return suggestion(out)

@@ -19,7 +19,7 @@ import numpy as np
 
 from storage import audit, summary
 from storage.errors import SchemaError, ValidationError
-from storage.sql import utcnow
+from storage.sql import fetch_value, utcnow
 
 Connection = duckdb.DuckDBPyConnection
 
@@ -148,12 +148,17 @@ LATEST = MIGRATIONS[-1].version
 
 def current_version(con: Connection) -> int:
     """Schema version of an open file (0 for a new, empty file)."""
-    exists = con.execute("SELECT count(*) FROM information_schema.tables "
-                         "WHERE table_name = 'schema_version'").fetchone()[0]
+    exists = fetch_value(con, "SELECT count(*) FROM information_schema.tables "
+                              "WHERE table_name = 'schema_version'")
     if not exists:
         return 0
-    value = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    value = fetch_value(con, "SELECT max(version) FROM schema_version")
     return int(value or 0)
+
+
+def embedding_dim(con: Connection) -> int:
+    """The vector dimension recorded in ``meta`` (every migrated workspace has one)."""
+    return int(fetch_value(con, "SELECT value FROM meta WHERE key='embedding_dim'"))
 
 
 def migrate(con: Connection, *, dim: int, upto: int = LATEST, label: str = "workspace") -> int:
@@ -165,7 +170,7 @@ def migrate(con: Connection, *, dim: int, upto: int = LATEST, label: str = "work
         raise SchemaError(f"{label} has schema version {have} but this ProtoAtlas knows up to "
                           f"{LATEST}; upgrade ProtoAtlas to open it")
     if have > 0:
-        dim = int(con.execute("SELECT value FROM meta WHERE key='embedding_dim'").fetchone()[0])
+        dim = embedding_dim(con)
     applied = 0
     for step in MIGRATIONS:
         if have < step.version <= upto:
@@ -187,11 +192,11 @@ def set_embedding_dim(con: Connection, name: str, dim: int) -> None:
     if not isinstance(dim, (int, np.integer)) or not 1 <= int(dim) <= 65536:
         raise ValidationError(f"embedding dimension must be an integer in 1..65536, got {dim!r}")
     dim = int(dim)
-    have = int(con.execute("SELECT value FROM meta WHERE key='embedding_dim'").fetchone()[0])
+    have = embedding_dim(con)
     if have == dim:
         return
-    stored = con.execute("SELECT (SELECT count(*) FROM embeddings) + "
-                         "(SELECT count(*) FROM prototypes)").fetchone()[0]
+    stored = fetch_value(con, "SELECT (SELECT count(*) FROM embeddings) + "
+                              "(SELECT count(*) FROM prototypes)")
     if stored:
         raise ValidationError(f"workspace {name!r} stores {have}-d embeddings; got {dim}-d "
                               "vectors (use a new workspace for another embedding size)")

@@ -25,12 +25,12 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
 
-from storage import schema
+from storage import export, ingest, review, schema
 from storage.config import StorageConfig
 from storage.errors import (
     NotFoundError,
@@ -52,23 +52,25 @@ from storage.models import (
     ModelVersion,
     ModelVersionIn,
     NewType,
+    Progress,
     PrototypeIn,
     RegionInfo,
     Suggestion,
     SuggestionIn,
     TypeSummary,
+    audit_entry,
+    suggestion,
 )
+from storage.models import optional_float as _f
 from storage.png16 import decode_map
 from storage.rle import rle_from_json
+from storage.sql import fetch_value
 
 ENV_HOME = "PROTOATLAS_HOME"
 DEFAULT_HOME = "protoatlas-data"
 DB_FILE = "workspace.duckdb"
 PENDING = "pending"  # markers of writes whose files may not be committed yet
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-Progress = Callable[[str, int, int], None]
-
 
 #: Hugging Face Spaces' persistent storage, used for the data when it is there and writable.
 SPACES_DATA = Path("/data")
@@ -147,11 +149,6 @@ def _connect(db: Path, label: str, read_only: bool,
     except duckdb.Error as exc:
         raise StorageError(f"cannot open workspace {label}: {str(exc).splitlines()[0]}") \
             from None
-
-
-def _f(value: Any) -> float | None:
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) \
-        else float(value)
 
 
 class Workspace:
@@ -337,8 +334,7 @@ class Workspace:
     @property
     def embedding_dim(self) -> int:
         with self.read() as cur:
-            return int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
-                       .fetchone()[0])
+            return schema.embedding_dim(cur)
 
     def schema_version(self) -> int:
         with self.read() as cur:
@@ -469,8 +465,7 @@ class Workspace:
         with self.read() as cur:
             proto = cur.execute("SELECT model_version, vector FROM prototypes WHERE type_id = ? "
                                 "ORDER BY model_version DESC LIMIT 1", [type_id]).fetchone()
-            dim = int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
-                      .fetchone()[0])
+            dim = schema.embedding_dim(cur)
             sims = ("SELECT NULL::BIGINT AS region_id, NULL::DOUBLE AS sim WHERE false"
                     if proto is None else
                     f"""SELECT e.region_id, array_cosine_similarity(e.vector, ?::FLOAT[{dim}])
@@ -546,8 +541,7 @@ class Workspace:
 
     def regions_for_batch(self, batch_id: int, with_masks: bool = True) -> list[RegionInfo]:
         with self.read() as cur:
-            if cur.execute("SELECT count(*) FROM batches WHERE id = ?",
-                           [batch_id]).fetchone()[0] == 0:
+            if fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?", [batch_id]) == 0:
                 raise NotFoundError(f"no batch with id {batch_id}")
             rows = cur.execute(self._REGION_SQL.format(mask="r.mask" if with_masks else "NULL")
                                + " WHERE r.batch_id = ? ORDER BY r.id", [batch_id]).fetchall()
@@ -566,8 +560,7 @@ class Workspace:
         """(image id, name in the batch, anomaly score, is_anomalous) of every image of a
         batch, by name."""
         with self.read() as cur:
-            if cur.execute("SELECT count(*) FROM batches WHERE id = ?",
-                           [batch_id]).fetchone()[0] == 0:
+            if fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?", [batch_id]) == 0:
                 raise NotFoundError(f"no batch with id {batch_id}")
             rows = cur.execute("SELECT image_id, name, anomaly_score, is_anomalous "
                                "FROM batch_images WHERE batch_id = ? ORDER BY name",
@@ -583,14 +576,13 @@ class Workspace:
                 return np.zeros(0, np.int64), np.zeros((0, self.embedding_dim), np.float32)
             model_version = latest.id
         with self.read() as cur:
-            dim = int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
-                      .fetchone()[0])
+            dim = schema.embedding_dim(cur)
             got = cur.execute("SELECT region_id, vector FROM embeddings WHERE model_version = ? "
                               "ORDER BY region_id", [model_version]).fetchnumpy()
         ids = np.asarray(got["region_id"], dtype=np.int64)
         if len(ids) == 0:
             return ids, np.zeros((0, dim), np.float32)
-        return ids, np.stack(got["vector"]).astype(np.float32, copy=False)
+        return ids, np.stack(list(got["vector"])).astype(np.float32, copy=False)
 
     def prototypes(self, model_version: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -599,20 +591,17 @@ class Workspace:
             latest = self.latest_model_version()
             model_version = latest.id if latest else -1
         with self.read() as cur:
-            dim = int(cur.execute("SELECT value FROM meta WHERE key='embedding_dim'")
-                      .fetchone()[0])
+            dim = schema.embedding_dim(cur)
             got = cur.execute("SELECT type_id, vector, n_members FROM prototypes "
                               "WHERE model_version = ? ORDER BY type_id",
                               [model_version]).fetchnumpy()
         ids = np.asarray(got["type_id"], dtype=np.int64)
         if len(ids) == 0:
             return ids, np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
-        return ids, np.stack(got["vector"]).astype(np.float32), \
+        return ids, np.stack(list(got["vector"])).astype(np.float32), \
             np.asarray(got["n_members"], dtype=np.int64)
 
-    def _model_version(self, row: Sequence[Any] | None) -> ModelVersion | None:
-        if row is None:
-            return None
+    def _model_version(self, row: Sequence[Any]) -> ModelVersion:
         return ModelVersion(id=row[0], parent=row[1], kind=row[2], created_at=row[3],
                             blob_path=self.blobs.path(row[4]) if row[4] else None,
                             metrics=json.loads(row[5]))
@@ -621,7 +610,7 @@ class Workspace:
         with self.read() as cur:
             row = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
                               "FROM model_versions ORDER BY id DESC LIMIT 1").fetchone()
-        return self._model_version(row)
+        return None if row is None else self._model_version(row)
 
     def model_versions(self, kind: str | None = None) -> list[ModelVersion]:
         """Every model version (optionally of one kind), oldest first."""
@@ -629,7 +618,7 @@ class Workspace:
             rows = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
                                "FROM model_versions WHERE ? IS NULL OR kind = ? ORDER BY id",
                                [kind, kind]).fetchall()
-        return [self._model_version(r) for r in rows]  # type: ignore[misc]
+        return [self._model_version(r) for r in rows]
 
     def model_version(self, model_version_id: int) -> ModelVersion:
         with self.read() as cur:
@@ -637,13 +626,14 @@ class Workspace:
                               "FROM model_versions WHERE id = ?", [model_version_id]).fetchone()
         if row is None:
             raise NotFoundError(f"no model version {model_version_id}")
-        return self._model_version(row)  # type: ignore[return-value]
+        return self._model_version(row)
 
     def audit(self, actor: str | None = None, action: str | None = None,
               type_id: int | None = None, limit: int = 100, offset: int = 0
               ) -> list[AuditEntry]:
         """Audit entries, newest first, optionally filtered by actor, action and type."""
-        where, params = ["true"], []
+        where: list[str] = ["true"]
+        params: list[str | int] = []
         if actor is not None:
             where.append("actor = ?")
             params.append(actor)
@@ -678,8 +668,7 @@ class Workspace:
     def ingest_batch(self, batch: BatchIngest, *, actor: str = "model",
                      progress: Progress | None = None) -> int:
         """Store a whole batch (files, rows, vectors, model, types) in one transaction."""
-        from storage.ingest import ingest_batch
-        return ingest_batch(self, batch, actor=actor, progress=progress)
+        return ingest.ingest_batch(self, batch, actor=actor, progress=progress)
 
     def apply_retrain(self, model: ModelVersionIn | int, assignments: AssignmentsIn | None,
                       prototypes: Sequence[PrototypeIn] = (),
@@ -687,94 +676,65 @@ class Workspace:
                       new_types: Sequence[NewType] = (), actor: str = "model",
                       progress: Progress | None = None) -> int:
         """Store a retrain result; never overwrites reviewer-sourced assignments."""
-        from storage.ingest import apply_retrain
-        return apply_retrain(self, model, assignments, prototypes, embeddings,
-                             new_types=new_types, actor=actor, progress=progress)
+        return ingest.apply_retrain(self, model, assignments, prototypes, embeddings,
+                                    new_types=new_types, actor=actor, progress=progress)
 
     def confirm_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
-        from storage import review
         return review.set_status(self, type_id, "confirmed", expected_version, actor)
 
     def reject_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
-        from storage import review
         return review.set_status(self, type_id, "rejected", expected_version, actor)
 
     def rename_type(self, type_id: int, name: str, *, expected_version: int,
                     actor: str) -> TypeSummary:
-        from storage import review
         return review.rename_type(self, type_id, name, expected_version, actor)
 
     def merge_types(self, keep: int, absorb: int, *, expected: Mapping[int, int],
                     actor: str) -> TypeSummary:
-        from storage import review
         return review.merge_types(self, keep, absorb, expected, actor)
 
     def split_type(self, type_id: int, groups: Sequence[Sequence[int]], *,
                    expected_version: int, actor: str,
                    names: Sequence[str | None] | None = None) -> list[int]:
-        from storage import review
         return review.split_type(self, type_id, groups, expected_version, actor, names)
 
     def move_regions(self, region_ids: Sequence[int], to_type_id: int, *,
                      expected: Mapping[int, int], actor: str) -> None:
-        from storage import review
         review.move_regions(self, region_ids, to_type_id, expected, actor)
 
     def create_type(self, region_ids: Sequence[int], *, expected: Mapping[int, int],
                     actor: str, name: str | None = None, status: str = "proposed") -> int:
-        from storage import review
         return review.create_type(self, region_ids, expected, actor, name, status)
 
     def mark_normal(self, region_ids: Sequence[int], *, expected: Mapping[int, int],
                     actor: str) -> None:
-        from storage import review
         review.mark_normal(self, region_ids, expected, actor)
 
     def undo(self, actor: str) -> AuditEntry:
-        from storage import review
         return review.undo(self, actor)
 
     def import_labels(self, csv_path: str | os.PathLike[str], *, actor: str,
                       batch_id: int | None = None) -> ImportReport:
-        from storage import review
         return review.import_labels(self, csv_path, actor, batch_id)
 
     def replace_open_suggestions(self, items: Sequence[SuggestionIn], *,
                                  model_version: int | None = None,
                                  actor: str = "model") -> list[int]:
-        from storage import review
         return review.replace_open_suggestions(self, items, model_version, actor)
 
     def answer_suggestion(self, suggestion_id: int, answer: str | None, *, actor: str,
                           skip: bool = False) -> Suggestion:
-        from storage import review
         return review.answer_suggestion(self, suggestion_id, answer, actor, skip)
 
     # ------------------------------------------------------------------- exports
     def export_assignments(self, path: str | os.PathLike[str],
                            fmt: Literal["csv", "parquet"] = "csv",
                            level: Literal["region", "image"] = "region") -> Path:
-        from storage import export
         return export.export_assignments(self, path, fmt, level)
 
     def export_coco(self, path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
-        from storage import export
         return export.export_coco(self, path, batch_id)
 
     def export_audit(self, path: str | os.PathLike[str],
                      fmt: Literal["csv", "json"] = "json") -> Path:
-        from storage import export
         return export.export_audit(self, path, fmt)
-
-
-def audit_entry(r: Sequence[Any]) -> AuditEntry:
-    return AuditEntry(seq=r[0], ts=r[1], actor=r[2], action=r[3], target=json.loads(r[4]),
-                      type_ids=list(r[5]), before=json.loads(r[6]), after=json.loads(r[7]),
-                      hash=r[8])
-
-
-def suggestion(r: Sequence[Any]) -> Suggestion:
-    return Suggestion(id=r[0], kind=r[1], target=json.loads(r[2]), score=_f(r[3]),
-                      reason=r[4], status=r[5], answer=r[6], answered_by=r[7],
-                      answered_at=r[8], created_at=r[9], model_version=r[10])
-
