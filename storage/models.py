@@ -154,7 +154,8 @@ class BatchIngest:
     images: Sequence[ImageIn]
     regions: RegionsIn | Sequence[RegionIn] = field(default_factory=list)
     params: Mapping[str, Any] = field(default_factory=dict)
-    model: ModelVersionIn | None = None
+    #: A new model version, the id of an existing one (a batch sorted by it), or None.
+    model: ModelVersionIn | int | None = None
     new_types: Sequence[NewType] = field(default_factory=list)
     assignments: AssignmentsIn | None = None
     prototypes: Sequence[PrototypeIn] = field(default_factory=list)
