@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from engine.config import PRIOR_BACKENDS, PriorConfig  # defined in engine.config; importable here
+
 # =============================================================================================
 # Regions
 # =============================================================================================
@@ -40,9 +42,6 @@ from scipy import ndimage
 BACKGROUND = 0
 OBJECT = 1
 ANOMALY = 2
-
-#: Names accepted by :attr:`PriorConfig.backend`.
-PRIOR_BACKENDS: tuple[str, ...] = ("classical", "none", "grounded-sam")
 
 
 def prior_overrides(backend: str | None, prompt: str | None) -> dict[str, str]:
@@ -81,90 +80,6 @@ def region_map(object_mask: np.ndarray, anomaly_mask: np.ndarray) -> np.ndarray:
 # =============================================================================================
 # Configuration and interface
 # =============================================================================================
-
-
-@dataclass(frozen=True)
-class PriorConfig:
-    """Every tunable of the object prior, with its default.
-
-    Pixel sizes of the classical backend are at its working resolution
-    (``working_size`` px on the long side), not at the input resolution.
-    """
-
-    # ---- backend --------------------------------------------------------------------------
-    #: ``"classical"`` (offline, from the normals), ``"none"`` (whole image is object,
-    #: for textures) or ``"grounded-sam"`` (text prompt -> GroundingDINO -> SAM).
-    backend: str = "classical"
-
-    # ---- grounded-sam ---------------------------------------------------------------------
-    #: Text naming the object for GroundingDINO, e.g. ``"bottle"``; required by grounded-sam.
-    prompt: str | None = None
-    #: Local SAM checkpoint, e.g. ``sam_vit_b_01ec64.pth`` for ``vit_b``.
-    sam_checkpoint: str | None = None
-    #: ``segment_anything.sam_model_registry`` key matching the checkpoint:
-    #: ``vit_b`` (smallest, 375 MB), ``vit_l`` or ``vit_h``.
-    sam_model_type: str = "vit_b"
-    #: Local GroundingDINO checkpoint, e.g. ``groundingdino_swint_ogc.pth``.
-    groundingdino_checkpoint: str | None = None
-    #: GroundingDINO model config (python file), e.g. ``GroundingDINO_SwinT_OGC.py``.
-    groundingdino_config: str | None = None
-    #: Local directory holding the ``bert-base-uncased`` files GroundingDINO's text encoder
-    #: needs (``config.json``, ``vocab.txt``, ``tokenizer_config.json``, and
-    #: ``model.safetensors`` or ``pytorch_model.bin``); replaces the hub name so that
-    #: nothing is downloaded.
-    text_encoder_dir: str | None = None
-    #: GroundingDINO: boxes whose best token score is below this are dropped (its default).
-    box_threshold: float = 0.35
-    #: GroundingDINO: token score for a phrase to be attached to a box (its default).
-    text_threshold: float = 0.25
-    #: Torch device for SAM / GroundingDINO: ``auto``, ``cpu`` or ``cuda``.
-    device: str = "auto"
-
-    # ---- classical ------------------------------------------------------------------------
-    #: Long side (px) of the working resolution: the estimate is smooth, 128 px is plenty
-    #: and keeps fitting on hundreds of normals well under a second.
-    working_size: int = 128
-    #: If the estimated object covers less than this fraction of the image, or more than
-    #: ``max_object_fraction``, there is no separable object (texture, tiles): the whole
-    #: image becomes object.
-    min_object_fraction: float = 0.02
-    max_object_fraction: float = 0.98
-    #: Window side (px, odd) of the median filter applied before the colour difference (it
-    #: removes grain but keeps outlines), of the local-texture (local std) window and of the
-    #: box filter smoothing the cross-normal std. 3 measured a lower IoU on the synthetic
-    #: objects (0.94 vs 0.95), larger windows round off corners.
-    smoothing: int = 5
-    #: Width of the image border (fraction of the shorter side) whose median colour is the
-    #: background colour.
-    border_fraction: float = 0.03
-    #: Minimum colour distance (grey levels, Euclidean RGB) between object and background on
-    #: top of the border's own spread: the Otsu threshold is never taken below it, so a
-    #: texture with mild shading is not split into "object" and "background".
-    colour_margin: float = 30.0
-    #: Same floor for the local-texture cue (local std of the grey median, grey levels).
-    texture_margin: float = 8.0
-    #: Same floor for the cross-normal cue (per-pixel std over the normals, grey levels):
-    #: places where the normals disagree (a part that moves or rotates) are object.
-    variation_margin: float = 12.0
-    #: Quantile of a cue over the border pixels taken as the background's own spread.
-    border_quantile: float = 0.95
-    #: The cross-normal cue needs at least this many normals.
-    min_normals_for_variation: int = 3
-    #: Side (px) of the elliptical structuring element of the morphological closing.
-    closing: int = 5
-    #: Iterations of the closing (bridges gaps up to about ``closing * iterations`` px).
-    closing_iterations: int = 2
-    #: Connected components smaller than this fraction of the largest one are dropped.
-    min_component_ratio: float = 0.1
-    #: Images whose aspect ratio differs from the normals' by more than this (relative) are
-    #: not covered by the fitted mask: the rule is applied to the image itself.
-    aspect_tolerance: float = 0.02
-    #: Per-image refinement band (px at working resolution); 0 disables it. When > 0, pixels
-    #: within this distance of the fitted boundary are re-decided per image by the colour
-    #: rule (the object may shift a little); the rest keeps the fitted mask. Off by default:
-    #: on synthetic discs ``refine_band=2`` raised the IoU from 0.95 to 0.99 but cut 17 % of
-    #: "missing material" defects (bites out of the edge) out of the object.
-    refine_band: int = 0
 
 
 @runtime_checkable
