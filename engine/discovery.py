@@ -65,7 +65,7 @@ from engine.prior import ObjectPrior, make_prior
 from engine.protoindex import PrototypeIndex
 from engine.protonet import PoolSettings, PrototypeHead
 from engine.prototrain import TrainReport, embed_all, train_head
-from engine.regions import Region, image_regions, paste_mask, shrink_to
+from engine.regions import ImageRegions, Region, image_regions, paste_mask, shrink_to
 from engine.tokens import CropEncoder, RegionTokens
 
 MODEL_KIND = "protoatlas-discovery"
@@ -186,6 +186,48 @@ class TypeFit:
     train: TrainReport
 
 
+@dataclass
+class _Detected:
+    """The detection pass over a batch (:meth:`DiscoveryModel.analyse`), per image."""
+
+    scores: np.ndarray
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+    #: Maps shrunk to at most ``mebin_side`` on the shorter side, smoothed by
+    #: ``region_sigma``.
+    small_maps: list[np.ndarray] = field(default_factory=list)
+    descriptors: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class _PendingRegions:
+    """Regions of one chunk of images, encoded together, with their records."""
+
+    regions: list[Region] = field(default_factory=list)
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+    references: list[list[np.ndarray]] = field(default_factory=list)
+    records: list[RegionRecord] = field(default_factory=list)
+
+    def add(self, region: Region, fallback: bool, shape: tuple[int, int],
+            references: list[np.ndarray]) -> None:
+        self.regions.append(region)
+        self.records.append(RegionRecord.of(region, fallback))
+        self.shapes.append(shape)
+        self.references.append(references)
+
+    def encode(self, encoder: CropEncoder) -> RegionTokens:
+        return encoder.encode(self.regions, self.shapes, self.references)
+
+
+@dataclass
+class _FoundRegions:
+    """The region pass over a batch: records and token chunks of regions and peaks."""
+
+    records: list[RegionRecord] = field(default_factory=list)
+    peaks: list[RegionRecord] = field(default_factory=list)
+    token_parts: list[RegionTokens] = field(default_factory=list)
+    peak_parts: list[RegionTokens] = field(default_factory=list)
+
+
 #: A progress callback: (stage name, fraction done 0..1).
 ProgressFn = Callable[[str, float], None]
 
@@ -297,98 +339,119 @@ class DiscoveryModel:
         replaced by the given ones; images are then flagged by MEBin alone.
         """
         det = self._require_detector()
+        _check_batch(det, len(images), maps)
+        external = maps is not None
+        t0 = time.perf_counter()
+        detected = self._detect_all(images, maps, progress, on_progress)
+        t1 = time.perf_counter()
+        flagged, floor = _flag_images(det, detected.scores, external)
+        range_maps, floor = self._range_maps(detected.small_maps, flagged, floor)
+        value_range = self.value_range or self._value_range(range_maps, floor)
+        found = self._region_pass(images, detected, flagged, value_range, external=external,
+                                  progress=progress, on_progress=on_progress)
+        tokens, peak_tokens = self._concat_tokens(found.token_parts, found.peak_parts)
+        t2 = time.perf_counter()
+        return BatchAnalysis(detected.shapes, detected.scores, flagged, detected.small_maps,
+                             found.records, tokens, value_range,
+                             {"detect": t1 - t0, "regions": t2 - t1}, found.peaks, peak_tokens)
+
+    def _detect_all(self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None,
+                    progress: bool, on_progress: ProgressFn) -> _Detected:
+        """The detection pass: per image its shape, score, descriptor and its map shrunk to
+        ``mebin_side`` (smoothed by ``region_sigma``)."""
         dcfg = self.config.discovery
         n = len(images)
-        if n == 0:
-            raise DiscoveryError("the batch holds no usable image")
-        if maps is None and not det.is_fitted:
-            raise DiscoveryError("this model has no fitted detector (it was made from given "
-                                 "anomaly maps): give the maps of the new images too")
-        if maps is not None and len(maps) != n:
-            raise DiscoveryError(f"{len(maps)} anomaly maps for {n} images")
-        t0 = time.perf_counter()
-        shapes: list[tuple[int, int]] = []
-        small_maps: list[np.ndarray] = []
-        scores = np.zeros(n, np.float32)
-        descriptors = []
+        detected = _Detected(scores=np.zeros(n, np.float32))
         bar = tqdm(total=n, desc="detect", disable=not progress, file=sys.stderr, leave=False)
         for i, (shape, score, amap, descriptor) in enumerate(
                 self._detect_pass(images, maps)):
-            shapes.append(shape)
-            scores[i] = score
+            detected.shapes.append(shape)
+            detected.scores[i] = score
             small = shrink_to(amap, dcfg.mebin_side)
             if dcfg.region_sigma > 0:
                 small = gaussian_filter(small, dcfg.region_sigma).astype(np.float32)
-            small_maps.append(small)
-            descriptors.append(descriptor)
+            detected.small_maps.append(small)
+            detected.descriptors.append(descriptor)
             bar.update(1)
             on_progress("detect", (i + 1) / n)
         bar.close()
-        t1 = time.perf_counter()
-        if maps is None:
-            threshold = det.threshold if det.threshold is not None else float("inf")
-            flagged = scores > threshold
-            floor = threshold if np.isfinite(threshold) else None
-        else:  # no calibrated threshold: MEBin decides (no stable component = normal)
-            flagged = np.ones(n, dtype=bool)
-            floor = None
-        if dcfg.mebin_range not in get_args(MebinRange):
+        return detected
+
+    def _range_maps(self, small_maps: list[np.ndarray], flagged: np.ndarray,
+                    floor: float | None) -> tuple[list[np.ndarray], float | None]:
+        """The maps MEBin's normalisation range spans (``DiscoveryConfig.mebin_range``) and
+        the floor of that range."""
+        mebin_range = self.config.discovery.mebin_range
+        if mebin_range not in get_args(MebinRange):
             raise ValueError(f"DiscoveryConfig.mebin_range must be one of "
-                             f"{get_args(MebinRange)}, got {dcfg.mebin_range!r}")
-        if dcfg.mebin_range == "all":  # AnomalyNCD: every map of the batch, no floor
-            range_maps, floor = small_maps, None
-        else:
-            range_maps = [m for m, f in zip(small_maps, flagged) if f]
-        value_range = self.value_range or self._value_range(range_maps, floor)
-        records: list[RegionRecord] = []
-        peaks: list[RegionRecord] = []
-        token_parts: list[RegionTokens] = []
-        peak_parts: list[RegionTokens] = []
+                             f"{get_args(MebinRange)}, got {mebin_range!r}")
+        if mebin_range == "all":  # AnomalyNCD: every map of the batch, no floor
+            return small_maps, None
+        return [m for m, f in zip(small_maps, flagged) if f], floor
+
+    def _region_pass(self, images: Sequence[np.ndarray], detected: _Detected,
+                     flagged: np.ndarray, value_range: tuple[float, float], *,
+                     external: bool, progress: bool, on_progress: ProgressFn) -> _FoundRegions:
+        """Regions of every image and their tokens, encoded a chunk of images at a time.
+
+        A flagged image gives all its regions; any other image its strongest one, a *peak*
+        (which type is nearest). With ``external`` maps, an image in which MEBin finds no
+        stable component is no longer flagged (``flagged`` is updated in place).
+        """
+        n = len(images)
+        found = _FoundRegions()
         chunk = max(1, self.config.backbone.batch_size)
         bar = tqdm(total=n, desc="regions", disable=not progress, file=sys.stderr,
                    leave=False)
         for start in range(0, n, chunk):
-            found_regions: list[Region] = []
-            found_shapes, found_refs = [], []
-            peak_regions: list[Region] = []
-            peak_shapes, peak_refs = [], []
+            regions, peaks = _PendingRegions(), _PendingRegions()
             for i in range(start, min(n, start + chunk)):
                 image = self.stretched(images[i])
-                full_map = cv2.resize(small_maps[i], (shapes[i][1], shapes[i][0]),
-                                      interpolation=cv2.INTER_LINEAR)
-                found = image_regions(
-                    i, image, full_map, self.prior.predict(image),
-                    mebin_cfg=self.config.mebin, crop_cfg=self.config.crops,
-                    value_range=value_range, fallback_quantile=dcfg.fallback_quantile,
-                    mebin_side=dcfg.mebin_side, peak_fallback=not flagged[i])
-                if maps is not None and found.fallback:
+                got = self._image_regions(i, image, detected, value_range,
+                                          peak_fallback=not flagged[i])
+                if external and got.fallback:
                     flagged[i] = False
-                refs = self._references_for(descriptors[i])
+                refs = self._references_for(detected.descriptors[i])
                 if flagged[i]:
-                    for region in found.regions:
-                        found_regions.append(region)
-                        records.append(RegionRecord.of(region, found.fallback))
-                        found_shapes.append(shapes[i])
-                        found_refs.append(refs)
+                    for region in got.regions:
+                        regions.add(region, got.fallback, detected.shapes[i], refs)
                 else:  # not an anomaly: its strongest region only says which type is nearest
-                    region = max(found.regions, key=lambda r: r.score)
-                    peak_regions.append(region)
-                    peaks.append(RegionRecord.of(region, found.fallback))
-                    peak_shapes.append(shapes[i])
-                    peak_refs.append(refs)
-            if found_regions:
-                token_parts.append(self.encoder.encode(found_regions, found_shapes, found_refs))
-            if peak_regions:
-                peak_parts.append(self.encoder.encode(peak_regions, peak_shapes, peak_refs))
+                    region = max(got.regions, key=lambda r: r.score)
+                    peaks.add(region, got.fallback, detected.shapes[i], refs)
+            if regions.regions:
+                found.token_parts.append(regions.encode(self.encoder))
+            if peaks.regions:
+                found.peak_parts.append(peaks.encode(self.encoder))
+            found.records.extend(regions.records)
+            found.peaks.extend(peaks.records)
             bar.update(min(n, start + chunk) - start)
             on_progress("regions", min(1.0, (start + chunk) / n))
         bar.close()
-        empty = None if token_parts and peak_parts else self.encoder.encode([], [], [])
-        tokens = RegionTokens.concat(token_parts) if token_parts else empty
-        peak_tokens = RegionTokens.concat(peak_parts) if peak_parts else empty
-        t2 = time.perf_counter()
-        return BatchAnalysis(shapes, scores, flagged, small_maps, records, tokens, value_range,
-                             {"detect": t1 - t0, "regions": t2 - t1}, peaks, peak_tokens)
+        return found
+
+    def _image_regions(self, i: int, image: np.ndarray, detected: _Detected,
+                       value_range: tuple[float, float], *, peak_fallback: bool
+                       ) -> ImageRegions:
+        """:func:`engine.regions.image_regions` of image ``i`` (already stretched), its map
+        resized back from the shrunk one."""
+        dcfg = self.config.discovery
+        height, width = detected.shapes[i]
+        full_map = cv2.resize(detected.small_maps[i], (width, height),
+                              interpolation=cv2.INTER_LINEAR)
+        return image_regions(
+            i, image, full_map, self.prior.predict(image),
+            mebin_cfg=self.config.mebin, crop_cfg=self.config.crops,
+            value_range=value_range, fallback_quantile=dcfg.fallback_quantile,
+            mebin_side=dcfg.mebin_side, peak_fallback=peak_fallback)
+
+    def _concat_tokens(self, token_parts: list[RegionTokens], peak_parts: list[RegionTokens]
+                       ) -> tuple[RegionTokens, RegionTokens]:
+        """The regions' and the peaks' tokens, each empty when there are none."""
+        if token_parts and peak_parts:
+            return RegionTokens.concat(token_parts), RegionTokens.concat(peak_parts)
+        empty = self.encoder.encode([], [], [])
+        return (RegionTokens.concat(token_parts) if token_parts else empty,
+                RegionTokens.concat(peak_parts) if peak_parts else empty)
 
     def _detect_pass(self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None
                      ) -> Iterable[tuple[tuple[int, int], float, np.ndarray, np.ndarray]]:
@@ -755,6 +818,27 @@ class DiscoveryModel:
         model.thresholds = arrays["thresholds"].astype(np.float32)
         model.value_range = tuple(meta["value_range"]) if meta["value_range"] else None
         return model
+
+
+def _check_batch(det: PatchCoreDetector, n: int, maps: Sequence[np.ndarray] | None) -> None:
+    """The batch of :meth:`DiscoveryModel.analyse` can be analysed (else DiscoveryError)."""
+    if n == 0:
+        raise DiscoveryError("the batch holds no usable image")
+    if maps is None and not det.is_fitted:
+        raise DiscoveryError("this model has no fitted detector (it was made from given "
+                             "anomaly maps): give the maps of the new images too")
+    if maps is not None and len(maps) != n:
+        raise DiscoveryError(f"{len(maps)} anomaly maps for {n} images")
+
+
+def _flag_images(det: PatchCoreDetector, scores: np.ndarray, external: bool
+                 ) -> tuple[np.ndarray, float | None]:
+    """Which images the detector flags, and the floor of MEBin's range (its threshold)."""
+    if not external:
+        threshold = det.threshold if det.threshold is not None else float("inf")
+        return scores > threshold, (threshold if np.isfinite(threshold) else None)
+    # no calibrated threshold: MEBin decides (no stable component = normal)
+    return np.ones(len(scores), dtype=bool), None
 
 
 def semi_supervised_kmeans(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray,
