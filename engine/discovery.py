@@ -65,7 +65,7 @@ from engine.prior import ObjectPrior, make_prior
 from engine.protoindex import PrototypeIndex
 from engine.protonet import PoolSettings, PrototypeHead
 from engine.prototrain import TrainReport, embed_all, train_head
-from engine.regions import ImageRegions, Region, image_regions, paste_mask, shrink_to
+from engine.regions import ClippedMask, ImageRegions, Region, image_regions, shrink_to
 from engine.tokens import CropEncoder, RegionTokens
 
 MODEL_KIND = "protoatlas-discovery"
@@ -80,7 +80,7 @@ class DiscoveryError(ValueError):
 
 
 @dataclass
-class RegionRecord:
+class RegionRecord(ClippedMask):
     """A region without its pixel crops (what results and storage keep)."""
 
     image_index: int
@@ -94,10 +94,6 @@ class RegionRecord:
     score: float
     #: The region comes from the whole-image fallback (MEBin found no stable component).
     fallback: bool
-
-    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
-        """The region's anomaly mask as a bool array of the image's (H, W)."""
-        return paste_mask(self.mask, self.clip, shape)
 
     @classmethod
     def of(cls, region: Region, fallback: bool) -> "RegionRecord":

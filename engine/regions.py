@@ -30,8 +30,20 @@ from engine.mebin import MEBinConfig, MEBinResult, binarize
 from engine.prior import region_map
 
 
+class ClippedMask:
+    """Mixin of a record holding an anomaly mask cut to ``clip`` (top, left, bottom, right:
+    the part of its box inside the image): :meth:`full_mask` pastes it back."""
+
+    mask: np.ndarray
+    clip: tuple[int, int, int, int]
+
+    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The region's anomaly mask as a bool array of the image's (H, W)."""
+        return paste_mask(self.mask, self.clip, shape)
+
+
 @dataclass
-class Region:
+class Region(ClippedMask):
     """One anomaly-centred crop of one image."""
 
     #: Index of the image in the batch.
@@ -58,10 +70,6 @@ class Region:
     def box_tuple(self) -> tuple[int, int, int, int]:
         """(top, left, bottom, right)."""
         return (self.box.top, self.box.left, self.box.bottom, self.box.right)
-
-    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
-        """The region's anomaly mask as a bool array of the image's (H, W)."""
-        return paste_mask(self.mask, self.clip, shape)
 
 
 def paste_mask(mask: np.ndarray, clip: tuple[int, int, int, int],
