@@ -32,7 +32,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from engine.config import PRIOR_BACKENDS, PriorConfig  # defined in engine.config; importable here
+# PriorConfig and PRIOR_BACKENDS live in engine.config and stay importable from here
+from engine.config import IMAGENET_MEAN, IMAGENET_STD, PRIOR_BACKENDS, PriorConfig
 
 # =============================================================================================
 # Regions
@@ -241,7 +242,8 @@ def _shrink(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def _keep_large_components(mask: np.ndarray, min_ratio: float) -> np.ndarray:
     """Drop 8-connected components smaller than ``min_ratio`` x the largest one."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                               connectivity=8)
     if count <= 2:  # background + at most one component
         return mask
     areas = stats[1:, cv2.CC_STAT_AREA]
@@ -408,8 +410,8 @@ SAM_CHECKPOINT_NAMES: dict[str, str] = {
 #: GroundingDINO's short side / long-side cap at inference (its ``load_image`` transform).
 _DINO_SHORT_SIDE = 800
 _DINO_MAX_SIDE = 1333
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_IMAGENET_MEAN = np.asarray(IMAGENET_MEAN, np.float32)
+_IMAGENET_STD = np.asarray(IMAGENET_STD, np.float32)
 
 
 class SamPredictorLike(Protocol):
@@ -518,6 +520,8 @@ def _load_groundingdino(cfg: PriorConfig, device: str) -> Any:
     from groundingdino.util.misc import clean_state_dict
     from groundingdino.util.slconfig import SLConfig
 
+    # both files were checked by _dino_problems before the detector was built
+    assert cfg.groundingdino_config is not None and cfg.groundingdino_checkpoint is not None
     args = SLConfig.fromfile(cfg.groundingdino_config)
     args.device = device
     args.text_encoder_type = str(cfg.text_encoder_dir)
@@ -601,7 +605,8 @@ class GroundedSamPrior:
 
     def __init__(self, cfg: PriorConfig, *, box_detector: BoxDetector | None = None,
                  sam_predictor: SamPredictorLike | None = None) -> None:
-        if not (cfg.prompt or "").strip():
+        prompt = (cfg.prompt or "").strip()
+        if not prompt:
             raise ValueError("grounded-sam prior needs a text prompt naming the object, "
                              "e.g. PriorConfig(prompt='bottle')")
         problems = [] if sam_predictor is not None else _sam_problems(cfg)
@@ -610,7 +615,7 @@ class GroundedSamPrior:
             raise PriorUnavailableError("grounded-sam prior is unavailable:\n  - "
                                         + "\n  - ".join(problems))
         self.cfg = cfg
-        self.prompt = cfg.prompt.strip()
+        self.prompt = prompt
         self.sam_predictor = sam_predictor or _build_sam_predictor(cfg)
         self.box_detector = box_detector or _GroundingDinoDetector(cfg)
         self.last_boxes: list[Box] = []
@@ -622,8 +627,8 @@ class GroundedSamPrior:
         """Union of the SAM masks of the prompt's boxes; the whole image when none."""
         rgb = np.ascontiguousarray(_as_rgb_float(image).clip(0, 255).astype(np.uint8))
         shape = rgb.shape[:2]
-        self.last_boxes = [tuple(float(v) for v in box)
-                           for box in self.box_detector(rgb, self.prompt)]
+        self.last_boxes = [(float(x0), float(y0), float(x1), float(y1))
+                           for x0, y0, x1, y1 in self.box_detector(rgb, self.prompt)]
         if not self.last_boxes:
             return np.ones(shape, dtype=bool)
         self.sam_predictor.set_image(rgb)
