@@ -137,7 +137,7 @@ class PatchCoreDetector:
                 stages.append([m[0] for m in per_stage])
                 stride, offset = self.finest
                 valids.append(item.geometry.grid_valid(stride, offset))
-            vec = torch.stack([p.pooled for p in pending]) if pooled else None
+            vec = torch.stack([p.pooled_vector() for p in pending]) if pooled else None
             return PatchBatch(feats, stages, [p.geometry for p in pending], valids, vec)
 
         with bar:
@@ -196,9 +196,9 @@ class PatchCoreDetector:
                 seed=self.config.seed + f, device=self.device, progress=progress)
             fold_banks.append(part[keep])
             fold_origin.append(np.repeat(members, counts[members])[keep])
-            for i in members:
-                if i not in kept:
-                    per_image[i] = np.zeros((0, part.shape[1]), np.float32)  # free memory
+            for member in members:
+                if member not in kept:
+                    per_image[member] = np.zeros((0, part.shape[1]), np.float32)  # free memory
         del per_image
         use_gpu = self.device.type == "cuda"
         self.knn = NearestNeighbours(np.concatenate(fold_banks), use_gpu=use_gpu)
@@ -441,7 +441,7 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        np.savez_compressed(fh, allow_pickle=False, **arrays)
     return path
 
 
