@@ -497,7 +497,10 @@ class ProtoAtlasConfig:
         updated: dict[str, Any] = {}
         for key, value in sections.items():
             current = getattr(self, key)
-            updated[key] = replace(current, **value) if is_dataclass(current) else value
+            if is_dataclass(current) and not isinstance(current, type):
+                updated[key] = replace(current, **value)
+            else:
+                updated[key] = value
         return replace(self, **updated)
 
 

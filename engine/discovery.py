@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import get_args
@@ -265,7 +265,8 @@ class DiscoveryModel:
 
     def _pool_settings(self) -> PoolSettings:
         d = self.config.discovery
-        return PoolSettings(d.guidance_beta, tuple(d.region_factors), d.residual_power,
+        background, obj, anomaly = d.region_factors
+        return PoolSettings(d.guidance_beta, (background, obj, anomaly), d.residual_power,
                             d.learn_factors, d.scorer_hidden)
 
     def _new_head(self, channels: int, n_prototypes: int) -> PrototypeHead:
@@ -675,7 +676,8 @@ class DiscoveryModel:
                                   max_points=dcfg.ward_max_points,
                                   restarts=dcfg.kmeans_restarts, seed=self.config.seed)
         next_id = int(result.type_ids.max()) + 1 if len(result.type_ids) else 0
-        new_ids, new_protos = [], []
+        new_ids: list[int] = []
+        new_protos: list[np.ndarray] = []
         for c in range(len(centres)):
             members = outliers[labels == c]
             if len(members) < dcfg.new_type_min_size:
@@ -866,12 +868,12 @@ class _Iter:
     def __init__(self, seq: Sequence[np.ndarray]) -> None:
         self.seq = seq
 
-    def __iter__(self) -> Iterable[np.ndarray]:
+    def __iter__(self) -> Iterator[np.ndarray]:
         return (self.seq[i] for i in range(len(self.seq)))
 
 
 def _external_map(amap: np.ndarray, shape: tuple[int, int], index: int) -> np.ndarray:
-    arr = np.asarray(amap, dtype=np.float32)
+    arr: np.ndarray = np.asarray(amap, dtype=np.float32)
     if arr.ndim != 2 or not np.isfinite(arr).all():
         raise DiscoveryError(f"anomaly map {index} must be a finite 2-D array, got {arr.shape}")
     if arr.shape != shape:
