@@ -183,7 +183,7 @@ def merge_boxes(
 
 def anomaly_area(mask: np.ndarray, box: Box) -> int:
     """Number of mask pixels inside ``box`` (the part within the image)."""
-    top, left, bottom, right = _clip(box, mask.shape)
+    top, left, bottom, right = clip_box(box, mask.shape)
     return int(np.count_nonzero(mask[top:bottom, left:right]))
 
 
@@ -263,7 +263,7 @@ def _merge_group(group: Sequence[Box], image_shape: tuple[int, ...], cfg: CropCo
     return square_box(union.centre, side, image_shape)
 
 
-def _clip(box: Box, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+def clip_box(box: Box, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) of the part of ``box`` inside an image of ``shape``."""
     h, w = shape[:2]
     return max(box.top, 0), max(box.left, 0), min(box.bottom, h), min(box.right, w)
@@ -291,7 +291,7 @@ def _checked_image(image: np.ndarray) -> np.ndarray:
 
 def _cut(array: np.ndarray, box: Box, border: int) -> np.ndarray:
     """The box region of ``array``, with out-of-image parts filled by ``border`` mode."""
-    top, left, bottom, right = _clip(box, array.shape)
+    top, left, bottom, right = clip_box(box, array.shape)
     if bottom <= top or right <= left:
         raise ValueError(f"{box} does not overlap the image of shape {array.shape[:2]}")
     region = np.ascontiguousarray(array[top:bottom, left:right])
@@ -309,7 +309,7 @@ def _crop_one(
     mask_cut = _cut(binary.view(np.uint8), box, cv2.BORDER_CONSTANT)
     shrink = box.height * box.width > size * size
     image_interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    top, left, bottom, right = _clip(box, rgb.shape)
+    top, left, bottom, right = clip_box(box, rgb.shape)
     return Crop(
         box=box,
         image=cv2.resize(image_cut, (size, size), interpolation=image_interp),

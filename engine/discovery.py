@@ -40,6 +40,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from engine.backbone import FeatureExtractor
+from engine.calibration import even_sample
 from engine.clustering import (
     auto_min_size,
     cluster,
@@ -73,6 +74,9 @@ MODEL_KIND = "protoatlas-discovery"
 MODEL_FORMAT_VERSION = 1
 #: Type id of "no type" (not anomalous, or an outlier).
 NO_TYPE = -1
+#: Confidence cap of an assignment whose top-1 and top-2 similarities are closer than
+#: ``DiscoveryConfig.assign_margin``.
+LOW_MARGIN_CONFIDENCE = 0.5
 
 
 class DiscoveryError(ValueError):
@@ -302,10 +306,9 @@ class DiscoveryModel:
 
     def _keep_references(self, normals: Sequence[np.ndarray]) -> None:
         dcfg = self.config.discovery
-        n = len(normals)
-        keep = np.linspace(0, n - 1, num=min(n, dcfg.max_kept_references)).round().astype(int)
+        keep = even_sample(len(normals), dcfg.max_kept_references)
         self.references = [shrink_to(self.stretched(normals[i]), dcfg.reference_side)
-                           for i in np.unique(keep)]
+                           for i in keep]
         self.reference_descriptors = np.array(
             list(self._require_detector().iter_descriptors(self.references)), np.float32)
 
@@ -594,7 +597,7 @@ class DiscoveryModel:
         if len(self.type_ids) > 1:
             top2 = np.sort(sims, axis=1)[:, -2]
             low_margin = (best_sim - top2) < dcfg.assign_margin
-            conf = np.where(low_margin, np.minimum(conf, 0.5), conf)
+            conf = np.where(low_margin, np.minimum(conf, LOW_MARGIN_CONFIDENCE), conf)
         region_type = np.where(outlier, NO_TYPE, self.type_ids[best]).astype(np.int64)
         return region_type, conf.astype(np.float32), outlier, best_sim.astype(np.float32)
 
