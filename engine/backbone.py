@@ -15,10 +15,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, Protocol, cast, overload
 
 import numpy as np
 import timm
 import torch
+from timm.models import FeatureInfo
 
 from engine.config import BackboneConfig
 
@@ -32,6 +34,39 @@ BUNDLED_WEIGHTS: dict[str, tuple[str, str]] = {
 
 class BackboneError(ValueError):
     """A backbone name or checkpoint cannot be used; the message says what is available."""
+
+
+class TimmModel(Protocol):
+    """What this module calls on a timm model beyond :class:`torch.nn.Module` (whose typed
+    interface is all that ``timm.create_model`` promises)."""
+
+    #: One dict per stage (``num_chs``, ``reduction``, ``module``): a list, or timm's
+    #: :class:`~timm.models.FeatureInfo` on feature-extraction wrappers.
+    feature_info: FeatureInfo | list[dict[str, Any]]
+    default_cfg: dict[str, Any]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+    @overload
+    def forward_intermediates(self, x: torch.Tensor, indices: list[int], *,
+                              intermediates_only: Literal[True]) -> list[torch.Tensor]: ...
+
+    @overload
+    def forward_intermediates(self, x: torch.Tensor, indices: list[int]
+                              ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+
+def timm_view(model: torch.nn.Module) -> TimmModel:
+    """``model`` typed as the timm model it is (no check, no copy)."""
+    return cast(TimmModel, model)
+
+
+def feature_dicts(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """The model's ``feature_info``: one dict per stage (``num_chs``, ``reduction``)."""
+    info = timm_view(model).feature_info
+    return info.get_dicts() if isinstance(info, FeatureInfo) else list(info)
 
 
 @dataclass
@@ -55,6 +90,8 @@ def _package_dir(package: str) -> Path | None:
     try:
         module = importlib.import_module(package)
     except ImportError:
+        return None
+    if module.__file__ is None:  # a namespace package: no models/ folder of its own
         return None
     return Path(module.__file__).resolve().parent
 
@@ -129,7 +166,7 @@ def build_model(cfg: BackboneConfig) -> torch.nn.Module:
             f"'{cfg.name}' is not a timm model name (see timm.list_models()); "
             f"bundled: {', '.join(available_backbones()) or 'none'}"
         )
-    kwargs = {}
+    kwargs: dict[str, Any] = {}  # timm.create_model's model-specific keyword arguments
     if "vit" in cfg.name or "deit" in cfg.name:
         # inputs keep their aspect ratio: the position embedding is interpolated per size
         kwargs["img_size"] = cfg.image_size
@@ -153,7 +190,7 @@ def build_model(cfg: BackboneConfig) -> torch.nn.Module:
 HUB = "hub"
 
 
-def _hub_model(cfg: BackboneConfig, kwargs: dict) -> torch.nn.Module:
+def _hub_model(cfg: BackboneConfig, kwargs: dict[str, Any]) -> torch.nn.Module:
     """A timm model with its published pretrained weights: downloaded by timm from the
     Hugging Face hub (needs internet), or read from ``cfg.hub_file``, a local copy of that
     file (a machine without internet, or a test)."""
@@ -202,7 +239,8 @@ def fold_batchnorm(model: torch.nn.Module, *, image_size: int = 64,
         for a, b in zip(names, names[1:]):
             conv, bn = parent._modules[a], parent._modules[b]
             if not (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)
-                    and bn.track_running_stats and bn.running_var is not None):
+                    and bn.track_running_stats and bn.running_var is not None
+                    and bn.running_mean is not None):
                 continue
             scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / \
                 torch.sqrt(bn.running_var + bn.eps)
@@ -214,7 +252,7 @@ def fold_batchnorm(model: torch.nn.Module, *, image_size: int = 64,
             parent._modules[b] = _ActOnly(bn) if type(bn) is not torch.nn.BatchNorm2d \
                 else torch.nn.Identity()
     x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    want, got = model.forward_features(x), folded.forward_features(x)
+    want, got = timm_view(model).forward_features(x), timm_view(folded).forward_features(x)
     if not torch.allclose(want, got, atol=tolerance, rtol=tolerance):
         return model
     return folded
@@ -229,16 +267,15 @@ def _load_user_checkpoint(model: torch.nn.Module, state: dict[str, torch.Tensor]
     if missing:
         shown = ", ".join(missing[:5])
         raise BackboneError(
-            f"checkpoint {path} does not fit '{model.default_cfg.get('architecture', '?')}': "
+            f"checkpoint {path} does not fit "
+            f"'{timm_view(model).default_cfg.get('architecture', '?')}': "
             f"{len(missing)} tensors missing (e.g. {shown})"
         )
 
 
 def select_feature_indices(model: torch.nn.Module, cfg: BackboneConfig) -> list[int]:
     """Indices into ``model.feature_info`` of the stages used as patch features."""
-    info = model.feature_info
-    info_list = [info.get_dicts()[i] if hasattr(info, "get_dicts") else info[i]
-                 for i in range(len(info))]
+    info_list = feature_dicts(model)
     if cfg.feature_indices is not None:
         bad = [i for i in cfg.feature_indices if not -len(info_list) <= i < len(info_list)]
         if bad:
@@ -294,7 +331,7 @@ def measure_offsets(model: torch.nn.Module, indices: list[int], strides: list[in
         probes.append(np.clip(base + OFFSET_PROBE_HEIGHT * bump[..., None], 0, 255)
                       .astype(np.uint8))
     x = torch.from_numpy(to_tensor_batch(probes)).to(device)
-    maps = model.forward_intermediates(x, indices=indices, intermediates_only=True)
+    maps = timm_view(model).forward_intermediates(x, indices=indices, intermediates_only=True)
     offsets = []
     for fmap, stride in zip(maps, strides):
         diff = (fmap[1:] - fmap[:1]).float().norm(dim=1).cpu().numpy()  # (P, h, w)
@@ -322,11 +359,10 @@ class FeatureExtractor:
         self.device = device
         # channels_last: depthwise convolutions run ~1.6x faster on CPU in this layout
         # (measured on EfficientNet-Lite0, 2 cores); harmless on CUDA.
-        self.model = fold_batchnorm(build_model(cfg)).to(device,
-                                                       memory_format=torch.channels_last)
+        self.model = fold_batchnorm(build_model(cfg)).to(  # type: ignore[call-overload]
+            device, memory_format=torch.channels_last)  # torch stubs: no device + format overload
         self.indices = select_feature_indices(self.model, cfg)
-        info = self.model.feature_info
-        dicts = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
+        dicts = feature_dicts(self.model)
         self.strides = [int(dicts[i]["reduction"]) for i in self.indices]
         self.channels = [int(dicts[i]["num_chs"]) for i in self.indices]
         #: Input sizes must be multiples of the largest stride of the whole network.
@@ -342,13 +378,12 @@ class FeatureExtractor:
     def __call__(self, batch: np.ndarray | torch.Tensor, pooled: bool = False) -> Features:
         x = torch.as_tensor(batch, dtype=torch.float32).to(self.device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
+        model = timm_view(self.model)
         if pooled:
-            final, maps = self.model.forward_intermediates(x, indices=self.indices)
-            vector = self.model.forward_head(final, pre_logits=True)
+            final, maps = model.forward_intermediates(x, indices=self.indices)
+            vector = model.forward_head(final, pre_logits=True)
         else:
-            maps = self.model.forward_intermediates(
-                x, indices=self.indices, intermediates_only=True
-            )
+            maps = model.forward_intermediates(x, indices=self.indices, intermediates_only=True)
             vector = None
         return Features(maps=[m.float() for m in maps], strides=self.strides, pooled=vector)
 

@@ -13,6 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def even_sample(n: int, k: int) -> np.ndarray:
+    """Sorted distinct indices of at most ``k`` of ``n`` items, spread evenly from the first
+    to the last."""
+    return np.unique(np.linspace(0, n - 1, num=min(n, k)).round().astype(int))
+
+
 def assign_folds(n: int, folds: int, seed: int) -> np.ndarray:
     """Fold index (0..F-1) of each of ``n`` images, balanced, in a seeded random order;
     F = min(folds, n). One fold (all zeros) when ``folds <= 1`` or ``n <= 1``."""

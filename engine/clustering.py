@@ -33,10 +33,16 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import silhouette_score
 
+from engine.config import DiscoveryConfig
+
 #: MAD of a normal distribution relative to its standard deviation.
 _MAD_TO_STD = 1.4826
 #: Prototypes with fewer members than this use the pooled statistics.
 _MIN_MEMBERS_FOR_OWN_STATS = 20
+#: ``estimate_k`` on fewer vectors than this gives K = 1 (no grouping to compare).
+MIN_POINTS_TO_SPLIT = 4
+#: ``clusters="auto"`` never asks for types smaller than this (:func:`auto_min_size`).
+AUTO_MIN_SIZE_FLOOR = 3
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -91,13 +97,14 @@ def cluster(x: np.ndarray, k: int, *, method: str, max_points: int, restarts: in
 
 
 def estimate_k(x: np.ndarray, max_k: int, *, restarts: int, seed: int,
-               method: str = "kmeans", max_points: int = 2000, min_size: int = 1
+               method: str = "kmeans", max_points: int = DiscoveryConfig().ward_max_points,
+               min_size: int = 1
                ) -> tuple[int, dict[int, float]]:
     """Best K by mean cosine silhouette over ``2..max_k`` among groupings whose groups all
     have at least ``min_size`` members (and the score of every admissible K)."""
     xn = normalise(x)
     n = len(xn)
-    if n < 4:
+    if n < MIN_POINTS_TO_SPLIT:
         return 1, {}
     scores: dict[int, float] = {}
     for k in range(2, min(max_k, n - 1) + 1):
@@ -115,7 +122,7 @@ def estimate_k(x: np.ndarray, max_k: int, *, restarts: int, seed: int,
 
 def auto_min_size(n: int, fraction: float, cap: int) -> int:
     """Smallest type size ``clusters="auto"`` accepts for ``n`` regions."""
-    return int(max(3, min(cap, int(np.ceil(fraction * n)))))
+    return int(max(AUTO_MIN_SIZE_FLOOR, min(cap, int(np.ceil(fraction * n)))))
 
 
 def outlier_thresholds(similarity: np.ndarray, labels: np.ndarray, n_prototypes: int,

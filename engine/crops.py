@@ -27,52 +27,12 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from engine.config import CropConfig  # defined with the other configs; still importable here
+
 #: 8-connectivity for components, as in MEBin.
 _CONNECTIVITY = 8
 #: Tolerance for float products such as ``0.1 * 250`` before rounding to whole pixels.
 _ROUND_EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class CropConfig:
-    """Tunables of the crop step; defaults follow AnomalyNCD."""
-
-    #: Margin added on each side of a component, as a fraction of its longer side.
-    pad_fraction: float = 0.10
-    #: Smallest box side, as a fraction of the shorter image side.
-    min_side_fraction: float = 0.10
-    #: Largest box side for a single component, as a fraction of the shorter image side.
-    max_side_fraction: float = 0.5
-    #: Boxes closer than this fraction of the shorter image side (or overlapping) are merged.
-    merge_distance_fraction: float = 0.01
-    #: Boxes kept beyond MEBin's estimated anomaly count (AnomalyNCD keeps count + 1).
-    extra_boxes: int = 1
-    #: Side of the square output crops in pixels (the backbone input size of the NCD stage).
-    output_size: int = 224
-    #: Smallest box side in source pixels (on top of ``min_side_fraction``), so that a tiny
-    #: defect in a small image keeps some context around it.
-    min_side_px: int = 0
-    #: Side of the crop cut around the map's maximum when there is no MEBin component (the
-    #: nearest-type crop of an image judged normal), as a fraction of the shorter side.
-    peak_side_fraction: float = 0.25
-
-    def __post_init__(self) -> None:
-        if self.pad_fraction < 0:
-            raise ValueError(f"CropConfig.pad_fraction must be >= 0, got {self.pad_fraction}")
-        if not 0 < self.min_side_fraction <= self.max_side_fraction:
-            raise ValueError(
-                "CropConfig needs 0 < min_side_fraction <= max_side_fraction, got "
-                f"{self.min_side_fraction} and {self.max_side_fraction}"
-            )
-        if self.merge_distance_fraction < 0:
-            raise ValueError(
-                f"CropConfig.merge_distance_fraction must be >= 0, got "
-                f"{self.merge_distance_fraction}"
-            )
-        if self.extra_boxes < 0:
-            raise ValueError(f"CropConfig.extra_boxes must be >= 0, got {self.extra_boxes}")
-        if self.output_size < 1:
-            raise ValueError(f"CropConfig.output_size must be >= 1, got {self.output_size}")
 
 
 @dataclass(frozen=True)
@@ -223,7 +183,7 @@ def merge_boxes(
 
 def anomaly_area(mask: np.ndarray, box: Box) -> int:
     """Number of mask pixels inside ``box`` (the part within the image)."""
-    top, left, bottom, right = _clip(box, mask.shape)
+    top, left, bottom, right = clip_box(box, mask.shape)
     return int(np.count_nonzero(mask[top:bottom, left:right]))
 
 
@@ -303,7 +263,7 @@ def _merge_group(group: Sequence[Box], image_shape: tuple[int, ...], cfg: CropCo
     return square_box(union.centre, side, image_shape)
 
 
-def _clip(box: Box, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+def clip_box(box: Box, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) of the part of ``box`` inside an image of ``shape``."""
     h, w = shape[:2]
     return max(box.top, 0), max(box.left, 0), min(box.bottom, h), min(box.right, w)
@@ -331,7 +291,7 @@ def _checked_image(image: np.ndarray) -> np.ndarray:
 
 def _cut(array: np.ndarray, box: Box, border: int) -> np.ndarray:
     """The box region of ``array``, with out-of-image parts filled by ``border`` mode."""
-    top, left, bottom, right = _clip(box, array.shape)
+    top, left, bottom, right = clip_box(box, array.shape)
     if bottom <= top or right <= left:
         raise ValueError(f"{box} does not overlap the image of shape {array.shape[:2]}")
     region = np.ascontiguousarray(array[top:bottom, left:right])
@@ -349,7 +309,7 @@ def _crop_one(
     mask_cut = _cut(binary.view(np.uint8), box, cv2.BORDER_CONSTANT)
     shrink = box.height * box.width > size * size
     image_interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    top, left, bottom, right = _clip(box, rgb.shape)
+    top, left, bottom, right = clip_box(box, rgb.shape)
     return Crop(
         box=box,
         image=cv2.resize(image_cut, (size, size), interpolation=image_interp),

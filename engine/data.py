@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from PIL import Image
@@ -142,11 +143,7 @@ class ImageListing(list):
         head += " (supported extensions: " + ", ".join(SUPPORTED_EXTENSIONS) + ")"
         if not self.skipped:
             return head + "; the folder holds no files"
-        items = [f"{s.name} ({s.reason})" for s in self.skipped[:SUMMARY_MAX_ITEMS]]
-        more = len(self.skipped) - SUMMARY_MAX_ITEMS
-        if more > 0:
-            items.append(f"... and {more} more")
-        return f"{head}; skipped {len(self.skipped)}: " + "; ".join(items)
+        return f"{head}; skipped {len(self.skipped)}: " + _skipped_summary(self.skipped)
 
 
 def _walk_directory(root: Path) -> ImageListing:
@@ -325,11 +322,17 @@ class LoadReport:
         head = f"loaded {len(self.loaded)}, skipped {len(self.skipped)}"
         if not self.skipped:
             return head
-        items = [f"{s.name} ({s.reason})" for s in self.skipped[:SUMMARY_MAX_ITEMS]]
-        more = len(self.skipped) - SUMMARY_MAX_ITEMS
-        if more > 0:
-            items.append(f"... and {more} more")
-        return f"{head}: " + "; ".join(items)
+        return f"{head}: " + _skipped_summary(self.skipped)
+
+
+def _skipped_summary(skipped: Sequence[SkippedFile]) -> str:
+    """``"a.png (empty file); b.png (...); ... and 3 more"``: the first
+    :data:`SUMMARY_MAX_ITEMS` files named with their reasons."""
+    items = [f"{s.name} ({s.reason})" for s in skipped[:SUMMARY_MAX_ITEMS]]
+    more = len(skipped) - SUMMARY_MAX_ITEMS
+    if more > 0:
+        items.append(f"... and {more} more")
+    return "; ".join(items)
 
 
 def _nothing_found(listing: "ImageListing | None") -> str:
@@ -477,7 +480,13 @@ class LazyImages(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return len(self._refs)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         ref = self._refs[index]

@@ -26,7 +26,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from engine.backbone import FeatureExtractor
-from engine.calibration import assign_folds, pick_calibration, threshold_at
+from engine.calibration import assign_folds, even_sample, pick_calibration, threshold_at
 from engine.config import CalibrationBank, ProtoAtlasConfig
 from engine.device import resolve_device
 from engine.feature_grid import ImageFeatures, iter_image_features
@@ -39,6 +39,11 @@ from engine.sampler import coreset_size, greedy_coreset
 #: Version of the saved-model format; bumped whenever the arrays or JSON change meaning.
 MODEL_FORMAT_VERSION = 1
 MODEL_KIND = "protoatlas-patchcore"
+#: The normals' grey-level stretch (``contrast="normals"``) is fitted on an even sample of
+#: at most this many of them.
+INTENSITY_SAMPLE_IMAGES = 64
+#: Random patch features per image and stage the k-means prototypes are fitted on.
+PROTOTYPE_SAMPLES_PER_IMAGE = 64
 
 
 class ModelFormatError(ValueError):
@@ -108,6 +113,10 @@ class PatchCoreDetector:
         #: Grey-level stretch fitted on the normals (``contrast == "normals"``), else None.
         self.intensity: tuple[float, float] | None = None
 
+    def _neighbours(self, bank: np.ndarray) -> NearestNeighbours:
+        """Exact k-NN over ``bank``, on the GPU when the detector runs on CUDA."""
+        return NearestNeighbours(bank, use_gpu=self.device.type == "cuda")
+
     # ------------------------------------------------------------------ features
     @property
     def finest(self) -> tuple[int, float]:
@@ -137,7 +146,7 @@ class PatchCoreDetector:
                 stages.append([m[0] for m in per_stage])
                 stride, offset = self.finest
                 valids.append(item.geometry.grid_valid(stride, offset))
-            vec = torch.stack([p.pooled for p in pending]) if pooled else None
+            vec = torch.stack([p.pooled_vector() for p in pending]) if pooled else None
             return PatchBatch(feats, stages, [p.geometry for p in pending], valids, vec)
 
         with bar:
@@ -196,12 +205,11 @@ class PatchCoreDetector:
                 seed=self.config.seed + f, device=self.device, progress=progress)
             fold_banks.append(part[keep])
             fold_origin.append(np.repeat(members, counts[members])[keep])
-            for i in members:
-                if i not in kept:
-                    per_image[i] = np.zeros((0, part.shape[1]), np.float32)  # free memory
+            for member in members:
+                if member not in kept:
+                    per_image[member] = np.zeros((0, part.shape[1]), np.float32)  # free memory
         del per_image
-        use_gpu = self.device.type == "cuda"
-        self.knn = NearestNeighbours(np.concatenate(fold_banks), use_gpu=use_gpu)
+        self.knn = self._neighbours(np.concatenate(fold_banks))
         per_stage = [np.concatenate([s[i] for s in stage_samples])
                      for i in range(len(stage_samples[0]))]
         self.prototypes = ResidualPrototypes.fit(
@@ -217,7 +225,6 @@ class PatchCoreDetector:
                             ) -> np.ndarray:
         """Scores of the calibration images ``kept`` (index -> content patches), each
         against a bank it did not shape (``DetectorConfig.calibration_bank``)."""
-        use_gpu = self.device.type == "cuda"
         scores = []
         how = self.config.detector.calibration_bank
         if how not in get_args(CalibrationBank):
@@ -226,27 +233,28 @@ class PatchCoreDetector:
         if how == "leave_one_out":
             bank, origin = np.concatenate(fold_banks), np.concatenate(fold_origin)
             for i in sorted(kept):
-                rest = NearestNeighbours(bank[origin != i], use_gpu=use_gpu)
+                rest = self._neighbours(bank[origin != i])
                 scores.append(self._content_score(kept[i], rest))
             return np.asarray(scores, np.float32)
         for f in range(len(fold_banks)):
             held = [i for i in sorted(kept) if folds[i] == f]
             if not held:
                 continue
-            others = NearestNeighbours(np.concatenate(
-                [b for g, b in enumerate(fold_banks) if g != f]), use_gpu=use_gpu)
+            others = self._neighbours(np.concatenate(
+                [b for g, b in enumerate(fold_banks) if g != f]))
             scores.extend(self._content_score(kept[i], others) for i in held)
         return np.asarray(scores, np.float32)
 
     def fit_intensity(self, images: Sequence[np.ndarray]) -> None:
         """Fit the grey-level stretch on the normals when ``contrast`` is ``normals`` (or
-        ``auto`` and they are dark), from an even sample of at most 64 of them."""
+        ``auto`` and they are dark), from an even sample of at most
+        :data:`INTENSITY_SAMPLE_IMAGES` of them."""
         bcfg = self.config.backbone
         if bcfg.contrast not in ("normals", "auto") or len(images) == 0:
             self.intensity = None
             return
-        pick = np.linspace(0, len(images) - 1, num=min(len(images), 64)).round().astype(int)
-        lo, hi = intensity_range((images[int(i)] for i in np.unique(pick)),
+        pick = even_sample(len(images), INTENSITY_SAMPLE_IMAGES)
+        lo, hi = intensity_range((images[int(i)] for i in pick),
                                  *bcfg.contrast_percentiles)
         dark = hi < bcfg.dark_level
         self.intensity = (lo, hi) if bcfg.contrast == "normals" or dark else None
@@ -260,14 +268,16 @@ class PatchCoreDetector:
 
     def _sample_stage_features(self, batch: PatchBatch, rng: np.random.Generator
                                ) -> list[np.ndarray]:
-        """Up to 64 random patch features per image and stage, for the k-means prototypes."""
+        """Up to :data:`PROTOTYPE_SAMPLES_PER_IMAGE` random patch features per image and
+        stage, for the k-means prototypes."""
         out = []
         for k in range(len(batch.stage_maps[0])):
             parts = []
             for stages in batch.stage_maps:
                 fmap = stages[k]
                 flat = fmap.permute(1, 2, 0).reshape(-1, fmap.shape[0]).cpu().numpy()
-                take = rng.choice(len(flat), size=min(len(flat), 64), replace=False)
+                take = rng.choice(len(flat), size=min(len(flat), PROTOTYPE_SAMPLES_PER_IMAGE),
+                                  replace=False)
                 parts.append(flat[np.sort(take)])
             out.append(np.concatenate(parts))
         return out
@@ -394,7 +404,7 @@ class PatchCoreDetector:
                          what="a detector", again="refit the model")
         config = ProtoAtlasConfig.from_dict(meta["config"])
         det = cls(config, device=resolve_device_arg(device, config.device), extractor=extractor)
-        det.knn = NearestNeighbours(arrays["bank"], use_gpu=det.device.type == "cuda")
+        det.knn = det._neighbours(arrays["bank"])
         det.prototypes = ResidualPrototypes(
             [arrays[f"prototypes_{i}"] for i in range(int(meta["n_stages"]))])
         det.threshold = float(meta["threshold"]) if meta["threshold"] is not None else None
@@ -441,7 +451,7 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        np.savez_compressed(fh, allow_pickle=False, **arrays)
     return path
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import get_args
@@ -40,6 +40,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from engine.backbone import FeatureExtractor
+from engine.calibration import even_sample
 from engine.clustering import (
     auto_min_size,
     cluster,
@@ -65,7 +66,7 @@ from engine.prior import ObjectPrior, make_prior
 from engine.protoindex import PrototypeIndex
 from engine.protonet import PoolSettings, PrototypeHead
 from engine.prototrain import TrainReport, embed_all, train_head
-from engine.regions import Region, image_regions, paste_mask, shrink_to
+from engine.regions import ClippedMask, ImageRegions, Region, image_regions, shrink_to
 from engine.tokens import CropEncoder, RegionTokens
 
 MODEL_KIND = "protoatlas-discovery"
@@ -73,6 +74,9 @@ MODEL_KIND = "protoatlas-discovery"
 MODEL_FORMAT_VERSION = 1
 #: Type id of "no type" (not anomalous, or an outlier).
 NO_TYPE = -1
+#: Confidence cap of an assignment whose top-1 and top-2 similarities are closer than
+#: ``DiscoveryConfig.assign_margin``.
+LOW_MARGIN_CONFIDENCE = 0.5
 
 
 class DiscoveryError(ValueError):
@@ -80,7 +84,7 @@ class DiscoveryError(ValueError):
 
 
 @dataclass
-class RegionRecord:
+class RegionRecord(ClippedMask):
     """A region without its pixel crops (what results and storage keep)."""
 
     image_index: int
@@ -94,10 +98,6 @@ class RegionRecord:
     score: float
     #: The region comes from the whole-image fallback (MEBin found no stable component).
     fallback: bool
-
-    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
-        """The region's anomaly mask as a bool array of the image's (H, W)."""
-        return paste_mask(self.mask, self.clip, shape)
 
     @classmethod
     def of(cls, region: Region, fallback: bool) -> "RegionRecord":
@@ -186,6 +186,48 @@ class TypeFit:
     train: TrainReport
 
 
+@dataclass
+class _Detected:
+    """The detection pass over a batch (:meth:`DiscoveryModel.analyse`), per image."""
+
+    scores: np.ndarray
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+    #: Maps shrunk to at most ``mebin_side`` on the shorter side, smoothed by
+    #: ``region_sigma``.
+    small_maps: list[np.ndarray] = field(default_factory=list)
+    descriptors: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class _PendingRegions:
+    """Regions of one chunk of images, encoded together, with their records."""
+
+    regions: list[Region] = field(default_factory=list)
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+    references: list[list[np.ndarray]] = field(default_factory=list)
+    records: list[RegionRecord] = field(default_factory=list)
+
+    def add(self, region: Region, fallback: bool, shape: tuple[int, int],
+            references: list[np.ndarray]) -> None:
+        self.regions.append(region)
+        self.records.append(RegionRecord.of(region, fallback))
+        self.shapes.append(shape)
+        self.references.append(references)
+
+    def encode(self, encoder: CropEncoder) -> RegionTokens:
+        return encoder.encode(self.regions, self.shapes, self.references)
+
+
+@dataclass
+class _FoundRegions:
+    """The region pass over a batch: records and token chunks of regions and peaks."""
+
+    records: list[RegionRecord] = field(default_factory=list)
+    peaks: list[RegionRecord] = field(default_factory=list)
+    token_parts: list[RegionTokens] = field(default_factory=list)
+    peak_parts: list[RegionTokens] = field(default_factory=list)
+
+
 #: A progress callback: (stage name, fraction done 0..1).
 ProgressFn = Callable[[str, float], None]
 
@@ -227,7 +269,8 @@ class DiscoveryModel:
 
     def _pool_settings(self) -> PoolSettings:
         d = self.config.discovery
-        return PoolSettings(d.guidance_beta, tuple(d.region_factors), d.residual_power,
+        background, obj, anomaly = d.region_factors
+        return PoolSettings(d.guidance_beta, (background, obj, anomaly), d.residual_power,
                             d.learn_factors, d.scorer_hidden)
 
     def _new_head(self, channels: int, n_prototypes: int) -> PrototypeHead:
@@ -263,10 +306,9 @@ class DiscoveryModel:
 
     def _keep_references(self, normals: Sequence[np.ndarray]) -> None:
         dcfg = self.config.discovery
-        n = len(normals)
-        keep = np.linspace(0, n - 1, num=min(n, dcfg.max_kept_references)).round().astype(int)
+        keep = even_sample(len(normals), dcfg.max_kept_references)
         self.references = [shrink_to(self.stretched(normals[i]), dcfg.reference_side)
-                           for i in np.unique(keep)]
+                           for i in keep]
         self.reference_descriptors = np.array(
             list(self._require_detector().iter_descriptors(self.references)), np.float32)
 
@@ -297,98 +339,119 @@ class DiscoveryModel:
         replaced by the given ones; images are then flagged by MEBin alone.
         """
         det = self._require_detector()
+        _check_batch(det, len(images), maps)
+        external = maps is not None
+        t0 = time.perf_counter()
+        detected = self._detect_all(images, maps, progress, on_progress)
+        t1 = time.perf_counter()
+        flagged, floor = _flag_images(det, detected.scores, external)
+        range_maps, floor = self._range_maps(detected.small_maps, flagged, floor)
+        value_range = self.value_range or self._value_range(range_maps, floor)
+        found = self._region_pass(images, detected, flagged, value_range, external=external,
+                                  progress=progress, on_progress=on_progress)
+        tokens, peak_tokens = self._concat_tokens(found.token_parts, found.peak_parts)
+        t2 = time.perf_counter()
+        return BatchAnalysis(detected.shapes, detected.scores, flagged, detected.small_maps,
+                             found.records, tokens, value_range,
+                             {"detect": t1 - t0, "regions": t2 - t1}, found.peaks, peak_tokens)
+
+    def _detect_all(self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None,
+                    progress: bool, on_progress: ProgressFn) -> _Detected:
+        """The detection pass: per image its shape, score, descriptor and its map shrunk to
+        ``mebin_side`` (smoothed by ``region_sigma``)."""
         dcfg = self.config.discovery
         n = len(images)
-        if n == 0:
-            raise DiscoveryError("the batch holds no usable image")
-        if maps is None and not det.is_fitted:
-            raise DiscoveryError("this model has no fitted detector (it was made from given "
-                                 "anomaly maps): give the maps of the new images too")
-        if maps is not None and len(maps) != n:
-            raise DiscoveryError(f"{len(maps)} anomaly maps for {n} images")
-        t0 = time.perf_counter()
-        shapes: list[tuple[int, int]] = []
-        small_maps: list[np.ndarray] = []
-        scores = np.zeros(n, np.float32)
-        descriptors = []
+        detected = _Detected(scores=np.zeros(n, np.float32))
         bar = tqdm(total=n, desc="detect", disable=not progress, file=sys.stderr, leave=False)
         for i, (shape, score, amap, descriptor) in enumerate(
                 self._detect_pass(images, maps)):
-            shapes.append(shape)
-            scores[i] = score
+            detected.shapes.append(shape)
+            detected.scores[i] = score
             small = shrink_to(amap, dcfg.mebin_side)
             if dcfg.region_sigma > 0:
                 small = gaussian_filter(small, dcfg.region_sigma).astype(np.float32)
-            small_maps.append(small)
-            descriptors.append(descriptor)
+            detected.small_maps.append(small)
+            detected.descriptors.append(descriptor)
             bar.update(1)
             on_progress("detect", (i + 1) / n)
         bar.close()
-        t1 = time.perf_counter()
-        if maps is None:
-            threshold = det.threshold if det.threshold is not None else float("inf")
-            flagged = scores > threshold
-            floor = threshold if np.isfinite(threshold) else None
-        else:  # no calibrated threshold: MEBin decides (no stable component = normal)
-            flagged = np.ones(n, dtype=bool)
-            floor = None
-        if dcfg.mebin_range not in get_args(MebinRange):
+        return detected
+
+    def _range_maps(self, small_maps: list[np.ndarray], flagged: np.ndarray,
+                    floor: float | None) -> tuple[list[np.ndarray], float | None]:
+        """The maps MEBin's normalisation range spans (``DiscoveryConfig.mebin_range``) and
+        the floor of that range."""
+        mebin_range = self.config.discovery.mebin_range
+        if mebin_range not in get_args(MebinRange):
             raise ValueError(f"DiscoveryConfig.mebin_range must be one of "
-                             f"{get_args(MebinRange)}, got {dcfg.mebin_range!r}")
-        if dcfg.mebin_range == "all":  # AnomalyNCD: every map of the batch, no floor
-            range_maps, floor = small_maps, None
-        else:
-            range_maps = [m for m, f in zip(small_maps, flagged) if f]
-        value_range = self.value_range or self._value_range(range_maps, floor)
-        records: list[RegionRecord] = []
-        peaks: list[RegionRecord] = []
-        token_parts: list[RegionTokens] = []
-        peak_parts: list[RegionTokens] = []
+                             f"{get_args(MebinRange)}, got {mebin_range!r}")
+        if mebin_range == "all":  # AnomalyNCD: every map of the batch, no floor
+            return small_maps, None
+        return [m for m, f in zip(small_maps, flagged) if f], floor
+
+    def _region_pass(self, images: Sequence[np.ndarray], detected: _Detected,
+                     flagged: np.ndarray, value_range: tuple[float, float], *,
+                     external: bool, progress: bool, on_progress: ProgressFn) -> _FoundRegions:
+        """Regions of every image and their tokens, encoded a chunk of images at a time.
+
+        A flagged image gives all its regions; any other image its strongest one, a *peak*
+        (which type is nearest). With ``external`` maps, an image in which MEBin finds no
+        stable component is no longer flagged (``flagged`` is updated in place).
+        """
+        n = len(images)
+        found = _FoundRegions()
         chunk = max(1, self.config.backbone.batch_size)
         bar = tqdm(total=n, desc="regions", disable=not progress, file=sys.stderr,
                    leave=False)
         for start in range(0, n, chunk):
-            found_regions: list[Region] = []
-            found_shapes, found_refs = [], []
-            peak_regions: list[Region] = []
-            peak_shapes, peak_refs = [], []
+            regions, peaks = _PendingRegions(), _PendingRegions()
             for i in range(start, min(n, start + chunk)):
                 image = self.stretched(images[i])
-                full_map = cv2.resize(small_maps[i], (shapes[i][1], shapes[i][0]),
-                                      interpolation=cv2.INTER_LINEAR)
-                found = image_regions(
-                    i, image, full_map, self.prior.predict(image),
-                    mebin_cfg=self.config.mebin, crop_cfg=self.config.crops,
-                    value_range=value_range, fallback_quantile=dcfg.fallback_quantile,
-                    mebin_side=dcfg.mebin_side, peak_fallback=not flagged[i])
-                if maps is not None and found.fallback:
+                got = self._image_regions(i, image, detected, value_range,
+                                          peak_fallback=not flagged[i])
+                if external and got.fallback:
                     flagged[i] = False
-                refs = self._references_for(descriptors[i])
+                refs = self._references_for(detected.descriptors[i])
                 if flagged[i]:
-                    for region in found.regions:
-                        found_regions.append(region)
-                        records.append(RegionRecord.of(region, found.fallback))
-                        found_shapes.append(shapes[i])
-                        found_refs.append(refs)
+                    for region in got.regions:
+                        regions.add(region, got.fallback, detected.shapes[i], refs)
                 else:  # not an anomaly: its strongest region only says which type is nearest
-                    region = max(found.regions, key=lambda r: r.score)
-                    peak_regions.append(region)
-                    peaks.append(RegionRecord.of(region, found.fallback))
-                    peak_shapes.append(shapes[i])
-                    peak_refs.append(refs)
-            if found_regions:
-                token_parts.append(self.encoder.encode(found_regions, found_shapes, found_refs))
-            if peak_regions:
-                peak_parts.append(self.encoder.encode(peak_regions, peak_shapes, peak_refs))
+                    region = max(got.regions, key=lambda r: r.score)
+                    peaks.add(region, got.fallback, detected.shapes[i], refs)
+            if regions.regions:
+                found.token_parts.append(regions.encode(self.encoder))
+            if peaks.regions:
+                found.peak_parts.append(peaks.encode(self.encoder))
+            found.records.extend(regions.records)
+            found.peaks.extend(peaks.records)
             bar.update(min(n, start + chunk) - start)
             on_progress("regions", min(1.0, (start + chunk) / n))
         bar.close()
-        empty = None if token_parts and peak_parts else self.encoder.encode([], [], [])
-        tokens = RegionTokens.concat(token_parts) if token_parts else empty
-        peak_tokens = RegionTokens.concat(peak_parts) if peak_parts else empty
-        t2 = time.perf_counter()
-        return BatchAnalysis(shapes, scores, flagged, small_maps, records, tokens, value_range,
-                             {"detect": t1 - t0, "regions": t2 - t1}, peaks, peak_tokens)
+        return found
+
+    def _image_regions(self, i: int, image: np.ndarray, detected: _Detected,
+                       value_range: tuple[float, float], *, peak_fallback: bool
+                       ) -> ImageRegions:
+        """:func:`engine.regions.image_regions` of image ``i`` (already stretched), its map
+        resized back from the shrunk one."""
+        dcfg = self.config.discovery
+        height, width = detected.shapes[i]
+        full_map = cv2.resize(detected.small_maps[i], (width, height),
+                              interpolation=cv2.INTER_LINEAR)
+        return image_regions(
+            i, image, full_map, self.prior.predict(image),
+            mebin_cfg=self.config.mebin, crop_cfg=self.config.crops,
+            value_range=value_range, fallback_quantile=dcfg.fallback_quantile,
+            mebin_side=dcfg.mebin_side, peak_fallback=peak_fallback)
+
+    def _concat_tokens(self, token_parts: list[RegionTokens], peak_parts: list[RegionTokens]
+                       ) -> tuple[RegionTokens, RegionTokens]:
+        """The regions' and the peaks' tokens, each empty when there are none."""
+        if token_parts and peak_parts:
+            return RegionTokens.concat(token_parts), RegionTokens.concat(peak_parts)
+        empty = self.encoder.encode([], [], [])
+        return (RegionTokens.concat(token_parts) if token_parts else empty,
+                RegionTokens.concat(peak_parts) if peak_parts else empty)
 
     def _detect_pass(self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None
                      ) -> Iterable[tuple[tuple[int, int], float, np.ndarray, np.ndarray]]:
@@ -534,7 +597,7 @@ class DiscoveryModel:
         if len(self.type_ids) > 1:
             top2 = np.sort(sims, axis=1)[:, -2]
             low_margin = (best_sim - top2) < dcfg.assign_margin
-            conf = np.where(low_margin, np.minimum(conf, 0.5), conf)
+            conf = np.where(low_margin, np.minimum(conf, LOW_MARGIN_CONFIDENCE), conf)
         region_type = np.where(outlier, NO_TYPE, self.type_ids[best]).astype(np.int64)
         return region_type, conf.astype(np.float32), outlier, best_sim.astype(np.float32)
 
@@ -616,7 +679,8 @@ class DiscoveryModel:
                                   max_points=dcfg.ward_max_points,
                                   restarts=dcfg.kmeans_restarts, seed=self.config.seed)
         next_id = int(result.type_ids.max()) + 1 if len(result.type_ids) else 0
-        new_ids, new_protos = [], []
+        new_ids: list[int] = []
+        new_protos: list[np.ndarray] = []
         for c in range(len(centres)):
             members = outliers[labels == c]
             if len(members) < dcfg.new_type_min_size:
@@ -757,6 +821,27 @@ class DiscoveryModel:
         return model
 
 
+def _check_batch(det: PatchCoreDetector, n: int, maps: Sequence[np.ndarray] | None) -> None:
+    """The batch of :meth:`DiscoveryModel.analyse` can be analysed (else DiscoveryError)."""
+    if n == 0:
+        raise DiscoveryError("the batch holds no usable image")
+    if maps is None and not det.is_fitted:
+        raise DiscoveryError("this model has no fitted detector (it was made from given "
+                             "anomaly maps): give the maps of the new images too")
+    if maps is not None and len(maps) != n:
+        raise DiscoveryError(f"{len(maps)} anomaly maps for {n} images")
+
+
+def _flag_images(det: PatchCoreDetector, scores: np.ndarray, external: bool
+                 ) -> tuple[np.ndarray, float | None]:
+    """Which images the detector flags, and the floor of MEBin's range (its threshold)."""
+    if not external:
+        threshold = det.threshold if det.threshold is not None else float("inf")
+        return scores > threshold, (threshold if np.isfinite(threshold) else None)
+    # no calibrated threshold: MEBin decides (no stable component = normal)
+    return np.ones(len(scores), dtype=bool), None
+
+
 def semi_supervised_kmeans(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray,
                            iterations: int) -> np.ndarray:
     """GCD's semi-supervised k-means on unit vectors: labelled rows stay in their class
@@ -786,12 +871,12 @@ class _Iter:
     def __init__(self, seq: Sequence[np.ndarray]) -> None:
         self.seq = seq
 
-    def __iter__(self) -> Iterable[np.ndarray]:
+    def __iter__(self) -> Iterator[np.ndarray]:
         return (self.seq[i] for i in range(len(self.seq)))
 
 
 def _external_map(amap: np.ndarray, shape: tuple[int, int], index: int) -> np.ndarray:
-    arr = np.asarray(amap, dtype=np.float32)
+    arr: np.ndarray = np.asarray(amap, dtype=np.float32)
     if arr.ndim != 2 or not np.isfinite(arr).all():
         raise DiscoveryError(f"anomaly map {index} must be a finite 2-D array, got {arr.shape}")
     if arr.shape != shape:

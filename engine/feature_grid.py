@@ -36,6 +36,12 @@ class ImageFeatures:
     #: (P,) pooled global feature (pre-logits; tiles weighted by the area they own), or None.
     pooled: torch.Tensor | None
 
+    def pooled_vector(self) -> torch.Tensor:
+        """:attr:`pooled` of features extracted with ``pooled=True``."""
+        if self.pooled is None:
+            raise ValueError("these features were extracted without pooled=True")
+        return self.pooled
+
 
 @dataclass
 class _Tile:
@@ -124,25 +130,27 @@ def _window_features(extractor: FeatureExtractor, images: list[np.ndarray],
                                      for t in chunk])
             feats = extractor(batch, pooled=pooled)
             for b, t in enumerate(chunk):
-                if maps[t.image] is None:
+                image_maps = maps[t.image]
+                if image_maps is None:
                     ih, iw = geoms[t.image].input_hw
-                    maps[t.image] = [torch.empty((m.shape[1], ih // s, iw // s))
-                                     for m, s in zip(feats.maps, strides)]
+                    image_maps = maps[t.image] = [torch.empty((m.shape[1], ih // s, iw // s))
+                                                  for m, s in zip(feats.maps, strides)]
                 o_top, o_left, o_bottom, o_right = t.own
-                for dst, m, s in zip(maps[t.image], feats.maps, strides):
+                for dst, m, s in zip(image_maps, feats.maps, strides):
                     dst[:, o_top // s:o_bottom // s, o_left // s:o_right // s] = \
                         m[b, :, (o_top - t.top) // s:(o_bottom - t.top) // s,
                           (o_left - t.left) // s:(o_right - t.left) // s].cpu()
                 if feats.pooled is not None:
                     weight = (o_bottom - o_top) * (o_right - o_left)
                     part = feats.pooled[b].cpu() * weight
-                    pooled_sum[t.image] = part if pooled_sum[t.image] is None \
-                        else pooled_sum[t.image] + part
+                    so_far = pooled_sum[t.image]
+                    pooled_sum[t.image] = part if so_far is None else so_far + part
     out = []
-    for i, geom in enumerate(geoms):
+    for image_maps, total, geom in zip(maps, pooled_sum, geoms):
+        assert image_maps is not None  # every image has at least one tile
         vec = None
-        if pooled_sum[i] is not None:
+        if total is not None:
             ih, iw = geom.input_hw
-            vec = pooled_sum[i] / float(ih * iw)
-        out.append(ImageFeatures(maps[i], geom, vec))  # type: ignore[arg-type]
+            vec = total / float(ih * iw)
+        out.append(ImageFeatures(image_maps, geom, vec))
     return out

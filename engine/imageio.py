@@ -34,8 +34,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from engine.config import DataConfig
+
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DEFAULT_MAX_PIXELS: int = 50_000_000
+#: Images above this many pixels are refused: :attr:`DataConfig.max_pixels`'s default.
+DEFAULT_MAX_PIXELS: int = DataConfig().max_pixels
 
 # We check width * height ourselves (see _check_size), before decoding.
 Image.MAX_IMAGE_PIXELS = None

@@ -24,7 +24,7 @@ class NearestNeighbours:
         if bank.ndim != 2 or len(bank) == 0:
             raise ValueError(f"memory bank must be a non-empty 2-D array, got {bank.shape}")
         self.bank = bank
-        index = faiss.IndexFlatL2(bank.shape[1])
+        index: faiss.Index = faiss.IndexFlatL2(bank.shape[1])
         self.on_gpu = bool(use_gpu and faiss_has_gpu())
         if self.on_gpu:
             self._resources = faiss.StandardGpuResources()

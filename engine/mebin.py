@@ -29,42 +29,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from engine.config import MEBinConfig  # defined with the other configs; still importable here
+
 #: 8-connectivity for component counting, as in AnomalyNCD.
 _CONNECTIVITY = 8
-
-
-@dataclass(frozen=True)
-class MEBinConfig:
-    """Tunables of MEBin; defaults are AnomalyNCD's."""
-
-    #: Threshold decrement between sweep steps, in normalised grey levels (AnomalyNCD: 4).
-    step: int = 4
-    #: Side of the square erosion kernel applied before counting components (AnomalyNCD: 6).
-    erosion_kernel: int = 6
-    #: Minimum length, in sweep steps, of a run of equal non-zero counts to be a stable
-    #: interval (AnomalyNCD: 4).
-    min_stable_steps: int = 4
-    #: Number of normalised grey levels; maps are scaled onto ``0..levels-1`` (8-bit: 256).
-    levels: int = 256
-    #: Optional floor for the low end of the normalisation range, in map units. When given
-    #: (e.g. the detector's threshold calibrated on normal images) the low end becomes
-    #: ``max(range_floor, min of per-image maxima)``, so nothing below the calibrated
-    #: threshold can become anomalous. ``None`` keeps AnomalyNCD's behaviour.
-    range_floor: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.step < 1:
-            raise ValueError(f"MEBinConfig.step must be >= 1, got {self.step}")
-        if self.erosion_kernel < 1:
-            raise ValueError(f"MEBinConfig.erosion_kernel must be >= 1, got {self.erosion_kernel}")
-        if self.min_stable_steps < 1:
-            raise ValueError(
-                f"MEBinConfig.min_stable_steps must be >= 1, got {self.min_stable_steps}"
-            )
-        if self.levels < 2:
-            raise ValueError(f"MEBinConfig.levels must be >= 2, got {self.levels}")
-        if self.range_floor is not None and not np.isfinite(self.range_floor):
-            raise ValueError(f"MEBinConfig.range_floor must be finite, got {self.range_floor}")
 
 
 @dataclass

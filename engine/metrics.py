@@ -28,7 +28,7 @@ Pure numpy / scipy / scikit-learn: no torch.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,9 @@ def _image_list(images: ArrayLike | Sequence[ArrayLike], name: str) -> list[np.n
         raise ValueError(
             f"{name} must be (N, H, W), (H, W) or a list of 2-D arrays, got ndim={images.ndim}"
         )
+    if not isinstance(images, Iterable):
+        raise TypeError(f"{name} must be an array or a sequence of 2-D arrays, "
+                        f"got {type(images).__name__}")
     out = [np.asarray(image) for image in images]
     for i, image in enumerate(out):
         if image.ndim != 2:

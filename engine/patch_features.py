@@ -45,6 +45,12 @@ def equal_width(feature_map: torch.Tensor, width: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(flat, width).reshape(b, h, w, width).permute(0, 3, 1, 2)
 
 
+def grid_size(feature_map: torch.Tensor) -> tuple[int, int]:
+    """(h, w): the spatial size of a (..., h, w) feature map."""
+    height, width = feature_map.shape[-2:]
+    return (height, width)
+
+
 def resample_stage(feature_map: torch.Tensor, stride: int, offset: float,
                    size: tuple[int, int], target_stride: int, target_offset: float
                    ) -> torch.Tensor:
@@ -86,7 +92,7 @@ def aggregate(maps: Sequence[torch.Tensor], strides: Sequence[int], offsets: Seq
     pooled = [local_average(m, p, None if valid is None else v)
               for m, p, v in zip(maps, sides, valid if valid is not None else [None] * len(maps))]
     finest = max(range(len(pooled)), key=lambda i: pooled[i].shape[-1])
-    size = tuple(pooled[finest].shape[-2:])
+    size = grid_size(pooled[finest])
     width = max(m.shape[1] for m in pooled)
     parts = []
     for m, s, o in zip(pooled, strides, offsets):

@@ -196,8 +196,8 @@ def tile_starts(extent: int, tile: int, margin: int, multiple: int) -> list[int]
 
 def to_tensor_batch(images: list[np.ndarray]) -> np.ndarray:
     """Stack (S, S, 3) uint8 images into a normalised float32 (B, 3, S, S) array."""
-    batch = np.stack(images).astype(np.float32) / 255.0
-    batch = (batch - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    scaled = np.stack(images).astype(np.float32) / 255.0
+    batch = (scaled - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 

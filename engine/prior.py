@@ -32,6 +32,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+# PriorConfig and PRIOR_BACKENDS live in engine.config and stay importable from here
+from engine.config import IMAGENET_MEAN, IMAGENET_STD, PRIOR_BACKENDS, PriorConfig
+
 # =============================================================================================
 # Regions
 # =============================================================================================
@@ -40,9 +43,6 @@ from scipy import ndimage
 BACKGROUND = 0
 OBJECT = 1
 ANOMALY = 2
-
-#: Names accepted by :attr:`PriorConfig.backend`.
-PRIOR_BACKENDS: tuple[str, ...] = ("classical", "none", "grounded-sam")
 
 
 def prior_overrides(backend: str | None, prompt: str | None) -> dict[str, str]:
@@ -81,90 +81,6 @@ def region_map(object_mask: np.ndarray, anomaly_mask: np.ndarray) -> np.ndarray:
 # =============================================================================================
 # Configuration and interface
 # =============================================================================================
-
-
-@dataclass(frozen=True)
-class PriorConfig:
-    """Every tunable of the object prior, with its default.
-
-    Pixel sizes of the classical backend are at its working resolution
-    (``working_size`` px on the long side), not at the input resolution.
-    """
-
-    # ---- backend --------------------------------------------------------------------------
-    #: ``"classical"`` (offline, from the normals), ``"none"`` (whole image is object,
-    #: for textures) or ``"grounded-sam"`` (text prompt -> GroundingDINO -> SAM).
-    backend: str = "classical"
-
-    # ---- grounded-sam ---------------------------------------------------------------------
-    #: Text naming the object for GroundingDINO, e.g. ``"bottle"``; required by grounded-sam.
-    prompt: str | None = None
-    #: Local SAM checkpoint, e.g. ``sam_vit_b_01ec64.pth`` for ``vit_b``.
-    sam_checkpoint: str | None = None
-    #: ``segment_anything.sam_model_registry`` key matching the checkpoint:
-    #: ``vit_b`` (smallest, 375 MB), ``vit_l`` or ``vit_h``.
-    sam_model_type: str = "vit_b"
-    #: Local GroundingDINO checkpoint, e.g. ``groundingdino_swint_ogc.pth``.
-    groundingdino_checkpoint: str | None = None
-    #: GroundingDINO model config (python file), e.g. ``GroundingDINO_SwinT_OGC.py``.
-    groundingdino_config: str | None = None
-    #: Local directory holding the ``bert-base-uncased`` files GroundingDINO's text encoder
-    #: needs (``config.json``, ``vocab.txt``, ``tokenizer_config.json``, and
-    #: ``model.safetensors`` or ``pytorch_model.bin``); replaces the hub name so that
-    #: nothing is downloaded.
-    text_encoder_dir: str | None = None
-    #: GroundingDINO: boxes whose best token score is below this are dropped (its default).
-    box_threshold: float = 0.35
-    #: GroundingDINO: token score for a phrase to be attached to a box (its default).
-    text_threshold: float = 0.25
-    #: Torch device for SAM / GroundingDINO: ``auto``, ``cpu`` or ``cuda``.
-    device: str = "auto"
-
-    # ---- classical ------------------------------------------------------------------------
-    #: Long side (px) of the working resolution: the estimate is smooth, 128 px is plenty
-    #: and keeps fitting on hundreds of normals well under a second.
-    working_size: int = 128
-    #: If the estimated object covers less than this fraction of the image, or more than
-    #: ``max_object_fraction``, there is no separable object (texture, tiles): the whole
-    #: image becomes object.
-    min_object_fraction: float = 0.02
-    max_object_fraction: float = 0.98
-    #: Window side (px, odd) of the median filter applied before the colour difference (it
-    #: removes grain but keeps outlines), of the local-texture (local std) window and of the
-    #: box filter smoothing the cross-normal std. 3 measured a lower IoU on the synthetic
-    #: objects (0.94 vs 0.95), larger windows round off corners.
-    smoothing: int = 5
-    #: Width of the image border (fraction of the shorter side) whose median colour is the
-    #: background colour.
-    border_fraction: float = 0.03
-    #: Minimum colour distance (grey levels, Euclidean RGB) between object and background on
-    #: top of the border's own spread: the Otsu threshold is never taken below it, so a
-    #: texture with mild shading is not split into "object" and "background".
-    colour_margin: float = 30.0
-    #: Same floor for the local-texture cue (local std of the grey median, grey levels).
-    texture_margin: float = 8.0
-    #: Same floor for the cross-normal cue (per-pixel std over the normals, grey levels):
-    #: places where the normals disagree (a part that moves or rotates) are object.
-    variation_margin: float = 12.0
-    #: Quantile of a cue over the border pixels taken as the background's own spread.
-    border_quantile: float = 0.95
-    #: The cross-normal cue needs at least this many normals.
-    min_normals_for_variation: int = 3
-    #: Side (px) of the elliptical structuring element of the morphological closing.
-    closing: int = 5
-    #: Iterations of the closing (bridges gaps up to about ``closing * iterations`` px).
-    closing_iterations: int = 2
-    #: Connected components smaller than this fraction of the largest one are dropped.
-    min_component_ratio: float = 0.1
-    #: Images whose aspect ratio differs from the normals' by more than this (relative) are
-    #: not covered by the fitted mask: the rule is applied to the image itself.
-    aspect_tolerance: float = 0.02
-    #: Per-image refinement band (px at working resolution); 0 disables it. When > 0, pixels
-    #: within this distance of the fitted boundary are re-decided per image by the colour
-    #: rule (the object may shift a little); the rest keeps the fitted mask. Off by default:
-    #: on synthetic discs ``refine_band=2`` raised the IoU from 0.95 to 0.99 but cut 17 % of
-    #: "missing material" defects (bites out of the edge) out of the object.
-    refine_band: int = 0
 
 
 @runtime_checkable
@@ -326,7 +242,8 @@ def _shrink(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def _keep_large_components(mask: np.ndarray, min_ratio: float) -> np.ndarray:
     """Drop 8-connected components smaller than ``min_ratio`` x the largest one."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                               connectivity=8)
     if count <= 2:  # background + at most one component
         return mask
     areas = stats[1:, cv2.CC_STAT_AREA]
@@ -493,8 +410,8 @@ SAM_CHECKPOINT_NAMES: dict[str, str] = {
 #: GroundingDINO's short side / long-side cap at inference (its ``load_image`` transform).
 _DINO_SHORT_SIDE = 800
 _DINO_MAX_SIDE = 1333
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_IMAGENET_MEAN = np.asarray(IMAGENET_MEAN, np.float32)
+_IMAGENET_STD = np.asarray(IMAGENET_STD, np.float32)
 
 
 class SamPredictorLike(Protocol):
@@ -603,6 +520,8 @@ def _load_groundingdino(cfg: PriorConfig, device: str) -> Any:
     from groundingdino.util.misc import clean_state_dict
     from groundingdino.util.slconfig import SLConfig
 
+    # both files were checked by _dino_problems before the detector was built
+    assert cfg.groundingdino_config is not None and cfg.groundingdino_checkpoint is not None
     args = SLConfig.fromfile(cfg.groundingdino_config)
     args.device = device
     args.text_encoder_type = str(cfg.text_encoder_dir)
@@ -686,7 +605,8 @@ class GroundedSamPrior:
 
     def __init__(self, cfg: PriorConfig, *, box_detector: BoxDetector | None = None,
                  sam_predictor: SamPredictorLike | None = None) -> None:
-        if not (cfg.prompt or "").strip():
+        prompt = (cfg.prompt or "").strip()
+        if not prompt:
             raise ValueError("grounded-sam prior needs a text prompt naming the object, "
                              "e.g. PriorConfig(prompt='bottle')")
         problems = [] if sam_predictor is not None else _sam_problems(cfg)
@@ -695,7 +615,7 @@ class GroundedSamPrior:
             raise PriorUnavailableError("grounded-sam prior is unavailable:\n  - "
                                         + "\n  - ".join(problems))
         self.cfg = cfg
-        self.prompt = cfg.prompt.strip()
+        self.prompt = prompt
         self.sam_predictor = sam_predictor or _build_sam_predictor(cfg)
         self.box_detector = box_detector or _GroundingDinoDetector(cfg)
         self.last_boxes: list[Box] = []
@@ -707,8 +627,8 @@ class GroundedSamPrior:
         """Union of the SAM masks of the prompt's boxes; the whole image when none."""
         rgb = np.ascontiguousarray(_as_rgb_float(image).clip(0, 255).astype(np.uint8))
         shape = rgb.shape[:2]
-        self.last_boxes = [tuple(float(v) for v in box)
-                           for box in self.box_detector(rgb, self.prompt)]
+        self.last_boxes = [(float(x0), float(y0), float(x1), float(y1))
+                           for x0, y0, x1, y1 in self.box_detector(rgb, self.prompt)]
         if not self.last_boxes:
             return np.ones(shape, dtype=bool)
         self.sam_predictor.set_image(rgb)

@@ -53,4 +53,5 @@ class PrototypeIndex:
 
     def reconstruct(self, type_id: int) -> np.ndarray:
         """The stored prototype vector of ``type_id``."""
-        return self.index.reconstruct(int(type_id))
+        out = np.empty(self.dim, np.float32)  # faiss fills and returns this buffer
+        return self.index.reconstruct(int(type_id), out)

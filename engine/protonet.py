@@ -56,10 +56,11 @@ class GuidedAttentionPool(nn.Module):
             self.register_buffer("beta", beta)
         self.residual_power = float(settings.residual_power)
         self.norm = nn.LayerNorm(channels)
-        self.scorer = nn.Sequential(nn.Linear(channels, settings.scorer_hidden), nn.GELU(),
-                                    nn.Linear(settings.scorer_hidden, 1))
-        nn.init.zeros_(self.scorer[-1].weight)
-        nn.init.zeros_(self.scorer[-1].bias)
+        hidden = nn.Linear(channels, settings.scorer_hidden)
+        score = nn.Linear(settings.scorer_hidden, 1)
+        nn.init.zeros_(score.weight)
+        nn.init.zeros_(score.bias)
+        self.scorer = nn.Sequential(hidden, nn.GELU(), score)
 
     def logits(self, tokens: torch.Tensor, anomaly: torch.Tensor, regions: torch.Tensor
                ) -> torch.Tensor:

@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 import torch
 
-from engine.patch_features import resample_stage
+from engine.patch_features import grid_size, resample_stage
 
 
 @dataclass
@@ -68,7 +68,7 @@ class ResidualPrototypes:
         resampled at the finest cells' positions, :func:`engine.patch_features.resample_stage`)."""
         maps = self.residual_maps(stage_maps)
         finest = max(range(len(maps)), key=lambda i: maps[i].shape[-2] * maps[i].shape[-1])
-        size = tuple(maps[finest].shape[-2:])
+        size = grid_size(maps[finest])
         ups = [resample_stage(m, s, o, size, strides[finest], offsets[finest])
                for m, s, o in zip(maps, strides, offsets)]
         return torch.cat(ups, dim=1)

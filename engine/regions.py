@@ -20,6 +20,7 @@ import numpy as np
 from engine.crops import (
     Box,
     CropConfig,
+    clip_box,
     extract_crops,
     select_boxes,
     side_limits,
@@ -30,8 +31,20 @@ from engine.mebin import MEBinConfig, MEBinResult, binarize
 from engine.prior import region_map
 
 
+class ClippedMask:
+    """Mixin of a record holding an anomaly mask cut to ``clip`` (top, left, bottom, right:
+    the part of its box inside the image): :meth:`full_mask` pastes it back."""
+
+    mask: np.ndarray
+    clip: tuple[int, int, int, int]
+
+    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The region's anomaly mask as a bool array of the image's (H, W)."""
+        return paste_mask(self.mask, self.clip, shape)
+
+
 @dataclass
-class Region:
+class Region(ClippedMask):
     """One anomaly-centred crop of one image."""
 
     #: Index of the image in the batch.
@@ -58,10 +71,6 @@ class Region:
     def box_tuple(self) -> tuple[int, int, int, int]:
         """(top, left, bottom, right)."""
         return (self.box.top, self.box.left, self.box.bottom, self.box.right)
-
-    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
-        """The region's anomaly mask as a bool array of the image's (H, W)."""
-        return paste_mask(self.mask, self.clip, shape)
 
 
 def paste_mask(mask: np.ndarray, clip: tuple[int, int, int, int],
@@ -132,7 +141,7 @@ def image_regions(
         if peak_fallback:
             box = peak_box(amap, crop_cfg)
             inside = np.zeros_like(mask)
-            top, left, bottom, right = _clip_box(box, mask.shape)
+            top, left, bottom, right = clip_box(box, mask.shape)
             inside[top:bottom, left:right] = True
             mask = mask & inside
             if not mask.any():
@@ -148,7 +157,7 @@ def image_regions(
     codes = region_map(np.asarray(object_mask, dtype=bool), mask)
     regions = []
     for crop in extract_crops(image, amap, mask, boxes, crop_cfg):
-        clip = _clip_box(crop.box, mask.shape)
+        clip = clip_box(crop.box, mask.shape)
         regions.append(Region(
             image_index=index, box=crop.box,
             mask=mask[clip[0]:clip[2], clip[1]:clip[3]].copy(), clip=clip,
@@ -196,16 +205,9 @@ def _shrunk(array: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(array, size, interpolation=cv2.INTER_AREA)
 
 
-def _clip_box(box: Box, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    h, w = shape[:2]
-    return (max(box.top, 0), max(box.left, 0), min(box.bottom, h), min(box.right, w))
-
-
 def _crop_codes(codes: np.ndarray, box: Box, size: int) -> np.ndarray:
     """Region codes inside ``box`` resized to ``size`` (nearest); outside the image = background."""
-    h, w = codes.shape
-    top, left = max(box.top, 0), max(box.left, 0)
-    bottom, right = min(box.bottom, h), min(box.right, w)
+    top, left, bottom, right = clip_box(box, codes.shape)
     cut = np.zeros((box.height, box.width), dtype=np.uint8)
     cut[top - box.top:bottom - box.top, left - box.left:right - box.left] = \
         codes[top:bottom, left:right]

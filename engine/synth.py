@@ -460,7 +460,7 @@ class _DefectContext:
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W)."""
-        return self.support.shape  # type: ignore[return-value]
+        return self.support.shape
 
 
 def _edge_distance(support: np.ndarray) -> np.ndarray:
@@ -846,12 +846,12 @@ def _cutpaste_patch(image: np.ndarray, rng: np.random.Generator
     ph = int(np.clip(round(math.sqrt(area * aspect)), 1, height - 1))
     pw = int(np.clip(round(math.sqrt(area / aspect)), 1, width - 1))
     y0, x0 = int(rng.integers(0, height - ph + 1)), int(rng.integers(0, width - pw + 1))
-    patch = image[y0:y0 + ph, x0:x0 + pw].astype(np.float32)
+    patch: np.ndarray = image[y0:y0 + ph, x0:x0 + pw].astype(np.float32)
     gain = 1.0 + rng.uniform(-CUTPASTE_JITTER, CUTPASTE_JITTER, 3)
     contrast = 1.0 + rng.uniform(-CUTPASTE_JITTER, CUTPASTE_JITTER)
     mean = patch.mean(axis=(0, 1))
     patch = _to_uint8(((patch - mean) * contrast + mean) * gain)
-    valid = np.ones((ph, pw), np.uint8)
+    valid: np.ndarray = np.ones((ph, pw), np.uint8)
     if rng.random() < CUTPASTE_ROTATE_P:
         angle = _uniform(rng, CUTPASTE_ROTATION_DEG)
         side_h = int(math.ceil(abs(ph * math.cos(math.radians(angle)))
@@ -859,7 +859,7 @@ def _cutpaste_patch(image: np.ndarray, rng: np.random.Generator
         side_w = int(math.ceil(abs(pw * math.cos(math.radians(angle)))
                                + abs(ph * math.sin(math.radians(angle)))))
         if side_h < height and side_w < width:
-            rot = cv2.getRotationMatrix2D((pw / 2.0, ph / 2.0), angle, 1.0)
+            rot: np.ndarray = cv2.getRotationMatrix2D((pw / 2.0, ph / 2.0), angle, 1.0)
             rot[:, 2] += ((side_w - pw) / 2.0, (side_h - ph) / 2.0)
             patch = cv2.warpAffine(patch, rot, (side_w, side_h), flags=cv2.INTER_LINEAR)
             valid = cv2.warpAffine(valid, rot, (side_w, side_h), flags=cv2.INTER_NEAREST)

@@ -147,6 +147,11 @@ def _pick(ctx, candidates: np.ndarray) -> tuple[int, int] | None:
     return y, x
 
 
+def _unchanged(ctx) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of the image and an empty defect mask: no place for the defect was found."""
+    return ctx.image.copy(), np.zeros(ctx.shape, bool)
+
+
 def _set(ctx, region: np.ndarray, value: float) -> tuple[np.ndarray, np.ndarray]:
     new = ctx.image.copy()
     new[region] = value
@@ -176,7 +181,7 @@ def _paint_open(ctx):
     ridge = (inside >= 2) & (inside >= cv2.dilate(inside, np.ones((3, 3))) - 0.01)
     at = _pick(ctx, ridge)
     if at is None:
-        return ctx.image.copy(), np.zeros(ctx.shape, bool)
+        return _unchanged(ctx)
     radius = inside[at] + 1.0 + ctx.rng.uniform(0, 1.0) * _pcb_s(ctx)
     return _set(ctx, _disk(ctx.shape, at, radius) & _copper(ctx), 0.0)
 
@@ -206,7 +211,7 @@ def _paint_short(ctx):
         canvas = np.zeros(ctx.shape, np.uint8)
         cv2.line(canvas, (x, y), (int(ox[j] + x0), int(oy[j] + y0)), 1, thickness=width)
         return _set(ctx, canvas.astype(bool) & ~copper, PCB_COPPER)
-    return ctx.image.copy(), np.zeros(ctx.shape, bool)
+    return _unchanged(ctx)
 
 
 def _edge_pixels(ctx) -> np.ndarray:
@@ -218,7 +223,7 @@ def _paint_mousebite(ctx):
     s = _pcb_s(ctx)
     at = _pick(ctx, _edge_pixels(ctx))
     if at is None:
-        return ctx.image.copy(), np.zeros(ctx.shape, bool)
+        return _unchanged(ctx)
     region = np.zeros(ctx.shape, bool)
     y, x = at
     for _ in range(int(ctx.rng.integers(2, 4))):
@@ -232,7 +237,7 @@ def _paint_spur(ctx):
     s = _pcb_s(ctx)
     at = _pick(ctx, _edge_pixels(ctx))
     if at is None:
-        return ctx.image.copy(), np.zeros(ctx.shape, bool)
+        return _unchanged(ctx)
     copper = _copper(ctx).astype(np.float32)
     gy = cv2.Sobel(copper, cv2.CV_32F, 0, 1)
     gx = cv2.Sobel(copper, cv2.CV_32F, 1, 0)
@@ -252,7 +257,7 @@ def _paint_copper(ctx):
     _, outside = _distances(ctx)
     at = _pick(ctx, outside >= 5 * s)
     if at is None:
-        return ctx.image.copy(), np.zeros(ctx.shape, bool)
+        return _unchanged(ctx)
     region = np.zeros(ctx.shape, bool)
     for _ in range(int(ctx.rng.integers(1, 4))):
         c = (at[0] + ctx.rng.uniform(-2, 2) * s, at[1] + ctx.rng.uniform(-2, 2) * s)
@@ -266,7 +271,7 @@ def _paint_pinhole(ctx):
     radius = ctx.rng.uniform(1.0, 2.0) * s
     at = _pick(ctx, inside >= radius + 1.5)
     if at is None:
-        return ctx.image.copy(), np.zeros(ctx.shape, bool)
+        return _unchanged(ctx)
     return _set(ctx, _disk(ctx.shape, at, radius) & _copper(ctx), PCB_BOARD)
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from engine.backbone import FeatureExtractor
 from engine.crops import CropConfig, extract_crops
+from engine.patch_features import grid_size
 from engine.preprocess import to_tensor_batch
 from engine.regions import Region, reference_box
 
@@ -90,7 +91,7 @@ class CropEncoder:
         bs = self.extractor.cfg.batch_size
         for start in range(0, len(crops), bs):
             feats = self.extractor(to_tensor_batch(crops[start:start + bs]))
-            size = min((m.shape[-2:] for m in feats.maps), key=lambda s: s[0] * s[1])
+            size = min((grid_size(m) for m in feats.maps), key=lambda s: s[0] * s[1])
             maps = [m if m.shape[-2:] == size else F.adaptive_avg_pool2d(m, size)
                     for m in feats.maps]
             out.append(torch.cat(maps, dim=1).float().cpu())
