@@ -415,7 +415,7 @@ class DiscoveryConfig:
 
 @dataclass(frozen=True)
 class SuggestConfig:
-    """Tunables of the review-question strategies (:mod:`protoatlas.suggest`)."""
+    """Tunables of the review-question strategies (:mod:`protoatlas.service.suggestions`)."""
 
     #: Smallest type asked about as a whole (confirm) / split (split needs twice this).
     min_type_size: int = 2
@@ -467,6 +467,29 @@ class SuggestConfig:
 
 
 @dataclass(frozen=True)
+class ScreensConfig:
+    """What the review screens of the web app show (sizes of pages, caches and plots)."""
+
+    #: Members a type's gallery shows on one page, and crops drawn ahead per type at start;
+    #: in the "representative" order the first ones are the type's representatives.
+    gallery_members: int = 48
+    gallery_representatives: int = 12
+    #: Representative crops on each type card.
+    card_thumbs: int = 6
+    #: Regions the map plots at most (a seeded sample above it).
+    map_max_points: int = 20000
+    #: Regions picked with the map's lasso shown as crops at most.
+    lasso_crops: int = 48
+    #: Decoded images and anomaly maps the renderer keeps in memory.
+    image_cache: int = 48
+    map_cache: int = 48
+    #: Image details (regions, masks) the renderer keeps in memory.
+    detail_cache: int = 256
+    #: Smallest side of a crop drawn around a region, in image pixels.
+    min_crop_side: int = 48
+
+
+@dataclass(frozen=True)
 class ProtoAtlasConfig:
     """Top-level configuration: passed down from the CLI / service layer into the engine."""
 
@@ -480,6 +503,7 @@ class ProtoAtlasConfig:
     prior: PriorConfig = field(default_factory=PriorConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     suggest: SuggestConfig = field(default_factory=SuggestConfig)
+    screens: ScreensConfig = field(default_factory=ScreensConfig)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

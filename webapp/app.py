@@ -425,7 +425,7 @@ class ReviewApp:
         if not ids:
             return "No regions selected: drag a lasso or box on the map.", []
         items = []
-        for rid in ids[:48]:
+        for rid in ids[:self.views.screens.lasso_crops]:
             try:
                 items.append((str(self.views.crop(rid)), f"#{rid}"))
             except Exception:  # a region deleted since the lasso: left out of the gallery

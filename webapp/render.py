@@ -80,9 +80,11 @@ class Renderer:
         self.service = service
         self.cache_dir = Path(cache_dir) if cache_dir else service.root / "webcache"
         (self.cache_dir / "crops").mkdir(parents=True, exist_ok=True)
-        self._images = _LRU(48)
-        self._details = _LRU(256)
-        self._maps = _LRU(48)
+        screens = service.config.screens
+        self.min_crop_side = screens.min_crop_side
+        self._images = _LRU(screens.image_cache)
+        self._details = _LRU(screens.detail_cache)
+        self._maps = _LRU(screens.map_cache)
 
     # ----------------------------------------------------------------- sources
     def image(self, image_id: int) -> np.ndarray:
@@ -139,7 +141,7 @@ class Renderer:
         top, left, bottom, right = (int(v) for v in box)
         cy, cx = (top + bottom) / 2, (left + right) / 2
         side = max(bottom - top, right - left) * 1.6
-        side = int(min(max(side, 48, 0.25 * min(h, w)), max(h, w)))
+        side = int(min(max(side, self.min_crop_side, 0.25 * min(h, w)), max(h, w)))
         y0 = int(np.clip(cy - side / 2, 0, max(h - side, 0)))
         x0 = int(np.clip(cx - side / 2, 0, max(w - side, 0)))
         y1, x1 = min(y0 + side, h), min(x0 + side, w)

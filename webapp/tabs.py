@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import gradio as gr
 
+from engine.config import DiscoveryConfig
 from webapp.assets import KEYS_HELP
 from webapp.security import Limits
 from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS
@@ -21,7 +22,7 @@ PRIOR_CHOICES = [("auto (classical; grounded-SAM for the prompt when configured)
                  ("classical: object from the known-good images", "classical"),
                  ("none: textures, the whole image is the object", "none"),
                  ("grounded-SAM: text prompt (needs local checkpoints)", "grounded-sam")]
-CLUSTER_CHOICES = ["auto"] + [str(k) for k in range(2, 13)]
+CLUSTER_CHOICES = ["auto"] + [str(k) for k in range(2, DiscoveryConfig().max_clusters + 1)]
 ORDERS = [("representative first", "representative"), ("most confident", "confidence"),
           ("borderline (least confident)", "borderline")]
 #: The file types the upload boxes accept.

@@ -42,7 +42,6 @@ EXPORTS = {
     "audit_json": ("audit.json", "the audit log (JSON)"),
     "audit_csv": ("audit.csv", "the audit log (CSV)"),
 }
-MAX_MAP_POINTS = 20000
 
 
 def fmt_conf(value: float | None) -> str:
@@ -76,6 +75,7 @@ class Views:
 
     def __init__(self, service: WorkspaceService) -> None:
         self.service = service
+        self.screens = service.config.screens
         self.renderer = Renderer(service)
         self._regions: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
         self._lock = threading.Lock()
@@ -134,10 +134,11 @@ class Views:
         return [(type_label(t), t.id) for t in types
                 if t.id != exclude and t.status in ("proposed", "confirmed")]
 
-    def cards_html(self, types: Sequence[TypeSummary] | None = None, n_thumbs: int = 6,
-                   selected: int | None = None) -> str:
+    def cards_html(self, types: Sequence[TypeSummary] | None = None,
+                   n_thumbs: int | None = None, selected: int | None = None) -> str:
         """One card per type: name, status, size, confidence and representative crops."""
         types = self.types() if types is None else types
+        n_thumbs = self.screens.card_thumbs if n_thumbs is None else n_thumbs
         if not types:
             return ("<div class='pa-empty'>No defect types yet. Upload a batch with known-good "
                     "images on the <b>Upload</b> tab (or start with <code>--demo</code>).</div>")
@@ -182,9 +183,12 @@ class Views:
         return reps
 
     def type_members(self, type_id: int, order: str = "representative",
-                     limit: int = 48) -> list[Member]:
+                     limit: int | None = None) -> list[Member]:
+        """One gallery page of a type's members (``screens.gallery_members`` by default)."""
+        limit = self.screens.gallery_members if limit is None else limit
         if order == "representative":
-            reps = self.service.representatives(type_id, n=min(12, limit))
+            reps = self.service.representatives(
+                type_id, n=min(self.screens.gallery_representatives, limit))
             rest = self.service.type_members(type_id, limit=limit)
             seen = {m.region_id for m in reps}
             members = reps + [m for m in rest if m.region_id not in seen]
@@ -226,9 +230,11 @@ class Views:
                 f"#{t.id} · {t.n_regions} regions in {t.n_images} images · mean confidence "
                 f"{fmt_conf(t.mean_confidence)} · version {t.version} · made by {t.origin}")
 
-    def warm(self, n_thumbs: int = 6, gallery: int = 48) -> None:
+    def warm(self, n_thumbs: int | None = None, gallery: int | None = None) -> None:
         """Render the crops ahead (after an upload, at start): every card's thumbnails,
         then each type's first gallery page, so that opening a type is fast."""
+        n_thumbs = self.screens.card_thumbs if n_thumbs is None else n_thumbs
+        gallery = self.screens.gallery_members if gallery is None else gallery
         types = self.types()
         for t in types:
             for m in self.representatives(t, n_thumbs):
@@ -500,8 +506,8 @@ class Views:
                     self._regions[r.id] = (r.image_id, r.box)
         keep = np.array([int(i) in info for i in ids], dtype=bool)
         ids, emb = ids[keep], emb[keep]
-        if len(ids) > MAX_MAP_POINTS:
-            pick = np.sort(np.random.default_rng(0).choice(len(ids), MAX_MAP_POINTS,
+        if len(ids) > self.screens.map_max_points:
+            pick = np.sort(np.random.default_rng(0).choice(len(ids), self.screens.map_max_points,
                                                           replace=False))
             ids, emb = ids[pick], emb[pick]
         xy, method = project_2d(emb)
