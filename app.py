@@ -23,13 +23,21 @@ def main() -> int:
 
     on_space = bool(os.environ.get("SPACE_ID"))
     demo = os.environ.get("PROTOATLAS_DEMO", "1" if on_space else "0").lower() in (
-        "1", "true", "yes", "on")
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
     host = os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if on_space else "127.0.0.1")
     port = int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", "7860")))
-    return serve(home=os.environ.get("PROTOATLAS_HOME") or None,
-                 workspace=os.environ.get("PROTOATLAS_WORKSPACE", "default"),
-                 host=host, port=port, demo=demo,
-                 device=os.environ.get("PROTOATLAS_DEVICE", "auto"))
+    return serve(
+        home=os.environ.get("PROTOATLAS_HOME") or None,
+        workspace=os.environ.get("PROTOATLAS_WORKSPACE", "default"),
+        host=host,
+        port=port,
+        demo=demo,
+        device=os.environ.get("PROTOATLAS_DEVICE", "auto"),
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,7 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        sections.setdefault(section, {})[field] = tuple(value) if isinstance(value, list) \
-            else value
+        sections.setdefault(section, {})[field] = tuple(value) if isinstance(value, list) else value
     return sections
 
 
@@ -48,14 +47,20 @@ def main() -> None:
     overrides = parse_sets(args.sets)
     config = ProtoAtlasConfig(device=args.device).with_overrides(**overrides)
     result = eval_detect(args.mvtec, config)
-    row = {"data": Path(args.mvtec).name, "overrides": args.sets, **asdict(result),
-           "machine": machine()}
+    row = {
+        "data": Path(args.mvtec).name,
+        "overrides": args.sets,
+        **asdict(result),
+        "machine": machine(),
+    }
     record(args.out, row)
-    print(f"{Path(args.mvtec).name} {' '.join(args.sets) or '(defaults)'}: "
-          f"img {result.image_auroc:.4f} pix {result.pixel_auroc:.4f} "
-          f"aupro {result.aupro:.4f} | fit {result.fit_seconds:.1f}s "
-          f"score {result.score_seconds:.1f}s ({result.images_per_second:.1f} img/s) "
-          f"bank {result.bank_size} rss {result.peak_rss_mib:.0f} MiB")
+    print(
+        f"{Path(args.mvtec).name} {' '.join(args.sets) or '(defaults)'}: "
+        f"img {result.image_auroc:.4f} pix {result.pixel_auroc:.4f} "
+        f"aupro {result.aupro:.4f} | fit {result.fit_seconds:.1f}s "
+        f"score {result.score_seconds:.1f}s ({result.images_per_second:.1f} img/s) "
+        f"bank {result.bank_size} rss {result.peak_rss_mib:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

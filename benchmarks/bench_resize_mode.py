@@ -32,13 +32,22 @@ def main() -> None:
             sets.insert(0, ("original", Path(args.mvtec)))
         for label, root in sets:
             for mode in ("letterbox", "squash"):
-                cfg = ProtoAtlasConfig(device="cpu").with_overrides(
-                    backbone={"resize_mode": mode})
+                cfg = ProtoAtlasConfig(device="cpu").with_overrides(backbone={"resize_mode": mode})
                 res = eval_detect(root, cfg)
-                record(args.out, {"data": f"{Path(args.mvtec).name}/{label}", "mode": mode,
-                                  **asdict(res), "machine": machine()})
-                print(f"{label:12s} {mode:9s} img {res.image_auroc:.4f} "
-                      f"pix {res.pixel_auroc:.4f} aupro {res.aupro:.4f}", flush=True)
+                record(
+                    args.out,
+                    {
+                        "data": f"{Path(args.mvtec).name}/{label}",
+                        "mode": mode,
+                        **asdict(res),
+                        "machine": machine(),
+                    },
+                )
+                print(
+                    f"{label:12s} {mode:9s} img {res.image_auroc:.4f} "
+                    f"pix {res.pixel_auroc:.4f} aupro {res.aupro:.4f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

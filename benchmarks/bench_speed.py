@@ -34,33 +34,71 @@ def _tiles(args: argparse.Namespace, engine: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         good = args.images // 3
         per_type = (args.images - good) // len(synth.TILE_DEFECTS)
-        root = synth.write_mvtec(Path(tmp) / "tiles", synth.kind_config("tile"),
-                                 n_train=args.normals, n_test_good=good,
-                                 n_per_type=per_type, seed=0)
+        root = synth.write_mvtec(
+            Path(tmp) / "tiles",
+            synth.kind_config("tile"),
+            n_train=args.normals,
+            n_test_good=good,
+            n_per_type=per_type,
+            seed=0,
+        )
         out = Path(tmp) / "result.json"
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "protoatlas.cli", "eval-detect", "--mvtec",
-                        str(root), "--json", str(out), "--quiet", *engine], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "protoatlas.cli",
+                "eval-detect",
+                "--mvtec",
+                str(root),
+                "--json",
+                str(out),
+                "--quiet",
+                *engine,
+            ],
+            check=True,
+        )
         wall = time.perf_counter() - t
         res = json.loads(out.read_text())
-    return {"bench": "speed-tiles", "n_normals": args.normals,
-            "n_images": good + per_type * len(synth.TILE_DEFECTS), "wall_seconds": wall,
-            "fit_seconds": res["fit_seconds"], "score_seconds": res["score_seconds"],
-            "peak_rss_mib": res["peak_rss_mib"], "image_auroc": res["image_auroc"]}
+    return {
+        "bench": "speed-tiles",
+        "n_normals": args.normals,
+        "n_images": good + per_type * len(synth.TILE_DEFECTS),
+        "wall_seconds": wall,
+        "fit_seconds": res["fit_seconds"],
+        "score_seconds": res["score_seconds"],
+        "peak_rss_mib": res["peak_rss_mib"],
+        "image_auroc": res["image_auroc"],
+    }
 
 
 def _bottle(args: argparse.Namespace, engine: list[str]) -> dict:
     root = Path(args.mvtec)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "protoatlas.cli", "discover", "--normals",
-                        str(root / "train" / "good"), "--images", str(root / "test"),
-                        "--out", str(Path(tmp) / "types.csv"), "--clusters", "3", "--quiet",
-                        *engine], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "protoatlas.cli",
+                "discover",
+                "--normals",
+                str(root / "train" / "good"),
+                "--images",
+                str(root / "test"),
+                "--out",
+                str(Path(tmp) / "types.csv"),
+                "--clusters",
+                "3",
+                "--quiet",
+                *engine,
+            ],
+            check=True,
+        )
         wall = time.perf_counter() - t
         report = json.loads((Path(tmp) / "types_report.json").read_text())
-    return {"bench": "speed-bottle-discover", "wall_seconds": wall,
-            "seconds": report["seconds"]}
+    return {"bench": "speed-bottle-discover", "wall_seconds": wall, "seconds": report["seconds"]}
 
 
 def main() -> None:

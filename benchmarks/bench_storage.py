@@ -47,14 +47,29 @@ from storage import (  # noqa: E402
 GROUP_BY_SQL = summary._STATS_SQL.format(where="")  # what list_types would run without it
 
 
-def make_batch(rng: np.random.Generator, first_image: int, n_regions: int, dim: int,
-               centres: np.ndarray, type_refs: list, new_types: bool, size: int = 64,
-               per_image: int = 2) -> BatchIngest:
+def make_batch(
+    rng: np.random.Generator,
+    first_image: int,
+    n_regions: int,
+    dim: int,
+    centres: np.ndarray,
+    type_refs: list,
+    new_types: bool,
+    size: int = 64,
+    per_image: int = 2,
+) -> BatchIngest:
     n_images = int(np.ceil(n_regions / per_image))
-    images = [ImageIn(name=f"cam{(first_image + i) % 7}/{first_image + i:07d}.png", width=size,
-                      height=size, data=b"\x89PNG" + (first_image + i).to_bytes(8, "little"),
-                      anomaly_score=float(s), is_anomalous=True)
-              for i, s in enumerate(rng.random(n_images))]
+    images = [
+        ImageIn(
+            name=f"cam{(first_image + i) % 7}/{first_image + i:07d}.png",
+            width=size,
+            height=size,
+            data=b"\x89PNG" + (first_image + i).to_bytes(8, "little"),
+            anomaly_score=float(s),
+            is_anomalous=True,
+        )
+        for i, s in enumerate(rng.random(n_images))
+    ]
     img = np.minimum(np.arange(n_regions) // per_image, n_images - 1)
     top = rng.integers(0, size // 2, n_regions)
     left = rng.integers(0, size // 2, n_regions)
@@ -69,16 +84,26 @@ def make_batch(rng: np.random.Generator, first_image: int, n_regions: int, dim: 
     k = rng.integers(0, len(centres), n_regions)
     emb = centres[k] + rng.normal(size=(n_regions, dim)).astype(np.float32)
     return BatchIngest(
-        name=f"batch-{first_image}", images=images, params={"bench": True},
-        regions=RegionsIn(image=img, boxes=boxes, anomaly_score=rng.random(n_regions),
-                          masks=masks, embeddings=emb),
+        name=f"batch-{first_image}",
+        images=images,
+        params={"bench": True},
+        regions=RegionsIn(
+            image=img, boxes=boxes, anomaly_score=rng.random(n_regions), masks=masks, embeddings=emb
+        ),
         model=ModelVersionIn(kind="discover", model=rng.bytes(1024)) if new_types else 1,
         new_types=[NewType(key=f"c{i}") for i in range(len(centres))] if new_types else [],
-        assignments=AssignmentsIn(regions=np.arange(n_regions), types=[type_refs[i] for i in k],
-                                  confidence=rng.uniform(0.2, 1.0, n_regions)),
-        prototypes=[PrototypeIn(type=type_refs[i], vector=centres[i],
-                                n_members=int((k == i).sum())) for i in range(len(centres))]
-        if new_types else [])
+        assignments=AssignmentsIn(
+            regions=np.arange(n_regions),
+            types=[type_refs[i] for i in k],
+            confidence=rng.uniform(0.2, 1.0, n_regions),
+        ),
+        prototypes=[
+            PrototypeIn(type=type_refs[i], vector=centres[i], n_members=int((k == i).sum()))
+            for i in range(len(centres))
+        ]
+        if new_types
+        else [],
+    )
 
 
 def timings(fn, runs: int) -> dict[str, float]:
@@ -88,8 +113,11 @@ def timings(fn, runs: int) -> dict[str, float]:
         t0 = time.perf_counter()
         fn()
         ms.append((time.perf_counter() - t0) * 1000)
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "max_ms": float(np.max(ms))}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "max_ms": float(np.max(ms)),
+    }
 
 
 def timed(fn) -> float:
@@ -109,8 +137,9 @@ def run_size(n: int, args: argparse.Namespace, home: Path) -> dict[str, object]:
         batch = make_batch(rng, first_image, m, args.dim, centres, refs, new_types=done == 0)
         marks: dict[str, float] = {}
         t0 = time.perf_counter()
-        ws.ingest_batch(batch, progress=lambda stage, d, t: marks.__setitem__(
-            stage, time.perf_counter() - t0))
+        ws.ingest_batch(
+            batch, progress=lambda stage, d, t: marks.__setitem__(stage, time.perf_counter() - t0)
+        )
         ingest_s += time.perf_counter() - t0
         files_s += marks["files"]  # files written + masks encoded + os.sync, before the tx
         if done == 0:
@@ -122,16 +151,23 @@ def run_size(n: int, args: argparse.Namespace, home: Path) -> dict[str, object]:
     assert sum(t.n_regions for t in types) == n
     largest = types[0]
     result: dict[str, object] = {
-        "regions": n, "images": first_image, "types": len(types), "dim": args.dim,
-        "ingest_s": ingest_s, "ingest_regions_per_s": n / ingest_s,
-        "ingest_files_stage_s": files_s, "ingest_db_stage_s": ingest_s - files_s,
+        "regions": n,
+        "images": first_image,
+        "types": len(types),
+        "dim": args.dim,
+        "ingest_s": ingest_s,
+        "ingest_regions_per_s": n / ingest_s,
+        "ingest_files_stage_s": files_s,
+        "ingest_db_stage_s": ingest_s - files_s,
         "ingest_db_regions_per_s": n / max(ingest_s - files_s, 1e-9),
         "list_types": timings(lambda: ws.list_types(), args.runs),
         "type_members_page": timings(lambda: ws.type_members(largest.id, limit=50), args.runs),
         "type_members_borderline": timings(
-            lambda: ws.type_members(largest.id, limit=50, order="borderline"), args.runs),
-        "representatives": timings(lambda: ws.representatives(largest.id, 8),
-                                   max(5, args.runs // 6)),
+            lambda: ws.type_members(largest.id, limit=50, order="borderline"), args.runs
+        ),
+        "representatives": timings(
+            lambda: ws.representatives(largest.id, 8), max(5, args.runs // 6)
+        ),
     }
 
     def group_by():
@@ -142,12 +178,19 @@ def run_size(n: int, args: argparse.Namespace, home: Path) -> dict[str, object]:
     result["read_all_embeddings_s"] = timed(lambda: ws.embeddings())
     a, b = types[1], types[2]
     members = [m.region_id for m in ws.type_members(a.id, limit=10)]
-    result["rename_type_ms"] = 1000 * timed(lambda: ws.rename_type(
-        a.id, "bench-renamed", expected_version=a.version, actor="bench"))
-    result["move_10_regions_ms"] = 1000 * timed(lambda: ws.move_regions(
-        members, b.id, expected={a.id: a.version + 1, b.id: b.version}, actor="bench"))
-    result["merge_types_ms"] = 1000 * timed(lambda: ws.merge_types(
-        a.id, b.id, expected={a.id: a.version + 2, b.id: b.version + 1}, actor="bench"))
+    result["rename_type_ms"] = 1000 * timed(
+        lambda: ws.rename_type(a.id, "bench-renamed", expected_version=a.version, actor="bench")
+    )
+    result["move_10_regions_ms"] = 1000 * timed(
+        lambda: ws.move_regions(
+            members, b.id, expected={a.id: a.version + 1, b.id: b.version}, actor="bench"
+        )
+    )
+    result["merge_types_ms"] = 1000 * timed(
+        lambda: ws.merge_types(
+            a.id, b.id, expected={a.id: a.version + 2, b.id: b.version + 1}, actor="bench"
+        )
+    )
     result["merged_regions"] = a.n_regions + b.n_regions
     result["undo_merge_ms"] = 1000 * timed(lambda: ws.undo("bench"))
     problems = []
@@ -181,29 +224,66 @@ def main() -> None:
             if not args.keep:
                 shutil.rmtree(home, ignore_errors=True)
         res["loadavg_1m_before"] = load[0]  # other work sharing the cores skews timings
-        record(args.out, {"bench": "storage", **res, "config": vars(args),
-                          "storage_config": StorageConfig().__dict__, "machine": info})
+        record(
+            args.out,
+            {
+                "bench": "storage",
+                **res,
+                "config": vars(args),
+                "storage_config": StorageConfig().__dict__,
+                "machine": info,
+            },
+        )
         rows.append(res)
-        print(f"{n:>9,} regions: ingest {res['ingest_regions_per_s']:,.0f} regions/s "
-              f"({res['ingest_s']:.1f} s) | list_types p50 {res['list_types']['p50_ms']:.2f} "
-              f"p95 {res['list_types']['p95_ms']:.2f} ms | members p50 "
-              f"{res['type_members_page']['p50_ms']:.1f} p95 "
-              f"{res['type_members_page']['p95_ms']:.1f} ms", flush=True)
+        print(
+            f"{n:>9,} regions: ingest {res['ingest_regions_per_s']:,.0f} regions/s "
+            f"({res['ingest_s']:.1f} s) | list_types p50 {res['list_types']['p50_ms']:.2f} "
+            f"p95 {res['list_types']['p95_ms']:.2f} ms | members p50 "
+            f"{res['type_members_page']['p50_ms']:.1f} p95 "
+            f"{res['type_members_page']['p95_ms']:.1f} ms",
+            flush=True,
+        )
     print()
-    header = ("regions", "ingest reg/s", "db-stage reg/s", "types p50", "types p95", "members p50",
-              "members p95", "border p95", "reps p50", "GROUP BY p50", "embeddings s",
-              "merge ms", "doctor s", "reopen s", "db MiB")
+    header = (
+        "regions",
+        "ingest reg/s",
+        "db-stage reg/s",
+        "types p50",
+        "types p95",
+        "members p50",
+        "members p95",
+        "border p95",
+        "reps p50",
+        "GROUP BY p50",
+        "embeddings s",
+        "merge ms",
+        "doctor s",
+        "reopen s",
+        "db MiB",
+    )
     print(" | ".join(header))
     for r in rows:
-        print(" | ".join([
-            f"{r['regions']:,}", f"{r['ingest_regions_per_s']:,.0f}",
-            f"{r['ingest_db_regions_per_s']:,.0f}",
-            f"{r['list_types']['p50_ms']:.2f}", f"{r['list_types']['p95_ms']:.2f}",
-            f"{r['type_members_page']['p50_ms']:.1f}", f"{r['type_members_page']['p95_ms']:.1f}",
-            f"{r['type_members_borderline']['p95_ms']:.1f}",
-            f"{r['representatives']['p50_ms']:.1f}", f"{r['plain_group_by']['p50_ms']:.1f}",
-            f"{r['read_all_embeddings_s']:.2f}", f"{r['merge_types_ms']:.0f}",
-            f"{r['doctor_s']:.1f}", f"{r['reopen_s']:.2f}", f"{r['db_mib']:.0f}"]))
+        print(
+            " | ".join(
+                [
+                    f"{r['regions']:,}",
+                    f"{r['ingest_regions_per_s']:,.0f}",
+                    f"{r['ingest_db_regions_per_s']:,.0f}",
+                    f"{r['list_types']['p50_ms']:.2f}",
+                    f"{r['list_types']['p95_ms']:.2f}",
+                    f"{r['type_members_page']['p50_ms']:.1f}",
+                    f"{r['type_members_page']['p95_ms']:.1f}",
+                    f"{r['type_members_borderline']['p95_ms']:.1f}",
+                    f"{r['representatives']['p50_ms']:.1f}",
+                    f"{r['plain_group_by']['p50_ms']:.1f}",
+                    f"{r['read_all_embeddings_s']:.2f}",
+                    f"{r['merge_types_ms']:.0f}",
+                    f"{r['doctor_s']:.1f}",
+                    f"{r['reopen_s']:.2f}",
+                    f"{r['db_mib']:.0f}",
+                ]
+            )
+        )
     print(f"\nmachine: {info['cpu']}, {info['cores']} cores; results appended to {args.out}")
 
 

@@ -43,8 +43,7 @@ DEFAULT_SUITE = REPO / "benchmarks" / "suite.csv"
 def _run(cmd: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        proc = subprocess.run([*cmd, "--json", str(out), "--quiet"], capture_output=True,
-                              text=True)
+        proc = subprocess.run([*cmd, "--json", str(out), "--quiet"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}")
         return json.loads(out.read_text())
@@ -65,8 +64,11 @@ def main() -> None:
     parser.add_argument("--out", default="bench-out/suite.jsonl")
     args = parser.parse_args(argv)
     exe = [sys.executable, "-m", "protoatlas.cli"]
-    sets = [s for s in read_suite(args.suite) if _available(s)
-            and (not args.only or s.name in args.only)]
+    sets = [
+        s
+        for s in read_suite(args.suite)
+        if _available(s) and (not args.only or s.name in args.only)
+    ]
     skipped = [s.name for s in read_suite(args.suite) if not _available(s)]
     if skipped:
         print(f"not present here, skipped: {', '.join(skipped)}", file=sys.stderr)
@@ -75,21 +77,41 @@ def main() -> None:
         det = _run([*exe, "eval-detect", "--mvtec", item.path, *engine])
         det["data"] = item.name
         det_rows.append(det)
-        row = {"bench": "suite", "label": args.label, "engine": engine, "set": item.name,
-               "detect": det, "machine": machine(), "load": os.getloadavg()[0]}
-        print(f"{item.name}: detect image AUROC {det['image_auroc']:.3f} recall "
-              f"{det['recall']:.3f} FAR {det['false_alarm_rate']:.3f}", flush=True)
+        row = {
+            "bench": "suite",
+            "label": args.label,
+            "engine": engine,
+            "set": item.name,
+            "detect": det,
+            "machine": machine(),
+            "load": os.getloadavg()[0],
+        }
+        print(
+            f"{item.name}: detect image AUROC {det['image_auroc']:.3f} recall "
+            f"{det['recall']:.3f} FAR {det['false_alarm_rate']:.3f}",
+            flush=True,
+        )
         if not args.detect_only:
-            cmd = [*exe, "eval-discover", "--mvtec", item.path, "--clusters",
-                   str(item.clusters), *engine]
+            cmd = [
+                *exe,
+                "eval-discover",
+                "--mvtec",
+                item.path,
+                "--clusters",
+                str(item.clusters),
+                *engine,
+            ]
             disc = _run(cmd + (["--no-baselines"] if args.no_baselines else []))
             disc["data"] = item.name
             methods = [MethodScores(**m) for m in disc.pop("methods")]
             res = EvalDiscoverResult(methods=methods, **disc)
             disc_rows.append(discover_row(res))
             row["discover"] = {**disc, "methods": [m.__dict__ for m in methods]}
-            print(f"{item.name}: NMI typed {disc_rows[-1]['typed_nmi']:.3f} product "
-                  f"{disc_rows[-1]['product_nmi']:.3f}", flush=True)
+            print(
+                f"{item.name}: NMI typed {disc_rows[-1]['typed_nmi']:.3f} product "
+                f"{disc_rows[-1]['product_nmi']:.3f}",
+                flush=True,
+            )
         record(args.out, row)
     print(f"\nlabel: {args.label}; engine options: {' '.join(engine) or '(defaults)'}")
     print("\nDetection (`protoatlas eval-detect`):\n")

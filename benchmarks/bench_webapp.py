@@ -46,9 +46,15 @@ from storage import (  # noqa: E402
 )
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -59,9 +65,17 @@ def _png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def build_workspace(home: str | Path, name: str = "default", *, n_images: int = 200,
-                    n_types: int = 6, side: int = 96, dim: int = 256, seed: int = 0,
-                    type_names: list[str] | None = None) -> Workspace:
+def build_workspace(
+    home: str | Path,
+    name: str = "default",
+    *,
+    n_images: int = 200,
+    n_types: int = 6,
+    side: int = 96,
+    dim: int = 256,
+    seed: int = 0,
+    type_names: list[str] | None = None,
+) -> Workspace:
     """A reviewable workspace without running the engine: images with one dark blob each
     (its region, mask and anomaly map), clustered embeddings, ``n_types`` proposed types
     (one model version without a model file). Returns the open workspace."""
@@ -78,28 +92,53 @@ def build_workspace(home: str | Path, name: str = "default", *, n_images: int = 
         colour = np.array([(37 * k[i]) % 200, (91 * k[i]) % 200, (53 * k[i]) % 200], np.float32)
         base[blob] = colour
         rgb = np.clip(base, 0, 255).astype(np.uint8)
-        amap = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * (r + 3) ** 2)).astype(
-            np.float32)[::4, ::4]
-        images.append(ImageIn(name=f"line{i % 3}/img{i:05d}.png", width=side, height=side,
-                              data=_png(rgb), anomaly_score=float(1 + rng.random()),
-                              is_anomalous=True, anomaly_map=amap))
+        amap = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * (r + 3) ** 2)).astype(np.float32)[
+            ::4, ::4
+        ]
+        images.append(
+            ImageIn(
+                name=f"line{i % 3}/img{i:05d}.png",
+                width=side,
+                height=side,
+                data=_png(rgb),
+                anomaly_score=float(1 + rng.random()),
+                is_anomalous=True,
+                anomaly_map=amap,
+            )
+        )
         masks.append(blob)
-        boxes.append([max(cy - r, 0), max(cx - r, 0), min(cy + r + 1, side),
-                      min(cx + r + 1, side)])
+        boxes.append([max(cy - r, 0), max(cx - r, 0), min(cy + r + 1, side), min(cx + r + 1, side)])
     emb = centres[k] + rng.normal(size=(n_images, dim)).astype(np.float32)
     refs = [f"c{j}" for j in range(n_types)]
     ws = Workspace.open(home, name, embedding_dim=dim)
-    ws.ingest_batch(BatchIngest(
-        name="bench batch", images=images,
-        regions=RegionsIn(image=np.arange(n_images), boxes=np.array(boxes, dtype=np.int64),
-                          anomaly_score=rng.random(n_images), masks=masks, embeddings=emb),
-        model=ModelVersionIn(kind="discover", model=None),
-        new_types=[NewType(key=refs[j], name=(type_names[j] if type_names else None))
-                   for j in range(n_types)],
-        assignments=AssignmentsIn(regions=np.arange(n_images), types=[refs[j] for j in k],
-                                  confidence=rng.uniform(0.3, 1.0, n_images)),
-        prototypes=[PrototypeIn(type=refs[j], vector=centres[j], n_members=int((k == j).sum()))
-                    for j in range(n_types)]), actor="bench")
+    ws.ingest_batch(
+        BatchIngest(
+            name="bench batch",
+            images=images,
+            regions=RegionsIn(
+                image=np.arange(n_images),
+                boxes=np.array(boxes, dtype=np.int64),
+                anomaly_score=rng.random(n_images),
+                masks=masks,
+                embeddings=emb,
+            ),
+            model=ModelVersionIn(kind="discover", model=None),
+            new_types=[
+                NewType(key=refs[j], name=(type_names[j] if type_names else None))
+                for j in range(n_types)
+            ],
+            assignments=AssignmentsIn(
+                regions=np.arange(n_images),
+                types=[refs[j] for j in k],
+                confidence=rng.uniform(0.3, 1.0, n_images),
+            ),
+            prototypes=[
+                PrototypeIn(type=refs[j], vector=centres[j], n_members=int((k == j).sum()))
+                for j in range(n_types)
+            ],
+        ),
+        actor="bench",
+    )
     return ws
 
 
@@ -192,10 +231,13 @@ def _browser(url: str, n_types: int, opens: int = 9) -> dict[str, float]:
         "() => { const box = document.querySelector('.pa-cards').getBoundingClientRect(); "
         "return Array.from(document.querySelectorAll('.pa-card img')).filter(i => { const r = "
         "i.getBoundingClientRect(); return r.top < Math.min(box.bottom, innerHeight) && "
-        "r.bottom > box.top; }).every(i => i.complete && i.naturalWidth > 0); }")
-    grid = ("() => { const imgs = Array.from(document.querySelectorAll('#pa-gallery img'))"
-            ".slice(0, 24); return imgs.length > 0 && imgs.every(i => i.complete && "
-            "i.naturalWidth > 0); }")
+        "r.bottom > box.top; }).every(i => i.complete && i.naturalWidth > 0); }"
+    )
+    grid = (
+        "() => { const imgs = Array.from(document.querySelectorAll('#pa-gallery img'))"
+        ".slice(0, 24); return imgs.length > 0 && imgs.every(i => i.complete && "
+        "i.naturalWidth > 0); }"
+    )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -205,8 +247,11 @@ def _browser(url: str, n_types: int, opens: int = 9) -> dict[str, float]:
                 t0 = time.perf_counter()
                 page.goto(url)
                 page.wait_for_function(
-                    "n => document.querySelectorAll('.pa-card').length === n", arg=n_types,
-                    timeout=60000, polling=20)
+                    "n => document.querySelectorAll('.pa-card').length === n",
+                    arg=n_types,
+                    timeout=60000,
+                    polling=20,
+                )
                 page.wait_for_function(visible_thumbs, timeout=60000, polling=20)
                 page.wait_for_function(grid, timeout=60000, polling=20)
                 out[label] = round(time.perf_counter() - t0, 3)
@@ -219,7 +264,11 @@ def _browser(url: str, n_types: int, opens: int = 9) -> dict[str, float]:
                 card.click()
                 page.wait_for_function(
                     "tid => document.querySelector('#pa-type-head').innerText"
-                    ".includes('#' + tid + ' ')", arg=tid, timeout=30000, polling=20)
+                    ".includes('#' + tid + ' ')",
+                    arg=tid,
+                    timeout=30000,
+                    polling=20,
+                )
                 page.wait_for_function(grid, timeout=30000, polling=20)
                 times.append(time.perf_counter() - t0)
             out["open_type_p50_s"] = round(statistics.median(times), 3)
@@ -229,14 +278,18 @@ def _browser(url: str, n_types: int, opens: int = 9) -> dict[str, float]:
             refresh = page.locator("#pa-refresh")
             times = []
             for _ in range(opens):
-                stamp = page.evaluate("() => document.querySelector('.pa-cards')"
-                                      ".getAttribute('data-rendered')")
+                stamp = page.evaluate(
+                    "() => document.querySelector('.pa-cards').getAttribute('data-rendered')"
+                )
                 t0 = time.perf_counter()
                 refresh.click()
                 page.wait_for_function(
                     "s => { const c = document.querySelector('.pa-cards'); "
-                    "return c && c.getAttribute('data-rendered') !== s; }", arg=stamp,
-                    timeout=30000, polling=10)
+                    "return c && c.getAttribute('data-rendered') !== s; }",
+                    arg=stamp,
+                    timeout=30000,
+                    polling=10,
+                )
                 page.wait_for_function(visible_thumbs, timeout=30000, polling=10)
                 times.append(time.perf_counter() - t0)
             out["types_refresh_p50_s"] = round(statistics.median(times), 3)

@@ -48,4 +48,4 @@ def split_engine_args(argv: list[str]) -> tuple[list[str], list[str]]:
     if "--" not in argv:
         return list(argv), []
     cut = argv.index("--")
-    return argv[:cut], argv[cut + 1:]
+    return argv[:cut], argv[cut + 1 :]

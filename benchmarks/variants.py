@@ -17,8 +17,9 @@ ASPECT_RANGE = (0.5, 1.0)  # kept fraction of one side
 SCALE_RANGE = (0.6, 1.4)
 
 
-def _crop_box(rng: np.random.Generator, h: int, w: int, mask: np.ndarray | None
-              ) -> tuple[int, int, int, int]:
+def _crop_box(
+    rng: np.random.Generator, h: int, w: int, mask: np.ndarray | None
+) -> tuple[int, int, int, int]:
     keep = rng.uniform(*ASPECT_RANGE)
     along_width = rng.random() < 0.5
     size = int(round((w if along_width else h) * keep))

@@ -50,12 +50,14 @@ class TimmModel(Protocol):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
 
     @overload
-    def forward_intermediates(self, x: torch.Tensor, indices: list[int], *,
-                              intermediates_only: Literal[True]) -> list[torch.Tensor]: ...
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: list[int], *, intermediates_only: Literal[True]
+    ) -> list[torch.Tensor]: ...
 
     @overload
-    def forward_intermediates(self, x: torch.Tensor, indices: list[int]
-                              ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: list[int]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
 
 
 def timm_view(model: torch.nn.Module) -> TimmModel:
@@ -129,7 +131,7 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
 def _strip_prefix(key: str) -> str:
     for prefix in ("module.", "backbone.", "model."):
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -138,9 +140,7 @@ def map_positionally(
 ) -> dict[str, torch.Tensor]:
     """Map tensors of ``source`` onto ``target``'s names in order, checking every shape."""
     if len(source) != len(target):
-        raise BackboneError(
-            f"checkpoint has {len(source)} tensors, model expects {len(target)}"
-        )
+        raise BackboneError(f"checkpoint has {len(source)} tensors, model expects {len(target)}")
     mapped = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
         if src.shape != dst.shape:
@@ -175,8 +175,9 @@ def build_model(cfg: BackboneConfig) -> torch.nn.Module:
         return _hub_model(cfg, kwargs)
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
     if cfg.weights is None:
-        state = map_positionally(_state_dict_from_file(bundled_weight_file(cfg.name)),
-                                 model.state_dict())
+        state = map_positionally(
+            _state_dict_from_file(bundled_weight_file(cfg.name)), model.state_dict()
+        )
         model.load_state_dict(state)
     else:
         path = Path(cfg.weights)
@@ -205,7 +206,8 @@ def _hub_model(cfg: BackboneConfig, kwargs: dict[str, Any]) -> torch.nn.Module:
         raise BackboneError(
             f"cannot get the pretrained weights of '{cfg.name}' from the hub ({exc}); "
             "without internet give a local file: --weights PATH (a state dict) or "
-            "BackboneConfig.hub_file") from exc
+            "BackboneConfig.hub_file"
+        ) from exc
     return model.eval()
 
 
@@ -223,8 +225,9 @@ class _ActOnly(torch.nn.Module):
 
 
 @torch.no_grad()
-def fold_batchnorm(model: torch.nn.Module, *, image_size: int = 64,
-                   tolerance: float = 1e-3) -> torch.nn.Module:
+def fold_batchnorm(
+    model: torch.nn.Module, *, image_size: int = 64, tolerance: float = 1e-3
+) -> torch.nn.Module:
     """Fold eval-mode batch norms into the convolutions they follow (EfficientNet family:
     a convolution and its norm are consecutive children of one module), saving a quarter of
     the CPU time of a forward pass. The folded model is checked against the original on a
@@ -238,19 +241,26 @@ def fold_batchnorm(model: torch.nn.Module, *, image_size: int = 64,
         names = list(parent._modules)
         for a, b in zip(names, names[1:]):
             conv, bn = parent._modules[a], parent._modules[b]
-            if not (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)
-                    and bn.track_running_stats and bn.running_var is not None
-                    and bn.running_mean is not None):
+            if not (
+                isinstance(conv, torch.nn.Conv2d)
+                and isinstance(bn, torch.nn.BatchNorm2d)
+                and bn.track_running_stats
+                and bn.running_var is not None
+                and bn.running_mean is not None
+            ):
                 continue
-            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / \
-                torch.sqrt(bn.running_var + bn.eps)
-            shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - \
-                bn.running_mean * scale
+            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(
+                bn.running_var + bn.eps
+            )
+            shift = (
+                bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+            ) - bn.running_mean * scale
             conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
             bias = shift if conv.bias is None else conv.bias * scale + shift
             conv.bias = torch.nn.Parameter(bias.detach().clone())
-            parent._modules[b] = _ActOnly(bn) if type(bn) is not torch.nn.BatchNorm2d \
-                else torch.nn.Identity()
+            parent._modules[b] = (
+                _ActOnly(bn) if type(bn) is not torch.nn.BatchNorm2d else torch.nn.Identity()
+            )
     x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     want, got = timm_view(model).forward_features(x), timm_view(folded).forward_features(x)
     if not torch.allclose(want, got, atol=tolerance, rtol=tolerance):
@@ -258,8 +268,9 @@ def fold_batchnorm(model: torch.nn.Module, *, image_size: int = 64,
     return folded
 
 
-def _load_user_checkpoint(model: torch.nn.Module, state: dict[str, torch.Tensor],
-                          path: Path) -> None:
+def _load_user_checkpoint(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path
+) -> None:
     """Load a user checkpoint; only classifier-head tensors may be missing."""
     result = model.load_state_dict(state, strict=False)
     head_words = ("fc.", "head", "classifier")
@@ -307,8 +318,9 @@ _OFFSET_CACHE: dict[tuple, list[float]] = {}
 
 
 @torch.inference_mode()
-def measure_offsets(model: torch.nn.Module, indices: list[int], strides: list[int],
-                    device: torch.device) -> list[float]:
+def measure_offsets(
+    model: torch.nn.Module, indices: list[int], strides: list[int], device: torch.device
+) -> list[float]:
     """Input pixel of cell 0's centre, per selected stage (``pixel = stride * cell + offset``).
 
     Trained convolutional networks do not centre cell ``j`` of a stride-``s`` stage on
@@ -327,9 +339,10 @@ def measure_offsets(model: torch.nn.Module, indices: list[int], strides: list[in
     yy, xx = np.mgrid[:side, :side].astype(np.float64)
     probes = [base.astype(np.uint8)]
     for c in centres:
-        bump = np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2 * OFFSET_PROBE_SIGMA ** 2))
-        probes.append(np.clip(base + OFFSET_PROBE_HEIGHT * bump[..., None], 0, 255)
-                      .astype(np.uint8))
+        bump = np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2 * OFFSET_PROBE_SIGMA**2))
+        probes.append(
+            np.clip(base + OFFSET_PROBE_HEIGHT * bump[..., None], 0, 255).astype(np.uint8)
+        )
     x = torch.from_numpy(to_tensor_batch(probes)).to(device)
     maps = timm_view(model).forward_intermediates(x, indices=indices, intermediates_only=True)
     offsets = []
@@ -338,7 +351,7 @@ def measure_offsets(model: torch.nn.Module, indices: list[int], strides: list[in
         found = []
         for c, d in zip(centres, diff):
             d = np.where(d >= OFFSET_PROBE_FRACTION * d.max(), d, 0.0)
-            gy, gx = np.mgrid[:d.shape[0], :d.shape[1]]
+            gy, gx = np.mgrid[: d.shape[0], : d.shape[1]]
             total = d.sum()
             found.append(c - stride * (d * gy).sum() / total)
             found.append(c - stride * (d * gx).sum() / total)
@@ -360,7 +373,8 @@ class FeatureExtractor:
         # channels_last: depthwise convolutions run ~1.6x faster on CPU in this layout
         # (measured on EfficientNet-Lite0, 2 cores); harmless on CUDA.
         self.model = fold_batchnorm(build_model(cfg)).to(  # type: ignore[call-overload]
-            device, memory_format=torch.channels_last)  # torch stubs: no device + format overload
+            device, memory_format=torch.channels_last
+        )  # torch stubs: no device + format overload
         self.indices = select_feature_indices(self.model, cfg)
         dicts = feature_dicts(self.model)
         self.strides = [int(dicts[i]["reduction"]) for i in self.indices]
@@ -369,8 +383,7 @@ class FeatureExtractor:
         self.max_stride = max(int(d["reduction"]) for d in dicts)
         key = (cfg.name, cfg.weights, tuple(self.indices))
         if key not in _OFFSET_CACHE:
-            _OFFSET_CACHE[key] = measure_offsets(self.model, self.indices, self.strides,
-                                                 device)
+            _OFFSET_CACHE[key] = measure_offsets(self.model, self.indices, self.strides, device)
         #: Input pixel of cell 0's centre per selected stage (see :func:`measure_offsets`).
         self.offsets = list(_OFFSET_CACHE[key])
 

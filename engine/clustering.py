@@ -50,8 +50,9 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def spherical_kmeans(x: np.ndarray, k: int, *, restarts: int, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def spherical_kmeans(
+    x: np.ndarray, k: int, *, restarts: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels (N,), unit centres (k, d)) of k-means on the normalised rows of ``x``."""
     xn = normalise(x)
     k = int(max(1, min(k, len(xn))))
@@ -59,13 +60,20 @@ def spherical_kmeans(x: np.ndarray, k: int, *, restarts: int, seed: int
         warnings.simplefilter("ignore")  # duplicate points: fewer distinct clusters is fine
         km = KMeans(n_clusters=k, n_init=restarts, random_state=seed).fit(xn.astype(np.float64))
     labels = km.labels_.astype(np.int64)
-    centres = normalise(np.stack([xn[labels == c].mean(0) if (labels == c).any()
-                                  else km.cluster_centers_[c] for c in range(k)]))
+    centres = normalise(
+        np.stack(
+            [
+                xn[labels == c].mean(0) if (labels == c).any() else km.cluster_centers_[c]
+                for c in range(k)
+            ]
+        )
+    )
     return labels, centres
 
 
-def ward(x: np.ndarray, k: int, *, max_points: int, restarts: int, seed: int
-         ) -> tuple[np.ndarray, np.ndarray]:
+def ward(
+    x: np.ndarray, k: int, *, max_points: int, restarts: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels (N,), unit centres (k, d)) of Ward clustering on the normalised rows of ``x``."""
     xn = normalise(x)
     k = int(max(1, min(k, len(xn))))
@@ -76,18 +84,30 @@ def ward(x: np.ndarray, k: int, *, max_points: int, restarts: int, seed: int
         top, _ = ward(micro_centres, k, max_points=max_points, restarts=restarts, seed=seed)
         labels = top[micro]
     else:
-        labels = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(
-            xn.astype(np.float64)).astype(np.int64)
+        labels = (
+            AgglomerativeClustering(n_clusters=k, linkage="ward")
+            .fit_predict(xn.astype(np.float64))
+            .astype(np.int64)
+        )
     return labels, _centres(xn, labels, k)
 
 
 def _centres(xn: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    return normalise(np.stack([xn[labels == c].mean(axis=0) if (labels == c).any()
-                               else np.zeros(xn.shape[1], np.float32) for c in range(k)]))
+    return normalise(
+        np.stack(
+            [
+                xn[labels == c].mean(axis=0)
+                if (labels == c).any()
+                else np.zeros(xn.shape[1], np.float32)
+                for c in range(k)
+            ]
+        )
+    )
 
 
-def cluster(x: np.ndarray, k: int, *, method: str, max_points: int, restarts: int, seed: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def cluster(
+    x: np.ndarray, k: int, *, method: str, max_points: int, restarts: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Group ``x`` into ``k`` clusters with ``method`` ("ward" or "kmeans")."""
     if method == "ward":
         return ward(x, k, max_points=max_points, restarts=restarts, seed=seed)
@@ -96,10 +116,16 @@ def cluster(x: np.ndarray, k: int, *, method: str, max_points: int, restarts: in
     raise ValueError(f"unknown clustering method {method!r}: expected 'ward' or 'kmeans'")
 
 
-def estimate_k(x: np.ndarray, max_k: int, *, restarts: int, seed: int,
-               method: str = "kmeans", max_points: int = DiscoveryConfig().ward_max_points,
-               min_size: int = 1
-               ) -> tuple[int, dict[int, float]]:
+def estimate_k(
+    x: np.ndarray,
+    max_k: int,
+    *,
+    restarts: int,
+    seed: int,
+    method: str = "kmeans",
+    max_points: int = DiscoveryConfig().ward_max_points,
+    min_size: int = 1,
+) -> tuple[int, dict[int, float]]:
     """Best K by mean cosine silhouette over ``2..max_k`` among groupings whose groups all
     have at least ``min_size`` members (and the score of every admissible K)."""
     xn = normalise(x)
@@ -108,8 +134,9 @@ def estimate_k(x: np.ndarray, max_k: int, *, restarts: int, seed: int,
         return 1, {}
     scores: dict[int, float] = {}
     for k in range(2, min(max_k, n - 1) + 1):
-        labels, _ = cluster(xn, k, method=method, max_points=max_points, restarts=restarts,
-                            seed=seed)
+        labels, _ = cluster(
+            xn, k, method=method, max_points=max_points, restarts=restarts, seed=seed
+        )
         counts = np.bincount(labels, minlength=k)
         if (counts > 0).sum() < 2 or counts[counts > 0].min() < min_size:
             continue
@@ -125,8 +152,9 @@ def auto_min_size(n: int, fraction: float, cap: int) -> int:
     return int(max(AUTO_MIN_SIZE_FLOOR, min(cap, int(np.ceil(fraction * n)))))
 
 
-def outlier_thresholds(similarity: np.ndarray, labels: np.ndarray, n_prototypes: int,
-                       mads: float) -> np.ndarray:
+def outlier_thresholds(
+    similarity: np.ndarray, labels: np.ndarray, n_prototypes: int, mads: float
+) -> np.ndarray:
     """Per-prototype similarity threshold below which a member is an outlier:
     ``median_k - mads * max(MAD_k, typical MAD)``, the typical MAD being the median of the
     types' own MADs. Each type keeps its own median (a diffuse type is not cut off by the
@@ -139,8 +167,11 @@ def outlier_thresholds(similarity: np.ndarray, labels: np.ndarray, n_prototypes:
         return np.full(n_prototypes, -1.0, np.float32)
     pooled_med, pooled_mad = _median_mad(similarity)
     out = np.full(n_prototypes, pooled_med - mads * pooled_mad, dtype=np.float64)
-    own = {k: _median_mad(similarity[labels == k]) for k in range(n_prototypes)
-           if (labels == k).sum() >= _MIN_MEMBERS_FOR_OWN_STATS}
+    own = {
+        k: _median_mad(similarity[labels == k])
+        for k in range(n_prototypes)
+        if (labels == k).sum() >= _MIN_MEMBERS_FOR_OWN_STATS
+    }
     if own:
         typical = float(np.median([mad for _, mad in own.values()]))
         for k, (med, mad) in own.items():
@@ -168,8 +199,9 @@ def region_weights(areas: Sequence[float], scores: Sequence[float]) -> np.ndarra
     return (a * s).astype(np.float32)
 
 
-def image_votes(probs: np.ndarray, weights: np.ndarray, image_index: np.ndarray,
-                n_images: int) -> np.ndarray:
+def image_votes(
+    probs: np.ndarray, weights: np.ndarray, image_index: np.ndarray, n_images: int
+) -> np.ndarray:
     """(n_images, K) weighted mean of the region probabilities of each image (rows of
     images without regions are zero)."""
     probs = np.asarray(probs, dtype=np.float64)

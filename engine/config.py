@@ -163,7 +163,6 @@ class MEBinConfig:
             raise ValueError(f"MEBinConfig.range_floor must be finite, got {self.range_floor}")
 
 
-
 @dataclass(frozen=True)
 class CropConfig:
     """Tunables of the crop step (:mod:`engine.crops`); defaults follow AnomalyNCD."""
@@ -204,7 +203,6 @@ class CropConfig:
             raise ValueError(f"CropConfig.extra_boxes must be >= 0, got {self.extra_boxes}")
         if self.output_size < 1:
             raise ValueError(f"CropConfig.output_size must be >= 1, got {self.output_size}")
-
 
 
 @dataclass(frozen=True)
@@ -289,7 +287,6 @@ class PriorConfig:
     #: on synthetic discs ``refine_band=2`` raised the IoU from 0.95 to 0.99 but cut 17 % of
     #: "missing material" defects (bites out of the edge) out of the object.
     refine_band: int = 0
-
 
 
 @dataclass(frozen=True)

@@ -129,9 +129,7 @@ def side_limits(image_shape: tuple[int, ...], cfg: CropConfig = CropConfig()) ->
     return min(min_side, short), max(min_side, min(max_side, short))
 
 
-def square_box(
-    centre: tuple[float, float], side: int, image_shape: tuple[int, ...]
-) -> Box:
+def square_box(centre: tuple[float, float], side: int, image_shape: tuple[int, ...]) -> Box:
     """Square of ``side`` centred on ``centre``, shifted to lie inside the image.
 
     Along an axis shorter than ``side`` the square is centred on the image instead (it then
@@ -187,9 +185,7 @@ def anomaly_area(mask: np.ndarray, box: Box) -> int:
     return int(np.count_nonzero(mask[top:bottom, left:right]))
 
 
-def select_boxes(
-    mask: np.ndarray, n_components: int, cfg: CropConfig = CropConfig()
-) -> list[Box]:
+def select_boxes(mask: np.ndarray, n_components: int, cfg: CropConfig = CropConfig()) -> list[Box]:
     """The ``n_components + extra_boxes`` merged boxes with the most anomaly pixels.
 
     Largest first (ties keep raster order). An empty mask gives ``[whole_image_box]``.
@@ -301,9 +297,7 @@ def _cut(array: np.ndarray, box: Box, border: int) -> np.ndarray:
     return cv2.copyMakeBorder(region, *pads, border, value=0)
 
 
-def _crop_one(
-    rgb: np.ndarray, amap: np.ndarray, binary: np.ndarray, box: Box, size: int
-) -> Crop:
+def _crop_one(rgb: np.ndarray, amap: np.ndarray, binary: np.ndarray, box: Box, size: int) -> Crop:
     image_cut = _cut(rgb, box, cv2.BORDER_REPLICATE)
     map_cut = _cut(amap, box, cv2.BORDER_REPLICATE)
     mask_cut = _cut(binary.view(np.uint8), box, cv2.BORDER_CONSTANT)

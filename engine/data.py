@@ -131,8 +131,9 @@ class ImageListing(list):
     (:attr:`skipped`: other file types, hidden files, broken or outside-pointing links), so
     that "no images found" can say what the folder held instead."""
 
-    def __init__(self, refs: Iterable[ImageRef] = (), skipped: Iterable["SkippedFile"] = (),
-                 source: str = "") -> None:
+    def __init__(
+        self, refs: Iterable[ImageRef] = (), skipped: Iterable["SkippedFile"] = (), source: str = ""
+    ) -> None:
         super().__init__(refs)
         self.skipped: list[SkippedFile] = list(skipped)
         self.source = source
@@ -164,8 +165,12 @@ def _walk_directory(root: Path) -> ImageListing:
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
-            skipped.append(SkippedFile(directory.relative_to(root).as_posix() or ".",
-                                       f"folder not readable ({exc.strerror or exc})"))
+            skipped.append(
+                SkippedFile(
+                    directory.relative_to(root).as_posix() or ".",
+                    f"folder not readable ({exc.strerror or exc})",
+                )
+            )
             continue
         for entry in entries:
             path = Path(entry.path)
@@ -180,8 +185,11 @@ def _walk_directory(root: Path) -> ImageListing:
                 continue
             if entry.is_dir():
                 if link and not _inside(path, real_root):
-                    skipped.append(SkippedFile(name, "symbolic link to a folder outside "
-                                                     f"{root} (not followed)"))
+                    skipped.append(
+                        SkippedFile(
+                            name, f"symbolic link to a folder outside {root} (not followed)"
+                        )
+                    )
                     continue
                 pending.append(path)
             elif entry.is_file():
@@ -191,8 +199,9 @@ def _walk_directory(root: Path) -> ImageListing:
                     skipped.append(SkippedFile(name, "not an image file extension"))
             else:
                 skipped.append(SkippedFile(name, "not a regular file"))
-    return ImageListing(sorted(refs, key=lambda r: r.name),
-                        sorted(skipped, key=lambda s: s.name), str(root))
+    return ImageListing(
+        sorted(refs, key=lambda r: r.name), sorted(skipped, key=lambda s: s.name), str(root)
+    )
 
 
 def _member_problem(info: zipfile.ZipInfo, max_ratio: float) -> str | None:
@@ -215,7 +224,10 @@ def _member_problem(info: zipfile.ZipInfo, max_ratio: float) -> str | None:
 
 
 def _check_archive(
-    zip_path: Path, infos: list[zipfile.ZipInfo], max_total_bytes: int, max_ratio: float,
+    zip_path: Path,
+    infos: list[zipfile.ZipInfo],
+    max_total_bytes: int,
+    max_ratio: float,
     max_members: int,
 ) -> None:
     """Raise :class:`ArchiveError` when the archive as a whole, or any member, is unsafe."""
@@ -259,8 +271,11 @@ def _list_zip(
         for info in infos
         if _is_listed_member(info)
     ]
-    skipped = [SkippedFile(info.filename, "not an image file extension") for info in infos
-               if not info.is_dir() and not _is_listed_member(info)]
+    skipped = [
+        SkippedFile(info.filename, "not an image file extension")
+        for info in infos
+        if not info.is_dir() and not _is_listed_member(info)
+    ]
     return ImageListing(sorted(refs, key=lambda r: r.name), skipped, str(zip_path))
 
 
@@ -338,8 +353,11 @@ def _skipped_summary(skipped: Sequence[SkippedFile]) -> str:
 def _nothing_found(listing: "ImageListing | None") -> str:
     if listing is not None:
         return listing.nothing_found()
-    return ("no images found: nothing to load (supported extensions: "
-            + ", ".join(SUPPORTED_EXTENSIONS) + ")")
+    return (
+        "no images found: nothing to load (supported extensions: "
+        + ", ".join(SUPPORTED_EXTENSIONS)
+        + ")"
+    )
 
 
 class NoUsableImagesError(ValueError):
@@ -432,8 +450,7 @@ class LazyImages(Sequence[np.ndarray]):
     images is thus processed in constant memory at the price of decoding some images twice.
     """
 
-    def __init__(self, refs: Sequence[ImageRef], *, max_pixels: int = DEFAULT_MAX_PIXELS
-                 ) -> None:
+    def __init__(self, refs: Sequence[ImageRef], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.max_pixels = max_pixels
         self._listing = refs if isinstance(refs, ImageListing) else None
         self._refs = list(refs)
@@ -448,8 +465,9 @@ class LazyImages(Sequence[np.ndarray]):
         good = []
         shapes = []
         by_name = {ref.name: ref for ref in self._refs}
-        for item in iter_images(self._refs, max_pixels=self.max_pixels, progress=progress,
-                                desc=desc):
+        for item in iter_images(
+            self._refs, max_pixels=self.max_pixels, progress=progress, desc=desc
+        ):
             if isinstance(item, SkippedFile):
                 report.skipped.append(item)
             else:
@@ -513,14 +531,15 @@ def read_anomaly_map(path: Path) -> np.ndarray:
             elif arr.dtype in (np.uint16, np.int32) or arr.dtype.kind in "iu":
                 arr = arr.astype(np.float32) / 65535.0
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
-        raise ValueError(f"{path}: cannot read anomaly map ({type(exc).__name__}: {exc})") \
-            from exc
+        raise ValueError(f"{path}: cannot read anomaly map ({type(exc).__name__}: {exc})") from exc
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
         arr = arr[..., 0]
     if arr.ndim != 2 or arr.size == 0 or arr.dtype.kind not in "fiub":
-        raise ValueError(f"{path}: an anomaly map must be one 2-D array of numbers, "
-                         f"got shape {arr.shape} dtype {arr.dtype}")
+        raise ValueError(
+            f"{path}: an anomaly map must be one 2-D array of numbers, "
+            f"got shape {arr.shape} dtype {arr.dtype}"
+        )
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: anomaly map contains NaN or inf")
@@ -543,8 +562,10 @@ def check_map_shape(amap: np.ndarray, image_shape: tuple[int, ...], where: str) 
     h, w = image_shape[:2]
     mh, mw = amap.shape
     if abs((mw / mh) / (w / h) - 1.0) > MAP_ASPECT_TOLERANCE:
-        raise ValueError(f"{where}: anomaly map is {mw}x{mh} but its image is {w}x{h} "
-                         "(another aspect ratio: not this image's map)")
+        raise ValueError(
+            f"{where}: anomaly map is {mw}x{mh} but its image is {w}x{h} "
+            "(another aspect ratio: not this image's map)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,8 +628,9 @@ def _test_samples(root: Path, with_masks: bool) -> list[MVTecSample]:
     for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and not _is_hidden(p.name)):
         defect_type = type_dir.name
         for ref in _list_under(root, Path("test") / defect_type):
-            mask = None if defect_type == GOOD or not with_masks else \
-                _mask_ref(root, defect_type, ref)
+            mask = (
+                None if defect_type == GOOD or not with_masks else _mask_ref(root, defect_type, ref)
+            )
             samples.append(MVTecSample(ref=ref, defect_type=defect_type, mask_ref=mask))
     return samples
 
@@ -636,8 +658,10 @@ def load_mvtec(root: str | os.PathLike) -> MVTecDataset:
         )
     with_masks = (root_path / "ground_truth").is_dir()
     return MVTecDataset(
-        root=root_path, train=_list_under(root_path, Path("train") / GOOD),
-        test=_test_samples(root_path, with_masks), has_masks=with_masks,
+        root=root_path,
+        train=_list_under(root_path, Path("train") / GOOD),
+        test=_test_samples(root_path, with_masks),
+        has_masks=with_masks,
     )
 
 

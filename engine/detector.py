@@ -100,9 +100,12 @@ class FitReport:
 class PatchCoreDetector:
     """Fit on normal images, then score new images; save/load as arrays + JSON."""
 
-    def __init__(self, config: ProtoAtlasConfig | None = None,
-                 device: torch.device | None = None,
-                 extractor: FeatureExtractor | None = None) -> None:
+    def __init__(
+        self,
+        config: ProtoAtlasConfig | None = None,
+        device: torch.device | None = None,
+        extractor: FeatureExtractor | None = None,
+    ) -> None:
         self.config = config or ProtoAtlasConfig()
         self.device = device or resolve_device(self.config.device)
         self.extractor = extractor or FeatureExtractor(self.config.backbone, self.device)
@@ -124,9 +127,15 @@ class PatchCoreDetector:
         i = int(np.argmin(self.extractor.strides))
         return self.extractor.strides[i], self.extractor.offsets[i]
 
-    def iter_patches(self, images: Iterable[np.ndarray], *, pooled: bool = False,
-                     progress: bool = False, desc: str = "features",
-                     total: int | None = None) -> Iterator[PatchBatch]:
+    def iter_patches(
+        self,
+        images: Iterable[np.ndarray],
+        *,
+        pooled: bool = False,
+        progress: bool = False,
+        desc: str = "features",
+        total: int | None = None,
+    ) -> Iterator[PatchBatch]:
         """Yield :class:`PatchBatch` for consecutive batches of ``images`` (any sizes)."""
         bcfg = self.config.backbone
         ext = self.extractor
@@ -136,12 +145,18 @@ class PatchCoreDetector:
         def flush() -> PatchBatch:
             feats, stages, valids = [], [], []
             for item in pending:
-                stage_valid = [torch.from_numpy(item.geometry.grid_valid(s, o))[None]
-                               for s, o in zip(ext.strides, ext.offsets)]
+                stage_valid = [
+                    torch.from_numpy(item.geometry.grid_valid(s, o))[None]
+                    for s, o in zip(ext.strides, ext.offsets)
+                ]
                 masked = None if all(bool(v.all()) for v in stage_valid) else stage_valid
-                patch, per_stage = aggregate([m[None] for m in item.maps], ext.strides,
-                                             ext.offsets, self.config.detector.patch_neighbourhood,
-                                             masked)
+                patch, per_stage = aggregate(
+                    [m[None] for m in item.maps],
+                    ext.strides,
+                    ext.offsets,
+                    self.config.detector.patch_neighbourhood,
+                    masked,
+                )
                 feats.append(patch[0])
                 stages.append([m[0] for m in per_stage])
                 stride, offset = self.finest
@@ -150,8 +165,9 @@ class PatchCoreDetector:
             return PatchBatch(feats, stages, [p.geometry for p in pending], valids, vec)
 
         with bar:
-            for item in iter_image_features(ext, images, bcfg, pooled=pooled,
-                                            intensity=self.intensity):
+            for item in iter_image_features(
+                ext, images, bcfg, pooled=pooled, intensity=self.intensity
+            ):
                 pending.append(item)
                 if len(pending) == bcfg.batch_size:
                     yield flush()
@@ -176,14 +192,14 @@ class PatchCoreDetector:
         self.fit_intensity(images)
         folds = assign_folds(n, dcfg.calibration_folds, self.config.seed)
         n_folds = int(folds.max()) + 1
-        calib = set(pick_calibration(folds, dcfg.calibration_max_images,
-                                     self.config.seed).tolist())
+        calib = set(pick_calibration(folds, dcfg.calibration_max_images, self.config.seed).tolist())
         per_image: list[np.ndarray] = []
         kept: dict[int, np.ndarray] = {}
         stage_samples: list[list[np.ndarray]] = []
         rng = np.random.default_rng(self.config.seed)
-        for batch in self.iter_patches((images[i] for i in range(n)), progress=progress,
-                                       desc="fit: features", total=n):
+        for batch in self.iter_patches(
+            (images[i] for i in range(n)), progress=progress, desc="fit: features", total=n
+        ):
             for i in range(len(batch)):
                 per_image.append(batch.content(i))
                 if len(per_image) - 1 in calib:
@@ -199,10 +215,14 @@ class PatchCoreDetector:
             part = np.concatenate([per_image[i] for i in members]).astype(np.float32)
             share = len(part) / n_patches
             keep = greedy_coreset(
-                part, max(1, min(len(part), int(round(n_keep * share)))),
+                part,
+                max(1, min(len(part), int(round(n_keep * share)))),
                 projection_dim=dcfg.coreset_projection_dim,
                 max_candidates=max(1, int(round(dcfg.coreset_candidates * share))),
-                seed=self.config.seed + f, device=self.device, progress=progress)
+                seed=self.config.seed + f,
+                device=self.device,
+                progress=progress,
+            )
             fold_banks.append(part[keep])
             fold_origin.append(np.repeat(members, counts[members])[keep])
             for member in members:
@@ -210,26 +230,35 @@ class PatchCoreDetector:
                     per_image[member] = np.zeros((0, part.shape[1]), np.float32)  # free memory
         del per_image
         self.knn = self._neighbours(np.concatenate(fold_banks))
-        per_stage = [np.concatenate([s[i] for s in stage_samples])
-                     for i in range(len(stage_samples[0]))]
+        per_stage = [
+            np.concatenate([s[i] for s in stage_samples]) for i in range(len(stage_samples[0]))
+        ]
         self.prototypes = ResidualPrototypes.fit(
-            per_stage, dcfg.prototypes_per_scale, dcfg.prototype_iterations, self.config.seed)
+            per_stage, dcfg.prototypes_per_scale, dcfg.prototype_iterations, self.config.seed
+        )
         scores = self._calibration_scores(kept, folds, fold_banks, fold_origin)
         self.calibration_scores = scores
         self.threshold = threshold_at(scores, dcfg.false_alarm_rate)
-        return FitReport(n, len(scores), n_patches, len(self.knn.bank), self.threshold,
-                         scores, n_folds)
+        return FitReport(
+            n, len(scores), n_patches, len(self.knn.bank), self.threshold, scores, n_folds
+        )
 
-    def _calibration_scores(self, kept: dict[int, np.ndarray], folds: np.ndarray,
-                            fold_banks: list[np.ndarray], fold_origin: list[np.ndarray]
-                            ) -> np.ndarray:
+    def _calibration_scores(
+        self,
+        kept: dict[int, np.ndarray],
+        folds: np.ndarray,
+        fold_banks: list[np.ndarray],
+        fold_origin: list[np.ndarray],
+    ) -> np.ndarray:
         """Scores of the calibration images ``kept`` (index -> content patches), each
         against a bank it did not shape (``DetectorConfig.calibration_bank``)."""
         scores = []
         how = self.config.detector.calibration_bank
         if how not in get_args(CalibrationBank):
-            raise ValueError(f"DetectorConfig.calibration_bank must be one of "
-                             f"{get_args(CalibrationBank)}, got {how!r}")
+            raise ValueError(
+                f"DetectorConfig.calibration_bank must be one of "
+                f"{get_args(CalibrationBank)}, got {how!r}"
+            )
         if how == "leave_one_out":
             bank, origin = np.concatenate(fold_banks), np.concatenate(fold_origin)
             for i in sorted(kept):
@@ -240,8 +269,9 @@ class PatchCoreDetector:
             held = [i for i in sorted(kept) if folds[i] == f]
             if not held:
                 continue
-            others = self._neighbours(np.concatenate(
-                [b for g, b in enumerate(fold_banks) if g != f]))
+            others = self._neighbours(
+                np.concatenate([b for g, b in enumerate(fold_banks) if g != f])
+            )
             scores.extend(self._content_score(kept[i], others) for i in held)
         return np.asarray(scores, np.float32)
 
@@ -254,8 +284,7 @@ class PatchCoreDetector:
             self.intensity = None
             return
         pick = even_sample(len(images), INTENSITY_SAMPLE_IMAGES)
-        lo, hi = intensity_range((images[int(i)] for i in pick),
-                                 *bcfg.contrast_percentiles)
+        lo, hi = intensity_range((images[int(i)] for i in pick), *bcfg.contrast_percentiles)
         dark = hi < bcfg.dark_level
         self.intensity = (lo, hi) if bcfg.contrast == "normals" or dark else None
 
@@ -266,8 +295,9 @@ class PatchCoreDetector:
         weight = self._reweight(content[pos], int(nn_idx[pos, 0]), knn)
         return float(dist[pos, 0] * weight)
 
-    def _sample_stage_features(self, batch: PatchBatch, rng: np.random.Generator
-                               ) -> list[np.ndarray]:
+    def _sample_stage_features(
+        self, batch: PatchBatch, rng: np.random.Generator
+    ) -> list[np.ndarray]:
         """Up to :data:`PROTOTYPE_SAMPLES_PER_IMAGE` random patch features per image and
         stage, for the k-means prototypes."""
         out = []
@@ -276,8 +306,9 @@ class PatchCoreDetector:
             for stages in batch.stage_maps:
                 fmap = stages[k]
                 flat = fmap.permute(1, 2, 0).reshape(-1, fmap.shape[0]).cpu().numpy()
-                take = rng.choice(len(flat), size=min(len(flat), PROTOTYPE_SAMPLES_PER_IMAGE),
-                                  replace=False)
+                take = rng.choice(
+                    len(flat), size=min(len(flat), PROTOTYPE_SAMPLES_PER_IMAGE), replace=False
+                )
                 parts.append(flat[np.sort(take)])
             out.append(np.concatenate(parts))
         return out
@@ -295,13 +326,15 @@ class PatchCoreDetector:
             raise RuntimeError("detector is not fitted: call fit() or load() first")
         return self.knn
 
-    def score(self, images: Iterable[np.ndarray], progress: bool = False,
-              total: int | None = None) -> list[ImageDetection]:
+    def score(
+        self, images: Iterable[np.ndarray], progress: bool = False, total: int | None = None
+    ) -> list[ImageDetection]:
         """Score images (any size); returns one :class:`ImageDetection` per image."""
         return list(self.iter_score(images, progress=progress, total=total))
 
-    def iter_score(self, images: Iterable[np.ndarray], progress: bool = False,
-                   total: int | None = None) -> Iterator[ImageDetection]:
+    def iter_score(
+        self, images: Iterable[np.ndarray], progress: bool = False, total: int | None = None
+    ) -> Iterator[ImageDetection]:
         knn = self._require_fitted()
         dcfg = self.config.detector
         stride, offset = self.finest
@@ -311,8 +344,8 @@ class PatchCoreDetector:
             dist, nn_idx = knn.search(np.concatenate(contents), k=1)
             start = 0
             for i, content in enumerate(contents):
-                d = dist[start:start + len(content), 0]
-                nn = nn_idx[start:start + len(content), 0]
+                d = dist[start : start + len(content), 0]
+                nn = nn_idx[start : start + len(content), 0]
                 start += len(content)
                 valid = batch.valid[i]
                 grid = np.full(valid.shape, np.nan, np.float32)
@@ -323,11 +356,13 @@ class PatchCoreDetector:
                 geom = batch.geometries[i]
                 up = grid_to_image(filled, stride, offset, geom)
                 smooth = gaussian_filter(up, sigma=dcfg.map_sigma)
-                yield ImageDetection(score, restore_map(smooth, geom), grid,
-                                     content.mean(axis=0).astype(np.float32))
+                yield ImageDetection(
+                    score, restore_map(smooth, geom), grid, content.mean(axis=0).astype(np.float32)
+                )
 
-    def _reweight(self, query: np.ndarray, nearest: int,
-                  knn: NearestNeighbours | None = None) -> float:
+    def _reweight(
+        self, query: np.ndarray, nearest: int, knn: NearestNeighbours | None = None
+    ) -> float:
         """PatchCore's image-score weight ``1 - softmax(distances to N_b(m*))[m*]``."""
         knn = knn or self._require_fitted()
         b = self.config.detector.reweight_neighbours
@@ -353,8 +388,9 @@ class PatchCoreDetector:
     def is_fitted(self) -> bool:
         return self.knn is not None
 
-    def residual_features(self, images: Iterable[np.ndarray], progress: bool = False
-                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def residual_features(
+        self, images: Iterable[np.ndarray], progress: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield per image ``(residual (h, w, D), valid (h, w))`` against the prototypes."""
         if self.prototypes is None:
             raise RuntimeError("detector is not fitted: call fit() or load() first")
@@ -362,7 +398,8 @@ class PatchCoreDetector:
         for batch in self.iter_patches(images, progress=progress, desc="residuals"):
             for i in range(len(batch)):
                 res = self.prototypes.residual_features(
-                    [m[None] for m in batch.stage_maps[i]], ext.strides, ext.offsets)
+                    [m[None] for m in batch.stage_maps[i]], ext.strides, ext.offsets
+                )
                 yield res[0].permute(1, 2, 0).numpy(), batch.valid[i]
 
     # ------------------------------------------------------------------ persistence
@@ -389,24 +426,38 @@ class PatchCoreDetector:
         return write_model(path, arrays, meta)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None
-             ) -> "PatchCoreDetector":
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None
+    ) -> "PatchCoreDetector":
         """Load a model written by :meth:`save`; other kinds/versions are a clear error."""
         arrays, meta = read_model(path)
         return cls.from_arrays(arrays, meta, device=device, source=str(path))
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict, *,
-                    device: str | torch.device | None = None, source: str = "model",
-                    extractor: FeatureExtractor | None = None) -> "PatchCoreDetector":
+    def from_arrays(
+        cls,
+        arrays: dict[str, np.ndarray],
+        meta: dict,
+        *,
+        device: str | torch.device | None = None,
+        source: str = "model",
+        extractor: FeatureExtractor | None = None,
+    ) -> "PatchCoreDetector":
         """Rebuild a detector from :meth:`to_arrays` output (kind and version checked)."""
-        check_model_meta(meta, MODEL_KIND, MODEL_FORMAT_VERSION, source=source,
-                         what="a detector", again="refit the model")
+        check_model_meta(
+            meta,
+            MODEL_KIND,
+            MODEL_FORMAT_VERSION,
+            source=source,
+            what="a detector",
+            again="refit the model",
+        )
         config = ProtoAtlasConfig.from_dict(meta["config"])
         det = cls(config, device=resolve_device_arg(device, config.device), extractor=extractor)
         det.knn = det._neighbours(arrays["bank"])
         det.prototypes = ResidualPrototypes(
-            [arrays[f"prototypes_{i}"] for i in range(int(meta["n_stages"]))])
+            [arrays[f"prototypes_{i}"] for i in range(int(meta["n_stages"]))]
+        )
         det.threshold = float(meta["threshold"]) if meta["threshold"] is not None else None
         if meta.get("intensity") is not None:
             det.intensity = (float(meta["intensity"][0]), float(meta["intensity"][1]))
@@ -423,8 +474,9 @@ def resolve_device_arg(device: str | torch.device | None, default: str) -> torch
 
 def write_model(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     """Arrays plus their JSON metadata (stored as the ``meta`` array) in one ``.npz``."""
-    return write_npz(path, {**arrays,
-                            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)})
+    return write_npz(
+        path, {**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+    )
 
 
 def read_model(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -435,15 +487,17 @@ def read_model(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, json.loads(arrays["meta"].tobytes().decode())
 
 
-def check_model_meta(meta: dict, kind: str, version: int, *, source: str, what: str,
-                     again: str, hint: str = "") -> None:
+def check_model_meta(
+    meta: dict, kind: str, version: int, *, source: str, what: str, again: str, hint: str = ""
+) -> None:
     """A clear :class:`ModelFormatError` unless ``meta`` is of ``kind`` and ``version``."""
     if meta.get("kind") != kind:
         raise ModelFormatError(f"{source} holds a '{meta.get('kind')}', not {what}{hint}")
     if meta.get("format_version") != version:
         raise ModelFormatError(
             f"{source} has {what.removeprefix('a ')} format version "
-            f"{meta.get('format_version')}; this ProtoAtlas reads version {version}: {again}")
+            f"{meta.get('format_version')}; this ProtoAtlas reads version {version}: {again}"
+        )
 
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:

@@ -101,8 +101,15 @@ class RegionRecord(ClippedMask):
 
     @classmethod
     def of(cls, region: Region, fallback: bool) -> "RegionRecord":
-        return cls(region.image_index, region.box_tuple, region.clip, region.mask,
-                   region.area, region.score, fallback)
+        return cls(
+            region.image_index,
+            region.box_tuple,
+            region.clip,
+            region.mask,
+            region.area,
+            region.score,
+            fallback,
+        )
 
 
 @dataclass
@@ -207,8 +214,9 @@ class _PendingRegions:
     references: list[list[np.ndarray]] = field(default_factory=list)
     records: list[RegionRecord] = field(default_factory=list)
 
-    def add(self, region: Region, fallback: bool, shape: tuple[int, int],
-            references: list[np.ndarray]) -> None:
+    def add(
+        self, region: Region, fallback: bool, shape: tuple[int, int], references: list[np.ndarray]
+    ) -> None:
         self.regions.append(region)
         self.records.append(RegionRecord.of(region, fallback))
         self.shapes.append(shape)
@@ -240,8 +248,9 @@ def no_progress(stage: str, fraction: float) -> None:
 class DiscoveryModel:
     """Fitted discovery state: detector, object prior, reference normals, head, prototypes."""
 
-    def __init__(self, config: ProtoAtlasConfig | None = None,
-                 device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, config: ProtoAtlasConfig | None = None, device: str | torch.device | None = None
+    ) -> None:
         self.config = config or ProtoAtlasConfig()
         self.device = resolve_device_arg(device, self.config.device)
         self.detector: PatchCoreDetector | None = None
@@ -260,23 +269,34 @@ class DiscoveryModel:
     def encoder(self) -> CropEncoder:
         if self._encoder is None:
             dcfg = self.config.discovery
-            bcfg = replace(self.config.backbone, feature_strides=tuple(dcfg.token_strides),
-                           feature_indices=None)
-            self._encoder = CropEncoder(FeatureExtractor(bcfg, self.device),
-                                        use_residual=dcfg.use_residual,
-                                        crop_cfg=self.config.crops)
+            bcfg = replace(
+                self.config.backbone,
+                feature_strides=tuple(dcfg.token_strides),
+                feature_indices=None,
+            )
+            self._encoder = CropEncoder(
+                FeatureExtractor(bcfg, self.device),
+                use_residual=dcfg.use_residual,
+                crop_cfg=self.config.crops,
+            )
         return self._encoder
 
     def _pool_settings(self) -> PoolSettings:
         d = self.config.discovery
         background, obj, anomaly = d.region_factors
-        return PoolSettings(d.guidance_beta, (background, obj, anomaly), d.residual_power,
-                            d.learn_factors, d.scorer_hidden)
+        return PoolSettings(
+            d.guidance_beta,
+            (background, obj, anomaly),
+            d.residual_power,
+            d.learn_factors,
+            d.scorer_hidden,
+        )
 
     def _new_head(self, channels: int, n_prototypes: int) -> PrototypeHead:
         d = self.config.discovery
-        return PrototypeHead(channels, d.embedding_dim, n_prototypes, self._pool_settings(),
-                             self.config.seed).to(self.device)
+        return PrototypeHead(
+            channels, d.embedding_dim, n_prototypes, self._pool_settings(), self.config.seed
+        ).to(self.device)
 
     def _require_detector(self) -> PatchCoreDetector:
         if self.detector is None:
@@ -284,8 +304,9 @@ class DiscoveryModel:
         return self.detector
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, normals: Sequence[np.ndarray], *, fit_detector: bool = True,
-            progress: bool = False) -> None:
+    def fit(
+        self, normals: Sequence[np.ndarray], *, fit_detector: bool = True, progress: bool = False
+    ) -> None:
         """Fit the detector, keep reference normals and fit the object prior on them.
 
         ``fit_detector=False`` is for anomaly maps coming from another tool: the backbone
@@ -307,10 +328,10 @@ class DiscoveryModel:
     def _keep_references(self, normals: Sequence[np.ndarray]) -> None:
         dcfg = self.config.discovery
         keep = even_sample(len(normals), dcfg.max_kept_references)
-        self.references = [shrink_to(self.stretched(normals[i]), dcfg.reference_side)
-                           for i in keep]
+        self.references = [shrink_to(self.stretched(normals[i]), dcfg.reference_side) for i in keep]
         self.reference_descriptors = np.array(
-            list(self._require_detector().iter_descriptors(self.references)), np.float32)
+            list(self._require_detector().iter_descriptors(self.references)), np.float32
+        )
 
     def stretched(self, image: np.ndarray) -> np.ndarray:
         """``image`` with the detector's grey-level stretch (``BackboneConfig.contrast``), so
@@ -329,8 +350,14 @@ class DiscoveryModel:
         return [self.references[i] for i in order]
 
     # ------------------------------------------------------------------ analysis
-    def analyse(self, images: Sequence[np.ndarray], *, maps: Sequence[np.ndarray] | None = None,
-                progress: bool = False, on_progress: ProgressFn = no_progress) -> BatchAnalysis:
+    def analyse(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        maps: Sequence[np.ndarray] | None = None,
+        progress: bool = False,
+        on_progress: ProgressFn = no_progress,
+    ) -> BatchAnalysis:
         """Detect, find regions and encode their tokens for every image of ``images``.
 
         ``images`` may be any sequence that loads lazily (``len`` and indexing); each image
@@ -347,24 +374,44 @@ class DiscoveryModel:
         flagged, floor = _flag_images(det, detected.scores, external)
         range_maps, floor = self._range_maps(detected.small_maps, flagged, floor)
         value_range = self.value_range or self._value_range(range_maps, floor)
-        found = self._region_pass(images, detected, flagged, value_range, external=external,
-                                  progress=progress, on_progress=on_progress)
+        found = self._region_pass(
+            images,
+            detected,
+            flagged,
+            value_range,
+            external=external,
+            progress=progress,
+            on_progress=on_progress,
+        )
         tokens, peak_tokens = self._concat_tokens(found.token_parts, found.peak_parts)
         t2 = time.perf_counter()
-        return BatchAnalysis(detected.shapes, detected.scores, flagged, detected.small_maps,
-                             found.records, tokens, value_range,
-                             {"detect": t1 - t0, "regions": t2 - t1}, found.peaks, peak_tokens)
+        return BatchAnalysis(
+            detected.shapes,
+            detected.scores,
+            flagged,
+            detected.small_maps,
+            found.records,
+            tokens,
+            value_range,
+            {"detect": t1 - t0, "regions": t2 - t1},
+            found.peaks,
+            peak_tokens,
+        )
 
-    def _detect_all(self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None,
-                    progress: bool, on_progress: ProgressFn) -> _Detected:
+    def _detect_all(
+        self,
+        images: Sequence[np.ndarray],
+        maps: Sequence[np.ndarray] | None,
+        progress: bool,
+        on_progress: ProgressFn,
+    ) -> _Detected:
         """The detection pass: per image its shape, score, descriptor and its map shrunk to
         ``mebin_side`` (smoothed by ``region_sigma``)."""
         dcfg = self.config.discovery
         n = len(images)
         detected = _Detected(scores=np.zeros(n, np.float32))
         bar = tqdm(total=n, desc="detect", disable=not progress, file=sys.stderr, leave=False)
-        for i, (shape, score, amap, descriptor) in enumerate(
-                self._detect_pass(images, maps)):
+        for i, (shape, score, amap, descriptor) in enumerate(self._detect_pass(images, maps)):
             detected.shapes.append(shape)
             detected.scores[i] = score
             small = shrink_to(amap, dcfg.mebin_side)
@@ -377,21 +424,32 @@ class DiscoveryModel:
         bar.close()
         return detected
 
-    def _range_maps(self, small_maps: list[np.ndarray], flagged: np.ndarray,
-                    floor: float | None) -> tuple[list[np.ndarray], float | None]:
+    def _range_maps(
+        self, small_maps: list[np.ndarray], flagged: np.ndarray, floor: float | None
+    ) -> tuple[list[np.ndarray], float | None]:
         """The maps MEBin's normalisation range spans (``DiscoveryConfig.mebin_range``) and
         the floor of that range."""
         mebin_range = self.config.discovery.mebin_range
         if mebin_range not in get_args(MebinRange):
-            raise ValueError(f"DiscoveryConfig.mebin_range must be one of "
-                             f"{get_args(MebinRange)}, got {mebin_range!r}")
+            raise ValueError(
+                f"DiscoveryConfig.mebin_range must be one of "
+                f"{get_args(MebinRange)}, got {mebin_range!r}"
+            )
         if mebin_range == "all":  # AnomalyNCD: every map of the batch, no floor
             return small_maps, None
         return [m for m, f in zip(small_maps, flagged) if f], floor
 
-    def _region_pass(self, images: Sequence[np.ndarray], detected: _Detected,
-                     flagged: np.ndarray, value_range: tuple[float, float], *,
-                     external: bool, progress: bool, on_progress: ProgressFn) -> _FoundRegions:
+    def _region_pass(
+        self,
+        images: Sequence[np.ndarray],
+        detected: _Detected,
+        flagged: np.ndarray,
+        value_range: tuple[float, float],
+        *,
+        external: bool,
+        progress: bool,
+        on_progress: ProgressFn,
+    ) -> _FoundRegions:
         """Regions of every image and their tokens, encoded a chunk of images at a time.
 
         A flagged image gives all its regions; any other image its strongest one, a *peak*
@@ -401,14 +459,14 @@ class DiscoveryModel:
         n = len(images)
         found = _FoundRegions()
         chunk = max(1, self.config.backbone.batch_size)
-        bar = tqdm(total=n, desc="regions", disable=not progress, file=sys.stderr,
-                   leave=False)
+        bar = tqdm(total=n, desc="regions", disable=not progress, file=sys.stderr, leave=False)
         for start in range(0, n, chunk):
             regions, peaks = _PendingRegions(), _PendingRegions()
             for i in range(start, min(n, start + chunk)):
                 image = self.stretched(images[i])
-                got = self._image_regions(i, image, detected, value_range,
-                                          peak_fallback=not flagged[i])
+                got = self._image_regions(
+                    i, image, detected, value_range, peak_fallback=not flagged[i]
+                )
                 if external and got.fallback:
                     flagged[i] = False
                 refs = self._references_for(detected.descriptors[i])
@@ -429,32 +487,50 @@ class DiscoveryModel:
         bar.close()
         return found
 
-    def _image_regions(self, i: int, image: np.ndarray, detected: _Detected,
-                       value_range: tuple[float, float], *, peak_fallback: bool
-                       ) -> ImageRegions:
+    def _image_regions(
+        self,
+        i: int,
+        image: np.ndarray,
+        detected: _Detected,
+        value_range: tuple[float, float],
+        *,
+        peak_fallback: bool,
+    ) -> ImageRegions:
         """:func:`engine.regions.image_regions` of image ``i`` (already stretched), its map
         resized back from the shrunk one."""
         dcfg = self.config.discovery
         height, width = detected.shapes[i]
-        full_map = cv2.resize(detected.small_maps[i], (width, height),
-                              interpolation=cv2.INTER_LINEAR)
+        full_map = cv2.resize(
+            detected.small_maps[i], (width, height), interpolation=cv2.INTER_LINEAR
+        )
         return image_regions(
-            i, image, full_map, self.prior.predict(image),
-            mebin_cfg=self.config.mebin, crop_cfg=self.config.crops,
-            value_range=value_range, fallback_quantile=dcfg.fallback_quantile,
-            mebin_side=dcfg.mebin_side, peak_fallback=peak_fallback)
+            i,
+            image,
+            full_map,
+            self.prior.predict(image),
+            mebin_cfg=self.config.mebin,
+            crop_cfg=self.config.crops,
+            value_range=value_range,
+            fallback_quantile=dcfg.fallback_quantile,
+            mebin_side=dcfg.mebin_side,
+            peak_fallback=peak_fallback,
+        )
 
-    def _concat_tokens(self, token_parts: list[RegionTokens], peak_parts: list[RegionTokens]
-                       ) -> tuple[RegionTokens, RegionTokens]:
+    def _concat_tokens(
+        self, token_parts: list[RegionTokens], peak_parts: list[RegionTokens]
+    ) -> tuple[RegionTokens, RegionTokens]:
         """The regions' and the peaks' tokens, each empty when there are none."""
         if token_parts and peak_parts:
             return RegionTokens.concat(token_parts), RegionTokens.concat(peak_parts)
         empty = self.encoder.encode([], [], [])
-        return (RegionTokens.concat(token_parts) if token_parts else empty,
-                RegionTokens.concat(peak_parts) if peak_parts else empty)
+        return (
+            RegionTokens.concat(token_parts) if token_parts else empty,
+            RegionTokens.concat(peak_parts) if peak_parts else empty,
+        )
 
-    def _detect_pass(self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None
-                     ) -> Iterable[tuple[tuple[int, int], float, np.ndarray, np.ndarray]]:
+    def _detect_pass(
+        self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None
+    ) -> Iterable[tuple[tuple[int, int], float, np.ndarray, np.ndarray]]:
         """(shape, score, map, descriptor) per image, from the detector or the given maps."""
         det = self._require_detector()
         if maps is None:
@@ -474,8 +550,9 @@ class DiscoveryModel:
             amap = _external_map(maps[i], shapes[i], i)
             yield shapes[i], float(amap.max()), amap, descriptor
 
-    def _value_range(self, flagged_maps: list[np.ndarray], floor: float | None
-                     ) -> tuple[float, float]:
+    def _value_range(
+        self, flagged_maps: list[np.ndarray], floor: float | None
+    ) -> tuple[float, float]:
         if not flagged_maps:
             return (0.0, 0.0)
         cfg = replace(self.config.mebin, range_floor=floor)
@@ -485,8 +562,14 @@ class DiscoveryModel:
         return (float(lo), float(hi))
 
     # ------------------------------------------------------------------ discovery
-    def discover(self, analysis: BatchAnalysis, clusters: int | str = "auto", *,
-                 labels: np.ndarray | None = None, progress: bool = False) -> DiscoveryResult:
+    def discover(
+        self,
+        analysis: BatchAnalysis,
+        clusters: int | str = "auto",
+        *,
+        labels: np.ndarray | None = None,
+        progress: bool = False,
+    ) -> DiscoveryResult:
         """Group the regions of ``analysis`` into types (ids 0..K-1) and set the prototypes.
 
         ``labels`` (optional, per region: known-type index or -1) turns on the supervised
@@ -496,14 +579,16 @@ class DiscoveryModel:
         if len(analysis.regions) == 0:
             return self._empty_result(analysis)
         fit = self.fit_types(analysis.tokens, clusters, labels=labels, progress=progress)
-        result = self._result(analysis, fit.embeddings, fit.attention, self.type_ids,
-                              [int(t) for t in self.type_ids])
+        result = self._result(
+            analysis, fit.embeddings, fit.attention, self.type_ids, [int(t) for t in self.type_ids]
+        )
         if fit.n_known:  # _result re-derives types from the prototypes: labels are facts
             known = np.asarray(labels) >= 0
             result.region_type[known] = self.type_ids[fit.assigned[known]]
             result.region_outlier[known] = False
             result.region_similarity[known] = (
-                fit.embeddings[known] * self.prototypes[fit.assigned[known]]).sum(axis=1)
+                fit.embeddings[known] * self.prototypes[fit.assigned[known]]
+            ).sum(axis=1)
             result.region_confidence[known] = 1.0
             self._vote_images(result)
         result.k_scores = fit.k_scores
@@ -534,8 +619,14 @@ class DiscoveryModel:
             for rec, b in zip(analysis.peaks, best):
                 nearest[rec.image_index] = result.type_ids[b]
 
-    def fit_types(self, tokens: RegionTokens, clusters: int | str = "auto", *,
-                  labels: np.ndarray | None = None, progress: bool = False) -> "TypeFit":
+    def fit_types(
+        self,
+        tokens: RegionTokens,
+        clusters: int | str = "auto",
+        *,
+        labels: np.ndarray | None = None,
+        progress: bool = False,
+    ) -> "TypeFit":
         """Train a fresh head on ``tokens`` and set the types (ids 0..K-1): known types
         (``labels`` 0..n_known-1, kept as ids 0..n_known-1) first, then the novel ones that
         received members. ``clusters`` counts the novel types ("auto": estimated)."""
@@ -543,8 +634,11 @@ class DiscoveryModel:
         n_regions = len(tokens)
         if n_regions == 0:
             raise DiscoveryError("no regions to group")
-        labels = np.full(n_regions, -1, np.int64) if labels is None else \
-            np.asarray(labels, dtype=np.int64)
+        labels = (
+            np.full(n_regions, -1, np.int64)
+            if labels is None
+            else np.asarray(labels, dtype=np.int64)
+        )
         n_known = int(labels.max()) + 1 if (labels >= 0).any() else 0
         head = self._new_head(tokens.tokens.shape[2], 1)
         emb0, _ = embed_all(head, tokens, self.device)
@@ -552,19 +646,32 @@ class DiscoveryModel:
         k_scores: dict[int, float] = {}
         if clusters == "auto":
             k_novel, k_scores = estimate_k(
-                emb0[labels < 0], dcfg.max_clusters, restarts=dcfg.kmeans_restarts,
-                seed=self.config.seed, method=dcfg.cluster_method,
+                emb0[labels < 0],
+                dcfg.max_clusters,
+                restarts=dcfg.kmeans_restarts,
+                seed=self.config.seed,
+                method=dcfg.cluster_method,
                 max_points=dcfg.ward_max_points,
-                min_size=auto_min_size(free, dcfg.auto_min_fraction, dcfg.auto_min_size_cap))
+                min_size=auto_min_size(free, dcfg.auto_min_fraction, dcfg.auto_min_size_cap),
+            )
         else:
             k_novel = int(clusters)
             if k_novel < 0 or (k_novel == 0 and n_known == 0):
                 raise DiscoveryError(f"--clusters must be >= 1 or 'auto', got {clusters}")
         k_novel = min(k_novel, free)
-        head.set_prototypes(torch.from_numpy(
-            self._initial_prototypes(emb0, labels, n_known, k_novel)))
-        report = train_head(head, tokens, labels, n_known, dcfg, seed=self.config.seed,
-                            device=self.device, progress=progress)
+        head.set_prototypes(
+            torch.from_numpy(self._initial_prototypes(emb0, labels, n_known, k_novel))
+        )
+        report = train_head(
+            head,
+            tokens,
+            labels,
+            n_known,
+            dcfg,
+            seed=self.config.seed,
+            device=self.device,
+            progress=progress,
+        )
         self.head = head
         emb, attention = embed_all(head, tokens, self.device)
         sims = emb @ normalise(head.prototypes.detach().cpu().numpy()).T
@@ -574,20 +681,24 @@ class DiscoveryModel:
         used = np.unique(np.concatenate([np.arange(n_known), assigned]))
         remap = {old: new for new, old in enumerate(used)}
         assigned = np.array([remap[a] for a in assigned], dtype=np.int64)
-        prototypes = normalise(np.stack([emb[assigned == k].mean(axis=0)
-                                         for k in range(len(used))]))
+        prototypes = normalise(
+            np.stack([emb[assigned == k].mean(axis=0) for k in range(len(used))])
+        )
         self._set_types(np.arange(len(used), dtype=np.int64), prototypes, emb, assigned)
         return TypeFit(emb, attention, assigned, n_known, k_scores, report)
 
-    def classify(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                   np.ndarray]:
+    def classify(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per embedding: (type id or NO_TYPE for outliers, confidence, outlier flag,
         similarity to the nearest prototype) against the current types."""
         dcfg = self.config.discovery
         if len(self.type_ids) == 0:
             n = len(emb)
-            return (np.full(n, NO_TYPE, np.int64), np.zeros(n, np.float32), np.ones(n, bool),
-                    np.zeros(n, np.float32))
+            return (
+                np.full(n, NO_TYPE, np.int64),
+                np.zeros(n, np.float32),
+                np.ones(n, bool),
+                np.zeros(n, np.float32),
+            )
         sims = emb @ self.prototypes.T
         best = sims.argmax(axis=1)
         best_sim = sims[np.arange(len(sims)), best]
@@ -601,36 +712,45 @@ class DiscoveryModel:
         region_type = np.where(outlier, NO_TYPE, self.type_ids[best]).astype(np.int64)
         return region_type, conf.astype(np.float32), outlier, best_sim.astype(np.float32)
 
-    def _initial_prototypes(self, emb: np.ndarray, labels: np.ndarray, n_known: int,
-                            k_novel: int) -> np.ndarray:
-        known = [normalise(emb[labels == k].mean(axis=0, keepdims=True))[0]
-                 for k in range(n_known)]
+    def _initial_prototypes(
+        self, emb: np.ndarray, labels: np.ndarray, n_known: int, k_novel: int
+    ) -> np.ndarray:
+        known = [normalise(emb[labels == k].mean(axis=0, keepdims=True))[0] for k in range(n_known)]
         free = emb[labels < 0] if n_known else emb
         if len(free) == 0:
             return np.stack(known)
         dcfg = self.config.discovery
         if k_novel == 0:
             return np.stack(known)
-        _, centres = cluster(free, min(k_novel, len(free)), method=dcfg.cluster_method,
-                             max_points=dcfg.ward_max_points, restarts=dcfg.kmeans_restarts,
-                             seed=self.config.seed)
+        _, centres = cluster(
+            free,
+            min(k_novel, len(free)),
+            method=dcfg.cluster_method,
+            max_points=dcfg.ward_max_points,
+            restarts=dcfg.kmeans_restarts,
+            seed=self.config.seed,
+        )
         if not known:
             return centres
-        return semi_supervised_kmeans(emb, labels, np.concatenate([np.stack(known), centres]),
-                                      dcfg.ss_kmeans_iterations)
+        return semi_supervised_kmeans(
+            emb, labels, np.concatenate([np.stack(known), centres]), dcfg.ss_kmeans_iterations
+        )
 
-    def _set_types(self, type_ids: np.ndarray, prototypes: np.ndarray, emb: np.ndarray,
-                   assigned: np.ndarray) -> None:
+    def _set_types(
+        self, type_ids: np.ndarray, prototypes: np.ndarray, emb: np.ndarray, assigned: np.ndarray
+    ) -> None:
         """Store prototypes and their outlier thresholds (from the members' similarities,
         in-sample: see docs/decisions.md for the measured trade-off against leave-one-out)."""
         self.type_ids = np.asarray(type_ids, dtype=np.int64)
         self.prototypes = normalise(prototypes)
         own = (emb * self.prototypes[assigned]).sum(axis=1)
-        self.thresholds = outlier_thresholds(own, assigned, len(type_ids),
-                                             self.config.discovery.outlier_mads)
+        self.thresholds = outlier_thresholds(
+            own, assigned, len(type_ids), self.config.discovery.outlier_mads
+        )
 
-    def set_types(self, type_ids: Sequence[int], prototypes: np.ndarray,
-                  thresholds: np.ndarray | None = None) -> None:
+    def set_types(
+        self, type_ids: Sequence[int], prototypes: np.ndarray, thresholds: np.ndarray | None = None
+    ) -> None:
         """Replace the types (e.g. with the ids the storage layer gave them)."""
         self.type_ids = np.asarray(type_ids, dtype=np.int64)
         self.prototypes = normalise(np.asarray(prototypes, dtype=np.float32))
@@ -671,13 +791,23 @@ class DiscoveryModel:
         """Cluster outlier regions; groups of at least ``new_type_min_size`` become new types."""
         dcfg = self.config.discovery
         sub = result.embeddings[outliers]
-        k, _ = estimate_k(sub, min(dcfg.max_clusters, max(1, len(sub) // dcfg.new_type_min_size)),
-                          restarts=dcfg.kmeans_restarts, seed=self.config.seed,
-                          method=dcfg.cluster_method, max_points=dcfg.ward_max_points,
-                          min_size=dcfg.new_type_min_size)
-        labels, centres = cluster(sub, max(k, 1), method=dcfg.cluster_method,
-                                  max_points=dcfg.ward_max_points,
-                                  restarts=dcfg.kmeans_restarts, seed=self.config.seed)
+        k, _ = estimate_k(
+            sub,
+            min(dcfg.max_clusters, max(1, len(sub) // dcfg.new_type_min_size)),
+            restarts=dcfg.kmeans_restarts,
+            seed=self.config.seed,
+            method=dcfg.cluster_method,
+            max_points=dcfg.ward_max_points,
+            min_size=dcfg.new_type_min_size,
+        )
+        labels, centres = cluster(
+            sub,
+            max(k, 1),
+            method=dcfg.cluster_method,
+            max_points=dcfg.ward_max_points,
+            restarts=dcfg.kmeans_restarts,
+            seed=self.config.seed,
+        )
         next_id = int(result.type_ids.max()) + 1 if len(result.type_ids) else 0
         new_ids: list[int] = []
         new_protos: list[np.ndarray] = []
@@ -701,17 +831,31 @@ class DiscoveryModel:
         self._vote_images(result)
 
     # ------------------------------------------------------------------ results
-    def _result(self, analysis: BatchAnalysis, emb: np.ndarray, attention: np.ndarray,
-                type_ids: np.ndarray, new_ids: list[int]) -> DiscoveryResult:
+    def _result(
+        self,
+        analysis: BatchAnalysis,
+        emb: np.ndarray,
+        attention: np.ndarray,
+        type_ids: np.ndarray,
+        new_ids: list[int],
+    ) -> DiscoveryResult:
         region_type, conf, outlier, best_sim = self.classify(emb)
         n = analysis.n_images
         result = DiscoveryResult(
-            analysis=analysis, embeddings=emb, attention=attention,
-            region_type=region_type, region_confidence=conf,
-            region_outlier=outlier, region_similarity=best_sim,
-            image_type=np.full(n, NO_TYPE, np.int64), image_confidence=np.zeros(n, np.float32),
-            image_outlier=np.zeros(n, bool), type_ids=np.asarray(type_ids).copy(),
-            prototypes=self.prototypes.copy(), new_type_ids=list(new_ids))
+            analysis=analysis,
+            embeddings=emb,
+            attention=attention,
+            region_type=region_type,
+            region_confidence=conf,
+            region_outlier=outlier,
+            region_similarity=best_sim,
+            image_type=np.full(n, NO_TYPE, np.int64),
+            image_confidence=np.zeros(n, np.float32),
+            image_outlier=np.zeros(n, bool),
+            type_ids=np.asarray(type_ids).copy(),
+            prototypes=self.prototypes.copy(),
+            new_type_ids=list(new_ids),
+        )
         self._vote_images(result)
         return result
 
@@ -729,8 +873,9 @@ class DiscoveryModel:
         for r, (t, c) in enumerate(zip(result.region_type, result.region_confidence)):
             if t != NO_TYPE:
                 onehot[r, col[int(t)]] = c
-        weights = region_weights([r.area for r in analysis.regions],
-                                 [r.score for r in analysis.regions])
+        weights = region_weights(
+            [r.area for r in analysis.regions], [r.score for r in analysis.regions]
+        )
         votes = image_votes(onehot, weights, analysis.region_image, analysis.n_images)
         has_region = np.zeros(analysis.n_images, bool)
         has_region[analysis.region_image] = True
@@ -752,14 +897,21 @@ class DiscoveryModel:
         d = self.config.discovery.embedding_dim
         t = analysis.tokens.grid[0] * analysis.tokens.grid[1]
         return DiscoveryResult(
-            analysis=analysis, embeddings=np.zeros((0, d), np.float32),
-            attention=np.zeros((0, t), np.float32), region_type=np.zeros(0, np.int64),
-            region_confidence=np.zeros(0, np.float32), region_outlier=np.zeros(0, bool),
+            analysis=analysis,
+            embeddings=np.zeros((0, d), np.float32),
+            attention=np.zeros((0, t), np.float32),
+            region_type=np.zeros(0, np.int64),
+            region_confidence=np.zeros(0, np.float32),
+            region_outlier=np.zeros(0, bool),
             region_similarity=np.zeros(0, np.float32),
-            image_type=np.full(n, NO_TYPE, np.int64), image_confidence=np.zeros(n, np.float32),
-            image_outlier=np.zeros(n, bool), type_ids=self.type_ids.copy(),
-            prototypes=self.prototypes.copy(), new_type_ids=[],
-            nearest_type=np.full(n, NO_TYPE, np.int64))
+            image_type=np.full(n, NO_TYPE, np.int64),
+            image_confidence=np.zeros(n, np.float32),
+            image_outlier=np.zeros(n, bool),
+            type_ids=self.type_ids.copy(),
+            prototypes=self.prototypes.copy(),
+            new_type_ids=[],
+            nearest_type=np.full(n, NO_TYPE, np.int64),
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
@@ -777,32 +929,47 @@ class DiscoveryModel:
         if self.head is not None:
             for name, tensor in self.head.state_dict().items():
                 arrays[f"head.{name}"] = tensor.detach().cpu().numpy()
-            head_shape = [int(self.head.pool.norm.normalized_shape[0]),
-                          int(self.head.prototypes.shape[0])]
+            head_shape = [
+                int(self.head.pool.norm.normalized_shape[0]),
+                int(self.head.prototypes.shape[0]),
+            ]
         arrays["type_ids"] = self.type_ids
         arrays["prototypes"] = self.prototypes
         arrays["thresholds"] = self.thresholds
-        meta = {"kind": MODEL_KIND, "format_version": MODEL_FORMAT_VERSION,
-                "config": json.loads(self.config.to_json()), "detector": det_meta,
-                "n_references": len(self.references), "head_shape": head_shape,
-                "value_range": list(self.value_range) if self.value_range else None}
+        meta = {
+            "kind": MODEL_KIND,
+            "format_version": MODEL_FORMAT_VERSION,
+            "config": json.loads(self.config.to_json()),
+            "detector": det_meta,
+            "n_references": len(self.references),
+            "head_shape": head_shape,
+            "value_range": list(self.value_range) if self.value_range else None,
+        }
         return write_model(path, arrays, meta)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None
-             ) -> "DiscoveryModel":
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> "DiscoveryModel":
         """Load a model written by :meth:`save`; another kind or version is a clear error."""
         arrays, meta = read_model(path)
-        check_model_meta(meta, MODEL_KIND, MODEL_FORMAT_VERSION, source=str(path),
-                         what="a discovery model", again="run discover again",
-                         hint=" (write one with protoatlas discover --save-model)")
+        check_model_meta(
+            meta,
+            MODEL_KIND,
+            MODEL_FORMAT_VERSION,
+            source=str(path),
+            what="a discovery model",
+            again="run discover again",
+            hint=" (write one with protoatlas discover --save-model)",
+        )
         config = ProtoAtlasConfig.from_dict(meta["config"])
         model = cls(config, device=device)
-        det_arrays = {k.split(".", 1)[1]: v for k, v in arrays.items()
-                      if k.startswith("detector.")}
-        model.detector = PatchCoreDetector(config, device=model.device) \
-            if meta["detector"] is None else PatchCoreDetector.from_arrays(
-                det_arrays, meta["detector"], device=model.device, source=str(path))
+        det_arrays = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("detector.")}
+        model.detector = (
+            PatchCoreDetector(config, device=model.device)
+            if meta["detector"] is None
+            else PatchCoreDetector.from_arrays(
+                det_arrays, meta["detector"], device=model.device, source=str(path)
+            )
+        )
         model.references = [arrays[f"reference.{i}"] for i in range(meta["n_references"])]
         model.reference_descriptors = arrays["reference_descriptors"]
         if model.references:
@@ -810,8 +977,11 @@ class DiscoveryModel:
         if meta["head_shape"] is not None:
             channels, k = meta["head_shape"]
             model.head = model._new_head(channels, k)
-            state = {k.split(".", 1)[1]: torch.from_numpy(v) for k, v in arrays.items()
-                     if k.startswith("head.")}
+            state = {
+                k.split(".", 1)[1]: torch.from_numpy(v)
+                for k, v in arrays.items()
+                if k.startswith("head.")
+            }
             model.head.load_state_dict(state)
             model.head.eval()
         model.type_ids = arrays["type_ids"].astype(np.int64)
@@ -826,14 +996,17 @@ def _check_batch(det: PatchCoreDetector, n: int, maps: Sequence[np.ndarray] | No
     if n == 0:
         raise DiscoveryError("the batch holds no usable image")
     if maps is None and not det.is_fitted:
-        raise DiscoveryError("this model has no fitted detector (it was made from given "
-                             "anomaly maps): give the maps of the new images too")
+        raise DiscoveryError(
+            "this model has no fitted detector (it was made from given "
+            "anomaly maps): give the maps of the new images too"
+        )
     if maps is not None and len(maps) != n:
         raise DiscoveryError(f"{len(maps)} anomaly maps for {n} images")
 
 
-def _flag_images(det: PatchCoreDetector, scores: np.ndarray, external: bool
-                 ) -> tuple[np.ndarray, float | None]:
+def _flag_images(
+    det: PatchCoreDetector, scores: np.ndarray, external: bool
+) -> tuple[np.ndarray, float | None]:
     """Which images the detector flags, and the floor of MEBin's range (its threshold)."""
     if not external:
         threshold = det.threshold if det.threshold is not None else float("inf")
@@ -842,8 +1015,9 @@ def _flag_images(det: PatchCoreDetector, scores: np.ndarray, external: bool
     return np.ones(len(scores), dtype=bool), None
 
 
-def semi_supervised_kmeans(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray,
-                           iterations: int) -> np.ndarray:
+def semi_supervised_kmeans(
+    emb: np.ndarray, labels: np.ndarray, centres: np.ndarray, iterations: int
+) -> np.ndarray:
     """GCD's semi-supervised k-means on unit vectors: labelled rows stay in their class
     (0..n_known-1), unlabelled rows go to the nearest centre, known or novel; centres are
     the members' means. Unlabelled regions that belong to a known type thus join it instead

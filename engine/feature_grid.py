@@ -45,14 +45,13 @@ class ImageFeatures:
 
 @dataclass
 class _Tile:
-    image: int       # index within the window
+    image: int  # index within the window
     top: int
     left: int
     own: tuple[int, int, int, int]  # (top, left, bottom, right) owned, in input pixels
 
 
-def _ownership(starts: list[int], tile: int, extent: int, multiple: int
-               ) -> list[tuple[int, int]]:
+def _ownership(starts: list[int], tile: int, extent: int, multiple: int) -> list[tuple[int, int]]:
     """Per tile start, the [begin, end) input range it contributes (seams at overlap middles,
     on multiples of ``multiple``)."""
     bounds = [0]
@@ -64,8 +63,9 @@ def _ownership(starts: list[int], tile: int, extent: int, multiple: int
     return [(bounds[i], bounds[i + 1]) for i in range(len(starts))]
 
 
-def plan_tiles(geometry: Geometry, tile: int, margin: int, multiple: int
-               ) -> list[tuple[int, int, int, int, tuple[int, int, int, int]]]:
+def plan_tiles(
+    geometry: Geometry, tile: int, margin: int, multiple: int
+) -> list[tuple[int, int, int, int, tuple[int, int, int, int]]]:
     """(top, left, height, width, owned box) of every tile of an input of ``geometry``."""
     ih, iw = geometry.input_hw
     th, tw = min(tile, ih), min(tile, iw)
@@ -73,14 +73,21 @@ def plan_tiles(geometry: Geometry, tile: int, margin: int, multiple: int
     xs = tile_starts(iw, tw, margin, multiple)
     own_y = _ownership(ys, th, ih, multiple)
     own_x = _ownership(xs, tw, iw, multiple)
-    return [(y, x, th, tw, (oy[0], ox[0], oy[1], ox[1]))
-            for y, oy in zip(ys, own_y) for x, ox in zip(xs, own_x)]
+    return [
+        (y, x, th, tw, (oy[0], ox[0], oy[1], ox[1]))
+        for y, oy in zip(ys, own_y)
+        for x, ox in zip(xs, own_x)
+    ]
 
 
-def iter_image_features(extractor: FeatureExtractor, images: Iterable[np.ndarray],
-                        cfg: BackboneConfig, *, pooled: bool = False,
-                        intensity: tuple[float, float] | None = None
-                        ) -> Iterator[ImageFeatures]:
+def iter_image_features(
+    extractor: FeatureExtractor,
+    images: Iterable[np.ndarray],
+    cfg: BackboneConfig,
+    *,
+    pooled: bool = False,
+    intensity: tuple[float, float] | None = None,
+) -> Iterator[ImageFeatures]:
     """:class:`ImageFeatures` of every image of ``images``, in order. ``intensity``: the
     fitted grey-level stretch of ``cfg.contrast == "normals"``."""
     window: list[np.ndarray] = []
@@ -94,8 +101,9 @@ def iter_image_features(extractor: FeatureExtractor, images: Iterable[np.ndarray
         yield from _window_features(extractor, window, cfg, pooled, intensity)
 
 
-def input_intensity(image: np.ndarray, cfg: BackboneConfig,
-                    fitted: tuple[float, float] | None) -> tuple[float, float] | None:
+def input_intensity(
+    image: np.ndarray, cfg: BackboneConfig, fitted: tuple[float, float] | None
+) -> tuple[float, float] | None:
     """The grey-level stretch to apply to ``image`` under ``cfg.contrast``."""
     if cfg.contrast == "image":
         return intensity_range([image], *cfg.contrast_percentiles)
@@ -104,17 +112,22 @@ def input_intensity(image: np.ndarray, cfg: BackboneConfig,
     return None
 
 
-def _window_features(extractor: FeatureExtractor, images: list[np.ndarray],
-                     cfg: BackboneConfig, pooled: bool,
-                     intensity: tuple[float, float] | None) -> list[ImageFeatures]:
+def _window_features(
+    extractor: FeatureExtractor,
+    images: list[np.ndarray],
+    cfg: BackboneConfig,
+    pooled: bool,
+    intensity: tuple[float, float] | None,
+) -> list[ImageFeatures]:
     multiple = extractor.max_stride
     tile = max(multiple, (cfg.tile_size // multiple) * multiple)
     margin = cfg.tile_margin
     inputs, geoms = [], []
     groups: dict[tuple[int, int], list[_Tile]] = {}
     for i, image in enumerate(images):
-        arr, geom = fit_input(image, cfg.image_size, cfg.resize_mode, multiple,
-                              input_intensity(image, cfg, intensity))
+        arr, geom = fit_input(
+            image, cfg.image_size, cfg.resize_mode, multiple, input_intensity(image, cfg, intensity)
+        )
         inputs.append(arr)
         geoms.append(geom)
         for top, left, th, tw, own in plan_tiles(geom, tile, margin, multiple):
@@ -125,21 +138,27 @@ def _window_features(extractor: FeatureExtractor, images: list[np.ndarray],
     bs = max(1, cfg.batch_size)
     for (th, tw), tiles in groups.items():
         for start in range(0, len(tiles), bs):
-            chunk = tiles[start:start + bs]
-            batch = to_tensor_batch([inputs[t.image][t.top:t.top + th, t.left:t.left + tw]
-                                     for t in chunk])
+            chunk = tiles[start : start + bs]
+            batch = to_tensor_batch(
+                [inputs[t.image][t.top : t.top + th, t.left : t.left + tw] for t in chunk]
+            )
             feats = extractor(batch, pooled=pooled)
             for b, t in enumerate(chunk):
                 image_maps = maps[t.image]
                 if image_maps is None:
                     ih, iw = geoms[t.image].input_hw
-                    image_maps = maps[t.image] = [torch.empty((m.shape[1], ih // s, iw // s))
-                                                  for m, s in zip(feats.maps, strides)]
+                    image_maps = maps[t.image] = [
+                        torch.empty((m.shape[1], ih // s, iw // s))
+                        for m, s in zip(feats.maps, strides)
+                    ]
                 o_top, o_left, o_bottom, o_right = t.own
                 for dst, m, s in zip(image_maps, feats.maps, strides):
-                    dst[:, o_top // s:o_bottom // s, o_left // s:o_right // s] = \
-                        m[b, :, (o_top - t.top) // s:(o_bottom - t.top) // s,
-                          (o_left - t.left) // s:(o_right - t.left) // s].cpu()
+                    dst[:, o_top // s : o_bottom // s, o_left // s : o_right // s] = m[
+                        b,
+                        :,
+                        (o_top - t.top) // s : (o_bottom - t.top) // s,
+                        (o_left - t.left) // s : (o_right - t.left) // s,
+                    ].cpu()
                 if feats.pooled is not None:
                     weight = (o_bottom - o_top) * (o_right - o_left)
                     part = feats.pooled[b].cpu() * weight

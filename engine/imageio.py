@@ -48,8 +48,16 @@ _SIXTEEN_BIT_MAX = 65535
 _HIGH_DEPTH_INT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _GRAY_MODES = frozenset({"1", "L", "F"}) | _HIGH_DEPTH_INT_MODES
 # Errors PIL raises for broken data, at open() or load() time.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
-                  struct.error, zlib.error)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    zlib.error,
+)
 
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike
 

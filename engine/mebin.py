@@ -95,9 +95,7 @@ def normalisation_range(
 
 
 def binarize(
-    anomaly_map: np.ndarray,
-    value_range: tuple[float, float],
-    cfg: MEBinConfig = MEBinConfig(),
+    anomaly_map: np.ndarray, value_range: tuple[float, float], cfg: MEBinConfig = MEBinConfig()
 ) -> MEBinResult:
     """Run MEBin on one map, normalised over ``value_range`` (see :func:`normalisation_range`)."""
     return _binarize_checked(_checked_map(anomaly_map, None), _checked_range(value_range), cfg)
@@ -211,4 +209,3 @@ def _binarize_checked(
         stable_length=end - start + 1,
         counts=counts,
     )
-

@@ -96,8 +96,9 @@ def _image_list(images: ArrayLike | Sequence[ArrayLike], name: str) -> list[np.n
             f"{name} must be (N, H, W), (H, W) or a list of 2-D arrays, got ndim={images.ndim}"
         )
     if not isinstance(images, Iterable):
-        raise TypeError(f"{name} must be an array or a sequence of 2-D arrays, "
-                        f"got {type(images).__name__}")
+        raise TypeError(
+            f"{name} must be an array or a sequence of 2-D arrays, got {type(images).__name__}"
+        )
     out = [np.asarray(image) for image in images]
     for i, image in enumerate(out):
         if image.ndim != 2:
@@ -441,11 +442,7 @@ def cluster_metrics(
         accuracy=float(np.mean(mapped == true_codes)),
         macro_f1=float(
             f1_score(
-                true_codes,
-                mapped,
-                labels=np.arange(len(classes)),
-                average="macro",
-                zero_division=0,
+                true_codes, mapped, labels=np.arange(len(classes)), average="macro", zero_division=0
             )
         ),
         n_clusters=len(clusters),

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 
-def local_average(feature_map: torch.Tensor, neighbourhood: int,
-                  valid: torch.Tensor | None = None) -> torch.Tensor:
+def local_average(
+    feature_map: torch.Tensor, neighbourhood: int, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Average over a ``neighbourhood`` x ``neighbourhood`` window, same spatial size.
 
     ``feature_map`` is (B, C, h, w); ``valid`` (B, h, w) bool limits the average to content
@@ -28,8 +29,9 @@ def local_average(feature_map: torch.Tensor, neighbourhood: int,
         return feature_map if valid is None else feature_map * valid[:, None]
     pad = neighbourhood // 2
     if valid is None:
-        return F.avg_pool2d(feature_map, kernel_size=neighbourhood, stride=1, padding=pad,
-                            count_include_pad=False)
+        return F.avg_pool2d(
+            feature_map, kernel_size=neighbourhood, stride=1, padding=pad, count_include_pad=False
+        )
     weight = valid[:, None].to(feature_map.dtype)
     num = F.avg_pool2d(feature_map * weight, neighbourhood, stride=1, padding=pad)
     den = F.avg_pool2d(weight, neighbourhood, stride=1, padding=pad)
@@ -51,9 +53,14 @@ def grid_size(feature_map: torch.Tensor) -> tuple[int, int]:
     return (height, width)
 
 
-def resample_stage(feature_map: torch.Tensor, stride: int, offset: float,
-                   size: tuple[int, int], target_stride: int, target_offset: float
-                   ) -> torch.Tensor:
+def resample_stage(
+    feature_map: torch.Tensor,
+    stride: int,
+    offset: float,
+    size: tuple[int, int],
+    target_stride: int,
+    target_offset: float,
+) -> torch.Tensor:
     """Bilinear samples of a (B, C, h, w) stage at the cell centres of another grid.
 
     Cell ``j`` of a stage lies at input pixel ``stride * j + offset``; the target grid has
@@ -64,20 +71,27 @@ def resample_stage(feature_map: torch.Tensor, stride: int, offset: float,
         return feature_map
 
     def axis(n_src: int, n_dst: int) -> torch.Tensor:
-        u = (torch.arange(n_dst, dtype=torch.float32) * target_stride + target_offset
-             - offset) / stride
+        u = (
+            torch.arange(n_dst, dtype=torch.float32) * target_stride + target_offset - offset
+        ) / stride
         return 2.0 * u / (n_src - 1) - 1.0 if n_src > 1 else torch.zeros(n_dst)
 
     gy, gx = axis(h, size[0]), axis(w, size[1])
     grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
     grid = grid[None].expand(feature_map.shape[0], -1, -1, -1).to(feature_map.device)
-    return F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border",
-                         align_corners=True)
+    return F.grid_sample(
+        feature_map, grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
 
 
-def aggregate(maps: Sequence[torch.Tensor], strides: Sequence[int], offsets: Sequence[float],
-              neighbourhood: int | Sequence[int], valid: Sequence[torch.Tensor] | None = None,
-              balance: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def aggregate(
+    maps: Sequence[torch.Tensor],
+    strides: Sequence[int],
+    offsets: Sequence[float],
+    neighbourhood: int | Sequence[int],
+    valid: Sequence[torch.Tensor] | None = None,
+    balance: bool = True,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The concatenated (B, D, h, w) patch features on the finest grid, and the per-stage
     locally averaged maps at their own resolution (for multi-scale prototypes).
 
@@ -85,12 +99,17 @@ def aggregate(maps: Sequence[torch.Tensor], strides: Sequence[int], offsets: Seq
     stages or one per stage; ``valid`` (optional) the per-stage (B, h_k, w_k) bool content
     cells.
     """
-    sides = [int(neighbourhood)] * len(maps) if isinstance(neighbourhood, (int, float)) \
+    sides = (
+        [int(neighbourhood)] * len(maps)
+        if isinstance(neighbourhood, (int, float))
         else [int(n) for n in neighbourhood]
+    )
     if len(sides) != len(maps):
         raise ValueError(f"{len(sides)} neighbourhood sides for {len(maps)} stages")
-    pooled = [local_average(m, p, None if valid is None else v)
-              for m, p, v in zip(maps, sides, valid if valid is not None else [None] * len(maps))]
+    pooled = [
+        local_average(m, p, None if valid is None else v)
+        for m, p, v in zip(maps, sides, valid if valid is not None else [None] * len(maps))
+    ]
     finest = max(range(len(pooled)), key=lambda i: pooled[i].shape[-1])
     size = grid_size(pooled[finest])
     width = max(m.shape[1] for m in pooled)

@@ -68,15 +68,15 @@ def _round_to(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def plan_geometry(hw: tuple[int, int], size: int, mode: ResizeMode, multiple: int = 32
-                  ) -> Geometry:
+def plan_geometry(hw: tuple[int, int], size: int, mode: ResizeMode, multiple: int = 32) -> Geometry:
     """The :class:`Geometry` of an image of ``hw`` = (H, W) in ``mode`` (no pixels needed)."""
     h, w = int(hw[0]), int(hw[1])
     if h < 1 or w < 1:
         raise ValueError(f"image has no pixels: {w} x {h}")
     if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize_mode '{mode}': expected one of "
-                         + ", ".join(RESIZE_MODES))
+        raise ValueError(
+            f"unknown resize_mode '{mode}': expected one of " + ", ".join(RESIZE_MODES)
+        )
     if mode in ("squash", "letterbox"):
         size = _round_to(size, multiple)
     if mode == "squash":
@@ -92,8 +92,9 @@ def plan_geometry(hw: tuple[int, int], size: int, mode: ResizeMode, multiple: in
     return Geometry((h, w), (new_h, new_w), (0, 0, new_h, new_w))
 
 
-def intensity_range(images, low: float, high: float, max_pixels: int = 200_000
-                    ) -> tuple[float, float]:
+def intensity_range(
+    images, low: float, high: float, max_pixels: int = 200_000
+) -> tuple[float, float]:
     """(low, high) percentiles of the grey values of ``images`` (a seeded sample of at most
     ``max_pixels`` pixels per image): the stretch :func:`stretch_contrast` applies."""
     rng = np.random.default_rng(0)
@@ -116,8 +117,13 @@ def stretch_contrast(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.rint(lut).astype(np.uint8)[image]
 
 
-def fit_input(image: np.ndarray, size: int, mode: ResizeMode, multiple: int = 32,
-              intensity: tuple[float, float] | None = None) -> tuple[np.ndarray, Geometry]:
+def fit_input(
+    image: np.ndarray,
+    size: int,
+    mode: ResizeMode,
+    multiple: int = 32,
+    intensity: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, Geometry]:
     """Resize an (H, W, 3) uint8 image into its (Hi, Wi, 3) uint8 network input;
     ``intensity`` = (lo, hi) grey levels stretches it first (:func:`stretch_contrast`)."""
     if intensity is not None:
@@ -125,14 +131,16 @@ def fit_input(image: np.ndarray, size: int, mode: ResizeMode, multiple: int = 32
     geom = plan_geometry(image.shape[:2], size, mode, multiple)
     h, w = geom.orig_hw
     ch, cw = geom.content_hw
-    resized = image if (ch, cw) == (h, w) else cv2.resize(
-        image, (cw, ch), interpolation=_interp(h * w, ch * cw))
+    resized = (
+        image
+        if (ch, cw) == (h, w)
+        else cv2.resize(image, (cw, ch), interpolation=_interp(h * w, ch * cw))
+    )
     top, left, bottom, right = geom.box
     ih, iw = geom.input_hw
     if (top, left, bottom, right) == (0, 0, ih, iw):
         return np.ascontiguousarray(resized), geom
-    out = cv2.copyMakeBorder(resized, top, ih - bottom, left, iw - right,
-                             cv2.BORDER_REPLICATE)
+    out = cv2.copyMakeBorder(resized, top, ih - bottom, left, iw - right, cv2.BORDER_REPLICATE)
     return out, geom
 
 
@@ -143,8 +151,7 @@ def fit_square(image: np.ndarray, size: int, mode: ResizeMode) -> tuple[np.ndarr
     return fit_input(image, size, mode)
 
 
-def grid_to_image(grid: np.ndarray, stride: int, offset: float, geometry: Geometry
-                  ) -> np.ndarray:
+def grid_to_image(grid: np.ndarray, stride: int, offset: float, geometry: Geometry) -> np.ndarray:
     """Bilinear samples of a (h, w) cell grid at every content pixel of the network input.
 
     Returns a float32 (content height, content width) map: pixel ``y`` of the input reads
@@ -152,12 +159,17 @@ def grid_to_image(grid: np.ndarray, stride: int, offset: float, geometry: Geomet
     """
     top, left, bottom, right = geometry.box
     inv = 1.0 / stride
-    matrix = np.array([[inv, 0.0, (left - offset) * inv],
-                       [0.0, inv, (top - offset) * inv]], dtype=np.float64)
+    matrix = np.array(
+        [[inv, 0.0, (left - offset) * inv], [0.0, inv, (top - offset) * inv]], dtype=np.float64
+    )
     src = np.ascontiguousarray(grid, dtype=np.float32)
-    return cv2.warpAffine(src, matrix, (right - left, bottom - top),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        src,
+        matrix,
+        (right - left, bottom - top),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 def restore_map(content_map: np.ndarray, geometry: Geometry) -> np.ndarray:

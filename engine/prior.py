@@ -54,6 +54,7 @@ def prior_overrides(backend: str | None, prompt: str | None) -> dict[str, str]:
         out["backend"] = "grounded-sam"
     return out
 
+
 #: Install hint for the grounded-SAM backend.
 SAM_EXTRA_HINT = 'pip install "protoatlas[sam]"'
 
@@ -70,8 +71,10 @@ def region_map(object_mask: np.ndarray, anomaly_mask: np.ndarray) -> np.ndarray:
     obj = np.asarray(object_mask, dtype=bool)
     anomaly = np.asarray(anomaly_mask, dtype=bool)
     if obj.shape != anomaly.shape or obj.ndim != 2:
-        raise ValueError(f"object and anomaly masks must be equal (H, W) arrays, "
-                         f"got {obj.shape} and {anomaly.shape}")
+        raise ValueError(
+            f"object and anomaly masks must be equal (H, W) arrays, "
+            f"got {obj.shape} and {anomaly.shape}"
+        )
     regions = np.full(obj.shape, BACKGROUND, dtype=np.uint8)
     regions[obj] = OBJECT
     regions[anomaly] = ANOMALY
@@ -111,8 +114,9 @@ def make_prior(cfg: PriorConfig | None = None) -> ObjectPrior:
         return ClassicalPrior(cfg)
     if cfg.backend == "grounded-sam":
         return GroundedSamPrior(cfg)
-    raise ValueError(f"unknown prior backend {cfg.backend!r}; "
-                     f"expected one of {', '.join(PRIOR_BACKENDS)}")
+    raise ValueError(
+        f"unknown prior backend {cfg.backend!r}; expected one of {', '.join(PRIOR_BACKENDS)}"
+    )
 
 
 class NoPrior:
@@ -161,8 +165,7 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bool mask resized to ``shape`` = (h, w), by linear interpolation and a 0.5 cut."""
     if mask.shape == shape:
         return mask.copy()
-    soft = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]),
-                      interpolation=cv2.INTER_LINEAR)
+    soft = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     return soft >= 0.5
 
 
@@ -200,8 +203,7 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[1:-1][int(np.argmax(between))])
 
 
-def _cue_threshold(cue: np.ndarray, border_width: int, margin: float,
-                   cfg: PriorConfig) -> float:
+def _cue_threshold(cue: np.ndarray, border_width: int, margin: float, cfg: PriorConfig) -> float:
     """Otsu on the cue, but never below the border's spread (quantile) plus ``margin``."""
     floor = float(np.quantile(_border(cue, border_width), cfg.border_quantile)) + margin
     return max(_otsu(cue), floor)
@@ -212,8 +214,7 @@ def _box(array: np.ndarray, size: int) -> np.ndarray:
     return cv2.blur(array, (size, size), borderType=cv2.BORDER_REFLECT)
 
 
-def _colour_distance(image: np.ndarray, background: np.ndarray, cfg: PriorConfig
-                     ) -> np.ndarray:
+def _colour_distance(image: np.ndarray, background: np.ndarray, cfg: PriorConfig) -> np.ndarray:
     """Euclidean RGB distance of the median-filtered image to the background colour, (H, W).
 
     A median filter (not a box blur) removes noise and fine grain but keeps the object's
@@ -242,8 +243,9 @@ def _shrink(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def _keep_large_components(mask: np.ndarray, min_ratio: float) -> np.ndarray:
     """Drop 8-connected components smaller than ``min_ratio`` x the largest one."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
-                                                               connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8
+    )
     if count <= 2:  # background + at most one component
         return mask
     areas = stats[1:, cv2.CC_STAT_AREA]
@@ -256,8 +258,7 @@ def _clean(mask: np.ndarray, cfg: PriorConfig) -> np.ndarray:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.closing, cfg.closing))
     padding = cfg.closing * cfg.closing_iterations  # closing must not glue to the frame
     padded = np.pad(mask.astype(np.uint8), padding)
-    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel,
-                              iterations=cfg.closing_iterations)
+    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel, iterations=cfg.closing_iterations)
     closed = closed[padding:-padding, padding:-padding].astype(bool)
     filled = ndimage.binary_fill_holes(closed)
     return _keep_large_components(filled, cfg.min_component_ratio)
@@ -280,8 +281,7 @@ class _Estimate:
     colour_threshold: float
 
 
-def _estimate(median: np.ndarray, variation: np.ndarray | None, cfg: PriorConfig
-              ) -> _Estimate:
+def _estimate(median: np.ndarray, variation: np.ndarray | None, cfg: PriorConfig) -> _Estimate:
     """Object mask from a (median) image and optional cross-normal std, at its resolution.
 
     Object = colour far from the border colour, OR strong local texture, OR strong
@@ -355,8 +355,7 @@ class ClassicalPrior:
         median = np.median(stack, axis=0).astype(np.float32)
         variation = None
         if len(normals) >= self.cfg.min_normals_for_variation:
-            variation = _box(stack.mean(axis=3).std(axis=0).astype(np.float32),
-                             self.cfg.smoothing)
+            variation = _box(stack.mean(axis=3).std(axis=0).astype(np.float32), self.cfg.smoothing)
         self._fitted = _estimate(median, variation, self.cfg)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
@@ -435,8 +434,10 @@ def _missing_file(value: str | None, field: str, what: str) -> str | None:
 
 def _missing_text_encoder(value: str | None) -> str | None:
     """A line naming ``text_encoder_dir`` when it is unset or lacks ``config.json``."""
-    what = ("a local directory with the bert-base-uncased files (config.json, vocab.txt, "
-            "tokenizer_config.json, model.safetensors or pytorch_model.bin)")
+    what = (
+        "a local directory with the bert-base-uncased files (config.json, vocab.txt, "
+        "tokenizer_config.json, model.safetensors or pytorch_model.bin)"
+    )
     if not value:
         return f"text_encoder_dir is not set: give {what}"
     if not (Path(value) / "config.json").is_file():
@@ -456,10 +457,14 @@ def _missing_module(module: str) -> str | None:
 def _sam_problems(cfg: PriorConfig) -> list[str]:
     """Why a SAM predictor cannot be built from ``cfg`` (empty when it can)."""
     name = SAM_CHECKPOINT_NAMES.get(cfg.sam_model_type, "the matching SAM .pth")
-    what = (f"a SAM {cfg.sam_model_type} checkpoint such as {name} "
-            f"(matching sam_model_type={cfg.sam_model_type!r})")
-    problems = [_missing_module("segment_anything"),
-                _missing_file(cfg.sam_checkpoint, "sam_checkpoint", what)]
+    what = (
+        f"a SAM {cfg.sam_model_type} checkpoint such as {name} "
+        f"(matching sam_model_type={cfg.sam_model_type!r})"
+    )
+    problems = [
+        _missing_module("segment_anything"),
+        _missing_file(cfg.sam_checkpoint, "sam_checkpoint", what),
+    ]
     return [p for p in problems if p]
 
 
@@ -467,10 +472,16 @@ def _dino_problems(cfg: PriorConfig) -> list[str]:
     """Why a GroundingDINO detector cannot be built from ``cfg`` (empty when it can)."""
     problems = [
         _missing_module("groundingdino"),
-        _missing_file(cfg.groundingdino_checkpoint, "groundingdino_checkpoint",
-                      "a GroundingDINO checkpoint such as groundingdino_swint_ogc.pth"),
-        _missing_file(cfg.groundingdino_config, "groundingdino_config",
-                      "the matching model config such as GroundingDINO_SwinT_OGC.py"),
+        _missing_file(
+            cfg.groundingdino_checkpoint,
+            "groundingdino_checkpoint",
+            "a GroundingDINO checkpoint such as groundingdino_swint_ogc.pth",
+        ),
+        _missing_file(
+            cfg.groundingdino_config,
+            "groundingdino_config",
+            "the matching model config such as GroundingDINO_SwinT_OGC.py",
+        ),
         _missing_text_encoder(cfg.text_encoder_dir),
     ]
     return [p for p in problems if p]
@@ -499,8 +510,10 @@ def _build_sam_predictor(cfg: PriorConfig) -> SamPredictorLike:
     from engine.device import resolve_device
 
     if cfg.sam_model_type not in sam_model_registry:
-        raise ValueError(f"unknown sam_model_type {cfg.sam_model_type!r}; "
-                         f"expected one of {', '.join(sorted(sam_model_registry))}")
+        raise ValueError(
+            f"unknown sam_model_type {cfg.sam_model_type!r}; "
+            f"expected one of {', '.join(sorted(sam_model_registry))}"
+        )
     model = sam_model_registry[cfg.sam_model_type](checkpoint=cfg.sam_checkpoint)
     model.to(resolve_device(cfg.device)).eval()
     return SamPredictor(model)
@@ -560,9 +573,14 @@ class _GroundingDinoDetector:
         kwargs: dict[str, Any] = {}
         if "device" in inspect.signature(predict).parameters:  # older releases force CUDA
             kwargs["device"] = self.device
-        boxes, _, _ = predict(model=self.model, image=_dino_tensor(image), caption=prompt,
-                              box_threshold=self.cfg.box_threshold,
-                              text_threshold=self.cfg.text_threshold, **kwargs)
+        boxes, _, _ = predict(
+            model=self.model,
+            image=_dino_tensor(image),
+            caption=prompt,
+            box_threshold=self.cfg.box_threshold,
+            text_threshold=self.cfg.text_threshold,
+            **kwargs,
+        )
         return _cxcywh_to_xyxy(np.asarray(boxes, dtype=np.float32), image.shape[:2])
 
 
@@ -571,8 +589,14 @@ def _cxcywh_to_xyxy(boxes: np.ndarray, shape: tuple[int, int]) -> list[Box]:
     height, width = shape
     out = []
     for cx, cy, w, h in boxes.reshape(-1, 4):
-        out.append((float((cx - w / 2) * width), float((cy - h / 2) * height),
-                    float((cx + w / 2) * width), float((cy + h / 2) * height)))
+        out.append(
+            (
+                float((cx - w / 2) * width),
+                float((cy - h / 2) * height),
+                float((cx + w / 2) * width),
+                float((cy + h / 2) * height),
+            )
+        )
     return out
 
 
@@ -580,8 +604,15 @@ def _clip_box(box: Sequence[float], shape: tuple[int, int]) -> np.ndarray:
     """An ``xyxy`` box clipped to the image, as a float32 array."""
     height, width = shape
     x0, y0, x1, y1 = (float(v) for v in box)
-    return np.array([np.clip(x0, 0, width), np.clip(y0, 0, height),
-                     np.clip(x1, 0, width), np.clip(y1, 0, height)], dtype=np.float32)
+    return np.array(
+        [
+            np.clip(x0, 0, width),
+            np.clip(y0, 0, height),
+            np.clip(x1, 0, width),
+            np.clip(y1, 0, height),
+        ],
+        dtype=np.float32,
+    )
 
 
 class GroundedSamPrior:
@@ -603,17 +634,25 @@ class GroundedSamPrior:
             every missing item and the install command.
     """
 
-    def __init__(self, cfg: PriorConfig, *, box_detector: BoxDetector | None = None,
-                 sam_predictor: SamPredictorLike | None = None) -> None:
+    def __init__(
+        self,
+        cfg: PriorConfig,
+        *,
+        box_detector: BoxDetector | None = None,
+        sam_predictor: SamPredictorLike | None = None,
+    ) -> None:
         prompt = (cfg.prompt or "").strip()
         if not prompt:
-            raise ValueError("grounded-sam prior needs a text prompt naming the object, "
-                             "e.g. PriorConfig(prompt='bottle')")
+            raise ValueError(
+                "grounded-sam prior needs a text prompt naming the object, "
+                "e.g. PriorConfig(prompt='bottle')"
+            )
         problems = [] if sam_predictor is not None else _sam_problems(cfg)
         problems += [] if box_detector is not None else _dino_problems(cfg)
         if problems:
-            raise PriorUnavailableError("grounded-sam prior is unavailable:\n  - "
-                                        + "\n  - ".join(problems))
+            raise PriorUnavailableError(
+                "grounded-sam prior is unavailable:\n  - " + "\n  - ".join(problems)
+            )
         self.cfg = cfg
         self.prompt = prompt
         self.sam_predictor = sam_predictor or _build_sam_predictor(cfg)
@@ -627,14 +666,17 @@ class GroundedSamPrior:
         """Union of the SAM masks of the prompt's boxes; the whole image when none."""
         rgb = np.ascontiguousarray(_as_rgb_float(image).clip(0, 255).astype(np.uint8))
         shape = rgb.shape[:2]
-        self.last_boxes = [(float(x0), float(y0), float(x1), float(y1))
-                           for x0, y0, x1, y1 in self.box_detector(rgb, self.prompt)]
+        self.last_boxes = [
+            (float(x0), float(y0), float(x1), float(y1))
+            for x0, y0, x1, y1 in self.box_detector(rgb, self.prompt)
+        ]
         if not self.last_boxes:
             return np.ones(shape, dtype=bool)
         self.sam_predictor.set_image(rgb)
         mask = np.zeros(shape, dtype=bool)
         for box in self.last_boxes:
-            masks, _, _ = self.sam_predictor.predict(box=_clip_box(box, shape),
-                                                     multimask_output=False)
+            masks, _, _ = self.sam_predictor.predict(
+                box=_clip_box(box, shape), multimask_output=False
+            )
             mask |= np.asarray(masks, dtype=bool).reshape(-1, *shape).any(axis=0)
         return mask

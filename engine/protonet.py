@@ -62,16 +62,22 @@ class GuidedAttentionPool(nn.Module):
         nn.init.zeros_(score.bias)
         self.scorer = nn.Sequential(hidden, nn.GELU(), score)
 
-    def logits(self, tokens: torch.Tensor, anomaly: torch.Tensor, regions: torch.Tensor
-               ) -> torch.Tensor:
+    def logits(
+        self, tokens: torch.Tensor, anomaly: torch.Tensor, regions: torch.Tensor
+    ) -> torch.Tensor:
         """(N, T) attention logits."""
         logit = self.beta * anomaly + regions @ self.gamma
         if self.residual_power:
             logit = logit + self.residual_power * torch.log(tokens.norm(dim=-1) + _EPS)
         return logit + self.scorer(self.norm(tokens))[..., 0]
 
-    def forward(self, tokens: torch.Tensor, anomaly: torch.Tensor, regions: torch.Tensor,
-                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        anomaly: torch.Tensor,
+        regions: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled (N, C) descriptors and (N, T) attention weights."""
         logit = self.logits(tokens, anomaly, regions)
         if valid is not None:
@@ -83,8 +89,14 @@ class GuidedAttentionPool(nn.Module):
 class PrototypeHead(nn.Module):
     """Guided pool -> projector -> L2-normalised embedding -> cosine prototypes."""
 
-    def __init__(self, channels: int, embedding_dim: int, n_prototypes: int,
-                 settings: PoolSettings, seed: int) -> None:
+    def __init__(
+        self,
+        channels: int,
+        embedding_dim: int,
+        n_prototypes: int,
+        settings: PoolSettings,
+        seed: int,
+    ) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         # The scorer's hidden layer uses torch's default init (global RNG): seed it too, so
@@ -106,8 +118,13 @@ class PrototypeHead(nn.Module):
     def embedding_dim(self) -> int:
         return self.projector.out_features
 
-    def embed(self, tokens: torch.Tensor, anomaly: torch.Tensor, regions: torch.Tensor,
-              valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(
+        self,
+        tokens: torch.Tensor,
+        anomaly: torch.Tensor,
+        regions: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, d) unit embeddings and (N, T) attention weights."""
         pooled, weights = self.pool(tokens, anomaly, regions, valid)
         pooled = F.normalize(pooled, dim=-1)
@@ -122,8 +139,9 @@ class PrototypeHead(nn.Module):
         self.prototypes = nn.Parameter(F.normalize(centres.detach().float(), dim=-1).clone())
 
 
-def sharpen_temperature(epoch: int, epochs: int, start: float, end: float,
-                        warmup_fraction: float) -> float:
+def sharpen_temperature(
+    epoch: int, epochs: int, start: float, end: float, warmup_fraction: float
+) -> float:
     """Teacher temperature, linear from ``start`` to ``end`` over the warm-up (SimGCD)."""
     warm = max(1, math.ceil(epochs * warmup_fraction))
     t = min(1.0, epoch / warm)

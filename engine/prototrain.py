@@ -40,16 +40,20 @@ class TrainReport:
     losses: list[float]
 
 
-def as_tensors(tokens: RegionTokens, device: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.from_numpy(tokens.tokens).to(device),
-            torch.from_numpy(tokens.anomaly).to(device),
-            torch.from_numpy(tokens.regions).to(device))
+def as_tensors(
+    tokens: RegionTokens, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.from_numpy(tokens.tokens).to(device),
+        torch.from_numpy(tokens.anomaly).to(device),
+        torch.from_numpy(tokens.regions).to(device),
+    )
 
 
 @torch.no_grad()
-def embed_all(head: PrototypeHead, tokens: RegionTokens, device: torch.device,
-              batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def embed_all(
+    head: PrototypeHead, tokens: RegionTokens, device: torch.device, batch: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, d) embeddings and (N, T) attention weights of every region (eval mode)."""
     head.eval()
     embs, weights = [], []
@@ -64,9 +68,14 @@ def embed_all(head: PrototypeHead, tokens: RegionTokens, device: torch.device,
     return np.concatenate(embs).astype(np.float32), np.concatenate(weights).astype(np.float32)
 
 
-def _augment(x: torch.Tensor, a: torch.Tensor, r: torch.Tensor, grid: tuple[int, int],
-             cfg: DiscoveryConfig, gen: torch.Generator
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _augment(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    r: torch.Tensor,
+    grid: tuple[int, int],
+    cfg: DiscoveryConfig,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One random view: the same dihedral transform of the grid for the whole batch, then
     per-region token dropout (at least one token kept), feature noise and guidance jitter."""
     n, t, c = x.shape
@@ -114,9 +123,18 @@ def _sup_con(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch
     return -mean_log.mean()
 
 
-def train_head(head: PrototypeHead, tokens: RegionTokens, labels: np.ndarray, n_known: int,
-               cfg: DiscoveryConfig, *, seed: int, device: torch.device,
-               epochs: int | None = None, progress: bool = False) -> TrainReport:
+def train_head(
+    head: PrototypeHead,
+    tokens: RegionTokens,
+    labels: np.ndarray,
+    n_known: int,
+    cfg: DiscoveryConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    epochs: int | None = None,
+    progress: bool = False,
+) -> TrainReport:
     """Train ``head`` in place; ``labels[i]`` is a known-type index (< n_known) or -1."""
     epochs = cfg.head_epochs if epochs is None else epochs
     labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int64))
@@ -132,26 +150,32 @@ def train_head(head: PrototypeHead, tokens: RegionTokens, labels: np.ndarray, n_
     n = len(tokens)
     sup_w = cfg.supervised_weight if bool((labels_t >= 0).any()) else 0.0
     losses: list[float] = []
-    bar = tqdm(range(epochs), desc="train prototypes", disable=not progress, file=sys.stderr,
-               leave=False)
+    bar = tqdm(
+        range(epochs), desc="train prototypes", disable=not progress, file=sys.stderr, leave=False
+    )
     with torch.enable_grad():
         for epoch in bar:
-            t_teacher = sharpen_temperature(epoch, epochs, *cfg.teacher_temperature,
-                                            cfg.teacher_warmup)
+            t_teacher = sharpen_temperature(
+                epoch, epochs, *cfg.teacher_temperature, cfg.teacher_warmup
+            )
             order = torch.randperm(n, generator=gen)
             total = 0.0
             for start in range(0, n, cfg.head_batch_size):
-                idx = order[start:start + cfg.head_batch_size]
+                idx = order[start : start + cfg.head_batch_size]
                 if len(idx) < 2:
                     continue
-                views = [_augment(x_all[idx], a_all[idx], r_all[idx], tokens.grid, cfg, gen)
-                         for _ in range(2)]
+                views = [
+                    _augment(x_all[idx], a_all[idx], r_all[idx], tokens.grid, cfg, gen)
+                    for _ in range(2)
+                ]
                 embs = [head.embed(*(v.to(device) for v in view))[0] for view in views]
                 sims = [head.similarities(e) for e in embs]
                 student = [F.log_softmax(s / cfg.student_temperature, dim=1) for s in sims]
                 teacher = [F.softmax(s.detach() / t_teacher, dim=1) for s in sims]
-                distill = -0.5 * ((teacher[1] * student[0]).sum(1).mean()
-                                  + (teacher[0] * student[1]).sum(1).mean())
+                distill = -0.5 * (
+                    (teacher[1] * student[0]).sum(1).mean()
+                    + (teacher[0] * student[1]).sum(1).mean()
+                )
                 mean_p = torch.cat([s.exp() for s in student]).mean(0)
                 neg_entropy = (mean_p * torch.log(mean_p + 1e-8)).sum()
                 unsup = distill + cfg.entropy_weight * neg_entropy
@@ -160,11 +184,19 @@ def train_head(head: PrototypeHead, tokens: RegionTokens, labels: np.ndarray, n_
                 lab = labels_t[idx].to(device)
                 known = lab >= 0
                 if sup_w > 0 and known.any():
-                    ce = sum(F.cross_entropy(s[known][:, :n_known] / cfg.student_temperature,
-                                             lab[known]) for s in sims) / 2
+                    ce = (
+                        sum(
+                            F.cross_entropy(
+                                s[known][:, :n_known] / cfg.student_temperature, lab[known]
+                            )
+                            for s in sims
+                        )
+                        / 2
+                    )
                     z = torch.cat([embs[0][known], embs[1][known]])
-                    con = _sup_con(z, torch.cat([lab[known], lab[known]]),
-                                   cfg.contrastive_temperature)
+                    con = _sup_con(
+                        z, torch.cat([lab[known], lab[known]]), cfg.contrastive_temperature
+                    )
                     loss = loss + sup_w * (ce + con)
                 opt.zero_grad()
                 loss.backward()

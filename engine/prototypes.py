@@ -35,15 +35,22 @@ class ResidualPrototypes:
     centroids: list[np.ndarray]
 
     @classmethod
-    def fit(cls, samples: list[np.ndarray], k: int, iterations: int, seed: int
-            ) -> "ResidualPrototypes":
+    def fit(
+        cls, samples: list[np.ndarray], k: int, iterations: int, seed: int
+    ) -> "ResidualPrototypes":
         """k-means per stage over (N_i, C_i) samples of normal patch features."""
         centroids = []
         for x in samples:
             x = np.ascontiguousarray(x, dtype=np.float32)
             n_clusters = int(min(k, len(x)))
-            km = faiss.Kmeans(x.shape[1], n_clusters, niter=iterations, seed=seed,
-                              verbose=False, max_points_per_centroid=512)
+            km = faiss.Kmeans(
+                x.shape[1],
+                n_clusters,
+                niter=iterations,
+                seed=seed,
+                verbose=False,
+                max_points_per_centroid=512,
+            )
             km.train(x)
             centroids.append(np.ascontiguousarray(km.centroids, dtype=np.float32))
         return cls(centroids)
@@ -62,13 +69,16 @@ class ResidualPrototypes:
             out.append(res)
         return out
 
-    def residual_features(self, stage_maps: list[torch.Tensor], strides: list[int],
-                          offsets: list[float]) -> torch.Tensor:
+    def residual_features(
+        self, stage_maps: list[torch.Tensor], strides: list[int], offsets: list[float]
+    ) -> torch.Tensor:
         """(B, sum C_i, h, w) residuals of all stages on the finest grid (each stage
         resampled at the finest cells' positions, :func:`engine.patch_features.resample_stage`)."""
         maps = self.residual_maps(stage_maps)
         finest = max(range(len(maps)), key=lambda i: maps[i].shape[-2] * maps[i].shape[-1])
         size = grid_size(maps[finest])
-        ups = [resample_stage(m, s, o, size, strides[finest], offsets[finest])
-               for m, s, o in zip(maps, strides, offsets)]
+        ups = [
+            resample_stage(m, s, o, size, strides[finest], offsets[finest])
+            for m, s, o in zip(maps, strides, offsets)
+        ]
         return torch.cat(ups, dim=1)

@@ -73,8 +73,9 @@ class Region(ClippedMask):
         return (self.box.top, self.box.left, self.box.bottom, self.box.right)
 
 
-def paste_mask(mask: np.ndarray, clip: tuple[int, int, int, int],
-               shape: tuple[int, ...]) -> np.ndarray:
+def paste_mask(
+    mask: np.ndarray, clip: tuple[int, int, int, int], shape: tuple[int, ...]
+) -> np.ndarray:
     """A (H, W) bool image (``shape[:2]``), False but for ``mask`` at ``clip`` (top, left,
     bottom, right; ``mask`` has the clip's height and width)."""
     out = np.zeros(shape[:2], dtype=bool)
@@ -131,8 +132,9 @@ def image_regions(
     """
     amap = np.asarray(anomaly_map, dtype=np.float32)
     if amap.shape != image.shape[:2]:
-        raise ValueError(f"image {index}: anomaly map {amap.shape} does not match the "
-                         f"image {image.shape[:2]}")
+        raise ValueError(
+            f"image {index}: anomaly map {amap.shape} does not match the image {image.shape[:2]}"
+        )
     small = shrink_to(amap, mebin_side)
     res = binarize(small, value_range, mebin_cfg)
     fallback = not res.is_anomalous
@@ -150,19 +152,33 @@ def image_regions(
         else:
             boxes = [whole_image_box(mask.shape)]
     else:
-        mask = res.mask if small.shape == amap.shape else cv2.resize(
-            res.mask.view(np.uint8), (amap.shape[1], amap.shape[0]),
-            interpolation=cv2.INTER_NEAREST).astype(bool)
+        mask = (
+            res.mask
+            if small.shape == amap.shape
+            else cv2.resize(
+                res.mask.view(np.uint8),
+                (amap.shape[1], amap.shape[0]),
+                interpolation=cv2.INTER_NEAREST,
+            ).astype(bool)
+        )
         boxes = select_boxes(mask, res.n_components, crop_cfg)
     codes = region_map(np.asarray(object_mask, dtype=bool), mask)
     regions = []
     for crop in extract_crops(image, amap, mask, boxes, crop_cfg):
         clip = clip_box(crop.box, mask.shape)
-        regions.append(Region(
-            image_index=index, box=crop.box,
-            mask=mask[clip[0]:clip[2], clip[1]:clip[3]].copy(), clip=clip,
-            area=crop.area, score=crop.score, crop=crop.image, crop_map=crop.anomaly_map,
-            crop_regions=_crop_codes(codes, crop.box, crop_cfg.output_size)))
+        regions.append(
+            Region(
+                image_index=index,
+                box=crop.box,
+                mask=mask[clip[0] : clip[2], clip[1] : clip[3]].copy(),
+                clip=clip,
+                area=crop.area,
+                score=crop.score,
+                crop=crop.image,
+                crop_map=crop.anomaly_map,
+                crop_regions=_crop_codes(codes, crop.box, crop_cfg.output_size),
+            )
+        )
     return ImageRegions(res, regions, fallback)
 
 
@@ -209,8 +225,9 @@ def _crop_codes(codes: np.ndarray, box: Box, size: int) -> np.ndarray:
     """Region codes inside ``box`` resized to ``size`` (nearest); outside the image = background."""
     top, left, bottom, right = clip_box(box, codes.shape)
     cut = np.zeros((box.height, box.width), dtype=np.uint8)
-    cut[top - box.top:bottom - box.top, left - box.left:right - box.left] = \
-        codes[top:bottom, left:right]
+    cut[top - box.top : bottom - box.top, left - box.left : right - box.left] = codes[
+        top:bottom, left:right
+    ]
     return cv2.resize(cut, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
@@ -229,4 +246,3 @@ def reference_box(box: Box, image_shape: tuple[int, ...], ref_shape: tuple[int, 
     top = int(round(cy * sy - side / 2))
     left = int(round(cx * sx - side / 2))
     return Box(top, left, top + side, left + side)
-

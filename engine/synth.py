@@ -53,9 +53,12 @@ SCENE_KINDS: tuple[str, ...] = ("texture", "object", "pcb", "tile")
 GRAY_KINDS: tuple[str, ...] = ("pcb", "tile")
 #: Defect types of each scene kind (``pcb`` and ``tile``: :mod:`engine.synth_surfaces`).
 KIND_DEFECTS: dict[str, tuple[str, ...]] = {
-    "texture": DEFECT_TYPES, "object": DEFECT_TYPES, "pcb": PCB_DEFECTS, "tile": TILE_DEFECTS}
-_ALL_DEFECTS: tuple[str, ...] = tuple(dict.fromkeys(
-    DEFECT_TYPES + PCB_DEFECTS + TILE_DEFECTS))
+    "texture": DEFECT_TYPES,
+    "object": DEFECT_TYPES,
+    "pcb": PCB_DEFECTS,
+    "tile": TILE_DEFECTS,
+}
+_ALL_DEFECTS: tuple[str, ...] = tuple(dict.fromkeys(DEFECT_TYPES + PCB_DEFECTS + TILE_DEFECTS))
 OBJECT_SHAPES: tuple[str, ...] = ("disc", "rounded_rect")
 GOOD = "good"
 
@@ -287,8 +290,12 @@ def kind_config(kind: str, **overrides) -> SynthConfig:
     if kind == "pcb":
         defaults.update(size=(128, 128), min_area_frac=0.0003, max_area_frac=0.01)
     elif kind == "tile":
-        defaults.update(size=(300, 300), size_range=((222, 403), (103, 632)),
-                        min_area_frac=0.0004, max_area_frac=0.15)
+        defaults.update(
+            size=(300, 300),
+            size_range=((222, 403), (103, 632)),
+            min_area_frac=0.0004,
+            max_area_frac=0.15,
+        )
     defaults.update(overrides)
     return SynthConfig(**defaults)  # type: ignore[arg-type]
 
@@ -322,19 +329,27 @@ def _family_texture(cfg: SynthConfig) -> np.ndarray:
     big = int(math.ceil(side * math.sqrt(2.0))) + 2
     rng = np.random.default_rng(cfg.family_seed)
     noise = rng.standard_normal((big, big)).astype(np.float32)
-    grain = cv2.GaussianBlur(noise, (0, 0), sigmaX=cfg.grain_sigma_along,
-                             sigmaY=cfg.grain_sigma_across, borderType=cv2.BORDER_REFLECT)
+    grain = cv2.GaussianBlur(
+        noise,
+        (0, 0),
+        sigmaX=cfg.grain_sigma_along,
+        sigmaY=cfg.grain_sigma_across,
+        borderType=cv2.BORDER_REFLECT,
+    )
     centre = (big / 2.0, big / 2.0)
     rot = cv2.getRotationMatrix2D(centre, cfg.grain_angle_deg, 1.0)
-    grain = cv2.warpAffine(grain, rot, (big, big), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REFLECT)
+    grain = cv2.warpAffine(
+        grain, rot, (big, big), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+    )
     start = (big - side) // 2
-    grain = grain[start:start + side, start:start + side]
+    grain = grain[start : start + side, start : start + side]
     mottle_noise = rng.standard_normal((side, side)).astype(np.float32)
-    mottle = cv2.GaussianBlur(mottle_noise, (0, 0), sigmaX=cfg.mottle_sigma,
-                              borderType=cv2.BORDER_REFLECT)
-    texture = (cfg.grain_amplitude * _unit_std(grain)
-               + cfg.mottle_amplitude * _unit_std(mottle)).astype(np.float32)
+    mottle = cv2.GaussianBlur(
+        mottle_noise, (0, 0), sigmaX=cfg.mottle_sigma, borderType=cv2.BORDER_REFLECT
+    )
+    texture = (
+        cfg.grain_amplitude * _unit_std(grain) + cfg.mottle_amplitude * _unit_std(mottle)
+    ).astype(np.float32)
     texture.setflags(write=False)
     return texture
 
@@ -345,14 +360,15 @@ def _render_texture_scene(rng: np.random.Generator, cfg: SynthConfig) -> np.ndar
     texture = _family_texture(cfg)
     max_off = 2 * cfg.texture_offset_px
     oy, ox = (int(v) for v in rng.integers(0, max_off + 1, size=2))
-    crop = texture[oy:oy + height, ox:ox + width]
+    crop = texture[oy : oy + height, ox : ox + width]
     gain = 1.0 + rng.uniform(-cfg.brightness_jitter, cfg.brightness_jitter)
     surface = np.asarray(cfg.surface_rgb, np.float32) * np.float32(gain)
     return surface * (1.0 + crop)[..., None] + _sensor_noise(rng, (height, width, 3), cfg)
 
 
-def _object_signed_distance(u: np.ndarray, v: np.ndarray, radius: float,
-                            cfg: SynthConfig) -> np.ndarray:
+def _object_signed_distance(
+    u: np.ndarray, v: np.ndarray, radius: float, cfg: SynthConfig
+) -> np.ndarray:
     """Signed distance (px, negative inside) to the object outline in object coordinates."""
     if cfg.object_shape == "disc":
         return np.hypot(u, v) - radius
@@ -365,8 +381,9 @@ def _object_signed_distance(u: np.ndarray, v: np.ndarray, radius: float,
     return outside + inside - corner
 
 
-def _render_object_scene(rng: np.random.Generator,
-                         cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+def _render_object_scene(
+    rng: np.random.Generator, cfg: SynthConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Float (H, W, 3) object on background, and the bool object support."""
     height, width = cfg.size
     jitter = cfg.position_jitter_px
@@ -387,8 +404,13 @@ def _render_object_scene(rng: np.random.Generator,
 
     texture = _family_texture(cfg)
     mid = texture.shape[0] / 2.0
-    grain = cv2.remap(texture, u + np.float32(mid + phase[0]), v + np.float32(mid + phase[1]),
-                      interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    grain = cv2.remap(
+        texture,
+        u + np.float32(mid + phase[0]),
+        v + np.float32(mid + phase[1]),
+        interpolation=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
     shade = 1.0 - cfg.light_gradient * (dx + dy) / np.float32(radius * math.sqrt(2.0))
     rim_width = cfg.rim_width_frac * radius
     rim = 1.0 - (1.0 - cfg.rim_shade) * np.clip(sdist + rim_width + 0.5, 0.0, 1.0)
@@ -487,8 +509,15 @@ def _polyline_alpha(shape: tuple[int, int], paths: Sequence[tuple[np.ndarray, in
     scale = 1 << _DRAW_SHIFT
     for points, width in paths:
         pts = np.rint(points * scale).astype(np.int32).reshape(-1, 1, 2)
-        cv2.polylines(canvas, [pts], False, 255, thickness=max(1, width),
-                      lineType=cv2.LINE_AA, shift=_DRAW_SHIFT)
+        cv2.polylines(
+            canvas,
+            [pts],
+            False,
+            255,
+            thickness=max(1, width),
+            lineType=cv2.LINE_AA,
+            shift=_DRAW_SHIFT,
+        )
     return canvas.astype(np.float32) / _UINT8_MAX
 
 
@@ -497,8 +526,9 @@ def _scaled_width(cfg: SynthConfig, width_px: float) -> int:
     return max(1, int(round(width_px * cfg.px_scale)))
 
 
-def _blend_towards(ctx: _DefectContext, alpha: np.ndarray, rgb: RGB,
-                   strength: float) -> tuple[np.ndarray, np.ndarray]:
+def _blend_towards(
+    ctx: _DefectContext, alpha: np.ndarray, rgb: RGB, strength: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Blend the image towards a colour by ``alpha * strength``; mask where alpha is visible."""
     target = np.asarray(rgb, np.float32)
     weight = (alpha * np.float32(strength))[..., None]
@@ -519,13 +549,19 @@ def _paint_scratch(ctx: _DefectContext) -> tuple[np.ndarray, np.ndarray]:
     p2 = centre + direction * length / 2.0
     p1 = centre + normal * 2.0 * bend  # the curve's midpoint is offset by ``bend``
     t = np.linspace(0.0, 1.0, _CURVE_POINTS)[:, None]
-    points = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+    points = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
     alpha = _polyline_alpha(ctx.shape, [(points, _scaled_width(cfg, cfg.scratch_width_px))])
     return _blend_towards(ctx, alpha, cfg.scratch_rgb, cfg.scratch_strength)
 
 
-def _random_walk(rng: np.random.Generator, start: np.ndarray, heading: float, length: float,
-                 step: float, jag: float) -> np.ndarray:
+def _random_walk(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    heading: float,
+    length: float,
+    step: float,
+    jag: float,
+) -> np.ndarray:
     """(N, 2) points of a jagged walk from ``start`` along ``heading`` for ``length`` px."""
     n_steps = max(2, int(round(length / step)))
     headings = heading + rng.normal(0.0, jag, n_steps)
@@ -556,10 +592,11 @@ def _paint_crack(ctx: _DefectContext) -> tuple[np.ndarray, np.ndarray]:
     return _blend_towards(ctx, alpha, cfg.crack_rgb, cfg.crack_strength)
 
 
-def _local_coords(shape: tuple[int, int], centre: np.ndarray,
-                  angle: float) -> tuple[np.ndarray, np.ndarray]:
+def _local_coords(
+    shape: tuple[int, int], centre: np.ndarray, angle: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates rotated into a frame at ``centre`` whose first axis has ``angle``."""
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     dx, dy = xx - np.float32(centre[0]), yy - np.float32(centre[1])
     cos_a, sin_a = np.float32(math.cos(angle)), np.float32(math.sin(angle))
     return cos_a * dx + sin_a * dy, -sin_a * dx + cos_a * dy
@@ -580,15 +617,22 @@ def _paint_spot(ctx: _DefectContext) -> tuple[np.ndarray, np.ndarray]:
     u, v = _local_coords(ctx.shape, centre, rng.uniform(0.0, math.pi))
     dist = np.hypot(u / radius, v / (radius * aspect))
     polar = np.arctan2(v, u)
-    wobble = sum(rng.uniform(-1.0, 1.0) * np.cos(k * polar + rng.uniform(0, 2 * math.pi))
-                 for k in _SPOT_HARMONICS) / len(_SPOT_HARMONICS)
+    wobble = sum(
+        rng.uniform(-1.0, 1.0) * np.cos(k * polar + rng.uniform(0, 2 * math.pi))
+        for k in _SPOT_HARMONICS
+    ) / len(_SPOT_HARMONICS)
     dist = dist / (1.0 + cfg.spot_wobble * wobble)
     soft = cfg.spot_softness
     alpha = _smoothstep((1.0 + soft - dist) / (2.0 * soft)).astype(np.float32)
-    mottle = cv2.GaussianBlur(rng.standard_normal(ctx.shape).astype(np.float32), (0, 0),
-                              sigmaX=_SPOT_MOTTLE_SIGMA_PX * cfg.px_scale)
-    colour = np.asarray(cfg.spot_rgb, np.float32) * (
-        1.0 + cfg.spot_texture * _unit_std(mottle))[..., None]
+    mottle = cv2.GaussianBlur(
+        rng.standard_normal(ctx.shape).astype(np.float32),
+        (0, 0),
+        sigmaX=_SPOT_MOTTLE_SIGMA_PX * cfg.px_scale,
+    )
+    colour = (
+        np.asarray(cfg.spot_rgb, np.float32)
+        * (1.0 + cfg.spot_texture * _unit_std(mottle))[..., None]
+    )
     weight = (alpha * np.float32(cfg.spot_strength))[..., None]
     new = ctx.image + weight * (colour - ctx.image)
     return new, alpha >= cfg.line_alpha_threshold
@@ -610,8 +654,7 @@ def _paint_missing(ctx: _DefectContext) -> tuple[np.ndarray, np.ndarray]:
     canvas = np.zeros(ctx.shape, np.uint8)
     cv2.fillPoly(canvas, [np.rint(polygon).astype(np.int32)], 1, lineType=cv2.LINE_8)
     mask = canvas.astype(bool)
-    fill = np.asarray(cfg.background_rgb, np.float32) + _sensor_noise(
-        rng, (*ctx.shape, 3), cfg)
+    fill = np.asarray(cfg.background_rgb, np.float32) + _sensor_noise(rng, (*ctx.shape, 3), cfg)
     new = np.where(mask[..., None], fill, ctx.image)
     return new, mask
 
@@ -641,8 +684,13 @@ _PAINTERS: dict[str, Callable[[_DefectContext], tuple[np.ndarray, np.ndarray]]] 
 }
 
 
-def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator, cfg: SynthConfig,
-               object_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def add_defect(
+    image: np.ndarray,
+    defect_type: str,
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    object_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Paint one defect onto a copy of ``image``; return (defective image, bool mask).
 
     The mask is the region the defect changed; pixels outside it equal ``image``. For object
@@ -655,24 +703,36 @@ def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator, cf
     """
     painters = _SURFACE_PAINTERS.get(cfg.kind, _PAINTERS)
     if defect_type not in painters:
-        raise ValueError(f"unknown defect type {defect_type!r} for kind {cfg.kind!r}; "
-                         f"expected one of {KIND_DEFECTS[cfg.kind]}")
+        raise ValueError(
+            f"unknown defect type {defect_type!r} for kind {cfg.kind!r}; "
+            f"expected one of {KIND_DEFECTS[cfg.kind]}"
+        )
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    support = (estimate_object_mask(image, cfg) if object_mask is None
-               else np.asarray(object_mask, dtype=bool))
+    support = (
+        estimate_object_mask(image, cfg)
+        if object_mask is None
+        else np.asarray(object_mask, dtype=bool)
+    )
     if support.shape != image.shape[:2] or not support.any():
         raise ValueError("object_mask must be a non-empty (H, W) mask matching the image")
-    ctx = _DefectContext(image=image.astype(np.float32), support=support,
-                         edge_distance=_edge_distance(support), rng=rng, cfg=cfg)
+    ctx = _DefectContext(
+        image=image.astype(np.float32),
+        support=support,
+        edge_distance=_edge_distance(support),
+        rng=rng,
+        cfg=cfg,
+    )
     n_pixels = support.size
     for _ in range(cfg.max_attempts):
         new, mask = painters[defect_type](ctx)
         mask &= support
         if cfg.min_area_frac <= mask.sum() / n_pixels <= cfg.max_area_frac:
             return np.where(mask[..., None], _to_uint8(new), image), mask
-    raise RuntimeError(f"could not place a {defect_type!r} defect within the area range "
-                       f"in {cfg.max_attempts} attempts (image {image.shape[:2]})")
+    raise RuntimeError(
+        f"could not place a {defect_type!r} defect within the area range "
+        f"in {cfg.max_attempts} attempts (image {image.shape[:2]})"
+    )
 
 
 # =============================================================================================
@@ -686,8 +746,7 @@ def _normals(cfg: SynthConfig, n: int, seed: int, stream: int) -> list[SynthSamp
     for i in range(n):
         rng = _stream_rng(seed, stream, i)
         own = _sample_config(cfg, rng)
-        samples.append(SynthSample(make_normal(rng, own), np.zeros(own.size, dtype=bool),
-                                   GOOD, i))
+        samples.append(SynthSample(make_normal(rng, own), np.zeros(own.size, dtype=bool), GOOD, i))
     return samples
 
 
@@ -714,8 +773,14 @@ def _check_types(types: Sequence[str] | None, kind: str = "object") -> tuple[str
     return tuple(types)
 
 
-def generate(cfg: SynthConfig, *, n_normal: int, n_per_type: int,
-             types: Sequence[str] | None = None, seed: int) -> list[SynthSample]:
+def generate(
+    cfg: SynthConfig,
+    *,
+    n_normal: int,
+    n_per_type: int,
+    types: Sequence[str] | None = None,
+    seed: int,
+) -> list[SynthSample]:
     """``n_normal`` good samples, then ``n_per_type`` samples of each type in ``types``
     (default: every defect type of ``cfg.kind``).
 
@@ -737,9 +802,16 @@ def _write_png(path: Path, array: np.ndarray, gray: bool = False) -> None:
         raise OSError(f"could not write {path}")
 
 
-def write_mvtec(root: str | os.PathLike[str], cfg: SynthConfig | None = None, *,
-                n_train: int = 60, n_test_good: int = 10, n_per_type: int = 12,
-                types: Sequence[str] | None = None, seed: int = 0) -> Path:
+def write_mvtec(
+    root: str | os.PathLike[str],
+    cfg: SynthConfig | None = None,
+    *,
+    n_train: int = 60,
+    n_test_good: int = 10,
+    n_per_type: int = 12,
+    types: Sequence[str] | None = None,
+    seed: int = 0,
+) -> Path:
     """Write a synthetic data set in the MVTec AD layout under ``root``; return ``root``.
 
     Layout: ``train/good/000.png``, ``test/good/000.png``, ``test/<type>/000.png``,
@@ -785,8 +857,9 @@ def _fade(t: np.ndarray) -> np.ndarray:
     return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
 
 
-def perlin_noise(shape: tuple[int, int], res: tuple[int, int],
-                 rng: np.random.Generator) -> np.ndarray:
+def perlin_noise(
+    shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator
+) -> np.ndarray:
     """Classic 2-D gradient (Perlin) noise, float32 in [0, 1], with ``res`` cells per axis.
 
     Any shape works (no divisibility needed): pixel ``(y, x)`` samples the lattice at
@@ -837,8 +910,7 @@ PERLIN_BLEND: FloatRange = (0.3, 1.0)
 SELF_TEXTURE_SHIFT = 0.35
 
 
-def _cutpaste_patch(image: np.ndarray, rng: np.random.Generator
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _cutpaste_patch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A colour-jittered (optionally rotated) rectangular patch and its bool validity mask."""
     height, width = image.shape[:2]
     area = _uniform(rng, CUTPASTE_AREA) * height * width
@@ -846,7 +918,7 @@ def _cutpaste_patch(image: np.ndarray, rng: np.random.Generator
     ph = int(np.clip(round(math.sqrt(area * aspect)), 1, height - 1))
     pw = int(np.clip(round(math.sqrt(area / aspect)), 1, width - 1))
     y0, x0 = int(rng.integers(0, height - ph + 1)), int(rng.integers(0, width - pw + 1))
-    patch: np.ndarray = image[y0:y0 + ph, x0:x0 + pw].astype(np.float32)
+    patch: np.ndarray = image[y0 : y0 + ph, x0 : x0 + pw].astype(np.float32)
     gain = 1.0 + rng.uniform(-CUTPASTE_JITTER, CUTPASTE_JITTER, 3)
     contrast = 1.0 + rng.uniform(-CUTPASTE_JITTER, CUTPASTE_JITTER)
     mean = patch.mean(axis=(0, 1))
@@ -854,10 +926,16 @@ def _cutpaste_patch(image: np.ndarray, rng: np.random.Generator
     valid: np.ndarray = np.ones((ph, pw), np.uint8)
     if rng.random() < CUTPASTE_ROTATE_P:
         angle = _uniform(rng, CUTPASTE_ROTATION_DEG)
-        side_h = int(math.ceil(abs(ph * math.cos(math.radians(angle)))
-                               + abs(pw * math.sin(math.radians(angle)))))
-        side_w = int(math.ceil(abs(pw * math.cos(math.radians(angle)))
-                               + abs(ph * math.sin(math.radians(angle)))))
+        side_h = int(
+            math.ceil(
+                abs(ph * math.cos(math.radians(angle))) + abs(pw * math.sin(math.radians(angle)))
+            )
+        )
+        side_w = int(
+            math.ceil(
+                abs(pw * math.cos(math.radians(angle))) + abs(ph * math.sin(math.radians(angle)))
+            )
+        )
         if side_h < height and side_w < width:
             rot: np.ndarray = cv2.getRotationMatrix2D((pw / 2.0, ph / 2.0), angle, 1.0)
             rot[:, 2] += ((side_w - pw) / 2.0, (side_h - ph) / 2.0)
@@ -879,7 +957,7 @@ def cutpaste(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, n
     if not valid.any():  # degenerate rotation of a tiny patch
         valid[ph // 2, pw // 2] = True
     mask = np.zeros((height, width), dtype=bool)
-    mask[y0:y0 + ph, x0:x0 + pw] = valid
+    mask[y0 : y0 + ph, x0 : x0 + pw] = valid
     out = image.copy()
     out[mask] = patch[valid]
     return out, mask
@@ -918,8 +996,9 @@ def _perlin_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
     return noise >= np.quantile(noise, 1.0 - PERLIN_FALLBACK_TOP)
 
 
-def perlin_anomaly(image: np.ndarray, rng: np.random.Generator,
-                   texture: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def perlin_anomaly(
+    image: np.ndarray, rng: np.random.Generator, texture: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """DRAEM-style anomaly: blend a foreign texture into a thresholded Perlin-noise region.
 
     ``texture`` (any size, RGB) is resized to the image; by default it is, with equal odds, a
@@ -930,8 +1009,11 @@ def perlin_anomaly(image: np.ndarray, rng: np.random.Generator,
     height, width = image.shape[:2]
     mask = _perlin_mask((height, width), rng)
     if texture is None:
-        source = (_self_texture(image, rng) if rng.random() < 0.5
-                  else _noise_texture((height, width), rng))
+        source = (
+            _self_texture(image, rng)
+            if rng.random() < 0.5
+            else _noise_texture((height, width), rng)
+        )
     else:
         source = np.asarray(texture)
         if source.ndim == 2:

@@ -70,8 +70,11 @@ def render_pcb(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     used = set()
 
     def point(along: float, lane: float) -> tuple[int, int]:
-        return (int(round(along)), int(round(lane))) if horizontal else \
-            (int(round(lane)), int(round(along)))
+        return (
+            (int(round(along)), int(round(lane)))
+            if horizontal
+            else (int(round(lane)), int(round(along)))
+        )
 
     pad_r = max(2, int(round(width * 1.0)))
     for k, lane in enumerate(lanes):
@@ -88,8 +91,14 @@ def render_pcb(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
         else:
             pts.append(point(b, lane))
         used.add(k)
-        cv2.polylines(canvas, [np.array(pts, np.int32).reshape(-1, 1, 2)], False, 1,
-                      thickness=width, lineType=cv2.LINE_8)
+        cv2.polylines(
+            canvas,
+            [np.array(pts, np.int32).reshape(-1, 1, 2)],
+            False,
+            1,
+            thickness=width,
+            lineType=cv2.LINE_8,
+        )
         for end in (pts[0], pts[-1]):
             if rng.random() < PCB_PAD_P:
                 cv2.circle(canvas, end, pad_r, 1, thickness=-1, lineType=cv2.LINE_8)
@@ -124,7 +133,7 @@ def render_tile(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     light = 1.0 + TILE_LIGHT * _perlin(shape, int(rng.integers(1, 4)), rng)
     angle = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ramp = (math.cos(angle) * (xx / w - 0.5) + math.sin(angle) * (yy / h - 0.5))
+    ramp = math.cos(angle) * (xx / w - 0.5) + math.sin(angle) * (yy / h - 0.5)
     light = light * (1.0 + TILE_GRADIENT * 2.0 * ramp)
     grey = (base + grain + speckle) * light
     return np.repeat(grey[..., None].astype(np.float32), 3, axis=2)
@@ -160,8 +169,8 @@ def _set(ctx, region: np.ndarray, value: float) -> tuple[np.ndarray, np.ndarray]
 
 
 def _disk(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
 
 
 def _distances(ctx) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +300,7 @@ def _paint_blowhole(ctx):
     s = _tile_s(ctx)
     radius = ctx.rng.uniform(3.0, 8.0) * s
     x, y = _sample_point(ctx, radius + 4)
-    yy, xx = np.mgrid[0:ctx.shape[0], 0:ctx.shape[1]].astype(np.float32)
+    yy, xx = np.mgrid[0 : ctx.shape[0], 0 : ctx.shape[1]].astype(np.float32)
     r = np.hypot(yy - y, xx - x) / radius
     pit = _smoothstep((1.15 - r) / 0.3) * ctx.rng.uniform(0.45, 0.65)
     rim = np.exp(-((r - 1.15) ** 2) / 0.02) * 0.15
@@ -328,15 +337,20 @@ def _paint_fray(ctx):
     h, w = ctx.shape
     side = int(ctx.rng.integers(4))
     along = ctx.rng.uniform(0.2, 0.8)
-    base = {0: np.array([along * w, 2.0]), 1: np.array([along * w, h - 3.0]),
-            2: np.array([2.0, along * h]), 3: np.array([w - 3.0, along * h])}[side]
+    base = {
+        0: np.array([along * w, 2.0]),
+        1: np.array([along * w, h - 3.0]),
+        2: np.array([2.0, along * h]),
+        3: np.array([w - 3.0, along * h]),
+    }[side]
     inward = {0: math.pi / 2, 1: -math.pi / 2, 2: 0.0, 3: math.pi}[side]
     paths = []
     for _ in range(int(ctx.rng.integers(3, 7))):
         start = base + ctx.rng.uniform(-12, 12, 2) * s
         heading = inward + ctx.rng.uniform(-0.7, 0.7)
-        walk = _random_walk(ctx.rng, start, heading, ctx.rng.uniform(10, 30) * s,
-                            max(1.5, 2.0 * s), 0.6)
+        walk = _random_walk(
+            ctx.rng, start, heading, ctx.rng.uniform(10, 30) * s, max(1.5, 2.0 * s), 0.6
+        )
         paths.append((walk, 1))
     return _dark_paths(ctx, paths, ctx.rng.uniform(0.45, 0.65))
 
@@ -347,13 +361,14 @@ def _paint_break(ctx):
     corner = ctx.rng.random() < 0.5
     radius = ctx.rng.uniform(16, 36) * s
     if corner:
-        cy, cx = (0.0 if ctx.rng.random() < 0.5 else h - 1.0), \
-            (0.0 if ctx.rng.random() < 0.5 else w - 1.0)
+        cy, cx = (
+            (0.0 if ctx.rng.random() < 0.5 else h - 1.0),
+            (0.0 if ctx.rng.random() < 0.5 else w - 1.0),
+        )
     else:
         side = int(ctx.rng.integers(4))
         t = ctx.rng.uniform(0.2, 0.8)
-        cy, cx = {0: (0.0, t * w), 1: (h - 1.0, t * w), 2: (t * h, 0.0),
-                  3: (t * h, w - 1.0)}[side]
+        cy, cx = {0: (0.0, t * w), 1: (h - 1.0, t * w), 2: (t * h, 0.0), 3: (t * h, w - 1.0)}[side]
     n = int(ctx.rng.integers(7, 12))
     angles = np.sort(ctx.rng.uniform(0, 2 * math.pi, n))
     radii = radius * ctx.rng.uniform(0.6, 1.3, n)
@@ -372,7 +387,7 @@ def _paint_uneven(ctx):
     short = min(ctx.shape)
     radius = ctx.rng.uniform(0.12, 0.25) * short
     x, y = _sample_point(ctx, 4)
-    yy, xx = np.mgrid[0:ctx.shape[0], 0:ctx.shape[1]].astype(np.float32)
+    yy, xx = np.mgrid[0 : ctx.shape[0], 0 : ctx.shape[1]].astype(np.float32)
     aspect = ctx.rng.uniform(0.5, 1.0)
     r = np.hypot((yy - y) / aspect, xx - x) / radius
     sign = 1.0 if ctx.rng.random() < 0.4 else -1.0
@@ -382,11 +397,23 @@ def _paint_uneven(ctx):
 
 #: Painters of this module, by kind and defect type.
 PAINTERS: dict[str, dict[str, Callable]] = {
-    "pcb": {"open": _paint_open, "short": _paint_short, "mousebite": _paint_mousebite,
-            "spur": _paint_spur, "copper": _paint_copper, "pinhole": _paint_pinhole},
-    "tile": {"blowhole": _paint_blowhole, "crack": _paint_tile_crack, "fray": _paint_fray,
-             "break": _paint_break, "uneven": _paint_uneven},
+    "pcb": {
+        "open": _paint_open,
+        "short": _paint_short,
+        "mousebite": _paint_mousebite,
+        "spur": _paint_spur,
+        "copper": _paint_copper,
+        "pinhole": _paint_pinhole,
+    },
+    "tile": {
+        "blowhole": _paint_blowhole,
+        "crack": _paint_tile_crack,
+        "fray": _paint_fray,
+        "break": _paint_break,
+        "uneven": _paint_uneven,
+    },
 }
 RENDERERS: dict[str, Callable[[np.random.Generator, tuple[int, int]], np.ndarray]] = {
-    "pcb": render_pcb, "tile": render_tile,
+    "pcb": render_pcb,
+    "tile": render_tile,
 }

@@ -56,16 +56,23 @@ class RegionTokens:
     @classmethod
     def empty(cls, channels: int, grid: tuple[int, int]) -> "RegionTokens":
         t = grid[0] * grid[1]
-        return cls(np.zeros((0, t, channels), np.float32), np.zeros((0, t), np.float32),
-                   np.zeros((0, t, N_REGION_CODES), np.float32), grid)
+        return cls(
+            np.zeros((0, t, channels), np.float32),
+            np.zeros((0, t), np.float32),
+            np.zeros((0, t, N_REGION_CODES), np.float32),
+            grid,
+        )
 
     @classmethod
     def concat(cls, parts: Sequence["RegionTokens"]) -> "RegionTokens":
         if not parts:
             raise ValueError("nothing to concatenate")
-        return cls(np.concatenate([p.tokens for p in parts]),
-                   np.concatenate([p.anomaly for p in parts]),
-                   np.concatenate([p.regions for p in parts]), parts[0].grid)
+        return cls(
+            np.concatenate([p.tokens for p in parts]),
+            np.concatenate([p.anomaly for p in parts]),
+            np.concatenate([p.regions for p in parts]),
+            parts[0].grid,
+        )
 
     def select(self, index: np.ndarray | Sequence[int]) -> "RegionTokens":
         idx = np.asarray(index, dtype=np.int64)
@@ -75,8 +82,9 @@ class RegionTokens:
 class CropEncoder:
     """Turns region crops into :class:`RegionTokens` with a frozen backbone."""
 
-    def __init__(self, extractor: FeatureExtractor, *, use_residual: bool,
-                 crop_cfg: CropConfig) -> None:
+    def __init__(
+        self, extractor: FeatureExtractor, *, use_residual: bool, crop_cfg: CropConfig
+    ) -> None:
         self.extractor = extractor
         self.use_residual = use_residual
         self.crop_cfg = crop_cfg
@@ -90,15 +98,20 @@ class CropEncoder:
         out = []
         bs = self.extractor.cfg.batch_size
         for start in range(0, len(crops), bs):
-            feats = self.extractor(to_tensor_batch(crops[start:start + bs]))
+            feats = self.extractor(to_tensor_batch(crops[start : start + bs]))
             size = min((grid_size(m) for m in feats.maps), key=lambda s: s[0] * s[1])
-            maps = [m if m.shape[-2:] == size else F.adaptive_avg_pool2d(m, size)
-                    for m in feats.maps]
+            maps = [
+                m if m.shape[-2:] == size else F.adaptive_avg_pool2d(m, size) for m in feats.maps
+            ]
             out.append(torch.cat(maps, dim=1).float().cpu())
         return torch.cat(out)
 
-    def encode(self, regions: Sequence[Region], image_shapes: Sequence[tuple[int, ...]],
-               references: Sequence[Sequence[np.ndarray]]) -> RegionTokens:
+    def encode(
+        self,
+        regions: Sequence[Region],
+        image_shapes: Sequence[tuple[int, ...]],
+        references: Sequence[Sequence[np.ndarray]],
+    ) -> RegionTokens:
         """Tokens of ``regions``; ``image_shapes[i]`` is the shape of region i's image and
         ``references[i]`` the reference normal images for region i (ignored without
         residuals)."""
@@ -113,18 +126,29 @@ class CropEncoder:
         if self.use_residual:
             tokens = self._residuals(tokens, regions, image_shapes, references)
         anomaly = _pooled(np.stack([r.crop_map for r in regions]), (h, w))
-        anomaly = (anomaly - anomaly.mean(axis=1, keepdims=True)) / \
-            (anomaly.std(axis=1, keepdims=True) + 1e-6)
-        onehot = np.stack([np.stack([r.crop_regions == k for k in range(N_REGION_CODES)], -1)
-                           for r in regions]).astype(np.float32)
-        fractions = np.stack([_pooled(onehot[..., k], (h, w)) for k in range(N_REGION_CODES)],
-                             axis=-1)
-        return RegionTokens(tokens.numpy().astype(np.float32), anomaly.astype(np.float32),
-                            fractions.astype(np.float32), (h, w))
+        anomaly = (anomaly - anomaly.mean(axis=1, keepdims=True)) / (
+            anomaly.std(axis=1, keepdims=True) + 1e-6
+        )
+        onehot = np.stack(
+            [np.stack([r.crop_regions == k for k in range(N_REGION_CODES)], -1) for r in regions]
+        ).astype(np.float32)
+        fractions = np.stack(
+            [_pooled(onehot[..., k], (h, w)) for k in range(N_REGION_CODES)], axis=-1
+        )
+        return RegionTokens(
+            tokens.numpy().astype(np.float32),
+            anomaly.astype(np.float32),
+            fractions.astype(np.float32),
+            (h, w),
+        )
 
-    def _residuals(self, tokens: torch.Tensor, regions: Sequence[Region],
-                   image_shapes: Sequence[tuple[int, ...]],
-                   references: Sequence[Sequence[np.ndarray]]) -> torch.Tensor:
+    def _residuals(
+        self,
+        tokens: torch.Tensor,
+        regions: Sequence[Region],
+        image_shapes: Sequence[tuple[int, ...]],
+        references: Sequence[Sequence[np.ndarray]],
+    ) -> torch.Tensor:
         """Each token minus its nearest token in the same box of the region's references."""
         ref_crops: list[np.ndarray] = []
         counts = []
@@ -134,8 +158,9 @@ class CropEncoder:
                 box = reference_box(region.box, shape, ref.shape)
                 zero_map = np.zeros(ref.shape[:2], np.float32)
                 zero_mask = np.zeros(ref.shape[:2], bool)
-                ref_crops.append(extract_crops(ref, zero_map, zero_mask, [box],
-                                               self.crop_cfg)[0].image)
+                ref_crops.append(
+                    extract_crops(ref, zero_map, zero_mask, [box], self.crop_cfg)[0].image
+                )
         if not ref_crops:
             return tokens
         ref_tokens = self._tokens(ref_crops)
@@ -147,7 +172,7 @@ class CropEncoder:
             if count == 0:
                 out[i] = tokens[i]
                 continue
-            bank = ref_tokens[start:start + count].reshape(-1, c)
+            bank = ref_tokens[start : start + count].reshape(-1, c)
             start += count
             nearest = torch.cdist(tokens[i], bank).argmin(dim=1)
             out[i] = tokens[i] - bank[nearest]

@@ -28,26 +28,48 @@ EXIT_FAILURE = 2
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log what the library does (the INFO level) on stderr")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what the library does (the INFO level) on stderr",
+    )
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="compute device (default: auto = cuda when available)")
-    parser.add_argument("--backbone", default=None,
-                        help="timm backbone name (default efficientnet_lite0, bundled weights)")
-    parser.add_argument("--weights", default=None,
-                        help="local checkpoint file for a backbone whose weights are not "
-                             "bundled, or 'hub' for timm's pretrained weights (downloads)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="network input side in pixels (default 256)")
-    parser.add_argument("--resize", default=None, choices=list(RESIZE_MODES),
-                        help="how images become the network input (default "
-                             f"{BackboneConfig().resize_mode})")
-    parser.add_argument("--false-alarm-rate", type=_rate, default=None,
-                        help="fraction of good images the calibrated threshold flags "
-                             f"(default {DetectorConfig().false_alarm_rate})")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="compute device (default: auto = cuda when available)",
+    )
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="timm backbone name (default efficientnet_lite0, bundled weights)",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="local checkpoint file for a backbone whose weights are not "
+        "bundled, or 'hub' for timm's pretrained weights (downloads)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="network input side in pixels (default 256)"
+    )
+    parser.add_argument(
+        "--resize",
+        default=None,
+        choices=list(RESIZE_MODES),
+        help=f"how images become the network input (default {BackboneConfig().resize_mode})",
+    )
+    parser.add_argument(
+        "--false-alarm-rate",
+        type=_rate,
+        default=None,
+        help="fraction of good images the calibrated threshold flags "
+        f"(default {DetectorConfig().false_alarm_rate})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -62,9 +84,16 @@ def _rate(value: str) -> float:
 
 
 def _config_from(args: argparse.Namespace) -> ProtoAtlasConfig:
-    backbone = {k: v for k, v in {
-        "name": args.backbone, "weights": args.weights, "image_size": args.image_size,
-        "resize_mode": args.resize}.items() if v is not None}
+    backbone = {
+        k: v
+        for k, v in {
+            "name": args.backbone,
+            "weights": args.weights,
+            "image_size": args.image_size,
+            "resize_mode": args.resize,
+        }.items()
+        if v is not None
+    }
     cfg = ProtoAtlasConfig(device=args.device, seed=args.seed)
     sections: dict[str, dict] = {}
     if backbone:
@@ -87,11 +116,20 @@ def _clusters(value: str) -> int | str:
 
 
 def _suite_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mvtec", action="append", default=None, metavar="DIR",
-                   help="MVTec-layout set (train/good, test/<type>, optional ground_truth); "
-                        "repeat for several, or 'synth:<kind>[:seed]' for a generated one")
-    p.add_argument("--suite", default=None, metavar="FILE",
-                   help="CSV 'path,clusters[,name]' listing sets and their number of types")
+    p.add_argument(
+        "--mvtec",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="MVTec-layout set (train/good, test/<type>, optional ground_truth); "
+        "repeat for several, or 'synth:<kind>[:seed]' for a generated one",
+    )
+    p.add_argument(
+        "--suite",
+        default=None,
+        metavar="FILE",
+        help="CSV 'path,clusters[,name]' listing sets and their number of types",
+    )
     p.add_argument("--json", default=None, help="also write the results as JSON here")
 
 
@@ -111,15 +149,19 @@ def _add_detect(sub: Subparsers) -> None:
     p.add_argument("--out", required=True, help="output CSV: image,anomaly_score,is_anomalous")
     p.add_argument("--maps", default=None, help="folder for heat-map PNGs (optional)")
     p.add_argument("--save-model", default=None, help="write the fitted detector (.npz)")
-    p.add_argument("--labels", default=None,
-                   help="optional image,label CSV ('good' = normal): print AUROC and F1")
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="optional image,label CSV ('good' = normal): print AUROC and F1",
+    )
     _engine_options(p)
     _common(p)
 
 
 def _add_eval_detect(sub: Subparsers) -> None:
-    p = sub.add_parser("eval-detect",
-                       help="image/pixel AUROC, AUPRO, recall and false alarms on labelled sets")
+    p = sub.add_parser(
+        "eval-detect", help="image/pixel AUROC, AUPRO, recall and false alarms on labelled sets"
+    )
     _suite_options(p)
     _engine_options(p)
     _common(p)
@@ -129,20 +171,36 @@ def _add_discover(sub: Subparsers) -> None:
     p = sub.add_parser("discover", help="find anomalies in a batch and group them into types")
     p.add_argument("--normals", required=True, help="folder (or .zip) of known-good images")
     p.add_argument("--images", required=True, help="folder or .zip of images to analyse")
-    p.add_argument("--out", required=True,
-                   help="output CSV: image,anomaly_score,is_anomalous,cluster,confidence,outlier")
-    p.add_argument("--clusters", default="auto", type=_clusters,
-                   help="number of defect types K, or 'auto' (default) to estimate it")
-    p.add_argument("--prompt", default=None,
-                   help="object name for the grounded-sam prior, e.g. 'bottle'")
-    p.add_argument("--prior", default=None, choices=["classical", "none", "grounded-sam"],
-                   help="object prior (default classical; 'none' for textures)")
-    p.add_argument("--maps", default=None,
-                   help="folder of anomaly maps from another tool (same relative names, "
-                        ".png 8/16-bit or .npy): the detector is not fitted")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output CSV: image,anomaly_score,is_anomalous,cluster,confidence,outlier",
+    )
+    p.add_argument(
+        "--clusters",
+        default="auto",
+        type=_clusters,
+        help="number of defect types K, or 'auto' (default) to estimate it",
+    )
+    p.add_argument(
+        "--prompt", default=None, help="object name for the grounded-sam prior, e.g. 'bottle'"
+    )
+    p.add_argument(
+        "--prior",
+        default=None,
+        choices=["classical", "none", "grounded-sam"],
+        help="object prior (default classical; 'none' for textures)",
+    )
+    p.add_argument(
+        "--maps",
+        default=None,
+        help="folder of anomaly maps from another tool (same relative names, "
+        ".png 8/16-bit or .npy): the detector is not fitted",
+    )
     p.add_argument("--save-model", default=None, help="write the discovery model (.npz)")
-    p.add_argument("--home", default=None,
-                   help="also store the batch in this workspace folder (see 'serve')")
+    p.add_argument(
+        "--home", default=None, help="also store the batch in this workspace folder (see 'serve')"
+    )
     _engine_options(p)
     _common(p)
 
@@ -153,50 +211,77 @@ def _add_assign(sub: Subparsers) -> None:
     p.add_argument("--images", required=True, help="folder or .zip of images to sort")
     p.add_argument("--out", required=True, help="output CSV (same columns as discover)")
     p.add_argument("--maps", default=None, help="anomaly maps, for a model made with --maps")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
-                   help="compute device (default: the model's)")
+    p.add_argument(
+        "--device",
+        default=None,
+        choices=["auto", "cpu", "cuda"],
+        help="compute device (default: the model's)",
+    )
     _common(p)
 
 
 def _add_eval_discover(sub: Subparsers) -> None:
-    p = sub.add_parser("eval-discover",
-                       help="discovery metrics on labelled sets, against k-means baselines")
+    p = sub.add_parser(
+        "eval-discover", help="discovery metrics on labelled sets, against k-means baselines"
+    )
     _suite_options(p)
-    p.add_argument("--clusters", default="auto", type=_clusters,
-                   help="number of defect types K of the --mvtec sets, or 'auto'")
-    p.add_argument("--no-baselines", action="store_true",
-                   help="score the full method only (the baselines re-run the analysis)")
+    p.add_argument(
+        "--clusters",
+        default="auto",
+        type=_clusters,
+        help="number of defect types K of the --mvtec sets, or 'auto'",
+    )
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="score the full method only (the baselines re-run the analysis)",
+    )
     _engine_options(p)
     _common(p)
 
 
 def _add_serve(sub: Subparsers) -> None:
     p = sub.add_parser("serve", help="start the web app (review UI) on a workspace")
-    p.add_argument("--home", default=None,
-                   help="data directory (default: $PROTOATLAS_HOME, else ./protoatlas-data)")
+    p.add_argument(
+        "--home",
+        default=None,
+        help="data directory (default: $PROTOATLAS_HOME, else ./protoatlas-data)",
+    )
     p.add_argument("--workspace", default="default", help="workspace name inside --home")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--demo", action="store_true",
-                   help="on first start, generate the synthetic demo batch and discover its types")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="on first start, generate the synthetic demo batch and discover its types",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _common(p)
 
 
 def _add_simulate_review(sub: Subparsers) -> None:
-    p = sub.add_parser("simulate-review",
-                       help="measure the review loop with a simulated reviewer (labels file)")
+    p = sub.add_parser(
+        "simulate-review", help="measure the review loop with a simulated reviewer (labels file)"
+    )
     p.add_argument("--normals", required=True, help="folder (or .zip) of known-good images")
     p.add_argument("--images", required=True, help="folder or .zip of images")
-    p.add_argument("--labels", required=True,
-                   help="CSV with columns image,label (label 'good' = normal)")
+    p.add_argument(
+        "--labels", required=True, help="CSV with columns image,label (label 'good' = normal)"
+    )
     p.add_argument("--budget", type=int, required=True, help="number of questions answered")
     p.add_argument("--out", required=True, help="output CSV: step,actions,nmi,ari,f1,n_types")
-    p.add_argument("--strategy", default="ranked", choices=["ranked", "random"],
-                   help="ranked suggestions (default) or random questions (baseline)")
+    p.add_argument(
+        "--strategy",
+        default="ranked",
+        choices=["ranked", "random"],
+        help="ranked suggestions (default) or random questions (baseline)",
+    )
     p.add_argument("--clusters", default="auto", type=_clusters)
-    p.add_argument("--home", default=None,
-                   help="keep the simulation's workspace here (default: a temporary folder)")
+    p.add_argument(
+        "--home",
+        default=None,
+        help="keep the simulation's workspace here (default: a temporary folder)",
+    )
     _engine_options(p)
     _common(p)
 
@@ -210,8 +295,11 @@ def _add_doctor(sub: Subparsers) -> None:
 def _add_export(sub: Subparsers) -> None:
     p = sub.add_parser("export", help="export a workspace's types, masks or audit log")
     _workspace_options(p)
-    p.add_argument("--format", required=True,
-                   choices=["csv", "parquet", "images-csv", "coco", "audit-json", "audit-csv"])
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["csv", "parquet", "images-csv", "coco", "audit-json", "audit-csv"],
+    )
     p.add_argument("--out", required=True, help="output file")
     _common(p)
 
@@ -228,20 +316,35 @@ def _add_synth(sub: Subparsers) -> None:
     p = sub.add_parser("synth", help="write the seeded synthetic demo set (MVTec layout)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", default="object", choices=list(SCENE_KINDS),
-                   help="object, texture, pcb (binary traces, tiny defects) or tile "
-                        "(grayscale, varying sizes)")
+    p.add_argument(
+        "--kind",
+        default="object",
+        choices=list(SCENE_KINDS),
+        help="object, texture, pcb (binary traces, tiny defects) or tile "
+        "(grayscale, varying sizes)",
+    )
     _common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protoatlas",
-        description="Find anomalies in industrial images and discover their defect types.")
+        description="Find anomalies in industrial images and discover their defect types.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_detect, _add_eval_detect, _add_discover, _add_assign, _add_eval_discover,
-                _add_serve, _add_simulate_review, _add_doctor, _add_export, _add_import_labels,
-                _add_synth):
+    for add in (
+        _add_detect,
+        _add_eval_detect,
+        _add_discover,
+        _add_assign,
+        _add_eval_discover,
+        _add_serve,
+        _add_simulate_review,
+        _add_doctor,
+        _add_export,
+        _add_import_labels,
+        _add_synth,
+    ):
         add(sub)
     return parser
 
@@ -249,15 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_detect(args: argparse.Namespace) -> int:
     from protoatlas.service import detection as service
 
-    run = service.detect(args.normals, args.images, _config_from(args),
-                         progress=not args.quiet)
+    run = service.detect(args.normals, args.images, _config_from(args), progress=not args.quiet)
     out = service.write_csv(args.out, run.rows(), service.SCORE_COLUMNS)
     report = {
-        "normals": asdict(run.normals_report), "images": asdict(run.images_report),
-        "threshold": run.threshold, "seconds": run.seconds,
-        "fit": {"n_fit_images": run.fit.n_fit_images,
-                "n_calibration_images": run.fit.n_calibration_images,
-                "n_folds": run.fit.n_folds, "bank_size": run.fit.bank_size},
+        "normals": asdict(run.normals_report),
+        "images": asdict(run.images_report),
+        "threshold": run.threshold,
+        "seconds": run.seconds,
+        "fit": {
+            "n_fit_images": run.fit.n_fit_images,
+            "n_calibration_images": run.fit.n_calibration_images,
+            "n_folds": run.fit.n_folds,
+            "bank_size": run.fit.bank_size,
+        },
     }
     report_path = out.with_name(out.stem + "_report.json")
     report_path.write_text(json.dumps(report, indent=2))
@@ -271,16 +378,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.save_model and run.detector is not None:
         run.detector.save(args.save_model)
     n_flag = sum(1 for r in run.rows() if r["is_anomalous"])
-    print(f"scored {len(run.names)} images, {n_flag} anomalous "
-          f"(threshold {run.threshold:.4f}); wrote {out} and {report_path.name}")
+    print(
+        f"scored {len(run.names)} images, {n_flag} anomalous "
+        f"(threshold {run.threshold:.4f}); wrote {out} and {report_path.name}"
+    )
     print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in run.seconds.items()))
     if args.labels:
         from protoatlas.service.labels import read_labels
 
         m = service.label_metrics(run, read_labels(args.labels))
-        print(f"image AUROC {m['image_auroc']:.4f} | is_anomalous precision "
-              f"{m['precision']:.3f} recall {m['recall']:.3f} F1 {m['f1']:.3f} "
-              f"({m['n_labelled']} labelled images)")
+        print(
+            f"image AUROC {m['image_auroc']:.4f} | is_anomalous precision "
+            f"{m['precision']:.3f} recall {m['recall']:.3f} F1 {m['f1']:.3f} "
+            f"({m['n_labelled']} labelled images)"
+        )
     return 0
 
 
@@ -290,22 +401,27 @@ def cmd_eval_detect(args: argparse.Namespace) -> int:
     rows, results = [], []
     for item in ev.suite_sets(args.mvtec, args.suite):
         with ev.materialised(item.path) as root:
-            res = ev.eval_detect(root, _config_from(args), progress=not args.quiet,
-                                 name=item.name)
+            res = ev.eval_detect(root, _config_from(args), progress=not args.quiet, name=item.name)
         results.append(asdict(res))
         rows.append(ev.as_row(res))
-        print(f"{res.data}: image AUROC {res.image_auroc:.4f} | pixel AUROC "
-              f"{res.pixel_auroc:.4f} | AUPRO(0.3) {res.aupro:.4f} | recall {res.recall:.3f} "
-              f"at false-alarm rate {res.false_alarm_rate:.3f}", flush=True)
-        print(f"  fit {res.fit_seconds:.1f}s on {res.n_train} normals (bank {res.bank_size}) | "
-              f"score {res.score_seconds:.1f}s for {res.n_test} images "
-              f"({res.images_per_second:.1f} img/s) | peak RSS {res.peak_rss_mib:.0f} MiB",
-              flush=True)
+        print(
+            f"{res.data}: image AUROC {res.image_auroc:.4f} | pixel AUROC "
+            f"{res.pixel_auroc:.4f} | AUPRO(0.3) {res.aupro:.4f} | recall {res.recall:.3f} "
+            f"at false-alarm rate {res.false_alarm_rate:.3f}",
+            flush=True,
+        )
+        print(
+            f"  fit {res.fit_seconds:.1f}s on {res.n_train} normals (bank {res.bank_size}) | "
+            f"score {res.score_seconds:.1f}s for {res.n_test} images "
+            f"({res.images_per_second:.1f} img/s) | peak RSS {res.peak_rss_mib:.0f} MiB",
+            flush=True,
+        )
     if len(rows) > 1:
         print(ev.format_table(rows, ev.DETECT_COLUMNS))
     if args.json:
-        Path(args.json).write_text(json.dumps(results if len(results) > 1 else results[0],
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps(results if len(results) > 1 else results[0], indent=2)
+        )
     return 0
 
 
@@ -329,10 +445,12 @@ def _write_discover_outputs(args: argparse.Namespace, run) -> Path:
             _warn(f"{label}: {rep.summary()}")
     res = run.result
     n_anom = int(res.analysis.is_anomalous.sum())
-    print(f"{len(run.names)} images, {n_anom} anomalous, {len(res.type_ids)} types"
-          + (f" ({len(res.new_type_ids)} new)" if hasattr(args, "model") else "")
-          + f", {int(res.region_outlier.sum())} outlier regions; wrote {out} and "
-          f"{report_path.name}")
+    print(
+        f"{len(run.names)} images, {n_anom} anomalous, {len(res.type_ids)} types"
+        + (f" ({len(res.new_type_ids)} new)" if hasattr(args, "model") else "")
+        + f", {int(res.region_outlier.sum())} outlier regions; wrote {out} and "
+        f"{report_path.name}"
+    )
     print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in run.seconds.items()))
     return out
 
@@ -341,8 +459,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from protoatlas.service import discovery as discover
 
     cfg = _discover_config(args)
-    run = discover.discover(args.normals, args.images, cfg, clusters=args.clusters,
-                            maps_dir=args.maps, progress=not args.quiet)
+    run = discover.discover(
+        args.normals,
+        args.images,
+        cfg,
+        clusters=args.clusters,
+        maps_dir=args.maps,
+        progress=not args.quiet,
+    )
     _write_discover_outputs(args, run)
     if args.save_model:
         run.model.save(args.save_model)
@@ -357,8 +481,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
 def cmd_assign(args: argparse.Namespace) -> int:
     from protoatlas.service import discovery as discover
 
-    run = discover.assign(args.model, args.images, device=args.device, maps_dir=args.maps,
-                          progress=not args.quiet)
+    run = discover.assign(
+        args.model, args.images, device=args.device, maps_dir=args.maps, progress=not args.quiet
+    )
     _write_discover_outputs(args, run)
     return 0
 
@@ -369,48 +494,76 @@ def cmd_eval_discover(args: argparse.Namespace) -> int:
     rows, results = [], []
     for item in ev.suite_sets(args.mvtec, args.suite, args.clusters):
         with ev.materialised(item.path) as root:
-            res = ev.eval_discover(root, _config_from(args), clusters=item.clusters,
-                                   progress=not args.quiet, name=item.name,
-                                   baselines=not args.no_baselines)
+            res = ev.eval_discover(
+                root,
+                _config_from(args),
+                clusters=item.clusters,
+                progress=not args.quiet,
+                name=item.name,
+                baselines=not args.no_baselines,
+            )
         results.append(asdict(res))
         rows.append(ev.discover_row(res))
-        print(f"{res.data}: {res.n_defect_images} defect images of {res.n_types} types "
-              f"(clusters={res.clusters}); detection recall {res.detection_recall:.3f}, "
-              f"{res.false_alarms} good images flagged")
-        print(f"  {'method':38s} {'protocol':8s} {'NMI':>6s} {'ARI':>6s} {'acc':>6s} "
-              f"{'F1':>6s} {'K':>3s} {'seconds':>8s}")
+        print(
+            f"{res.data}: {res.n_defect_images} defect images of {res.n_types} types "
+            f"(clusters={res.clusters}); detection recall {res.detection_recall:.3f}, "
+            f"{res.false_alarms} good images flagged"
+        )
+        print(
+            f"  {'method':38s} {'protocol':8s} {'NMI':>6s} {'ARI':>6s} {'acc':>6s} "
+            f"{'F1':>6s} {'K':>3s} {'seconds':>8s}"
+        )
         for m in res.methods:
-            print(f"  {m.method:38s} {m.protocol:8s} {m.nmi:6.3f} {m.ari:6.3f} "
-                  f"{m.accuracy:6.3f} {m.macro_f1:6.3f} {m.k_found:3d} {m.seconds:8.1f}",
-                  flush=True)
+            print(
+                f"  {m.method:38s} {m.protocol:8s} {m.nmi:6.3f} {m.ari:6.3f} "
+                f"{m.accuracy:6.3f} {m.macro_f1:6.3f} {m.k_found:3d} {m.seconds:8.1f}",
+                flush=True,
+            )
         if res.k_auto >= 0:
             print(f"  K found with clusters=auto: {res.k_auto}")
     if len(rows) > 1:
         print(ev.format_table(rows, ev.DISCOVER_COLUMNS))
     if args.json:
-        Path(args.json).write_text(json.dumps(results if len(results) > 1 else results[0],
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps(results if len(results) > 1 else results[0], indent=2)
+        )
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from webapp.app import serve
 
-    return serve(home=args.home, workspace=args.workspace, host=args.host, port=args.port,
-                 demo=args.demo, device=args.device, quiet=args.quiet)
+    return serve(
+        home=args.home,
+        workspace=args.workspace,
+        host=args.host,
+        port=args.port,
+        demo=args.demo,
+        device=args.device,
+        quiet=args.quiet,
+    )
 
 
 def cmd_simulate_review(args: argparse.Namespace) -> int:
     from protoatlas import simulate
 
-    curve = simulate.simulate(args.normals, args.images, args.labels, _config_from(args),
-                              budget=args.budget, strategy=args.strategy,
-                              clusters=args.clusters, home=args.home,
-                              progress=not args.quiet)
+    curve = simulate.simulate(
+        args.normals,
+        args.images,
+        args.labels,
+        _config_from(args),
+        budget=args.budget,
+        strategy=args.strategy,
+        clusters=args.clusters,
+        home=args.home,
+        progress=not args.quiet,
+    )
     out = simulate.write_curve(args.out, curve)
     first, last = curve[0], curve[-1]
-    print(f"{args.strategy}: ARI {first.ari:.3f} -> {last.ari:.3f}, NMI {first.nmi:.3f} -> "
-          f"{last.nmi:.3f} after {last.actions} answers; wrote {out}")
+    print(
+        f"{args.strategy}: ARI {first.ari:.3f} -> {last.ari:.3f}, NMI {first.nmi:.3f} -> "
+        f"{last.nmi:.3f} after {last.actions} answers; wrote {out}"
+    )
     return 0
 
 
@@ -426,8 +579,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for p in problems:
         print(p)
     errors = [p for p in problems if p.severity == "error"]
-    print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s): "
-          + ("workspace is sound" if not errors else "workspace is NOT sound"))
+    print(
+        f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s): "
+        + ("workspace is sound" if not errors else "workspace is NOT sound")
+    )
     return 0 if not errors else 1
 
 
@@ -449,12 +604,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import_labels(args: argparse.Namespace) -> int:
     with _service(args) as service:
         rep = service.import_labels(args.labels, actor=args.actor)
-    print(f"{rep.rows} rows: {rep.images_matched} images matched, {rep.regions_assigned} "
-          f"regions labelled, {rep.regions_normal} marked normal, "
-          f"{len(rep.types_created)} types created")
+    print(
+        f"{rep.rows} rows: {rep.images_matched} images matched, {rep.regions_assigned} "
+        f"regions labelled, {rep.regions_normal} marked normal, "
+        f"{len(rep.types_created)} types created"
+    )
     if rep.unknown_images:
-        _warn(f"{len(rep.unknown_images)} images not in the workspace, e.g. "
-              f"{rep.unknown_images[0]}")
+        _warn(
+            f"{len(rep.unknown_images)} images not in the workspace, e.g. {rep.unknown_images[0]}"
+        )
     return 0
 
 
@@ -467,10 +625,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"detect": cmd_detect, "eval-detect": cmd_eval_detect, "synth": cmd_synth,
-            "discover": cmd_discover, "assign": cmd_assign, "eval-discover": cmd_eval_discover,
-            "serve": cmd_serve, "simulate-review": cmd_simulate_review, "doctor": cmd_doctor,
-            "export": cmd_export, "import-labels": cmd_import_labels}
+COMMANDS = {
+    "detect": cmd_detect,
+    "eval-detect": cmd_eval_detect,
+    "synth": cmd_synth,
+    "discover": cmd_discover,
+    "assign": cmd_assign,
+    "eval-discover": cmd_eval_discover,
+    "serve": cmd_serve,
+    "simulate-review": cmd_simulate_review,
+    "doctor": cmd_doctor,
+    "export": cmd_export,
+    "import-labels": cmd_import_labels,
+}
 
 
 def _warn(message: str) -> None:
@@ -479,9 +646,10 @@ def _warn(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False)
-                        else logging.WARNING,
-                        format="protoatlas: %(levelname)s: %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="protoatlas: %(levelname)s: %(name)s: %(message)s",
+    )
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

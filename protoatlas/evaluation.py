@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from engine.calibration import threshold_at
 from engine.config import ProtoAtlasConfig
 from engine.data import LazyImages, load_mvtec, read_masks
 from engine.detector import PatchCoreDetector
+
+if TYPE_CHECKING:
+    from engine.discovery import DiscoveryModel
 
 #: Prefix of a generated set in a suite (``synth:object``, ``synth:texture:3``).
 SYNTH_PREFIX = "synth:"
@@ -65,8 +69,11 @@ def read_suite(path: str | os.PathLike) -> list[SuiteSet]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"suite file not found: {path}")
-    rows = [line for line in path.read_text().splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    rows = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     reader = csv.DictReader(rows)
     if reader.fieldnames is None or "path" not in reader.fieldnames:
         raise ValueError(f"{path}: expected a header with columns 'path' and 'clusters'")
@@ -75,8 +82,11 @@ def read_suite(path: str | os.PathLike) -> list[SuiteSet]:
         raw = (row.get("path") or "").strip()
         if not raw:
             raise ValueError(f"{path}, row {line}: empty path")
-        where = raw if raw.startswith(SYNTH_PREFIX) or Path(raw).is_absolute() \
+        where = (
+            raw
+            if raw.startswith(SYNTH_PREFIX) or Path(raw).is_absolute()
             else str((path.parent / raw).resolve())
+        )
         try:
             k = parse_clusters(row.get("clusters") or "auto")
         except ValueError as exc:
@@ -94,8 +104,9 @@ def _set_name(path: str) -> str:
     return Path(path).name
 
 
-def suite_sets(mvtec: Sequence[str] | None, suite: str | None,
-               clusters: int | str = "auto") -> list[SuiteSet]:
+def suite_sets(
+    mvtec: Sequence[str] | None, suite: str | None, clusters: int | str = "auto"
+) -> list[SuiteSet]:
     """The sets named by repeated ``--mvtec DIR`` (all with ``clusters``) and ``--suite``."""
     sets = [SuiteSet(_set_name(p), p, clusters) for p in (mvtec or [])]
     if suite:
@@ -114,12 +125,13 @@ def materialised(path: str) -> Iterator[Path]:
         return
     from engine import synth
 
-    parts = path[len(SYNTH_PREFIX):].split(":")
+    parts = path[len(SYNTH_PREFIX) :].split(":")
     kind = parts[0] or "object"
     seed = int(parts[1]) if len(parts) > 1 and parts[1] else 0
     if kind not in synth.SCENE_KINDS:
-        raise ValueError(f"unknown generated set {path!r}: kinds are "
-                         + ", ".join(synth.SCENE_KINDS))
+        raise ValueError(
+            f"unknown generated set {path!r}: kinds are " + ", ".join(synth.SCENE_KINDS)
+        )
     with tempfile.TemporaryDirectory(prefix="protoatlas-synth-") as tmp:
         yield synth.write_mvtec(Path(tmp) / kind, synth.kind_config(kind), seed=seed)
 
@@ -180,21 +192,30 @@ class EvalDetectResult:
 REPORTED_RATES = (0.01, 0.02, 0.05, 0.1)
 
 
-def detection_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float
-                      ) -> tuple[float, float, float]:
+def detection_metrics(
+    labels: np.ndarray, scores: np.ndarray, threshold: float
+) -> tuple[float, float, float]:
     """(image AUROC, recall, false-alarm rate) of ``scores > threshold``; NaN where a class
     is absent."""
     labels = np.asarray(labels, dtype=bool)
     flagged = np.asarray(scores) > threshold
-    auroc = metrics.image_auroc(labels.astype(int), scores) \
-        if labels.any() and (~labels).any() else float("nan")
+    auroc = (
+        metrics.image_auroc(labels.astype(int), scores)
+        if labels.any() and (~labels).any()
+        else float("nan")
+    )
     recall = float(flagged[labels].mean()) if labels.any() else float("nan")
     far = float(flagged[~labels].mean()) if (~labels).any() else float("nan")
     return auroc, recall, far
 
 
-def eval_detect(root: str | os.PathLike, config: ProtoAtlasConfig,
-                *, progress: bool = False, name: str | None = None) -> EvalDetectResult:
+def eval_detect(
+    root: str | os.PathLike,
+    config: ProtoAtlasConfig,
+    *,
+    progress: bool = False,
+    name: str | None = None,
+) -> EvalDetectResult:
     """Fit on ``train/good`` of an MVTec-layout folder, score ``test``, compute the metrics."""
     reset_peak_rss()
     data = load_mvtec(root)
@@ -215,8 +236,7 @@ def eval_detect(root: str | os.PathLike, config: ProtoAtlasConfig,
     auroc, recall, far = detection_metrics(labels, scores, fit.threshold)
     at_rates = {}
     for rate in REPORTED_RATES:
-        _, r, f = detection_metrics(labels, scores,
-                                    threshold_at(fit.calibration_scores, rate))
+        _, r, f = detection_metrics(labels, scores, threshold_at(fit.calibration_scores, rate))
         at_rates[str(rate)] = [r, f]
     pixel_auroc = aupro = float("nan")
     if data.has_masks and labels.any():
@@ -224,11 +244,22 @@ def eval_detect(root: str | os.PathLike, config: ProtoAtlasConfig,
         maps = [d.anomaly_map for d in dets]
         pixel_auroc, aupro = metrics.pixel_auroc(masks, maps), metrics.aupro(masks, maps)
     return EvalDetectResult(
-        data=name or Path(root).name, image_auroc=auroc, pixel_auroc=pixel_auroc,
-        aupro=aupro, recall=recall, false_alarm_rate=far, threshold=fit.threshold,
-        n_train=len(train), n_test=len(test), fit_seconds=t1 - t0, score_seconds=t2 - t1,
-        images_per_second=len(test) / max(t2 - t1, 1e-9), peak_rss_mib=peak_rss_mib(),
-        bank_size=fit.bank_size, at_rates=at_rates)
+        data=name or Path(root).name,
+        image_auroc=auroc,
+        pixel_auroc=pixel_auroc,
+        aupro=aupro,
+        recall=recall,
+        false_alarm_rate=far,
+        threshold=fit.threshold,
+        n_train=len(train),
+        n_test=len(test),
+        fit_seconds=t1 - t0,
+        score_seconds=t2 - t1,
+        images_per_second=len(test) / max(t2 - t1, 1e-9),
+        peak_rss_mib=peak_rss_mib(),
+        bank_size=fit.bank_size,
+        at_rates=at_rates,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,9 +277,13 @@ class Column:
 
 
 DETECT_COLUMNS = [
-    Column("image AUROC", "image_auroc"), Column("pixel AUROC", "pixel_auroc"),
-    Column("AUPRO", "aupro"), Column("recall", "recall"), Column("FAR", "false_alarm_rate"),
-    Column("fit s", "fit_seconds", ".1f"), Column("score s", "score_seconds", ".1f"),
+    Column("image AUROC", "image_auroc"),
+    Column("pixel AUROC", "pixel_auroc"),
+    Column("AUPRO", "aupro"),
+    Column("recall", "recall"),
+    Column("FAR", "false_alarm_rate"),
+    Column("fit s", "fit_seconds", ".1f"),
+    Column("score s", "score_seconds", ".1f"),
     Column("peak MiB", "peak_rss_mib", ".0f"),
 ]
 
@@ -263,8 +298,9 @@ def mean_row(rows: Sequence[dict[str, object]], keys: Sequence[str]) -> dict[str
     return out
 
 
-def format_table(rows: Sequence[dict[str, object]], columns: Sequence[Column],
-                 with_mean: bool = True) -> str:
+def format_table(
+    rows: Sequence[dict[str, object]], columns: Sequence[Column], with_mean: bool = True
+) -> str:
     """A Markdown table, one row per set (plus the mean); NaN prints as ``-``."""
     all_rows = list(rows)
     if with_mean and len(all_rows) > 1:
@@ -288,9 +324,11 @@ def format_table(rows: Sequence[dict[str, object]], columns: Sequence[Column],
 
 def as_row(result: object) -> dict[str, object]:
     """A dataclass result as a flat dict (nested lists are left out)."""
-    return {f.name: getattr(result, f.name) for f in fields(result)  # type: ignore[arg-type]
-            if not isinstance(getattr(result, f.name), (list, dict))}
-
+    return {
+        f.name: getattr(result, f.name)
+        for f in fields(result)  # type: ignore[arg-type]
+        if not isinstance(getattr(result, f.name), (list, dict))
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,27 +383,38 @@ FULL_METHOD = "full method"
 MISSED, OUTLIER = "(judged normal)", "(outlier)"
 
 
-def _scores(method: str, protocol: str, truth: Sequence[str], pred: Sequence[object],
-            k: int, seconds: float) -> MethodScores:
+def _scores(
+    method: str, protocol: str, truth: Sequence[str], pred: Sequence[object], k: int, seconds: float
+) -> MethodScores:
     m = metrics.cluster_metrics(list(truth), [str(p) for p in pred])
     return MethodScores(method, protocol, m.nmi, m.ari, m.accuracy, m.macro_f1, k, seconds)
 
 
-def _kmeans_labels(x: np.ndarray, clusters: int | str, config: ProtoAtlasConfig
-                   ) -> tuple[np.ndarray, int]:
+def _kmeans_labels(
+    x: np.ndarray, clusters: int | str, config: ProtoAtlasConfig
+) -> tuple[np.ndarray, int]:
     from engine.clustering import estimate_k, spherical_kmeans
 
     d = config.discovery
-    k = estimate_k(x, d.max_clusters, restarts=d.kmeans_restarts, seed=config.seed)[0] \
-        if clusters == "auto" else int(clusters)
+    k = (
+        estimate_k(x, d.max_clusters, restarts=d.kmeans_restarts, seed=config.seed)[0]
+        if clusters == "auto"
+        else int(clusters)
+    )
     labels, _ = spherical_kmeans(x, k, restarts=d.kmeans_restarts, seed=config.seed)
     return labels, k
 
 
-def eval_discover(root: str | os.PathLike, config: ProtoAtlasConfig, *,
-                  clusters: int | str = "auto", progress: bool = False,
-                  name: str | None = None, baselines: bool = True,
-                  auto_k: bool = True) -> EvalDiscoverResult:
+def eval_discover(
+    root: str | os.PathLike,
+    config: ProtoAtlasConfig,
+    *,
+    clusters: int | str = "auto",
+    progress: bool = False,
+    name: str | None = None,
+    baselines: bool = True,
+    auto_k: bool = True,
+) -> EvalDiscoverResult:
     """Discovery metrics on an MVTec-layout folder (defect types = sub-folders of test/).
 
     Every method is scored on the defective test images against their folder names, in
@@ -379,13 +428,7 @@ def eval_discover(root: str | os.PathLike, config: ProtoAtlasConfig, *,
     from engine.discovery import NO_TYPE, DiscoveryModel
 
     reset_peak_rss()
-    data = load_mvtec(root)
-    normals = LazyImages(data.train, max_pixels=config.data.max_pixels)
-    normals.validate(progress=progress, desc="check normals")
-    test = LazyImages([s.ref for s in data.test], max_pixels=config.data.max_pixels)
-    test.validate(progress=progress, desc="check test")
-    kind = {s.ref.name: s.defect_type for s in data.test}
-    truth_all = [kind[n] for n in test.names]
+    normals, test, truth_all = _labelled_sets(root, config, progress)
     defect_idx = [i for i, t in enumerate(truth_all) if t != "good"]
     if not defect_idx:
         raise ValueError(f"{root}: no defective test images to discover types in")
@@ -401,38 +444,69 @@ def eval_discover(root: str | os.PathLike, config: ProtoAtlasConfig, *,
     flagged = analysis.is_anomalous
     k_full = len(result.type_ids)
 
-    def product_label(i: int, label: object) -> object:
-        if not flagged[i]:
-            return MISSED
-        return label
+    def product(labels: Sequence[object]) -> list[object]:
+        """The labels in the product protocol: a defective image passed is missed."""
+        return [lab if flagged[i] else MISSED for i, lab in zip(defect_idx, labels)]
 
-    full_product = [product_label(i, OUTLIER if result.image_type[i] == NO_TYPE
-                                  else int(result.image_type[i])) for i in defect_idx]
+    full = [
+        OUTLIER if result.image_type[i] == NO_TYPE else int(result.image_type[i])
+        for i in defect_idx
+    ]
     assert result.nearest_type is not None
     full_typed = [int(result.nearest_type[i]) for i in defect_idx]
-    methods = [_scores(FULL_METHOD, "typed", truth, full_typed, k_full, t_full),
-               _scores(FULL_METHOD, "product", truth, full_product, k_full, t_full)]
+    methods = [
+        _scores(FULL_METHOD, "typed", truth, full_typed, k_full, t_full),
+        _scores(FULL_METHOD, "product", truth, product(full), k_full, t_full),
+    ]
     if baselines:
-        for label, labels, k, seconds in _baselines(model, analysis, test, defect_idx,
-                                                    clusters, config, progress):
+        for label, labels, k, seconds in _baselines(
+            model, analysis, test, defect_idx, clusters, config, progress
+        ):
             methods.append(_scores(label, "typed", truth, labels, k, seconds + t_fit))
-            methods.append(_scores(label, "product", truth,
-                                   [product_label(i, lab) for i, lab in
-                                    zip(defect_idx, labels)], k, seconds + t_fit))
+            methods.append(_scores(label, "product", truth, product(labels), k, seconds + t_fit))
     k_auto = k_full if clusters == "auto" else -1
     if auto_k and clusters != "auto":
         k_auto = len(model.discover(analysis, "auto").type_ids)
-    labels_all = np.array([t != "good" for t in truth_all])
+    auroc, recall, far = _detection_scores(root, model, analysis.scores, truth_all)
+    return EvalDiscoverResult(
+        data=name or Path(root).name,
+        n_defect_images=len(defect_idx),
+        n_types=len(set(truth)),
+        clusters=str(clusters),
+        methods=methods,
+        image_auroc=auroc,
+        detection_recall=recall,
+        false_alarm_rate=far,
+        false_alarms=int(sum(flagged[i] for i, t in enumerate(truth_all) if t == "good")),
+        fit_seconds=t_fit,
+        seconds=t_full,
+        peak_rss_mib=peak_rss_mib(),
+        k_auto=k_auto,
+    )
+
+
+def _detection_scores(
+    root: str | os.PathLike, model: DiscoveryModel, scores: np.ndarray, truth: Sequence[str]
+) -> tuple[float, float, float]:
+    """Image AUROC, recall and false-alarm rate of the model's calibrated threshold."""
     if model.detector is None or model.detector.threshold is None:
         raise RuntimeError(f"{root}: the detector was not calibrated (too few normal images)")
-    auroc, recall, far = detection_metrics(labels_all, analysis.scores,
-                                           model.detector.threshold)
-    return EvalDiscoverResult(
-        data=name or Path(root).name, n_defect_images=len(defect_idx),
-        n_types=len(set(truth)), clusters=str(clusters), methods=methods,
-        image_auroc=auroc, detection_recall=recall, false_alarm_rate=far,
-        false_alarms=int(sum(flagged[i] for i, t in enumerate(truth_all) if t == "good")),
-        fit_seconds=t_fit, seconds=t_full, peak_rss_mib=peak_rss_mib(), k_auto=k_auto)
+    labels = np.array([t != "good" for t in truth])
+    return detection_metrics(labels, scores, model.detector.threshold)
+
+
+def _labelled_sets(
+    root: str | os.PathLike, config: ProtoAtlasConfig, progress: bool
+) -> tuple[LazyImages, LazyImages, list[str]]:
+    """The checked normals and test images of an MVTec-layout folder, and each test image's
+    folder name (``good`` or the defect type)."""
+    data = load_mvtec(root)
+    normals = LazyImages(data.train, max_pixels=config.data.max_pixels)
+    normals.validate(progress=progress, desc="check normals")
+    test = LazyImages([s.ref for s in data.test], max_pixels=config.data.max_pixels)
+    test.validate(progress=progress, desc="check test")
+    kind = {s.ref.name: s.defect_type for s in data.test}
+    return normals, test, [kind[n] for n in test.names]
 
 
 def _baselines(model, analysis, test, defect_idx, clusters, config, progress):
@@ -443,14 +517,16 @@ def _baselines(model, analysis, test, defect_idx, clusters, config, progress):
     det = model.detector
     # 1. whole-image pooled backbone features
     t = time.perf_counter()
-    pooled = np.concatenate([b.pooled.cpu().numpy() for b in
-                             det.iter_patches(defect_images, pooled=True)])
+    pooled = np.concatenate(
+        [b.pooled.cpu().numpy() for b in det.iter_patches(defect_images, pooled=True)]
+    )
     lab, k = _kmeans_labels(pooled, clusters, config)
     yield "k-means: whole-image pooled", lab, k, time.perf_counter() - t
     # 2. crop features without guidance: mean of raw crop tokens, image = area-weighted mean
     t = time.perf_counter()
-    plain = DiscoveryModel(config.with_overrides(discovery={"use_residual": False}),
-                           device=model.device)
+    plain = DiscoveryModel(
+        config.with_overrides(discovery={"use_residual": False}), device=model.device
+    )
     plain.detector, plain.references = det, model.references
     plain.reference_descriptors = model.reference_descriptors
     plain.prior = model.prior
@@ -460,8 +536,14 @@ def _baselines(model, analysis, test, defect_idx, clusters, config, progress):
     yield "k-means: crops, no guidance", lab, k, time.perf_counter() - t
     # 3. anomaly-weighted residual features on the full image (training-free)
     t = time.perf_counter()
-    x = np.stack([_weighted_residual(res, valid, d.patch_scores) for (res, valid), d in
-                  zip(det.residual_features(defect_images), det.iter_score(defect_images))])
+    x = np.stack(
+        [
+            _weighted_residual(res, valid, d.patch_scores)
+            for (res, valid), d in zip(
+                det.residual_features(defect_images), det.iter_score(defect_images)
+            )
+        ]
+    )
     lab, k = _kmeans_labels(x, clusters, config)
     yield "k-means: anomaly-weighted residuals", lab, k, time.perf_counter() - t
 
@@ -480,14 +562,17 @@ class _Subset(Sequence[np.ndarray]):
 def _image_means(analysis, image_index: Sequence[int]) -> np.ndarray:
     """Per image: sqrt(area)-weighted mean of its regions' unit mean-token descriptors; an
     image without regions (judged normal) uses its peak region."""
+
     def unit(tokens) -> np.ndarray:
         desc = tokens.tokens.mean(axis=1)
         return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
 
     row = {img: j for j, img in enumerate(image_index)}
     out = np.zeros((len(image_index), analysis.tokens.tokens.shape[2]), np.float32)
-    for records, tokens in ((analysis.regions, analysis.tokens),
-                            (analysis.peaks, analysis.peak_tokens)):
+    for records, tokens in (
+        (analysis.regions, analysis.tokens),
+        (analysis.peaks, analysis.peak_tokens),
+    ):
         if not records or tokens is None:
             continue
         vecs = unit(tokens)
@@ -497,8 +582,7 @@ def _image_means(analysis, image_index: Sequence[int]) -> np.ndarray:
     return out + 1e-6
 
 
-def _weighted_residual(residual: np.ndarray, valid: np.ndarray, grid_map: np.ndarray
-                       ) -> np.ndarray:
+def _weighted_residual(residual: np.ndarray, valid: np.ndarray, grid_map: np.ndarray) -> np.ndarray:
     """Softmax of the standardised anomaly map (the detector's patch scores, on the same
     grid as the residuals) as pooling weights over the patch residuals."""
     values = grid_map[valid]
@@ -509,14 +593,20 @@ def _weighted_residual(residual: np.ndarray, valid: np.ndarray, grid_map: np.nda
 
 
 DISCOVER_COLUMNS = [
-    Column("K", "k_found", ".0f"), Column("K auto", "k_auto", ".0f"),
-    Column("NMI typed", "typed_nmi"), Column("ARI typed", "typed_ari"),
-    Column("acc typed", "typed_accuracy"), Column("F1 typed", "typed_macro_f1"),
-    Column("NMI product", "product_nmi"), Column("ARI product", "product_ari"),
-    Column("acc product", "product_accuracy"), Column("F1 product", "product_macro_f1"),
+    Column("K", "k_found", ".0f"),
+    Column("K auto", "k_auto", ".0f"),
+    Column("NMI typed", "typed_nmi"),
+    Column("ARI typed", "typed_ari"),
+    Column("acc typed", "typed_accuracy"),
+    Column("F1 typed", "typed_macro_f1"),
+    Column("NMI product", "product_nmi"),
+    Column("ARI product", "product_ari"),
+    Column("acc product", "product_accuracy"),
+    Column("F1 product", "product_macro_f1"),
     Column("best k-means NMI typed", "baseline_typed_nmi"),
     Column("best k-means NMI product", "baseline_product_nmi"),
-    Column("recall", "detection_recall"), Column("FAR", "false_alarm_rate"),
+    Column("recall", "detection_recall"),
+    Column("FAR", "false_alarm_rate"),
     Column("seconds", "seconds", ".0f"),
 ]
 
@@ -529,7 +619,6 @@ def discover_row(res: EvalDiscoverResult) -> dict[str, object]:
         row["k_found"] = full.k_found
         for key in ("nmi", "ari", "accuracy", "macro_f1"):
             row[f"{protocol}_{key}"] = getattr(full, key)
-        others = [m.nmi for m in res.methods
-                  if m.method != FULL_METHOD and m.protocol == protocol]
+        others = [m.nmi for m in res.methods if m.method != FULL_METHOD and m.protocol == protocol]
         row[f"baseline_{protocol}_nmi"] = max(others) if others else float("nan")
     return row

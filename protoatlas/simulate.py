@@ -61,8 +61,9 @@ class Reply(NamedTuple):
 class Oracle:
     """Answers only the question asked, from the true labels of the images it shows."""
 
-    def __init__(self, labels: dict[str, str], purity: float = 0.8,
-                 names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, labels: dict[str, str], purity: float = 0.8, names: Sequence[str] | None = None
+    ) -> None:
         self._labels = labels
         self.purity = purity
         self.questions = 0
@@ -95,8 +96,7 @@ class Oracle:
             if label is None or label == "good":
                 return Reply("no")
             shown = view.shown_members(int(target["type_id"]))
-            odd = tuple(rid for rid, image in shown
-                        if self._label_of(image) not in (None, label))
+            odd = tuple(rid for rid, image in shown if self._label_of(image) not in (None, label))
             if share >= self.purity:
                 return Reply("yes", label, odd)
             return Reply("no", None, odd)
@@ -170,13 +170,18 @@ class ReviewerView:
 
     def shown_members(self, type_id: int) -> list[tuple[int, str]]:
         """(region id, image name) of the members an "is it one type?" question shows."""
-        return [(m.region_id, self.image_names[m.image_id])
-                for m in self.service.question_members(type_id)]
+        return [
+            (m.region_id, self.image_names[m.image_id])
+            for m in self.service.question_members(type_id)
+        ]
 
     def region_images(self, region_ids: Sequence[int]) -> list[str]:
         pos = {int(r): i for i, r in enumerate(self._table.region_ids)}
-        return [self.image_names[int(self._table.image_ids[pos[int(r)]])]
-                for r in region_ids if int(r) in pos]
+        return [
+            self.image_names[int(self._table.image_ids[pos[int(r)]])]
+            for r in region_ids
+            if int(r) in pos
+        ]
 
 
 @dataclass
@@ -189,16 +194,23 @@ class StepScores:
     n_types: int
 
     def row(self) -> dict[str, object]:
-        return {"step": self.step, "actions": self.actions, "nmi": f"{self.nmi:.4f}",
-                "ari": f"{self.ari:.4f}", "f1": f"{self.f1:.4f}", "n_types": self.n_types}
+        return {
+            "step": self.step,
+            "actions": self.actions,
+            "nmi": f"{self.nmi:.4f}",
+            "ari": f"{self.ari:.4f}",
+            "f1": f"{self.f1:.4f}",
+            "n_types": self.n_types,
+        }
 
 
 def image_types(service: WorkspaceService) -> dict[int, int]:
     """Image id -> type id by the weighted vote of its typed regions (area x score)."""
     table = region_table(service.ws)
     votes: dict[int, dict[int, float]] = {}
-    for img, tid, normal, area, score in zip(table.image_ids, table.type_ids,
-                                             table.is_normal, table.area, table.score):
+    for img, tid, normal, area, score in zip(
+        table.image_ids, table.type_ids, table.is_normal, table.area, table.score
+    ):
         if tid < 0 or normal:
             continue
         w = float(np.sqrt(max(area, 1.0)) * (score if np.isfinite(score) else 1.0))
@@ -208,8 +220,13 @@ def image_types(service: WorkspaceService) -> dict[int, int]:
     return {img: max(c, key=c.__getitem__) for img, c in votes.items()}
 
 
-def score_state(service: WorkspaceService, labels: dict[str, str],
-                image_ids: dict[str, int], step: int, actions: int) -> StepScores:
+def score_state(
+    service: WorkspaceService,
+    labels: dict[str, str],
+    image_ids: dict[str, int],
+    step: int,
+    actions: int,
+) -> StepScores:
     """Metrics of the image-level types on the labelled anomalous images."""
     types = image_types(service)
     truth, pred = [], []
@@ -222,16 +239,26 @@ def score_state(service: WorkspaceService, labels: dict[str, str],
     if not truth:
         raise ValueError("no anomalous image of the batch has a label in the labels file")
     m = metrics.cluster_metrics(truth, pred)
-    live = {t.id for t in service.ws.list_types()
-            if t.status in ("proposed", "confirmed") and t.n_regions > 0}
+    live = {
+        t.id
+        for t in service.ws.list_types()
+        if t.status in ("proposed", "confirmed") and t.n_regions > 0
+    }
     return StepScores(step, actions, m.nmi, m.ari, m.macro_f1, len(live))
 
 
-def simulate(normals: str | os.PathLike, images: str | os.PathLike,
-             labels_path: str | os.PathLike, config: ProtoAtlasConfig, *, budget: int,
-             strategy: str = "ranked", clusters: int | str = "auto",
-             home: str | os.PathLike | None = None, progress: bool = False
-             ) -> list[StepScores]:
+def simulate(
+    normals: str | os.PathLike,
+    images: str | os.PathLike,
+    labels_path: str | os.PathLike,
+    config: ProtoAtlasConfig,
+    *,
+    budget: int,
+    strategy: str = "ranked",
+    clusters: int | str = "auto",
+    home: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> list[StepScores]:
     """Run discovery then ``budget`` answered questions; one :class:`StepScores` per step
     (step 0 = the unsupervised start)."""
     if strategy not in ("ranked", "random"):
@@ -242,7 +269,8 @@ def simulate(normals: str | os.PathLike, images: str | os.PathLike,
             f"{labels_path}: none of its {len(keys)} image names matches an image of "
             f"{images} (for example {keys[0] if keys else 'none'!r} against "
             f"{listed[0].name if listed else 'no image'!r}); name the images by their path "
-            "relative to the images folder, e.g. 'crack/000.png'")
+            "relative to the images folder, e.g. 'crack/000.png'"
+        )
     labels = read_labels(labels_path)
     tmp = None
     if home is None:
@@ -267,8 +295,9 @@ def simulate(normals: str | os.PathLike, images: str | os.PathLike,
                 view.refresh()
                 reply = oracle.answer(q.kind, q.target, view)
                 try:
-                    service.answer_suggestion(q.id, reply.answer, actor="oracle",
-                                              name=reply.name, regions=reply.regions)
+                    service.answer_suggestion(
+                        q.id, reply.answer, actor="oracle", name=reply.name, regions=reply.regions
+                    )
                     actions += 1
                 except ValueError:
                     service.ws.answer_suggestion(q.id, None, actor="oracle", skip=True)
@@ -276,8 +305,10 @@ def simulate(normals: str | os.PathLike, images: str | os.PathLike,
             curve.append(score_state(service, labels, image_ids, step, actions))
             if progress:
                 c = curve[-1]
-                print(f"step {step}: ARI {c.ari:.3f} NMI {c.nmi:.3f} F1 {c.f1:.3f} "
-                      f"types {c.n_types}", flush=True)
+                print(
+                    f"step {step}: ARI {c.ari:.3f} NMI {c.nmi:.3f} F1 {c.f1:.3f} types {c.n_types}",
+                    flush=True,
+                )
         return curve
     finally:
         service.close()
@@ -286,8 +317,9 @@ def simulate(normals: str | os.PathLike, images: str | os.PathLike,
 
 
 def _image_names(service: WorkspaceService) -> dict[int, str]:
-    return {img: name for b in service.ws.batches()
-            for img, name, _, _ in service.ws.batch_images(b.id)}
+    return {
+        img: name for b in service.ws.batches() for img, name, _, _ in service.ws.batch_images(b.id)
+    }
 
 
 def write_curve(path: str | os.PathLike, curve: Sequence[StepScores]) -> Path:

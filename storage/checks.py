@@ -18,8 +18,9 @@ from storage.models import AssignmentsIn, ModelVersionIn, NewType, PrototypeIn
 
 def check_actor(actor: str) -> str:
     if not isinstance(actor, str) or not actor.strip() or len(actor) > 100:
-        raise ValidationError(f"actor must be a non-empty name of at most 100 characters, "
-                              f"got {actor!r}")
+        raise ValidationError(
+            f"actor must be a non-empty name of at most 100 characters, got {actor!r}"
+        )
     return actor.strip()
 
 
@@ -53,16 +54,19 @@ def check_model(model: ModelVersionIn | int | None) -> None:
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"model metrics must be JSON-serialisable: {exc}") from None
     elif model is not None and not isinstance(model, (int, np.integer)):
-        raise ValidationError("model must be a ModelVersionIn, an existing model version id "
-                              "or None")
+        raise ValidationError(
+            "model must be a ModelVersionIn, an existing model version id or None"
+        )
 
 
 def check_prototypes(prototypes: Sequence[PrototypeIn], dim: int | None) -> int | None:
     for p in prototypes:
         v = np.asarray(p.vector, dtype=np.float32)
         if v.ndim != 1 or (dim is not None and v.shape[0] != dim):
-            raise ValidationError(f"prototype of type {p.type!r} has shape {v.shape}, "
-                                  f"expected ({dim if dim is not None else 'd'},)")
+            raise ValidationError(
+                f"prototype of type {p.type!r} has shape {v.shape}, "
+                f"expected ({dim if dim is not None else 'd'},)"
+            )
         if not np.isfinite(v).all():
             raise ValidationError(f"prototype of type {p.type!r} contains NaN or inf")
         if p.type is None or int(p.n_members) < 0:
@@ -71,23 +75,26 @@ def check_prototypes(prototypes: Sequence[PrototypeIn], dim: int | None) -> int 
     return dim
 
 
-def check_assignments(a: AssignmentsIn, n_regions: int | None, what: str
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def check_assignments(
+    a: AssignmentsIn, n_regions: int | None, what: str
+) -> tuple[np.ndarray, np.ndarray]:
     regions = np.asarray(a.regions, dtype=np.int64).reshape(-1)
     conf = np.asarray(a.confidence, dtype=np.float64).reshape(-1)
     if len(a.types) != len(regions) or len(conf) != len(regions):
-        raise ValidationError(f"assignments: regions, types and confidence differ in length "
-                              f"({len(regions)}, {len(a.types)}, {len(conf)})")
+        raise ValidationError(
+            f"assignments: regions, types and confidence differ in length "
+            f"({len(regions)}, {len(a.types)}, {len(conf)})"
+        )
     if len(np.unique(regions)) != len(regions):
         raise ValidationError(f"assignments name a {what} twice")
-    if n_regions is not None and len(regions) and (regions.min() < 0
-                                                   or regions.max() >= n_regions):
+    if n_regions is not None and len(regions) and (regions.min() < 0 or regions.max() >= n_regions):
         raise ValidationError(f"assignments refer to region index outside 0..{n_regions - 1}")
     if not np.isfinite(conf).all() or (conf < 0).any() or (conf > 1).any():
         raise ValidationError("assignment confidence must be finite and in [0, 1]")
     if a.is_normal is not None and np.shape(a.is_normal) != (len(regions),):
-        raise ValidationError(f"assignments: is_normal has {np.size(a.is_normal)} entries for "
-                              f"{len(regions)} regions")
+        raise ValidationError(
+            f"assignments: is_normal has {np.size(a.is_normal)} entries for {len(regions)} regions"
+        )
     return regions, conf
 
 

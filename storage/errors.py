@@ -21,8 +21,14 @@ class NotFoundError(StorageError, LookupError):
 class ConflictError(StorageError):
     """Optimistic concurrency: a type changed since the caller read it; nothing was applied."""
 
-    def __init__(self, message: str, *, type_id: int | None = None,
-                 expected: int | None = None, actual: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        type_id: int | None = None,
+        expected: int | None = None,
+        actual: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.type_id = type_id
         self.expected = expected

@@ -79,9 +79,12 @@ def _quoted(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def export_assignments(ws: "Workspace", path: str | os.PathLike[str],
-                       fmt: Literal["csv", "parquet"] = "csv",
-                       level: Literal["region", "image"] = "region") -> Path:
+def export_assignments(
+    ws: "Workspace",
+    path: str | os.PathLike[str],
+    fmt: Literal["csv", "parquet"] = "csv",
+    level: Literal["region", "image"] = "region",
+) -> Path:
     """One row per region (or per batch image, ``level='image'``) via DuckDB COPY."""
     if fmt not in ("csv", "parquet"):
         raise ValidationError(f"format must be 'csv' or 'parquet', not {fmt!r}")
@@ -95,8 +98,7 @@ def export_assignments(ws: "Workspace", path: str | os.PathLike[str],
     return out
 
 
-def export_coco(ws: "Workspace", path: str | os.PathLike[str],
-                batch_id: int | None = None) -> Path:
+def export_coco(ws: "Workspace", path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
     """COCO detection/segmentation JSON; categories are the confirmed types only.
 
     One COCO image per batch membership (``file_name`` = the name in the upload, plus
@@ -105,17 +107,21 @@ def export_coco(ws: "Workspace", path: str | os.PathLike[str],
     """
     out = _target(path)
     with ws.read() as cur:
-        if batch_id is not None and fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?",
-                                                [batch_id]) == 0:
+        if (
+            batch_id is not None
+            and fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?", [batch_id]) == 0
+        ):
             raise NotFoundError(f"no batch with id {batch_id}")
         imgs = cur.execute(
             """SELECT bi.batch_id, bi.image_id, bi.name, b.name, i.width, i.height, i.sha256
                FROM batch_images bi JOIN batches b ON b.id = bi.batch_id
                JOIN images i ON i.id = bi.image_id
                WHERE ? IS NULL OR bi.batch_id = ? ORDER BY bi.batch_id, bi.name""",
-            [batch_id, batch_id]).fetchall()
-        cats = cur.execute("SELECT id, name FROM types WHERE status = 'confirmed' "
-                           "ORDER BY id").fetchall()
+            [batch_id, batch_id],
+        ).fetchall()
+        cats = cur.execute(
+            "SELECT id, name FROM types WHERE status = 'confirmed' ORDER BY id"
+        ).fetchall()
         anns = cur.execute(
             """SELECT r.id, r.batch_id, r.image_id, a.type_id, r.box_top, r.box_left,
                       r.box_bottom, r.box_right, r.area, r.mask, a.confidence, a.source
@@ -123,45 +129,71 @@ def export_coco(ws: "Workspace", path: str | os.PathLike[str],
                JOIN types t ON t.id = a.type_id
                WHERE t.status = 'confirmed' AND NOT a.is_normal
                  AND (? IS NULL OR r.batch_id = ?)
-               ORDER BY r.id""", [batch_id, batch_id]).fetchall()
+               ORDER BY r.id""",
+            [batch_id, batch_id],
+        ).fetchall()
     coco_id = {}
     images = []
     for k, (b, i, name, bname, w, h, sha) in enumerate(imgs, start=1):
         coco_id[(b, i)] = k
-        images.append({"id": k, "file_name": name, "width": w, "height": h,
-                       "batch": bname, "sha256": sha})
+        images.append(
+            {"id": k, "file_name": name, "width": w, "height": h, "batch": bname, "sha256": sha}
+        )
     annotations = []
     for rid, b, i, tid, top, left, bottom, right, area, mask, conf, source in anns:
-        ann = {"id": rid, "image_id": coco_id[(b, i)], "category_id": tid,
-               "bbox": [left, top, right - left, bottom - top], "area": area, "iscrowd": 0,
-               "protoatlas_confidence": conf, "protoatlas_source": source}
+        ann = {
+            "id": rid,
+            "image_id": coco_id[(b, i)],
+            "category_id": tid,
+            "bbox": [left, top, right - left, bottom - top],
+            "area": area,
+            "iscrowd": 0,
+            "protoatlas_confidence": conf,
+            "protoatlas_source": source,
+        }
         if mask:
             ann["segmentation"] = rle_from_json(mask)
         annotations.append(ann)
-    doc = {"info": {"description": f"ProtoAtlas workspace {ws.name}"},
-           "images": images,
-           "categories": [{"id": t, "name": n, "supercategory": "defect"} for t, n in cats],
-           "annotations": annotations}
+    doc = {
+        "info": {"description": f"ProtoAtlas workspace {ws.name}"},
+        "images": images,
+        "categories": [{"id": t, "name": n, "supercategory": "defect"} for t, n in cats],
+        "annotations": annotations,
+    }
     out.write_text(json.dumps(doc))
     return out
 
 
-def export_audit(ws: "Workspace", path: str | os.PathLike[str],
-                 fmt: Literal["csv", "json"] = "json") -> Path:
+def export_audit(
+    ws: "Workspace", path: str | os.PathLike[str], fmt: Literal["csv", "json"] = "json"
+) -> Path:
     """The whole audit log, oldest first, with its hash chain (JSON array or CSV)."""
     if fmt not in ("csv", "json"):
         raise ValidationError(f"format must be 'csv' or 'json', not {fmt!r}")
     out = _target(path)
-    query = ("SELECT seq, ts, actor, action, target, type_ids, before, after, prev_hash, hash "
-             "FROM audit_log ORDER BY seq")
+    query = (
+        "SELECT seq, ts, actor, action, target, type_ids, before, after, prev_hash, hash "
+        "FROM audit_log ORDER BY seq"
+    )
     with ws.read() as cur:
         if fmt == "csv":
             cur.execute(f"COPY ({query}) TO {_quoted(out)} (FORMAT csv, HEADER true)")
             return out
         rows = cur.execute(query).fetchall()
-    entries = [{"seq": r[0], "ts": r[1].isoformat(), "actor": r[2], "action": r[3],
-                "target": json.loads(r[4]), "type_ids": list(r[5]),
-                "before": json.loads(r[6]), "after": json.loads(r[7]),
-                "prev_hash": r[8], "hash": r[9]} for r in rows]
+    entries = [
+        {
+            "seq": r[0],
+            "ts": r[1].isoformat(),
+            "actor": r[2],
+            "action": r[3],
+            "target": json.loads(r[4]),
+            "type_ids": list(r[5]),
+            "before": json.loads(r[6]),
+            "after": json.loads(r[7]),
+            "prev_hash": r[8],
+            "hash": r[9],
+        }
+        for r in rows
+    ]
     out.write_text(json.dumps(entries, indent=1))
     return out

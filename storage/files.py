@@ -56,8 +56,9 @@ class ContentStore:
         sha, _ = parse_ref(ref)
         return self.root / sha[:2] / ref
 
-    def put(self, data: bytes, ext: str, sha: str | None = None, *,
-            trust_sha: bool = False) -> tuple[str, bool]:
+    def put(
+        self, data: bytes, ext: str, sha: str | None = None, *, trust_sha: bool = False
+    ) -> tuple[str, bool]:
         """Store ``data``; returns (ref, whether a new file was written).
 
         ``sha`` is verified unless ``trust_sha`` (the caller has just hashed the bytes).
@@ -89,7 +90,7 @@ class ContentStore:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         os.replace(tmp, final)
@@ -112,8 +113,11 @@ class ContentStore:
         out = []
         for path in self.iter_files():
             name = path.name
-            if name in referenced and path.parent.name == name[:2] \
-                    and path.parent.parent == self.root:
+            if (
+                name in referenced
+                and path.parent.name == name[:2]
+                and path.parent.parent == self.root
+            ):
                 continue
             out.append(path)
         return out

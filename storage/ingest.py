@@ -65,30 +65,38 @@ def vector_sql(dim: int) -> str:
 
 
 def vector_columns(mat: np.ndarray) -> dict[str, np.ndarray]:
-    return {f"v{i}": np.ascontiguousarray(mat[:, i], dtype=np.float32)
-            for i in range(mat.shape[1])}
+    return {f"v{i}": np.ascontiguousarray(mat[:, i], dtype=np.float32) for i in range(mat.shape[1])}
 
 
-def insert_embeddings(con: Con, region_ids: np.ndarray, mat: np.ndarray, model_version: int,
-                      chunk: int, progress: Progress | None) -> None:
+def insert_embeddings(
+    con: Con,
+    region_ids: np.ndarray,
+    mat: np.ndarray,
+    model_version: int,
+    chunk: int,
+    progress: Progress | None,
+) -> None:
     dim = mat.shape[1]
     select = vector_sql(dim)
     for start in range(0, len(region_ids), chunk):
         stop = min(start + chunk, len(region_ids))
         cols = vector_columns(mat[start:stop])
         cols["rid"] = region_ids[start:stop]
-        insert_from(con, f"INSERT INTO embeddings SELECT rid, {int(model_version)}, {select} "
-                         "FROM _src", cols)
+        insert_from(
+            con,
+            f"INSERT INTO embeddings SELECT rid, {int(model_version)}, {select} FROM _src",
+            cols,
+        )
         if progress:
             progress("embeddings", stop, len(region_ids))
 
 
-def insert_model_version(con: Con, model: ModelVersionIn | int, blob_ref: str | None,
-                         now: Any) -> int:
+def insert_model_version(
+    con: Con, model: ModelVersionIn | int, blob_ref: str | None, now: Any
+) -> int:
     """The id of an existing model version, or of the new row ``model`` is stored as."""
     if isinstance(model, (int, np.integer)):
-        if fetch_value(con, "SELECT count(*) FROM model_versions WHERE id = ?",
-                       [int(model)]) == 0:
+        if fetch_value(con, "SELECT count(*) FROM model_versions WHERE id = ?", [int(model)]) == 0:
             raise NotFoundError(f"no model version {int(model)}")
         return int(model)
     parent = model.parent
@@ -97,8 +105,10 @@ def insert_model_version(con: Con, model: ModelVersionIn | int, blob_ref: str | 
     elif fetch_value(con, "SELECT count(*) FROM model_versions WHERE id = ?", [parent]) == 0:
         raise NotFoundError(f"parent model version {parent} does not exist")
     mv = next_id(con, "model_versions")
-    con.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
-                [mv, parent, model.kind, now, blob_ref, audit.canonical(dict(model.metrics))])
+    con.execute(
+        "INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
+        [mv, parent, model.kind, now, blob_ref, audit.canonical(dict(model.metrics))],
+    )
     return mv
 
 
@@ -118,38 +128,59 @@ def _bump_type_versions(con: Con, type_ids: Iterable[int], now: object) -> dict[
     return before
 
 
-def _record_type_changes(con: Con, *, actor: str, action: str, target: Mapping[str, Any],
-                         touched: set[int], created: set[int], now: object,
-                         restated: set[int] | None = None) -> None:
+def _record_type_changes(
+    con: Con,
+    *,
+    actor: str,
+    action: str,
+    target: Mapping[str, Any],
+    touched: set[int],
+    created: set[int],
+    now: object,
+    restated: set[int] | None = None,
+) -> None:
     """Last step of a model-side write: bump the versions of the existing types it touched,
     refresh the summary of those, the new ones and ``restated``, append the audit row."""
     before_types = _bump_type_versions(con, touched - created, now)
     summary.refresh(con, touched | created | (restated or set()))
     all_ids = sorted(touched | created)
     audit.append_raw(
-        con, actor=actor, action=action, target=target, type_ids=all_ids,
+        con,
+        actor=actor,
+        action=action,
+        target=target,
+        type_ids=all_ids,
         before={"types": {**before_types, **{str(t): None for t in created}}},
-        after={"types": audit.snapshot_types(con, all_ids)})
+        after={"types": audit.snapshot_types(con, all_ids)},
+    )
 
 
-def insert_prototypes(con: Con, prototypes: Sequence[PrototypeIn], mv: int,
-                      new_ids: Mapping[str, int]) -> list[int]:
+def insert_prototypes(
+    con: Con, prototypes: Sequence[PrototypeIn], mv: int, new_ids: Mapping[str, int]
+) -> list[int]:
     if not prototypes:
         return []
     # A prototype describes the model's cluster: it stays on the type it names, merged or not.
     ids = resolve_refs(con, [p.type for p in prototypes], new_ids, follow=False)
     if len(set(ids.tolist())) != len(ids):
         raise ValidationError("two prototypes refer to the same type")
-    clash = fetch_one(con, "SELECT min(type_id) FROM prototypes WHERE model_version = ? AND "
-                           "type_id IN (SELECT unnest(?::BIGINT[]))", [mv, ids.tolist()])
+    clash = fetch_one(
+        con,
+        "SELECT min(type_id) FROM prototypes WHERE model_version = ? AND "
+        "type_id IN (SELECT unnest(?::BIGINT[]))",
+        [mv, ids.tolist()],
+    )
     if clash[0] is not None:
         raise ValidationError(f"model version {mv} already has a prototype for type {clash[0]}")
     mat = np.stack([np.asarray(p.vector, dtype=np.float32) for p in prototypes])
     cols = vector_columns(mat)
     cols["tid"] = ids
     cols["n"] = np.array([int(p.n_members) for p in prototypes], dtype=np.int64)
-    insert_from(con, f"INSERT INTO prototypes SELECT {int(mv)}, tid, {vector_sql(mat.shape[1])}, "
-                     "n FROM _src", cols)
+    insert_from(
+        con,
+        f"INSERT INTO prototypes SELECT {int(mv)}, tid, {vector_sql(mat.shape[1])}, n FROM _src",
+        cols,
+    )
     return ids.tolist()
 
 
@@ -216,8 +247,9 @@ def _image_bytes(img: ImageIn) -> bytes:
     try:
         return Path(img.path).read_bytes()
     except OSError as exc:
-        raise ValidationError(f"image {img.name!r}: cannot read {img.path}: "
-                              f"{exc.strerror or exc}") from None
+        raise ValidationError(
+            f"image {img.name!r}: cannot read {img.path}: {exc.strerror or exc}"
+        ) from None
 
 
 def _mask_text(mask: Any, h: int, w: int, i: int) -> tuple[str | None, int | None]:
@@ -226,14 +258,16 @@ def _mask_text(mask: Any, h: int, w: int, i: int) -> tuple[str | None, int | Non
         return None, None
     if isinstance(mask, np.ndarray):
         if mask.shape != (h, w):
-            raise ValidationError(f"region {i}: mask shape {mask.shape} is not its image's "
-                                  f"({h}, {w})")
+            raise ValidationError(
+                f"region {i}: mask shape {mask.shape} is not its image's ({h}, {w})"
+            )
         return encode_rle_text(mask)
     rle = rle_from_json(mask) if isinstance(mask, str) else mask
     text = rle_to_json(rle)
     if [int(v) for v in rle["size"]] != [h, w]:
-        raise ValidationError(f"region {i}: mask size {list(rle['size'])} is not its image's "
-                              f"[{h}, {w}]")
+        raise ValidationError(
+            f"region {i}: mask size {list(rle['size'])} is not its image's [{h}, {w}]"
+        )
     return text, int(sum(rle["counts"][1::2]))
 
 
@@ -279,22 +313,28 @@ def _check_regions(regions: RegionsIn, images: _Images) -> _Regions:
     """Image indices, boxes (inside their image), scores, masks and areas of the regions."""
     n = len(regions)
     img_idx = np.asarray(regions.image, dtype=np.int64).reshape(-1)
-    boxes = np.asarray(regions.boxes, dtype=np.int64).reshape(n, 4) if n else \
-        np.zeros((0, 4), np.int64)
+    boxes = (
+        np.asarray(regions.boxes, dtype=np.int64).reshape(n, 4) if n else np.zeros((0, 4), np.int64)
+    )
     if len(img_idx) and (img_idx.min() < 0 or img_idx.max() >= len(images.items)):
-        raise ValidationError(f"a region refers to image index outside "
-                              f"0..{len(images.items) - 1}")
+        raise ValidationError(f"a region refers to image index outside 0..{len(images.items) - 1}")
     h_r, w_r = images.heights[img_idx], images.widths[img_idx]
     top, left, bottom, right = boxes.T
-    bad = np.flatnonzero((top < 0) | (left < 0) | (bottom > h_r) | (right > w_r)
-                         | (bottom <= top) | (right <= left))
+    bad = np.flatnonzero(
+        (top < 0) | (left < 0) | (bottom > h_r) | (right > w_r) | (bottom <= top) | (right <= left)
+    )
     if len(bad):
         i = int(bad[0])
-        raise ValidationError(f"region {i}: box (top, left, bottom, right) = "
-                              f"{tuple(int(v) for v in boxes[i])} is empty or outside its "
-                              f"{int(w_r[i])}x{int(h_r[i])} image {images.names[img_idx[i]]!r}")
-    scores = (np.full(n, np.nan) if regions.anomaly_score is None
-              else np.asarray(regions.anomaly_score, dtype=np.float64).reshape(-1))
+        raise ValidationError(
+            f"region {i}: box (top, left, bottom, right) = "
+            f"{tuple(int(v) for v in boxes[i])} is empty or outside its "
+            f"{int(w_r[i])}x{int(h_r[i])} image {images.names[img_idx[i]]!r}"
+        )
+    scores = (
+        np.full(n, np.nan)
+        if regions.anomaly_score is None
+        else np.asarray(regions.anomaly_score, dtype=np.float64).reshape(-1)
+    )
     if len(scores) != n:
         raise ValidationError(f"anomaly_score has {len(scores)} values for {n} regions")
     mask_text, mask_area = _check_masks(regions.masks, n, h_r, w_r)
@@ -307,8 +347,9 @@ def _check_regions(regions: RegionsIn, images: _Images) -> _Regions:
     return _Regions(n, img_idx, top, left, bottom, right, area, scores, mask_text)
 
 
-def _check_masks(masks: Sequence[Any] | None, n: int, h_r: np.ndarray, w_r: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _check_masks(
+    masks: Sequence[Any] | None, n: int, h_r: np.ndarray, w_r: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(RLE JSON text or None, area or -1) of each region's mask."""
     if masks is not None and len(masks) != n:
         raise ValidationError(f"masks has {len(masks)} entries for {n} regions")
@@ -336,16 +377,21 @@ def _check_model_outputs(batch: BatchIngest, embeddings: Any, n: int) -> _ModelO
     assignments = None
     if batch.assignments is not None:
         assignments = check_assignments(batch.assignments, n, "region index")
-    check_new_types(batch.new_types, [p.type for p in batch.prototypes]
-                    + (list(batch.assignments.types) if batch.assignments is not None else []))
+    check_new_types(
+        batch.new_types,
+        [p.type for p in batch.prototypes]
+        + (list(batch.assignments.types) if batch.assignments is not None else []),
+    )
     return _ModelOutputs(emb, dim, assignments)
 
 
 def _check_maps(images: _Images) -> None:
     for im, m in zip(images.items, images.maps):
         if m is not None and not map_fits_image(np.shape(m), im.height, im.width):
-            raise ValidationError(f"image {im.name!r}: anomaly map shape {np.shape(m)} does "
-                                  f"not have the aspect of the {im.width}x{im.height} image")
+            raise ValidationError(
+                f"image {im.name!r}: anomaly map shape {np.shape(m)} does "
+                f"not have the aspect of the {im.width}x{im.height} image"
+            )
 
 
 def _hash_images(batch_name: str, images: Sequence[ImageIn]) -> list[str]:
@@ -356,18 +402,22 @@ def _hash_images(batch_name: str, images: Sequence[ImageIn]) -> list[str]:
         data = _image_bytes(im)
         sha = hashlib.sha256(data).hexdigest()
         if im.sha256 is not None and im.sha256.lower() != sha:
-            raise ValidationError(f"image {im.name!r}: sha256 given as {im.sha256} but the "
-                                  f"bytes hash to {sha}")
+            raise ValidationError(
+                f"image {im.name!r}: sha256 given as {im.sha256} but the bytes hash to {sha}"
+            )
         if sha in first_name:
-            raise ValidationError(f"images {first_name[sha]!r} and {im.name!r} of batch "
-                                  f"{batch_name!r} have identical content; keep one of them")
+            raise ValidationError(
+                f"images {first_name[sha]!r} and {im.name!r} of batch "
+                f"{batch_name!r} have identical content; keep one of them"
+            )
         first_name[sha] = im.name
         shas.append(sha)
     return shas
 
 
-def ingest_batch(ws: "Workspace", batch: BatchIngest, *, actor: str = "model",
-                 progress: Progress | None = None) -> int:
+def ingest_batch(
+    ws: "Workspace", batch: BatchIngest, *, actor: str = "model", progress: Progress | None = None
+) -> int:
     """See :meth:`storage.workspace.Workspace.ingest_batch`; returns the new batch id."""
     actor = check_actor(actor)
     params_text = _check_batch_header(batch)
@@ -413,12 +463,17 @@ class _Files:
     model_ref: str | None = None
 
 
-def _write_batch_files(ws: "Workspace", batch: BatchIngest, images: _Images,
-                       progress: Progress | None) -> _Files:
+def _write_batch_files(
+    ws: "Workspace", batch: BatchIngest, images: _Images, progress: Progress | None
+) -> _Files:
     """Images, anomaly maps and the model blob (content-addressed, idempotent), synced."""
     count = len(images.items)
-    files = _Files(n_bytes=np.zeros(count, dtype=np.int64), map_refs=[],
-                   map_lo=np.full(count, np.nan), map_hi=np.full(count, np.nan))
+    files = _Files(
+        n_bytes=np.zeros(count, dtype=np.int64),
+        map_refs=[],
+        map_lo=np.full(count, np.nan),
+        map_hi=np.full(count, np.nan),
+    )
     wrote = False
     for i, im in enumerate(images.items):
         data = _image_bytes(im)
@@ -444,14 +499,16 @@ def _write_batch_files(ws: "Workspace", batch: BatchIngest, images: _Images,
     return files
 
 
-def _insert_images(con: Con, images: _Images, files: _Files, now: object
-                   ) -> tuple[np.ndarray, int]:
+def _insert_images(con: Con, images: _Images, files: _Files, now: object) -> tuple[np.ndarray, int]:
     """(image id of each batch image, number of new ones): rows of content seen before are
     reused, the others inserted."""
     sha_arr = np.array(images.shas, dtype=object)
     with registered(con, "_shas", {"sha": sha_arr}):
-        known = dict(con.execute("SELECT i.sha256, i.id FROM images i "
-                                 "JOIN _shas s ON s.sha = i.sha256").fetchall())
+        known = dict(
+            con.execute(
+                "SELECT i.sha256, i.id FROM images i JOIN _shas s ON s.sha = i.sha256"
+            ).fetchall()
+        )
     new_idx = [i for i, s in enumerate(images.shas) if s not in known]
     first = next_id(con, "images")
     image_ids = np.empty(len(images.items), dtype=np.int64)
@@ -461,75 +518,133 @@ def _insert_images(con: Con, images: _Images, files: _Files, now: object
         image_ids[i] = known[s]
     if new_idx:
         sel = np.array(new_idx, dtype=np.int64)
-        insert_from(con, "INSERT INTO images SELECT id, sha, ext, w, h, nb, ? FROM _src", {
-            "id": image_ids[sel], "sha": sha_arr[sel],
-            "ext": np.array(images.exts, dtype=object)[sel], "w": images.widths[sel],
-            "h": images.heights[sel], "nb": files.n_bytes[sel]}, [now])
+        insert_from(
+            con,
+            "INSERT INTO images SELECT id, sha, ext, w, h, nb, ? FROM _src",
+            {
+                "id": image_ids[sel],
+                "sha": sha_arr[sel],
+                "ext": np.array(images.exts, dtype=object)[sel],
+                "w": images.widths[sel],
+                "h": images.heights[sel],
+                "nb": files.n_bytes[sel],
+            },
+            [now],
+        )
     return image_ids, len(new_idx)
 
 
-def _insert_batch_images(con: Con, batch_id: int, images: _Images, image_ids: np.ndarray,
-                         files: _Files) -> None:
+def _insert_batch_images(
+    con: Con, batch_id: int, images: _Images, image_ids: np.ndarray, files: _Files
+) -> None:
     """The batch's membership rows: name, score, anomaly flag and map of each image."""
-    anomalous = np.array([-1 if im.is_anomalous is None else int(bool(im.is_anomalous))
-                          for im in images.items], dtype=np.int8)
-    img_scores = np.array([np.nan if im.anomaly_score is None else float(im.anomaly_score)
-                           for im in images.items], dtype=np.float64)
-    insert_from(con, f"""INSERT INTO batch_images SELECT {batch_id}, iid, name,
+    anomalous = np.array(
+        [-1 if im.is_anomalous is None else int(bool(im.is_anomalous)) for im in images.items],
+        dtype=np.int8,
+    )
+    img_scores = np.array(
+        [np.nan if im.anomaly_score is None else float(im.anomaly_score) for im in images.items],
+        dtype=np.float64,
+    )
+    insert_from(
+        con,
+        f"""INSERT INTO batch_images SELECT {batch_id}, iid, name,
             CASE WHEN isnan(score) THEN NULL ELSE score END,
             CASE WHEN anom < 0 THEN NULL ELSE anom = 1 END, blob,
             CASE WHEN isnan(lo) THEN NULL ELSE lo END,
-            CASE WHEN isnan(hi) THEN NULL ELSE hi END FROM _src""", {
-        "iid": image_ids, "name": np.array(images.names, dtype=object), "score": img_scores,
-        "anom": anomalous, "blob": np.array(files.map_refs, dtype=object), "lo": files.map_lo,
-        "hi": files.map_hi})
+            CASE WHEN isnan(hi) THEN NULL ELSE hi END FROM _src""",
+        {
+            "iid": image_ids,
+            "name": np.array(images.names, dtype=object),
+            "score": img_scores,
+            "anom": anomalous,
+            "blob": np.array(files.map_refs, dtype=object),
+            "lo": files.map_lo,
+            "hi": files.map_hi,
+        },
+    )
 
 
-def _insert_regions(con: Con, batch_id: int, regions: _Regions, image_ids: np.ndarray,
-                    chunk: int, progress: Progress | None) -> np.ndarray:
+def _insert_regions(
+    con: Con,
+    batch_id: int,
+    regions: _Regions,
+    image_ids: np.ndarray,
+    chunk: int,
+    progress: Progress | None,
+) -> np.ndarray:
     """The batch's regions, ``chunk`` rows per INSERT; returns their new ids."""
     n = regions.n
     base = next_id(con, "regions")
     region_ids = base + np.arange(n, dtype=np.int64)
     for start in range(0, n, chunk):
         s = slice(start, min(start + chunk, n))
-        insert_from(con, f"""INSERT INTO regions SELECT id, {batch_id}, iid, t, l, b, r,
-                area, CASE WHEN isnan(score) THEN NULL ELSE score END, mask FROM _src""", {
-            "id": region_ids[s], "iid": image_ids[regions.img_idx[s]], "t": regions.top[s],
-            "l": regions.left[s], "b": regions.bottom[s], "r": regions.right[s],
-            "area": regions.area[s], "score": regions.scores[s],
-            "mask": regions.mask_text[s]})
+        insert_from(
+            con,
+            f"""INSERT INTO regions SELECT id, {batch_id}, iid, t, l, b, r,
+                area, CASE WHEN isnan(score) THEN NULL ELSE score END, mask FROM _src""",
+            {
+                "id": region_ids[s],
+                "iid": image_ids[regions.img_idx[s]],
+                "t": regions.top[s],
+                "l": regions.left[s],
+                "b": regions.bottom[s],
+                "r": regions.right[s],
+                "area": regions.area[s],
+                "score": regions.scores[s],
+                "mask": regions.mask_text[s],
+            },
+        )
         if progress:
             progress("regions", s.stop, n)
     return region_ids
 
 
-def _insert_assignments(con: Con, a: AssignmentsIn | None, outputs: _ModelOutputs,
-                        region_ids: np.ndarray, new_ids: Mapping[str, int], mv: int | None,
-                        chunk: int, progress: Progress | None) -> set[int]:
+def _insert_assignments(
+    con: Con,
+    a: AssignmentsIn | None,
+    outputs: _ModelOutputs,
+    region_ids: np.ndarray,
+    new_ids: Mapping[str, int],
+    mv: int | None,
+    chunk: int,
+    progress: Progress | None,
+) -> set[int]:
     """The model's assignments of the batch's regions; returns the types they name."""
     if a is None or outputs.assignments is None or not len(outputs.assignments[0]):
         return set()
     a_regions, a_conf = outputs.assignments
     tids = resolve_refs(con, a.types, new_ids)
-    a_normal = np.zeros(len(a_regions), dtype=bool) if a.is_normal is None else \
-        np.asarray(a.is_normal, dtype=bool)
+    a_normal = (
+        np.zeros(len(a_regions), dtype=bool)
+        if a.is_normal is None
+        else np.asarray(a.is_normal, dtype=bool)
+    )
     if np.any(a_normal & (tids >= 0)):
         raise ValidationError("a region stored as judged normal cannot have a type")
     for start in range(0, len(a_regions), chunk):
         s = slice(start, min(start + chunk, len(a_regions)))
-        insert_from(con, """INSERT INTO assignments (region_id, type_id, confidence,
+        insert_from(
+            con,
+            """INSERT INTO assignments (region_id, type_id, confidence,
                 model_version, source, is_normal)
-                SELECT rid, nullif(tid, -1), conf, ?, 'model', normal FROM _src""", {
-            "rid": region_ids[a_regions[s]], "tid": tids[s], "conf": a_conf[s],
-            "normal": a_normal[s]}, [mv])
+                SELECT rid, nullif(tid, -1), conf, ?, 'model', normal FROM _src""",
+            {
+                "rid": region_ids[a_regions[s]],
+                "tid": tids[s],
+                "conf": a_conf[s],
+                "normal": a_normal[s],
+            },
+            [mv],
+        )
         if progress:
             progress("assignments", s.stop, len(a_regions))
     return {int(t) for t in np.unique(tids) if t >= 0}
 
 
-def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
-                 progress: Progress | None) -> int:
+def _write_batch(
+    ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str, progress: Progress | None
+) -> int:
     """Files first (content-addressed, idempotent, made durable), then ONE transaction."""
     files = _write_batch_files(ws, batch, p.images, progress)
     chunk = max(1, ws.config.insert_chunk_rows)
@@ -537,29 +652,45 @@ def _write_batch(ws: "Workspace", batch: BatchIngest, p: _Prepared, actor: str,
         now = utcnow()
         if p.outputs.dim is not None:
             schema.set_embedding_dim(con, ws.name, p.outputs.dim)
-        mv = None if batch.model is None else \
-            insert_model_version(con, batch.model, files.model_ref, now)
+        mv = (
+            None
+            if batch.model is None
+            else insert_model_version(con, batch.model, files.model_ref, now)
+        )
         batch_id = next_id(con, "batches")
-        con.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
-                    [batch_id, batch.name.strip(), p.params_text, now, mv])
+        con.execute(
+            "INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
+            [batch_id, batch.name.strip(), p.params_text, now, mv],
+        )
         image_ids, n_new_images = _insert_images(con, p.images, files, now)
         _insert_batch_images(con, batch_id, p.images, image_ids, files)
         region_ids = _insert_regions(con, batch_id, p.regions, image_ids, chunk, progress)
         if p.outputs.emb is not None:
-            insert_embeddings(con, region_ids, p.outputs.emb, _require_model(mv, "embeddings"),
-                              chunk, progress)
-        new_ids = create_types(con, batch.new_types, origin="model", status="proposed",
-                               now=now)
-        touched = _insert_assignments(con, batch.assignments, p.outputs, region_ids, new_ids,
-                                      mv, chunk, progress)
+            insert_embeddings(
+                con, region_ids, p.outputs.emb, _require_model(mv, "embeddings"), chunk, progress
+            )
+        new_ids = create_types(con, batch.new_types, origin="model", status="proposed", now=now)
+        touched = _insert_assignments(
+            con, batch.assignments, p.outputs, region_ids, new_ids, mv, chunk, progress
+        )
         if batch.prototypes:
             insert_prototypes(con, batch.prototypes, _require_model(mv, "prototypes"), new_ids)
         _record_type_changes(
-            con, actor=actor, action="ingest_batch",
-            target={"batch_id": batch_id, "name": batch.name.strip(),
-                    "n_images": len(p.images.items), "n_new_images": n_new_images,
-                    "n_regions": p.regions.n, "model_version": mv},
-            touched=touched, created=set(new_ids.values()), now=now)
+            con,
+            actor=actor,
+            action="ingest_batch",
+            target={
+                "batch_id": batch_id,
+                "name": batch.name.strip(),
+                "n_images": len(p.images.items),
+                "n_new_images": n_new_images,
+                "n_regions": p.regions.n,
+                "model_version": mv,
+            },
+            touched=touched,
+            created=set(new_ids.values()),
+            now=now,
+        )
     return batch_id
 
 
@@ -575,11 +706,17 @@ class _RetrainVectors:
     assignments: tuple[np.ndarray, np.ndarray] | None
 
 
-def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
-                  assignments: AssignmentsIn | None, prototypes: Sequence[PrototypeIn] = (),
-                  embeddings: tuple[np.ndarray, np.ndarray] | None = None, *,
-                  new_types: Sequence[NewType] = (), actor: str = "model",
-                  progress: Progress | None = None) -> int:
+def apply_retrain(
+    ws: "Workspace",
+    model: ModelVersionIn | int,
+    assignments: AssignmentsIn | None,
+    prototypes: Sequence[PrototypeIn] = (),
+    embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    new_types: Sequence[NewType] = (),
+    actor: str = "model",
+    progress: Progress | None = None,
+) -> int:
     """See :meth:`storage.workspace.Workspace.apply_retrain`; returns the model version id.
 
     Model assignments replace only assignments whose source is ``model`` (or absent);
@@ -602,15 +739,26 @@ def apply_retrain(ws: "Workspace", model: ModelVersionIn | int,
     checked = None
     if assignments is not None:
         checked = check_assignments(assignments, None, "region id")
-    check_new_types(new_types, [p.type for p in prototypes]
-                    + (list(assignments.types) if assignments is not None else []))
+    check_new_types(
+        new_types,
+        [p.type for p in prototypes] + (list(assignments.types) if assignments is not None else []),
+    )
     with ws.pending_files():
         model_ref, wrote = None, False
         if isinstance(model, ModelVersionIn) and model.model is not None:
             model_ref, wrote = ws.blobs.put(bytes(model.model), model.ext)
         _sync(ws, wrote)
-        return _write_retrain(ws, model, model_ref, assignments, prototypes,
-                              _RetrainVectors(emb, dim, checked), new_types, actor, progress)
+        return _write_retrain(
+            ws,
+            model,
+            model_ref,
+            assignments,
+            prototypes,
+            _RetrainVectors(emb, dim, checked),
+            new_types,
+            actor,
+            progress,
+        )
 
 
 @dataclass
@@ -635,22 +783,31 @@ def _merge_chunk(con: Con, columns: Mapping[str, np.ndarray], mv: int, out: _Mer
                    coalesce(a.source, 'model') AS old_source,
                    coalesce(a.is_normal, false) AS old_normal
             FROM _src s LEFT JOIN assignments a ON a.region_id = s.rid""")
-    stats = fetch_one(con, """SELECT
+    stats = fetch_one(
+        con,
+        """SELECT
             count(*) FILTER (WHERE old_source = 'reviewer'),
             count(*) FILTER (WHERE old_source <> 'reviewer' AND
                 (NOT had OR old_tid IS DISTINCT FROM tid OR old_normal))
-        FROM _retrain""")
+        FROM _retrain""",
+    )
     out.n_skipped += stats[0]
     out.n_changed += stats[1]
-    out.touched |= {r[0] for r in con.execute("""
+    out.touched |= {
+        r[0]
+        for r in con.execute("""
         SELECT old_tid FROM _retrain WHERE old_source <> 'reviewer'
             AND old_tid IS DISTINCT FROM tid AND old_tid IS NOT NULL
         UNION SELECT tid FROM _retrain WHERE old_source <> 'reviewer'
             AND (NOT had OR old_tid IS DISTINCT FROM tid OR old_normal)
-            AND tid IS NOT NULL""").fetchall()}
-    out.restated |= {r[0] for r in con.execute(
-        "SELECT DISTINCT tid FROM _retrain WHERE old_source <> 'reviewer' "
-        "AND tid IS NOT NULL").fetchall()}
+            AND tid IS NOT NULL""").fetchall()
+    }
+    out.restated |= {
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT tid FROM _retrain WHERE old_source <> 'reviewer' AND tid IS NOT NULL"
+        ).fetchall()
+    }
     con.execute(f"""INSERT INTO assignments (region_id, type_id, confidence,
             model_version, source, is_normal)
         SELECT rid, tid, conf, {mv}, 'model', false FROM _retrain
@@ -661,10 +818,15 @@ def _merge_chunk(con: Con, columns: Mapping[str, np.ndarray], mv: int, out: _Mer
             source = 'model', is_normal = false""")
 
 
-def _merge_model_assignments(con: Con, assignments: AssignmentsIn | None,
-                             checked: tuple[np.ndarray, np.ndarray] | None,
-                             new_ids: Mapping[str, int], mv: int, chunk: int,
-                             progress: Progress | None) -> _Merged:
+def _merge_model_assignments(
+    con: Con,
+    assignments: AssignmentsIn | None,
+    checked: tuple[np.ndarray, np.ndarray] | None,
+    new_ids: Mapping[str, int],
+    mv: int,
+    chunk: int,
+    progress: Progress | None,
+) -> _Merged:
     """Model assignments replace model-sourced (or absent) ones, ``chunk`` rows at a time."""
     out = _Merged()
     if assignments is None or checked is None or not len(checked[0]):
@@ -680,10 +842,17 @@ def _merge_model_assignments(con: Con, assignments: AssignmentsIn | None,
     return out
 
 
-def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str | None,
-                   assignments: AssignmentsIn | None, prototypes: Sequence[PrototypeIn],
-                   v: _RetrainVectors, new_types: Sequence[NewType], actor: str,
-                   progress: Progress | None) -> int:
+def _write_retrain(
+    ws: "Workspace",
+    model: ModelVersionIn | int,
+    model_ref: str | None,
+    assignments: AssignmentsIn | None,
+    prototypes: Sequence[PrototypeIn],
+    v: _RetrainVectors,
+    new_types: Sequence[NewType],
+    actor: str,
+    progress: Progress | None,
+) -> int:
     """ONE transaction: model version, embeddings, new types, assignments, prototypes."""
     chunk = max(1, ws.config.insert_chunk_rows)
     with ws.transaction() as con:
@@ -691,22 +860,32 @@ def _write_retrain(ws: "Workspace", model: ModelVersionIn | int, model_ref: str 
         if v.dim is not None:
             schema.set_embedding_dim(con, ws.name, v.dim)
         mv = insert_model_version(con, model, model_ref, now)
-        for ids in ([v.embeddings[0]] if v.embeddings is not None else []) + \
-                   ([v.assignments[0]] if v.assignments is not None else []):
+        for ids in ([v.embeddings[0]] if v.embeddings is not None else []) + (
+            [v.assignments[0]] if v.assignments is not None else []
+        ):
             require_regions(con, ids)
         if v.embeddings is not None:
             insert_embeddings(con, v.embeddings[0], v.embeddings[1], mv, chunk, progress)
         new_ids = create_types(con, new_types, origin="model", status="proposed", now=now)
-        merged = _merge_model_assignments(con, assignments, v.assignments, new_ids, mv, chunk,
-                                          progress)
+        merged = _merge_model_assignments(
+            con, assignments, v.assignments, new_ids, mv, chunk, progress
+        )
         insert_prototypes(con, prototypes, mv, new_ids)
         _record_type_changes(
-            con, actor=actor, action="apply_retrain",
-            target={"model_version": mv,
-                    "n_assignments": 0 if v.assignments is None else len(v.assignments[0]),
-                    "n_changed": merged.n_changed, "n_kept_reviewer": merged.n_skipped,
-                    "n_embeddings": 0 if v.embeddings is None else len(v.embeddings[0]),
-                    "n_prototypes": len(prototypes)},
-            touched=merged.touched, created=set(new_ids.values()), now=now,
-            restated=merged.restated)
+            con,
+            actor=actor,
+            action="apply_retrain",
+            target={
+                "model_version": mv,
+                "n_assignments": 0 if v.assignments is None else len(v.assignments[0]),
+                "n_changed": merged.n_changed,
+                "n_kept_reviewer": merged.n_skipped,
+                "n_embeddings": 0 if v.embeddings is None else len(v.embeddings[0]),
+                "n_prototypes": len(prototypes),
+            },
+            touched=merged.touched,
+            created=set(new_ids.values()),
+            now=now,
+            restated=merged.restated,
+        )
     return mv

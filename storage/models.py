@@ -71,12 +71,12 @@ class RegionIn:
 class RegionsIn:
     """Regions of a batch, column-wise (fast for 10^5..10^6 regions)."""
 
-    image: np.ndarray                       # (n,) int, index into BatchIngest.images
-    boxes: np.ndarray                       # (n, 4) int: top, left, bottom, right
+    image: np.ndarray  # (n,) int, index into BatchIngest.images
+    boxes: np.ndarray  # (n, 4) int: top, left, bottom, right
     anomaly_score: np.ndarray | None = None  # (n,) float
-    masks: Sequence[Any] | None = None      # n MaskLike values
-    area: np.ndarray | None = None          # (n,) int; default: mask area, else box area
-    embeddings: np.ndarray | None = None    # (n, d) float
+    masks: Sequence[Any] | None = None  # n MaskLike values
+    area: np.ndarray | None = None  # (n,) int; default: mask area, else box area
+    embeddings: np.ndarray | None = None  # (n, d) float
 
     def __len__(self) -> int:
         return int(np.asarray(self.image).shape[0])
@@ -92,10 +92,13 @@ class RegionsIn:
         return cls(
             image=np.array([r.image for r in records], dtype=np.int64),
             boxes=np.array([r.box for r in records], dtype=np.int64).reshape(n, 4),
-            anomaly_score=np.array([np.nan if r.anomaly_score is None else r.anomaly_score
-                                    for r in records], dtype=np.float64),
+            anomaly_score=np.array(
+                [np.nan if r.anomaly_score is None else r.anomaly_score for r in records],
+                dtype=np.float64,
+            ),
             masks=[r.mask for r in records],
-            area=None if any(r.area is None for r in records)
+            area=None
+            if any(r.area is None for r in records)
             else np.array([r.area for r in records], dtype=np.int64),
             embeddings=emb,
         )
@@ -139,11 +142,11 @@ class PrototypeIn:
 class ModelVersionIn:
     """A model produced by discovery or retraining."""
 
-    kind: str                              # e.g. "discover", "retrain"
-    model: bytes | None = None             # the saved engine model (stored as a blob)
+    kind: str  # e.g. "discover", "retrain"
+    model: bytes | None = None  # the saved engine model (stored as a blob)
     ext: str = "npz"
     metrics: Mapping[str, Any] = field(default_factory=dict)
-    parent: int | None = None              # None: the latest model version, if any
+    parent: int | None = None  # None: the latest model version, if any
 
 
 @dataclass
@@ -163,8 +166,8 @@ class BatchIngest:
 
 @dataclass
 class SuggestionIn:
-    kind: str                      # e.g. "merge", "name", "borderline"
-    target: Mapping[str, Any]      # JSON-able, e.g. {"type_ids": [3, 7]}
+    kind: str  # e.g. "merge", "name", "borderline"
+    target: Mapping[str, Any]  # JSON-able, e.g. {"type_ids": [3, 7]}
     score: float = 0.0
     reason: str = ""
 
@@ -207,7 +210,7 @@ class RegionInfo:
     box: tuple[int, int, int, int]
     area: int
     anomaly_score: float | None
-    mask: dict[str, Any] | None          # COCO RLE dict
+    mask: dict[str, Any] | None  # COCO RLE dict
     type_id: int | None
     type_name: str | None
     type_status: str | None
@@ -315,20 +318,37 @@ class Problem:
 # ------------------------------------------------------------------- rows -> outputs
 def optional_float(value: Any) -> float | None:
     """A nullable number read from DuckDB as a float (``None`` for NULL and NaN)."""
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) \
-        else float(value)
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
 
 def audit_entry(r: Sequence[Any]) -> AuditEntry:
     """An ``audit_log`` row (seq, ts, actor, action, target, type_ids, before, after, hash)."""
-    return AuditEntry(seq=r[0], ts=r[1], actor=r[2], action=r[3], target=json.loads(r[4]),
-                      type_ids=list(r[5]), before=json.loads(r[6]), after=json.loads(r[7]),
-                      hash=r[8])
+    return AuditEntry(
+        seq=r[0],
+        ts=r[1],
+        actor=r[2],
+        action=r[3],
+        target=json.loads(r[4]),
+        type_ids=list(r[5]),
+        before=json.loads(r[6]),
+        after=json.loads(r[7]),
+        hash=r[8],
+    )
 
 
 def suggestion(r: Sequence[Any]) -> Suggestion:
     """A ``suggestions`` row (id, kind, target, score, reason, status, answer, answered_by,
     answered_at, created_at, model_version)."""
-    return Suggestion(id=r[0], kind=r[1], target=json.loads(r[2]), score=optional_float(r[3]),
-                      reason=r[4], status=r[5], answer=r[6], answered_by=r[7],
-                      answered_at=r[8], created_at=r[9], model_version=r[10])
+    return Suggestion(
+        id=r[0],
+        kind=r[1],
+        target=json.loads(r[2]),
+        score=optional_float(r[3]),
+        reason=r[4],
+        status=r[5],
+        answer=r[6],
+        answered_by=r[7],
+        answered_at=r[8],
+        created_at=r[9],
+        model_version=r[10],
+    )

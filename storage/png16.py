@@ -20,24 +20,33 @@ _LEVELS = 65535
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def encode_png16(q: np.ndarray) -> bytes:
     """Encode a 2-D uint16 array as a greyscale 16-bit PNG."""
     q = np.asarray(q)
     if q.ndim != 2 or q.dtype != np.uint16 or 0 in q.shape:
-        raise ValidationError(f"a 16-bit PNG needs a non-empty 2-D uint16 array, "
-                              f"got {q.dtype} {q.shape}")
+        raise ValidationError(
+            f"a 16-bit PNG needs a non-empty 2-D uint16 array, got {q.dtype} {q.shape}"
+        )
     h, w = q.shape
     raw = q.astype(">u2").view(np.uint8).reshape(h, 2 * w)
     up = raw.copy()
     up[1:] = raw[1:] - raw[:-1]  # uint8 arithmetic wraps modulo 256, as PNG requires
     rows = np.concatenate([np.full((h, 1), 2, dtype=np.uint8), up], axis=1)
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)
-    return (_SIGNATURE + _chunk(b"IHDR", ihdr)
-            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _chunk(b"IEND", b""))
+    return (
+        _SIGNATURE
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def decode_png16(data: bytes) -> np.ndarray:
@@ -46,9 +55,9 @@ def decode_png16(data: bytes) -> np.ndarray:
         raise ValidationError("not a PNG file")
     pos, idat, header = len(_SIGNATURE), [], None
     while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)

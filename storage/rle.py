@@ -47,8 +47,7 @@ def encode_rle(mask: np.ndarray) -> RLE:
 def encode_rle_text(mask: np.ndarray) -> tuple[str, int]:
     """(compact JSON text, area) of a mask: what ``regions.mask`` stores, built directly."""
     h, w, counts = _counts(mask)
-    return (f'{{"size":[{h},{w}],"counts":[{",".join(map(str, counts))}]}}',
-            sum(counts[1::2]))
+    return (f'{{"size":[{h},{w}],"counts":[{",".join(map(str, counts))}]}}', sum(counts[1::2]))
 
 
 def _check(rle: Mapping[str, Any]) -> tuple[int, int, np.ndarray]:
@@ -56,8 +55,9 @@ def _check(rle: Mapping[str, Any]) -> tuple[int, int, np.ndarray]:
         h, w = (int(v) for v in rle["size"])
         counts = np.asarray(rle["counts"], dtype=np.int64)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValidationError(f"not a COCO uncompressed RLE (needs size [h, w] and a list "
-                              f"of counts): {exc}") from None
+        raise ValidationError(
+            f"not a COCO uncompressed RLE (needs size [h, w] and a list of counts): {exc}"
+        ) from None
     if counts.ndim != 1 or (counts < 0).any() or int(counts.sum()) != h * w:
         raise ValidationError(f"RLE counts must be non-negative and sum to h*w = {h * w}")
     return h, w, counts
@@ -84,8 +84,10 @@ def rle_area(rle: Mapping[str, Any] | str) -> int:
 def rle_to_json(rle: Mapping[str, Any]) -> str:
     """Compact JSON text of an RLE, as stored in ``regions.mask``."""
     _check(rle)
-    return json.dumps({"size": [int(v) for v in rle["size"]],
-                       "counts": [int(c) for c in rle["counts"]]}, separators=(",", ":"))
+    return json.dumps(
+        {"size": [int(v) for v in rle["size"]], "counts": [int(c) for c in rle["counts"]]},
+        separators=(",", ":"),
+    )
 
 
 def rle_from_json(text: str) -> RLE:

@@ -23,8 +23,10 @@ Con = duckdb.DuckDBPyConnection
 
 def types_state(con: Con) -> dict[int, tuple[str, str, int | None]]:
     """id -> (lower name, status, merged_into) of every type."""
-    return {r[0]: (r[1].lower(), r[2], r[3]) for r in
-            con.execute("SELECT id, name, status, merged_into FROM types").fetchall()}
+    return {
+        r[0]: (r[1].lower(), r[2], r[3])
+        for r in con.execute("SELECT id, name, status, merged_into FROM types").fetchall()
+    }
 
 
 def follow_merges(types: Mapping[int, tuple[str, str, int | None]], type_id: int) -> int:
@@ -38,16 +40,19 @@ def follow_merges(types: Mapping[int, tuple[str, str, int | None]], type_id: int
         type_id = int(merged_into)
 
 
-def create_types(con: Con, new_types: Sequence[NewType], *, origin: str, status: str,
-                 now: Any) -> dict[str, int]:
+def create_types(
+    con: Con, new_types: Sequence[NewType], *, origin: str, status: str, now: Any
+) -> dict[str, int]:
     """Insert new types (automatic names ``T<n>`` where none is given); key -> id."""
     if not new_types:
         return {}
     keys = [t.key for t in new_types]
     if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
         raise ValidationError("new type keys must be distinct non-empty strings")
-    taken = {r[0] for r in con.execute(
-        "SELECT lower(name) FROM types WHERE status <> 'merged'").fetchall()}
+    taken = {
+        r[0]
+        for r in con.execute("SELECT lower(name) FROM types WHERE status <> 'merged'").fetchall()
+    }
     counter = int(fetch_value(con, "SELECT value FROM meta WHERE key = 'next_type_number'"))
     first = next_id(con, "types")
     out, rows = {}, []
@@ -60,19 +65,25 @@ def create_types(con: Con, new_types: Sequence[NewType], *, origin: str, status:
         else:
             name = check_type_name(t.name)
             if name.lower() in taken:
-                raise ValidationError(f"a type named {name!r} already exists; type names are "
-                                      "unique (case-insensitive)")
+                raise ValidationError(
+                    f"a type named {name!r} already exists; type names are "
+                    "unique (case-insensitive)"
+                )
         taken.add(name.lower())
         out[t.key] = first + i
         rows.append([first + i, name, status, now, 1, origin, now, None])
-    con.executemany("INSERT INTO types (id, name, status, created_at, version, origin, "
-                    "updated_at, merged_into) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.executemany(
+        "INSERT INTO types (id, name, status, created_at, version, origin, "
+        "updated_at, merged_into) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
     con.execute("UPDATE meta SET value = ? WHERE key = 'next_type_number'", [str(counter)])
     return out
 
 
-def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int],
-                 follow: bool = True) -> np.ndarray:
+def resolve_refs(
+    con: Con, refs: Sequence[Any], new_ids: Mapping[str, int], follow: bool = True
+) -> np.ndarray:
     """Type references -> int64 ids (-1 for None); merged types are followed if ``follow``."""
     types = types_state(con)
     cache: dict[Any, int] = {}
@@ -92,8 +103,10 @@ def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int],
                 raise NotFoundError(f"no type with id {int(ref)}")
             value = follow_merges(types, int(ref)) if follow else int(ref)
         else:
-            raise ValidationError(f"a type reference must be a new-type key (str), a type id "
-                                  f"(int) or None, got {ref!r}")
+            raise ValidationError(
+                f"a type reference must be a new-type key (str), a type id "
+                f"(int) or None, got {ref!r}"
+            )
         cache[ref] = value
         out[i] = value
     return out
@@ -102,7 +115,8 @@ def resolve_refs(con: Con, refs: Sequence[Any], new_ids: Mapping[str, int],
 def require_regions(con: Con, region_ids: np.ndarray) -> None:
     """Raise :class:`NotFoundError` unless every id of ``region_ids`` (int64) is a region."""
     with registered(con, "_ids", {"rid": region_ids}):
-        missing = fetch_one(con, "SELECT min(rid), count(*) FROM _ids "
-                                 "WHERE rid NOT IN (SELECT id FROM regions)")
+        missing = fetch_one(
+            con, "SELECT min(rid), count(*) FROM _ids WHERE rid NOT IN (SELECT id FROM regions)"
+        )
     if missing[1]:
         raise NotFoundError(f"{missing[1]} region id(s) do not exist (e.g. {missing[0]})")

@@ -74,8 +74,11 @@ def _v1_core(con: Connection, dim: int) -> None:
         *vector_tables_sql(dim),
     ]:
         con.execute(sql)
-    con.execute("INSERT INTO meta VALUES ('embedding_dim', ?), ('created_at', ?), "
-                "('next_type_number', '1')", [str(dim), utcnow().isoformat()])
+    con.execute(
+        "INSERT INTO meta VALUES ('embedding_dim', ?), ('created_at', ?), "
+        "('next_type_number', '1')",
+        [str(dim), utcnow().isoformat()],
+    )
 
 
 def _v2_review(con: Connection, dim: int) -> None:
@@ -101,10 +104,16 @@ def _v2_review(con: Connection, dim: int) -> None:
     if rows:
         ids = [r[0] for r in rows]
         after = {str(r[0]): dict(zip(fields, r[1:])) for r in rows}
-        audit.append_raw(con, actor="migration", action="adopt_types",
-                         target={"schema_version": 2}, type_ids=ids,
-                         before={"types": {str(i): None for i in ids}},
-                         after={"types": after}, chained=False)
+        audit.append_raw(
+            con,
+            actor="migration",
+            action="adopt_types",
+            target={"schema_version": 2},
+            type_ids=ids,
+            before={"types": {str(i): None for i in ids}},
+            after={"types": after},
+            chained=False,
+        )
 
 
 def _v3_suggestions_and_chain(con: Connection, dim: int) -> None:
@@ -148,8 +157,9 @@ LATEST = MIGRATIONS[-1].version
 
 def current_version(con: Connection) -> int:
     """Schema version of an open file (0 for a new, empty file)."""
-    exists = fetch_value(con, "SELECT count(*) FROM information_schema.tables "
-                              "WHERE table_name = 'schema_version'")
+    exists = fetch_value(
+        con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    )
     if not exists:
         return 0
     value = fetch_value(con, "SELECT max(version) FROM schema_version")
@@ -163,12 +173,16 @@ def embedding_dim(con: Connection) -> int:
 
 def migrate(con: Connection, *, dim: int, upto: int = LATEST, label: str = "workspace") -> int:
     """Apply migrations ``current+1 .. upto``; returns the number applied."""
-    con.execute("CREATE TABLE IF NOT EXISTS schema_version("
-                "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP)")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version("
+        "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP)"
+    )
     have = current_version(con)
     if have > LATEST:
-        raise SchemaError(f"{label} has schema version {have} but this ProtoAtlas knows up to "
-                          f"{LATEST}; upgrade ProtoAtlas to open it")
+        raise SchemaError(
+            f"{label} has schema version {have} but this ProtoAtlas knows up to "
+            f"{LATEST}; upgrade ProtoAtlas to open it"
+        )
     if have > 0:
         dim = embedding_dim(con)
     applied = 0
@@ -177,8 +191,10 @@ def migrate(con: Connection, *, dim: int, upto: int = LATEST, label: str = "work
             con.execute("BEGIN TRANSACTION")
             try:
                 step.apply(con, dim)
-                con.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
-                            [step.version, step.name, utcnow()])
+                con.execute(
+                    "INSERT INTO schema_version VALUES (?, ?, ?)",
+                    [step.version, step.name, utcnow()],
+                )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -195,11 +211,14 @@ def set_embedding_dim(con: Connection, name: str, dim: int) -> None:
     have = embedding_dim(con)
     if have == dim:
         return
-    stored = fetch_value(con, "SELECT (SELECT count(*) FROM embeddings) + "
-                              "(SELECT count(*) FROM prototypes)")
+    stored = fetch_value(
+        con, "SELECT (SELECT count(*) FROM embeddings) + (SELECT count(*) FROM prototypes)"
+    )
     if stored:
-        raise ValidationError(f"workspace {name!r} stores {have}-d embeddings; got {dim}-d "
-                              "vectors (use a new workspace for another embedding size)")
+        raise ValidationError(
+            f"workspace {name!r} stores {have}-d embeddings; got {dim}-d "
+            "vectors (use a new workspace for another embedding size)"
+        )
     con.execute("DROP TABLE embeddings")
     con.execute("DROP TABLE prototypes")
     for sql in vector_tables_sql(dim):

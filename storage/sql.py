@@ -24,14 +24,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def bump_type_versions(con: duckdb.DuckDBPyConnection, type_ids: Iterable[int],
-                       now: Any) -> None:
+def bump_type_versions(con: duckdb.DuckDBPyConnection, type_ids: Iterable[int], now: Any) -> None:
     """Add one to the version of each type in ``type_ids`` (optimistic concurrency: an
     action that expected the old version is then refused) and stamp ``updated_at``."""
     ids = sorted({int(t) for t in type_ids})
     if ids:
-        con.execute("UPDATE types SET version = version + 1, updated_at = ? "
-                    "WHERE id IN (SELECT unnest(?::BIGINT[]))", [now, ids])
+        con.execute(
+            "UPDATE types SET version = version + 1, updated_at = ? "
+            "WHERE id IN (SELECT unnest(?::BIGINT[]))",
+            [now, ids],
+        )
 
 
 def fetch_one(con: Con, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:
@@ -70,8 +72,9 @@ def registered(con: Con, name: str, columns: Mapping[str, Any]) -> Iterator[None
         con.unregister(name)
 
 
-def insert_from(con: Con, sql: str, columns: Mapping[str, Any],
-                params: Sequence[Any] | None = None) -> None:
+def insert_from(
+    con: Con, sql: str, columns: Mapping[str, Any], params: Sequence[Any] | None = None
+) -> None:
     """Run ``sql`` (which reads the view ``_src``) over numpy columns."""
     with registered(con, "_src", columns):
         con.execute(sql, params)

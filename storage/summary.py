@@ -35,8 +35,11 @@ def refresh(con: duckdb.DuckDBPyConnection, type_ids: Iterable[int | None]) -> N
     if not ids:
         return
     con.execute("DELETE FROM type_stats WHERE type_id IN (SELECT unnest(?::BIGINT[]))", [ids])
-    con.execute("INSERT INTO type_stats " + _STATS_SQL.format(
-        where="WHERE t.id IN (SELECT unnest(?::BIGINT[]))"), [ids])
+    con.execute(
+        "INSERT INTO type_stats "
+        + _STATS_SQL.format(where="WHERE t.id IN (SELECT unnest(?::BIGINT[]))"),
+        [ids],
+    )
 
 
 def recomputed(con: duckdb.DuckDBPyConnection) -> dict[int, tuple[int, int, float]]:

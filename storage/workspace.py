@@ -128,8 +128,9 @@ _HANDLES: dict[str, _Handle] = {}
 _HANDLES_LOCK = threading.Lock()
 
 
-def _connect(db: Path, label: str, read_only: bool,
-             cfg: StorageConfig) -> duckdb.DuckDBPyConnection:
+def _connect(
+    db: Path, label: str, read_only: bool, cfg: StorageConfig
+) -> duckdb.DuckDBPyConnection:
     settings: dict[str, Any] = {}
     if cfg.threads:
         settings["threads"] = cfg.threads
@@ -144,11 +145,12 @@ def _connect(db: Path, label: str, read_only: bool,
             pid = int(m.group(1)) if m else None
             raise WorkspaceLockedError(
                 f"workspace {label} is in use by another process (pid {pid or 'unknown'}); "
-                "close ProtoAtlas there or open another workspace", pid=pid) from None
+                "close ProtoAtlas there or open another workspace",
+                pid=pid,
+            ) from None
         raise StorageError(f"cannot open workspace {label}: {msg.splitlines()[0]}") from None
     except duckdb.Error as exc:
-        raise StorageError(f"cannot open workspace {label}: {str(exc).splitlines()[0]}") \
-            from None
+        raise StorageError(f"cannot open workspace {label}: {str(exc).splitlines()[0]}") from None
 
 
 class Workspace:
@@ -165,9 +167,15 @@ class Workspace:
 
     # ------------------------------------------------------------------ open / close
     @classmethod
-    def open(cls, home: str | os.PathLike[str] | None = None, name: str = "default", *,
-             embedding_dim: int | None = None, read_only: bool = False,
-             config: StorageConfig | None = None) -> "Workspace":
+    def open(
+        cls,
+        home: str | os.PathLike[str] | None = None,
+        name: str = "default",
+        *,
+        embedding_dim: int | None = None,
+        read_only: bool = False,
+        config: StorageConfig | None = None,
+    ) -> "Workspace":
         """Open (creating and migrating as needed) the workspace ``<home>/<name>/``.
 
         ``embedding_dim`` is recorded when the workspace is created (default
@@ -176,8 +184,10 @@ class Workspace:
         """
         cfg = config or StorageConfig()
         if not isinstance(name, str) or not _NAME.match(name):
-            raise ValidationError(f"workspace name {name!r} must be 1-64 letters, digits, "
-                                  "'_', '-' or '.', starting with a letter or digit")
+            raise ValidationError(
+                f"workspace name {name!r} must be 1-64 letters, digits, "
+                "'_', '-' or '.', starting with a letter or digit"
+            )
         home_path = Path(home if home is not None else default_home()).expanduser().resolve()
         root = home_path / name
         db = root / DB_FILE
@@ -186,8 +196,10 @@ class Workspace:
             handle = _HANDLES.get(str(db))
             if handle is not None:
                 if handle.read_only and not read_only:
-                    raise StorageError(f"workspace {label} is already open read-only in this "
-                                       "process; close it before opening it for writing")
+                    raise StorageError(
+                        f"workspace {label} is already open read-only in this "
+                        "process; close it before opening it for writing"
+                    )
                 handle.refs += 1
                 fresh = False
             else:
@@ -202,7 +214,8 @@ class Workspace:
                         if have != schema.LATEST:
                             raise SchemaError(
                                 f"workspace {label} has schema version {have}, this ProtoAtlas "
-                                f"uses {schema.LATEST}; open it once for writing to migrate")
+                                f"uses {schema.LATEST}; open it once for writing to migrate"
+                            )
                     else:
                         dim = embedding_dim or cfg.embedding_dim
                         schema.migrate(con, dim=dim, label=f"workspace {label}")
@@ -303,8 +316,9 @@ class Workspace:
                     h.con.execute("ROLLBACK")
                 except duckdb.Error:
                     pass
-                raise StorageError(f"commit failed, nothing was changed: "
-                                   f"{str(exc).splitlines()[0]}") from None
+                raise StorageError(
+                    f"commit failed, nothing was changed: {str(exc).splitlines()[0]}"
+                ) from None
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -347,8 +361,7 @@ class Workspace:
 
     def image_path(self, image_id: int) -> Path:
         with self.read() as cur:
-            row = cur.execute("SELECT sha256, ext FROM images WHERE id = ?",
-                              [image_id]).fetchone()
+            row = cur.execute("SELECT sha256, ext FROM images WHERE id = ?", [image_id]).fetchone()
         if row is None:
             raise NotFoundError(f"no image with id {image_id}")
         return self.images.path(f"{row[0]}.{row[1]}")
@@ -358,11 +371,14 @@ class Workspace:
 
     def referenced_files(self, cur: duckdb.DuckDBPyConnection) -> tuple[set[str], set[str]]:
         """(image refs, blob refs) that rows point to."""
-        images = {r[0] for r in cur.execute(
-            "SELECT sha256 || '.' || ext FROM images").fetchall()}
-        blobs = {r[0] for r in cur.execute(
-            "SELECT map_blob FROM batch_images WHERE map_blob IS NOT NULL UNION "
-            "SELECT blob FROM model_versions WHERE blob IS NOT NULL").fetchall()}
+        images = {r[0] for r in cur.execute("SELECT sha256 || '.' || ext FROM images").fetchall()}
+        blobs = {
+            r[0]
+            for r in cur.execute(
+                "SELECT map_blob FROM batch_images WHERE map_blob IS NOT NULL UNION "
+                "SELECT blob FROM model_versions WHERE blob IS NOT NULL"
+            ).fetchall()
+        }
         return images, blobs
 
     @contextmanager
@@ -408,7 +424,8 @@ class Workspace:
                    FROM types t LEFT JOIN type_stats s ON s.type_id = t.id
                    WHERE ? OR t.status <> 'merged'
                    ORDER BY coalesce(s.n_regions, 0) DESC, t.id""",
-                [include_merged]).fetchall()
+                [include_merged],
+            ).fetchall()
         return [TypeSummary(*r) for r in rows]
 
     def get_type(self, type_id: int) -> TypeSummary:
@@ -432,19 +449,35 @@ class Workspace:
                FROM regions r
                JOIN batch_images bi ON bi.batch_id = r.batch_id AND bi.image_id = r.image_id
                WHERE r.id IN (SELECT unnest(?::BIGINT[]))""",
-            [[int(p[0]) for p in page]]).fetchall()
+            [[int(p[0]) for p in page]],
+        ).fetchall()
         by_id = {r[0]: r for r in rows}
         out = []
         for rid, conf, source, sim in page:
             r = by_id[rid]
-            out.append(Member(region_id=rid, image_id=r[1], batch_id=r[2], image_name=r[3],
-                              box=(r[4], r[5], r[6], r[7]), area=r[8],
-                              anomaly_score=_f(r[9]), confidence=_f(conf), source=source,
-                              similarity=_f(sim)))
+            out.append(
+                Member(
+                    region_id=rid,
+                    image_id=r[1],
+                    batch_id=r[2],
+                    image_name=r[3],
+                    box=(r[4], r[5], r[6], r[7]),
+                    area=r[8],
+                    anomaly_score=_f(r[9]),
+                    confidence=_f(conf),
+                    source=source,
+                    similarity=_f(sim),
+                )
+            )
         return out
 
-    def type_members(self, type_id: int, limit: int = 50, offset: int = 0,
-                     order: Literal["confidence", "borderline"] = "confidence") -> list[Member]:
+    def type_members(
+        self,
+        type_id: int,
+        limit: int = 50,
+        offset: int = 0,
+        order: Literal["confidence", "borderline"] = "confidence",
+    ) -> list[Member]:
         """One page of a type's regions: most confident first, or least ("borderline")."""
         if order not in ("confidence", "borderline"):
             raise ValidationError(f"order must be 'confidence' or 'borderline', not {order!r}")
@@ -453,7 +486,8 @@ class Workspace:
             page = cur.execute(
                 "SELECT region_id, confidence, source, NULL FROM assignments WHERE type_id = ? "
                 f"ORDER BY confidence {direction}, region_id LIMIT ? OFFSET ?",
-                [type_id, int(limit), int(offset)]).fetchall()
+                [type_id, int(limit), int(offset)],
+            ).fetchall()
             return self._members(cur, page)
 
     def representatives(self, type_id: int, n: int = 8) -> list[Member]:
@@ -463,14 +497,19 @@ class Workspace:
         types without a prototype (made by reviewers) fall back to highest confidence.
         """
         with self.read() as cur:
-            proto = cur.execute("SELECT model_version, vector FROM prototypes WHERE type_id = ? "
-                                "ORDER BY model_version DESC LIMIT 1", [type_id]).fetchone()
+            proto = cur.execute(
+                "SELECT model_version, vector FROM prototypes WHERE type_id = ? "
+                "ORDER BY model_version DESC LIMIT 1",
+                [type_id],
+            ).fetchone()
             dim = schema.embedding_dim(cur)
-            sims = ("SELECT NULL::BIGINT AS region_id, NULL::DOUBLE AS sim WHERE false"
-                    if proto is None else
-                    f"""SELECT e.region_id, array_cosine_similarity(e.vector, ?::FLOAT[{dim}])
+            sims = (
+                "SELECT NULL::BIGINT AS region_id, NULL::DOUBLE AS sim WHERE false"
+                if proto is None
+                else f"""SELECT e.region_id, array_cosine_similarity(e.vector, ?::FLOAT[{dim}])
                             AS sim FROM embeddings e
-                        WHERE e.model_version = ? AND e.region_id IN (SELECT region_id FROM m)""")
+                        WHERE e.model_version = ? AND e.region_id IN (SELECT region_id FROM m)"""
+            )
             params = [type_id] + ([] if proto is None else [list(proto[1]), proto[0]])
             page = cur.execute(
                 f"""WITH m AS (SELECT region_id, confidence, source FROM assignments
@@ -483,7 +522,9 @@ class Workspace:
                         ORDER BY s.sim DESC NULLS LAST, m.confidence DESC NULLS LAST,
                                  m.region_id) = 1
                     ORDER BY s.sim DESC NULLS LAST, m.confidence DESC NULLS LAST, m.region_id
-                    LIMIT ?""", params + [int(n)]).fetchall()
+                    LIMIT ?""",
+                params + [int(n)],
+            ).fetchall()
             return self._members(cur, page)
 
     _REGION_SQL = """
@@ -497,42 +538,72 @@ class Workspace:
 
     @staticmethod
     def _region(row: Sequence[Any]) -> RegionInfo:
-        return RegionInfo(id=row[0], batch_id=row[1], image_id=row[2],
-                          box=(row[3], row[4], row[5], row[6]), area=row[7],
-                          anomaly_score=_f(row[8]),
-                          mask=rle_from_json(row[9]) if row[9] else None,
-                          type_id=row[10], type_name=row[11], type_status=row[12],
-                          source=row[13], confidence=_f(row[14]), is_normal=bool(row[15]))
+        return RegionInfo(
+            id=row[0],
+            batch_id=row[1],
+            image_id=row[2],
+            box=(row[3], row[4], row[5], row[6]),
+            area=row[7],
+            anomaly_score=_f(row[8]),
+            mask=rle_from_json(row[9]) if row[9] else None,
+            type_id=row[10],
+            type_name=row[11],
+            type_status=row[12],
+            source=row[13],
+            confidence=_f(row[14]),
+            is_normal=bool(row[15]),
+        )
 
     def image_detail(self, image_id: int) -> ImageDetail:
         """An image with its batch memberships (score, map) and all its regions."""
         with self.read() as cur:
-            img = cur.execute("SELECT id, sha256, ext, width, height FROM images WHERE id = ?",
-                              [image_id]).fetchone()
+            img = cur.execute(
+                "SELECT id, sha256, ext, width, height FROM images WHERE id = ?", [image_id]
+            ).fetchone()
             if img is None:
                 raise NotFoundError(f"no image with id {image_id}")
             memberships = cur.execute(
                 """SELECT bi.batch_id, b.name, bi.name, bi.anomaly_score, bi.is_anomalous,
                           bi.map_blob, bi.map_min, bi.map_max
                    FROM batch_images bi JOIN batches b ON b.id = bi.batch_id
-                   WHERE bi.image_id = ? ORDER BY bi.batch_id""", [image_id]).fetchall()
-            regions = cur.execute(self._REGION_SQL.format(mask="r.mask")
-                                  + " WHERE r.image_id = ? ORDER BY r.id", [image_id]).fetchall()
+                   WHERE bi.image_id = ? ORDER BY bi.batch_id""",
+                [image_id],
+            ).fetchall()
+            regions = cur.execute(
+                self._REGION_SQL.format(mask="r.mask") + " WHERE r.image_id = ? ORDER BY r.id",
+                [image_id],
+            ).fetchall()
         return ImageDetail(
-            id=img[0], sha256=img[1], ext=img[2], width=img[3], height=img[4],
+            id=img[0],
+            sha256=img[1],
+            ext=img[2],
+            width=img[3],
+            height=img[4],
             path=self.images.path(f"{img[1]}.{img[2]}"),
-            batches=[BatchImageInfo(batch_id=m[0], batch_name=m[1], name=m[2],
-                                    anomaly_score=_f(m[3]), is_anomalous=m[4],
-                                    map_path=self.blobs.path(m[5]) if m[5] else None,
-                                    map_min=_f(m[6]), map_max=_f(m[7])) for m in memberships],
-            regions=[self._region(r) for r in regions])
+            batches=[
+                BatchImageInfo(
+                    batch_id=m[0],
+                    batch_name=m[1],
+                    name=m[2],
+                    anomaly_score=_f(m[3]),
+                    is_anomalous=m[4],
+                    map_path=self.blobs.path(m[5]) if m[5] else None,
+                    map_min=_f(m[6]),
+                    map_max=_f(m[7]),
+                )
+                for m in memberships
+            ],
+            regions=[self._region(r) for r in regions],
+        )
 
     def anomaly_map(self, batch_id: int, image_id: int) -> np.ndarray | None:
         """The float anomaly map stored for an image in a batch (``None`` if none)."""
         with self.read() as cur:
-            row = cur.execute("SELECT map_blob, map_min, map_max FROM batch_images "
-                              "WHERE batch_id = ? AND image_id = ?",
-                              [batch_id, image_id]).fetchone()
+            row = cur.execute(
+                "SELECT map_blob, map_min, map_max FROM batch_images "
+                "WHERE batch_id = ? AND image_id = ?",
+                [batch_id, image_id],
+            ).fetchone()
         if row is None:
             raise NotFoundError(f"image {image_id} is not in batch {batch_id}")
         if row[0] is None:
@@ -543,8 +614,11 @@ class Workspace:
         with self.read() as cur:
             if fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?", [batch_id]) == 0:
                 raise NotFoundError(f"no batch with id {batch_id}")
-            rows = cur.execute(self._REGION_SQL.format(mask="r.mask" if with_masks else "NULL")
-                               + " WHERE r.batch_id = ? ORDER BY r.id", [batch_id]).fetchall()
+            rows = cur.execute(
+                self._REGION_SQL.format(mask="r.mask" if with_masks else "NULL")
+                + " WHERE r.batch_id = ? ORDER BY r.id",
+                [batch_id],
+            ).fetchall()
         return [self._region(r) for r in rows]
 
     def batches(self) -> list[BatchInfo]:
@@ -553,7 +627,8 @@ class Workspace:
                 """SELECT b.id, b.name, b.params, b.created_at, b.model_version,
                           (SELECT count(*) FROM batch_images bi WHERE bi.batch_id = b.id),
                           (SELECT count(*) FROM regions r WHERE r.batch_id = b.id)
-                   FROM batches b ORDER BY b.id""").fetchall()
+                   FROM batches b ORDER BY b.id"""
+            ).fetchall()
         return [BatchInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
     def batch_images(self, batch_id: int) -> list[tuple[int, str, float | None, bool | None]]:
@@ -562,11 +637,12 @@ class Workspace:
         with self.read() as cur:
             if fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?", [batch_id]) == 0:
                 raise NotFoundError(f"no batch with id {batch_id}")
-            rows = cur.execute("SELECT image_id, name, anomaly_score, is_anomalous "
-                               "FROM batch_images WHERE batch_id = ? ORDER BY name",
-                               [batch_id]).fetchall()
-        return [(int(r[0]), r[1], _f(r[2]), None if r[3] is None else bool(r[3]))
-                for r in rows]
+            rows = cur.execute(
+                "SELECT image_id, name, anomaly_score, is_anomalous "
+                "FROM batch_images WHERE batch_id = ? ORDER BY name",
+                [batch_id],
+            ).fetchall()
+        return [(int(r[0]), r[1], _f(r[2]), None if r[3] is None else bool(r[3])) for r in rows]
 
     def embeddings(self, model_version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(region ids, float32 matrix (n, d)) of one model version (default: latest)."""
@@ -577,60 +653,86 @@ class Workspace:
             model_version = latest.id
         with self.read() as cur:
             dim = schema.embedding_dim(cur)
-            got = cur.execute("SELECT region_id, vector FROM embeddings WHERE model_version = ? "
-                              "ORDER BY region_id", [model_version]).fetchnumpy()
+            got = cur.execute(
+                "SELECT region_id, vector FROM embeddings WHERE model_version = ? "
+                "ORDER BY region_id",
+                [model_version],
+            ).fetchnumpy()
         ids = np.asarray(got["region_id"], dtype=np.int64)
         if len(ids) == 0:
             return ids, np.zeros((0, dim), np.float32)
         return ids, np.stack(list(got["vector"])).astype(np.float32, copy=False)
 
-    def prototypes(self, model_version: int | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def prototypes(
+        self, model_version: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(type ids, float32 matrix, n_members) of one model version (default: latest)."""
         if model_version is None:
             latest = self.latest_model_version()
             model_version = latest.id if latest else -1
         with self.read() as cur:
             dim = schema.embedding_dim(cur)
-            got = cur.execute("SELECT type_id, vector, n_members FROM prototypes "
-                              "WHERE model_version = ? ORDER BY type_id",
-                              [model_version]).fetchnumpy()
+            got = cur.execute(
+                "SELECT type_id, vector, n_members FROM prototypes "
+                "WHERE model_version = ? ORDER BY type_id",
+                [model_version],
+            ).fetchnumpy()
         ids = np.asarray(got["type_id"], dtype=np.int64)
         if len(ids) == 0:
             return ids, np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
-        return ids, np.stack(list(got["vector"])).astype(np.float32), \
-            np.asarray(got["n_members"], dtype=np.int64)
+        return (
+            ids,
+            np.stack(list(got["vector"])).astype(np.float32),
+            np.asarray(got["n_members"], dtype=np.int64),
+        )
 
     def _model_version(self, row: Sequence[Any]) -> ModelVersion:
-        return ModelVersion(id=row[0], parent=row[1], kind=row[2], created_at=row[3],
-                            blob_path=self.blobs.path(row[4]) if row[4] else None,
-                            metrics=json.loads(row[5]))
+        return ModelVersion(
+            id=row[0],
+            parent=row[1],
+            kind=row[2],
+            created_at=row[3],
+            blob_path=self.blobs.path(row[4]) if row[4] else None,
+            metrics=json.loads(row[5]),
+        )
 
     def latest_model_version(self) -> ModelVersion | None:
         with self.read() as cur:
-            row = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
-                              "FROM model_versions ORDER BY id DESC LIMIT 1").fetchone()
+            row = cur.execute(
+                "SELECT id, parent, kind, created_at, blob, metrics "
+                "FROM model_versions ORDER BY id DESC LIMIT 1"
+            ).fetchone()
         return None if row is None else self._model_version(row)
 
     def model_versions(self, kind: str | None = None) -> list[ModelVersion]:
         """Every model version (optionally of one kind), oldest first."""
         with self.read() as cur:
-            rows = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
-                               "FROM model_versions WHERE ? IS NULL OR kind = ? ORDER BY id",
-                               [kind, kind]).fetchall()
+            rows = cur.execute(
+                "SELECT id, parent, kind, created_at, blob, metrics "
+                "FROM model_versions WHERE ? IS NULL OR kind = ? ORDER BY id",
+                [kind, kind],
+            ).fetchall()
         return [self._model_version(r) for r in rows]
 
     def model_version(self, model_version_id: int) -> ModelVersion:
         with self.read() as cur:
-            row = cur.execute("SELECT id, parent, kind, created_at, blob, metrics "
-                              "FROM model_versions WHERE id = ?", [model_version_id]).fetchone()
+            row = cur.execute(
+                "SELECT id, parent, kind, created_at, blob, metrics "
+                "FROM model_versions WHERE id = ?",
+                [model_version_id],
+            ).fetchone()
         if row is None:
             raise NotFoundError(f"no model version {model_version_id}")
         return self._model_version(row)
 
-    def audit(self, actor: str | None = None, action: str | None = None,
-              type_id: int | None = None, limit: int = 100, offset: int = 0
-              ) -> list[AuditEntry]:
+    def audit(
+        self,
+        actor: str | None = None,
+        action: str | None = None,
+        type_id: int | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditEntry]:
         """Audit entries, newest first, optionally filtered by actor, action and type."""
         where: list[str] = ["true"]
         params: list[str | int] = []
@@ -647,37 +749,53 @@ class Workspace:
             rows = cur.execute(
                 "SELECT seq, ts, actor, action, target, type_ids, before, after, hash "
                 f"FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                params + [int(limit), int(offset)]).fetchall()
+                params + [int(limit), int(offset)],
+            ).fetchall()
         return [audit_entry(r) for r in rows]
 
     def open_suggestions(self, limit: int | None = None) -> list[Suggestion]:
         """Open suggestions, highest score first."""
         return self.suggestions(status="open", limit=limit)
 
-    def suggestions(self, status: str | None = None, limit: int | None = None
-                    ) -> list[Suggestion]:
+    def suggestions(self, status: str | None = None, limit: int | None = None) -> list[Suggestion]:
         with self.read() as cur:
             rows = cur.execute(
                 "SELECT id, kind, target, score, reason, status, answer, answered_by, "
                 "answered_at, created_at, model_version FROM suggestions "
                 "WHERE ? IS NULL OR status = ? ORDER BY score DESC NULLS LAST, id LIMIT ?",
-                [status, status, int(limit) if limit is not None else 2**62]).fetchall()
+                [status, status, int(limit) if limit is not None else 2**62],
+            ).fetchall()
         return [suggestion(r) for r in rows]
 
     # ------------------------------------------------------------ writes (delegated)
-    def ingest_batch(self, batch: BatchIngest, *, actor: str = "model",
-                     progress: Progress | None = None) -> int:
+    def ingest_batch(
+        self, batch: BatchIngest, *, actor: str = "model", progress: Progress | None = None
+    ) -> int:
         """Store a whole batch (files, rows, vectors, model, types) in one transaction."""
         return ingest.ingest_batch(self, batch, actor=actor, progress=progress)
 
-    def apply_retrain(self, model: ModelVersionIn | int, assignments: AssignmentsIn | None,
-                      prototypes: Sequence[PrototypeIn] = (),
-                      embeddings: tuple[np.ndarray, np.ndarray] | None = None, *,
-                      new_types: Sequence[NewType] = (), actor: str = "model",
-                      progress: Progress | None = None) -> int:
+    def apply_retrain(
+        self,
+        model: ModelVersionIn | int,
+        assignments: AssignmentsIn | None,
+        prototypes: Sequence[PrototypeIn] = (),
+        embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+        *,
+        new_types: Sequence[NewType] = (),
+        actor: str = "model",
+        progress: Progress | None = None,
+    ) -> int:
         """Store a retrain result; never overwrites reviewer-sourced assignments."""
-        return ingest.apply_retrain(self, model, assignments, prototypes, embeddings,
-                                    new_types=new_types, actor=actor, progress=progress)
+        return ingest.apply_retrain(
+            self,
+            model,
+            assignments,
+            prototypes,
+            embeddings,
+            new_types=new_types,
+            actor=actor,
+            progress=progress,
+        )
 
     def confirm_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
         return review.set_status(self, type_id, "confirmed", expected_version, actor)
@@ -685,56 +803,83 @@ class Workspace:
     def reject_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
         return review.set_status(self, type_id, "rejected", expected_version, actor)
 
-    def rename_type(self, type_id: int, name: str, *, expected_version: int,
-                    actor: str) -> TypeSummary:
+    def rename_type(
+        self, type_id: int, name: str, *, expected_version: int, actor: str
+    ) -> TypeSummary:
         return review.rename_type(self, type_id, name, expected_version, actor)
 
-    def merge_types(self, keep: int, absorb: int, *, expected: Mapping[int, int],
-                    actor: str) -> TypeSummary:
+    def merge_types(
+        self, keep: int, absorb: int, *, expected: Mapping[int, int], actor: str
+    ) -> TypeSummary:
         return review.merge_types(self, keep, absorb, expected, actor)
 
-    def split_type(self, type_id: int, groups: Sequence[Sequence[int]], *,
-                   expected_version: int, actor: str,
-                   names: Sequence[str | None] | None = None) -> list[int]:
+    def split_type(
+        self,
+        type_id: int,
+        groups: Sequence[Sequence[int]],
+        *,
+        expected_version: int,
+        actor: str,
+        names: Sequence[str | None] | None = None,
+    ) -> list[int]:
         return review.split_type(self, type_id, groups, expected_version, actor, names)
 
-    def move_regions(self, region_ids: Sequence[int], to_type_id: int, *,
-                     expected: Mapping[int, int], actor: str) -> None:
+    def move_regions(
+        self, region_ids: Sequence[int], to_type_id: int, *, expected: Mapping[int, int], actor: str
+    ) -> None:
         review.move_regions(self, region_ids, to_type_id, expected, actor)
 
-    def create_type(self, region_ids: Sequence[int], *, expected: Mapping[int, int],
-                    actor: str, name: str | None = None, status: str = "proposed") -> int:
+    def create_type(
+        self,
+        region_ids: Sequence[int],
+        *,
+        expected: Mapping[int, int],
+        actor: str,
+        name: str | None = None,
+        status: str = "proposed",
+    ) -> int:
         return review.create_type(self, region_ids, expected, actor, name, status)
 
-    def mark_normal(self, region_ids: Sequence[int], *, expected: Mapping[int, int],
-                    actor: str) -> None:
+    def mark_normal(
+        self, region_ids: Sequence[int], *, expected: Mapping[int, int], actor: str
+    ) -> None:
         review.mark_normal(self, region_ids, expected, actor)
 
     def undo(self, actor: str) -> AuditEntry:
         return review.undo(self, actor)
 
-    def import_labels(self, csv_path: str | os.PathLike[str], *, actor: str,
-                      batch_id: int | None = None) -> ImportReport:
+    def import_labels(
+        self, csv_path: str | os.PathLike[str], *, actor: str, batch_id: int | None = None
+    ) -> ImportReport:
         return review.import_labels(self, csv_path, actor, batch_id)
 
-    def replace_open_suggestions(self, items: Sequence[SuggestionIn], *,
-                                 model_version: int | None = None,
-                                 actor: str = "model") -> list[int]:
+    def replace_open_suggestions(
+        self,
+        items: Sequence[SuggestionIn],
+        *,
+        model_version: int | None = None,
+        actor: str = "model",
+    ) -> list[int]:
         return review.replace_open_suggestions(self, items, model_version, actor)
 
-    def answer_suggestion(self, suggestion_id: int, answer: str | None, *, actor: str,
-                          skip: bool = False) -> Suggestion:
+    def answer_suggestion(
+        self, suggestion_id: int, answer: str | None, *, actor: str, skip: bool = False
+    ) -> Suggestion:
         return review.answer_suggestion(self, suggestion_id, answer, actor, skip)
 
     # ------------------------------------------------------------------- exports
-    def export_assignments(self, path: str | os.PathLike[str],
-                           fmt: Literal["csv", "parquet"] = "csv",
-                           level: Literal["region", "image"] = "region") -> Path:
+    def export_assignments(
+        self,
+        path: str | os.PathLike[str],
+        fmt: Literal["csv", "parquet"] = "csv",
+        level: Literal["region", "image"] = "region",
+    ) -> Path:
         return export.export_assignments(self, path, fmt, level)
 
     def export_coco(self, path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
         return export.export_coco(self, path, batch_id)
 
-    def export_audit(self, path: str | os.PathLike[str],
-                     fmt: Literal["csv", "json"] = "json") -> Path:
+    def export_audit(
+        self, path: str | os.PathLike[str], fmt: Literal["csv", "json"] = "json"
+    ) -> Path:
         return export.export_audit(self, path, fmt)

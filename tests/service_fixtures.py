@@ -20,9 +20,11 @@ from tests.conftest import TEST_IMAGE_SIZE
 S = TEST_IMAGE_SIZE
 #: Engine settings that keep discovery fast where the quality of the types is not the point:
 #: 128 px network input, 96 px crops, 2 reference normals per crop, 5 head epochs.
-FAST = {"backbone": {"image_size": S, "batch_size": 8},
-        "crops": {"output_size": 96},
-        "discovery": {"head_epochs": 5, "n_references": 2}}
+FAST = {
+    "backbone": {"image_size": S, "batch_size": 8},
+    "crops": {"output_size": 96},
+    "discovery": {"head_epochs": 5, "n_references": 2},
+}
 TYPES = ("scratch", "spot", "missing")
 #: Defect type absent from the first batch (the second batch brings a few of it).
 NOVEL = "crack"
@@ -37,8 +39,10 @@ def fast_config(seed: int = 0) -> ProtoAtlasConfig:
 def fast_cli(config_from):
     """Wrap ``protoatlas.cli._config_from``: the command's config plus the FAST settings
     (the CLI has no options for crop size, references or epochs)."""
+
     def inner(args):
         return config_from(args).with_overrides(**FAST)
+
     return inner
 
 
@@ -57,18 +61,46 @@ def data_root(base: Path, key: str) -> Path:
     if key not in _CACHE:
         root = base / f"data-{key}"
         if key == "first":  # 12 normals; 2 good + 3 types x 4 test images
-            write_mvtec(root, SynthConfig(size=(S, S)), n_train=12, n_test_good=2,
-                        n_per_type=4, types=TYPES, seed=11)
+            write_mvtec(
+                root,
+                SynthConfig(size=(S, S)),
+                n_train=12,
+                n_test_good=2,
+                n_per_type=4,
+                types=TYPES,
+                seed=11,
+            )
         elif key == "second":  # same types, new images (and a novel type)
-            write_mvtec(root, SynthConfig(size=(S, S)), n_train=2, n_test_good=1,
-                        n_per_type=2, types=TYPES, seed=23)
+            write_mvtec(
+                root,
+                SynthConfig(size=(S, S)),
+                n_train=2,
+                n_test_good=1,
+                n_per_type=2,
+                types=TYPES,
+                seed=23,
+            )
             novel = root / "novel"
-            write_mvtec(novel, SynthConfig(size=(S, S)), n_train=1, n_test_good=0,
-                        n_per_type=4, types=(NOVEL,), seed=31)
+            write_mvtec(
+                novel,
+                SynthConfig(size=(S, S)),
+                n_train=1,
+                n_test_good=0,
+                n_per_type=4,
+                types=(NOVEL,),
+                seed=31,
+            )
             shutil.move(str(novel / "test" / NOVEL), str(root / "test" / NOVEL))
         elif key == "tiny":  # for the CLI runs: 8 normals; 1 good + 3 types x 3
-            write_mvtec(root, SynthConfig(size=(S, S)), n_train=8, n_test_good=1,
-                        n_per_type=3, types=TYPES, seed=5)
+            write_mvtec(
+                root,
+                SynthConfig(size=(S, S)),
+                n_train=8,
+                n_test_good=1,
+                n_per_type=3,
+                types=TYPES,
+                seed=5,
+            )
         else:
             raise KeyError(key)
         _CACHE[key] = root
@@ -96,9 +128,13 @@ def discovered_home(base: Path) -> tuple[Path, list[tuple[str, float]]]:
         home = base / "discovered"
         calls: list[tuple[str, float]] = []
         with WorkspaceService(home, WS, config=fast_config()) as service:
-            service.upload_batch(data / "test", data / "train" / "good", clusters=3,
-                                 batch_name="first",
-                                 progress=lambda stage, f: calls.append((stage, f)))
+            service.upload_batch(
+                data / "test",
+                data / "train" / "good",
+                clusters=3,
+                batch_name="first",
+                progress=lambda stage, f: calls.append((stage, f)),
+            )
         _CACHE["home"] = home
         _CACHE["progress"] = calls  # type: ignore[assignment]
     return _CACHE["home"], _CACHE["progress"]  # type: ignore[return-value]

@@ -26,11 +26,21 @@ from storage import (
 MARKER = "INSIDE-TRANSACTION"
 
 
-def make_batch(n_images: int, *, regions_per_image: int = 2, dim: int = 16, n_types: int = 4,
-               seed: int = 0, name: str = "batch", size: tuple[int, int] = (24, 32),
-               with_maps: bool = False, with_masks: bool = True,
-               existing_types: list[int] | None = None, model: bool = True,
-               image_prefix: str = "img") -> BatchIngest:
+def make_batch(
+    n_images: int,
+    *,
+    regions_per_image: int = 2,
+    dim: int = 16,
+    n_types: int = 4,
+    seed: int = 0,
+    name: str = "batch",
+    size: tuple[int, int] = (24, 32),
+    with_maps: bool = False,
+    with_masks: bool = True,
+    existing_types: list[int] | None = None,
+    model: bool = True,
+    image_prefix: str = "img",
+) -> BatchIngest:
     """A batch of ``n_images`` distinct images with ``regions_per_image`` regions each.
 
     Regions are assigned round-robin-free (by a seeded draw) to ``n_types`` new types
@@ -43,9 +53,17 @@ def make_batch(n_images: int, *, regions_per_image: int = 2, dim: int = 16, n_ty
     for i in range(n_images):
         data = b"\x89PNG-fake" + f"{image_prefix}/{seed}/{i}".encode() + rng.bytes(16)
         amap = rng.random((h, w)).astype(np.float32) if with_maps else None
-        images.append(ImageIn(name=f"{image_prefix}/{i:06d}.png", width=w, height=h, data=data,
-                              anomaly_score=float(rng.random()), is_anomalous=True,
-                              anomaly_map=amap))
+        images.append(
+            ImageIn(
+                name=f"{image_prefix}/{i:06d}.png",
+                width=w,
+                height=h,
+                data=data,
+                anomaly_score=float(rng.random()),
+                is_anomalous=True,
+                anomaly_map=amap,
+            )
+        )
     n = n_images * regions_per_image
     img = np.repeat(np.arange(n_images), regions_per_image)
     top = rng.integers(0, h // 2, n)
@@ -65,27 +83,38 @@ def make_batch(n_images: int, *, regions_per_image: int = 2, dim: int = 16, n_ty
     centres = rng.normal(size=(len(refs), dim)).astype(np.float32) * 3
     emb = (centres[k_of] + rng.normal(size=(n, dim))).astype(np.float32) if model else None
     return BatchIngest(
-        name=name, params={"seed": seed},
+        name=name,
+        params={"seed": seed},
         images=images,
-        regions=RegionsIn(image=img, boxes=boxes, anomaly_score=rng.random(n), masks=masks,
-                          embeddings=emb),
-        model=ModelVersionIn(kind="discover", model=b"model-" + rng.bytes(8),
-                             metrics={"n": n}) if model else None,
-        new_types=[] if existing_types is not None else
-        [NewType(key=f"c{k}") for k in range(n_types)],
-        assignments=AssignmentsIn(regions=np.arange(n), types=[refs[k] for k in k_of],
-                                  confidence=rng.uniform(0.3, 1.0, n)),
-        prototypes=[PrototypeIn(type=refs[k], vector=centres[k],
-                                n_members=int((k_of == k).sum())) for k in range(len(refs))]
-        if model else [])
+        regions=RegionsIn(
+            image=img, boxes=boxes, anomaly_score=rng.random(n), masks=masks, embeddings=emb
+        ),
+        model=ModelVersionIn(kind="discover", model=b"model-" + rng.bytes(8), metrics={"n": n})
+        if model
+        else None,
+        new_types=[]
+        if existing_types is not None
+        else [NewType(key=f"c{k}") for k in range(n_types)],
+        assignments=AssignmentsIn(
+            regions=np.arange(n), types=[refs[k] for k in k_of], confidence=rng.uniform(0.3, 1.0, n)
+        ),
+        prototypes=[
+            PrototypeIn(type=refs[k], vector=centres[k], n_members=int((k_of == k).sum()))
+            for k in range(len(refs))
+        ]
+        if model
+        else [],
+    )
 
 
 def counts(ws: Workspace) -> dict[str, int]:
     """Row count of every table (the "before-state" of crash tests)."""
     out = {}
     with ws.read() as cur:
-        for (table,) in cur.execute("SELECT table_name FROM information_schema.tables "
-                                    "WHERE table_schema = 'main' ORDER BY 1").fetchall():
+        for (table,) in cur.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'main' ORDER BY 1"
+        ).fetchall():
             out[table] = cur.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     return out
 
@@ -95,6 +124,7 @@ def _kill_point(stage_wanted: str, after: int):
         if stage == stage_wanted and done >= after:
             print(MARKER, stage, done, total, flush=True)
             time.sleep(120)  # the parent SIGKILLs us here, inside the transaction
+
     return progress
 
 
@@ -115,19 +145,31 @@ def main(argv: list[str]) -> None:
         ids, _ = ws.embeddings()
         emb = np.random.default_rng(5).normal(size=(len(ids), ws.embedding_dim))
         types = [t.id for t in ws.list_types()]
-        ws.apply_retrain(ModelVersionIn(kind="retrain", model=b"retrained"),
-                         AssignmentsIn(regions=ids, types=[types[i % len(types)]
-                                                           for i in range(len(ids))],
-                                       confidence=np.full(len(ids), 0.9)),
-                         embeddings=(ids, emb),
-                         progress=_kill_point("assignments", cfg.insert_chunk_rows))
+        ws.apply_retrain(
+            ModelVersionIn(kind="retrain", model=b"retrained"),
+            AssignmentsIn(
+                regions=ids,
+                types=[types[i % len(types)] for i in range(len(ids))],
+                confidence=np.full(len(ids), 0.9),
+            ),
+            embeddings=(ids, emb),
+            progress=_kill_point("assignments", cfg.insert_chunk_rows),
+        )
     print("FINISHED-WITHOUT-KILL", flush=True)
 
 
 def crash_batch() -> BatchIngest:
     """The large batch the crash test kills mid-ingest (and then retries)."""
-    return make_batch(1_000, regions_per_image=150, dim=8, seed=99, name="big", size=(16, 16),
-                      with_masks=False, image_prefix="big")
+    return make_batch(
+        1_000,
+        regions_per_image=150,
+        dim=8,
+        seed=99,
+        name="big",
+        size=(16, 16),
+        with_masks=False,
+        image_prefix="big",
+    )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ def test_user_checkpoint_of_another_timm_model_is_loaded(tmp_path) -> None:
     ref = timm.create_model("resnet18", pretrained=False)
     path = tmp_path / "r18.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
-    extractor = FeatureExtractor(BackboneConfig(name="resnet18", weights=str(path)),
-                                 torch.device("cpu"))
+    extractor = FeatureExtractor(
+        BackboneConfig(name="resnet18", weights=str(path)), torch.device("cpu")
+    )
     assert torch.equal(extractor.model.conv1.weight, ref.conv1.weight)
     feats = extractor(to_tensor_batch([np.zeros((128, 128, 3), np.uint8)]))
     assert feats.strides == [8, 16] and feats.maps[0].shape[1] == 128
@@ -96,8 +97,9 @@ def test_hub_weights_go_through_timms_pretrained_path(tmp_path) -> None:
     model = build_model(BackboneConfig(name="resnet18", weights="hub", hub_file=str(path)))
     assert torch.equal(model.conv1.weight, ref.conv1.weight)
     with pytest.raises(BackboneError, match="hub weight file not found"):
-        build_model(BackboneConfig(name="resnet18", weights="hub",
-                                   hub_file=str(tmp_path / "absent.bin")))
+        build_model(
+            BackboneConfig(name="resnet18", weights="hub", hub_file=str(tmp_path / "absent.bin"))
+        )
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
@@ -129,10 +131,12 @@ def test_vit_needs_explicit_feature_indices(tmp_path) -> None:
     cfg = BackboneConfig(name="vit_tiny_patch16_224", weights=str(path), image_size=128)
     with pytest.raises(BackboneError, match="feature_indices"):
         FeatureExtractor(cfg, torch.device("cpu"))
-    cfg = BackboneConfig(name="vit_tiny_patch16_224", weights=str(path), image_size=128,
-                         feature_indices=(5, 11))
+    cfg = BackboneConfig(
+        name="vit_tiny_patch16_224", weights=str(path), image_size=128, feature_indices=(5, 11)
+    )
     feats = FeatureExtractor(cfg, torch.device("cpu"))(
-        to_tensor_batch([np.zeros((128, 128, 3), np.uint8)]))
+        to_tensor_batch([np.zeros((128, 128, 3), np.uint8)])
+    )
     assert [tuple(m.shape) for m in feats.maps] == [(1, 192, 8, 8), (1, 192, 8, 8)]
 
 

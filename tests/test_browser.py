@@ -28,13 +28,21 @@ from webapp.app import launch
 from webapp.demo import write_demo_set, zip_folder
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason=f"{CHROMIUM} is absent (install it: apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (install it: apt-get install chromium)"
+    ),
 ]
 
 
@@ -51,14 +59,19 @@ def served(tmp_path_factory):
     demo = write_demo_set(tmp / "demo", n_train=12, n_test_good=2, n_per_type=3, side=128)
     images = zip_folder(demo / "test", tmp / "demo-batch.zip")
     normals = zip_folder(demo / "train" / "good", tmp / "known-good.zip")
-    second = write_demo_set(tmp / "more", seed=5, n_train=1, n_test_good=2, n_per_type=2,
-                            side=128)
+    second = write_demo_set(tmp / "more", seed=5, n_train=1, n_test_good=2, n_per_type=2, side=128)
     second_zip = zip_folder(second / "test", tmp / "second-batch.zip")
     config = ProtoAtlasConfig(device="cpu").with_overrides(backbone={"image_size": 128})
     service = WorkspaceService(tmp / "home", "default", config=config)
     app, url = launch(service, port=None, quiet=True, prevent_thread_lock=True)
-    yield {"url": url, "service": service, "images": images, "normals": normals,
-           "second": second_zip, "app": app}
+    yield {
+        "url": url,
+        "service": service,
+        "images": images,
+        "normals": normals,
+        "second": second_zip,
+        "app": app,
+    }
     app.close()
     service.close()
 
@@ -81,8 +94,11 @@ def _wait_text(page, selector: str, pattern: str, timeout: float = 30) -> str:
     """Wait until the element's text matches ``pattern`` (a regex); return the text."""
     page.wait_for_function(
         "([sel, pat]) => { const e = document.querySelector(sel); "
-        "return !!e && new RegExp(pat).test(e.innerText); }", arg=[selector, pattern],
-        timeout=timeout * 1000, polling=100)
+        "return !!e && new RegExp(pat).test(e.innerText); }",
+        arg=[selector, pattern],
+        timeout=timeout * 1000,
+        polling=100,
+    )
     return page.inner_text(selector)
 
 
@@ -114,16 +130,17 @@ def test_review_flow_in_a_browser(served, browser, shots):
 
     # ---- upload a zip with known-good images; live progress, then the report
     _upload(page, served["images"], served["normals"], "demo")
-    page.wait_for_selector("#pa-up-report .progress-text, #pa-up-report .eta-bar, "
-                           "#pa-up-report .progress-level", timeout=60000)
+    page.wait_for_selector(
+        "#pa-up-report .progress-text, #pa-up-report .eta-bar, #pa-up-report .progress-level",
+        timeout=60000,
+    )
     report = _wait_text(page, "#pa-up-report", "discovered", timeout=300)
     assert "17 images analysed" in report
     page.screenshot(path=str(shots / "upload.png"))
 
     # ---- the types
     _tab(page, "Types")
-    page.wait_for_function("() => document.querySelectorAll('.pa-card').length >= 2",
-                           timeout=30000)
+    page.wait_for_function("() => document.querySelectorAll('.pa-card').length >= 2", timeout=30000)
     sizes = _card_sizes(page)
     assert sum(sizes.values()) == sum(t.n_regions for t in service.ws.list_types())
 
@@ -146,18 +163,22 @@ def test_review_flow_in_a_browser(served, browser, shots):
     members[0].click()
     members[2].click(modifiers=["Shift"])
     page.wait_for_function(
-        "() => document.querySelector('#pa-selection textarea').value.split(',').length === 3")
+        "() => document.querySelector('#pa-selection textarea').value.split(',').length === 3"
+    )
     assert len(page.query_selector_all("#pa-gallery .pa-member.pa-on")) == 3
     page.click("#pa-split")
     _wait_text(page, "#pa-msg", "Moved the 3 selected regions")
     assert service.ws.get_type(int(big)).n_regions == sizes[big] - 3
-    page.wait_for_function("n => document.querySelectorAll('.pa-card').length === n",
-                           arg=len(sizes) + 1)
+    page.wait_for_function(
+        "n => document.querySelectorAll('.pa-card').length === n", arg=len(sizes) + 1
+    )
     page.click(f".pa-card[data-type-id='{tid}']")
     _wait_text(page, "#pa-type-head", rf"#{tid} ·")
     page.evaluate("() => window.scrollTo(0, 0)")
-    page.wait_for_function("() => Array.from(document.querySelectorAll('.pa-card img, "
-                           "#pa-gallery img')).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.pa-card img, "
+        "#pa-gallery img')).every(i => i.complete && i.naturalWidth > 0)"
+    )
     page.screenshot(path=str(shots / "types.png"))
 
     # ---- a suggestion, answered with the keyboard (n = no), then undo is there
@@ -177,39 +198,51 @@ def test_review_flow_in_a_browser(served, browser, shots):
     assert service.ws.latest_model_version().id == mv + 1
 
     # ---- "is it one type?": pick two members that do not belong, then yes with a name
-    t = max((x for x in service.ws.list_types() if x.status == "proposed"),
-            key=lambda x: x.n_regions)
+    t = max(
+        (x for x in service.ws.list_types() if x.status == "proposed"), key=lambda x: x.n_regions
+    )
     assert t.n_regions >= 3, t
-    (sid,) = service.ws.replace_open_suggestions([SuggestionIn(
-        kind="confirm", target={"type_id": t.id, "n_regions": t.n_regions}, score=99.0)])
+    (sid,) = service.ws.replace_open_suggestions(
+        [
+            SuggestionIn(
+                kind="confirm", target={"type_id": t.id, "n_regions": t.n_regions}, score=99.0
+            )
+        ]
+    )
     page.get_by_role("button", name="Next question").click()
     _wait_text(page, "#pa-question", rf"question #{sid}\b")
     thumbs = "#pa-suggest-panel .thumbnail-item"
     page.wait_for_function(f"() => document.querySelectorAll('{thumbs}').length >= 3")
     page.query_selector_all(thumbs)[0].click()
-    page.wait_for_function("() => /^\\d+$/.test(document.querySelector("
-                           "'#pa-sugg-pick textarea, #pa-sugg-pick input').value.trim())")
+    page.wait_for_function(
+        "() => /^\\d+$/.test(document.querySelector("
+        "'#pa-sugg-pick textarea, #pa-sugg-pick input').value.trim())"
+    )
     page.query_selector_all(thumbs)[1].click()
-    page.wait_for_function("() => document.querySelector('#pa-sugg-pick textarea, "
-                           "#pa-sugg-pick input').value.split(',').length === 2")
-    picked = [int(x) for x in page.input_value(
-        "#pa-sugg-pick textarea, #pa-sugg-pick input").split(",")]
+    page.wait_for_function(
+        "() => document.querySelector('#pa-sugg-pick textarea, "
+        "#pa-sugg-pick input').value.split(',').length === 2"
+    )
+    picked = [
+        int(x) for x in page.input_value("#pa-sugg-pick textarea, #pa-sugg-pick input").split(",")
+    ]
     members = {m.region_id for m in service.ws.type_members(t.id, limit=10**6)}
     assert set(picked) <= members and len(set(picked)) == 2
     page.fill("#pa-sugg-name input, #pa-sugg-name textarea", "picked-type")
     page.click("#pa-yes")
     _wait_text(page, "#pa-sugg-msg", "moved 2 member")
     got = service.ws.get_type(t.id)
-    assert (got.status, got.name, got.n_regions) == ("confirmed", "picked-type",
-                                                     t.n_regions - 2)
-    assert {m.region_id for m in service.ws.type_members(t.id, limit=10**6)} == \
-        members - set(picked)
+    assert (got.status, got.name, got.n_regions) == ("confirmed", "picked-type", t.n_regions - 2)
+    assert {m.region_id for m in service.ws.type_members(t.id, limit=10**6)} == members - set(
+        picked
+    )
     assert served["app"].retrainer.wait(300) and served["app"].retrainer.last_error is None
 
     # ---- the map: draw it, lasso a selection
     _tab(page, "Map")
-    page.wait_for_selector("#pa-map .js-plotly-plot .scatterlayer, #pa-map .js-plotly-plot "
-                           "canvas", timeout=30000)
+    page.wait_for_selector(
+        "#pa-map .js-plotly-plot .scatterlayer, #pa-map .js-plotly-plot canvas", timeout=30000
+    )
     time.sleep(1.0)  # the page script binds the plot's selection events every 0.6 s
     # hovering a point shows its crop
     x, y = page.evaluate(
@@ -217,12 +250,16 @@ def test_review_flow_in_a_browser(served, browser, shots):
         "const fl = gd._fullLayout, tr = gd._fullData[0]; "
         "const r = gd.getBoundingClientRect(); "
         "return [r.left + fl._size.l + fl.xaxis.l2p(tr.x[0]), "
-        "r.top + fl._size.t + fl.yaxis.l2p(tr.y[0])]; }")
+        "r.top + fl._size.t + fl.yaxis.l2p(tr.y[0])]; }"
+    )
     page.mouse.move(x - 30, y - 30)
     page.mouse.move(x, y, steps=5)
-    page.wait_for_function("() => { const t = document.getElementById('pa-hover-thumb'); "
-                           "return !!t && t.style.display === 'block' && t.complete && "
-                           "t.naturalWidth > 0; }", timeout=15000)
+    page.wait_for_function(
+        "() => { const t = document.getElementById('pa-hover-thumb'); "
+        "return !!t && t.style.display === 'block' && t.complete && "
+        "t.naturalWidth > 0; }",
+        timeout=15000,
+    )
     box = page.query_selector("#pa-map .nsewdrag").bounding_box()
     page.mouse.move(box["x"] + 3, box["y"] + 3)
     page.mouse.down()
@@ -230,9 +267,11 @@ def test_review_flow_in_a_browser(served, browser, shots):
         page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=6)
     page.mouse.up()
     _wait_text(page, "#pa-map-msg", r"\d+ region\(s\) selected")
-    page.wait_for_function("() => { const i = Array.from(document.querySelectorAll("
-                           "'#pa-map-gallery img')); return i.length > 0 && "
-                           "i.every(x => x.complete && x.naturalWidth > 0); }")
+    page.wait_for_function(
+        "() => { const i = Array.from(document.querySelectorAll("
+        "'#pa-map-gallery img')); return i.length > 0 && "
+        "i.every(x => x.complete && x.naturalWidth > 0); }"
+    )
     page.screenshot(path=str(shots / "map.png"))
 
     # ---- image detail, from a double-click in the members grid
@@ -240,10 +279,13 @@ def test_review_flow_in_a_browser(served, browser, shots):
     page.click(f".pa-card[data-type-id='{tid}']")
     _wait_text(page, "#pa-type-head", rf"#{tid} ·")
     page.dblclick("#pa-gallery .pa-member >> nth=0")
-    page.wait_for_function("() => document.querySelectorAll('#pa-image-row img').length === 4",
-                           timeout=30000)
-    page.wait_for_function("() => Array.from(document.querySelectorAll('#pa-image-row img'))"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#pa-image-row img').length === 4", timeout=30000
+    )
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('#pa-image-row img'))"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
     text = page.inner_text("#pa-image-md")
     assert re.search(r"Image #\d+", text) and "region(s)" in text
     time.sleep(0.5)

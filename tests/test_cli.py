@@ -32,13 +32,27 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_detect_writes_one_row_per_image_with_paths_relative_to_images(demo, tmp_path,
-                                                                        capsys) -> None:
+def test_detect_writes_one_row_per_image_with_paths_relative_to_images(
+    demo, tmp_path, capsys
+) -> None:
     out = tmp_path / "scores.csv"
     maps = tmp_path / "maps"
-    code = main(["detect", "--normals", str(demo / "train/good"), "--images",
-                 str(demo / "test"), "--out", str(out), "--maps", str(maps),
-                 "--labels", str(demo / "labels.csv"), *SMALL])
+    code = main(
+        [
+            "detect",
+            "--normals",
+            str(demo / "train/good"),
+            "--images",
+            str(demo / "test"),
+            "--out",
+            str(out),
+            "--maps",
+            str(maps),
+            "--labels",
+            str(demo / "labels.csv"),
+            *SMALL,
+        ]
+    )
     assert code == 0
     rows = _rows(out)
     assert list(rows[0]) == ["image", "anomaly_score", "is_anomalous"]
@@ -74,13 +88,24 @@ def _bad_batch(folder: Path, demo: Path) -> None:
     (folder / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
 
 
-def test_bad_files_are_skipped_with_reasons_and_good_modes_are_scored(demo, tmp_path,
-                                                                     capsys) -> None:
+def test_bad_files_are_skipped_with_reasons_and_good_modes_are_scored(
+    demo, tmp_path, capsys
+) -> None:
     batch = tmp_path / "batch"
     _bad_batch(batch, demo)
     out = tmp_path / "scores.csv"
-    code = main(["detect", "--normals", str(demo / "train/good"), "--images", str(batch),
-                 "--out", str(out), *SMALL])
+    code = main(
+        [
+            "detect",
+            "--normals",
+            str(demo / "train/good"),
+            "--images",
+            str(batch),
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
     assert code == 0
     rows = {r["image"]: r for r in _rows(out)}
     assert set(rows) == {"rgb.png", "rgba.png", "gray16.png"}
@@ -100,8 +125,18 @@ def test_nothing_usable_fails_with_one_line(demo, tmp_path, capsys) -> None:
     batch.mkdir()
     (batch / "a.png").write_bytes(b"")
     (batch / "b.jpg").write_text("text")
-    code = main(["detect", "--normals", str(demo / "train/good"), "--images", str(batch),
-                 "--out", str(tmp_path / "x.csv"), *SMALL])
+    code = main(
+        [
+            "detect",
+            "--normals",
+            str(demo / "train/good"),
+            "--images",
+            str(batch),
+            "--out",
+            str(tmp_path / "x.csv"),
+            *SMALL,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("protoatlas: error: no usable images") and "\n" not in err
@@ -109,24 +144,48 @@ def test_nothing_usable_fails_with_one_line(demo, tmp_path, capsys) -> None:
     assert not (tmp_path / "x.csv").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--device", "cuda"], "CUDA is not available"),
-    (["--backbone", "nope_net"], "efficientnet_lite0"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--backbone", "nope_net"], "efficientnet_lite0"),
+    ],
+)
 def test_configuration_errors_are_one_line(demo, tmp_path, capsys, args, needle) -> None:
     import torch
 
     if args[0] == "--device" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    code = main(["detect", "--normals", str(demo / "train/good"), "--images",
-                 str(demo / "test"), "--out", str(tmp_path / "x.csv"), "--quiet", *args])
+    code = main(
+        [
+            "detect",
+            "--normals",
+            str(demo / "train/good"),
+            "--images",
+            str(demo / "test"),
+            "--out",
+            str(tmp_path / "x.csv"),
+            "--quiet",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and "\n" not in err
 
 
 def test_missing_folder_is_named(tmp_path, capsys) -> None:
-    code = main(["detect", "--normals", str(tmp_path / "nowhere"), "--images", str(tmp_path),
-                 "--out", str(tmp_path / "x.csv"), "--quiet"])
+    code = main(
+        [
+            "detect",
+            "--normals",
+            str(tmp_path / "nowhere"),
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "x.csv"),
+            "--quiet",
+        ]
+    )
     assert code == 2 and "nowhere" in capsys.readouterr().err
 
 
@@ -136,22 +195,59 @@ def test_zip_batch_and_traversal_archive(demo, tmp_path, capsys) -> None:
         zf.write(demo / "test/spot/000.png", "lot7/spot.png")
         zf.write(demo / "test/good/000.png", "lot7/deeper/ok.png")
     out = tmp_path / "scores.csv"
-    assert main(["detect", "--normals", str(demo / "train/good"), "--images", str(good_zip),
-                 "--out", str(out), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "--normals",
+                str(demo / "train/good"),
+                "--images",
+                str(good_zip),
+                "--out",
+                str(out),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     assert sorted(r["image"] for r in _rows(out)) == ["lot7/deeper/ok.png", "lot7/spot.png"]
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../../etc/evil.png", b"x")
-    code = main(["detect", "--normals", str(demo / "train/good"), "--images", str(evil),
-                 "--out", str(tmp_path / "y.csv"), *SMALL])
+    code = main(
+        [
+            "detect",
+            "--normals",
+            str(demo / "train/good"),
+            "--images",
+            str(evil),
+            "--out",
+            str(tmp_path / "y.csv"),
+            *SMALL,
+        ]
+    )
     assert code == 2 and "../../etc/evil.png" in capsys.readouterr().err
 
 
 def test_save_model_and_eval_detect(demo, tmp_path, capsys) -> None:
     model = tmp_path / "m.npz"
-    assert main(["detect", "--normals", str(demo / "train/good"), "--images",
-                 str(demo / "test/good"), "--out", str(tmp_path / "s.csv"),
-                 "--save-model", str(model), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "--normals",
+                str(demo / "train/good"),
+                "--images",
+                str(demo / "test/good"),
+                "--out",
+                str(tmp_path / "s.csv"),
+                "--save-model",
+                str(model),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     assert model.is_file()
     result = tmp_path / "eval.json"
     assert main(["eval-detect", "--mvtec", str(demo), "--json", str(result), *SMALL]) == 0

@@ -20,16 +20,25 @@ from tests.conftest import TEST_IMAGE_SIZE
 
 S = TEST_IMAGE_SIZE
 SMALL = ["--image-size", str(S), "--device", "cpu"]
-COLUMNS = ["image", "anomaly_score", "is_anomalous", "cluster", "confidence", "outlier",
-           "nearest_type", "n_regions"]
+COLUMNS = [
+    "image",
+    "anomaly_score",
+    "is_anomalous",
+    "cluster",
+    "confidence",
+    "outlier",
+    "nearest_type",
+    "n_regions",
+]
 TYPES = ("scratch", "spot", "missing")
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    return write_mvtec(root, SynthConfig(size=(S, S)), n_train=12, n_test_good=2,
-                       n_per_type=3, types=TYPES, seed=1)
+    return write_mvtec(
+        root, SynthConfig(size=(S, S)), n_train=12, n_test_good=2, n_per_type=3, types=TYPES, seed=1
+    )
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -51,8 +60,17 @@ def _run(args: list[str]) -> tuple[int, str, str]:
 
 
 def _discover_args(demo: Path, out: Path, *extra: str) -> list[str]:
-    return ["discover", "--normals", str(demo / "train/good"), "--images", str(demo / "test"),
-            "--out", str(out), *SMALL, *extra]
+    return [
+        "discover",
+        "--normals",
+        str(demo / "train/good"),
+        "--images",
+        str(demo / "test"),
+        "--out",
+        str(out),
+        *SMALL,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +78,11 @@ def discovered(demo, tmp_path_factory):
     """One quiet `discover --clusters 3 --save-model` run shared by several tests."""
     tmp = tmp_path_factory.mktemp("run")
     out = tmp / "types.csv"
-    code, stdout, stderr = _run(_discover_args(demo, out, "--clusters", "3", "--quiet",
-                                               "--save-model", str(tmp / "model.npz")))
+    code, stdout, stderr = _run(
+        _discover_args(
+            demo, out, "--clusters", "3", "--quiet", "--save-model", str(tmp / "model.npz")
+        )
+    )
     assert code == 0, stderr
     return out, tmp / "model.npz", stdout, stderr
 
@@ -76,8 +97,10 @@ def test_discover_csv_contract(demo, discovered) -> None:
     rows = _rows(out)
     assert len(rows) == 2 + 3 * len(TYPES)  # one row per readable image
     names = {r["image"] for r in rows}
-    assert names == ({f"good/{i:03d}.png" for i in range(2)}
-                     | {f"{t}/{i:03d}.png" for t in TYPES for i in range(3)})
+    assert names == (
+        {f"good/{i:03d}.png" for i in range(2)}
+        | {f"{t}/{i:03d}.png" for t in TYPES for i in range(3)}
+    )
     for r in rows:
         anomalous = r["is_anomalous"] == "1"
         assert r["is_anomalous"] in ("0", "1") and r["outlier"] in ("0", "1")
@@ -128,8 +151,11 @@ def test_quiet_prints_no_progress_bars(discovered) -> None:
 
 def test_same_command_twice_gives_identical_csv(demo, discovered, tmp_path) -> None:
     out = tmp_path / "types.csv"
-    code, _, stderr = _run(_discover_args(demo, out, "--clusters", "3", "--quiet",
-                                          "--save-model", str(tmp_path / "model.npz")))
+    code, _, stderr = _run(
+        _discover_args(
+            demo, out, "--clusters", "3", "--quiet", "--save-model", str(tmp_path / "model.npz")
+        )
+    )
     assert code == 0 and _no_progress_bars(stderr)
     assert out.read_bytes() == discovered[0].read_bytes()
 
@@ -137,8 +163,18 @@ def test_same_command_twice_gives_identical_csv(demo, discovered, tmp_path) -> N
 def test_assign_with_the_saved_model(demo, discovered, tmp_path) -> None:
     first, model, _, _ = discovered
     out = tmp_path / "assigned.csv"
-    code, stdout, stderr = _run(["assign", "--model", str(model), "--images",
-                                 str(demo / "test"), "--out", str(out), "--quiet"])
+    code, stdout, stderr = _run(
+        [
+            "assign",
+            "--model",
+            str(model),
+            "--images",
+            str(demo / "test"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0, stderr
     assert _header(out) == COLUMNS
     before = {r["image"]: r for r in _rows(first)}
@@ -196,8 +232,11 @@ def test_maps_dir_with_npy_and_16bit_png(demo, tmp_path) -> None:
     assert list(maps.rglob("*.npy")) and list(maps.rglob("*.png"))
     out = tmp_path / "types.csv"
     model = tmp_path / "maps_model.npz"
-    code, _, stderr = _run(_discover_args(demo, out, "--maps", str(maps), "--clusters", "3",
-                                          "--quiet", "--save-model", str(model)))
+    code, _, stderr = _run(
+        _discover_args(
+            demo, out, "--maps", str(maps), "--clusters", "3", "--quiet", "--save-model", str(model)
+        )
+    )
     assert code == 0, stderr
     rows = {r["image"]: r for r in _rows(out)}
     assert len(rows) == 9 and not set(reasons) & set(rows)
@@ -212,8 +251,20 @@ def test_maps_dir_with_npy_and_16bit_png(demo, tmp_path) -> None:
     assert "skipped 2" in stderr
     # a model made from maps sorts a later batch given its maps...
     again = tmp_path / "assigned.csv"
-    code, _, stderr = _run(["assign", "--model", str(model), "--images", str(demo / "test"),
-                            "--maps", str(maps), "--out", str(again), "--quiet"])
+    code, _, stderr = _run(
+        [
+            "assign",
+            "--model",
+            str(model),
+            "--images",
+            str(demo / "test"),
+            "--maps",
+            str(maps),
+            "--out",
+            str(again),
+            "--quiet",
+        ]
+    )
     assert code == 0, stderr
     assigned = {r["image"]: r for r in _rows(again)}
     assert set(assigned) == set(rows)
@@ -222,16 +273,27 @@ def test_maps_dir_with_npy_and_16bit_png(demo, tmp_path) -> None:
         if row["cluster"]:
             assert assigned[name]["cluster"] == row["cluster"]
     # ...and without them says what is missing, in one line
-    code, _, stderr = _run(["assign", "--model", str(model), "--images", str(demo / "test"),
-                            "--out", str(tmp_path / "x.csv"), "--quiet"])
+    code, _, stderr = _run(
+        [
+            "assign",
+            "--model",
+            str(model),
+            "--images",
+            str(demo / "test"),
+            "--out",
+            str(tmp_path / "x.csv"),
+            "--quiet",
+        ]
+    )
     assert code == 2 and "no fitted detector" in stderr and "\n" not in stderr.strip()
 
 
 def test_all_maps_missing_fails_with_one_line(demo, tmp_path) -> None:
     empty = tmp_path / "maps"
     empty.mkdir()
-    code, _, stderr = _run(_discover_args(demo, tmp_path / "x.csv", "--maps", str(empty),
-                                          "--quiet"))
+    code, _, stderr = _run(
+        _discover_args(demo, tmp_path / "x.csv", "--maps", str(empty), "--quiet")
+    )
     err = stderr.strip()
     assert code == 2 and "\n" not in err
     assert err.startswith("protoatlas: error: no image has a usable anomaly map")
@@ -248,8 +310,20 @@ def test_zip_input_clusters_auto_and_progress_bars_without_quiet(demo, tmp_path)
         for path in sorted((demo / "train/good").glob("*.png")):
             zf.write(path, path.name)
     out = tmp_path / "types.csv"
-    code, _, stderr = _run(["discover", "--normals", str(normals), "--images", str(images),
-                            "--out", str(out), "--clusters", "auto", *SMALL])
+    code, _, stderr = _run(
+        [
+            "discover",
+            "--normals",
+            str(normals),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--clusters",
+            "auto",
+            *SMALL,
+        ]
+    )
     assert code == 0, stderr
     rows = _rows(out)
     assert len(rows) == 11 and all(r["image"].startswith("lot7/") for r in rows)

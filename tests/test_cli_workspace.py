@@ -34,10 +34,24 @@ def stored(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cli, "_config_from", fast_cli(cli._config_from))
-        code, out, err = run(["discover", "--normals", str(data / "train" / "good"),
-                              "--images", str(data / "test"), "--out", str(tmp / "out.csv"),
-                              "--home", str(tmp / "home"), "--image-size", "128",
-                              "--device", "cpu", "--quiet"])
+        code, out, err = run(
+            [
+                "discover",
+                "--normals",
+                str(data / "train" / "good"),
+                "--images",
+                str(data / "test"),
+                "--out",
+                str(tmp / "out.csv"),
+                "--home",
+                str(tmp / "home"),
+                "--image-size",
+                "128",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
     assert code == 0, err
     return tmp / "home", data, out
 
@@ -63,14 +77,14 @@ def test_discover_home_stores_the_batch_and_doctor_says_sound(stored) -> None:
         assert svc.tokens_path(batch.id).is_file()
         assert {t.status for t in svc.ws.list_types()} == {"proposed"}
         names = {n for _, n, _, _ in svc.ws.batch_images(batch.id)}
-        assert names == {p.relative_to(data / "test").as_posix()
-                         for p in (data / "test").rglob("*.png")}
+        assert names == {
+            p.relative_to(data / "test").as_posix() for p in (data / "test").rglob("*.png")
+        }
     code, out, _ = run(["doctor", "--home", str(home)])
     assert code == 0 and out.strip().endswith("0 error(s), 0 warning(s): workspace is sound")
 
 
-def test_doctor_warns_on_missing_tokens_and_fails_on_a_broken_audit_chain(stored,
-                                                                           tmp_path) -> None:
+def test_doctor_warns_on_missing_tokens_and_fails_on_a_broken_audit_chain(stored, tmp_path) -> None:
     home = copy_home(stored[0], tmp_path / "home")
     (home / NAME / "tokens" / "batch-1.npz").unlink()
     code, out, _ = run(["doctor", "--home", str(home), "--workspace", NAME])
@@ -80,8 +94,9 @@ def test_doctor_warns_on_missing_tokens_and_fails_on_a_broken_audit_chain(stored
 
     con = duckdb.connect(str(home / NAME / "workspace.duckdb"))
     try:
-        con.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = (SELECT min(seq) "
-                    "FROM audit_log)")
+        con.execute(
+            "UPDATE audit_log SET actor = 'mallory' WHERE seq = (SELECT min(seq) FROM audit_log)"
+        )
     finally:
         con.close()
     code, out, _ = run(["doctor", "--home", str(home)])
@@ -89,8 +104,22 @@ def test_doctor_warns_on_missing_tokens_and_fails_on_a_broken_audit_chain(stored
     assert "error:" in out and out.strip().endswith("workspace is NOT sound")
 
 
-REGION_COLUMNS = ["image", "batch", "region_id", "top", "left", "bottom", "right", "area",
-                  "anomaly_score", "type", "type_status", "source", "confidence", "is_normal"]
+REGION_COLUMNS = [
+    "image",
+    "batch",
+    "region_id",
+    "top",
+    "left",
+    "bottom",
+    "right",
+    "area",
+    "anomaly_score",
+    "type",
+    "type_status",
+    "source",
+    "confidence",
+    "is_normal",
+]
 
 
 def test_export_formats(stored, tmp_path) -> None:
@@ -101,11 +130,14 @@ def test_export_formats(stored, tmp_path) -> None:
         n_regions = len(region_table(svc.ws).region_ids)
         n_images = svc.ws.batches()[0].n_images
         n_audit = len(svc.ws.audit(limit=1000))
-    files = {fmt: tmp_path / f"export.{fmt}" for fmt in
-             ("csv", "parquet", "images-csv", "coco", "audit-json")}
+    files = {
+        fmt: tmp_path / f"export.{fmt}"
+        for fmt in ("csv", "parquet", "images-csv", "coco", "audit-json")
+    }
     for fmt, path in files.items():
-        code, stdout, err = run(["export", "--home", str(home), "--format", fmt,
-                                 "--out", str(path)])
+        code, stdout, err = run(
+            ["export", "--home", str(home), "--format", fmt, "--out", str(path)]
+        )
         assert code == 0, err
         assert path.is_file() and f"wrote {path}" in stdout
 
@@ -126,8 +158,18 @@ def test_export_formats(stored, tmp_path) -> None:
 
     audit = json.loads(files["audit-json"].read_text())
     assert len(audit) == n_audit
-    assert set(audit[0]) == {"seq", "ts", "actor", "action", "target", "type_ids", "before",
-                             "after", "prev_hash", "hash"}
+    assert set(audit[0]) == {
+        "seq",
+        "ts",
+        "actor",
+        "action",
+        "target",
+        "type_ids",
+        "before",
+        "after",
+        "prev_hash",
+        "hash",
+    }
     assert audit[0]["action"] == "ingest_batch" and audit[-1]["action"] == "confirm_type"
     assert all(b["prev_hash"] == a["hash"] for a, b in zip(audit, audit[1:]))
 
@@ -140,15 +182,17 @@ def test_import_labels_round_trip(stored, tmp_path) -> None:
         for t, name in zip(svc.ws.list_types(), ("scratch", "spot")):
             svc.ws.rename_type(t.id, name, expected_version=t.version, actor="alice")
     labels = tmp_path / "labels.csv"
-    code, _, err = run(["export", "--home", str(reviewed), "--format", "images-csv",
-                        "--out", str(labels)])
+    code, _, err = run(
+        ["export", "--home", str(reviewed), "--format", "images-csv", "--out", str(labels)]
+    )
     assert code == 0, err
     exported = {r["image"]: r["label"] for r in rows(labels)}
     named = {img: lab for img, lab in exported.items() if lab in ("scratch", "spot")}
     assert named, exported
 
-    code, out, err = run(["import-labels", "--home", str(plain), "--labels", str(labels),
-                          "--actor", "importer"])
+    code, out, err = run(
+        ["import-labels", "--home", str(plain), "--labels", str(labels), "--actor", "importer"]
+    )
     assert code == 0, err
     assert f"{len(exported)} rows" in out
     with WorkspaceService(plain, NAME) as svc:
@@ -156,12 +200,11 @@ def test_import_labels_round_trip(stored, tmp_path) -> None:
         types = {t.name: t for t in ws.list_types()}
         for name in set(named.values()):
             assert types[name].status == "confirmed" and types[name].origin != "model"
-        image_of = {img: name for b in ws.batches() for img, name, _, _ in
-                    ws.batch_images(b.id)}
+        image_of = {img: name for b in ws.batches() for img, name, _, _ in ws.batch_images(b.id)}
         table = region_table(ws)
-        for rid, img, tid, reviewed_, normal in zip(table.region_ids, table.image_ids,
-                                                    table.type_ids, table.reviewed,
-                                                    table.is_normal):
+        for rid, img, tid, reviewed_, normal in zip(
+            table.region_ids, table.image_ids, table.type_ids, table.reviewed, table.is_normal
+        ):
             label = exported[image_of[int(img)]]
             if label in named.values():
                 assert tid == types[label].id and reviewed_ and not normal

@@ -107,8 +107,13 @@ OWN = clustering._MIN_MEMBERS_FOR_OWN_STATS
 
 def test_outlier_threshold_flags_a_planted_far_point_only() -> None:
     rng = np.random.default_rng(5)
-    sims = np.concatenate([0.9 + rng.normal(0, 0.01, OWN), [0.3],  # prototype 0 + outlier
-                           0.7 + rng.normal(0, 0.02, OWN)])  # prototype 1
+    sims = np.concatenate(
+        [
+            0.9 + rng.normal(0, 0.01, OWN),
+            [0.3],  # prototype 0 + outlier
+            0.7 + rng.normal(0, 0.02, OWN),
+        ]
+    )  # prototype 1
     labels = np.array([0] * (OWN + 1) + [1] * OWN)
     thr = outlier_thresholds(sims, labels, 2, mads=3.5)
     assert thr.shape == (2,) and thr.dtype == np.float32
@@ -142,8 +147,12 @@ def test_image_votes_are_weighted_means() -> None:
     np.testing.assert_allclose(votes[1], [0.0, 0.0])  # no region
     np.testing.assert_allclose(votes[2], [0.2, 0.8], atol=1e-6)
     # a heavier region wins the image even against a more confident light one
-    votes = image_votes(np.array([[0.6, 0.4], [0.0, 1.0]]),
-                        region_weights([400.0, 4.0], [1.0, 1.0]), np.array([0, 0]), 1)
+    votes = image_votes(
+        np.array([[0.6, 0.4], [0.0, 1.0]]),
+        region_weights([400.0, 4.0], [1.0, 1.0]),
+        np.array([0, 0]),
+        1,
+    )
     assert votes[0].argmax() == 0
     # tiny areas and scores are floored, never zero weight
     assert (region_weights([0.0], [0.0]) > 0).all()

@@ -12,15 +12,11 @@ HEAVY = ("cv2", "scipy", "torch", "sklearn", "faiss", "timm")
 
 
 def test_importing_config_loads_no_compute_library() -> None:
-    code = (
-        "import engine.config, sys; "
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
-    )
+    code = f"import engine.config, sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-        check=True,
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 

@@ -67,8 +67,14 @@ def test_list_nested_directory(tmp_path: Path) -> None:
     root = tmp_path / "data"
     for name in ["b.png", "a/x.JPG", "a/b/y.bmp", "a/b/c/z.tiff", "a/b/c/w.jpeg", "a/t.TIF"]:
         put(root / name, png_bytes())
-    for name in ["notes.txt", "a/b/readme.md", ".hidden.png", ".git/x.png", "a/.cache/y.png",
-                 "__MACOSX/a/._x.jpg"]:
+    for name in [
+        "notes.txt",
+        "a/b/readme.md",
+        ".hidden.png",
+        ".git/x.png",
+        "a/.cache/y.png",
+        "__MACOSX/a/._x.jpg",
+    ]:
         put(root / name, png_bytes())
     refs = list_images(root)
     names = [r.name for r in refs]
@@ -125,14 +131,17 @@ def test_list_plain_file_is_refused(tmp_path: Path) -> None:
 
 def test_list_zip_nested_and_read_bytes(tmp_path: Path) -> None:
     deep = png_bytes(10)
-    archive = make_zip(tmp_path / "set.zip", {
-        "top.png": png_bytes(200),
-        "dir/": b"",
-        "dir/sub/deep.jpg": deep,
-        "dir/readme.txt": b"hello",
-        "__MACOSX/dir/sub/._deep.jpg": b"junk",
-        ".hidden/x.png": png_bytes(),
-    })
+    archive = make_zip(
+        tmp_path / "set.zip",
+        {
+            "top.png": png_bytes(200),
+            "dir/": b"",
+            "dir/sub/deep.jpg": deep,
+            "dir/readme.txt": b"hello",
+            "__MACOSX/dir/sub/._deep.jpg": b"junk",
+            ".hidden/x.png": png_bytes(),
+        },
+    )
     refs = list_images(archive)
     assert [r.name for r in refs] == ["dir/sub/deep.jpg", "top.png"]
     assert refs[0].zip_path == archive.resolve() and refs[0].member == "dir/sub/deep.jpg"
@@ -151,13 +160,16 @@ def symlink_info(name: str) -> zipfile.ZipInfo:
     return info
 
 
-@pytest.mark.parametrize("member,reason", [
-    ("../evil.png", "'..'"),
-    ("ok/../../evil.png", "'..'"),
-    ("/etc/evil.png", "absolute"),
-    ("C:/evil.png", "drive letter"),
-    (symlink_info("link.png"), "symbolic link"),
-])
+@pytest.mark.parametrize(
+    "member,reason",
+    [
+        ("../evil.png", "'..'"),
+        ("ok/../../evil.png", "'..'"),
+        ("/etc/evil.png", "absolute"),
+        ("C:/evil.png", "drive letter"),
+        (symlink_info("link.png"), "symbolic link"),
+    ],
+)
 def test_unsafe_zip_member_refuses_archive(
     tmp_path: Path, member: str | zipfile.ZipInfo, reason: str
 ) -> None:
@@ -311,8 +323,10 @@ def test_load_mvtec_layout(tmp_path: Path) -> None:
     assert dataset.root == tmp_path / "widget"
     assert [r.name for r in dataset.train] == [f"train/good/00{i}.png" for i in range(3)]
     assert [(s.ref.name, s.defect_type) for s in dataset.test] == [
-        ("test/crack/000.png", "crack"), ("test/crack/001.png", "crack"),
-        ("test/good/000.png", "good"), ("test/good/001.png", "good"),
+        ("test/crack/000.png", "crack"),
+        ("test/crack/001.png", "crack"),
+        ("test/good/000.png", "good"),
+        ("test/good/001.png", "good"),
         ("test/scratch/000.png", "scratch"),
     ]
     assert dataset.defect_types == ["crack", "scratch"]

@@ -14,16 +14,27 @@ from tests.service_fixtures import WS, data_root, fast_config, shared_base
 
 
 def _state(candidates, threshold) -> ReviewState:
-    return ReviewState(region_ids=np.zeros(0, np.int64), image_ids=np.zeros(0, np.int64),
-                       embeddings=np.zeros((0, 4), np.float32),
-                       region_type=np.zeros(0, np.int64), reviewed=np.zeros(0, bool),
-                       is_normal=np.zeros(0, bool), types={}, candidates=candidates,
-                       threshold=threshold)
+    return ReviewState(
+        region_ids=np.zeros(0, np.int64),
+        image_ids=np.zeros(0, np.int64),
+        embeddings=np.zeros((0, 4), np.float32),
+        region_type=np.zeros(0, np.int64),
+        reviewed=np.zeros(0, bool),
+        is_normal=np.zeros(0, bool),
+        types={},
+        candidates=candidates,
+        threshold=threshold,
+    )
 
 
 def test_defect_questions_rank_by_closeness_to_the_threshold() -> None:
-    cands = [Candidate(1, 10, 9.0), Candidate(2, 11, 8.0), Candidate(3, 12, 9.9),
-             Candidate(4, 13, 10.5), Candidate(5, 14, 5.0)]
+    cands = [
+        Candidate(1, 10, 9.0),
+        Candidate(2, 11, 8.0),
+        Candidate(3, 12, 9.9),
+        Candidate(4, 13, 10.5),
+        Candidate(5, 14, 5.0),
+    ]
     qs = defect_questions(_state(cands, 10.0), SuggestConfig(defect_band=0.25))
     # above the (moved) threshold first, then the nearest below; 5.0 is 50 % below: not asked
     assert [q.target["region_id"] for q in qs] == [4, 3, 1, 2]
@@ -102,8 +113,7 @@ def test_no_marks_the_candidate_normal_and_is_not_asked_again(near_miss_service)
 
 def test_the_oracle_answers_defect_questions_from_its_labels(near_miss_service) -> None:
     svc = near_miss_service
-    names = {img: name for b in svc.ws.batches() for img, name, _, _ in
-             svc.ws.batch_images(b.id)}
+    names = {img: name for b in svc.ws.batches() for img, name, _, _ in svc.ws.batch_images(b.id)}
     view = ReviewerView(svc, names)
     table = region_table(svc.ws)
     row = int(np.flatnonzero(table.is_normal)[0])

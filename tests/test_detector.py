@@ -47,7 +47,8 @@ def test_threshold_is_calibrated_on_held_out_normals(fitted, synth_samples) -> N
 
 @pytest.mark.parametrize("bank", ["other_folds", "leave_one_out"])
 def test_calibration_scores_each_normal_against_a_bank_it_did_not_shape(
-        small_config, synth_samples, bank) -> None:
+    small_config, synth_samples, bank
+) -> None:
     """Either calibration bank scores a normal above its in-bank score (its own entries are
     never searched); leave-one-out searches more of the bank, so it scores lower than the
     other folds alone."""
@@ -57,8 +58,9 @@ def test_calibration_scores_each_normal_against_a_bank_it_did_not_shape(
     in_bank = np.array([r.score for r in det.score(normals)])
     assert np.median(report.calibration_scores) > np.median(in_bank)
     if bank == "leave_one_out":
-        folds = PatchCoreDetector(small_config.with_overrides(
-            detector={"calibration_bank": "other_folds"}))
+        folds = PatchCoreDetector(
+            small_config.with_overrides(detector={"calibration_bank": "other_folds"})
+        )
         folds.fit(normals)
         assert np.array_equal(folds.knn.bank, det.knn.bank)
         assert np.median(report.calibration_scores) < np.median(folds.calibration_scores)

@@ -34,8 +34,9 @@ def alien(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = image.copy()
     y, x = rng.integers(40, 76, 2)
     yy, xx = np.mgrid[:14, :14]
-    out[y:y + 14, x:x + 14] = np.where(((yy // 3 + xx // 3) % 2 == 1)[..., None],
-                                       (40, 230, 60), (250, 250, 40))
+    out[y : y + 14, x : x + 14] = np.where(
+        ((yy // 3 + xx // 3) % 2 == 1)[..., None], (40, 230, 60), (250, 250, 40)
+    )
     return out
 
 
@@ -48,8 +49,9 @@ def world():
     batch = generate(sc, n_normal=4, n_per_type=6, types=SEEN, seed=12)
     later = generate(sc, n_normal=1, n_per_type=3, types=SEEN, seed=13)
     rng = np.random.default_rng(0)
-    aliens = [alien(s.image, rng) for s in generate(sc, n_normal=3, n_per_type=0, types=(),
-                                                    seed=14)]
+    aliens = [
+        alien(s.image, rng) for s in generate(sc, n_normal=3, n_per_type=0, types=(), seed=14)
+    ]
     model = DiscoveryModel(small_discovery_config())
     model.fit(normals)
     analysis = model.analyse([s.image for s in batch])
@@ -59,9 +61,18 @@ def world():
     scratches = [s.image for s in later if s.label == "scratch"]
     mixed = scratches + aliens
     mixed_result = model.assign(model.analyse(mixed))
-    return SimpleNamespace(normals=normals, batch=batch, later=later, model=model,
-                           analysis=analysis, result=result, later_result=later_result,
-                           mixed=mixed, mixed_result=mixed_result, n_scratch=len(scratches))
+    return SimpleNamespace(
+        normals=normals,
+        batch=batch,
+        later=later,
+        model=model,
+        analysis=analysis,
+        result=result,
+        later_result=later_result,
+        mixed=mixed,
+        mixed_result=mixed_result,
+        n_scratch=len(scratches),
+    )
 
 
 def type_of_label(world) -> dict[str, int]:
@@ -108,8 +119,10 @@ def test_discover_gives_one_type_per_anomalous_image(world) -> None:
 
 def test_regions_lie_on_the_defects(world) -> None:
     res, batch = world.result, world.batch
-    hits = [bool((r.full_mask(res.analysis.shapes[r.image_index])
-                  & batch[r.image_index].mask).any()) for r in res.analysis.regions]
+    hits = [
+        bool((r.full_mask(res.analysis.shapes[r.image_index]) & batch[r.image_index].mask).any())
+        for r in res.analysis.regions
+    ]
     assert np.mean(hits) > 0.8
 
 
@@ -148,8 +161,11 @@ def test_assign_sorts_a_later_batch_by_nearest_saved_type(world) -> None:
 
 def test_assign_keeps_most_images_of_known_types_in_their_saved_type(world) -> None:
     expect = type_of_label(world)
-    pairs = [(expect[s.label], t) for s, t in zip(world.later, world.later_result.image_type)
-             if s.label != "good"]
+    pairs = [
+        (expect[s.label], t)
+        for s, t in zip(world.later, world.later_result.image_type)
+        if s.label != "good"
+    ]
     assert np.mean([a == b for a, b in pairs]) >= 2 / 3
 
 
@@ -232,8 +248,9 @@ def test_external_maps_flag_images_by_mebin(world) -> None:
     expected = [cv2.resize(m, (S, S), interpolation=cv2.INTER_LINEAR).max() for m in maps]
     np.testing.assert_allclose(analysis.scores, expected, rtol=1e-6)
     assert all(analysis.is_anomalous[r.image_index] for r in analysis.regions)
-    hits = [bool((r.full_mask((S, S)) & samples[r.image_index].mask).any())
-            for r in analysis.regions]
+    hits = [
+        bool((r.full_mask((S, S)) & samples[r.image_index].mask).any()) for r in analysis.regions
+    ]
     assert np.mean(hits) > 0.9
     result = model.discover(analysis, 3)
     assert ((result.image_type != NO_TYPE) | result.image_outlier)[defect].all()

@@ -22,15 +22,26 @@ TYPES = ("scratch", "spot", "missing")
 def two_sets(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("suite")
     cfg = SynthConfig(size=(TEST_IMAGE_SIZE, TEST_IMAGE_SIZE))
-    return [write_mvtec(root / f"set{seed}", cfg, n_train=10, n_test_good=3, n_per_type=4,
-                        types=TYPES, seed=seed) for seed in (1, 2)]
+    return [
+        write_mvtec(
+            root / f"set{seed}",
+            cfg,
+            n_train=10,
+            n_test_good=3,
+            n_per_type=4,
+            types=TYPES,
+            seed=seed,
+        )
+        for seed in (1, 2)
+    ]
 
 
 def test_a_suite_file_resolves_paths_beside_it_and_names_bad_rows(tmp_path) -> None:
     (tmp_path / "data").mkdir()
     suite = tmp_path / "suite.csv"
-    suite.write_text("# comment\npath,clusters,name\ndata,3,mine\nsynth:pcb:4,6,\n"
-                     "/abs/where,auto,\n")
+    suite.write_text(
+        "# comment\npath,clusters,name\ndata,3,mine\nsynth:pcb:4,6,\n/abs/where,auto,\n"
+    )
     sets = ev.read_suite(suite)
     assert [s.name for s in sets] == ["mine", "synth_pcb_4", "where"]
     assert sets[0].path == str((tmp_path / "data").resolve()) and sets[0].clusters == 3
@@ -71,7 +82,9 @@ def test_eval_discover_reports_both_protocols_and_the_k_found_with_auto(two_sets
     res = ev.eval_discover(two_sets[0], fast_config(), clusters=3, baselines=False)
     assert res.n_defect_images == 12 and res.n_types == 3
     assert {(m.method, m.protocol) for m in res.methods} == {
-        (ev.FULL_METHOD, "typed"), (ev.FULL_METHOD, "product")}
+        (ev.FULL_METHOD, "typed"),
+        (ev.FULL_METHOD, "product"),
+    }
     typed = res.method(ev.FULL_METHOD, "typed")
     assert typed.k_found == 3 and res.k_auto >= 1
     # every defective image gets a type in the typed protocol: these synthetic types are easy

@@ -27,10 +27,17 @@ SHAPES = [(900, 32), (288, 122), (256, 4096), (1024, 1024)]
 
 def _fast(size: int = 64) -> ProtoAtlasConfig:
     return ProtoAtlasConfig(device="cpu").with_overrides(
-        backbone={"image_size": size, "batch_size": 4, "resize_mode": "native",
-                  "tile_size": 256, "tile_margin": 32},
-        crops={"output_size": 64}, discovery={"head_epochs": 3, "n_references": 1},
-        detector={"prototypes_per_scale": 8})
+        backbone={
+            "image_size": size,
+            "batch_size": 4,
+            "resize_mode": "native",
+            "tile_size": 256,
+            "tile_margin": 32,
+        },
+        crops={"output_size": 64},
+        discovery={"head_epochs": 3, "n_references": 1},
+        detector={"prototypes_per_scale": 8},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +46,7 @@ def odd_folders(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("odd")
     for k, shape in enumerate(SHAPES):
         cfg = SynthConfig(kind="texture", size=shape, min_area_frac=1e-5, max_area_frac=0.3)
-        samples = generate(cfg, n_normal=4, n_per_type=1, types=("spot", "missing"),
-                           seed=40 + k)
+        samples = generate(cfg, n_normal=4, n_per_type=1, types=("spot", "missing"), seed=40 + k)
         tag = f"{shape[0]}x{shape[1]}"
         for i, s in enumerate(samples):
             folder = root / ("normals" if s.label == "good" and i < 3 else "batch")
@@ -59,8 +65,10 @@ def test_odd_shapes_are_ingested_reviewed_and_exported(odd_folders, tmp_path) ->
         report = service.upload_batch(batch, normals, clusters=2, actor="t")
         assert report.n_images == 3 * len(SHAPES) and not report.skipped
         ws = service.ws
-        shapes = {(d.height, d.width) for d in (ws.image_detail(i) for i, *_ in
-                                               ws.batch_images(report.batch_id))}
+        shapes = {
+            (d.height, d.width)
+            for d in (ws.image_detail(i) for i, *_ in ws.batch_images(report.batch_id))
+        }
         assert shapes == set(SHAPES)
         types = ws.list_types()
         assert types, "no types discovered"
@@ -82,11 +90,15 @@ def test_odd_shapes_are_ingested_reviewed_and_exported(odd_folders, tmp_path) ->
 
 
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(short=st.integers(32, 400), aspect=st.floats(1.0, 32.0), tall=st.booleans())
-def test_any_size_and_aspect_is_detected_and_its_map_fits(fitted_small, short, aspect,
-                                                          tall) -> None:
+def test_any_size_and_aspect_is_detected_and_its_map_fits(
+    fitted_small, short, aspect, tall
+) -> None:
     long = min(10_000, int(round(short * aspect)))
     shape = (long, short) if tall else (short, long)
     rng = np.random.default_rng(short)
@@ -120,7 +132,7 @@ def fitted_small():
 
 
 def test_map_fits_image_rounding() -> None:
-    assert map_fits_image((256, 108), 288, 122)   # the crash of the issue
+    assert map_fits_image((256, 108), 288, 122)  # the crash of the issue
     assert map_fits_image((8, 256), 128, 4096)
     assert map_fits_image((256, 9), 7200, 256)
     assert not map_fits_image((256, 150), 288, 122)

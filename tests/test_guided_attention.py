@@ -41,10 +41,15 @@ def anomaly_mass(pool: GuidedAttentionPool, tokens, anomaly, regions) -> np.ndar
 @pytest.mark.parametrize("learn", [True, False])
 def test_mass_on_anomaly_tokens_rises_with_the_anomaly_guidance_factor(learn) -> None:
     tokens, anomaly, regions = inputs()
-    masses = [anomaly_mass(GuidedAttentionPool(C, settings(factors=(-1.0, 0.0, g),
-                                                           learn=learn)),
-                           tokens, anomaly, regions)
-              for g in (-1.0, 0.0, 0.5, 1.0, 2.0, 4.0)]
+    masses = [
+        anomaly_mass(
+            GuidedAttentionPool(C, settings(factors=(-1.0, 0.0, g), learn=learn)),
+            tokens,
+            anomaly,
+            regions,
+        )
+        for g in (-1.0, 0.0, 0.5, 1.0, 2.0, 4.0)
+    ]
     for lower, higher in zip(masses, masses[1:]):
         assert (higher > lower).all()
     # gamma = 0 for anomaly and object: uniform over those 12 tokens (background is -1)
@@ -59,8 +64,10 @@ def test_mass_rises_with_beta_when_the_map_peaks_on_the_anomaly_tokens() -> None
     amap = torch.full((3, T), -0.5)
     amap[:, ANOMALY_TOKENS] = 1.5
     amap = (amap - amap.mean(1, keepdim=True)) / amap.std(1, keepdim=True)
-    masses = [anomaly_mass(GuidedAttentionPool(C, settings(beta=b)), tokens, amap, regions)
-              for b in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)]
+    masses = [
+        anomaly_mass(GuidedAttentionPool(C, settings(beta=b)), tokens, amap, regions)
+        for b in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+    ]
     assert masses[0] == pytest.approx(4 / T, rel=1e-5)  # beta = 0: uniform
     for lower, higher in zip(masses, masses[1:]):
         assert (higher > lower).all()
@@ -73,8 +80,11 @@ def test_untrained_scorer_contributes_zero_and_logits_follow_the_formula() -> No
     pool = GuidedAttentionPool(C, settings(beta=0.7, factors=(-1.0, 0.2, 1.3), power=2.0))
     with torch.no_grad():
         assert torch.count_nonzero(pool.scorer(pool.norm(tokens))) == 0
-        expected = (0.7 * anomaly + regions @ torch.tensor([-1.0, 0.2, 1.3])
-                    + 2.0 * torch.log(tokens.norm(dim=-1) + 1e-6))
+        expected = (
+            0.7 * anomaly
+            + regions @ torch.tensor([-1.0, 0.2, 1.3])
+            + 2.0 * torch.log(tokens.norm(dim=-1) + 1e-6)
+        )
         assert torch.allclose(pool.logits(tokens, anomaly, regions), expected, atol=1e-5)
 
 

@@ -32,8 +32,15 @@ def test_squash_fills_the_square() -> None:
     assert geom.grid_valid(16).all()
 
 
-@pytest.mark.parametrize("hw, want", [((600, 290), (544, 256)), ((128, 2048), (256, 4096)),
-                                      ((256, 256), (256, 256)), ((32, 900), (256, 7200))])
+@pytest.mark.parametrize(
+    "hw, want",
+    [
+        ((600, 290), (544, 256)),
+        ((128, 2048), (256, 4096)),
+        ((256, 256), (256, 256)),
+        ((32, 900), (256, 7200)),
+    ],
+)
 def test_native_scales_the_shorter_side_without_padding(hw, want) -> None:
     geom = plan_geometry(hw, 256, "native", 32)
     assert geom.input_hw == want and geom.box == (0, 0, *want)
@@ -59,7 +66,7 @@ def test_restore_map_inverts_the_letterbox() -> None:
     _, geom = fit_square(image, 256, "letterbox")
     score = np.zeros((256, 256), np.float32)
     top, left, bottom, right = geom.box
-    score[top:bottom, left:left + (right - left) // 2] = 1.0  # left half of the content
+    score[top:bottom, left : left + (right - left) // 2] = 1.0  # left half of the content
     back = restore_map(score, geom)
     assert back.shape == (90, 180)
     assert back[:, :80].mean() > 0.95 and back[:, 100:].mean() < 0.05
@@ -77,9 +84,10 @@ def test_grid_to_image_puts_a_cell_at_its_offset() -> None:
         assert abs(y - (80 + offset)) <= 0.5 and abs(x - (160 + offset)) <= 0.5
 
 
-@pytest.mark.parametrize("extent, tile, margin", [(256, 512, 64), (4096, 512, 64),
-                                                   (544, 512, 64), (7200, 512, 64),
-                                                   (1024, 256, 32)])
+@pytest.mark.parametrize(
+    "extent, tile, margin",
+    [(256, 512, 64), (4096, 512, 64), (544, 512, 64), (7200, 512, 64), (1024, 256, 32)],
+)
 def test_tiles_cover_and_overlap(extent, tile, margin) -> None:
     starts = tile_starts(extent, tile, margin, 32)
     assert starts[0] == 0 and all(s % 32 == 0 for s in starts)
@@ -98,5 +106,8 @@ def test_unknown_mode_is_an_error() -> None:
 def test_tensor_batch_is_imagenet_normalised() -> None:
     batch = to_tensor_batch([np.full((4, 4, 3), 255, np.uint8)])
     assert batch.shape == (1, 3, 4, 4) and batch.dtype == np.float32
-    assert np.allclose(batch[0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
-                       / np.array([0.229, 0.224, 0.225]), atol=1e-5)
+    assert np.allclose(
+        batch[0, :, 0, 0],
+        (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
+        atol=1e-5,
+    )

@@ -180,10 +180,14 @@ def test_classical_on_mvtec_bottle() -> None:
     mask = prior.predict(normals[0])
     height, width = mask.shape
     cy, cx, r = height // 2, width // 2, min(height, width) // 4
-    assert mask[cy - r:cy + r, cx - r:cx + r].all()  # bottle centre
+    assert mask[cy - r : cy + r, cx - r : cx + r].all()  # bottle centre
     corner = max(4, min(height, width) // 10)
-    for corner_view in (mask[:corner, :corner], mask[:corner, -corner:],
-                        mask[-corner:, :corner], mask[-corner:, -corner:]):
+    for corner_view in (
+        mask[:corner, :corner],
+        mask[:corner, -corner:],
+        mask[-corner:, :corner],
+        mask[-corner:, -corner:],
+    ):
         assert not corner_view.any()
     assert 0.4 < mask.mean() < 0.85
 
@@ -223,8 +227,11 @@ class _FakeDetector:
 def test_grounded_sam_unions_boxes_and_whole_image_without_boxes() -> None:
     image = np.zeros((40, 60, 3), np.uint8)
     detector = _FakeDetector([(5, 5, 15, 20), (30, 10, 70, 30)])  # second one clipped
-    prior = GroundedSamPrior(PriorConfig(backend="grounded-sam", prompt=" bottle "),
-                             box_detector=detector, sam_predictor=_BoxSam())
+    prior = GroundedSamPrior(
+        PriorConfig(backend="grounded-sam", prompt=" bottle "),
+        box_detector=detector,
+        sam_predictor=_BoxSam(),
+    )
     prior.fit([image])
     mask = prior.predict(image)
     expected = np.zeros((40, 60), bool)
@@ -239,20 +246,31 @@ def test_grounded_sam_unions_boxes_and_whole_image_without_boxes() -> None:
 
 def test_grounded_sam_needs_a_prompt() -> None:
     with pytest.raises(ValueError, match="prompt"):
-        GroundedSamPrior(PriorConfig(backend="grounded-sam"), box_detector=_FakeDetector([]),
-                         sam_predictor=_BoxSam())
+        GroundedSamPrior(
+            PriorConfig(backend="grounded-sam"),
+            box_detector=_FakeDetector([]),
+            sam_predictor=_BoxSam(),
+        )
 
 
 def test_grounded_sam_missing_files_are_named(tmp_path: Path) -> None:
-    cfg = PriorConfig(backend="grounded-sam", prompt="bottle",
-                      sam_checkpoint=str(tmp_path / "nope.pth"))
+    cfg = PriorConfig(
+        backend="grounded-sam", prompt="bottle", sam_checkpoint=str(tmp_path / "nope.pth")
+    )
     with pytest.raises(PriorUnavailableError) as info:
         make_prior(cfg)
     text = str(info.value)
     assert isinstance(info.value, ImportError)
-    for needle in ("sam_checkpoint", "nope.pth", "sam_vit_b_01ec64.pth",
-                   "groundingdino_checkpoint", "groundingdino_swint_ogc.pth",
-                   "groundingdino_config", "text_encoder_dir", "bert-base-uncased"):
+    for needle in (
+        "sam_checkpoint",
+        "nope.pth",
+        "sam_vit_b_01ec64.pth",
+        "groundingdino_checkpoint",
+        "groundingdino_swint_ogc.pth",
+        "groundingdino_config",
+        "text_encoder_dir",
+        "bert-base-uncased",
+    ):
         assert needle in text
     # The groundingdino package is not installed here: the message says how to get it.
     try:
@@ -265,8 +283,7 @@ def test_grounded_sam_missing_files_are_named(tmp_path: Path) -> None:
     assert "sam_checkpoint" in str(info.value) and "groundingdino" not in str(info.value)
 
 
-def test_groundingdino_helpers_box_conversion_and_input(monkeypatch: pytest.MonkeyPatch
-                                                        ) -> None:
+def test_groundingdino_helpers_box_conversion_and_input(monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     boxes = _cxcywh_to_xyxy(np.array([[0.5, 0.5, 0.5, 0.25]], np.float32), (40, 80))
     assert boxes == [(20.0, 15.0, 60.0, 25.0)]
@@ -282,34 +299,45 @@ def _tiny_sam_predictor():
     """A random-initialised SAM small enough for a unit test, in a real SamPredictor."""
     torch = pytest.importorskip("torch")
     modeling = pytest.importorskip(
-        "segment_anything.modeling", reason="segment-anything not installed (the sam extra)")
+        "segment_anything.modeling", reason="segment-anything not installed (the sam extra)"
+    )
     from segment_anything import SamPredictor
 
     torch.manual_seed(0)
     img_size, patch, dim = 64, 16, 32
     grid = img_size // patch
     sam = modeling.Sam(
-        image_encoder=modeling.ImageEncoderViT(img_size=img_size, patch_size=patch,
-                                               embed_dim=dim, depth=1, num_heads=1,
-                                               out_chans=dim),
-        prompt_encoder=modeling.PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid),
-                                              input_image_size=(img_size, img_size),
-                                              mask_in_chans=4),
+        image_encoder=modeling.ImageEncoderViT(
+            img_size=img_size, patch_size=patch, embed_dim=dim, depth=1, num_heads=1, out_chans=dim
+        ),
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=4,
+        ),
         mask_decoder=modeling.MaskDecoder(
-            transformer_dim=dim, iou_head_hidden_dim=16,
-            transformer=modeling.TwoWayTransformer(depth=1, embedding_dim=dim, num_heads=1,
-                                                   mlp_dim=dim)),
+            transformer_dim=dim,
+            iou_head_hidden_dim=16,
+            transformer=modeling.TwoWayTransformer(
+                depth=1, embedding_dim=dim, num_heads=1, mlp_dim=dim
+            ),
+        ),
     ).eval()
     return SamPredictor(sam)
 
 
 def test_grounded_sam_with_tiny_real_sam() -> None:
-    pytest.importorskip("segment_anything",
-                        reason="segment-anything not installed (pip install 'protoatlas[sam]')")
+    pytest.importorskip(
+        "segment_anything", reason="segment-anything not installed (pip install 'protoatlas[sam]')"
+    )
     image = make_scene(np.random.default_rng(0), SynthConfig(size=(48, 80)))[0]
     detector = _FakeDetector([(10.0, 8.0, 60.0, 40.0)])
-    prior = GroundedSamPrior(PriorConfig(backend="grounded-sam", prompt="disc"),
-                             box_detector=detector, sam_predictor=_tiny_sam_predictor())
+    prior = GroundedSamPrior(
+        PriorConfig(backend="grounded-sam", prompt="disc"),
+        box_detector=detector,
+        sam_predictor=_tiny_sam_predictor(),
+    )
     mask = prior.predict(image)
     assert mask.dtype == bool and mask.shape == (48, 80)
     assert detector.calls == [((48, 80, 3), "disc")]
@@ -321,12 +349,14 @@ def test_grounded_sam_with_tiny_real_sam() -> None:
 def test_grounded_sam_reads_the_given_sam_checkpoint(tmp_path: Path) -> None:
     """With the file present, SAM is built from that path: a corrupt file fails to load
     (not a PriorUnavailableError, and nothing is fetched)."""
-    pytest.importorskip("segment_anything",
-                        reason="segment-anything not installed (pip install 'protoatlas[sam]')")
+    pytest.importorskip(
+        "segment_anything", reason="segment-anything not installed (pip install 'protoatlas[sam]')"
+    )
     bad = tmp_path / "sam_vit_b_01ec64.pth"
     bad.write_bytes(b"not a checkpoint")
-    cfg = PriorConfig(backend="grounded-sam", prompt="bottle", sam_checkpoint=str(bad),
-                      device="cpu")
+    cfg = PriorConfig(
+        backend="grounded-sam", prompt="bottle", sam_checkpoint=str(bad), device="cpu"
+    )
     with pytest.raises(Exception) as info:
         GroundedSamPrior(cfg, box_detector=_FakeDetector([]))
     assert not isinstance(info.value, PriorUnavailableError)

@@ -21,8 +21,9 @@ N_GROUPS = 3
 CENTRE = np.array([5, 6, 9, 10])
 
 
-def group_tokens(seed: int = 0, n_per_group: int = N_PER_GROUP, n_groups: int = N_GROUPS,
-                 ) -> tuple[RegionTokens, np.ndarray]:
+def group_tokens(
+    seed: int = 0, n_per_group: int = N_PER_GROUP, n_groups: int = N_GROUPS
+) -> tuple[RegionTokens, np.ndarray]:
     """Crops whose anomaly tokens carry one of ``n_groups`` orthogonal directions (plus
     noise); the other tokens are small shared noise. Returns tokens and the true group."""
     rng = np.random.default_rng(seed)
@@ -37,18 +38,27 @@ def group_tokens(seed: int = 0, n_per_group: int = N_PER_GROUP, n_groups: int = 
     regions = np.zeros((n, T, 3))
     regions[:, :, 1] = 1.0
     regions[:, CENTRE] = (0.0, 0.0, 1.0)
-    return RegionTokens(tokens.astype(np.float32), anomaly.astype(np.float32),
-                        regions.astype(np.float32), GRID), truth
+    return RegionTokens(
+        tokens.astype(np.float32), anomaly.astype(np.float32), regions.astype(np.float32), GRID
+    ), truth
 
 
 def analysis_of(tokens: RegionTokens) -> BatchAnalysis:
     """One region per image, every image anomalous."""
     n = len(tokens)
-    records = [RegionRecord(i, (0, 0, 10, 10), (0, 0, 10, 10), np.ones((10, 10), bool), 100,
-                            1.0, False) for i in range(n)]
-    return BatchAnalysis(shapes=[(10, 10)] * n, scores=np.ones(n, np.float32),
-                         is_anomalous=np.ones(n, bool), maps=[np.zeros((10, 10))] * n,
-                         regions=records, tokens=tokens, value_range=(0.0, 1.0))
+    records = [
+        RegionRecord(i, (0, 0, 10, 10), (0, 0, 10, 10), np.ones((10, 10), bool), 100, 1.0, False)
+        for i in range(n)
+    ]
+    return BatchAnalysis(
+        shapes=[(10, 10)] * n,
+        scores=np.ones(n, np.float32),
+        is_anomalous=np.ones(n, bool),
+        maps=[np.zeros((10, 10))] * n,
+        regions=records,
+        tokens=tokens,
+        value_range=(0.0, 1.0),
+    )
 
 
 def config(**discovery) -> ProtoAtlasConfig:
@@ -58,9 +68,15 @@ def config(**discovery) -> ProtoAtlasConfig:
 
 def head_for(cfg: ProtoAtlasConfig, n_prototypes: int = 3, seed: int = 0) -> PrototypeHead:
     d = cfg.discovery
-    return PrototypeHead(C, d.embedding_dim, n_prototypes,
-                         PoolSettings(d.guidance_beta, d.region_factors, d.residual_power,
-                                      d.learn_factors, d.scorer_hidden), seed)
+    return PrototypeHead(
+        C,
+        d.embedding_dim,
+        n_prototypes,
+        PoolSettings(
+            d.guidance_beta, d.region_factors, d.residual_power, d.learn_factors, d.scorer_hidden
+        ),
+        seed,
+    )
 
 
 def nearest_type(result) -> np.ndarray:
@@ -127,8 +143,7 @@ def test_supervised_terms_change_training(groups) -> None:
     for lab in (np.full(len(truth), -1), labels):
         head = head_for(cfg)
         head.set_prototypes(torch.eye(3, 16))
-        report = train_head(head, tokens, lab, 3, cfg.discovery, seed=0,
-                            device=torch.device("cpu"))
+        report = train_head(head, tokens, lab, 3, cfg.discovery, seed=0, device=torch.device("cpu"))
         assert report.epochs == 8 and len(report.losses) == 8
         assert np.isfinite(report.losses).all()
         heads.append(head)
@@ -143,8 +158,15 @@ def test_training_is_deterministic_for_a_seed(groups) -> None:
         torch.manual_seed(global_seed)  # whatever ran before must not matter
         head = head_for(cfg, seed=seed)
         head.set_prototypes(torch.eye(3, 16))
-        train_head(head, tokens, np.full(len(truth), -1), 0, cfg.discovery, seed=seed,
-                   device=torch.device("cpu"))
+        train_head(
+            head,
+            tokens,
+            np.full(len(truth), -1),
+            0,
+            cfg.discovery,
+            seed=seed,
+            device=torch.device("cpu"),
+        )
         return embed_all(head, tokens, torch.device("cpu"))[0]
 
     first, second = run(0, 1), run(0, 2)
@@ -163,23 +185,42 @@ def test_train_head_checks_labels_and_skips_when_nothing_to_train(groups) -> Non
     cfg = config()
     head = head_for(cfg)
     with pytest.raises(ValueError, match="35 labels for 36 regions"):
-        train_head(head, tokens, np.full(35, -1), 0, cfg.discovery, seed=0,
-                   device=torch.device("cpu"))
+        train_head(
+            head, tokens, np.full(35, -1), 0, cfg.discovery, seed=0, device=torch.device("cpu")
+        )
     before = {k: v.clone() for k, v in head.state_dict().items()}
-    report = train_head(head, tokens, np.full(36, -1), 0, cfg.discovery, seed=0,
-                        device=torch.device("cpu"), epochs=0)
+    report = train_head(
+        head,
+        tokens,
+        np.full(36, -1),
+        0,
+        cfg.discovery,
+        seed=0,
+        device=torch.device("cpu"),
+        epochs=0,
+    )
     assert report.epochs == 0 and report.losses == []
     assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())
     one = tokens.select([0])
-    assert train_head(head, one, np.full(1, -1), 0, cfg.discovery, seed=0,
-                      device=torch.device("cpu")).epochs == 0
+    assert (
+        train_head(
+            head, one, np.full(1, -1), 0, cfg.discovery, seed=0, device=torch.device("cpu")
+        ).epochs
+        == 0
+    )
 
 
 def test_discover_with_no_regions_gives_an_empty_result() -> None:
     empty = RegionTokens.empty(C, GRID)
-    analysis = BatchAnalysis(shapes=[(10, 10)] * 2, scores=np.zeros(2, np.float32),
-                             is_anomalous=np.zeros(2, bool), maps=[np.zeros((10, 10))] * 2,
-                             regions=[], tokens=empty, value_range=(0.0, 1.0))
+    analysis = BatchAnalysis(
+        shapes=[(10, 10)] * 2,
+        scores=np.zeros(2, np.float32),
+        is_anomalous=np.zeros(2, bool),
+        maps=[np.zeros((10, 10))] * 2,
+        regions=[],
+        tokens=empty,
+        value_range=(0.0, 1.0),
+    )
     result = DiscoveryModel(config()).discover(analysis, 3)
     assert len(result.region_type) == 0 and (result.image_type == NO_TYPE).all()
     assert result.embeddings.shape == (0, 16)

@@ -16,8 +16,9 @@ SIGMA = 5.0
 CROP = CropConfig(output_size=64)
 
 
-def blob_map(shape=SHAPE, centres=CENTRES, amp: float = 1.0, seed: int = 0,
-             sigma: float = SIGMA) -> np.ndarray:
+def blob_map(
+    shape=SHAPE, centres=CENTRES, amp: float = 1.0, seed: int = 0, sigma: float = SIGMA
+) -> np.ndarray:
     """Tiny noise plus one Gaussian blob per centre (peak ``amp``)."""
     rng = np.random.default_rng(seed)
     out = rng.normal(0.0, 0.01, shape).astype(np.float32)
@@ -32,13 +33,29 @@ def image_of(shape=SHAPE) -> np.ndarray:
     return rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
 
 
-def run(amap, image=None, *, object_mask=None, value_range=(0.3, 1.0), mebin_side=256,
-        quantile=0.97, index=0):
+def run(
+    amap,
+    image=None,
+    *,
+    object_mask=None,
+    value_range=(0.3, 1.0),
+    mebin_side=256,
+    quantile=0.97,
+    index=0,
+):
     image = image_of(amap.shape) if image is None else image
     obj = np.ones(amap.shape, bool) if object_mask is None else object_mask
-    return image_regions(index, image, amap, obj, mebin_cfg=MEBinConfig(), crop_cfg=CROP,
-                         value_range=value_range, fallback_quantile=quantile,
-                         mebin_side=mebin_side)
+    return image_regions(
+        index,
+        image,
+        amap,
+        obj,
+        mebin_cfg=MEBinConfig(),
+        crop_cfg=CROP,
+        value_range=value_range,
+        fallback_quantile=quantile,
+        mebin_side=mebin_side,
+    )
 
 
 def _contains(box: Box, point: tuple[int, int]) -> bool:
@@ -57,8 +74,9 @@ def test_two_blobs_give_two_regions_boxed_around_them() -> None:
         assert r.image_index == 0
         assert r.crop.shape == (64, 64, 3) and r.crop.dtype == np.uint8
         assert r.crop_map.shape == (64, 64) and r.crop_regions.shape == (64, 64)
-        assert r.score == pytest.approx(float(amap[r.clip[0]:r.clip[2],
-                                                   r.clip[1]:r.clip[3]].max()))
+        assert r.score == pytest.approx(
+            float(amap[r.clip[0] : r.clip[2], r.clip[1] : r.clip[3]].max())
+        )
         assert r.score > 0.9
         # the mask lives inside the (clipped) box and is the blob's core
         top, left, bottom, right = r.clip

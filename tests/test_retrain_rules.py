@@ -23,16 +23,21 @@ def _sims(rows: list[dict[int, float]]) -> np.ndarray:
 def test_only_open_regions_move_and_new_types_form_from_them() -> None:
     current = np.array([-1, 5, 5, 6, 6, 7, 5, 8])
     new_type = np.array([3, 3, 2, 3, NO_TYPE, 0, 2, 0])
-    sims = _sims([{3: 0.9},
-                  {3: 0.9, 0: 0.1},    # unquestioned type -> a new type: stays
-                  {2: 0.9, 0: 0.5},    # unquestioned -> established, 0.4 closer: moves
-                  {3: 0.8, 1: 0.2},    # member of the mixed type: moves freely
-                  {1: 0.3},            # mixed member made an outlier: stays
-                  {0: 0.9, 2: 0.1},    # confirmed type's region to a proposal: stays
-                  {2: 0.55, 0: 0.5},   # established but only 0.05 closer: stays
-                  {0: 0.7}])           # its type (8) got no prototype: takes the new one
-    got = _retrained_assignments(new_type, current, REF, {6}, sims=sims, established={7},
-                                 margin=0.1)
+    sims = _sims(
+        [
+            {3: 0.9},
+            {3: 0.9, 0: 0.1},  # unquestioned type -> a new type: stays
+            {2: 0.9, 0: 0.5},  # unquestioned -> established, 0.4 closer: moves
+            {3: 0.8, 1: 0.2},  # member of the mixed type: moves freely
+            {1: 0.3},  # mixed member made an outlier: stays
+            {0: 0.9, 2: 0.1},  # confirmed type's region to a proposal: stays
+            {2: 0.55, 0: 0.5},  # established but only 0.05 closer: stays
+            {0: 0.7},
+        ]
+    )  # its type (8) got no prototype: takes the new one
+    got = _retrained_assignments(
+        new_type, current, REF, {6}, sims=sims, established={7}, margin=0.1
+    )
     assert got.tolist() == [3, 0, 2, 3, 1, 2, 0, 0]
 
 
@@ -40,8 +45,9 @@ def test_a_confirmed_type_that_is_not_established_pulls_nothing() -> None:
     current = np.array([5, 5])
     new_type = np.array([2, 2])
     sims = _sims([{2: 0.9, 0: 0.1}, {2: 0.9, 0: 0.1}])
-    got = _retrained_assignments(new_type, current, REF, set(), sims=sims, established=set(),
-                                 margin=0.1)
+    got = _retrained_assignments(
+        new_type, current, REF, set(), sims=sims, established=set(), margin=0.1
+    )
     assert got.tolist() == [0, 0]
 
 
@@ -49,6 +55,7 @@ def test_regions_of_unquestioned_types_never_move_between_proposals() -> None:
     current = np.array([5, 6])
     new_type = np.array([1, 0])
     sims = _sims([{1: 1.0, 0: -1.0}, {0: 1.0, 1: -1.0}])
-    got = _retrained_assignments(new_type, current, REF, set(), sims=sims, established={7},
-                                 margin=0.1)
+    got = _retrained_assignments(
+        new_type, current, REF, set(), sims=sims, established={7}, margin=0.1
+    )
     assert got.tolist() == [0, 1]

@@ -61,8 +61,12 @@ def opened(labels: Labels):
 class FakeView:
     """What the reviewer is shown: image names per type and per region."""
 
-    def __init__(self, types: dict[int, list[str]], regions: dict[int, str],
-                 names: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        types: dict[int, list[str]],
+        regions: dict[int, str],
+        names: dict[str, int] | None = None,
+    ) -> None:
         self.types, self.regions = types, regions
         self.names = names or {}
         self.shown: set[str] = set()
@@ -93,40 +97,60 @@ class FakeView:
 
 
 # ================================================================================ oracle
-TRUTH = {f"s{i}": "scratch" for i in range(10)} | {f"p{i}": "spot" for i in range(10)} \
+TRUTH = (
+    {f"s{i}": "scratch" for i in range(10)}
+    | {f"p{i}": "spot" for i in range(10)}
     | {f"g{i}": "good" for i in range(3)}
+)
 
 
-@pytest.mark.parametrize("kind, target, expected", [
-    ("confirm", {"type_id": 1}, Reply("yes", "scratch")),   # 5/5 scratch
-    # 4/5 scratch: at the purity; the spot is picked out (member 204)
-    ("confirm", {"type_id": 2}, Reply("yes", "scratch", (204,))),
-    # 3/5: mixed; the two spots are picked as not belonging (members 303 and 304)
-    ("confirm", {"type_id": 3}, Reply("no", None, (303, 304))),
-    ("confirm", {"type_id": 4}, Reply("no")),               # false alarms are not a type
-    ("confirm", {"type_id": 6}, Reply("no")),               # mostly false alarms: no pick
-    # an unlabelled member is not picked (the reviewer cannot tell)
-    ("confirm", {"type_id": 7}, Reply("no", None, (703,))),
-    ("merge", {"type_ids": [1, 2]}, Reply("yes")),
-    ("merge", {"type_ids": [1, 5]}, Reply("no")),
-    ("split", {"type_id": 3, "groups": [[1, 2], [3, 4]]}, Reply("yes")),
-    ("split", {"type_id": 1, "groups": [[1, 2], [5]]}, Reply("no")),
-    ("label", {"region_id": 3}, Reply("5")),          # type 5 is all spot: pick it
-    ("label", {"region_id": 5}, Reply("1")),          # the largest pure scratch type
-    ("label", {"region_id": 10}, Reply("good")),      # a false alarm
-    ("label", {"region_id": 9}, Reply("skip")),       # an image without a label
-    ("new_type", {"region_ids": [3, 4, 6]}, Reply("yes", "spot")),
-    ("new_type", {"region_ids": [1, 3]}, Reply("no")),
-    ("unknown-kind", {}, Reply("skip")),
-])
+@pytest.mark.parametrize(
+    "kind, target, expected",
+    [
+        ("confirm", {"type_id": 1}, Reply("yes", "scratch")),  # 5/5 scratch
+        # 4/5 scratch: at the purity; the spot is picked out (member 204)
+        ("confirm", {"type_id": 2}, Reply("yes", "scratch", (204,))),
+        # 3/5: mixed; the two spots are picked as not belonging (members 303 and 304)
+        ("confirm", {"type_id": 3}, Reply("no", None, (303, 304))),
+        ("confirm", {"type_id": 4}, Reply("no")),  # false alarms are not a type
+        ("confirm", {"type_id": 6}, Reply("no")),  # mostly false alarms: no pick
+        # an unlabelled member is not picked (the reviewer cannot tell)
+        ("confirm", {"type_id": 7}, Reply("no", None, (703,))),
+        ("merge", {"type_ids": [1, 2]}, Reply("yes")),
+        ("merge", {"type_ids": [1, 5]}, Reply("no")),
+        ("split", {"type_id": 3, "groups": [[1, 2], [3, 4]]}, Reply("yes")),
+        ("split", {"type_id": 1, "groups": [[1, 2], [5]]}, Reply("no")),
+        ("label", {"region_id": 3}, Reply("5")),  # type 5 is all spot: pick it
+        ("label", {"region_id": 5}, Reply("1")),  # the largest pure scratch type
+        ("label", {"region_id": 10}, Reply("good")),  # a false alarm
+        ("label", {"region_id": 9}, Reply("skip")),  # an image without a label
+        ("new_type", {"region_ids": [3, 4, 6]}, Reply("yes", "spot")),
+        ("new_type", {"region_ids": [1, 3]}, Reply("no")),
+        ("unknown-kind", {}, Reply("skip")),
+    ],
+)
 def test_oracle_answers_only_from_the_questions_images(kind, target, expected) -> None:
     view = FakeView(
-        types={1: ["s0", "s1", "s2", "s3", "s4"], 2: ["s5", "s6", "s7", "s8", "p0"],
-               3: ["s0", "s1", "s2", "p1", "p2"], 4: ["g0", "g1", "g2"],
-               5: ["p3", "p4", "p5"], 6: ["g0", "g1", "g2", "s0", "s1"],
-               7: ["s0", "s1", "unlabelled.png", "p0"]},
-        regions={1: "s0", 2: "s1", 3: "p6", 4: "p7", 5: "s9", 6: "p8", 9: "unlabelled.png",
-                 10: "g0"})
+        types={
+            1: ["s0", "s1", "s2", "s3", "s4"],
+            2: ["s5", "s6", "s7", "s8", "p0"],
+            3: ["s0", "s1", "s2", "p1", "p2"],
+            4: ["g0", "g1", "g2"],
+            5: ["p3", "p4", "p5"],
+            6: ["g0", "g1", "g2", "s0", "s1"],
+            7: ["s0", "s1", "unlabelled.png", "p0"],
+        },
+        regions={
+            1: "s0",
+            2: "s1",
+            3: "p6",
+            4: "p7",
+            5: "s9",
+            6: "p8",
+            9: "unlabelled.png",
+            10: "g0",
+        },
+    )
     labels = Labels(TRUTH)
     oracle = Oracle(labels)  # type: ignore[arg-type]
     with opened(labels):
@@ -137,8 +161,11 @@ def test_oracle_answers_only_from_the_questions_images(kind, target, expected) -
 
 # ================================================================================ metric
 def test_oracle_label_prefers_the_type_named_so_and_else_gives_a_new_name() -> None:
-    view = FakeView(types={1: ["s0", "s1", "p0"], 2: ["s2", "s3", "s4", "s5"]},
-                    regions={1: "s9", 2: "p9"}, names={"scratch": 1})
+    view = FakeView(
+        types={1: ["s0", "s1", "p0"], 2: ["s2", "s3", "s4", "s5"]},
+        regions={1: "s9", 2: "p9"},
+        names={"scratch": 1},
+    )
     labels = Labels(TRUTH)
     oracle = Oracle(labels)  # type: ignore[arg-type]
     with opened(labels):
@@ -154,11 +181,18 @@ def _fake_service(live: list[tuple[int, str, int]]):
 
 
 def test_score_state_counts_untyped_anomalous_images_as_a_wrong_cluster(monkeypatch) -> None:
-    labels = {"a": "scratch", "b": "scratch", "c": "spot", "d": "spot", "g": "good",
-              "x": "spot"}  # "x" is not in the workspace, "g" is normal: both left out
+    labels = {
+        "a": "scratch",
+        "b": "scratch",
+        "c": "spot",
+        "d": "spot",
+        "g": "good",
+        "x": "spot",
+    }  # "x" is not in the workspace, "g" is normal: both left out
     image_ids = {"a": 1, "b": 2, "c": 3, "d": 4, "g": 5}
-    service = _fake_service([(7, "proposed", 2), (8, "confirmed", 1), (9, "proposed", 0),
-                             (10, "rejected", 3)])
+    service = _fake_service(
+        [(7, "proposed", 2), (8, "confirmed", 1), (9, "proposed", 0), (10, "rejected", 3)]
+    )
     seen = []
     real = simulate.metrics.cluster_metrics
 
@@ -196,8 +230,9 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.parametrize("strategy", ["ranked", "random"])
-def test_simulate_review_learns_labels_only_through_the_oracle(strategy, tiny, tmp_path,
-                                                               monkeypatch) -> None:
+def test_simulate_review_learns_labels_only_through_the_oracle(
+    strategy, tiny, tmp_path, monkeypatch
+) -> None:
     budget = 2
     guarded: list[Labels] = []
     real_read = simulate.read_labels
@@ -236,11 +271,30 @@ def test_simulate_review_learns_labels_only_through_the_oracle(strategy, tiny, t
     monkeypatch.setattr(cli, "_config_from", fast_cli(cli._config_from))
 
     out = tmp_path / "curve.csv"
-    code, stdout, err = _run(["simulate-review", "--normals", str(tiny / "train" / "good"),
-                              "--images", str(tiny / "test"), "--labels",
-                              str(tiny / "labels.csv"), "--budget", str(budget), "--out",
-                              str(out), "--strategy", strategy, "--image-size", "128",
-                              "--device", "cpu", "--quiet", "--home", str(tmp_path / "home")])
+    code, stdout, err = _run(
+        [
+            "simulate-review",
+            "--normals",
+            str(tiny / "train" / "good"),
+            "--images",
+            str(tiny / "test"),
+            "--labels",
+            str(tiny / "labels.csv"),
+            "--budget",
+            str(budget),
+            "--out",
+            str(out),
+            "--strategy",
+            strategy,
+            "--image-size",
+            "128",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--home",
+            str(tmp_path / "home"),
+        ]
+    )
     assert code == 0, err
     assert stdout.startswith(f"{strategy}: ARI ") and str(out) in stdout
 
@@ -272,21 +326,43 @@ def _note_members(spy: FakeView, members: list[tuple[int, str]]) -> list[tuple[i
     return members
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("file,kind\nscratch/000.png,scratch\n",
-     ["expected a header with columns 'image' and 'label'"]),
-    # a file naming none of the batch's images is refused before the discovery
-    ("image,label\nother/000.png,crack\nother/001.png,good\n",
-     ["none of its 2 image names matches", "'other/000.png'"]),
-])
-def test_simulate_review_refuses_a_bad_labels_file_before_the_work(tiny, tmp_path, content,
-                                                                   expected) -> None:
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            "file,kind\nscratch/000.png,scratch\n",
+            ["expected a header with columns 'image' and 'label'"],
+        ),
+        # a file naming none of the batch's images is refused before the discovery
+        (
+            "image,label\nother/000.png,crack\nother/001.png,good\n",
+            ["none of its 2 image names matches", "'other/000.png'"],
+        ),
+    ],
+)
+def test_simulate_review_refuses_a_bad_labels_file_before_the_work(
+    tiny, tmp_path, content, expected
+) -> None:
     bad = tmp_path / "labels.csv"
     bad.write_text(content)
-    code, out, err = _run(["simulate-review", "--normals", str(tiny / "train" / "good"),
-                           "--images", str(tiny / "test"), "--labels", str(bad), "--budget",
-                           "2", "--out", str(tmp_path / "curve.csv"), "--quiet", "--home",
-                           str(tmp_path / "home")])
+    code, out, err = _run(
+        [
+            "simulate-review",
+            "--normals",
+            str(tiny / "train" / "good"),
+            "--images",
+            str(tiny / "test"),
+            "--labels",
+            str(bad),
+            "--budget",
+            "2",
+            "--out",
+            str(tmp_path / "curve.csv"),
+            "--quiet",
+            "--home",
+            str(tmp_path / "home"),
+        ]
+    )
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("protoatlas: error: ") and str(bad) in err
     for part in expected:
@@ -296,27 +372,43 @@ def test_simulate_review_refuses_a_bad_labels_file_before_the_work(tiny, tmp_pat
 
 def test_simulate_refuses_an_unknown_strategy(tiny, tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown strategy 'greedy'"):
-        simulate.simulate(tiny / "train" / "good", tiny / "test", tiny / "labels.csv",
-                          None, budget=1, strategy="greedy")  # type: ignore[arg-type]
+        simulate.simulate(
+            tiny / "train" / "good",
+            tiny / "test",
+            tiny / "labels.csv",
+            None,
+            budget=1,
+            strategy="greedy",
+        )  # type: ignore[arg-type]
 
 
 # ============================================================== labels named another way
-@pytest.mark.parametrize("keys, expected", [
-    # relative to the images folder (the usual case); separators and "./" do not matter
-    (["crack/000.png", "./spot\\001.png"], {"crack/000.png": "crack/000.png",
-                                            "spot/001.png": "./spot\\001.png"}),
-    # relative to a folder above it, or absolute
-    (["test/crack/000.png", "/data/mvtec/test/spot/001.png"],
-     {"crack/000.png": "test/crack/000.png", "spot/001.png": "/data/mvtec/test/spot/001.png"}),
-    # a bare file name that only one image has
-    (["001.png"], {"spot/001.png": "001.png"}),
-    # a bare file name several images have: which one is meant is unknown
-    (["000.png"], {}),
-    # the longest agreeing tail wins over a shorter, ambiguous one
-    (["000.png", "test/crack/000.png"], {"crack/000.png": "test/crack/000.png"}),
-    # a different folder is not a match, however the file is named
-    (["fold/000.png", "train/good/001.png"], {}),
-])
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        # relative to the images folder (the usual case); separators and "./" do not matter
+        (
+            ["crack/000.png", "./spot\\001.png"],
+            {"crack/000.png": "crack/000.png", "spot/001.png": "./spot\\001.png"},
+        ),
+        # relative to a folder above it, or absolute
+        (
+            ["test/crack/000.png", "/data/mvtec/test/spot/001.png"],
+            {
+                "crack/000.png": "test/crack/000.png",
+                "spot/001.png": "/data/mvtec/test/spot/001.png",
+            },
+        ),
+        # a bare file name that only one image has
+        (["001.png"], {"spot/001.png": "001.png"}),
+        # a bare file name several images have: which one is meant is unknown
+        (["000.png"], {}),
+        # the longest agreeing tail wins over a shorter, ambiguous one
+        (["000.png", "test/crack/000.png"], {"crack/000.png": "test/crack/000.png"}),
+        # a different folder is not a match, however the file is named
+        (["fold/000.png", "train/good/001.png"], {}),
+    ],
+)
 def test_match_names_pairs_labels_with_the_batch_images(keys, expected) -> None:
     from protoatlas.service.labels import match_names
 
@@ -328,17 +420,35 @@ def test_simulate_review_takes_labels_named_from_a_folder_above(tiny, tmp_path) 
     rows = (tiny / "labels.csv").read_text().splitlines()
     assert rows[0] == "image,label" and len(rows) > 4
     other = tmp_path / "labels-from-above.csv"
-    other.write_text("\n".join([rows[0]] + ["test\\" + r.replace("/", "\\") for r in rows[1:]])
-                     + "\n")
+    other.write_text(
+        "\n".join([rows[0]] + ["test\\" + r.replace("/", "\\") for r in rows[1:]]) + "\n"
+    )
     curves = []
     for i, labels in enumerate((tiny / "labels.csv", other)):
         out = tmp_path / f"curve{i}.csv"
-        code, _, err = _run(["simulate-review", "--normals", str(tiny / "train" / "good"),
-                             "--images", str(tiny / "test"), "--labels", str(labels),
-                             "--budget", "2", "--out", str(out), "--image-size", "128",
-                             "--device", "cpu", "--quiet", "--home", str(tmp_path / f"h{i}")])
+        code, _, err = _run(
+            [
+                "simulate-review",
+                "--normals",
+                str(tiny / "train" / "good"),
+                "--images",
+                str(tiny / "test"),
+                "--labels",
+                str(labels),
+                "--budget",
+                "2",
+                "--out",
+                str(out),
+                "--image-size",
+                "128",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--home",
+                str(tmp_path / f"h{i}"),
+            ]
+        )
         assert code == 0, err
         curves.append(out.read_text())
     assert curves[0] == curves[1]
     assert "nan" not in curves[0]
-

@@ -27,8 +27,7 @@ from storage.png16 import decode_png16, encode_png16
 
 # ------------------------------------------------------------------------------ RLE
 def test_rle_is_coco_column_major_starting_with_zeros():
-    mask = np.array([[0, 1, 1],
-                     [0, 1, 0]], dtype=bool)
+    mask = np.array([[0, 1, 1], [0, 1, 0]], dtype=bool)
     # column-major: col0 = 0,0  col1 = 1,1  col2 = 1,0  -> 0 0 1 1 1 0
     assert encode_rle(mask) == {"size": [2, 3], "counts": [2, 3, 1]}
     starts_with_one = np.array([[1, 0], [1, 1]], dtype=bool)  # 1 1 0 1

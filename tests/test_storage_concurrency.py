@@ -25,8 +25,13 @@ def ws(tmp_path):
 
 
 def test_a_second_process_gets_a_clear_error(ws, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tests.storage_fixtures", "try-open",
-                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.storage_fixtures", "try-open", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     line = out.stdout.strip()
     assert line.startswith("WorkspaceLockedError: workspace 'w'")
     assert f"is in use by another process (pid {os.getpid()})" in line
@@ -37,12 +42,15 @@ def test_lock_error_is_translated(monkeypatch, tmp_path):
     import duckdb
 
     def locked(*a, **k):
-        raise duckdb.IOException('IO Error: Could not set lock on file "x": Conflicting lock '
-                                 'is held in /usr/bin/python3 (PID 4242). See also ...')
+        raise duckdb.IOException(
+            'IO Error: Could not set lock on file "x": Conflicting lock '
+            "is held in /usr/bin/python3 (PID 4242). See also ..."
+        )
 
     monkeypatch.setattr(duckdb, "connect", locked)
-    with pytest.raises(WorkspaceLockedError, match=r"in use by another process \(pid 4242\)") \
-            as err:
+    with pytest.raises(
+        WorkspaceLockedError, match=r"in use by another process \(pid 4242\)"
+    ) as err:
         Workspace.open(tmp_path, "x")
     assert err.value.pid == 4242
 
@@ -78,8 +86,9 @@ def test_writes_from_threads_are_serialised_and_conflicts_are_exact(ws):
     def stale_rename(i):
         barrier.wait()
         try:
-            ws.rename_type(target.id, f"name-{i}", expected_version=target.version,
-                           actor=f"user{i}")
+            ws.rename_type(
+                target.id, f"name-{i}", expected_version=target.version, actor=f"user{i}"
+            )
             results.append("ok")
         except ConflictError:
             results.append("conflict")

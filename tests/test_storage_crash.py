@@ -21,8 +21,7 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SI
 
 def _files(root: Path) -> set[str]:
     """Names of the image and blob files of a workspace folder."""
-    return {p.name for sub in ("images", "blobs") for p in (root / sub).rglob("*")
-            if p.is_file()}
+    return {p.name for sub in ("images", "blobs") for p in (root / sub).rglob("*") if p.is_file()}
 
 
 def _assignments(ws):
@@ -32,9 +31,13 @@ def _assignments(ws):
 
 def _kill_inside(command: str, home: Path, chunk: int) -> str:
     """Start the child, wait for its marker (printed inside the transaction), SIGKILL it."""
-    child = subprocess.Popen([sys.executable, "-m", "tests.storage_fixtures", command,
-                              str(home), str(chunk)], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.storage_fixtures", command, str(home), str(chunk)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     line = ""
     try:
@@ -45,8 +48,9 @@ def _kill_inside(command: str, home: Path, chunk: int) -> str:
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(30)
-    assert line.startswith(MARKER), f"child never reached the kill point: {line!r} " \
-                                    f"{child.stderr.read()[-2000:]}"
+    assert line.startswith(MARKER), (
+        f"child never reached the kill point: {line!r} {child.stderr.read()[-2000:]}"
+    )
     assert child.returncode == -signal.SIGKILL
     return line
 
@@ -78,8 +82,17 @@ def test_killed_ingest_leaves_the_workspace_as_before_and_can_be_retried(tmp_pat
 
 def test_killed_retrain_leaves_the_workspace_as_before_and_can_be_retried(tmp_path):
     with Workspace.open(tmp_path, "w", embedding_dim=8) as ws:
-        ws.ingest_batch(make_batch(1_000, regions_per_image=40, dim=8, n_types=4, seed=2,
-                                   size=(16, 16), with_masks=False))
+        ws.ingest_batch(
+            make_batch(
+                1_000,
+                regions_per_image=40,
+                dim=8,
+                n_types=4,
+                seed=2,
+                size=(16, 16),
+                with_masks=False,
+            )
+        )
         a = ws.list_types()[0]
         ws.confirm_type(a.id, expected_version=1, actor="ann")
         before, assign_before = counts(ws), _assignments(ws)
@@ -97,11 +110,15 @@ def test_killed_retrain_leaves_the_workspace_as_before_and_can_be_retried(tmp_pa
         assert doctor(ws) == []
         ids, _ = ws.embeddings()
         types = [t.id for t in ws.list_types()]
-        mv = ws.apply_retrain(ModelVersionIn(kind="retrain", model=b"retrained"),
-                              AssignmentsIn(regions=ids, types=[types[i % len(types)]
-                                                                for i in range(len(ids))],
-                                            confidence=np.full(len(ids), 0.9)),
-                              embeddings=(ids, np.ones((len(ids), 8))))
+        mv = ws.apply_retrain(
+            ModelVersionIn(kind="retrain", model=b"retrained"),
+            AssignmentsIn(
+                regions=ids,
+                types=[types[i % len(types)] for i in range(len(ids))],
+                confidence=np.full(len(ids), 0.9),
+            ),
+            embeddings=(ids, np.ones((len(ids), 8))),
+        )
         assert ws.latest_model_version().id == mv
         assert counts(ws)["embeddings"] == 2 * before["embeddings"]
         assert doctor(ws) == []

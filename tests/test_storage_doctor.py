@@ -14,8 +14,12 @@ def ws(tmp_path):
         w.ingest_batch(make_batch(10, n_types=2, seed=3, with_maps=True))
         a, b = sorted(w.list_types(), key=lambda t: t.id)
         w.rename_type(a.id, "crack", expected_version=1, actor="ann")
-        w.move_regions([w.type_members(b.id, limit=1)[0].region_id], a.id,
-                       expected={a.id: 2, b.id: 1}, actor="ann")
+        w.move_regions(
+            [w.type_members(b.id, limit=1)[0].region_id],
+            a.id,
+            expected={a.id: 2, b.id: 1},
+            actor="ann",
+        )
         w.confirm_type(b.id, expected_version=2, actor="bob")
         assert doctor(w) == []
         yield w
@@ -58,9 +62,12 @@ def test_type_changed_outside_the_api(ws):
 
 
 def test_type_created_outside_the_api(ws):
-    _sql(ws, "INSERT INTO types VALUES (50, 'ghost', 'confirmed', now()::TIMESTAMP, 1, "
-             "'reviewer', now()::TIMESTAMP, NULL)",
-         "INSERT INTO type_stats VALUES (50, 0, 0, 0)")
+    _sql(
+        ws,
+        "INSERT INTO types VALUES (50, 'ghost', 'confirmed', now()::TIMESTAMP, 1, "
+        "'reviewer', now()::TIMESTAMP, NULL)",
+        "INSERT INTO type_stats VALUES (50, 0, 0, 0)",
+    )
     assert "type 50 ('ghost') has no audit entry" in _errors(ws)
 
 

@@ -29,20 +29,25 @@ def test_region_csv_and_parquet(ws, tmp_path):
     a = sorted(ws.list_types(), key=lambda t: t.id)[0]
     ws.rename_type(a.id, "crack", expected_version=1, actor="ann")
     region = ws.type_members(a.id, limit=1)[0]
-    ws.mark_normal([ws.type_members(a.id, limit=2)[1].region_id], expected={a.id: 2},
-                   actor="ann")
+    ws.mark_normal([ws.type_members(a.id, limit=2)[1].region_id], expected={a.id: 2}, actor="ann")
     rows = _read_csv(ws.export_assignments(tmp_path / "r.csv"))
     assert len(rows) == 24
     assert list(rows[0])[:3] == ["image", "batch", "region_id"]
     row = next(r for r in rows if int(r["region_id"]) == region.region_id)
-    assert (row["image"], row["batch"], row["type"], row["type_status"], row["source"]) == \
-        (region.image_name, "batch", "crack", "proposed", "model")
+    assert (row["image"], row["batch"], row["type"], row["type_status"], row["source"]) == (
+        region.image_name,
+        "batch",
+        "crack",
+        "proposed",
+        "model",
+    )
     assert [int(row[k]) for k in ("top", "left", "bottom", "right")] == list(region.box)
     assert float(row["confidence"]) == pytest.approx(region.confidence)
     assert sum(r["is_normal"] == "true" for r in rows) == 1
     pq = ws.export_assignments(tmp_path / "r.parquet", fmt="parquet")
-    back = duckdb.sql(f"SELECT region_id, type, confidence FROM read_parquet('{pq}') "
-                      "ORDER BY region_id").fetchall()
+    back = duckdb.sql(
+        f"SELECT region_id, type, confidence FROM read_parquet('{pq}') ORDER BY region_id"
+    ).fetchall()
     assert len(back) == 24
     assert back[region.region_id - 1] == (region.region_id, "crack", region.confidence)
     with pytest.raises(ValidationError, match="format must be"):
@@ -51,24 +56,37 @@ def test_region_csv_and_parquet(ws, tmp_path):
 
 def test_image_level_rule(tmp_path):
     with Workspace.open(tmp_path, "w") as ws:
-        imgs = [ImageIn(name=f"{n}.png", width=10, height=10, data=n.encode(), is_anomalous=an)
-                for n, an in [("both", True), ("normal", True), ("clean", False),
-                              ("open", True)]]
+        imgs = [
+            ImageIn(name=f"{n}.png", width=10, height=10, data=n.encode(), is_anomalous=an)
+            for n, an in [("both", True), ("normal", True), ("clean", False), ("open", True)]
+        ]
         from storage import AssignmentsIn, NewType
 
-        ws.ingest_batch(BatchIngest(
-            name="b", images=imgs,
-            regions=[RegionIn(0, (0, 0, 2, 2)), RegionIn(0, (3, 3, 9, 9)),
-                     RegionIn(1, (0, 0, 2, 2)), RegionIn(3, (0, 0, 2, 2))],
-            new_types=[NewType("p", "pit"), NewType("s", "smear")],
-            assignments=AssignmentsIn(regions=np.array([0, 1, 2, 3]),
-                                      types=["p", "s", "p", None],
-                                      confidence=np.array([0.5, 0.9, 0.8, 0.4]))))
+        ws.ingest_batch(
+            BatchIngest(
+                name="b",
+                images=imgs,
+                regions=[
+                    RegionIn(0, (0, 0, 2, 2)),
+                    RegionIn(0, (3, 3, 9, 9)),
+                    RegionIn(1, (0, 0, 2, 2)),
+                    RegionIn(3, (0, 0, 2, 2)),
+                ],
+                new_types=[NewType("p", "pit"), NewType("s", "smear")],
+                assignments=AssignmentsIn(
+                    regions=np.array([0, 1, 2, 3]),
+                    types=["p", "s", "p", None],
+                    confidence=np.array([0.5, 0.9, 0.8, 0.4]),
+                ),
+            )
+        )
         pit = next(t for t in ws.list_types() if t.name == "pit")
         ws.confirm_type(pit.id, expected_version=1, actor="ann")
         ws.mark_normal([3], expected={pit.id: 2}, actor="ann")
-        rows = {r["image"]: r for r in _read_csv(
-            ws.export_assignments(tmp_path / "i.csv", level="image"))}
+        rows = {
+            r["image"]: r
+            for r in _read_csv(ws.export_assignments(tmp_path / "i.csv", level="image"))
+        }
         # confirmed pit (0.5) beats proposed smear (0.9); all-normal and clean images are good
         assert rows["both.png"]["label"] == "pit"
         assert rows["both.png"]["type_status"] == "confirmed"

@@ -29,7 +29,8 @@ def ws(tmp_path):
 
 def _files(ws):
     return sorted(p.name for p in ws.images.iter_files()), sorted(
-        p.name for p in ws.blobs.iter_files())
+        p.name for p in ws.blobs.iter_files()
+    )
 
 
 def _truth(batch):
@@ -76,31 +77,36 @@ def test_reuploaded_images_are_not_duplicated(ws):
     c = counts(ws)
     assert c["images"] == 10 and c["batch_images"] == 20 and c["regions"] == 40
     assert _files(ws)[0] == files_before
-    assert [t.name for t in sorted(ws.list_types(), key=lambda t: t.id)] == \
-        [f"T{i}" for i in range(1, 9)]
+    assert [t.name for t in sorted(ws.list_types(), key=lambda t: t.id)] == [
+        f"T{i}" for i in range(1, 9)
+    ]
     assert doctor(ws) == []
 
 
 def test_identical_content_twice_in_one_batch_is_refused_before_writing(ws):
     batch = make_batch(3)
     batch.images[2].data = batch.images[0].data
-    with pytest.raises(ValidationError, match="'img/000000.png' and 'img/000002.png' .* "
-                                              "identical content"):
+    with pytest.raises(
+        ValidationError, match="'img/000000.png' and 'img/000002.png' .* identical content"
+    ):
         ws.ingest_batch(batch)
     assert counts(ws)["images"] == 0 and _files(ws) == ([], [])
 
 
-@pytest.mark.parametrize("spoil, message", [
-    (lambda b: b.regions.boxes.__setitem__((0, 2), 999), "region 0: box .* outside"),
-    (lambda b: b.regions.masks.__setitem__(1, np.zeros((3, 3), bool)), "region 1: mask shape"),
-    (lambda b: b.assignments.types.__setitem__(0, "nope"), "type key 'nope'"),
-    (lambda b: b.assignments.confidence.__setitem__(0, 1.5), "confidence"),
-    (lambda b: setattr(b.images[1], "sha256", "0" * 64), "sha256 given"),
-    (lambda b: setattr(b.images[1], "name", b.images[0].name), "appears twice"),
-    (lambda b: b.new_types.append(NewType("c9", name="good")), "'good' is reserved"),
-    (lambda b: setattr(b, "model", None), "embeddings need the model"),
-    (lambda b: setattr(b.images[0], "anomaly_map", np.zeros((2, 9))), "anomaly map shape"),
-])
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda b: b.regions.boxes.__setitem__((0, 2), 999), "region 0: box .* outside"),
+        (lambda b: b.regions.masks.__setitem__(1, np.zeros((3, 3), bool)), "region 1: mask shape"),
+        (lambda b: b.assignments.types.__setitem__(0, "nope"), "type key 'nope'"),
+        (lambda b: b.assignments.confidence.__setitem__(0, 1.5), "confidence"),
+        (lambda b: setattr(b.images[1], "sha256", "0" * 64), "sha256 given"),
+        (lambda b: setattr(b.images[1], "name", b.images[0].name), "appears twice"),
+        (lambda b: b.new_types.append(NewType("c9", name="good")), "'good' is reserved"),
+        (lambda b: setattr(b, "model", None), "embeddings need the model"),
+        (lambda b: setattr(b.images[0], "anomaly_map", np.zeros((2, 9))), "anomaly map shape"),
+    ],
+)
 def test_invalid_input_is_refused_and_nothing_changes(ws, spoil, message):
     ws.ingest_batch(make_batch(4, seed=3, name="first"))
     before, files = counts(ws), _files(ws)
@@ -145,8 +151,15 @@ def test_representatives_are_nearest_to_the_prototype_one_per_image(ws):
     p_ids, protos, _ = ws.prototypes()
     proto = protos[list(p_ids).index(t.id)]
     members = {m.region_id: m for m in ws.type_members(t.id, limit=10_000)}
-    sim = {rid: float(emb[list(ids).index(rid)] @ proto / np.linalg.norm(emb[list(ids).index(
-        rid)]) / np.linalg.norm(proto)) for rid in members}
+    sim = {
+        rid: float(
+            emb[list(ids).index(rid)]
+            @ proto
+            / np.linalg.norm(emb[list(ids).index(rid)])
+            / np.linalg.norm(proto)
+        )
+        for rid in members
+    }
     best_per_image: dict[int, float] = {}
     for rid, m in members.items():
         best_per_image[m.image_id] = max(best_per_image.get(m.image_id, -2), sim[rid])
@@ -192,10 +205,22 @@ def test_row_form_regions_image_paths_and_no_model(ws, tmp_path):
     mask[2:4, 3:9] = True
     from storage import BatchIngest
 
-    batch_id = ws.ingest_batch(BatchIngest(
-        name="detect only", images=[ImageIn(name="a.PNG", width=20, height=10, path=src,
-                                            anomaly_score=0.9, is_anomalous=True)],
-        regions=[RegionIn(image=0, box=(2, 3, 4, 9), anomaly_score=0.8, mask=mask)]))
+    batch_id = ws.ingest_batch(
+        BatchIngest(
+            name="detect only",
+            images=[
+                ImageIn(
+                    name="a.PNG",
+                    width=20,
+                    height=10,
+                    path=src,
+                    anomaly_score=0.9,
+                    is_anomalous=True,
+                )
+            ],
+            regions=[RegionIn(image=0, box=(2, 3, 4, 9), anomaly_score=0.8, mask=mask)],
+        )
+    )
     (region,) = ws.regions_for_batch(batch_id)
     assert region.area == 12 and region.type_id is None and region.source is None
     detail = ws.image_detail(region.image_id)
@@ -229,11 +254,18 @@ def test_retrain_never_overwrites_reviewer_assignments(ws):
     # The retrain puts every region into type c, proposes a new type and re-embeds.
     mv = ws.apply_retrain(
         ModelVersionIn(kind="retrain", model=b"v2", metrics={"loss": 0.1}),
-        AssignmentsIn(regions=ids[:-1], types=[c] * (len(ids) - 2) + ["new"],
-                      confidence=np.full(len(ids) - 1, 0.7)),
-        prototypes=[PrototypeIn(type=c, vector=np.ones(16), n_members=5),
-                    PrototypeIn(type="new", vector=np.zeros(16), n_members=1)],
-        embeddings=(ids, emb * 2), new_types=[NewType("new", name="fresh")])
+        AssignmentsIn(
+            regions=ids[:-1],
+            types=[c] * (len(ids) - 2) + ["new"],
+            confidence=np.full(len(ids) - 1, 0.7),
+        ),
+        prototypes=[
+            PrototypeIn(type=c, vector=np.ones(16), n_members=5),
+            PrototypeIn(type="new", vector=np.zeros(16), n_members=1),
+        ],
+        embeddings=(ids, emb * 2),
+        new_types=[NewType("new", name="fresh")],
+    )
     assert ws.latest_model_version().id == mv and ws.model_version(mv).parent == mv1.id
     after = {r.id: r for r in ws.regions_for_batch(1, with_masks=False)}
     for rid in moved:
@@ -259,9 +291,12 @@ def test_retrain_with_unknown_region_changes_nothing(ws):
     ws.ingest_batch(make_batch(5, seed=12))
     before = counts(ws)
     with pytest.raises(NotFoundError, match="region id"):
-        ws.apply_retrain(ModelVersionIn(kind="retrain"),
-                         AssignmentsIn(regions=np.array([1, 999]), types=[None, None],
-                                       confidence=np.array([0.5, 0.5])))
+        ws.apply_retrain(
+            ModelVersionIn(kind="retrain"),
+            AssignmentsIn(
+                regions=np.array([1, 999]), types=[None, None], confidence=np.array([0.5, 0.5])
+            ),
+        )
     assert counts(ws) == before
 
 

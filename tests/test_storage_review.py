@@ -32,8 +32,7 @@ def _types(ws):
 
 def _state(ws):
     """Everything a reviewer action may change, except versions and timestamps."""
-    types = [(t.id, t.name, t.status, t.n_regions, t.n_images, t.merged_into)
-             for t in _types(ws)]
+    types = [(t.id, t.name, t.status, t.n_regions, t.n_images, t.merged_into) for t in _types(ws)]
     with ws.read() as cur:
         assignments = cur.execute("SELECT * FROM assignments ORDER BY region_id").fetchall()
     return types, assignments
@@ -54,8 +53,12 @@ def test_confirm_reject_rename_bump_versions_and_write_audit(ws):
     assert [e.action for e in entries] == ["rename_type", "confirm_type"]
     assert entries[0].before["types"][str(a.id)]["name"] == a.name
     assert entries[0].after["types"][str(a.id)] == {
-        "name": "Scratch", "status": "confirmed", "origin": "model", "merged_into": None,
-        "version": 3}
+        "name": "Scratch",
+        "status": "confirmed",
+        "origin": "model",
+        "merged_into": None,
+        "version": 3,
+    }
     with pytest.raises(ValidationError, match="named 'scratch' already exists"):
         ws.rename_type(b.id, "  scratch ", expected_version=2, actor="bob")
     with pytest.raises(ValidationError, match="'good' is reserved"):
@@ -93,8 +96,9 @@ def test_merge_moves_members_and_hides_the_absorbed_type(ws):
     before_b = ws.type_members(b.id, limit=1000)
     kept = ws.merge_types(a.id, b.id, expected={a.id: 1, b.id: 1}, actor="ann")
     assert kept.n_regions == a.n_regions + b.n_regions and kept.version == 2
-    assert [t.id for t in ws.list_types()] == sorted([a.id, c.id], key=lambda i: -ws.get_type(
-        i).n_regions)
+    assert [t.id for t in ws.list_types()] == sorted(
+        [a.id, c.id], key=lambda i: -ws.get_type(i).n_regions
+    )
     gone = ws.get_type(b.id)
     assert (gone.status, gone.merged_into, gone.n_regions) == ("merged", a.id, 0)
     after = {m.region_id: m for m in ws.type_members(a.id, limit=1000)}
@@ -110,8 +114,7 @@ def test_split_creates_types_from_groups_and_leaves_the_rest(ws):
     a = _types(ws)[0]
     members = _members(ws, a.id)
     g1, g2 = members[:3], members[3:5]
-    new = ws.split_type(a.id, [g1, g2], expected_version=1, actor="ann",
-                        names=["hairline", None])
+    new = ws.split_type(a.id, [g1, g2], expected_version=1, actor="ann", names=["hairline", None])
     assert len(new) == 2
     assert sorted(_members(ws, new[0])) == sorted(g1)
     assert sorted(_members(ws, new[1])) == sorted(g2)
@@ -157,8 +160,9 @@ def _do(ws, action):
     elif action == "split":
         ws.split_type(a.id, [_members(ws, a.id)[:2]], expected_version=a.version, actor="ann")
     elif action == "move":
-        ws.move_regions(_members(ws, a.id)[:3], c.id,
-                        expected={a.id: a.version, c.id: c.version}, actor="ann")
+        ws.move_regions(
+            _members(ws, a.id)[:3], c.id, expected={a.id: a.version, c.id: c.version}, actor="ann"
+        )
     elif action == "normal":
         ws.mark_normal(_members(ws, b.id)[:2], expected={b.id: b.version}, actor="ann")
 
@@ -187,8 +191,11 @@ def test_undo_walks_back_and_conflicts_with_later_changes_by_others(ws):
     ws.merge_types(a.id, b.id, expected={a.id: 2, b.id: 1}, actor="ann")
     ws.rename_type(a.id, "crack", expected_version=3, actor="bob")
     mid = _state(ws)
-    with pytest.raises(ConflictError, match=r"cannot undo merge_types .* changed later by bob "
-                                            r"\(rename_type"):
+    with pytest.raises(
+        ConflictError,
+        match=r"cannot undo merge_types .* changed later by bob "
+        r"\(rename_type",
+    ):
         ws.undo("ann")
     assert _state(ws) == mid
     ws.undo("bob")
@@ -203,9 +210,10 @@ def test_model_retrain_after_an_action_blocks_its_undo(ws):
     a, b, _ = _types(ws)
     ws.move_regions(_members(ws, a.id)[:1], b.id, expected={a.id: 1, b.id: 1}, actor="ann")
     ids, _ = ws.embeddings()
-    ws.apply_retrain(ModelVersionIn(kind="retrain"),
-                     AssignmentsIn(regions=ids, types=[a.id] * len(ids),
-                                   confidence=np.full(len(ids), 0.5)))
+    ws.apply_retrain(
+        ModelVersionIn(kind="retrain"),
+        AssignmentsIn(regions=ids, types=[a.id] * len(ids), confidence=np.full(len(ids), 0.5)),
+    )
     with pytest.raises(ConflictError, match="changed later by model \\(apply_retrain"):
         ws.undo("ann")
 
@@ -214,25 +222,33 @@ def test_import_labels(ws, tmp_path):
     a = _types(ws)[0]
     ws.rename_type(a.id, "Scratch", expected_version=1, actor="ann")
     csv = tmp_path / "labels.csv"
-    csv.write_text("image,label\nimg/000000.png,scratch\nimg/000001.png,dent\n"
-                   "img/000002.png,good\nmissing.png,dent\nimg/000003.png,\n")
+    csv.write_text(
+        "image,label\nimg/000000.png,scratch\nimg/000001.png,dent\n"
+        "img/000002.png,good\nmissing.png,dent\nimg/000003.png,\n"
+    )
     report = ws.import_labels(csv, actor="ann")
     assert report.rows == 5 and report.images_matched == 3
     assert report.unknown_images == ["missing.png"]
     assert report.regions_assigned == 4 and report.regions_normal == 2
     assert len(report.types_created) == 1
     dent = ws.get_type(report.types_created[0])
-    assert (dent.name, dent.status, dent.origin, dent.n_regions) == ("dent", "confirmed",
-                                                                     "reviewer", 2)
+    assert (dent.name, dent.status, dent.origin, dent.n_regions) == (
+        "dent",
+        "confirmed",
+        "reviewer",
+        2,
+    )
     assert ws.get_type(a.id).status == "confirmed"  # existing name, any case, is confirmed
     detail = ws.image_detail(1)
-    assert {(r.type_id, r.source, r.confidence) for r in detail.regions} == \
-        {(a.id, "reviewer", 1.0)}
+    assert {(r.type_id, r.source, r.confidence) for r in detail.regions} == {
+        (a.id, "reviewer", 1.0)
+    }
     # a retrain cannot move them
     ids, _ = ws.embeddings()
-    ws.apply_retrain(ModelVersionIn(kind="retrain"),
-                     AssignmentsIn(regions=ids, types=[None] * len(ids),
-                                   confidence=np.zeros(len(ids))))
+    ws.apply_retrain(
+        ModelVersionIn(kind="retrain"),
+        AssignmentsIn(regions=ids, types=[None] * len(ids), confidence=np.zeros(len(ids))),
+    )
     assert {r.type_id for r in ws.image_detail(1).regions} == {a.id}
     assert doctor(ws) == []
 
@@ -266,12 +282,15 @@ def test_import_labels_can_be_undone(ws, tmp_path):
 
 
 def test_suggestions_lifecycle(ws):
-    first = ws.replace_open_suggestions([SuggestionIn("merge", {"type_ids": [1, 2]}, 0.4, "a"),
-                                         SuggestionIn("name", {"type_id": 3}, 0.9, "b")])
+    first = ws.replace_open_suggestions(
+        [
+            SuggestionIn("merge", {"type_ids": [1, 2]}, 0.4, "a"),
+            SuggestionIn("name", {"type_id": 3}, 0.9, "b"),
+        ]
+    )
     assert [s.id for s in ws.open_suggestions()] == [first[1], first[0]]  # by score
     answered = ws.answer_suggestion(first[1], "crack", actor="ann")
-    assert (answered.status, answered.answer, answered.answered_by) == ("answered", "crack",
-                                                                         "ann")
+    assert (answered.status, answered.answer, answered.answered_by) == ("answered", "crack", "ann")
     with pytest.raises(ConflictError, match="already answered by ann"):
         ws.answer_suggestion(first[1], "dent", actor="bob")
     ws.answer_suggestion(first[0], None, actor="bob", skip=True)
@@ -280,7 +299,10 @@ def test_suggestions_lifecycle(ws):
     second = ws.replace_open_suggestions([SuggestionIn("merge", {"type_ids": [2, 3]}, 0.5)])
     assert [s.id for s in ws.open_suggestions()] == second
     assert {s.id: s.status for s in ws.suggestions()} == {
-        first[0]: "stale", first[1]: "answered", second[0]: "open"}
+        first[0]: "stale",
+        first[1]: "answered",
+        second[0]: "open",
+    }
     with pytest.raises(NotFoundError):
         ws.answer_suggestion(999, "x", actor="ann")
     assert doctor(ws) == []

@@ -29,10 +29,16 @@ def group(direction: np.ndarray, n: int, noise: float, seed: int) -> np.ndarray:
     return normalise(direction[None] + noise * rng.normal(size=(n, D))).astype(np.float32)
 
 
-def make_state(parts: list[tuple[int, np.ndarray]], *, status: dict[int, str] | None = None,
-               reviewed: list[bool] | None = None, normal: list[bool] | None = None,
-               images: list[int] | None = None, prototypes: dict[int, np.ndarray] | None = None,
-               mixed: set[int] | None = None) -> ReviewState:
+def make_state(
+    parts: list[tuple[int, np.ndarray]],
+    *,
+    status: dict[int, str] | None = None,
+    reviewed: list[bool] | None = None,
+    normal: list[bool] | None = None,
+    images: list[int] | None = None,
+    prototypes: dict[int, np.ndarray] | None = None,
+    mixed: set[int] | None = None,
+) -> ReviewState:
     """A state from (type id or -1, embeddings) parts; region ids 1.., one image each
     unless ``images`` is given."""
     emb = np.concatenate([x for _, x in parts]).astype(np.float32)
@@ -42,13 +48,17 @@ def make_state(parts: list[tuple[int, np.ndarray]], *, status: dict[int, str] | 
     ids = sorted({int(t) for t in types if t >= 0} | set(status))
     return ReviewState(
         region_ids=np.arange(1, n + 1, dtype=np.int64),
-        image_ids=np.asarray(images if images is not None else np.arange(100, 100 + n),
-                             dtype=np.int64),
-        embeddings=emb, region_type=types,
+        image_ids=np.asarray(
+            images if images is not None else np.arange(100, 100 + n), dtype=np.int64
+        ),
+        embeddings=emb,
+        region_type=types,
         reviewed=np.asarray(reviewed if reviewed is not None else [False] * n, dtype=bool),
         is_normal=np.asarray(normal if normal is not None else [False] * n, dtype=bool),
         types={t: (f"T{t}", status.get(t, "proposed")) for t in ids},
-        prototypes=prototypes or {}, mixed=mixed or set())
+        prototypes=prototypes or {},
+        mixed=mixed or set(),
+    )
 
 
 def key(q) -> tuple[str, str]:
@@ -58,10 +68,14 @@ def key(q) -> tuple[str, str]:
 # ------------------------------------------------------------------------------- confirm
 def test_confirm_ranks_a_compact_type_above_a_diffuse_one() -> None:
     rng = np.random.default_rng(0)
-    state = make_state([(1, group(E[0], 6, 0.05, 1)),
-                        (2, normalise(rng.normal(size=(6, D))).astype(np.float32)),
-                        (3, group(E[5], 6, 0.05, 2))],
-                       status={3: "confirmed"})
+    state = make_state(
+        [
+            (1, group(E[0], 6, 0.05, 1)),
+            (2, normalise(rng.normal(size=(6, D))).astype(np.float32)),
+            (3, group(E[5], 6, 0.05, 2)),
+        ],
+        status={3: "confirmed"},
+    )
     qs = {q.target["type_id"]: q for q in confirm_questions(state, SuggestConfig())}
     assert set(qs) == {1, 2}  # a confirmed type is not asked about again
     assert qs[1].score > 2 * qs[2].score
@@ -90,8 +104,9 @@ def test_confirm_asks_about_a_type_a_reviewer_made_but_after_an_untouched_one() 
 # --------------------------------------------------------------------------------- split
 def test_split_is_proposed_for_two_far_groups_not_for_a_tight_type() -> None:
     far_a, far_b = group(E[0], 5, 0.05, 1), group(E[1], 7, 0.05, 2)
-    state = make_state([(1, np.concatenate([far_a, far_b])),
-                        (2, group(E[2], 12, 0.01, 3))])  # tight: halves point the same way
+    state = make_state(
+        [(1, np.concatenate([far_a, far_b])), (2, group(E[2], 12, 0.01, 3))]
+    )  # tight: halves point the same way
     qs = split_questions(state, SuggestConfig())
     assert [q.target["type_id"] for q in qs] == [1]
     groups = sorted(sorted(g) for g in qs[0].target["groups"])
@@ -105,9 +120,15 @@ def test_split_needs_enough_members() -> None:
 
 # --------------------------------------------------------------------------------- merge
 def _merge_state(status: dict[int, str] | None = None) -> ReviewState:
-    return make_state([(1, group(E[0], 4, 0.05, 1)), (2, group(E[0], 5, 0.05, 2)),
-                       (3, group(E[4], 4, 0.05, 3)), (4, group(E[8], 4, 0.05, 4))],
-                      status=status)
+    return make_state(
+        [
+            (1, group(E[0], 4, 0.05, 1)),
+            (2, group(E[0], 5, 0.05, 2)),
+            (3, group(E[4], 4, 0.05, 3)),
+            (4, group(E[8], 4, 0.05, 4)),
+        ],
+        status=status,
+    )
 
 
 def test_merge_is_proposed_for_near_identical_prototypes_only() -> None:
@@ -129,17 +150,21 @@ def test_label_questions_pick_the_smallest_margins_one_per_image() -> None:
         return np.array([a * E[0] + np.sqrt(1 - a * a) * E[1]], np.float32)
 
     rows = [  # (embedding, image, reviewed, normal) -> margin |a - sqrt(1-a^2)|
-        (mix(0.99), 10, False, False),    # r1: clear (margin 0.85)
+        (mix(0.99), 10, False, False),  # r1: clear (margin 0.85)
         (mix(0.7072), 11, False, False),  # r2: borderline (margin ~0.0002)
-        (mix(0.8), 11, False, False),     # r3: same image as r2, larger margin (0.2)
-        (mix(0.75), 12, False, False),    # r4: margin ~0.09
-        (mix(0.7071), 13, True, False),   # r5: reviewer already placed it
-        (mix(0.7071), 14, False, True),   # r6: marked normal
+        (mix(0.8), 11, False, False),  # r3: same image as r2, larger margin (0.2)
+        (mix(0.75), 12, False, False),  # r4: margin ~0.09
+        (mix(0.7071), 13, True, False),  # r5: reviewer already placed it
+        (mix(0.7071), 14, False, True),  # r6: marked normal
     ]
-    state = make_state([(1, np.concatenate([r[0] for r in rows]))],
-                       images=[r[1] for r in rows], reviewed=[r[2] for r in rows],
-                       normal=[r[3] for r in rows], status={2: "proposed"},
-                       prototypes={1: E[0], 2: E[1]})
+    state = make_state(
+        [(1, np.concatenate([r[0] for r in rows]))],
+        images=[r[1] for r in rows],
+        reviewed=[r[2] for r in rows],
+        normal=[r[3] for r in rows],
+        status={2: "proposed"},
+        prototypes={1: E[0], 2: E[1]},
+    )
     qs = label_questions(state, SuggestConfig())
     assert [q.target["region_id"] for q in qs] == [2, 4, 1]
     assert [q.target["image_id"] for q in qs] == [11, 12, 10]
@@ -156,11 +181,15 @@ def test_no_label_questions_with_a_single_type() -> None:
 
 # ------------------------------------------------------------------------------ new type
 def test_new_type_groups_outliers_that_are_close_together() -> None:
-    state = make_state([(1, group(E[0], 4, 0.05, 1)),
-                        (-1, group(E[6], 4, 0.03, 2)),       # r5..r8: a tight group
-                        (-1, np.stack([E[10], E[12]])),      # r9, r10: scattered
-                        (-1, group(E[6], 1, 0.03, 3))],      # r11: like r5..r8 but reviewed
-                       reviewed=[False] * 10 + [True])
+    state = make_state(
+        [
+            (1, group(E[0], 4, 0.05, 1)),
+            (-1, group(E[6], 4, 0.03, 2)),  # r5..r8: a tight group
+            (-1, np.stack([E[10], E[12]])),  # r9, r10: scattered
+            (-1, group(E[6], 1, 0.03, 3)),
+        ],  # r11: like r5..r8 but reviewed
+        reviewed=[False] * 10 + [True],
+    )
     qs = new_type_questions(state, SuggestConfig())
     assert [sorted(q.target["region_ids"]) for q in qs] == [[5, 6, 7, 8]]
     assert qs[0].score > 0
@@ -179,8 +208,9 @@ def test_a_mixed_type_boosts_its_split_and_its_members_label_questions() -> None
     parts = [(1, tight), (2, two)]
     plain = {q.target["type_id"]: q for q in split_questions(make_state(parts), cfg)}
     assert set(plain) == {2}
-    boosted = {q.target["type_id"]: q
-               for q in split_questions(make_state(parts, mixed={1, 2}), cfg)}
+    boosted = {
+        q.target["type_id"]: q for q in split_questions(make_state(parts, mixed={1, 2}), cfg)
+    }
     assert set(boosted) == {1, 2}  # the reviewer said "not one type": ask how to split it
     assert boosted[2].score == pytest.approx(plain[2].score * cfg.mixed_split_boost)
 
@@ -207,16 +237,18 @@ def test_a_mixed_type_asks_first_about_a_part_no_answer_has_named() -> None:
     the first label question is about a typical member of group B, not a borderline one."""
     cfg = SuggestConfig(max_label_questions=100)
     a, b = group(E[0], 8, 0.05, 1), group(E[1], 8, 0.05, 2)
-    border = normalise((E[0] + E[1])[None] + 0.01 * np.random.default_rng(3).normal(
-        size=(2, D))).astype(np.float32)
+    border = normalise(
+        (E[0] + E[1])[None] + 0.01 * np.random.default_rng(3).normal(size=(2, D))
+    ).astype(np.float32)
     labelled = group(E[0], 1, 0.05, 4)
     parts = [(1, a), (1, b), (1, border), (3, labelled), (2, group(E[2], 4, 0.05, 5))]
     n = 8 + 8 + 2 + 1 + 4
     reviewed = [False] * n
     reviewed[18] = True
     protos = {1: normalise((E[0] + E[1])[None])[0], 2: E[2], 3: E[0]}
-    state = make_state(parts, prototypes=protos, reviewed=reviewed, status={3: "confirmed"},
-                       mixed={1})
+    state = make_state(
+        parts, prototypes=protos, reviewed=reviewed, status={3: "confirmed"}, mixed={1}
+    )
     qs = label_questions(state, cfg)
     first = qs[0].target["region_id"]
     assert 9 <= first <= 16, first  # group B (region ids 9..16)
@@ -224,8 +256,9 @@ def test_a_mixed_type_asks_first_about_a_part_no_answer_has_named() -> None:
     pos = {q.target["region_id"]: i for i, q in enumerate(qs)}
     assert max(pos[r] for r in range(9, 17)) < min(pos[r] for r in range(1, 9))
     # without the mixed flag, the questions are the plain lowest-margin ones
-    plain = label_questions(make_state(parts, prototypes=protos, reviewed=reviewed,
-                                       status={3: "confirmed"}), cfg)
+    plain = label_questions(
+        make_state(parts, prototypes=protos, reviewed=reviewed, status={3: "confirmed"}), cfg
+    )
     assert plain and not any("typical" in q.reason for q in plain)
     assert [q.score for q in plain] == sorted((q.score for q in plain), reverse=True)
 
@@ -237,9 +270,14 @@ def state_types(questions, parts) -> set[int]:
 
 # -------------------------------------------------------------------------------- random
 def _busy_state() -> ReviewState:
-    return make_state([(1, group(E[0], 4, 0.05, 1)), (2, group(E[0], 5, 0.05, 2)),
-                       (3, np.concatenate([group(E[4], 6, 0.05, 3), group(E[5], 6, 0.05, 4)])),
-                       (-1, group(E[9], 4, 0.03, 5))])
+    return make_state(
+        [
+            (1, group(E[0], 4, 0.05, 1)),
+            (2, group(E[0], 5, 0.05, 2)),
+            (3, np.concatenate([group(E[4], 6, 0.05, 3), group(E[5], 6, 0.05, 4)])),
+            (-1, group(E[9], 4, 0.03, 5)),
+        ]
+    )
 
 
 def test_random_strategy_is_a_seeded_permutation_of_the_candidates() -> None:

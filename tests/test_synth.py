@@ -35,8 +35,9 @@ MIN_INSIDE_CHANGE = 20.0
 SAMPLES_PER_TYPE = 10
 
 
-def _defect_pairs(cfg: SynthConfig, defect_type: str, n: int, seed: int = 0
-                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def _defect_pairs(
+    cfg: SynthConfig, defect_type: str, n: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """(clean, defective, mask, object mask) for ``n`` seeded samples of one type."""
     pairs = []
     for i in range(n):
@@ -108,8 +109,9 @@ def test_invalid_arguments_raise() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cfg", [OBJECT, TEXTURE, SynthConfig(size=NON_SQUARE)],
-                         ids=["object", "texture", "non-square"])
+@pytest.mark.parametrize(
+    "cfg", [OBJECT, TEXTURE, SynthConfig(size=NON_SQUARE)], ids=["object", "texture", "non-square"]
+)
 @pytest.mark.parametrize("defect_type", DEFECT_TYPES)
 def test_defect_mask_area_locality_and_strength(cfg: SynthConfig, defect_type: str) -> None:
     for clean, image, mask, support in _defect_pairs(cfg, defect_type, 4):
@@ -190,26 +192,36 @@ def _read_labels(root: Path) -> list[list[str]]:
 def test_write_mvtec_layout_masks_and_labels(tmp_path: Path) -> None:
     types = ("scratch", "missing")
     cfg = SynthConfig(size=NON_SQUARE)
-    root = write_mvtec(tmp_path / "synth", cfg, n_train=3, n_test_good=2, n_per_type=2,
-                       types=types, seed=4)
+    root = write_mvtec(
+        tmp_path / "synth", cfg, n_train=3, n_test_good=2, n_per_type=2, types=types, seed=4
+    )
     assert root == tmp_path / "synth"
     assert sorted(p.name for p in (root / "train" / "good").iterdir()) == [
-        "000.png", "001.png", "002.png"]
+        "000.png",
+        "001.png",
+        "002.png",
+    ]
     assert sorted(p.name for p in (root / "test").iterdir()) == ["good", "missing", "scratch"]
     assert not (root / "ground_truth" / "good").exists()
     for defect_type in types:
         for i in range(2):
             image = cv2.imread(str(root / "test" / defect_type / f"{i:03d}.png"))
-            mask = cv2.imread(str(root / "ground_truth" / defect_type / f"{i:03d}_mask.png"),
-                              cv2.IMREAD_UNCHANGED)
+            mask = cv2.imread(
+                str(root / "ground_truth" / defect_type / f"{i:03d}_mask.png"), cv2.IMREAD_UNCHANGED
+            )
             assert image.shape == (*NON_SQUARE, 3)
             assert mask.shape == NON_SQUARE and mask.dtype == np.uint8
             assert set(np.unique(mask)) == {0, 255}
     rows = _read_labels(root)
     assert rows[0] == ["image", "label"]
-    assert rows[1:] == [["good/000.png", "good"], ["good/001.png", "good"],
-                        ["scratch/000.png", "scratch"], ["scratch/001.png", "scratch"],
-                        ["missing/000.png", "missing"], ["missing/001.png", "missing"]]
+    assert rows[1:] == [
+        ["good/000.png", "good"],
+        ["good/001.png", "good"],
+        ["scratch/000.png", "scratch"],
+        ["scratch/001.png", "scratch"],
+        ["missing/000.png", "missing"],
+        ["missing/001.png", "missing"],
+    ]
     for image_path, _ in rows[1:]:
         assert (root / "test" / image_path).is_file()
     train0 = cv2.imread(str(root / "train" / "good" / "000.png"))
@@ -218,11 +230,11 @@ def test_write_mvtec_layout_masks_and_labels(tmp_path: Path) -> None:
 
 
 def test_write_mvtec_images_match_generate(tmp_path: Path) -> None:
-    root = write_mvtec(tmp_path, OBJECT, n_train=1, n_test_good=1, n_per_type=1,
-                       types=("spot",), seed=8)
+    root = write_mvtec(
+        tmp_path, OBJECT, n_train=1, n_test_good=1, n_per_type=1, types=("spot",), seed=8
+    )
     expected = generate(OBJECT, n_normal=1, n_per_type=1, types=("spot",), seed=8)[1]
-    written = cv2.cvtColor(cv2.imread(str(root / "test" / "spot" / "000.png")),
-                           cv2.COLOR_BGR2RGB)
+    written = cv2.cvtColor(cv2.imread(str(root / "test" / "spot" / "000.png")), cv2.COLOR_BGR2RGB)
     mask = cv2.imread(str(root / "ground_truth" / "spot" / "000_mask.png"), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(written, expected.image)
     assert np.array_equal(mask > 0, expected.mask)

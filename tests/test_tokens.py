@@ -30,22 +30,33 @@ def extractor() -> FeatureExtractor:
 
 @pytest.fixture(scope="module")
 def normals() -> list[np.ndarray]:
-    return [s.image for s in generate(SynthConfig(size=(S, S)), n_normal=2, n_per_type=0,
-                                      types=(), seed=5)]
+    return [
+        s.image
+        for s in generate(SynthConfig(size=(S, S)), n_normal=2, n_per_type=0, types=(), seed=5)
+    ]
 
 
 def blob(centre=(64, 64), sigma=12.0) -> np.ndarray:
     yy, xx = np.mgrid[:S, :S]
-    return np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2)
-                  / (2 * sigma**2)).astype(np.float32)
+    return np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma**2)).astype(
+        np.float32
+    )
 
 
 def regions_of(image: np.ndarray, amap: np.ndarray, index: int = 0) -> list[Region]:
     obj = np.zeros((S, S), bool)
     obj[16:112, 16:112] = True
-    return image_regions(index, image, amap, obj, mebin_cfg=MEBinConfig(), crop_cfg=CROP,
-                         value_range=(0.3, 1.0), fallback_quantile=0.97,
-                         mebin_side=256).regions
+    return image_regions(
+        index,
+        image,
+        amap,
+        obj,
+        mebin_cfg=MEBinConfig(),
+        crop_cfg=CROP,
+        value_range=(0.3, 1.0),
+        fallback_quantile=0.97,
+        mebin_side=256,
+    ).regions
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +74,8 @@ def encoded(extractor, normals):
     enc = CropEncoder(extractor, use_residual=True, crop_cfg=CROP)
     tokens = enc.encode([reg_clean, reg_broken], [clean.shape] * 2, [[clean], [clean]])
     raw = CropEncoder(extractor, use_residual=False, crop_cfg=CROP).encode(
-        [reg_clean, reg_broken], [clean.shape] * 2, [[], []])
+        [reg_clean, reg_broken], [clean.shape] * 2, [[], []]
+    )
     return tokens, raw, reg_broken.box, enc
 
 
@@ -97,7 +109,7 @@ def test_pasted_defect_raises_residual_at_its_tokens(encoded) -> None:
     rows = (np.arange(h) + 0.5) * box.height / h + box.top
     cols = (np.arange(w) + 0.5) * box.width / w + box.left
     at_defect = ((rows >= t) & (rows < b))[:, None] & ((cols >= l) & (cols < r))[None, :]
-    far = ((rows > b + 12)[:, None] & (cols > r + 12)[None, :])
+    far = (rows > b + 12)[:, None] & (cols > r + 12)[None, :]
     assert at_defect.any() and far.any()
     assert norm[at_defect].mean() > 2.0 * norm[far].mean()
     assert norm[at_defect].min() > 0.1 * np.linalg.norm(tokens.tokens[1], axis=1).max()

@@ -51,11 +51,25 @@ def served(tmp_path_factory):
     client = Client(url, verbose=False)
     t0 = time.perf_counter()
     report, skipped = client.predict(
-        [handle_file(str(images_zip))], [handle_file(str(normals_zip))], "", "auto", "auto",
-        "first batch", api_name="/upload_batch")
-    ns = SimpleNamespace(service=service, app=app, url=url, client=client, report=report,
-                         skipped=skipped, demo=demo, tmp=tmp,
-                         upload_s=time.perf_counter() - t0)
+        [handle_file(str(images_zip))],
+        [handle_file(str(normals_zip))],
+        "",
+        "auto",
+        "auto",
+        "first batch",
+        api_name="/upload_batch",
+    )
+    ns = SimpleNamespace(
+        service=service,
+        app=app,
+        url=url,
+        client=client,
+        report=report,
+        skipped=skipped,
+        demo=demo,
+        tmp=tmp,
+        upload_s=time.perf_counter() - t0,
+    )
     yield ns
     app.close()
     service.close()
@@ -134,8 +148,9 @@ def test_type_action_split_merge_move_and_mark_normal(served):
     rid = members[0]["region_id"]
     out = c.predict(big["id"], "move", str(other["id"]), [rid], -1, api_name="/type_action")
     assert out["ok"], out
-    assert rid in [m["region_id"] for m in c.predict(other["id"],
-                                                     api_name="/type_detail")["members"]]
+    assert rid in [
+        m["region_id"] for m in c.predict(other["id"], api_name="/type_detail")["members"]
+    ]
     out = c.predict(other["id"], "normal", "", [rid], -1, api_name="/type_action")
     assert out["ok"], out
     regions = {r.id: r for r in ws.regions_for_batch(ws.batches()[0].id, with_masks=False)}
@@ -188,7 +203,8 @@ def test_image_detail_endpoint(served):
     ws = served.service.ws
     region = ws.regions_for_batch(ws.batches()[0].id, with_masks=False)[0]
     summary, orig, heat, regions, prior, rows = served.client.predict(
-        region.image_id, api_name="/image_detail")
+        region.image_id, api_name="/image_detail"
+    )
     assert f"Image #{region.image_id}" in summary
     for picture in (orig, heat, regions, prior):
         assert picture and Path(picture).stat().st_size > 100
@@ -204,8 +220,12 @@ def test_export(served, fmt):
         assert rows and "region_id" in rows[0]
     elif fmt == "parquet":
         import duckdb
-        n = duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)",
-                                     [str(path)]).fetchone()[0]
+
+        n = (
+            duckdb.connect()
+            .execute("SELECT count(*) FROM read_parquet(?)", [str(path)])
+            .fetchone()[0]
+        )
         assert n == sum(b.n_regions for b in served.service.ws.batches())
     elif fmt == "coco":
         coco = json.loads(path.read_text())
@@ -223,12 +243,10 @@ def test_upload_errors_are_clear(served, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     with pytest.raises(Exception, match="Invalid file type"):  # Gradio's own check
-        c.predict([handle_file(str(text))], None, "", "auto", "auto", "",
-                  api_name="/upload_batch")
+        c.predict([handle_file(str(text))], None, "", "auto", "auto", "", api_name="/upload_batch")
     good = served.demo / "test" / "crack" / "000.png"
     with pytest.raises(Exception, match="Number of types"):
-        c.predict([handle_file(str(good))], None, "", "many", "auto", "",
-                  api_name="/upload_batch")
+        c.predict([handle_file(str(good))], None, "", "many", "auto", "", api_name="/upload_batch")
     assert len(served.service.ws.batches()) == 1
 
 
@@ -268,10 +286,8 @@ def test_a_second_session_reviews_while_a_batch_is_processed(served):
     service.upload_batch = held
     try:
         a = Client(served.url, verbose=False)
-        files = [handle_file(str(p)) for p in
-                 sorted((served.demo / "test").rglob("*.png"))[:3]]
-        job = a.submit(files, None, "", "auto", "auto", "second batch",
-                       api_name="/upload_batch")
+        files = [handle_file(str(p)) for p in sorted((served.demo / "test").rglob("*.png"))[:3]]
+        job = a.submit(files, None, "", "auto", "auto", "second batch", api_name="/upload_batch")
         assert started.wait(60), "the upload never started"
         b = Client(served.url, verbose=False)
         t0 = time.perf_counter()

@@ -25,18 +25,27 @@ SECRET_TYPE = "zebra-crack-7731"
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory):
     home = tmp_path_factory.mktemp("auth")
-    build_workspace(home, n_images=24, n_types=3,
-                    type_names=[SECRET_TYPE, "dent", "stain"]).close()
+    build_workspace(home, n_images=24, n_types=3, type_names=[SECRET_TYPE, "dent", "stain"]).close()
     service = WorkspaceService(home, "default")
-    app, url = launch(service, port=None, quiet=True, prevent_thread_lock=True,
-                      auth=parse_auth("alice:s3cret-pw, bob:other"))
+    app, url = launch(
+        service,
+        port=None,
+        quiet=True,
+        prevent_thread_lock=True,
+        auth=parse_auth("alice:s3cret-pw, bob:other"),
+    )
     yield app, url.rstrip("/"), service
     app.close()
     service.close()
 
 
-def _request(url: str, method: str = "GET", opener=None, data: bytes | None = None,
-             headers: dict | None = None) -> tuple[int, bytes]:
+def _request(
+    url: str,
+    method: str = "GET",
+    opener=None,
+    data: bytes | None = None,
+    headers: dict | None = None,
+) -> tuple[int, bytes]:
     req = urllib.request.Request(url, method=method, data=data, headers=headers or {})
     try:
         with (opener or urllib.request.build_opener()).open(req, timeout=30) as r:
@@ -57,8 +66,7 @@ def _routes(routes, prefix: str = "") -> list[tuple[str, set[str]]]:
         if hasattr(r, "methods") and r.methods:
             out.append((prefix + r.path, set(r.methods)))
         elif hasattr(r, "original_router"):  # an included router (FastAPI >= 0.130)
-            out.extend(_routes(r.original_router.routes,
-                               prefix + r.include_context.prefix))
+            out.extend(_routes(r.original_router.routes, prefix + r.include_context.prefix))
         elif hasattr(r, "routes"):  # Mount
             out.extend(_routes(r.routes, prefix + r.path))
     return out
@@ -73,8 +81,9 @@ def test_every_route_refuses_requests_without_login(locked):
         path = _concrete(route_path)
         for method in sorted(methods - {"OPTIONS"}):
             body = b"{}" if method == "POST" else None
-            status, data = _request(url + path, method, data=body,
-                                    headers={"content-type": "application/json"})
+            status, data = _request(
+                url + path, method, data=body, headers={"content-type": "application/json"}
+            )
             checked += 1
             if RequireLogin.is_public(path):
                 assert SECRET_TYPE.encode() not in data, f"{method} {path} leaks a type name"
@@ -84,9 +93,15 @@ def test_every_route_refuses_requests_without_login(locked):
     assert checked > 40
     # the picture routes and Gradio's file route too, with real ids and paths
     rid = service.ws.regions_for_batch(1, with_masks=False)[0].id
-    for path in (f"/pa/thumb/{rid}.jpg", f"/pa/crop/{rid}.jpg", "/gradio_api/info",
-                 "/config", f"/gradio_api/file={service.root / 'workspace.duckdb'}",
-                 "/gradio_api/queue/data?session_hash=x", "/gradio_api/upload"):
+    for path in (
+        f"/pa/thumb/{rid}.jpg",
+        f"/pa/crop/{rid}.jpg",
+        "/gradio_api/info",
+        "/config",
+        f"/gradio_api/file={service.root / 'workspace.duckdb'}",
+        "/gradio_api/queue/data?session_hash=x",
+        "/gradio_api/upload",
+    ):
         assert _request(url + path)[0] == 401, path
 
 
@@ -102,13 +117,15 @@ def test_logged_in_users_get_in_and_wrong_passwords_do_not(locked):
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     bad = urllib.parse.urlencode({"username": "alice", "password": "wrong"}).encode()
-    status, _ = _request(url + "/login", "POST", opener, bad,
-                         {"content-type": "application/x-www-form-urlencoded"})
+    status, _ = _request(
+        url + "/login", "POST", opener, bad, {"content-type": "application/x-www-form-urlencoded"}
+    )
     assert status in (400, 401)
     assert _request(url + "/config", opener=opener)[0] == 401
     good = urllib.parse.urlencode({"username": "alice", "password": "s3cret-pw"}).encode()
-    status, _ = _request(url + "/login", "POST", opener, good,
-                         {"content-type": "application/x-www-form-urlencoded"})
+    status, _ = _request(
+        url + "/login", "POST", opener, good, {"content-type": "application/x-www-form-urlencoded"}
+    )
     assert status == 200
     status, config = _request(url + "/config", opener=opener)
     assert status == 200 and b"components" in config

@@ -32,9 +32,18 @@ def test_parse_auth():
 def test_only_the_login_page_and_static_files_are_public():
     for path in ("/", "/login", "/assets/index.js", "/static/img/logo.svg", "/favicon.ico"):
         assert RequireLogin.is_public(path), path
-    for path in ("/config", "/gradio_api/info", "/gradio_api/queue/join", "/pa/thumb/1.jpg",
-                 "/gradio_api/file=/etc/passwd", "/gradio_api/upload", "/monitoring",
-                 "/gradio_api/call/list_types", "/assets", "/loginx"):
+    for path in (
+        "/config",
+        "/gradio_api/info",
+        "/gradio_api/queue/join",
+        "/pa/thumb/1.jpg",
+        "/gradio_api/file=/etc/passwd",
+        "/gradio_api/upload",
+        "/monitoring",
+        "/gradio_api/call/list_types",
+        "/assets",
+        "/loginx",
+    ):
         assert not RequireLogin.is_public(path), path
 
 
@@ -52,7 +61,7 @@ def _zip(path: Path, members: dict[str, bytes], symlink: str | None = None) -> P
             z.writestr(name, data)
         if symlink:
             info = zipfile.ZipInfo(symlink)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             z.writestr(info, "/etc/passwd")
     return path
 
@@ -84,12 +93,18 @@ def test_stage_upload_refuses_unsafe_or_oversized_uploads(tmp_path):
         "traversal": (_zip(tmp_path / "t.zip", {"ok.png": png, "../../x.png": png}), Limits()),
         "absolute": (_zip(tmp_path / "abs.zip", {"/etc/x.png": png}), Limits()),
         "symlink": (_zip(tmp_path / "s.zip", {"ok.png": png}, symlink="link.png"), Limits()),
-        "ratio": (_zip(tmp_path / "bomb.zip", {"big.png": b"\0" * (4 * 2**20)}),
-                  Limits(max_zip_ratio=100)),
-        "total": (_zip(tmp_path / "total.zip", {"a.png": png, "b.png": png}),
-                  Limits(max_zip_total_mb=0)),
-        "count": (_zip(tmp_path / "n.zip", {f"{i}.png": png for i in range(3)}),
-                  Limits(max_images=2)),
+        "ratio": (
+            _zip(tmp_path / "bomb.zip", {"big.png": b"\0" * (4 * 2**20)}),
+            Limits(max_zip_ratio=100),
+        ),
+        "total": (
+            _zip(tmp_path / "total.zip", {"a.png": png, "b.png": png}),
+            Limits(max_zip_total_mb=0),
+        ),
+        "count": (
+            _zip(tmp_path / "n.zip", {f"{i}.png": png for i in range(3)}),
+            Limits(max_images=2),
+        ),
         "size": (tmp_path / "a.png", Limits(max_file_mb=0)),
     }
     for what, (path, limits) in cases.items():
@@ -107,8 +122,12 @@ def test_stage_upload_refuses_unsafe_or_oversized_uploads(tmp_path):
 # ------------------------------------------------------------------------------ screens
 @pytest.fixture(scope="module")
 def views(tmp_path_factory):
-    ws = build_workspace(tmp_path_factory.mktemp("views"), n_images=40, n_types=3,
-                         type_names=["crack", "dent", "stain"])
+    ws = build_workspace(
+        tmp_path_factory.mktemp("views"),
+        n_images=40,
+        n_types=3,
+        type_names=["crack", "dent", "stain"],
+    )
     service = WorkspaceService.over(ws)  # reads and actions: no engine needed here
     yield Views(service)
     service.close()
@@ -136,10 +155,12 @@ def test_type_actions_and_conflicts(views):
     stale = views.type_action(t.id, "rename", "x", expected_version=t.version, actor="bob")
     assert not stale["ok"] and stale["conflict"]
     assert views.type_action(t.id, "rename", "  ", actor="ann")["message"].startswith(
-        "Type a new name")
+        "Type a new name"
+    )
     members = views.type_members(t.id, limit=3)
-    out = views.type_action(t.id, "split", region_ids=[m.region_id for m in members[:2]],
-                            actor="ann")
+    out = views.type_action(
+        t.id, "split", region_ids=[m.region_id for m in members[:2]], actor="ann"
+    )
     assert out["ok"] and len(out["type_ids"]) == 2
     new_id = out["type_ids"][1]
     assert views.service.get_type(new_id).n_regions == 2
@@ -198,15 +219,18 @@ def test_clicking_question_thumbnails_toggles_the_picked_members():
 
     assert click("", "T3 #12") == "12"
     assert click("12", "T3 #15") == "12, 15"
-    assert click("12, 15", "T3 #12") == "15"      # a second click unpicks
-    assert click("15", "no id here") == "15"      # a caption without an id changes nothing
-    assert click("#7; 9", "A: T2 #9") == "7"      # ids typed by hand are read too
+    assert click("12, 15", "T3 #12") == "15"  # a second click unpicks
+    assert click("15", "no id here") == "15"  # a caption without an id changes nothing
+    assert click("#7; 9", "A: T2 #9") == "7"  # ids typed by hand are read too
 
 
 def test_requirements_txt_matches_pyproject():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    lines = [ln for ln in (REPO / "requirements.txt").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln
+        for ln in (REPO / "requirements.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     want, have = _names(pyproject), _names(lines)
     assert set(have) == set(want)
     for name, spec in have.items():

@@ -46,8 +46,10 @@ def service(base, tmp_path):
 
 def assignments(ws) -> list[tuple]:
     with ws.read() as cur:
-        return cur.execute("SELECT region_id, type_id, source, is_normal, model_version, "
-                           "round(confidence, 5) FROM assignments ORDER BY region_id").fetchall()
+        return cur.execute(
+            "SELECT region_id, type_id, source, is_normal, model_version, "
+            "round(confidence, 5) FROM assignments ORDER BY region_id"
+        ).fetchall()
 
 
 def count(ws, table: str) -> int:
@@ -97,8 +99,7 @@ def test_first_batch_discovers_types_and_stores_everything(service, base) -> Non
     found = [r for r in regions if not r.is_normal]
     assert all(r.type_id is None for r in regions if r.is_normal)
     assert sum(r.type_id is not None for r in found) >= len(found) - 2  # few outliers
-    assert sum(t.n_regions for t in types.values()) == sum(r.type_id is not None
-                                                           for r in regions)
+    assert sum(t.n_regions for t in types.values()) == sum(r.type_id is not None for r in regions)
 
     mv = ws.latest_model_version()
     assert mv.kind == "discover" and batch.model_version == mv.id
@@ -126,8 +127,11 @@ def second(base, tmp_path_factory):
     types, a few of a novel type and one image twice."""
     tmp = tmp_path_factory.mktemp("second")
     data = data_root(shared_base(tmp_path_factory), "second")
-    archive = zip_folder(data / "test", tmp / "batch2.zip",
-                         extra={"zz/again.png": data / "test" / "scratch" / "000.png"})
+    archive = zip_folder(
+        data / "test",
+        tmp / "batch2.zip",
+        extra={"zz/again.png": data / "test" / "scratch" / "000.png"},
+    )
     home = copy_home(base[0], tmp / "home")
     outliers: list[np.ndarray] = []
     original = DiscoveryModel._propose_new_types
@@ -140,14 +144,23 @@ def second(base, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(DiscoveryModel, "_propose_new_types", spy)
         with WorkspaceService(home, WS, config=fast_config()) as svc:
-            before = {"types": set(live_types(svc.ws)),
-                      "mv": svc.ws.latest_model_version().id,
-                      "assignments": assignments(svc.ws)}
-            report = svc.upload_batch(archive, batch_name="second",
-                                      progress=lambda s, f: calls.append((s, f)))
+            before = {
+                "types": set(live_types(svc.ws)),
+                "mv": svc.ws.latest_model_version().id,
+                "assignments": assignments(svc.ws),
+            }
+            report = svc.upload_batch(
+                archive, batch_name="second", progress=lambda s, f: calls.append((s, f))
+            )
     n_files = sum(1 for p in (data / "test").rglob("*.png")) + 1
-    return {"home": home, "report": report, "before": before, "calls": calls,
-            "outliers": outliers, "n_files": n_files}
+    return {
+        "home": home,
+        "report": report,
+        "before": before,
+        "calls": calls,
+        "outliers": outliers,
+        "n_files": n_files,
+    }
 
 
 def test_second_batch_is_sorted_into_existing_types(second) -> None:
@@ -156,7 +169,8 @@ def test_second_batch_is_sorted_into_existing_types(second) -> None:
     assert rep.n_images == second["n_files"] - 1  # the repeated image is kept once
     dupes = [s for s in rep.skipped if "identical to" in s.reason]
     assert [(s.name, s.reason) for s in dupes] == [
-        ("zz/again.png", "identical to scratch/000.png (kept once)")]
+        ("zz/again.png", "identical to scratch/000.png (kept once)")
+    ]
     assert_progress(second["calls"])
     with WorkspaceService(second["home"], WS, config=fast_config()) as svc:
         ws = svc.ws
@@ -177,8 +191,7 @@ def test_second_batch_is_sorted_into_existing_types(second) -> None:
         assert in_batch <= before["types"] | set(new)
         # new types only for misfits: their regions were the model's outliers
         row_of = {r.id: i for i, r in enumerate(sorted(regions, key=lambda r: r.id))}
-        misfits = set(np.concatenate(second["outliers"]).tolist()) if second["outliers"] \
-            else set()
+        misfits = set(np.concatenate(second["outliers"]).tolist()) if second["outliers"] else set()
         for r in regions:
             if r.type_id in new:
                 assert row_of[r.id] in misfits
@@ -203,17 +216,26 @@ def _review_then_retrain(home: Path) -> dict:
         members = [m.region_id for m in ws.type_members(other.id)]
         moved, normal = members[0], members[1]
         svc_versions = {t.id: t.version for t in ws.list_types()}
-        ws.move_regions([moved], keep.id, expected={keep.id: svc_versions[keep.id],
-                                                    other.id: svc_versions[other.id]},
-                        actor="alice")
-        ws.mark_normal([normal], expected={other.id: ws.get_type(other.id).version},
-                       actor="alice")
+        ws.move_regions(
+            [moved],
+            keep.id,
+            expected={keep.id: svc_versions[keep.id], other.id: svc_versions[other.id]},
+            actor="alice",
+        )
+        ws.mark_normal([normal], expected={other.id: ws.get_type(other.id).version}, actor="alice")
         mv_before = ws.latest_model_version().id
         stages: list[tuple[str, float]] = []
         mv = svc.retrain(actor="model", progress=lambda s, f: stages.append((s, f)))
-        return {"keep": keep.id, "other": other.id, "moved": moved, "normal": normal,
-                "mv_before": mv_before, "mv": mv, "stages": stages,
-                "assignments": assignments(ws)}
+        return {
+            "keep": keep.id,
+            "other": other.id,
+            "moved": moved,
+            "normal": normal,
+            "mv_before": mv_before,
+            "mv": mv,
+            "stages": stages,
+            "assignments": assignments(ws),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +307,7 @@ def test_retrain_leaves_out_a_batch_without_tokens(second, tmp_path) -> None:
         normal = {r.id for r in svc.ws.regions_for_batch(2, with_masks=False) if r.is_normal}
         assert set(ids.tolist()) == set(svc.load_tokens(2)[0].tolist()) - normal
         after = assignments(svc.ws)
-        assert [a for a in after if a[0] in first_ids] == \
-            [a for a in before if a[0] in first_ids]
+        assert [a for a in after if a[0] in first_ids] == [a for a in before if a[0] in first_ids]
         problems = svc.doctor()
         assert [p.where for p in problems if p.severity == "warning"] == ["batch 1 (first)"]
         assert errors(problems) == []
@@ -301,7 +322,8 @@ def _members(ws) -> dict[int, set[int]]:
 
 
 def test_no_to_confirm_makes_the_retrain_split_that_type_and_move_nothing_else(
-        base, tmp_path) -> None:
+    base, tmp_path
+) -> None:
     home = copy_home(base[0], tmp_path / "home")
     with WorkspaceService(home, WS, config=fast_config()) as svc:
         ws = svc.ws
@@ -312,8 +334,9 @@ def test_no_to_confirm_makes_the_retrain_split_that_type_and_move_nothing_else(
         assert out["applied"].startswith("marked as more than one type")
         assert svc.mixed_types() == {mixed.id}
         before = _members(ws)
-        n_proposed = sum(1 for t in live_types(ws).values()
-                         if t.status == "proposed" and t.n_regions)
+        n_proposed = sum(
+            1 for t in live_types(ws).values() if t.status == "proposed" and t.n_regions
+        )
         svc.retrain()
         after = _members(ws)
         assert ws.latest_model_version().metrics["n_novel"] == n_proposed + 1
@@ -345,11 +368,19 @@ def test_retrain_without_a_model_does_nothing(tmp_path) -> None:
 def test_killed_retrain_leaves_the_workspace_as_before(base, tmp_path) -> None:
     home = copy_home(base[0], tmp_path / "home")
     with WorkspaceService(home, WS, config=fast_config()) as svc:
-        before = {"mv": count(svc.ws, "model_versions"), "emb": count(svc.ws, "embeddings"),
-                  "assignments": assignments(svc.ws), "types": svc.ws.list_types()}
-    child = subprocess.Popen([sys.executable, "-m", "tests.service_fixtures", "crash-retrain",
-                              str(home)], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        before = {
+            "mv": count(svc.ws, "model_versions"),
+            "emb": count(svc.ws, "embeddings"),
+            "assignments": assignments(svc.ws),
+            "types": svc.ws.list_types(),
+        }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.service_fixtures", "crash-retrain", str(home)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen: list[str] = []
     deadline = time.monotonic() + 240
     try:
@@ -379,8 +410,7 @@ def test_killed_retrain_leaves_the_workspace_as_before(base, tmp_path) -> None:
 
 # =============================================================================== answers
 def ask(svc: WorkspaceService, kind: str, target: dict) -> int:
-    (sid,) = svc.ws.replace_open_suggestions([SuggestionIn(kind=kind, target=target,
-                                                           score=1.0)])
+    (sid,) = svc.ws.replace_open_suggestions([SuggestionIn(kind=kind, target=target, score=1.0)])
     return sid
 
 
@@ -397,13 +427,17 @@ def by_size(svc: WorkspaceService) -> list:
 def test_yes_to_confirm_with_a_name_confirms_and_renames(service) -> None:
     t = by_size(service)[0]
     sid = ask(service, "confirm", {"type_id": t.id})
-    assert service.answer_suggestion(sid, "yes", actor="bob", name="scratch") == \
-        {"applied": "confirmed"}
+    assert service.answer_suggestion(sid, "yes", actor="bob", name="scratch") == {
+        "applied": "confirmed"
+    }
     got = service.ws.get_type(t.id)
     assert (got.status, got.name, got.n_regions) == ("confirmed", "scratch", t.n_regions)
     assert status_of(service, sid) == ("answered", Answer("yes", name="scratch"))
     assert [e.action for e in service.ws.audit(actor="bob")][:3] == [
-        "answer_suggestion", "rename_type", "confirm_type"]
+        "answer_suggestion",
+        "rename_type",
+        "confirm_type",
+    ]
 
 
 def test_yes_to_confirm_with_an_existing_name_merges_into_it(service) -> None:
@@ -430,8 +464,7 @@ def test_yes_to_merge_keeps_the_larger_type(service) -> None:
     a, b = by_size(service)[:2]
     # the fixture's types may be the same size: make the first one larger
     moved = service.ws.type_members(b.id)[0].region_id
-    service.ws.move_regions([moved], a.id, expected={a.id: a.version, b.id: b.version},
-                            actor="bob")
+    service.ws.move_regions([moved], a.id, expected={a.id: a.version, b.id: b.version}, actor="bob")
     big, small = by_size(service)[:2]
     assert big.n_regions > small.n_regions
     sid = ask(service, "merge", {"type_ids": [small.id, big.id]})
@@ -474,15 +507,15 @@ def test_label_answers_move_create_or_mark_normal(service) -> None:
         return int(t.type_ids[i]), bool(t.reviewed[i]), bool(t.is_normal[i])
 
     sid = ask(service, "label", {"region_id": r1, "image_id": 0, "options": [a.id, b.id]})
-    assert service.answer_suggestion(sid, str(b.id), actor="bob") == \
-        {"applied": f"moved to {b.name}"}
+    assert service.answer_suggestion(sid, str(b.id), actor="bob") == {
+        "applied": f"moved to {b.name}"
+    }
     assert where(r1) == (b.id, True, False)
 
     sid = ask(service, "label", {"region_id": r2, "image_id": 0, "options": [a.id, b.id]})
     assert service.answer_suggestion(sid, "dent", actor="bob") == {"applied": "labelled dent"}
     dent = service.type_by_name("DENT")
-    assert dent is not None and dent.status == "confirmed" and where(r2) == (dent.id, True,
-                                                                            False)
+    assert dent is not None and dent.status == "confirmed" and where(r2) == (dent.id, True, False)
 
     sid = ask(service, "label", {"region_id": r3, "image_id": 0, "options": [a.id, b.id]})
     service.answer_suggestion(sid, "good", actor="bob")
@@ -516,7 +549,8 @@ def test_skip_and_no_change_nothing_and_are_not_asked_again(service) -> None:
     s_confirm = ask(service, "confirm", {"type_id": t.id})
     # "no" to "is it one type?" only marks the type (the next retrain acts on it)
     assert service.answer_suggestion(s_confirm, "no", actor="bob")["applied"].startswith(
-        "marked as more than one type")
+        "marked as more than one type"
+    )
     members = sorted(m.region_id for m in ws.type_members(t.id))
     s_split = ask(service, "split", {"type_id": t.id, "groups": [members[:1], members[1:]]})
     assert service.answer_suggestion(s_split, "n", actor="bob") == {"applied": "nothing"}
@@ -539,7 +573,7 @@ def test_skip_and_no_change_nothing_and_are_not_asked_again(service) -> None:
 
 
 def test_a_no_about_a_type_stands_until_the_type_changes_much(service) -> None:
-    """"No, not one type" is about the type as it was: once its size moved by more than
+    """ "No, not one type" is about the type as it was: once its size moved by more than
     ``answer_stale_change`` it may be asked again and is no longer treated as mixed."""
     t = by_size(service)[0]
     size = t.n_regions
@@ -553,14 +587,17 @@ def test_a_no_about_a_type_stands_until_the_type_changes_much(service) -> None:
     service.answer_suggestion(grown, "no", actor="bob")
     assert other.id not in service.mixed_types()
     assert ("confirm", str(other.id)) not in service.declined()
-    split = ask(service, "split", {"type_id": other.id, "groups": [[1] * other.n_regions,
-                                                                   [2] * other.n_regions]})
+    split = ask(
+        service,
+        "split",
+        {"type_id": other.id, "groups": [[1] * other.n_regions, [2] * other.n_regions]},
+    )
     service.answer_suggestion(split, "skip", actor="bob")
     assert ("split", str(other.id)) not in service.declined()
 
 
 def test_no_with_picked_members_moves_them_out_and_settles_the_no(service) -> None:
-    """"No, not one type: these do not belong" splits the picked members into a new
+    """ "No, not one type: these do not belong" splits the picked members into a new
     proposed type at once; the type is then not treated as mixed and may be asked about
     again (as it is now)."""
     ws = service.ws
@@ -578,8 +615,7 @@ def test_no_with_picked_members_moves_them_out_and_settles_the_no(service) -> No
     assert status_of(service, sid) == ("answered", Answer("no", moved_out=2))
     assert t.id not in service.mixed_types()
     assert ("confirm", str(t.id)) not in service.declined()
-    assert [e.action for e in ws.audit(actor="bob")][:2] == ["answer_suggestion",
-                                                             "split_type"]
+    assert [e.action for e in ws.audit(actor="bob")][:2] == ["answer_suggestion", "split_type"]
     assert errors(service.doctor()) == []
     # undo: the answer, then the split
     assert ws.undo("bob").target["action"] == "answer_suggestion"
@@ -593,10 +629,8 @@ def test_yes_with_picked_members_moves_them_out_then_confirms(service) -> None:
     ws.rename_type(small.id, "spot", expected_version=small.version, actor="bob")
     members = sorted(m.region_id for m in ws.type_members(big.id, limit=10**6))
     sid = ask(service, "confirm", {"type_id": big.id})
-    out = service.answer_suggestion(sid, "yes", actor="bob", name="scratch",
-                                    regions=members[-1:])
-    assert out["applied"].startswith("moved 1 member(s)") and out["applied"].endswith(
-        "; confirmed")
+    out = service.answer_suggestion(sid, "yes", actor="bob", name="scratch", regions=members[-1:])
+    assert out["applied"].startswith("moved 1 member(s)") and out["applied"].endswith("; confirmed")
     got = ws.get_type(big.id)
     assert (got.status, got.name, got.n_regions) == ("confirmed", "scratch", len(members) - 1)
     assert status_of(service, sid) == ("answered", Answer("yes", name="scratch", moved_out=1))
@@ -604,8 +638,14 @@ def test_yes_with_picked_members_moves_them_out_then_confirms(service) -> None:
     rest = live_types(ws)
     new = next(t for t in rest.values() if t.origin == "reviewer")
     assert [m.region_id for m in ws.type_members(new.id)] == members[-1:]
-    third = next((t for t in by_size(service) if t.id not in (big.id, small.id, new.id)
-                  and t.n_regions >= 2), None)
+    third = next(
+        (
+            t
+            for t in by_size(service)
+            if t.id not in (big.id, small.id, new.id) and t.n_regions >= 2
+        ),
+        None,
+    )
     assert third is not None, "the fixture discovers three types"
     inside = sorted(m.region_id for m in ws.type_members(third.id, limit=10**6))
     sid = ask(service, "confirm", {"type_id": third.id})
@@ -620,8 +660,7 @@ def test_a_question_shows_typical_and_borderline_members_of_a_large_type(service
     ws = service.ws
     t, other = by_size(service)[:2]
     # one type of at least five images: the fixture's two largest together
-    ws.merge_types(t.id, other.id, expected={t.id: t.version, other.id: other.version},
-                   actor="bob")
+    ws.merge_types(t.id, other.id, expected={t.id: t.version, other.id: other.version}, actor="bob")
     everyone = ws.representatives(t.id, n=10**6)
     assert len(everyone) >= 5, "the merged type spans at least five images"
     # small enough: every image once, nearest the prototype first
@@ -648,15 +687,17 @@ def test_a_pick_that_does_not_fit_the_question_changes_nothing(service) -> None:
     sid = ask(service, "confirm", {"type_id": a.id})
     with pytest.raises(ValueError, match=rf"region {other} is not in type '{a.name}'"):
         service.answer_suggestion(sid, "no", actor="bob", regions=[members[0], other])
-    with pytest.raises(ValueError, match=f"all {len(members)} members of {a.name} were "
-                                         "picked"):
+    with pytest.raises(ValueError, match=f"all {len(members)} members of {a.name} were picked"):
         service.answer_suggestion(sid, "no", actor="bob", regions=members)
     with pytest.raises(ValueError, match="all .* were picked"):
         service.answer_suggestion(sid, "yes", actor="bob", regions=members)
     assert status_of(service, sid) == ("open", None)
     merge = ask(service, "merge", {"type_ids": [a.id, b.id]})
-    with pytest.raises(ValueError, match=r"goes with yes or no to \"is it one type\?\" only, "
-                                         "not with 'no' to a merge question"):
+    with pytest.raises(
+        ValueError,
+        match=r"goes with yes or no to \"is it one type\?\" only, "
+        "not with 'no' to a merge question",
+    ):
         service.answer_suggestion(merge, "no", actor="bob", regions=members[:1])
     assert assignments(ws) == before
     assert status_of(service, merge) == ("open", None)
@@ -686,16 +727,17 @@ def test_undo_after_an_applied_answer_restores_the_state(service) -> None:
     assert status_of(service, sid) == ("open", None)
     assert ws.undo("bob").target["action"] == "merge_types"  # ...then what it applied
     assert ws.get_type(small.id).status == "proposed"
-    assert (ws.get_type(big.id).n_regions, ws.get_type(small.id).n_regions) == \
-        (big.n_regions, small.n_regions)
+    assert (ws.get_type(big.id).n_regions, ws.get_type(small.id).n_regions) == (
+        big.n_regions,
+        small.n_regions,
+    )
     assert [a[:4] for a in assignments(ws)] == [a[:4] for a in before]
     assert errors(service.doctor()) == []
 
 
 def test_declined_questions_do_not_crowd_out_the_queue(service, monkeypatch) -> None:
     # the question settings are part of the one config object, so they can be overridden
-    monkeypatch.setattr(service, "config",
-                        service.config.with_overrides(suggest={"queue_size": 3}))
+    monkeypatch.setattr(service, "config", service.config.with_overrides(suggest={"queue_size": 3}))
     first = service.refresh_suggestions()
     assert len(first) == 3
     for q in first:
@@ -710,8 +752,12 @@ def test_an_answer_to_a_question_renewed_by_a_retrain_goes_to_its_successor(serv
     t = by_size(service)[0]
     old = ask(service, "confirm", {"type_id": t.id, "n_regions": t.n_regions})
     (new,) = service.ws.replace_open_suggestions(
-        [SuggestionIn(kind="confirm", target={"type_id": t.id, "n_regions": t.n_regions + 1},
-                      score=1.0)])
+        [
+            SuggestionIn(
+                kind="confirm", target={"type_id": t.id, "n_regions": t.n_regions + 1}, score=1.0
+            )
+        ]
+    )
     assert status_of(service, old)[0] == "stale"
     assert service.answer_suggestion(old, "yes", actor="bob")["applied"] == "confirmed"
     assert status_of(service, new) == ("answered", Answer("yes"))

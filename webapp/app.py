@@ -53,10 +53,16 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # the service imports torch: only for the annotations
     from protoatlas.service import WorkspaceService
 
-STAGES = {"check": "Checking the images", "fit": "Learning what normal looks like",
-          "detect": "Finding anomalies", "regions": "Cutting out anomalous regions",
-          "types": "Discovering defect types", "assign": "Sorting into types",
-          "store": "Saving to the workspace", "done": "Done"}
+STAGES = {
+    "check": "Checking the images",
+    "fit": "Learning what normal looks like",
+    "detect": "Finding anomalies",
+    "regions": "Cutting out anomalous regions",
+    "types": "Discovering defect types",
+    "assign": "Sorting into types",
+    "store": "Saving to the workspace",
+    "done": "Done",
+}
 #: Engine jobs (uploads, retraining) share one concurrency group of size 1.
 ENGINE = "engine"
 #: Environment switch of the background retrain after each answer ("0": off).
@@ -133,8 +139,11 @@ def _ids(value: Any) -> list[int]:
     """Region ids from a list or a text like "12, 15 #17"."""
     if value is None:
         return []
-    items = value if isinstance(value, (list, tuple)) else \
-        str(value).replace(";", ",").replace(" ", ",").split(",")
+    items = (
+        value
+        if isinstance(value, (list, tuple))
+        else str(value).replace(";", ",").replace(" ", ",").split(",")
+    )
     out = []
     for v in items:
         v = str(v).strip().lstrip("#")
@@ -150,17 +159,27 @@ def _ids(value: Any) -> list[int]:
 class ReviewApp:
     """The Gradio Blocks over one :class:`~protoatlas.service.WorkspaceService`."""
 
-    def __init__(self, service: WorkspaceService, *, limits: Limits | None = None,
-                 note: str | None = None, auth_on: bool = False,
-                 auto_retrain: bool | None = None) -> None:
+    def __init__(
+        self,
+        service: WorkspaceService,
+        *,
+        limits: Limits | None = None,
+        note: str | None = None,
+        auth_on: bool = False,
+        auto_retrain: bool | None = None,
+    ) -> None:
         self.service = service
         #: Retrain in the background after every answered question (off on ZeroGPU, where
         #: the GPU is only lent inside a request; ``PROTOATLAS_AUTO_RETRAIN=0`` turns it off).
-        self.auto_retrain = auto_retrain if auto_retrain is not None else (
-            os.environ.get(AUTO_RETRAIN_ENV, "1") != "0"
-            and not os.environ.get("SPACES_ZERO_GPU"))
-        self.retrainer = BackgroundRetrainer(service, runner=call_engine,
-                                             on_busy=self._retraining)
+        self.auto_retrain = (
+            auto_retrain
+            if auto_retrain is not None
+            else (
+                os.environ.get(AUTO_RETRAIN_ENV, "1") != "0"
+                and not os.environ.get("SPACES_ZERO_GPU")
+            )
+        )
+        self.retrainer = BackgroundRetrainer(service, runner=call_engine, on_busy=self._retraining)
         self.views = Views(service)
         self.limits = limits or Limits.from_env()
         self.note = note
@@ -190,13 +209,16 @@ class ReviewApp:
             jobs = list(self.running.values())
         busy = f"  \n⏳ Running: {'; '.join(jobs)}" if jobs else ""
         note = f"  \n{self.note}" if self.note else ""
-        return (f"# ProtoAtlas\nWorkspace **{svc.name}** · {len(batches)} batch(es) · "
-                f"{n_images} images · {len(types)} types ({n_conf} confirmed){login}"
-                f"{busy}{note}")
+        return (
+            f"# ProtoAtlas\nWorkspace **{svc.name}** · {len(batches)} batch(es) · "
+            f"{n_images} images · {len(types)} types ({n_conf} confirmed){login}"
+            f"{busy}{note}"
+        )
 
     # ---------------------------------------------------------------- types
-    def panel(self, type_id: Any, order: str, show_rejected: bool,
-              keep: list[int] | None = None) -> list[Any]:
+    def panel(
+        self, type_id: Any, order: str, show_rejected: bool, keep: list[int] | None = None
+    ) -> list[Any]:
         """Everything on the Types tab, for the selected type (or the largest one): the
         values of ``TypesTab.PANEL``, in its order."""
         v = self.views
@@ -209,36 +231,60 @@ class ReviewApp:
         table = v.types_table(types)
         choices = [(f"{t.name} (#{t.id}, {t.status}, {t.n_regions})", t.id) for t in types]
         if tid is None:
-            return ordered(TypesTab.PANEL, cards=cards, table=table,
-                           type_dd=gr.update(choices=choices, value=None),
-                           type_md="No type selected.", gallery="", selection="",
-                           merge_dd=gr.update(choices=[], value=None),
-                           move_dd=gr.update(choices=[], value=None), seen={})
+            return ordered(
+                TypesTab.PANEL,
+                cards=cards,
+                table=table,
+                type_dd=gr.update(choices=choices, value=None),
+                type_md="No type selected.",
+                gallery="",
+                selection="",
+                merge_dd=gr.update(choices=[], value=None),
+                move_dd=gr.update(choices=[], value=None),
+                seen={},
+            )
         t = next(x for x in types if x.id == tid)
         members = v.type_members(tid, order or "representative")
         mids = {m.region_id for m in members}
         keep = [r for r in (keep or []) if r in mids]
         others = v.type_choices(exclude=tid)
-        return ordered(TypesTab.PANEL, cards=cards, table=table,
-                       type_dd=gr.update(choices=choices, value=tid), type_md=v.type_header(t),
-                       gallery=v.members_html(members, keep),
-                       selection=", ".join(str(r) for r in keep),
-                       merge_dd=gr.update(choices=others, value=None),
-                       move_dd=gr.update(choices=others, value=None),
-                       seen={"type_id": tid, "version": t.version})
+        return ordered(
+            TypesTab.PANEL,
+            cards=cards,
+            table=table,
+            type_dd=gr.update(choices=choices, value=tid),
+            type_md=v.type_header(t),
+            gallery=v.members_html(members, keep),
+            selection=", ".join(str(r) for r in keep),
+            merge_dd=gr.update(choices=others, value=None),
+            move_dd=gr.update(choices=others, value=None),
+            seen={"type_id": tid, "version": t.version},
+        )
 
-    def act(self, action: str, type_id: Any, argument: Any, selection: Any, seen: dict | None,
-            order: str, show_rejected: bool, request: gr.Request | None) -> list[Any]:
+    def act(
+        self,
+        action: str,
+        type_id: Any,
+        argument: Any,
+        selection: Any,
+        seen: dict | None,
+        order: str,
+        show_rejected: bool,
+        request: gr.Request | None,
+    ) -> list[Any]:
         tid = _to_int(type_id)
         if tid is None and action != "undo":
-            return ["✖ Pick a type first (click a card or use the Type list).",
-                    *self.panel(None, order, show_rejected)]
+            return [
+                "✖ Pick a type first (click a card or use the Type list).",
+                *self.panel(None, order, show_rejected),
+            ]
         expected = None
         if seen and seen.get("type_id") == tid:
             expected = seen.get("version")
         arg = "" if argument is None else str(argument)
-        result = self.views.type_action(tid or -1, action, arg, _ids(selection), expected,
-                                        actor_of(request))
+        result = self.views.type_action(
+            tid or -1, action, arg, _ids(selection), expected, actor_of(request)
+        )
         nxt = tid
         if result.get("ok") and action == "merge":
             nxt = _to_int(arg)
@@ -253,46 +299,62 @@ class ReviewApp:
             return ordered(
                 SuggestionsTab.QUESTION,
                 question_md="### No open questions\nEvery question so far is answered. "
-                            "*Refresh questions* asks the model for new ones (after more "
-                            "review or an upload).",
-                gallery=[], sugg_id=None,
+                "*Refresh questions* asks the model for new ones (after more "
+                "review or an upload).",
+                gallery=[],
+                sugg_id=None,
                 label_dd=gr.update(choices=[], value=None, visible=False),
-                label_btn=gr.update(visible=False), pick=gr.update(value="", visible=False))
+                label_btn=gr.update(visible=False),
+                pick=gr.update(value="", visible=False),
+            )
         label = q.kind == "label"
         return ordered(
             SuggestionsTab.QUESTION,
             question_md=f"### {q.text}\n{q.reason}  \n<small>question #{q.id} · {q.kind}</small>",
-            gallery=q.images, sugg_id=q.id,
+            gallery=q.images,
+            sugg_id=q.id,
             label_dd=gr.update(choices=q.choices, value=None, visible=label),
             label_btn=gr.update(visible=label),
-            pick=gr.update(value="", visible=q.kind in ("confirm", "defect")))
+            pick=gr.update(value="", visible=q.kind in ("confirm", "defect")),
+        )
 
-    def answer(self, answer: Any, suggestion_id: Any, request: gr.Request | None,
-               name: str | None = None, picked: list[int] | tuple = ()) -> list[Any]:
+    def answer(
+        self,
+        answer: Any,
+        suggestion_id: Any,
+        request: gr.Request | None,
+        name: str | None = None,
+        picked: list[int] | tuple = (),
+    ) -> list[Any]:
         sid = _to_int(suggestion_id)
         if sid is None:
             return ["✖ No question is open.", *self.question()]
-        result = self.learn(self.views.answer(sid, str(answer or ""), actor_of(request), name,
-                                              picked), answer)
+        result = self.learn(
+            self.views.answer(sid, str(answer or ""), actor_of(request), name, picked), answer
+        )
         return [_msg(result), *self.question()]
 
     def learn(self, result: dict[str, Any], answer: Any) -> dict[str, Any]:
         """After an applied answer (not a skip), retrain in the background when
         ``auto_retrain`` is on; says so in the result's message."""
-        if not (self.auto_retrain and result.get("ok")
-                and str(answer or "").strip().lower() != "skip"):
+        if not (
+            self.auto_retrain and result.get("ok") and str(answer or "").strip().lower() != "skip"
+        ):
             return result
         self.retrainer.request()
         result = dict(result)
-        result["message"] = (f"{result.get('message', '')} The model learns from it in the "
-                             "background; the next questions follow the retrain.").strip()
+        result["message"] = (
+            f"{result.get('message', '')} The model learns from it in the "
+            "background; the next questions follow the retrain."
+        ).strip()
         return result
 
     def _retraining(self, busy: bool) -> None:
         with self.jobs_lock:
             if busy:
-                self.running["auto-retrain"] = (f"retraining in the background (since "
-                                                f"{dt.datetime.now():%H:%M:%S})")
+                self.running["auto-retrain"] = (
+                    f"retraining in the background (since {dt.datetime.now():%H:%M:%S})"
+                )
             else:
                 self.running.pop("auto-retrain", None)
 
@@ -302,8 +364,9 @@ class ReviewApp:
         n = len(items) if items is not None else len(svc.open_suggestions())
         return {"ok": True, "message": f"{n} open question(s).", "n_open": n}
 
-    def retrain(self, request: gr.Request | None, progress: gr.Progress | None = None
-                ) -> dict[str, Any]:
+    def retrain(
+        self, request: gr.Request | None, progress: gr.Progress | None = None
+    ) -> dict[str, Any]:
         svc = self.service
         cb = self._progress(progress)
         with self._job("retraining"):
@@ -311,10 +374,17 @@ class ReviewApp:
         self.views.warm_in_background()
         svc.refresh_suggestions()
         if version is None:
-            return {"ok": True, "message": "Nothing new to learn from yet (confirm, name or "
-                    "correct some types first).", "model_version": None}
-        return {"ok": True, "message": f"Retrained on every decision so far: model version "
-                f"{version}.", "model_version": version}
+            return {
+                "ok": True,
+                "message": "Nothing new to learn from yet (confirm, name or "
+                "correct some types first).",
+                "model_version": None,
+            }
+        return {
+            "ok": True,
+            "message": f"Retrained on every decision so far: model version {version}.",
+            "model_version": version,
+        }
 
     # ---------------------------------------------------------------- uploads
     def _job(self, what: str):
@@ -329,6 +399,7 @@ class ReviewApp:
             def __exit__(self_inner, *exc):
                 with app.jobs_lock:
                     app.running.pop(self_inner.key, None)
+
         return _Ctx()
 
     @staticmethod
@@ -336,38 +407,61 @@ class ReviewApp:
         def cb(stage: str, fraction: float) -> None:
             if progress is not None:
                 try:
-                    progress(float(min(max(fraction, 0.0), 1.0)),
-                             desc=STAGES.get(stage, stage.capitalize()))
+                    progress(
+                        float(min(max(fraction, 0.0), 1.0)),
+                        desc=STAGES.get(stage, stage.capitalize()),
+                    )
                 except Exception:  # progress display must never break the job
                     log.debug("progress display failed", exc_info=True)
+
         return cb
 
-    def upload(self, images: Any, normals: Any, prompt: str | None, clusters: Any,
-               prior: str | None, batch_name: str | None, request: gr.Request | None,
-               progress: gr.Progress | None = None) -> tuple[str, list[list[str]]]:
+    def upload(
+        self,
+        images: Any,
+        normals: Any,
+        prompt: str | None,
+        clusters: Any,
+        prior: str | None,
+        batch_name: str | None,
+        request: gr.Request | None,
+        progress: gr.Progress | None = None,
+    ) -> tuple[str, list[list[str]]]:
         started = time.perf_counter()
         try:
-            staged = stage_upload(images if isinstance(images, list) else [images] if images
-                                  else [], self.staging, self.limits, "images")
-            staged_normals = stage_upload(normals if isinstance(normals, list) else
-                                          [normals] if normals else [], self.staging,
-                                          self.limits, "normals")
+            staged = stage_upload(
+                images if isinstance(images, list) else [images] if images else [],
+                self.staging,
+                self.limits,
+                "images",
+            )
+            staged_normals = stage_upload(
+                normals if isinstance(normals, list) else [normals] if normals else [],
+                self.staging,
+                self.limits,
+                "normals",
+            )
         except UploadError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         if staged is None:
-            raise gr.Error("Choose the images to analyse first: image files or one .zip.",
-                           print_exception=False)
+            raise gr.Error(
+                "Choose the images to analyse first: image files or one .zip.",
+                print_exception=False,
+            )
         k: int | str = "auto"
         text = str(clusters or "auto").strip().lower()
         if text != "auto":
             try:
                 k = int(float(text))
             except ValueError:
-                raise gr.Error(f"Number of types: 'auto' or a whole number, not '{clusters}'",
-                               print_exception=False) from None
+                raise gr.Error(
+                    f"Number of types: 'auto' or a whole number, not '{clusters}'",
+                    print_exception=False,
+                ) from None
             if not 2 <= k <= 50:
-                raise gr.Error("Number of types must be between 2 and 50 (or auto).",
-                               print_exception=False)
+                raise gr.Error(
+                    "Number of types must be between 2 and 50 (or auto).", print_exception=False
+                )
         notes = []
         prompt = (prompt or "").strip() or None
         backend = (prior or "auto").strip()
@@ -378,21 +472,31 @@ class ReviewApp:
             else:
                 backend = "classical"
                 if prompt:
-                    notes.append(f"The prompt '{prompt}' was kept with the batch, but the "
-                                 "classical object prior was used: grounded-SAM checkpoints "
-                                 "are not configured on this server.")
+                    notes.append(
+                        f"The prompt '{prompt}' was kept with the batch, but the "
+                        "classical object prior was used: grounded-SAM checkpoints "
+                        "are not configured on this server."
+                    )
         name = (batch_name or "").strip() or (
-            Path(staged.source).stem if staged.source and staged.source.suffix == ".zip"
-            else f"upload {dt.datetime.now():%Y-%m-%d %H:%M}")
+            Path(staged.source).stem
+            if staged.source and staged.source.suffix == ".zip"
+            else f"upload {dt.datetime.now():%Y-%m-%d %H:%M}"
+        )
         cb = self._progress(progress)
         cb("check", 0.0)
         try:
             with self._job(f"analysing '{name}'"):
                 report = call_engine(
-                    self.service.upload_batch, staged.source,
-                    staged_normals.source if staged_normals else None, clusters=k,
-                    prior=backend, prompt=prompt, actor=actor_of(request), batch_name=name,
-                    progress=cb)
+                    self.service.upload_batch,
+                    staged.source,
+                    staged_normals.source if staged_normals else None,
+                    clusters=k,
+                    prior=backend,
+                    prompt=prompt,
+                    actor=actor_of(request),
+                    batch_name=name,
+                    progress=cb,
+                )
         except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
             raise gr.Error(f"Upload not analysed: {exc}", print_exception=False) from None
         finally:
@@ -406,17 +510,23 @@ class ReviewApp:
         except Exception as exc:  # suggestions are optional after an upload
             log.warning("questions not refreshed after an upload", exc_info=True)
             notes.append(f"Questions not refreshed: {exc}")
-        skipped = [[s.name, s.reason] for s in list(staged.skipped)
-                   + (staged_normals.skipped if staged_normals else []) + list(report.skipped)]
-        mode = ("discovered" if report.mode == "discover" else "sorted into the existing types")
+        skipped = [
+            [s.name, s.reason]
+            for s in list(staged.skipped)
+            + (staged_normals.skipped if staged_normals else [])
+            + list(report.skipped)
+        ]
+        mode = "discovered" if report.mode == "discover" else "sorted into the existing types"
         new = ", ".join(self.views.service.get_type(t).name for t in report.new_type_ids) or "none"
-        md = (f"### ✔ Batch '{name}' (#{report.batch_id}) {mode}\n"
-              f"- {report.n_images} images analysed, {report.n_anomalous} flagged anomalous, "
-              f"{report.n_regions} anomalous regions\n- new types: {new}\n"
-              f"- {len(skipped)} file(s) skipped{' (see the table)' if skipped else ''}\n"
-              f"- took {time.perf_counter() - started:.1f} s\n"
-              + "".join(f"- {n}\n" for n in notes)
-              + "\nOpen the **Types** tab to review.")
+        md = (
+            f"### ✔ Batch '{name}' (#{report.batch_id}) {mode}\n"
+            f"- {report.n_images} images analysed, {report.n_anomalous} flagged anomalous, "
+            f"{report.n_regions} anomalous regions\n- new types: {new}\n"
+            f"- {len(skipped)} file(s) skipped{' (see the table)' if skipped else ''}\n"
+            f"- took {time.perf_counter() - started:.1f} s\n"
+            + "".join(f"- {n}\n" for n in notes)
+            + "\nOpen the **Types** tab to review."
+        )
         return md, skipped
 
     # ---------------------------------------------------------------- map
@@ -425,7 +535,7 @@ class ReviewApp:
         if not ids:
             return "No regions selected: drag a lasso or box on the map.", []
         items = []
-        for rid in ids[:self.views.screens.lasso_crops]:
+        for rid in ids[: self.views.screens.lasso_crops]:
             try:
                 items.append((str(self.views.crop(rid)), f"#{rid}"))
             except Exception:  # a region deleted since the lasso: left out of the gallery
@@ -433,8 +543,7 @@ class ReviewApp:
         more = f" (showing {len(items)})" if len(ids) > len(items) else ""
         return f"**{len(ids)} region(s) selected**{more}", items
 
-    def map_act(self, action: str, text: Any, argument: Any, request: gr.Request | None
-                ) -> str:
+    def map_act(self, action: str, text: Any, argument: Any, request: gr.Request | None) -> str:
         ids = _ids(text)
         if not ids:
             return "✖ Select regions on the map first (lasso or box)."
@@ -444,8 +553,7 @@ class ReviewApp:
             if dest is None:
                 return "✖ Choose the type to move the selection to."
             first = v.service.get_type(dest)
-            return _msg(v.type_action(first.id, "move", str(dest), ids, None,
-                                      actor_of(request)))
+            return _msg(v.type_action(first.id, "move", str(dest), ids, None, actor_of(request)))
         # new type / mark normal: anchor on the type of the first selected region
         result = v.selection_action(ids, action, str(argument or ""), actor_of(request))
         return _msg(result)
@@ -460,8 +568,15 @@ class ReviewApp:
             d = self.views.image_detail(iid)
         except Exception as exc:
             raise gr.Error(f"Image {iid}: {exc}", print_exception=False) from None
-        return ordered(ImageTab.DETAIL, summary=d["summary"], original=d["original"],
-                       heat=d["heat"], regions=d["regions"], prior=d["prior"], table=d["rows"])
+        return ordered(
+            ImageTab.DETAIL,
+            summary=d["summary"],
+            original=d["original"],
+            heat=d["heat"],
+            regions=d["regions"],
+            prior=d["prior"],
+            table=d["rows"],
+        )
 
     # ---------------------------------------------------------------- build
     def _build(self) -> gr.Blocks:
@@ -485,11 +600,15 @@ class ReviewApp:
             def on_load(request: gr.Request):
                 return [self.header(request), *self.panel(None, "representative", False)]
 
-            blocks.load(on_load, outputs=[header, *types.outputs()],
-                        api_visibility="undocumented")
+            blocks.load(on_load, outputs=[header, *types.outputs()], api_visibility="undocumented")
             # the header (counts, running analyses) follows other sessions' work
-            gr.Timer(15).tick(self.header, outputs=[header], api_visibility="undocumented",
-                              show_progress="hidden", queue=False)
+            gr.Timer(15).tick(
+                self.header,
+                outputs=[header],
+                api_visibility="undocumented",
+                show_progress="hidden",
+                queue=False,
+            )
             self._wire_types(types, panel, header, tabs, image)
             self._wire_suggestions(suggestions)
             self._suggestions_api()
@@ -498,13 +617,15 @@ class ReviewApp:
             self._wire_image(image)
             self._wire_history(history)
             self._wire_export(export)
-            types.tab.select(panel, inputs=types.inputs(), outputs=types.outputs(),
-                             api_visibility="undocumented")
+            types.tab.select(
+                panel, inputs=types.inputs(), outputs=types.outputs(), api_visibility="undocumented"
+            )
         return blocks
 
     # ---- Types
-    def _wire_types(self, t: TypesTab, panel: Callable, header: gr.Markdown, tabs: gr.Tabs,
-                    image: ImageTab) -> None:
+    def _wire_types(
+        self, t: TypesTab, panel: Callable, header: gr.Markdown, tabs: gr.Tabs, image: ImageTab
+    ) -> None:
         v = self.views
 
         def list_types() -> dict[str, Any]:
@@ -518,36 +639,44 @@ class ReviewApp:
         def refresh(type_id, order_v, rejected, request: gr.Request):
             return [self.header(request), *self.panel(type_id, order_v, rejected)]
 
-        t.refresh_btn.click(refresh, inputs=t.inputs(), outputs=[header, *t.outputs()],
-                            api_visibility="undocumented")
+        t.refresh_btn.click(
+            refresh,
+            inputs=t.inputs(),
+            outputs=[header, *t.outputs()],
+            api_visibility="undocumented",
+        )
         for trigger in (t.type_dd.input, t.order.change, t.show_rejected.change):
-            trigger(panel, inputs=t.inputs(), outputs=t.outputs(),
-                    api_visibility="undocumented")
+            trigger(panel, inputs=t.inputs(), outputs=t.outputs(), api_visibility="undocumented")
 
         def picked(value, order_v, rejected):
             return self.panel(_to_int(value), order_v, rejected)
 
-        t.pick.change(picked, inputs=[t.pick, t.order, t.show_rejected], outputs=t.outputs(),
-                      api_visibility="undocumented")
+        t.pick.change(
+            picked,
+            inputs=[t.pick, t.order, t.show_rejected],
+            outputs=t.outputs(),
+            api_visibility="undocumented",
+        )
 
-        t.sel_all.click(None, js="() => window.paSelectAll(true)",
-                        api_visibility="undocumented")
-        t.sel_none.click(None, js="() => window.paSelectAll(false)",
-                         api_visibility="undocumented")
+        t.sel_all.click(None, js="() => window.paSelectAll(true)", api_visibility="undocumented")
+        t.sel_none.click(None, js="() => window.paSelectAll(false)", api_visibility="undocumented")
         self._wire_type_actions(t, header)
         self._wire_open_image(t, tabs, image)
         self._types_api()
 
     def _wire_type_actions(self, t: TypesTab, header: gr.Markdown) -> None:
         """The action buttons under the members (each refreshes the header after)."""
+
         def bind(button, action, argument):
             def fn(type_id, arg, sel, seen_v, order_v, rejected, request: gr.Request):
-                return self.act(action, type_id, arg, sel, seen_v, order_v, rejected,
-                                request)
-            button.click(fn, inputs=[t.type_dd, argument, t.selection, t.seen, t.order,
-                                     t.show_rejected], outputs=[t.msg, *t.outputs()],
-                         api_visibility="undocumented").then(
-                self.header, outputs=[header], api_visibility="undocumented")
+                return self.act(action, type_id, arg, sel, seen_v, order_v, rejected, request)
+
+            button.click(
+                fn,
+                inputs=[t.type_dd, argument, t.selection, t.seen, t.order, t.show_rejected],
+                outputs=[t.msg, *t.outputs()],
+                api_visibility="undocumented",
+            ).then(self.header, outputs=[header], api_visibility="undocumented")
 
         bind(t.confirm_btn, "confirm", t.rename_tb)
         bind(t.reject_btn, "reject", t.rename_tb)
@@ -560,7 +689,7 @@ class ReviewApp:
         bind(t.normal_btn, "normal", t.rename_tb)
 
     def _wire_open_image(self, t: TypesTab, tabs: gr.Tabs, image: ImageTab) -> None:
-        """"Open image" (and a double-click on a member) shows its image on the Image tab."""
+        """ "Open image" (and a double-click on a member) shows its image on the Image tab."""
         v = self.views
 
         def open_image(value):
@@ -571,15 +700,19 @@ class ReviewApp:
                 image_id = v.region(ids[0])[0]
             except LookupError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
-            return (gr.Tabs(selected="image"),
-                    gr.update(choices=v.batch_images(), value=image_id),
-                    *self.image(image_id))
+            return (
+                gr.Tabs(selected="image"),
+                gr.update(choices=v.batch_images(), value=image_id),
+                *self.image(image_id),
+            )
 
         outputs = [tabs, image.image_dd, *image.outputs()]
-        t.open_img.click(open_image, inputs=[t.selection], outputs=outputs,
-                         api_visibility="undocumented")
-        t.open_box.change(open_image, inputs=[t.open_box], outputs=outputs,
-                          api_visibility="undocumented")
+        t.open_img.click(
+            open_image, inputs=[t.selection], outputs=outputs, api_visibility="undocumented"
+        )
+        t.open_box.change(
+            open_image, inputs=[t.open_box], outputs=outputs, api_visibility="undocumented"
+        )
 
     def _types_api(self) -> None:
         """The named endpoints of the Types tab's data and actions."""
@@ -590,27 +723,50 @@ class ReviewApp:
             confidence, source), representative first."""
             t = v.service.get_type(int(type_id))
             members = v.type_members(t.id, "representative")
-            return {"id": t.id, "name": t.name, "status": t.status, "version": t.version,
-                    "regions": t.n_regions, "images": t.n_images,
-                    "confidence": t.mean_confidence,
-                    "members": [{"region_id": m.region_id, "image_id": m.image_id,
-                                 "image": m.image_name, "confidence": m.confidence,
-                                 "source": m.source} for m in members]}
+            return {
+                "id": t.id,
+                "name": t.name,
+                "status": t.status,
+                "version": t.version,
+                "regions": t.n_regions,
+                "images": t.n_images,
+                "confidence": t.mean_confidence,
+                "members": [
+                    {
+                        "region_id": m.region_id,
+                        "image_id": m.image_id,
+                        "image": m.image_name,
+                        "confidence": m.confidence,
+                        "source": m.source,
+                    }
+                    for m in members
+                ],
+            }
 
         gr.api(type_detail, api_name="type_detail")
 
-        def type_action(type_id: int, action: str, argument: str = "",
-                        region_ids: list[int] | None = None, expected_version: int = -1,
-                        request: gr.Request = None) -> dict[str, Any]:
+        def type_action(
+            type_id: int,
+            action: str,
+            argument: str = "",
+            region_ids: list[int] | None = None,
+            expected_version: int = -1,
+            request: gr.Request = None,
+        ) -> dict[str, Any]:
             """Apply a reviewer action to a type. action: confirm | reject | rename
             (argument = new name) | merge (argument = id of the type to merge into) |
             split (argument = parts, or region_ids = the part to move out) | move
             (region_ids to argument = type id) | normal (region_ids) | new_type
             (region_ids, argument = name) | undo. expected_version: the type version
             you saw (-1 = current). Returns {ok, message, type_ids, conflict}."""
-            return v.type_action(int(type_id), action, argument or "",
-                                 list(region_ids or []), expected_version,
-                                 actor_of(request))
+            return v.type_action(
+                int(type_id),
+                action,
+                argument or "",
+                list(region_ids or []),
+                expected_version,
+                actor_of(request),
+            )
 
         gr.api(type_action, api_name="type_action")
 
@@ -633,44 +789,66 @@ class ReviewApp:
 
         def answer_with(value):
             def fn(sid, name, picked, request: gr.Request):
-                return self.answer(value, sid, request, name if value == "yes" else None,
-                                   _ids(picked) if value != "skip" else ())
+                return self.answer(
+                    value,
+                    sid,
+                    request,
+                    name if value == "yes" else None,
+                    _ids(picked) if value != "skip" else (),
+                )
+
             return fn
 
         for button, value in ((s.yes_btn, "yes"), (s.no_btn, "no"), (s.skip_btn, "skip")):
-            button.click(answer_with(value), inputs=[s.sugg_id, s.name, s.pick],
-                         outputs=[s.msg, *shown], api_visibility="undocumented").then(
-                lambda: "", outputs=[s.name], api_visibility="undocumented")
+            button.click(
+                answer_with(value),
+                inputs=[s.sugg_id, s.name, s.pick],
+                outputs=[s.msg, *shown],
+                api_visibility="undocumented",
+            ).then(lambda: "", outputs=[s.name], api_visibility="undocumented")
 
-        s.gallery.select(toggle_pick, inputs=[s.pick], outputs=[s.pick],
-                         api_visibility="undocumented")
+        s.gallery.select(
+            toggle_pick, inputs=[s.pick], outputs=[s.pick], api_visibility="undocumented"
+        )
 
         def answer_label(type_id, sid, request: gr.Request):
             if type_id is None:
                 return ["✖ Choose the type first.", *self.question()]
             return self.answer(str(type_id), sid, request)
 
-        s.label_btn.click(answer_label, inputs=[s.label_dd, s.sugg_id], outputs=[s.msg, *shown],
-                          api_visibility="undocumented")
+        s.label_btn.click(
+            answer_label,
+            inputs=[s.label_dd, s.sugg_id],
+            outputs=[s.msg, *shown],
+            api_visibility="undocumented",
+        )
 
         def undo_answer(request: gr.Request):
-            return [_msg(v.type_action(-1, "undo", actor=actor_of(request))),
-                    *self.question()]
+            return [_msg(v.type_action(-1, "undo", actor=actor_of(request))), *self.question()]
 
         s.undo_btn.click(undo_answer, outputs=[s.msg, *shown], api_visibility="undocumented")
 
         def refresh_questions():
             return [_msg(self.refresh_suggestions()), *self.question()]
 
-        s.refresh_btn.click(refresh_questions, outputs=[s.msg, *shown],
-                            api_visibility="undocumented", concurrency_id="suggest",
-                            concurrency_limit=1)
+        s.refresh_btn.click(
+            refresh_questions,
+            outputs=[s.msg, *shown],
+            api_visibility="undocumented",
+            concurrency_id="suggest",
+            concurrency_limit=1,
+        )
 
         def retrain_ui(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
             return [_msg(self.retrain(request, progress)), *self.question()]
 
-        s.retrain_btn.click(retrain_ui, outputs=[s.msg, *shown], api_visibility="undocumented",
-                            concurrency_id=ENGINE, concurrency_limit=1)
+        s.retrain_btn.click(
+            retrain_ui,
+            outputs=[s.msg, *shown],
+            api_visibility="undocumented",
+            concurrency_id=ENGINE,
+            concurrency_limit=1,
+        )
 
     def _suggestions_api(self) -> None:
         """The named endpoints of the question queue and of retraining."""
@@ -681,22 +859,37 @@ class ReviewApp:
             target, images, answers}; id is null when the queue is empty."""
             q = v.next_question()
             if q is None:
-                return {"id": None, "kind": None, "question": None, "reason": None,
-                        "target": {}, "images": [], "answers": []}
+                return {
+                    "id": None,
+                    "kind": None,
+                    "question": None,
+                    "reason": None,
+                    "target": {},
+                    "images": [],
+                    "answers": [],
+                }
             return q.as_dict()
 
         gr.api(next_suggestion, api_name="next_suggestion")
 
-        def answer_suggestion(suggestion_id: int, answer: str, name: str = "",
-                              region_ids: list[int] | None = None,
-                              request: gr.Request = None) -> dict[str, Any]:
+        def answer_suggestion(
+            suggestion_id: int,
+            answer: str,
+            name: str = "",
+            region_ids: list[int] | None = None,
+            request: gr.Request = None,
+        ) -> dict[str, Any]:
             """Answer a question: "yes", "no", "skip", or (label questions) a type id, a
             type name or "good". name (optional): the name a "yes" gives the type.
             region_ids (optional, with yes or no to "is T one type?"): the members that
             do not belong; they move out into a new type first. The service applies the
             answer and writes the audit. Returns {ok, message, applied}."""
-            return self.learn(v.answer(int(suggestion_id), answer, actor_of(request),
-                                       name, list(region_ids or [])), answer)
+            return self.learn(
+                v.answer(
+                    int(suggestion_id), answer, actor_of(request), name, list(region_ids or [])
+                ),
+                answer,
+            )
 
         gr.api(answer_suggestion, api_name="answer_suggestion")
 
@@ -704,8 +897,12 @@ class ReviewApp:
             """Recompute the question queue from the current workspace."""
             return self.refresh_suggestions()
 
-        gr.api(refresh_suggestions_api, api_name="refresh_suggestions",
-               concurrency_id="suggest", concurrency_limit=1)
+        gr.api(
+            refresh_suggestions_api,
+            api_name="refresh_suggestions",
+            concurrency_id="suggest",
+            concurrency_limit=1,
+        )
 
         def retrain(request: gr.Request = None) -> dict[str, Any]:
             """Retrain the model on every decision so far (one engine job at a time)."""
@@ -714,22 +911,34 @@ class ReviewApp:
         gr.api(retrain, api_name="retrain", concurrency_id=ENGINE, concurrency_limit=1)
 
     # ---- Upload
-    def _wire_upload(self, u: UploadTab, panel: Callable, header: gr.Markdown,
-                     types: TypesTab) -> None:
+    def _wire_upload(
+        self, u: UploadTab, panel: Callable, header: gr.Markdown, types: TypesTab
+    ) -> None:
         """An upload, then the Types tab and the header show the new batch."""
-        def upload_batch(images, normals, prompt, clusters, prior, name,
-                         request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-            return self.upload(images, normals, prompt, clusters, prior, name, request,
-                               progress)
 
-        u.button.click(upload_batch,
-                       inputs=[u.images, u.normals, u.prompt, u.clusters, u.prior, u.name],
-                       outputs=[u.report, u.skipped], api_name="upload_batch",
-                       concurrency_id=ENGINE, concurrency_limit=1,
-                       show_progress_on=[u.report]).then(
-            panel, inputs=types.inputs(), outputs=types.outputs(),
-            api_visibility="undocumented").then(
-            self.header, outputs=[header], api_visibility="undocumented")
+        def upload_batch(
+            images,
+            normals,
+            prompt,
+            clusters,
+            prior,
+            name,
+            request: gr.Request,
+            progress=gr.Progress(track_tqdm=True),
+        ):
+            return self.upload(images, normals, prompt, clusters, prior, name, request, progress)
+
+        u.button.click(
+            upload_batch,
+            inputs=[u.images, u.normals, u.prompt, u.clusters, u.prior, u.name],
+            outputs=[u.report, u.skipped],
+            api_name="upload_batch",
+            concurrency_id=ENGINE,
+            concurrency_limit=1,
+            show_progress_on=[u.report],
+        ).then(
+            panel, inputs=types.inputs(), outputs=types.outputs(), api_visibility="undocumented"
+        ).then(self.header, outputs=[header], api_visibility="undocumented")
 
     # ---- Map
     def _wire_map(self, m: MapTab) -> None:
@@ -741,21 +950,33 @@ class ReviewApp:
 
         m.button.click(draw_map, outputs=[m.plot, m.move_dd], api_visibility="undocumented")
         m.tab.select(draw_map, outputs=[m.plot, m.move_dd], api_visibility="undocumented")
-        m.pick.change(self.map_selection, inputs=[m.pick], outputs=[m.info, m.gallery],
-                      api_visibility="undocumented", trigger_mode="always_last")
+        m.pick.change(
+            self.map_selection,
+            inputs=[m.pick],
+            outputs=[m.info, m.gallery],
+            api_visibility="undocumented",
+            trigger_mode="always_last",
+        )
 
         def map_action(action):
             def fn(text, arg, request: gr.Request):
                 message = self.map_act(action, text, arg, request)
                 fig = v.map_figure()
                 return message, fig, gr.update(choices=v.type_choices(), value=None)
+
             return fn
 
-        for button, action, arg in ((m.move_btn, "move", m.move_dd),
-                                    (m.new_btn, "new_type", m.new_name),
-                                    (m.normal_btn, "normal", m.new_name)):
-            button.click(map_action(action), inputs=[m.pick, arg],
-                         outputs=[m.info, m.plot, m.move_dd], api_visibility="undocumented")
+        for button, action, arg in (
+            (m.move_btn, "move", m.move_dd),
+            (m.new_btn, "new_type", m.new_name),
+            (m.normal_btn, "normal", m.new_name),
+        ):
+            button.click(
+                map_action(action),
+                inputs=[m.pick, arg],
+                outputs=[m.info, m.plot, m.move_dd],
+                api_visibility="undocumented",
+            )
 
     # ---- Image, History, Export
     def _wire_image(self, i: ImageTab) -> None:
@@ -764,29 +985,38 @@ class ReviewApp:
         def image_detail(image_id):
             return self.image(image_id)
 
-        i.show_btn.click(image_detail, inputs=[i.image_dd], outputs=i.outputs(),
-                         api_name="image_detail")
-        i.image_dd.input(image_detail, inputs=[i.image_dd], outputs=i.outputs(),
-                         api_visibility="undocumented")
-        i.tab.select(lambda: gr.update(choices=v.batch_images()), outputs=[i.image_dd],
-                     api_visibility="undocumented")
+        i.show_btn.click(
+            image_detail, inputs=[i.image_dd], outputs=i.outputs(), api_name="image_detail"
+        )
+        i.image_dd.input(
+            image_detail, inputs=[i.image_dd], outputs=i.outputs(), api_visibility="undocumented"
+        )
+        i.tab.select(
+            lambda: gr.update(choices=v.batch_images()),
+            outputs=[i.image_dd],
+            api_visibility="undocumented",
+        )
 
     def _wire_history(self, h: HistoryTab) -> None:
         v = self.views
 
         def audit(actor, action, type_id):
-            return v.audit_rows(actor or None, action or None,
-                                None if type_id in (None, "") else int(type_id))
+            return v.audit_rows(
+                actor or None, action or None, None if type_id in (None, "") else int(type_id)
+            )
 
         def audit_tab():
             actors, actions = v.audit_filters()
-            return (gr.update(choices=[""] + actors), gr.update(choices=[""] + actions),
-                    v.audit_rows())
+            return (
+                gr.update(choices=[""] + actors),
+                gr.update(choices=[""] + actions),
+                v.audit_rows(),
+            )
 
-        h.button.click(audit, inputs=[h.actor, h.action, h.type_id], outputs=[h.table],
-                       api_name="audit")
-        h.tab.select(audit_tab, outputs=[h.actor, h.action, h.table],
-                     api_visibility="undocumented")
+        h.button.click(
+            audit, inputs=[h.actor, h.action, h.type_id], outputs=[h.table], api_name="audit"
+        )
+        h.tab.select(audit_tab, outputs=[h.actor, h.action, h.table], api_visibility="undocumented")
 
     def _wire_export(self, e: ExportTab) -> None:
         v = self.views
@@ -804,6 +1034,7 @@ class ReviewApp:
 def _picture_routes(views: Views) -> list[Route]:
     """``pa/thumb/<region>.jpg`` (cards, map hovers) and ``pa/crop/<region>.jpg``
     (the members grid): rendered once, then served from the workspace's crop cache."""
+
     def route(path: str, render: Callable[[int], bytes]) -> Route:
         async def endpoint(request: Request) -> Response:
             name = request.path_params["name"]
@@ -812,44 +1043,74 @@ def _picture_routes(views: Views) -> list[Route]:
                 data = await run_in_threadpool(render, rid)
             except (ValueError, LookupError, OSError):
                 return JSONResponse({"detail": "no such region"}, status_code=404)
-            return Response(data, media_type="image/jpeg",
-                            headers={"Cache-Control": "private, max-age=86400"})
+            return Response(
+                data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
+            )
+
         return Route(path, endpoint)
 
-    return [route("/pa/thumb/{name}", views.thumb),
-            route("/pa/crop/{name}", lambda rid: views.crop(rid).read_bytes())]
+    return [
+        route("/pa/thumb/{name}", views.thumb),
+        route("/pa/crop/{name}", lambda rid: views.crop(rid).read_bytes()),
+    ]
 
 
-def launch(service, *, host: str = "127.0.0.1", port: int | None = 7860,
-           auth: list[tuple[str, str]] | None = None, limits: Limits | None = None,
-           note: str | None = None, quiet: bool = False, prevent_thread_lock: bool = False,
-           max_threads: int = 40, auto_retrain: bool | None = None) -> tuple[ReviewApp, str]:
+def launch(
+    service,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    auth: list[tuple[str, str]] | None = None,
+    limits: Limits | None = None,
+    note: str | None = None,
+    quiet: bool = False,
+    prevent_thread_lock: bool = False,
+    max_threads: int = 40,
+    auto_retrain: bool | None = None,
+) -> tuple[ReviewApp, str]:
     """Build the app over ``service`` and start its server; returns (app, local URL).
     ``auto_retrain``: retrain in the background after each answer (None: on, unless
     ``PROTOATLAS_AUTO_RETRAIN=0`` or ZeroGPU)."""
-    app = ReviewApp(service, limits=limits, note=note, auth_on=bool(auth),
-                    auto_retrain=auto_retrain)
+    app = ReviewApp(
+        service, limits=limits, note=note, auth_on=bool(auth), auto_retrain=auto_retrain
+    )
     root = app.views.root
     blocks = app.blocks
     blocks.queue(default_concurrency_limit=8, max_size=200)
     app.views.warm_in_background()
     (root / "exports").mkdir(exist_ok=True)
     _, url, _ = blocks.launch(
-        server_name=host, server_port=port, auth=auth,
+        server_name=host,
+        server_port=port,
+        auth=auth,
         auth_message="ProtoAtlas: sign in to review." if auth else None,
-        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=True,
-        max_threads=max_threads, ssr_mode=False, mcp_server=False,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        show_error=True,
+        max_threads=max_threads,
+        ssr_mode=False,
+        mcp_server=False,
         allowed_paths=[str(app.views.renderer.cache_dir), str(root / "exports")],
         max_file_size=f"{app.limits.max_file_mb}mb",
-        app_kwargs={"middleware": [Middleware(RequireLogin)],
-                    "routes": _picture_routes(app.views)},
-        footer_links=["api", "settings"], theme=gr.themes.Soft(), css=CSS, head=HEAD)
+        app_kwargs={"middleware": [Middleware(RequireLogin)], "routes": _picture_routes(app.views)},
+        footer_links=["api", "settings"],
+        theme=gr.themes.Soft(),
+        css=CSS,
+        head=HEAD,
+    )
     return app, url
 
 
-def serve(home: str | os.PathLike | None = None, workspace: str = "default",
-          host: str = "127.0.0.1", port: int = 7860, demo: bool = False,
-          device: str | None = "auto", quiet: bool = False, block: bool = True) -> int:
+def serve(
+    home: str | os.PathLike | None = None,
+    workspace: str = "default",
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    demo: bool = False,
+    device: str | None = "auto",
+    quiet: bool = False,
+    block: bool = True,
+) -> int:
     """Open (or create) the workspace, prepare the demo on first start, serve the app."""
     from protoatlas.service import WorkspaceService
     from webapp.demo import demo_config, prepare_demo
@@ -859,25 +1120,34 @@ def serve(home: str | os.PathLike | None = None, workspace: str = "default",
     home.mkdir(parents=True, exist_ok=True)
     auth = parse_auth(os.environ.get(AUTH_ENV))
     config = demo_config(device) if demo else None
-    service = WorkspaceService(home, workspace, config=config,
-                               device=None if demo else (device or "auto"))
+    service = WorkspaceService(
+        home, workspace, config=config, device=None if demo else (device or "auto")
+    )
     note = None
     if demo and not service.batches():
+
         def say(text: str) -> None:
             if not quiet:
                 print(text, file=sys.stderr, flush=True)
+
         say(f"ProtoAtlas demo: first start, preparing the synthetic batch in {home} ...")
         report = prepare_demo(service, home, say=say)
-        note = (f"Demo workspace: {report.n_images} synthetic images, "
-                f"{len(report.new_type_ids)} proposed types. Review them on this tab.")
+        note = (
+            f"Demo workspace: {report.n_images} synthetic images, "
+            f"{len(report.new_type_ids)} proposed types. Review them on this tab."
+        )
         say(f"demo ready in {time.perf_counter() - t0:.0f} s")
     elif demo:
         note = "Demo workspace (already prepared)."
-    app, url = launch(service, host=host, port=port, auth=auth, note=note, quiet=True,
-                      prevent_thread_lock=True)
-    print(f"ProtoAtlas is running at {url} (workspace {home / workspace}; "
-          f"{'login on' if auth else 'no login'}); started in "
-          f"{time.perf_counter() - t0:.0f} s. Press Ctrl+C to stop.", flush=True)
+    app, url = launch(
+        service, host=host, port=port, auth=auth, note=note, quiet=True, prevent_thread_lock=True
+    )
+    print(
+        f"ProtoAtlas is running at {url} (workspace {home / workspace}; "
+        f"{'login on' if auth else 'no login'}); started in "
+        f"{time.perf_counter() - t0:.0f} s. Press Ctrl+C to stop.",
+        flush=True,
+    )
     if not block:
         return 0
     try:

@@ -150,5 +150,7 @@ HEAD = """
 </script>
 """
 
-KEYS_HELP = ("<span class='pa-keys'>Keys: <kbd>y</kbd> yes · <kbd>n</kbd> no · <kbd>s</kbd> skip · "
-             "<kbd>u</kbd> undo</span>")
+KEYS_HELP = (
+    "<span class='pa-keys'>Keys: <kbd>y</kbd> yes · <kbd>n</kbd> no · <kbd>s</kbd> skip · "
+    "<kbd>u</kbd> undo</span>"
+)

@@ -27,18 +27,31 @@ DEMO_REFERENCES = 4
 def demo_config(device: str | None = "auto") -> ProtoAtlasConfig:
     """The engine configuration of a demo workspace (small network input: fast on a CPU)."""
     return ProtoAtlasConfig(device=device or "auto").with_overrides(
-        backbone={"image_size": DEMO_SIDE}, discovery={"n_references": DEMO_REFERENCES})
+        backbone={"image_size": DEMO_SIDE}, discovery={"n_references": DEMO_REFERENCES}
+    )
 
 
-def write_demo_set(root: str | Path, *, seed: int = 0, n_train: int = DEMO_TRAIN,
-                   n_test_good: int = DEMO_TEST_GOOD, n_per_type: int = DEMO_PER_TYPE,
-                   side: int = DEMO_SIDE) -> Path:
+def write_demo_set(
+    root: str | Path,
+    *,
+    seed: int = 0,
+    n_train: int = DEMO_TRAIN,
+    n_test_good: int = DEMO_TEST_GOOD,
+    n_per_type: int = DEMO_PER_TYPE,
+    side: int = DEMO_SIDE,
+) -> Path:
     """The synthetic demo set in the MVTec layout (``train/good``, ``test/<type>``)."""
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
-    return write_mvtec(root, SynthConfig(size=(side, side)), n_train=n_train,
-                       n_test_good=n_test_good, n_per_type=n_per_type, seed=seed)
+    return write_mvtec(
+        root,
+        SynthConfig(size=(side, side)),
+        n_train=n_train,
+        n_test_good=n_test_good,
+        n_per_type=n_per_type,
+        seed=seed,
+    )
 
 
 def zip_folder(folder: str | Path, out: str | Path) -> Path:
@@ -62,8 +75,14 @@ def prepare_demo(service, home: str | Path, *, say: Callable[[str], None] = prin
             last[0] = pct
             say(f"  demo: {stage} {pct}%")
 
-    report = service.upload_batch(root / "test", root / "train" / "good", clusters="auto",
-                                  actor="demo", batch_name="demo batch", progress=progress)
+    report = service.upload_batch(
+        root / "test",
+        root / "train" / "good",
+        clusters="auto",
+        actor="demo",
+        batch_name="demo batch",
+        progress=progress,
+    )
     try:
         service.refresh_suggestions()
     except Exception as exc:  # questions are optional for the demo to open

@@ -30,9 +30,26 @@ CROP_SIDE = 160
 DETAIL_MIN_SIDE = 384
 THUMB_SIDE = 96
 #: Qualitative palette (Tableau 20 without the greys); a type keeps its colour by id.
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
-           "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
+    "#9edae5",
+]
 UNASSIGNED = "#7f7f7f"
 
 
@@ -92,6 +109,7 @@ class Renderer:
             path = self.service.image_path(image_id)
             with Image.open(path) as im:
                 return np.asarray(_to_rgb(im))
+
         return self._images.get(image_id, load)
 
     def detail(self, image_id: int):
@@ -99,6 +117,7 @@ class Renderer:
 
     def heat(self, image_id: int, batch_id: int | None = None) -> np.ndarray | None:
         """The anomaly map at the image's size, scaled to [0, 1] (None when not stored)."""
+
         def load() -> np.ndarray | None:
             d = self.detail(image_id)
             memberships = [b for b in d.batches if batch_id is None or b.batch_id == batch_id]
@@ -110,10 +129,12 @@ class Renderer:
                 return None
             amap = np.asarray(amap, dtype=np.float32)
             if amap.shape != (d.height, d.width):
-                amap = np.asarray(Image.fromarray(amap, mode="F").resize(
-                    (d.width, d.height), Image.BILINEAR))
+                amap = np.asarray(
+                    Image.fromarray(amap, mode="F").resize((d.width, d.height), Image.BILINEAR)
+                )
             lo, hi = float(np.percentile(amap, 50)), float(amap.max())
             return np.clip((amap - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(amap)
+
         return self._maps.get((image_id, batch_id), load)
 
     def region_mask(self, image_id: int, region_id: int) -> np.ndarray | None:
@@ -134,8 +155,9 @@ class Renderer:
         tmp.replace(path)
         return path
 
-    def crop_image(self, region_id: int, image_id: int,
-                   box: tuple[int, int, int, int]) -> Image.Image:
+    def crop_image(
+        self, region_id: int, image_id: int, box: tuple[int, int, int, int]
+    ) -> Image.Image:
         rgb = self.image(image_id)
         h, w = rgb.shape[:2]
         top, left, bottom, right = (int(v) for v in box)
@@ -160,11 +182,11 @@ class Renderer:
             picture = Image.fromarray(arr)
         else:
             ImageDraw.Draw(picture).rectangle(
-                [left - x0, top - y0, right - x0 - 1, bottom - y0 - 1], outline=(255, 235, 59))
+                [left - x0, top - y0, right - x0 - 1, bottom - y0 - 1], outline=(255, 235, 59)
+            )
         return picture.resize((CROP_SIDE, CROP_SIDE), Image.LANCZOS)
 
-    def thumb_bytes(self, region_id: int, image_id: int,
-                    box: tuple[int, int, int, int]) -> bytes:
+    def thumb_bytes(self, region_id: int, image_id: int, box: tuple[int, int, int, int]) -> bytes:
         """Small JPEG of the crop (for cards and map hovers)."""
         path = self.cache_dir / "crops" / f"{int(region_id)}_t.jpg"
         if path.is_file():
@@ -180,9 +202,12 @@ class Renderer:
         return data
 
     # ----------------------------------------------------------------- image detail
-    def detail_views(self, image_id: int, batch_id: int | None = None,
-                     prior: Callable[[np.ndarray], np.ndarray] | None = None
-                     ) -> dict[str, np.ndarray | None]:
+    def detail_views(
+        self,
+        image_id: int,
+        batch_id: int | None = None,
+        prior: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray | None]:
         """original, heat (overlay), regions (coloured masks + boxes), prior (overlay)."""
         rgb = self.image(image_id)
         h0, w0 = rgb.shape[:2]
@@ -192,8 +217,11 @@ class Renderer:
         out: dict[str, np.ndarray | None] = {"original": rgb}
         heat = self.heat(image_id, batch_id)
         if heat is not None and f > 1:
-            heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize(
-                (w0 * f, h0 * f), Image.BILINEAR))
+            heat = np.asarray(
+                Image.fromarray(heat.astype(np.float32), mode="F").resize(
+                    (w0 * f, h0 * f), Image.BILINEAR
+                )
+            )
         if heat is None:
             out["heat"] = None
         else:
@@ -225,8 +253,14 @@ class Renderer:
             colour = _rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id))
             draw.rectangle([l, t, rr - 1, b - 1], outline=colour, width=max(1, rgb.shape[0] // 200))
             label = "normal" if r.is_normal else (r.type_name or "unassigned")
-            draw.text((l + 3, t + 2), f"#{r.id} {label}", fill=(255, 255, 255), font=font,
-                      stroke_width=2, stroke_fill=(0, 0, 0))
+            draw.text(
+                (l + 3, t + 2),
+                f"#{r.id} {label}",
+                fill=(255, 255, 255),
+                font=font,
+                stroke_width=2,
+                stroke_fill=(0, 0, 0),
+            )
         out["regions"] = np.asarray(picture)
         if prior is None:
             out["prior"] = None

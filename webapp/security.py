@@ -33,10 +33,10 @@ class UploadError(ValueError):
 class Limits:
     """Upload limits (defaults suit a CPU Space; all can be set by environment variables)."""
 
-    max_file_mb: int = 500            # PROTOATLAS_MAX_FILE_MB: one uploaded file
-    max_images: int = 5000            # PROTOATLAS_MAX_IMAGES: images in one batch
-    max_zip_total_mb: int = 4096      # PROTOATLAS_MAX_ZIP_TOTAL_MB: a zip, uncompressed
-    max_zip_ratio: float = 100.0      # PROTOATLAS_MAX_ZIP_RATIO: per-member compression ratio
+    max_file_mb: int = 500  # PROTOATLAS_MAX_FILE_MB: one uploaded file
+    max_images: int = 5000  # PROTOATLAS_MAX_IMAGES: images in one batch
+    max_zip_total_mb: int = 4096  # PROTOATLAS_MAX_ZIP_TOTAL_MB: a zip, uncompressed
+    max_zip_ratio: float = 100.0  # PROTOATLAS_MAX_ZIP_RATIO: per-member compression ratio
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -44,9 +44,9 @@ class Limits:
         return cls(
             max_file_mb=int(os.environ.get("PROTOATLAS_MAX_FILE_MB", d.max_file_mb)),
             max_images=int(os.environ.get("PROTOATLAS_MAX_IMAGES", d.max_images)),
-            max_zip_total_mb=int(os.environ.get("PROTOATLAS_MAX_ZIP_TOTAL_MB",
-                                                d.max_zip_total_mb)),
-            max_zip_ratio=float(os.environ.get("PROTOATLAS_MAX_ZIP_RATIO", d.max_zip_ratio)))
+            max_zip_total_mb=int(os.environ.get("PROTOATLAS_MAX_ZIP_TOTAL_MB", d.max_zip_total_mb)),
+            max_zip_ratio=float(os.environ.get("PROTOATLAS_MAX_ZIP_RATIO", d.max_zip_ratio)),
+        )
 
 
 def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
@@ -60,8 +60,10 @@ def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
             continue
         user, sep, password = item.partition(":")
         if not sep or not user.strip() or not password:
-            raise ValueError(f"{AUTH_ENV} must be 'user:password' (comma-separated for "
-                             f"several users); got an entry without a user or password")
+            raise ValueError(
+                f"{AUTH_ENV} must be 'user:password' (comma-separated for "
+                f"several users); got an entry without a user or password"
+            )
         pairs.append((user.strip(), password))
     return pairs or None
 
@@ -69,14 +71,32 @@ def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
 # ------------------------------------------------------------------------------ login
 #: Paths served without a login: the login page and the static files it needs. None of them
 #: reads the workspace.
-PUBLIC_EXACT = frozenset({"/", "/login", "/login/", "/logout", "/favicon.ico", "/theme.css",
-                          "/gradio_api/theme.css", "/manifest.json", "/robots.txt",
-                          "/gradio_api/login", "/gradio_api/login/",
-                          # Gradio calls it itself once at launch (runs startup events once;
-                          # answers true/false, nothing else)
-                          "/gradio_api/startup-events"})
-PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon",
-                   "/gradio_api/assets/", "/gradio_api/static/")
+PUBLIC_EXACT = frozenset(
+    {
+        "/",
+        "/login",
+        "/login/",
+        "/logout",
+        "/favicon.ico",
+        "/theme.css",
+        "/gradio_api/theme.css",
+        "/manifest.json",
+        "/robots.txt",
+        "/gradio_api/login",
+        "/gradio_api/login/",
+        # Gradio calls it itself once at launch (runs startup events once;
+        # answers true/false, nothing else)
+        "/gradio_api/startup-events",
+    }
+)
+PUBLIC_PREFIXES = (
+    "/assets/",
+    "/static/",
+    "/svelte/",
+    "/pwa_icon",
+    "/gradio_api/assets/",
+    "/gradio_api/static/",
+)
 
 
 class RequireLogin:
@@ -119,7 +139,7 @@ class RequireLogin:
         root = scope.get("root_path", "") or ""
         path = scope.get("path", "")
         if root and path.startswith(root):
-            path = path[len(root):] or "/"
+            path = path[len(root) :] or "/"
         if self.is_public(path) or self.logged_in(scope):
             await self.app(scope, receive, send)
             return
@@ -127,9 +147,16 @@ class RequireLogin:
             await send({"type": "websocket.close", "code": 1008})
             return
         body = json.dumps({"detail": "Not authenticated: log in first"}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -160,8 +187,9 @@ def _path_of(item) -> Path:
     raise UploadError(f"cannot read the uploaded item {item!r}")
 
 
-def stage_upload(files: Sequence | None, staging_root: Path, limits: Limits,
-                 what: str = "images") -> StagedUpload | None:
+def stage_upload(
+    files: Sequence | None, staging_root: Path, limits: Limits, what: str = "images"
+) -> StagedUpload | None:
     """Check an upload against the limits and give the service one source to read.
 
     ``files``: the uploaded paths: one ``.zip`` (any folder depth inside), or image files.
@@ -176,27 +204,34 @@ def stage_upload(files: Sequence | None, staging_root: Path, limits: Limits,
         if not p.is_file():
             raise UploadError(f"{what}: the uploaded file {p.name} is missing; upload it again")
         if p.stat().st_size > max_bytes:
-            raise UploadError(f"{what}: {p.name} is {p.stat().st_size / 2**20:.0f} MB, over the "
-                              f"{limits.max_file_mb} MB limit per file")
+            raise UploadError(
+                f"{what}: {p.name} is {p.stat().st_size / 2**20:.0f} MB, over the "
+                f"{limits.max_file_mb} MB limit per file"
+            )
     zips = [p for p in paths if p.suffix.lower() == ".zip"]
     if zips:
         if len(paths) > 1:
-            raise UploadError(f"{what}: upload either one .zip archive or image files, not "
-                              f"{len(zips)} archive(s) together with {len(paths) - 1} other "
-                              f"file(s)")
+            raise UploadError(
+                f"{what}: upload either one .zip archive or image files, not "
+                f"{len(zips)} archive(s) together with {len(paths) - 1} other "
+                f"file(s)"
+            )
         z = zips[0]
         if not zipfile.is_zipfile(z):
             raise UploadError(f"{what}: {z.name} is not a valid zip archive")
         try:
-            refs = list_images(z, max_total_bytes=limits.max_zip_total_mb * 2**20,
-                               max_ratio=limits.max_zip_ratio)
+            refs = list_images(
+                z, max_total_bytes=limits.max_zip_total_mb * 2**20, max_ratio=limits.max_zip_ratio
+            )
         except ValueError as exc:  # ArchiveError is a ValueError
             raise UploadError(f"{what}: {z.name} refused: {exc}") from exc
         if not refs:
             raise UploadError(f"{what}: {z.name} holds no png, jpg, bmp or tif image")
         if len(refs) > limits.max_images:
-            raise UploadError(f"{what}: {len(refs)} images, over the limit of "
-                              f"{limits.max_images} per batch; split the batch")
+            raise UploadError(
+                f"{what}: {len(refs)} images, over the limit of "
+                f"{limits.max_images} per batch; split the batch"
+            )
         return StagedUpload(z, len(refs), [])
     skipped: list[SkippedFile] = []
     images = []
@@ -205,14 +240,21 @@ def stage_upload(files: Sequence | None, staging_root: Path, limits: Limits,
             images.append(p)
         else:
             kind = p.suffix or "no extension"
-            skipped.append(SkippedFile(p.name, f"not an image file ({kind}); expected png, "
-                                               "jpg, bmp, tif or one .zip"))
+            skipped.append(
+                SkippedFile(
+                    p.name, f"not an image file ({kind}); expected png, jpg, bmp, tif or one .zip"
+                )
+            )
     if not images:
-        raise UploadError(f"{what}: none of the {len(paths)} uploaded file(s) is an image "
-                          "(png, jpg, bmp, tif) or a .zip archive")
+        raise UploadError(
+            f"{what}: none of the {len(paths)} uploaded file(s) is an image "
+            "(png, jpg, bmp, tif) or a .zip archive"
+        )
     if len(images) > limits.max_images:
-        raise UploadError(f"{what}: {len(images)} images, over the limit of "
-                          f"{limits.max_images} per batch; split the batch")
+        raise UploadError(
+            f"{what}: {len(images)} images, over the limit of "
+            f"{limits.max_images} per batch; split the batch"
+        )
     folder = staging_root / f"{what}-{uuid.uuid4().hex[:12]}"
     folder.mkdir(parents=True)
     used: set[str] = set()

@@ -18,13 +18,18 @@ from webapp.assets import KEYS_HELP
 from webapp.security import Limits
 from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS
 
-PRIOR_CHOICES = [("auto (classical; grounded-SAM for the prompt when configured)", "auto"),
-                 ("classical: object from the known-good images", "classical"),
-                 ("none: textures, the whole image is the object", "none"),
-                 ("grounded-SAM: text prompt (needs local checkpoints)", "grounded-sam")]
+PRIOR_CHOICES = [
+    ("auto (classical; grounded-SAM for the prompt when configured)", "auto"),
+    ("classical: object from the known-good images", "classical"),
+    ("none: textures, the whole image is the object", "none"),
+    ("grounded-SAM: text prompt (needs local checkpoints)", "grounded-sam"),
+]
 CLUSTER_CHOICES = ["auto"] + [str(k) for k in range(2, DiscoveryConfig().max_clusters + 1)]
-ORDERS = [("representative first", "representative"), ("most confident", "confidence"),
-          ("borderline (least confident)", "borderline")]
+ORDERS = [
+    ("representative first", "representative"),
+    ("most confident", "confidence"),
+    ("borderline (least confident)", "borderline"),
+]
 #: The file types the upload boxes accept.
 UPLOAD_TYPES = ["image", ".zip", ".tif", ".tiff", ".bmp"]
 
@@ -74,8 +79,17 @@ class TypesTab:
     seen: gr.State  # {type_id, version} of the type on screen
 
     #: What ``ReviewApp.panel`` fills, in this order.
-    PANEL: ClassVar[tuple[str, ...]] = ("cards", "table", "type_dd", "type_md", "gallery",
-                                        "selection", "merge_dd", "move_dd", "seen")
+    PANEL: ClassVar[tuple[str, ...]] = (
+        "cards",
+        "table",
+        "type_dd",
+        "type_md",
+        "gallery",
+        "selection",
+        "merge_dd",
+        "move_dd",
+        "seen",
+    )
 
     def outputs(self) -> list[Any]:
         """The components ``ReviewApp.panel`` returns values for, in its order."""
@@ -93,13 +107,16 @@ def _type_list() -> dict[str, Any]:
             refresh_btn = gr.Button("↻ Refresh", size="sm", scale=0, elem_id="pa-refresh")
             show_rejected = gr.Checkbox(False, label="show rejected types", container=False)
         cards = gr.HTML(elem_id="pa-cards")
-        pick = gr.Textbox(elem_id="pa-type-pick", elem_classes="pa-hidden", max_lines=1,
-                          label="pick")
+        pick = gr.Textbox(
+            elem_id="pa-type-pick", elem_classes="pa-hidden", max_lines=1, label="pick"
+        )
         with gr.Accordion("Types as a table", open=False):
-            table = gr.Dataframe(headers=TYPE_COLUMNS, interactive=False, label="types",
-                                 max_height=320)
-    return dict(refresh_btn=refresh_btn, show_rejected=show_rejected, cards=cards, pick=pick,
-                table=table)
+            table = gr.Dataframe(
+                headers=TYPE_COLUMNS, interactive=False, label="types", max_height=320
+            )
+    return dict(
+        refresh_btn=refresh_btn, show_rejected=show_rejected, cards=cards, pick=pick, table=table
+    )
 
 
 def _type_members() -> dict[str, Any]:
@@ -112,18 +129,31 @@ def _type_members() -> dict[str, Any]:
     with gr.Row(equal_height=True):
         selection = gr.Textbox(
             label="Selected region ids (click images; shift-click selects a range; "
-                  "double-click opens the image)",
-            elem_id="pa-selection", scale=4, max_lines=2)
+            "double-click opens the image)",
+            elem_id="pa-selection",
+            scale=4,
+            max_lines=2,
+        )
         with gr.Column(scale=1, min_width=120):
             sel_all = gr.Button("Select all", size="sm", elem_id="pa-sel-all")
             sel_none = gr.Button("Clear", size="sm", elem_id="pa-sel-none")
             open_img = gr.Button("Open image", size="sm", elem_id="pa-open-image")
-    open_box = gr.Textbox(elem_id="pa-open-box", elem_classes="pa-hidden", max_lines=1,
-                          label="open")
+    open_box = gr.Textbox(
+        elem_id="pa-open-box", elem_classes="pa-hidden", max_lines=1, label="open"
+    )
     msg = gr.Markdown(elem_id="pa-msg")
-    return dict(type_dd=type_dd, order=order, type_md=type_md, gallery=gallery,
-                selection=selection, sel_all=sel_all, sel_none=sel_none, open_img=open_img,
-                open_box=open_box, msg=msg)
+    return dict(
+        type_dd=type_dd,
+        order=order,
+        type_md=type_md,
+        gallery=gallery,
+        selection=selection,
+        sel_all=sel_all,
+        sel_none=sel_none,
+        open_img=open_img,
+        open_box=open_box,
+        msg=msg,
+    )
 
 
 def _type_actions() -> dict[str, Any]:
@@ -133,27 +163,43 @@ def _type_actions() -> dict[str, Any]:
         reject_btn = gr.Button("✖ Reject type", variant="stop", elem_id="pa-reject")
         undo_btn = gr.Button("↶ Undo last", elem_id="pa-undo")
     with gr.Row():
-        rename_tb = gr.Textbox(label="New name", placeholder="e.g. scratch", scale=3,
-                               max_lines=1, elem_id="pa-rename-tb")
+        rename_tb = gr.Textbox(
+            label="New name",
+            placeholder="e.g. scratch",
+            scale=3,
+            max_lines=1,
+            elem_id="pa-rename-tb",
+        )
         rename_btn = gr.Button("Rename", scale=1, elem_id="pa-rename")
         newtype_btn = gr.Button("Selected → new type", scale=1, elem_id="pa-newtype")
     with gr.Row(equal_height=True):
-        merge_dd = gr.Dropdown(label="Merge this type into", choices=[], scale=3,
-                               elem_id="pa-merge-dd")
+        merge_dd = gr.Dropdown(
+            label="Merge this type into", choices=[], scale=3, elem_id="pa-merge-dd"
+        )
         merge_btn = gr.Button("Merge", scale=1, elem_id="pa-merge")
-        move_dd = gr.Dropdown(label="Move selected to", choices=[], scale=3,
-                              elem_id="pa-move-dd")
+        move_dd = gr.Dropdown(label="Move selected to", choices=[], scale=3, elem_id="pa-move-dd")
         move_btn = gr.Button("Move", scale=1, elem_id="pa-move")
     with gr.Row(equal_height=True):
-        parts = gr.Number(2, label="Split into parts", precision=0, minimum=2, maximum=12,
-                          scale=1)
-        split_btn = gr.Button("Split (selected → new type, else by clustering)", scale=3,
-                              elem_id="pa-split")
+        parts = gr.Number(2, label="Split into parts", precision=0, minimum=2, maximum=12, scale=1)
+        split_btn = gr.Button(
+            "Split (selected → new type, else by clustering)", scale=3, elem_id="pa-split"
+        )
         normal_btn = gr.Button("Selected are normal", scale=2, elem_id="pa-normal")
-    return dict(confirm_btn=confirm_btn, reject_btn=reject_btn, undo_btn=undo_btn,
-                rename_tb=rename_tb, rename_btn=rename_btn, newtype_btn=newtype_btn,
-                merge_dd=merge_dd, merge_btn=merge_btn, move_dd=move_dd, move_btn=move_btn,
-                parts=parts, split_btn=split_btn, normal_btn=normal_btn)
+    return dict(
+        confirm_btn=confirm_btn,
+        reject_btn=reject_btn,
+        undo_btn=undo_btn,
+        rename_tb=rename_tb,
+        rename_btn=rename_btn,
+        newtype_btn=newtype_btn,
+        merge_dd=merge_dd,
+        merge_btn=merge_btn,
+        move_dd=move_dd,
+        move_btn=move_btn,
+        parts=parts,
+        split_btn=split_btn,
+        normal_btn=normal_btn,
+    )
 
 
 def types_tab() -> TypesTab:
@@ -191,8 +237,14 @@ class SuggestionsTab:
     sugg_id: gr.State  # the id of the question on screen
 
     #: What ``ReviewApp.question`` fills, in this order.
-    QUESTION: ClassVar[tuple[str, ...]] = ("question_md", "gallery", "sugg_id", "label_dd",
-                                           "label_btn", "pick")
+    QUESTION: ClassVar[tuple[str, ...]] = (
+        "question_md",
+        "gallery",
+        "sugg_id",
+        "label_dd",
+        "label_btn",
+        "pick",
+    )
 
     def outputs(self) -> list[Any]:
         """The components ``ReviewApp.question`` returns values for, in its order."""
@@ -204,22 +256,30 @@ def suggestions_tab() -> SuggestionsTab:
     with gr.Tab("Suggestions", id="suggestions") as tab:
         with gr.Column(elem_id="pa-suggest-panel"):
             question_md = gr.Markdown(elem_id="pa-question")
-            gallery = gr.Gallery(label="Look at these", columns=8, height=260,
-                                 allow_preview=True, object_fit="cover")
+            gallery = gr.Gallery(
+                label="Look at these", columns=8, height=260, allow_preview=True, object_fit="cover"
+            )
             with gr.Row():
                 yes_btn = gr.Button("Yes  (y)", variant="primary", elem_id="pa-yes")
                 no_btn = gr.Button("No  (n)", elem_id="pa-no")
                 skip_btn = gr.Button("Skip  (s)", elem_id="pa-skip")
                 undo_btn = gr.Button("↶ Undo  (u)", elem_id="pa-sugg-undo")
-            name = gr.Textbox(label="Name for the type (optional, used by yes)",
-                              placeholder="e.g. scratch", max_lines=1, elem_id="pa-sugg-name")
+            name = gr.Textbox(
+                label="Name for the type (optional, used by yes)",
+                placeholder="e.g. scratch",
+                max_lines=1,
+                elem_id="pa-sugg-name",
+            )
             pick = gr.Textbox(
                 label="Members that do not belong (click a thumbnail to pick it, again to "
-                      "unpick; with yes or no they move out into a new type first)",
-                placeholder="e.g. 12, 15", max_lines=1, visible=False, elem_id="pa-sugg-pick")
+                "unpick; with yes or no they move out into a new type first)",
+                placeholder="e.g. 12, 15",
+                max_lines=1,
+                visible=False,
+                elem_id="pa-sugg-pick",
+            )
             with gr.Row():
-                label_dd = gr.Dropdown(label="It is this type", choices=[], visible=False,
-                                       scale=3)
+                label_dd = gr.Dropdown(label="It is this type", choices=[], visible=False, scale=3)
                 label_btn = gr.Button("Answer with this type", visible=False, scale=1)
             msg = gr.Markdown(elem_id="pa-sugg-msg")
             gr.HTML(KEYS_HELP)
@@ -228,11 +288,24 @@ def suggestions_tab() -> SuggestionsTab:
                 refresh_btn = gr.Button("Refresh questions", size="sm")
                 retrain_btn = gr.Button("Retrain the model now", size="sm")
         sugg_id = gr.State(None)
-    return SuggestionsTab(tab=tab, question_md=question_md, gallery=gallery, yes_btn=yes_btn,
-                          no_btn=no_btn, skip_btn=skip_btn, undo_btn=undo_btn, name=name,
-                          pick=pick, label_dd=label_dd, label_btn=label_btn, msg=msg,
-                          next_btn=next_btn, refresh_btn=refresh_btn, retrain_btn=retrain_btn,
-                          sugg_id=sugg_id)
+    return SuggestionsTab(
+        tab=tab,
+        question_md=question_md,
+        gallery=gallery,
+        yes_btn=yes_btn,
+        no_btn=no_btn,
+        skip_btn=skip_btn,
+        undo_btn=undo_btn,
+        name=name,
+        pick=pick,
+        label_dd=label_dd,
+        label_btn=label_btn,
+        msg=msg,
+        next_btn=next_btn,
+        refresh_btn=refresh_btn,
+        retrain_btn=retrain_btn,
+        sugg_id=sugg_id,
+    )
 
 
 # ----------------------------------------------------------------------------- Upload
@@ -256,34 +329,61 @@ def upload_tab(limits: Limits) -> UploadTab:
     with gr.Tab("Upload", id="upload"):
         with gr.Row():
             with gr.Column():
-                images = gr.File(label="Images: files, or one .zip (any folder depth)",
-                                 file_count="multiple", file_types=UPLOAD_TYPES,
-                                 elem_id="pa-up-images")
-                normals = gr.File(label="Known-good images (optional after the first batch: "
-                                        "the workspace's are reused)",
-                                  file_count="multiple", file_types=UPLOAD_TYPES,
-                                  elem_id="pa-up-normals")
+                images = gr.File(
+                    label="Images: files, or one .zip (any folder depth)",
+                    file_count="multiple",
+                    file_types=UPLOAD_TYPES,
+                    elem_id="pa-up-images",
+                )
+                normals = gr.File(
+                    label="Known-good images (optional after the first batch: "
+                    "the workspace's are reused)",
+                    file_count="multiple",
+                    file_types=UPLOAD_TYPES,
+                    elem_id="pa-up-normals",
+                )
             with gr.Column():
-                prompt = gr.Textbox(label="Object (prompt for the object prior)",
-                                    placeholder="e.g. bottle, tile", max_lines=1)
+                prompt = gr.Textbox(
+                    label="Object (prompt for the object prior)",
+                    placeholder="e.g. bottle, tile",
+                    max_lines=1,
+                )
                 prior = gr.Dropdown(PRIOR_CHOICES, value="auto", label="Object prior")
-                clusters = gr.Dropdown(CLUSTER_CHOICES, value="auto", allow_custom_value=True,
-                                       label="Number of defect types")
-                name = gr.Textbox(label="Batch name (optional)", max_lines=1,
-                                  elem_id="pa-upload-name")
-                button = gr.Button("Upload and analyse", variant="primary",
-                                   elem_id="pa-upload")
+                clusters = gr.Dropdown(
+                    CLUSTER_CHOICES,
+                    value="auto",
+                    allow_custom_value=True,
+                    label="Number of defect types",
+                )
+                name = gr.Textbox(
+                    label="Batch name (optional)", max_lines=1, elem_id="pa-upload-name"
+                )
+                button = gr.Button("Upload and analyse", variant="primary", elem_id="pa-upload")
                 gr.Markdown(
                     f"<small>Limits: {limits.max_file_mb} MB per file, {limits.max_images} "
                     f"images per batch, zip up to {limits.max_zip_total_mb} MB uncompressed "
                     f"and {limits.max_zip_ratio:.0f}:1 compression. One analysis runs at a "
-                    "time; reviewing goes on meanwhile.</small>")
+                    "time; reviewing goes on meanwhile.</small>"
+                )
         report = gr.Markdown(elem_id="pa-up-report")
-        skipped = gr.Dataframe(headers=["file", "reason"], interactive=False,
-                               label="Skipped files", max_height=260, elem_id="pa-up-skipped")
-    return UploadTab(images=images, normals=normals, prompt=prompt, prior=prior,
-                     clusters=clusters, name=name, button=button, report=report,
-                     skipped=skipped)
+        skipped = gr.Dataframe(
+            headers=["file", "reason"],
+            interactive=False,
+            label="Skipped files",
+            max_height=260,
+            elem_id="pa-up-skipped",
+        )
+    return UploadTab(
+        images=images,
+        normals=normals,
+        prompt=prompt,
+        prior=prior,
+        clusters=clusters,
+        name=name,
+        button=button,
+        report=report,
+        skipped=skipped,
+    )
 
 
 # ----------------------------------------------------------------------------- Map
@@ -309,23 +409,44 @@ def map_tab() -> MapTab:
     with gr.Tab("Map", id="map") as tab:
         with gr.Row():
             button = gr.Button("Draw / refresh the map", size="sm", scale=0)
-            gr.Markdown("Hover a point to see its crop; drag a **lasso** (default) or **box** "
-                        "(toolbar) to select regions, then act below.")
+            gr.Markdown(
+                "Hover a point to see its crop; drag a **lasso** (default) or **box** "
+                "(toolbar) to select regions, then act below."
+            )
         plot = gr.Plot(elem_id="pa-map", label="Region embeddings")
-        pick = gr.Textbox(label="Selected region ids (filled by the lasso; you can also type "
-                                "them)", elem_id="pa-map-pick", max_lines=2)
+        pick = gr.Textbox(
+            label="Selected region ids (filled by the lasso; you can also type them)",
+            elem_id="pa-map-pick",
+            max_lines=2,
+        )
         info = gr.Markdown(elem_id="pa-map-msg")
-        gallery = gr.Gallery(columns=12, height=170, allow_preview=True,
-                             elem_id="pa-map-gallery", label="Selection", object_fit="cover")
+        gallery = gr.Gallery(
+            columns=12,
+            height=170,
+            allow_preview=True,
+            elem_id="pa-map-gallery",
+            label="Selection",
+            object_fit="cover",
+        )
         with gr.Row():
             move_dd = gr.Dropdown(label="Move selection to", choices=[], scale=3)
             move_btn = gr.Button("Move", scale=1)
             new_name = gr.Textbox(label="New type name (optional)", scale=2, max_lines=1)
             new_btn = gr.Button("Selection → new type", scale=1)
             normal_btn = gr.Button("Selection is normal", scale=1)
-    return MapTab(tab=tab, button=button, plot=plot, pick=pick, info=info, gallery=gallery,
-                  move_dd=move_dd, move_btn=move_btn, new_name=new_name, new_btn=new_btn,
-                  normal_btn=normal_btn)
+    return MapTab(
+        tab=tab,
+        button=button,
+        plot=plot,
+        pick=pick,
+        info=info,
+        gallery=gallery,
+        move_dd=move_dd,
+        move_btn=move_btn,
+        new_name=new_name,
+        new_btn=new_btn,
+        normal_btn=normal_btn,
+    )
 
 
 # ----------------------------------------------------------------------------- Image
@@ -344,8 +465,7 @@ class ImageTab:
     table: gr.Dataframe
 
     #: What ``ReviewApp.image`` fills, in this order.
-    DETAIL: ClassVar[tuple[str, ...]] = ("summary", "original", "heat", "regions", "prior",
-                                         "table")
+    DETAIL: ClassVar[tuple[str, ...]] = ("summary", "original", "heat", "regions", "prior", "table")
 
     def outputs(self) -> list[Any]:
         """The components ``ReviewApp.image`` returns values for, in its order."""
@@ -356,19 +476,28 @@ def image_tab() -> ImageTab:
     """Lays out the Image tab: the image picker and its four pictures."""
     with gr.Tab("Image", id="image") as tab:
         with gr.Row():
-            image_dd = gr.Dropdown(label="Image (with regions)", choices=[], scale=3,
-                                   allow_custom_value=True)
+            image_dd = gr.Dropdown(
+                label="Image (with regions)", choices=[], scale=3, allow_custom_value=True
+            )
             show_btn = gr.Button("Show", scale=0)
         summary = gr.Markdown(elem_id="pa-image-md")
         with gr.Row(elem_id="pa-image-row"):
             original = gr.Image(label="Original", interactive=False, height=300)
             heat = gr.Image(label="Anomaly heat map", interactive=False, height=300)
-            regions = gr.Image(label="Regions (coloured by type)", interactive=False,
-                               height=300)
+            regions = gr.Image(label="Regions (coloured by type)", interactive=False, height=300)
             prior = gr.Image(label="Object prior", interactive=False, height=300)
         table = gr.Dataframe(headers=REGION_COLUMNS, interactive=False, label="Regions")
-    return ImageTab(tab=tab, image_dd=image_dd, show_btn=show_btn, summary=summary,
-                    original=original, heat=heat, regions=regions, prior=prior, table=table)
+    return ImageTab(
+        tab=tab,
+        image_dd=image_dd,
+        show_btn=show_btn,
+        summary=summary,
+        original=original,
+        heat=heat,
+        regions=regions,
+        prior=prior,
+        table=table,
+    )
 
 
 # ----------------------------------------------------------------------------- History
@@ -388,17 +517,21 @@ def history_tab() -> HistoryTab:
     """Lays out the History tab: the filters over the audit log."""
     with gr.Tab("History", id="history") as tab:
         with gr.Row():
-            actor = gr.Dropdown(label="Reviewer", choices=[""], value="",
-                                allow_custom_value=True)
-            action = gr.Dropdown(label="Action", choices=[""], value="",
-                                 allow_custom_value=True)
+            actor = gr.Dropdown(label="Reviewer", choices=[""], value="", allow_custom_value=True)
+            action = gr.Dropdown(label="Action", choices=[""], value="", allow_custom_value=True)
             type_id = gr.Number(label="Type id", precision=0, value=None)
             button = gr.Button("Filter / refresh", scale=0)
-        table = gr.Dataframe(headers=AUDIT_COLUMNS, interactive=False,
-                             label="Audit log (newest first)", wrap=True, max_height=600,
-                             elem_id="pa-history")
-    return HistoryTab(tab=tab, actor=actor, action=action, type_id=type_id, button=button,
-                      table=table)
+        table = gr.Dataframe(
+            headers=AUDIT_COLUMNS,
+            interactive=False,
+            label="Audit log (newest first)",
+            wrap=True,
+            max_height=600,
+            elem_id="pa-history",
+        )
+    return HistoryTab(
+        tab=tab, actor=actor, action=action, type_id=type_id, button=button, table=table
+    )
 
 
 # ----------------------------------------------------------------------------- Export
@@ -414,8 +547,11 @@ class ExportTab:
 def export_tab() -> ExportTab:
     """Lays out the Export tab: the format and the download."""
     with gr.Tab("Export", id="export"):
-        fmt = gr.Radio([(label, key) for key, (_, label) in EXPORTS.items()], value="csv",
-                       label="What to export")
+        fmt = gr.Radio(
+            [(label, key) for key, (_, label) in EXPORTS.items()],
+            value="csv",
+            label="What to export",
+        )
         button = gr.Button("Export", variant="primary", elem_id="pa-export")
         file = gr.File(label="Download", elem_id="pa-export-file")
     return ExportTab(fmt=fmt, button=button, file=file)

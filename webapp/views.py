@@ -30,10 +30,22 @@ if TYPE_CHECKING:
 
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
 AUDIT_COLUMNS = ["#", "time (UTC)", "reviewer", "action", "types", "details"]
-REGION_COLUMNS = ["region", "type", "status", "confidence", "source", "anomaly score", "area",
-                  "box (t, l, b, r)"]
-STATUS_BADGE = {"proposed": "#b45309", "confirmed": "#15803d", "rejected": "#b91c1c",
-                "merged": "#6b7280"}
+REGION_COLUMNS = [
+    "region",
+    "type",
+    "status",
+    "confidence",
+    "source",
+    "anomaly score",
+    "area",
+    "box (t, l, b, r)",
+]
+STATUS_BADGE = {
+    "proposed": "#b45309",
+    "confirmed": "#15803d",
+    "rejected": "#b91c1c",
+    "merged": "#6b7280",
+}
 EXPORTS = {
     "csv": ("assignments.csv", "regions with their type (CSV)"),
     "parquet": ("assignments.parquet", "regions with their type (Parquet)"),
@@ -65,9 +77,15 @@ class Question:
     choices: list[tuple[str, Any]]  # answers of a "label" question: type ids, "good"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "question": self.text, "reason": self.reason,
-                "target": self.target, "images": [c for _, c in self.images],
-                "answers": ["yes", "no", "skip"] + [f"{i}" for _, i in self.choices]}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "question": self.text,
+            "reason": self.reason,
+            "target": self.target,
+            "images": [c for _, c in self.images],
+            "answers": ["yes", "no", "skip"] + [f"{i}" for _, i in self.choices],
+        }
 
 
 class Views:
@@ -119,35 +137,54 @@ class Views:
 
     # ------------------------------------------------------------------ types
     def types(self, include_rejected: bool = True) -> list[TypeSummary]:
-        return [t for t in self.service.list_types()
-                if include_rejected or t.status != "rejected"]
+        return [t for t in self.service.list_types() if include_rejected or t.status != "rejected"]
 
     def types_table(self, types: Sequence[TypeSummary] | None = None) -> list[list[Any]]:
         types = self.types() if types is None else types
-        return [[t.id, t.name, t.status, t.n_regions, t.n_images,
-                 None if t.mean_confidence is None else round(float(t.mean_confidence), 3)]
-                for t in types]
+        return [
+            [
+                t.id,
+                t.name,
+                t.status,
+                t.n_regions,
+                t.n_images,
+                None if t.mean_confidence is None else round(float(t.mean_confidence), 3),
+            ]
+            for t in types
+        ]
 
-    def type_choices(self, exclude: int | None = None,
-                     types: Sequence[TypeSummary] | None = None) -> list[tuple[str, int]]:
+    def type_choices(
+        self, exclude: int | None = None, types: Sequence[TypeSummary] | None = None
+    ) -> list[tuple[str, int]]:
         types = self.types() if types is None else types
-        return [(type_label(t), t.id) for t in types
-                if t.id != exclude and t.status in ("proposed", "confirmed")]
+        return [
+            (type_label(t), t.id)
+            for t in types
+            if t.id != exclude and t.status in ("proposed", "confirmed")
+        ]
 
-    def cards_html(self, types: Sequence[TypeSummary] | None = None,
-                   n_thumbs: int | None = None, selected: int | None = None) -> str:
+    def cards_html(
+        self,
+        types: Sequence[TypeSummary] | None = None,
+        n_thumbs: int | None = None,
+        selected: int | None = None,
+    ) -> str:
         """One card per type: name, status, size, confidence and representative crops."""
         types = self.types() if types is None else types
         n_thumbs = self.screens.card_thumbs if n_thumbs is None else n_thumbs
         if not types:
-            return ("<div class='pa-empty'>No defect types yet. Upload a batch with known-good "
-                    "images on the <b>Upload</b> tab (or start with <code>--demo</code>).</div>")
+            return (
+                "<div class='pa-empty'>No defect types yet. Upload a batch with known-good "
+                "images on the <b>Upload</b> tab (or start with <code>--demo</code>).</div>"
+            )
         cards = []
         for t in types:
             reps = self.representatives(t, n_thumbs)
             thumbs = "".join(
                 f"<img loading='lazy' alt='region {m.region_id}' title='#{m.region_id} "
-                f"{escape(m.image_name)}' src='pa/thumb/{m.region_id}.jpg'>" for m in reps)
+                f"{escape(m.image_name)}' src='pa/thumb/{m.region_id}.jpg'>"
+                for m in reps
+            )
             sel = " pa-selected" if t.id == selected else ""
             cards.append(
                 f"<div class='pa-card{sel}' role='button' tabindex='0' data-type-id='{t.id}' "
@@ -158,11 +195,11 @@ class Views:
                 f"{escape(t.status)}</span></div>"
                 f"<div class='pa-meta'>#{t.id} · {t.n_regions} regions · {t.n_images} images · "
                 f"confidence {fmt_conf(t.mean_confidence)}</div>"
-                f"<div class='pa-thumbs'>{thumbs or '<i>no members</i>'}</div></div>")
+                f"<div class='pa-thumbs'>{thumbs or '<i>no members</i>'}</div></div>"
+            )
         # the render stamp makes every refresh a new value (Gradio then redraws) and lets a
         # benchmark see when the redrawn page is in place
-        return (f"<div class='pa-cards' data-rendered='{time.monotonic_ns()}'>"
-                f"{''.join(cards)}</div>")
+        return f"<div class='pa-cards' data-rendered='{time.monotonic_ns()}'>{''.join(cards)}</div>"
 
     def representatives(self, t: TypeSummary, n: int) -> list[Member]:
         """The type's representatives, cached while the type is unchanged (same version,
@@ -182,29 +219,35 @@ class Views:
             self._reps[key] = reps
         return reps
 
-    def type_members(self, type_id: int, order: str = "representative",
-                     limit: int | None = None) -> list[Member]:
+    def type_members(
+        self, type_id: int, order: str = "representative", limit: int | None = None
+    ) -> list[Member]:
         """One gallery page of a type's members (``screens.gallery_members`` by default)."""
         limit = self.screens.gallery_members if limit is None else limit
         if order == "representative":
             reps = self.service.representatives(
-                type_id, n=min(self.screens.gallery_representatives, limit))
+                type_id, n=min(self.screens.gallery_representatives, limit)
+            )
             rest = self.service.type_members(type_id, limit=limit)
             seen = {m.region_id for m in reps}
             members = reps + [m for m in rest if m.region_id not in seen]
         else:
-            members = self.service.type_members(type_id, limit=limit,
-                                           order="borderline" if order == "borderline"
-                                           else "confidence")
+            members = self.service.type_members(
+                type_id, limit=limit, order="borderline" if order == "borderline" else "confidence"
+            )
         members = members[:limit]
         self._remember(members)
         return members
 
     def gallery(self, members: Sequence[Member]) -> list[tuple[str, str]]:
-        return [(str(self.renderer.crop_path(m.region_id, m.image_id, m.box)),
-                 f"#{m.region_id} · {fmt_conf(m.confidence)}"
-                 + (" · reviewer" if m.source == "reviewer" else ""))
-                for m in members]
+        return [
+            (
+                str(self.renderer.crop_path(m.region_id, m.image_id, m.box)),
+                f"#{m.region_id} · {fmt_conf(m.confidence)}"
+                + (" · reviewer" if m.source == "reviewer" else ""),
+            )
+            for m in members
+        ]
 
     def members_html(self, members: Sequence[Member], selected: Sequence[int] = ()) -> str:
         """The selected type's members as a multi-select grid (crops served by
@@ -221,14 +264,17 @@ class Views:
                 f"title='#{m.region_id} · {escape(m.image_name)} · confidence "
                 f"{fmt_conf(m.confidence)}'><img loading='lazy' alt='region {m.region_id}' "
                 f"src='pa/crop/{m.region_id}.jpg'><figcaption>#{m.region_id} · "
-                f"{fmt_conf(m.confidence)}{who}</figcaption></figure>")
+                f"{fmt_conf(m.confidence)}{who}</figcaption></figure>"
+            )
         return f"<div class='pa-members'>{''.join(items)}</div>"
 
     def type_header(self, t: TypeSummary) -> str:
-        return (f"### {escape(t.name)} &nbsp;<span class='pa-badge' style='background:"
-                f"{STATUS_BADGE.get(t.status, '#555')}'>{t.status}</span>\n"
-                f"#{t.id} · {t.n_regions} regions in {t.n_images} images · mean confidence "
-                f"{fmt_conf(t.mean_confidence)} · version {t.version} · made by {t.origin}")
+        return (
+            f"### {escape(t.name)} &nbsp;<span class='pa-badge' style='background:"
+            f"{STATUS_BADGE.get(t.status, '#555')}'>{t.status}</span>\n"
+            f"#{t.id} · {t.n_regions} regions in {t.n_images} images · mean confidence "
+            f"{fmt_conf(t.mean_confidence)} · version {t.version} · made by {t.origin}"
+        )
 
     def warm(self, n_thumbs: int | None = None, gallery: int | None = None) -> None:
         """Render the crops ahead (after an upload, at start): every card's thumbnails,
@@ -256,8 +302,7 @@ class Views:
                     pass
 
     def warm_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self._warm_quietly, name="protoatlas-warm",
-                                  daemon=True)
+        thread = threading.Thread(target=self._warm_quietly, name="protoatlas-warm", daemon=True)
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
@@ -278,9 +323,15 @@ class Views:
             log.warning("warming the picture cache failed", exc_info=True)
 
     # ------------------------------------------------------------------ type actions
-    def type_action(self, type_id: int, action: str, argument: str = "",
-                    region_ids: Sequence[int] = (), expected_version: int | None = None,
-                    actor: str = "reviewer") -> dict[str, Any]:
+    def type_action(
+        self,
+        type_id: int,
+        action: str,
+        argument: str = "",
+        region_ids: Sequence[int] = (),
+        expected_version: int | None = None,
+        actor: str = "reviewer",
+    ) -> dict[str, Any]:
         """Apply one reviewer action; returns {ok, message, type_ids}. Conflicts (someone
         else changed the type since ``expected_version``) and bad input come back as
         ``ok: False`` with a message that says what to do."""
@@ -291,55 +342,75 @@ class Views:
                 entry = self.service.undo(actor)
                 what = (entry.target or {}).get("action", entry.action)
                 of = (entry.target or {}).get("undo_of")
-                return {"ok": True, "message": f"Undid '{what}'"
-                        + (f" (history #{of})." if of else "."), "type_ids": entry.type_ids}
+                return {
+                    "ok": True,
+                    "message": f"Undid '{what}'" + (f" (history #{of})." if of else "."),
+                    "type_ids": entry.type_ids,
+                }
             t = self.service.get_type(int(type_id))
-            version = t.version if expected_version is None or expected_version < 0 \
+            version = (
+                t.version
+                if expected_version is None or expected_version < 0
                 else int(expected_version)
+            )
             handler = _TYPE_ACTIONS.get(action)
             if handler is None:
-                return _fail(f"Unknown action {action!r}: use confirm, reject, rename, merge, "
-                             "split, move, normal, new_type or undo.")
+                return _fail(
+                    f"Unknown action {action!r}: use confirm, reject, rename, merge, "
+                    "split, move, normal, new_type or undo."
+                )
             return handler(self, t, version, (argument or "").strip(), region_ids, actor)
         except ConflictError as exc:
-            return _fail(f"Not applied: {exc}. Someone else changed it since you opened it; "
-                         "the view was refreshed, check and try again.", conflict=True)
+            return _fail(
+                f"Not applied: {exc}. Someone else changed it since you opened it; "
+                "the view was refreshed, check and try again.",
+                conflict=True,
+            )
         except (StorageError, ValueError) as exc:
             return _fail(f"Not applied: {exc}")
 
-    def _confirm(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
-                 actor: str) -> dict[str, Any]:
+    def _confirm(
+        self, t: TypeSummary, version: int, argument: str, region_ids: list[int], actor: str
+    ) -> dict[str, Any]:
         self.service.confirm_type(t.id, expected_version=version, actor=actor)
         return _ok(f"Confirmed {t.name}.", [t.id])
 
-    def _reject(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
-                actor: str) -> dict[str, Any]:
+    def _reject(
+        self, t: TypeSummary, version: int, argument: str, region_ids: list[int], actor: str
+    ) -> dict[str, Any]:
         self.service.reject_type(t.id, expected_version=version, actor=actor)
         return _ok(f"Rejected {t.name}: its regions no longer count as a type.", [t.id])
 
-    def _rename(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
-                actor: str) -> dict[str, Any]:
+    def _rename(
+        self, t: TypeSummary, version: int, argument: str, region_ids: list[int], actor: str
+    ) -> dict[str, Any]:
         if not argument:
             return _fail("Type a new name first.")
         self.service.rename_type(t.id, argument, expected_version=version, actor=actor)
         return _ok(f"Renamed {t.name} to {argument}.", [t.id])
 
-    def _merge(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
-               actor: str) -> dict[str, Any]:
+    def _merge(
+        self, t: TypeSummary, version: int, argument: str, region_ids: list[int], actor: str
+    ) -> dict[str, Any]:
         other = self.service.get_type(_int(argument, "the type to merge into"))
         if other.id == t.id:
             return _fail("Pick another type to merge into.")
-        self.service.merge_types(other.id, t.id, seen={t.id: version, other.id: other.version},
-                                 actor=actor)
+        self.service.merge_types(
+            other.id, t.id, seen={t.id: version, other.id: other.version}, actor=actor
+        )
         return _ok(f"Merged {t.name} into {other.name}.", [other.id, t.id])
 
-    def _split(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
-               actor: str) -> dict[str, Any]:
+    def _split(
+        self, t: TypeSummary, version: int, argument: str, region_ids: list[int], actor: str
+    ) -> dict[str, Any]:
         if region_ids:
-            new = self.service.split_type(t.id, expected_version=version, actor=actor,
-                                          region_ids=region_ids)
-            return _ok(f"Moved the {len(region_ids)} selected regions out of {t.name} "
-                       f"into a new type.", [t.id, *new])
+            new = self.service.split_type(
+                t.id, expected_version=version, actor=actor, region_ids=region_ids
+            )
+            return _ok(
+                f"Moved the {len(region_ids)} selected regions out of {t.name} into a new type.",
+                [t.id, *new],
+            )
         parts = _int(argument or "2", "the number of parts")
         if parts < 2:
             return _fail("Split into at least 2 parts.")
@@ -347,33 +418,41 @@ class Views:
         names = ", ".join(self.service.get_type(i).name for i in new)
         return _ok(f"Split {t.name} into {parts}: new type(s) {names}.", [t.id, *new])
 
-    def _move(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
-              actor: str) -> dict[str, Any]:
+    def _move(
+        self, t: TypeSummary, version: int, argument: str, region_ids: list[int], actor: str
+    ) -> dict[str, Any]:
         if not region_ids:
             return _fail("Select regions in the gallery first (click images).")
         dest = self.service.get_type(_int(argument, "the destination type"))
-        self.service.move_regions(region_ids, dest.id,
-                                  seen={t.id: version, dest.id: dest.version}, actor=actor)
+        self.service.move_regions(
+            region_ids, dest.id, seen={t.id: version, dest.id: dest.version}, actor=actor
+        )
         return _ok(f"Moved {len(region_ids)} region(s) to {dest.name}.", [t.id, dest.id])
 
-    def _normal(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
-                actor: str) -> dict[str, Any]:
+    def _normal(
+        self, t: TypeSummary, version: int, argument: str, region_ids: list[int], actor: str
+    ) -> dict[str, Any]:
         if not region_ids:
             return _fail("Select regions in the gallery first (click images).")
         self.service.mark_normal(region_ids, seen={t.id: version}, actor=actor)
         return _ok(f"Marked {len(region_ids)} region(s) as normal (not a defect).", [t.id])
 
-    def _new_type(self, t: TypeSummary, version: int, argument: str, region_ids: list[int],
-                  actor: str) -> dict[str, Any]:
+    def _new_type(
+        self, t: TypeSummary, version: int, argument: str, region_ids: list[int], actor: str
+    ) -> dict[str, Any]:
         if not region_ids:
             return _fail("Select regions first.")
-        new_id = self.service.create_type(region_ids, seen={t.id: version}, actor=actor,
-                                          name=argument or None)
-        return _ok(f"Made a new type {self.service.get_type(new_id).name} of "
-                   f"{len(region_ids)} region(s).", [t.id, new_id])
+        new_id = self.service.create_type(
+            region_ids, seen={t.id: version}, actor=actor, name=argument or None
+        )
+        return _ok(
+            f"Made a new type {self.service.get_type(new_id).name} of {len(region_ids)} region(s).",
+            [t.id, new_id],
+        )
 
-    def selection_action(self, region_ids: Sequence[int], action: str, argument: str = "",
-                         actor: str = "reviewer") -> dict[str, Any]:
+    def selection_action(
+        self, region_ids: Sequence[int], action: str, argument: str = "", actor: str = "reviewer"
+    ) -> dict[str, Any]:
         """Act on regions picked anywhere (the map): new_type (argument = name) or normal."""
         ids = [int(r) for r in region_ids]
         if not ids:
@@ -381,14 +460,17 @@ class Views:
         try:
             expected = self.service.expected_for(ids)
             if action == "new_type":
-                new_id = self.service.create_type(ids, seen=expected, actor=actor,
-                                                  name=(argument or "").strip() or None)
-                return _ok(f"Made a new type {self.service.get_type(new_id).name} of {len(ids)} "
-                           "region(s).", [new_id, *expected])
+                new_id = self.service.create_type(
+                    ids, seen=expected, actor=actor, name=(argument or "").strip() or None
+                )
+                return _ok(
+                    f"Made a new type {self.service.get_type(new_id).name} of {len(ids)} "
+                    "region(s).",
+                    [new_id, *expected],
+                )
             if action == "normal":
                 self.service.mark_normal(ids, seen=expected, actor=actor)
-                return _ok(f"Marked {len(ids)} region(s) as normal (not a defect).",
-                           list(expected))
+                return _ok(f"Marked {len(ids)} region(s) as normal (not a defect).", list(expected))
             return _fail(f"Unknown action {action!r} for a selection.")
         except ConflictError as exc:
             return _fail(f"Not applied: {exc}", conflict=True)
@@ -414,8 +496,10 @@ class Views:
 
         def add_members(tid: int, members: Sequence[Member], prefix: str = "") -> None:
             self._remember(members)
-            images.extend((str(self.crop(m.region_id)), f"{prefix}{name(tid)} #{m.region_id}")
-                          for m in members)
+            images.extend(
+                (str(self.crop(m.region_id)), f"{prefix}{name(tid)} #{m.region_id}")
+                for m in members
+            )
 
         def add_type(tid: int, n: int, prefix: str = "") -> None:
             add_members(tid, self.service.representatives(int(tid), n=n), prefix)
@@ -465,12 +549,17 @@ class Views:
             text = f"{kind}: {json.dumps(target)}"
             if "type_id" in target:
                 add_type(target["type_id"], 6)
-        choices = self.type_choices() + [("good: not a defect", "good")] \
-            if kind == "label" else []
+        choices = self.type_choices() + [("good: not a defect", "good")] if kind == "label" else []
         return Question(int(s.id), kind, text, s.reason or "", target, images, choices)
 
-    def answer(self, suggestion_id: int, answer: str, actor: str,
-               name: str | None = None, regions: Sequence[int] = ()) -> dict[str, Any]:
+    def answer(
+        self,
+        suggestion_id: int,
+        answer: str,
+        actor: str,
+        name: str | None = None,
+        regions: Sequence[int] = (),
+    ) -> dict[str, Any]:
         """Answer a question through the service (which applies it and writes the audit).
         ``name`` optionally names the type a "yes" confirms or creates; ``regions`` are the
         members picked as not belonging with a yes or no to "is it one type?"."""
@@ -481,13 +570,15 @@ class Views:
             return _fail("Choose an answer: yes, no, skip or a type.")
         try:
             extra = {"regions": list(regions)} if regions else {}
-            result = svc.answer_suggestion(int(suggestion_id), answer, actor=actor,
-                                           name=name, **extra)
+            result = svc.answer_suggestion(
+                int(suggestion_id), answer, actor=actor, name=name, **extra
+            )
             out = dict(result) if isinstance(result, dict) else {"result": str(result)}
             applied = out.get("applied")
             out.setdefault("ok", True)
-            out.setdefault("message", f"Answered '{answer}'"
-                           + (f": {applied}." if applied else "."))
+            out.setdefault(
+                "message", f"Answered '{answer}'" + (f": {applied}." if applied else ".")
+            )
             return out
         except ConflictError as exc:
             return _fail(f"Not applied: {exc}. The queue was refreshed.", conflict=True)
@@ -507,8 +598,11 @@ class Views:
         keep = np.array([int(i) in info for i in ids], dtype=bool)
         ids, emb = ids[keep], emb[keep]
         if len(ids) > self.screens.map_max_points:
-            pick = np.sort(np.random.default_rng(0).choice(len(ids), self.screens.map_max_points,
-                                                          replace=False))
+            pick = np.sort(
+                np.random.default_rng(0).choice(
+                    len(ids), self.screens.map_max_points, replace=False
+                )
+            )
             ids, emb = ids[pick], emb[pick]
         xy, method = project_2d(emb)
         regions = [info[int(i)] for i in ids]
@@ -526,19 +620,32 @@ class Views:
         type_ids = {r.type_name: r.type_id for r in pts["regions"] if r.type_name}
         for label, rows in sorted(groups.items()):
             rs = [pts["regions"][k] for k in rows]
-            fig.add_trace(go.Scattergl(
-                x=pts["xy"][rows, 0], y=pts["xy"][rows, 1], mode="markers", name=label,
-                marker={"size": 11, "color": type_colour(type_ids.get(label)),
-                        "line": {"width": 0.5, "color": "white"}},
-                customdata=[[r.id, r.image_id] for r in rs],
-                text=[f"#{r.id} · {label} · conf {fmt_conf(r.confidence)}" for r in rs],
-                hovertemplate="%{text}<extra></extra>"))
+            fig.add_trace(
+                go.Scattergl(
+                    x=pts["xy"][rows, 0],
+                    y=pts["xy"][rows, 1],
+                    mode="markers",
+                    name=label,
+                    marker={
+                        "size": 11,
+                        "color": type_colour(type_ids.get(label)),
+                        "line": {"width": 0.5, "color": "white"},
+                    },
+                    customdata=[[r.id, r.image_id] for r in rs],
+                    text=[f"#{r.id} · {label} · conf {fmt_conf(r.confidence)}" for r in rs],
+                    hovertemplate="%{text}<extra></extra>",
+                )
+            )
         fig.update_layout(
-            dragmode="lasso", height=560, margin={"l": 10, "r": 10, "t": 36, "b": 10},
+            dragmode="lasso",
+            height=560,
+            margin={"l": 10, "r": 10, "t": 36, "b": 10},
             title={"text": f"{len(pts['ids'])} regions · {pts['method']}", "x": 0.01},
-            legend={"itemsizing": "constant"}, template="plotly_white",
+            legend={"itemsizing": "constant"},
+            template="plotly_white",
             xaxis={"showticklabels": False, "title": None},
-            yaxis={"showticklabels": False, "title": None})
+            yaxis={"showticklabels": False, "title": None},
+        )
         return fig
 
     # ------------------------------------------------------------------ image detail
@@ -553,16 +660,27 @@ class Views:
             log.info("no object prior for the image view", exc_info=True)
             prior = None
         views = self.renderer.detail_views(d.id, prior=prior)
-        rows = [[r.id, "normal" if r.is_normal else (r.type_name or "unassigned"),
-                 r.type_status or "", None if r.confidence is None else round(r.confidence, 3),
-                 r.source or "", None if r.anomaly_score is None else round(r.anomaly_score, 3),
-                 r.area, str(tuple(r.box))] for r in d.regions]
+        rows = [
+            [
+                r.id,
+                "normal" if r.is_normal else (r.type_name or "unassigned"),
+                r.type_status or "",
+                None if r.confidence is None else round(r.confidence, 3),
+                r.source or "",
+                None if r.anomaly_score is None else round(r.anomaly_score, 3),
+                r.area,
+                str(tuple(r.box)),
+            ]
+            for r in d.regions
+        ]
         b = d.batches[-1] if d.batches else None
-        summary = (f"**Image #{d.id}** `{escape(b.name if b else d.sha256[:12])}` · "
-                   f"{d.width}×{d.height} · batch {escape(b.batch_name) if b else '–'} · "
-                   f"anomaly score {fmt_conf(b.anomaly_score) if b else '–'}"
-                   f"{' · flagged anomalous' if b and b.is_anomalous else ''} · "
-                   f"{len(d.regions)} region(s)")
+        summary = (
+            f"**Image #{d.id}** `{escape(b.name if b else d.sha256[:12])}` · "
+            f"{d.width}×{d.height} · batch {escape(b.batch_name) if b else '–'} · "
+            f"anomaly score {fmt_conf(b.anomaly_score) if b else '–'}"
+            f"{' · flagged anomalous' if b and b.is_anomalous else ''} · "
+            f"{len(d.regions)} region(s)"
+        )
         return {"summary": summary, "rows": rows, **views}
 
     def batch_images(self, batch_id: int | None = None, limit: int = 500) -> list[tuple[str, int]]:
@@ -581,14 +699,28 @@ class Views:
         return out
 
     # ------------------------------------------------------------------ history, export
-    def audit_rows(self, actor: str | None = None, action: str | None = None,
-                   type_id: int | None = None, limit: int = 200) -> list[list[Any]]:
+    def audit_rows(
+        self,
+        actor: str | None = None,
+        action: str | None = None,
+        type_id: int | None = None,
+        limit: int = 200,
+    ) -> list[list[Any]]:
         rows = []
-        for e in self.service.audit(actor=actor or None, action=action or None,
-                               type_id=type_id, limit=limit):
+        for e in self.service.audit(
+            actor=actor or None, action=action or None, type_id=type_id, limit=limit
+        ):
             ts = e.ts.astimezone(dt.timezone.utc) if e.ts.tzinfo else e.ts
-            rows.append([e.seq, ts.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action,
-                         ", ".join(str(t) for t in e.type_ids), _summary(e)])
+            rows.append(
+                [
+                    e.seq,
+                    ts.strftime("%Y-%m-%d %H:%M:%S"),
+                    e.actor,
+                    e.action,
+                    ", ".join(str(t) for t in e.type_ids),
+                    _summary(e),
+                ]
+            )
         return rows
 
     def audit_filters(self) -> tuple[list[str], list[str]]:
@@ -625,9 +757,11 @@ def project_2d(x: np.ndarray) -> tuple[np.ndarray, str]:
         return np.c_[np.arange(len(x), dtype=np.float32), np.zeros(len(x), np.float32)], "PCA"
     try:
         import umap  # type: ignore[import-not-found]
+
         if len(x) >= 20:
-            xy = umap.UMAP(n_components=2, random_state=0,
-                           n_neighbors=min(15, len(x) - 1)).fit_transform(x)
+            xy = umap.UMAP(
+                n_components=2, random_state=0, n_neighbors=min(15, len(x) - 1)
+            ).fit_transform(x)
             return np.asarray(xy, dtype=np.float32), "UMAP"
     except ImportError:
         pass
@@ -648,8 +782,11 @@ def _summary(e) -> str:
     for side, data in (("after", e.after),):
         types = (data or {}).get("types") if isinstance(data, dict) else None
         if isinstance(types, dict):
-            names = [f"{k}:{v.get('name')}/{v.get('status')}" for k, v in list(types.items())[:4]
-                     if isinstance(v, dict)]
+            names = [
+                f"{k}:{v.get('name')}/{v.get('status')}"
+                for k, v in list(types.items())[:4]
+                if isinstance(v, dict)
+            ]
             if names:
                 parts.append(f"{side} " + ", ".join(names))
     return "; ".join(parts)[:300]
@@ -672,6 +809,13 @@ def _fail(message: str, conflict: bool = False) -> dict[str, Any]:
 
 #: The Types tab's actions: action name -> Views method (type, version, argument, regions,
 #: actor) -> result.
-_TYPE_ACTIONS = {"confirm": Views._confirm, "reject": Views._reject, "rename": Views._rename,
-                 "merge": Views._merge, "split": Views._split, "move": Views._move,
-                 "normal": Views._normal, "new_type": Views._new_type}
+_TYPE_ACTIONS = {
+    "confirm": Views._confirm,
+    "reject": Views._reject,
+    "rename": Views._rename,
+    "merge": Views._merge,
+    "split": Views._split,
+    "move": Views._move,
+    "normal": Views._normal,
+    "new_type": Views._new_type,
+}

@@ -35,8 +35,24 @@ from storage import (
 )
 
 __all__ = [
-    "Answer", "AuditEntry", "BackgroundRetrainer", "BatchInfo", "ConflictError", "ImageDetail",
-    "Member", "NotFoundError", "RegionInfo", "RegionTable", "StorageError", "Suggestion",
-    "TypeSummary", "UploadReport", "ValidationError", "WorkspaceLockedError",
-    "WorkspaceService", "default_home", "persist_run", "region_table",
+    "Answer",
+    "AuditEntry",
+    "BackgroundRetrainer",
+    "BatchInfo",
+    "ConflictError",
+    "ImageDetail",
+    "Member",
+    "NotFoundError",
+    "RegionInfo",
+    "RegionTable",
+    "StorageError",
+    "Suggestion",
+    "TypeSummary",
+    "UploadReport",
+    "ValidationError",
+    "WorkspaceLockedError",
+    "WorkspaceService",
+    "default_home",
+    "persist_run",
+    "region_table",
 ]

@@ -40,8 +40,11 @@ class Answer:
 
     def dump(self) -> str:
         """The JSON stored in the suggestion (fields at their default left out)."""
-        d = {k: v for k, v in asdict(self).items()
-             if v is not None and not (k == "moved_out" and v == 0)}
+        d = {
+            k: v
+            for k, v in asdict(self).items()
+            if v is not None and not (k == "moved_out" and v == 0)
+        }
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -77,8 +80,10 @@ class Answer:
             return cls("skip")
         if kind == "label":
             if low in _YES + _NO or not word:
-                raise ValueError("answer \"which type is this region?\" with a type (its id or "
-                                 f"name) or good, not {word!r}")
+                raise ValueError(
+                    'answer "which type is this region?" with a type (its id or '
+                    f"name) or good, not {word!r}"
+                )
             if word.lstrip("-").isdigit():
                 return cls("label", type_id=int(word))
             return cls("label", label=word)

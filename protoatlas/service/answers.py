@@ -64,11 +64,17 @@ class AnswersMixin(ServiceCore):
             return
         target = self.type_by_name(label)
         if target is None:
-            self.ws.create_type(region_ids, expected=self._versions(touched), actor=actor,
-                                name=label, status="confirmed")
+            self.ws.create_type(
+                region_ids,
+                expected=self._versions(touched),
+                actor=actor,
+                name=label,
+                status="confirmed",
+            )
         else:
-            self.ws.move_regions(region_ids, target.id,
-                                 expected=self._versions(touched | {target.id}), actor=actor)
+            self.ws.move_regions(
+                region_ids, target.id, expected=self._versions(touched | {target.id}), actor=actor
+            )
 
     def _open_question(self, suggestion_id: int) -> Suggestion:
         """The open question ``suggestion_id``; an answer to a question a retrain renewed
@@ -78,19 +84,33 @@ class AnswersMixin(ServiceCore):
             raise ValueError(f"no suggestion with id {suggestion_id}")
         if s.status == "stale":
             key = target_key(s.kind, s.target)
-            same = next((x for x in self.ws.open_suggestions()
-                         if x.kind == s.kind and target_key(x.kind, x.target) == key), None)
+            same = next(
+                (
+                    x
+                    for x in self.ws.open_suggestions()
+                    if x.kind == s.kind and target_key(x.kind, x.target) == key
+                ),
+                None,
+            )
             if same is None:
-                raise ValueError(f"question {suggestion_id} is no longer asked: the model "
-                                 "was retrained since and renewed the questions")
+                raise ValueError(
+                    f"question {suggestion_id} is no longer asked: the model "
+                    "was retrained since and renewed the questions"
+                )
             s = same
         if s.status != "open":
             raise ValueError(f"suggestion {s.id} is already {s.status}")
         return s
 
-    def answer_suggestion(self, suggestion_id: int, answer: str | Answer, *,
-                          actor: str, name: str | None = None,
-                          regions: Sequence[int] | None = None) -> dict[str, str]:
+    def answer_suggestion(
+        self,
+        suggestion_id: int,
+        answer: str | Answer,
+        *,
+        actor: str,
+        name: str | None = None,
+        regions: Sequence[int] | None = None,
+    ) -> dict[str, str]:
         """Apply a reviewer's answer to an open question, then record it.
 
         ``answer``: an :class:`Answer`, or the text :meth:`Answer.parse` reads (``yes`` /
@@ -108,8 +128,10 @@ class AnswersMixin(ServiceCore):
             return {"applied": "skip"}
         picked = sorted({int(r) for r in regions or ()})
         if picked and not (s.kind == "confirm" and a.choice in ("yes", "no")):
-            raise ValueError("a selection of members goes with yes or no to \"is it one "
-                             f"type?\" only, not with {a.choice!r} to a {s.kind} question")
+            raise ValueError(
+                'a selection of members goes with yes or no to "is it one '
+                f'type?" only, not with {a.choice!r} to a {s.kind} question'
+            )
         handler = HANDLERS.get((s.kind, a.choice))
         if handler is None:
             raise ValueError(f"a {s.kind} question cannot be answered {a.choice!r}")
@@ -128,12 +150,11 @@ class AnswersMixin(ServiceCore):
         t = self.ws.get_type(a.type_id)
         table = region_table(self.ws)
         touched = {int(x) for x in table.type_ids[table.region_ids == region] if x >= 0}
-        self.ws.move_regions([region], t.id, expected=self._versions(touched | {t.id}),
-                             actor=actor)
+        self.ws.move_regions([region], t.id, expected=self._versions(touched | {t.id}), actor=actor)
         return f"moved to {t.name}"
 
     def _defect(self, s: Suggestion, a: Answer, picked: Sequence[int], actor: str) -> str:
-        """"Is this image defective?": yes types its candidate region (the named type, else
+        """ "Is this image defective?": yes types its candidate region (the named type, else
         the nearest one, else a new proposed type) and so lowers the threshold
         (:meth:`threshold`); no marks it normal for good."""
         region_id = int(s.target["region_id"])
@@ -159,8 +180,10 @@ class AnswersMixin(ServiceCore):
     def _confirm_no(self, s: Suggestion, a: Answer, picked: Sequence[int], actor: str) -> str:
         if picked:
             return self._move_out(int(s.target["type_id"]), picked, actor)
-        return ("marked as more than one type: the next retrain gives it one more "
-                "prototype and re-sorts its members")
+        return (
+            "marked as more than one type: the next retrain gives it one more "
+            "prototype and re-sorts its members"
+        )
 
     def _confirm_yes(self, s: Suggestion, a: Answer, picked: Sequence[int], actor: str) -> str:
         tid = int(s.target["type_id"])
@@ -168,8 +191,7 @@ class AnswersMixin(ServiceCore):
         existing = self.type_by_name(a.name) if a.name else None
         if existing is not None and existing.id != tid:
             keep, absorb = existing.id, tid
-            self.ws.merge_types(keep, absorb, expected=self._versions([keep, absorb]),
-                                actor=actor)
+            self.ws.merge_types(keep, absorb, expected=self._versions([keep, absorb]), actor=actor)
             return f"{moved}merged into {existing.name}"
         t = self.ws.get_type(tid)
         t = self.ws.confirm_type(tid, expected_version=t.version, actor=actor)
@@ -180,8 +202,12 @@ class AnswersMixin(ServiceCore):
     def _merge_yes(self, s: Suggestion, a: Answer, picked: Sequence[int], actor: str) -> str:
         x, y = (int(v) for v in s.target["type_ids"])
         tx, ty = self.ws.get_type(x), self.ws.get_type(y)
-        keep, absorb = (x, y) if (tx.status == "confirmed" or tx.n_regions >= ty.n_regions
-                                  ) and ty.status != "confirmed" else (y, x)
+        keep, absorb = (
+            (x, y)
+            if (tx.status == "confirmed" or tx.n_regions >= ty.n_regions)
+            and ty.status != "confirmed"
+            else (y, x)
+        )
         self.ws.merge_types(keep, absorb, expected=self._versions([keep, absorb]), actor=actor)
         return "merged"
 
@@ -196,16 +222,18 @@ class AnswersMixin(ServiceCore):
         self.ws.split_type(tid, [min(groups, key=len)], expected_version=t.version, actor=actor)
         return "split"
 
-    def _new_type_yes(self, s: Suggestion, a: Answer, picked: Sequence[int], actor: str
-                      ) -> str:
+    def _new_type_yes(self, s: Suggestion, a: Answer, picked: Sequence[int], actor: str) -> str:
         region_ids = s.target["region_ids"]
         if a.name:
             self.place_regions(region_ids, a.name, actor)
             return "new type"
         table = region_table(self.ws)
         pos = {int(r): i for i, r in enumerate(table.region_ids)}
-        touched = {int(table.type_ids[pos[r]]) for r in region_ids
-                   if r in pos and table.type_ids[pos[r]] >= 0}
+        touched = {
+            int(table.type_ids[pos[r]])
+            for r in region_ids
+            if r in pos and table.type_ids[pos[r]] >= 0
+        }
         self.ws.create_type(region_ids, expected=self._versions(touched), actor=actor)
         return "new type"
 
@@ -217,25 +245,33 @@ class AnswersMixin(ServiceCore):
         refuses a pick that is not a member, changing nothing)."""
         t = self.ws.get_type(type_id)
         if len(region_ids) >= t.n_regions:
-            raise ValueError(f"all {t.n_regions} members of {t.name} were picked: pick the "
-                             "ones that do not belong (or reject the type)")
-        new = self.ws.split_type(type_id, [list(region_ids)], expected_version=t.version,
-                                 actor=actor)
-        return (f"moved {len(region_ids)} member(s) that do not belong out of {t.name} into "
-                f"a new type (#{new[0]})")
+            raise ValueError(
+                f"all {t.n_regions} members of {t.name} were picked: pick the "
+                "ones that do not belong (or reject the type)"
+            )
+        new = self.ws.split_type(
+            type_id, [list(region_ids)], expected_version=t.version, actor=actor
+        )
+        return (
+            f"moved {len(region_ids)} member(s) that do not belong out of {t.name} into "
+            f"a new type (#{new[0]})"
+        )
 
 
 #: (question kind, choice) -> what the answer does.
-HANDLERS: dict[tuple[str, str], Handler] = cast(dict[tuple[str, str], Handler], {
-    ("label", "label"): AnswersMixin._label,
-    ("defect", "yes"): AnswersMixin._defect,
-    ("defect", "no"): AnswersMixin._defect,
-    ("confirm", "yes"): AnswersMixin._confirm_yes,
-    ("confirm", "no"): AnswersMixin._confirm_no,
-    ("merge", "yes"): AnswersMixin._merge_yes,
-    ("merge", "no"): AnswersMixin._nothing,
-    ("split", "yes"): AnswersMixin._split_yes,
-    ("split", "no"): AnswersMixin._nothing,
-    ("new_type", "yes"): AnswersMixin._new_type_yes,
-    ("new_type", "no"): AnswersMixin._nothing,
-})
+HANDLERS: dict[tuple[str, str], Handler] = cast(
+    dict[tuple[str, str], Handler],
+    {
+        ("label", "label"): AnswersMixin._label,
+        ("defect", "yes"): AnswersMixin._defect,
+        ("defect", "no"): AnswersMixin._defect,
+        ("confirm", "yes"): AnswersMixin._confirm_yes,
+        ("confirm", "no"): AnswersMixin._confirm_no,
+        ("merge", "yes"): AnswersMixin._merge_yes,
+        ("merge", "no"): AnswersMixin._nothing,
+        ("split", "yes"): AnswersMixin._split_yes,
+        ("split", "no"): AnswersMixin._nothing,
+        ("new_type", "yes"): AnswersMixin._new_type_yes,
+        ("new_type", "no"): AnswersMixin._nothing,
+    },
+)

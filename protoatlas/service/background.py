@@ -31,8 +31,13 @@ def _direct(fn: Callable[..., Any], **kwargs: Any) -> Any:
 class BackgroundRetrainer:
     """One retrain at a time in a daemon thread; extra requests coalesce into one rerun."""
 
-    def __init__(self, service: WorkspaceService, *, runner: Runner = _direct,
-                 on_busy: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        service: WorkspaceService,
+        *,
+        runner: Runner = _direct,
+        on_busy: Callable[[bool], None] | None = None,
+    ) -> None:
         self.service = service
         self._runner = runner
         self._on_busy = on_busy or (lambda busy: None)
@@ -58,8 +63,9 @@ class BackgroundRetrainer:
                 self._pending = True
                 return False
             self._pending = False
-            self._thread = threading.Thread(target=self._loop, name="protoatlas-retrain",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._loop, name="protoatlas-retrain", daemon=True
+            )
             self._thread.start()
             return True
 

@@ -48,9 +48,15 @@ class ServiceCore:
     """The workspace, the config and the current model of one service (the base of every
     part of :class:`~protoatlas.service.workspace.WorkspaceService`)."""
 
-    def __init__(self, home: str | os.PathLike | None = None, name: str = "default", *,
-                 config: ProtoAtlasConfig | None = None, device: DeviceName | None = None,
-                 read_only: bool = False) -> None:
+    def __init__(
+        self,
+        home: str | os.PathLike | None = None,
+        name: str = "default",
+        *,
+        config: ProtoAtlasConfig | None = None,
+        device: DeviceName | None = None,
+        read_only: bool = False,
+    ) -> None:
         config = config or ProtoAtlasConfig()
         if device is not None:
             config = replace(config, device=device)
@@ -128,9 +134,7 @@ class ServiceCore:
         fill = float(np.nanmedian(thresholds)) if np.isfinite(thresholds).any() else -1.0
         thresholds = np.where(np.isfinite(thresholds), thresholds, fill)
         dim = model.prototypes.shape[1] if model.prototypes.ndim == 2 else self.ws.embedding_dim
-        model.set_types([int(t) for t in ids], mat if len(ids) else np.zeros((0, dim)),
-                        thresholds)
-
+        model.set_types([int(t) for t in ids], mat if len(ids) else np.zeros((0, dim)), thresholds)
 
     # ------------------------------------------------------------------ tokens
     def tokens_path(self, batch_id: int) -> Path:
@@ -141,10 +145,14 @@ class ServiceCore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, region_ids=region_ids, tokens=tokens.tokens.astype(TOKENS_DTYPE),
-                     anomaly=tokens.anomaly.astype(TOKENS_DTYPE),
-                     regions=tokens.regions.astype(TOKENS_DTYPE),
-                     grid=np.asarray(tokens.grid, dtype=np.int64))
+            np.savez(
+                fh,
+                region_ids=region_ids,
+                tokens=tokens.tokens.astype(TOKENS_DTYPE),
+                anomaly=tokens.anomaly.astype(TOKENS_DTYPE),
+                regions=tokens.regions.astype(TOKENS_DTYPE),
+                grid=np.asarray(tokens.grid, dtype=np.int64),
+            )
         os.replace(tmp, path)
 
     def load_tokens(self, batch_id: int) -> tuple[np.ndarray, RegionTokens] | None:
@@ -154,13 +162,17 @@ class ServiceCore:
         with np.load(path, allow_pickle=False) as z:
             grid = tuple(int(v) for v in z["grid"])
             return z["region_ids"], RegionTokens(
-                z["tokens"].astype(np.float32), z["anomaly"].astype(np.float32),
-                z["regions"].astype(np.float32), (grid[0], grid[1]))
+                z["tokens"].astype(np.float32),
+                z["anomaly"].astype(np.float32),
+                z["regions"].astype(np.float32),
+                (grid[0], grid[1]),
+            )
 
     def _region_ids(self, batch_id: int, n: int) -> np.ndarray:
-        ids = np.array(sorted(r.id for r in self.ws.regions_for_batch(batch_id,
-                                                                      with_masks=False)),
-                       dtype=np.int64)
+        ids = np.array(
+            sorted(r.id for r in self.ws.regions_for_batch(batch_id, with_masks=False)),
+            dtype=np.int64,
+        )
         if len(ids) != n:
             raise RuntimeError(f"batch {batch_id}: stored {len(ids)} regions, expected {n}")
         return ids

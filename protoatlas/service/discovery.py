@@ -27,9 +27,16 @@ from engine.data import (
 from engine.discovery import NO_TYPE, DiscoveryModel, DiscoveryResult, no_progress
 from engine.discovery import ProgressFn as Progress
 
-DISCOVER_COLUMNS = ("image", "anomaly_score", "is_anomalous", "cluster", "confidence",
-                    "outlier", "nearest_type", "n_regions")
-
+DISCOVER_COLUMNS = (
+    "image",
+    "anomaly_score",
+    "is_anomalous",
+    "cluster",
+    "confidence",
+    "outlier",
+    "nearest_type",
+    "n_regions",
+)
 
 
 @dataclass
@@ -52,22 +59,25 @@ class DiscoverRun:
         """One CSV row per image (the ``discover`` contract)."""
         res = self.result
         n_regions = res.n_regions
-        nearest = res.nearest_type if res.nearest_type is not None else \
-            np.full(len(self.names), NO_TYPE)
+        nearest = (
+            res.nearest_type if res.nearest_type is not None else np.full(len(self.names), NO_TYPE)
+        )
         rows = []
         for i, name in enumerate(self.names):
             anomalous = bool(res.analysis.is_anomalous[i])
             typed = anomalous and res.image_type[i] != NO_TYPE
-            rows.append({
-                "image": name,
-                "anomaly_score": f"{res.analysis.scores[i]:.6f}",
-                "is_anomalous": int(anomalous),
-                "cluster": str(int(res.image_type[i])) if typed else "",
-                "confidence": f"{res.image_confidence[i]:.4f}" if typed else "0.0000",
-                "outlier": int(anomalous and bool(res.image_outlier[i])),
-                "nearest_type": str(int(nearest[i])) if nearest[i] != NO_TYPE else "",
-                "n_regions": int(n_regions[i]),
-            })
+            rows.append(
+                {
+                    "image": name,
+                    "anomaly_score": f"{res.analysis.scores[i]:.6f}",
+                    "is_anomalous": int(anomalous),
+                    "cluster": str(int(res.image_type[i])) if typed else "",
+                    "confidence": f"{res.image_confidence[i]:.4f}" if typed else "0.0000",
+                    "outlier": int(anomalous and bool(res.image_outlier[i])),
+                    "nearest_type": str(int(nearest[i])) if nearest[i] != NO_TYPE else "",
+                    "n_regions": int(n_regions[i]),
+                }
+            )
         return rows
 
     def report(self) -> dict[str, object]:
@@ -96,12 +106,15 @@ def checked(images: LazyImages) -> LoadReport:
 
 
 def _report_dict(report: LoadReport) -> dict[str, object]:
-    return {"loaded": len(report.loaded),
-            "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped]}
+    return {
+        "loaded": len(report.loaded),
+        "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
+    }
 
 
-def open_images(source: str | os.PathLike, config: ProtoAtlasConfig, *, progress: bool,
-                desc: str) -> LazyImages:
+def open_images(
+    source: str | os.PathLike, config: ProtoAtlasConfig, *, progress: bool, desc: str
+) -> LazyImages:
     """List a folder or zip and keep the images that decode (bad ones go in the report)."""
     images = LazyImages(list_images(source), max_pixels=config.data.max_pixels)
     images.validate(progress=progress, desc=desc)
@@ -119,8 +132,13 @@ def load_maps(maps_dir: str | os.PathLike, images: LazyImages) -> list[np.ndarra
     for name, shape in zip(images.names, images.shapes):
         path = find_map(root, name)
         if path is None:
-            bad.append(SkippedFile(name, f"no anomaly map in {root} (looked for the same "
-                                         "relative name with .npy, .png or .tif)"))
+            bad.append(
+                SkippedFile(
+                    name,
+                    f"no anomaly map in {root} (looked for the same "
+                    "relative name with .npy, .png or .tif)",
+                )
+            )
             continue
         try:
             amap = read_anomaly_map(path)
@@ -136,15 +154,23 @@ def load_maps(maps_dir: str | os.PathLike, images: LazyImages) -> list[np.ndarra
         images.report.loaded = [n for n in images.report.loaded if n not in missing]
         images.drop(missing)
     if len(images) == 0:
-        raise ValueError("no image has a usable anomaly map: "
-                         + "; ".join(f"{s.name} ({s.reason})" for s in bad[:5]))
+        raise ValueError(
+            "no image has a usable anomaly map: "
+            + "; ".join(f"{s.name} ({s.reason})" for s in bad[:5])
+        )
     return [maps[name] for name in images.names]
 
 
-def discover(normals: str | os.PathLike, images: str | os.PathLike,
-             config: ProtoAtlasConfig, *, clusters: int | str = "auto",
-             maps_dir: str | os.PathLike | None = None, progress: bool = False,
-             on_progress: Progress = no_progress) -> DiscoverRun:
+def discover(
+    normals: str | os.PathLike,
+    images: str | os.PathLike,
+    config: ProtoAtlasConfig,
+    *,
+    clusters: int | str = "auto",
+    maps_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    on_progress: Progress = no_progress,
+) -> DiscoverRun:
     """Fit on ``normals``, then detect, localise and group the anomalies of ``images``."""
     t0 = time.perf_counter()
     normal_images = open_images(normals, config, progress=progress, desc="check normals")
@@ -160,14 +186,25 @@ def discover(normals: str | os.PathLike, images: str | os.PathLike,
     on_progress("types", 0.0)
     result = model.discover(analysis, clusters, progress=progress)
     t4 = time.perf_counter()
-    return DiscoverRun(batch.names, result, model, checked(batch), checked(normal_images),
-                       {"load": t1 - t0, "fit": t2 - t1, **analysis.seconds,
-                        "types": t4 - t3, "total": t4 - t0})
+    return DiscoverRun(
+        batch.names,
+        result,
+        model,
+        checked(batch),
+        checked(normal_images),
+        {"load": t1 - t0, "fit": t2 - t1, **analysis.seconds, "types": t4 - t3, "total": t4 - t0},
+    )
 
 
-def assign(model_path: str | os.PathLike, images: str | os.PathLike, *,
-           device: str | None = None, maps_dir: str | os.PathLike | None = None,
-           progress: bool = False, on_progress: Progress = no_progress) -> DiscoverRun:
+def assign(
+    model_path: str | os.PathLike,
+    images: str | os.PathLike,
+    *,
+    device: str | None = None,
+    maps_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    on_progress: Progress = no_progress,
+) -> DiscoverRun:
     """Sort a new batch into the types of a saved model; propose new types where needed."""
     t0 = time.perf_counter()
     model = DiscoveryModel.load(Path(model_path), device=device)
@@ -177,5 +214,11 @@ def assign(model_path: str | os.PathLike, images: str | os.PathLike, *,
     analysis = model.analyse(batch, maps=maps, progress=progress, on_progress=on_progress)
     result = model.assign(analysis)
     t2 = time.perf_counter()
-    return DiscoverRun(batch.names, result, model, checked(batch), None,
-                       {"load": t1 - t0, **analysis.seconds, "total": t2 - t0})
+    return DiscoverRun(
+        batch.names,
+        result,
+        model,
+        checked(batch),
+        None,
+        {"load": t1 - t0, **analysis.seconds, "total": t2 - t0},
+    )

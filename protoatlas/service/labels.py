@@ -52,14 +52,17 @@ def match_names(names: Iterable[str], keys: Iterable[str]) -> dict[str, str]:
         by_base.setdefault(norm.rsplit("/", 1)[-1], []).append((norm, key))
     out: dict[str, str] = {}
     tails: dict[str, str] = {}
-    fits: dict[str, int] = {}    # entry -> how many images it fits by its tail
+    fits: dict[str, int] = {}  # entry -> how many images it fits by its tail
     for name in names:
         norm = _normal_name(name)
         cands = by_base.get(norm.rsplit("/", 1)[-1], [])
         # the entries whose path and the image's agree on their whole common tail; the
         # longest such tail wins
-        depth = {key: min(kn.count("/"), norm.count("/")) for kn, key in cands
-                 if kn.endswith("/" + norm) or norm.endswith("/" + kn)}
+        depth = {
+            key: min(kn.count("/"), norm.count("/"))
+            for kn, key in cands
+            if kn.endswith("/" + norm) or norm.endswith("/" + kn)
+        }
         for key in depth:
             fits[key] = fits.get(key, 0) + 1
         if norm in exact:

@@ -31,10 +31,16 @@ def _image_in(images: LazyImages, i: int, result: DiscoveryResult) -> ImageIn:
     ref = images.refs[i]
     h, w = result.analysis.shapes[i]
     data = None if ref.path is not None else ref.read_bytes()
-    return ImageIn(name=ref.name, width=int(w), height=int(h), path=ref.path, data=data,
-                   anomaly_score=float(result.analysis.scores[i]),
-                   is_anomalous=bool(result.analysis.is_anomalous[i]),
-                   anomaly_map=result.analysis.maps[i])
+    return ImageIn(
+        name=ref.name,
+        width=int(w),
+        height=int(h),
+        path=ref.path,
+        data=data,
+        anomaly_score=float(result.analysis.scores[i]),
+        is_anomalous=bool(result.analysis.is_anomalous[i]),
+        anomaly_map=result.analysis.maps[i],
+    )
 
 
 def dedupe(images: LazyImages) -> list[SkippedFile]:
@@ -63,9 +69,16 @@ def candidate_peaks(run: DiscoverRun, band: float) -> list[int]:
     return [k for k, rec in enumerate(an.peaks) if an.scores[rec.image_index] >= floor]
 
 
-def batch_ingest(run: DiscoverRun, images: LazyImages, *, name: str, params: dict,
-                 model: ModelVersionIn | int | None, existing: bool,
-                 candidates: Sequence[int] = ()) -> BatchIngest:
+def batch_ingest(
+    run: DiscoverRun,
+    images: LazyImages,
+    *,
+    name: str,
+    params: dict,
+    model: ModelVersionIn | int | None,
+    existing: bool,
+    candidates: Sequence[int] = (),
+) -> BatchIngest:
     """The storage form of a run. ``existing``: the run's type ids are storage ids (assign),
     except ``run.result.new_type_ids``; otherwise all types are new (discover).
     ``candidates`` (indices into the analysis' peaks) are stored after the regions, as
@@ -89,24 +102,34 @@ def batch_ingest(run: DiscoverRun, images: LazyImages, *, name: str, params: dic
         anomaly_score=np.array([r.score for r in records], dtype=np.float64),
         masks=[encode_rle(r.full_mask(an.shapes[r.image_index])) for r in records],
         area=np.array([r.area for r in records], dtype=np.int64),
-        embeddings=embeddings if n else None)
+        embeddings=embeddings if n else None,
+    )
     n_found = len(an.regions)
     assignments = AssignmentsIn(
         regions=np.arange(n, dtype=np.int64),
         types=[None if t == NO_TYPE else ref(int(t)) for t in res.region_type]
         + [None] * len(candidates),
-        confidence=np.concatenate([res.region_confidence.astype(np.float64),
-                                   np.zeros(len(candidates))]),
-        is_normal=np.arange(n) >= n_found)
+        confidence=np.concatenate(
+            [res.region_confidence.astype(np.float64), np.zeros(len(candidates))]
+        ),
+        is_normal=np.arange(n) >= n_found,
+    )
     counts = {int(t): int((res.region_type == t).sum()) for t in res.type_ids}
-    prototypes = [PrototypeIn(type=ref(int(t)), vector=v, n_members=counts[int(t)])
-                  for t, v in zip(res.type_ids, res.prototypes) if int(t) in new_ids]
+    prototypes = [
+        PrototypeIn(type=ref(int(t)), vector=v, n_members=counts[int(t)])
+        for t, v in zip(res.type_ids, res.prototypes)
+        if int(t) in new_ids
+    ]
     return BatchIngest(
-        name=name, images=[_image_in(images, i, res) for i in range(len(images))],
-        regions=regions, params=params, model=model,
+        name=name,
+        images=[_image_in(images, i, res) for i in range(len(images))],
+        regions=regions,
+        params=params,
+        model=model,
         new_types=[NewType(key=f"k{t}") for t in sorted(new_ids)],
         assignments=assignments if n else None,
-        prototypes=prototypes if n_found else [])
+        prototypes=prototypes if n_found else [],
+    )
 
 
 def stored_tokens(run: DiscoverRun, candidates: Sequence[int]) -> RegionTokens:
@@ -122,4 +145,3 @@ def model_bytes(model: DiscoveryModel) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = model.save(Path(tmp) / "model.npz")
         return path.read_bytes()
-

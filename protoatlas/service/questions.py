@@ -40,22 +40,27 @@ class QuestionsMixin(ServiceCore):
         have = np.array([int(r) in pos for r in table.region_ids], dtype=bool)
         sel = np.flatnonzero(have)
         listed = self.ws.list_types()
-        types = {t.id: (t.name, t.status) for t in listed
-                 if t.status in ("proposed", "confirmed")}
+        types = {t.id: (t.name, t.status) for t in listed if t.status in ("proposed", "confirmed")}
         p_ids, p_mat, _ = self.ws.prototypes()
-        prototypes = {int(t): normalise(v[None])[0] for t, v in zip(p_ids, p_mat)
-                      if int(t) in types}
+        prototypes = {
+            int(t): normalise(v[None])[0] for t, v in zip(p_ids, p_mat) if int(t) in types
+        }
         model = self.model()
         return ReviewState(
             candidates=self._candidates(table),
-            threshold=None if model is None or model.detector is None
-            else model.detector.threshold,
+            threshold=None if model is None or model.detector is None else model.detector.threshold,
             mixed=self.mixed_types({t.id: t.n_regions for t in listed}) & set(types),
-            region_ids=table.region_ids[sel], image_ids=table.image_ids[sel],
-            embeddings=emb[[pos[int(r)] for r in table.region_ids[sel]]] if len(sel) else
-            np.zeros((0, self.ws.embedding_dim), np.float32),
-            region_type=table.type_ids[sel], reviewed=table.reviewed[sel],
-            is_normal=table.is_normal[sel], types=types, prototypes=prototypes)
+            region_ids=table.region_ids[sel],
+            image_ids=table.image_ids[sel],
+            embeddings=emb[[pos[int(r)] for r in table.region_ids[sel]]]
+            if len(sel)
+            else np.zeros((0, self.ws.embedding_dim), np.float32),
+            region_type=table.type_ids[sel],
+            reviewed=table.reviewed[sel],
+            is_normal=table.is_normal[sel],
+            types=types,
+            prototypes=prototypes,
+        )
 
     def _candidates(self, table: RegionTable) -> list[Candidate]:
         """Candidate regions (stored judged normal by the model, on an image it passed) no
@@ -69,11 +74,13 @@ class QuestionsMixin(ServiceCore):
                 scores[(b, image_id)] = (score, flagged)
         out = []
         for r in rows:
-            score, flagged = scores.get((int(table.batch_ids[r]), int(table.image_ids[r])),
-                                        (None, None))
+            score, flagged = scores.get(
+                (int(table.batch_ids[r]), int(table.image_ids[r])), (None, None)
+            )
             if score is not None and not flagged:
-                out.append(Candidate(int(table.region_ids[r]), int(table.image_ids[r]),
-                                     float(score)))
+                out.append(
+                    Candidate(int(table.region_ids[r]), int(table.image_ids[r]), float(score))
+                )
         return out
 
     def _type_sizes(self) -> dict[int, int]:
@@ -89,11 +96,15 @@ class QuestionsMixin(ServiceCore):
         :meth:`mixed_types`)."""
         sizes = self._type_sizes() if sizes is None else sizes
         cfg = self.suggest_config
-        return {int(s.target["type_id"]): int(s.id)
-                for s in sorted(self.ws.suggestions(status="answered"), key=lambda x: x.id)
-                if s.kind == "confirm" and Answer.load(s.answer).is_standing_no
-                and answer_stands(s.target.get("n_regions"),
-                                  sizes.get(int(s.target["type_id"]), 0), cfg)}
+        return {
+            int(s.target["type_id"]): int(s.id)
+            for s in sorted(self.ws.suggestions(status="answered"), key=lambda x: x.id)
+            if s.kind == "confirm"
+            and Answer.load(s.answer).is_standing_no
+            and answer_stands(
+                s.target.get("n_regions"), sizes.get(int(s.target["type_id"]), 0), cfg
+            )
+        }
 
     def declined(self, sizes: dict[int, int] | None = None) -> set[tuple[str, str]]:
         """(kind, target key) of questions already answered or skipped: not asked again
@@ -107,16 +118,20 @@ class QuestionsMixin(ServiceCore):
                 if s.kind == "confirm" and Answer.load(s.answer).is_settled_no:
                     continue  # the reviewer picked out what did not belong: ask again
                 if s.kind in ("confirm", "split"):
-                    asked = s.target.get("n_regions") if s.kind == "confirm" else \
-                        sum(len(g) for g in s.target["groups"])
+                    asked = (
+                        s.target.get("n_regions")
+                        if s.kind == "confirm"
+                        else sum(len(g) for g in s.target["groups"])
+                    )
                     if answer_stands(asked, sizes.get(int(s.target["type_id"]), 0), cfg):
                         out.add((s.kind, str(s.target["type_id"])))
                     continue
                 out.add((s.kind, target_key(s.kind, s.target)))
         return out
 
-    def refresh_suggestions(self, *, strategy: str = "ranked",
-                            rng: np.random.Generator | None = None) -> list[Suggestion]:
+    def refresh_suggestions(
+        self, *, strategy: str = "ranked", rng: np.random.Generator | None = None
+    ) -> list[Suggestion]:
         """Recompute the open question queue (answered/declined ones are not asked again)."""
         state = self.review_state()
         declined = self.declined()
@@ -124,14 +139,19 @@ class QuestionsMixin(ServiceCore):
         # drop the declined questions before keeping queue_size of them, so that declined
         # questions cannot fill the queue (and leave it empty)
         every = suggest(state, replace(cfg, queue_size=2**31), strategy=strategy, rng=rng)
-        qs = [q for q in every
-              if (q.kind, target_key(q.kind, q.target)) not in declined][:cfg.queue_size]
+        qs = [q for q in every if (q.kind, target_key(q.kind, q.target)) not in declined][
+            : cfg.queue_size
+        ]
         mv = self.ws.latest_model_version()
-        items = [SuggestionIn(kind=q.kind, target=q.target, score=q.score, reason=q.reason)
-                 for q in qs]
+        items = [
+            SuggestionIn(kind=q.kind, target=q.target, score=q.score, reason=q.reason) for q in qs
+        ]
         self.ws.replace_open_suggestions(items, model_version=mv.id if mv else None)
-        return self.ws.open_suggestions() if strategy == "ranked" else \
-            sorted(self.ws.open_suggestions(), key=lambda s: s.id)
+        return (
+            self.ws.open_suggestions()
+            if strategy == "ranked"
+            else sorted(self.ws.open_suggestions(), key=lambda s: s.id)
+        )
 
     def next_suggestion(self) -> Suggestion | None:
         """The best open question (refreshing the queue when it is empty)."""
@@ -163,7 +183,7 @@ class QuestionsMixin(ServiceCore):
         near = self.ws.representatives(type_id, n=n + 1)
         if len(near) <= n:
             return near
-        out = near[:n - n // 2]
+        out = near[: n - n // 2]
         seen = {m.image_id for m in out}
         offset = 0
         while len(out) < n:
@@ -176,4 +196,3 @@ class QuestionsMixin(ServiceCore):
                     seen.add(m.image_id)
                     out.append(m)
         return out
-

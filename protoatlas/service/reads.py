@@ -40,9 +40,13 @@ class ReadsMixin(ServiceCore):
     def get_type(self, type_id: int) -> TypeSummary:
         return self.ws.get_type(int(type_id))
 
-    def type_members(self, type_id: int, limit: int = 50, offset: int = 0,
-                     order: Literal["confidence", "borderline"] = "confidence"
-                     ) -> list[Member]:
+    def type_members(
+        self,
+        type_id: int,
+        limit: int = 50,
+        offset: int = 0,
+        order: Literal["confidence", "borderline"] = "confidence",
+    ) -> list[Member]:
         return self.ws.type_members(int(type_id), limit=limit, offset=offset, order=order)
 
     def representatives(self, type_id: int, n: int = 8) -> list[Member]:
@@ -73,21 +77,31 @@ class ReadsMixin(ServiceCore):
     def open_suggestions(self, limit: int | None = None) -> list[Suggestion]:
         return self.ws.open_suggestions(limit=limit)
 
-    def audit(self, actor: str | None = None, action: str | None = None,
-              type_id: int | None = None, limit: int = 100, offset: int = 0
-              ) -> list[AuditEntry]:
-        return self.ws.audit(actor=actor, action=action, type_id=type_id, limit=limit,
-                             offset=offset)
+    def audit(
+        self,
+        actor: str | None = None,
+        action: str | None = None,
+        type_id: int | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditEntry]:
+        return self.ws.audit(
+            actor=actor, action=action, type_id=type_id, limit=limit, offset=offset
+        )
 
     # ------------------------------------------------------------------ exports
-    def export_assignments(self, path: str | os.PathLike[str],
-                           fmt: Literal["csv", "parquet"] = "csv",
-                           level: Literal["region", "image"] = "region") -> Path:
+    def export_assignments(
+        self,
+        path: str | os.PathLike[str],
+        fmt: Literal["csv", "parquet"] = "csv",
+        level: Literal["region", "image"] = "region",
+    ) -> Path:
         return self.ws.export_assignments(path, fmt, level)
 
     def export_coco(self, path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
         return self.ws.export_coco(path, batch_id)
 
-    def export_audit(self, path: str | os.PathLike[str],
-                     fmt: Literal["csv", "json"] = "json") -> Path:
+    def export_audit(
+        self, path: str | os.PathLike[str], fmt: Literal["csv", "json"] = "json"
+    ) -> Path:
         return self.ws.export_audit(path, fmt)

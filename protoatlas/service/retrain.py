@@ -17,9 +17,16 @@ from protoatlas.service.region_table import region_table
 from storage import AssignmentsIn, ModelVersionIn, NewType, PrototypeIn, TypeSummary
 
 
-def _retrained_assignments(new_type: np.ndarray, current: np.ndarray,
-                           ref: dict[int, object], mixed: set[int], *, sims: np.ndarray,
-                           established: set[int], margin: float) -> np.ndarray:
+def _retrained_assignments(
+    new_type: np.ndarray,
+    current: np.ndarray,
+    ref: dict[int, object],
+    mixed: set[int],
+    *,
+    sims: np.ndarray,
+    established: set[int],
+    margin: float,
+) -> np.ndarray:
     """The retrained model's type per region (engine ids, ``NO_TYPE`` for outliers), applied
     where the reviewers left the question open, and only there:
 
@@ -45,8 +52,11 @@ def _retrained_assignments(new_type: np.ndarray, current: np.ndarray,
         if old in mixed and out[r] != NO_TYPE:
             continue
         own = storage_to_engine[old]
-        if out[r] == NO_TYPE or ref.get(int(out[r])) not in established or \
-                sims[r, int(out[r])] < sims[r, own] + margin:
+        if (
+            out[r] == NO_TYPE
+            or ref.get(int(out[r])) not in established
+            or sims[r, int(out[r])] < sims[r, own] + margin
+        ):
             out[r] = own
     return out
 
@@ -58,14 +68,15 @@ class _Training:
 
     region_ids: np.ndarray
     tokens: RegionTokens
-    current: np.ndarray               # storage type id per region (-1: none)
+    current: np.ndarray  # storage type id per region (-1: none)
     types: dict[int, TypeSummary]
     confirmed: list[int]
     proposed: list[int]
 
 
-def _match_novel(fit: TypeFit, n_types: int, confirmed: list[int],
-                 proposed: list[int], current: np.ndarray) -> dict[int, object]:
+def _match_novel(
+    fit: TypeFit, n_types: int, confirmed: list[int], proposed: list[int], current: np.ndarray
+) -> dict[int, object]:
     """Engine type index -> storage type id: known types are the confirmed ids in order; a
     novel prototype keeps the id of the proposed type it overlaps most (Hungarian matching),
     or gets the key ``r<i>`` of a type the retrain creates."""
@@ -88,8 +99,7 @@ def _match_novel(fit: TypeFit, n_types: int, confirmed: list[int],
 class RetrainMixin(QuestionsMixin):
     """``retrain`` (a part of :class:`~protoatlas.service.workspace.WorkspaceService`)."""
 
-    def retrain(self, actor: str = "model", progress: Progress = no_progress
-                ) -> int | None:
+    def retrain(self, actor: str = "model", progress: Progress = no_progress) -> int | None:
         """Retrain the prototype head from the cached tokens and the reviewers' decisions.
 
         Regions of confirmed types are labelled samples of known classes; regions marked normal
@@ -111,24 +121,32 @@ class RetrainMixin(QuestionsMixin):
             data = self._training_data()
             if data is None:
                 return None
-            labels = np.array([{t: i for i, t in enumerate(data.confirmed)}.get(int(t), -1)
-                               for t in data.current], dtype=np.int64)
+            labels = np.array(
+                [
+                    {t: i for i, t in enumerate(data.confirmed)}.get(int(t), -1)
+                    for t in data.current
+                ],
+                dtype=np.int64,
+            )
             n_free = int((labels < 0).sum())
             # a proposed type a reviewer called mixed ("not one type") holds at least two
             # types: its "no" asks the next retrain, once, for one more novel prototype
             sizes = {t: info.n_regions for t, info in data.types.items()}
-            no_answers = {t: sid for t, sid in self._standing_no_answers(sizes).items()
-                          if t in data.proposed}
-            acted = {int(sid) for mv in self.ws.model_versions("retrain")
-                     for sid in mv.metrics.get("split_for", [])}
+            no_answers = {
+                t: sid for t, sid in self._standing_no_answers(sizes).items() if t in data.proposed
+            }
+            acted = {
+                int(sid)
+                for mv in self.ws.model_versions("retrain")
+                for sid in mv.metrics.get("split_for", [])
+            }
             split_for = sorted(sid for sid in no_answers.values() if sid not in acted)
             k_novel = min(max(len(data.proposed) + len(split_for), 1 if n_free else 0), n_free)
             progress("train", 0.1)
-            fit = model.fit_types(data.tokens,
-                                  k_novel if (k_novel or data.confirmed) else "auto",
-                                  labels=labels)
-            mv = self._store_retrain(model, fit, data, set(no_answers), split_for, actor,
-                                     progress)
+            fit = model.fit_types(
+                data.tokens, k_novel if (k_novel or data.confirmed) else "auto", labels=labels
+            )
+            mv = self._store_retrain(model, fit, data, set(no_answers), split_for, actor, progress)
             self._model = None
             progress("done", 1.0)
             return mv
@@ -148,8 +166,9 @@ class RetrainMixin(QuestionsMixin):
             return None
         region_ids = np.concatenate(ids_parts)
         tokens = RegionTokens.concat(tok_parts)
-        keep = np.array([int(r) in row and not table.is_normal[row[int(r)]]
-                         for r in region_ids], dtype=bool)
+        keep = np.array(
+            [int(r) in row and not table.is_normal[row[int(r)]] for r in region_ids], dtype=bool
+        )
         region_ids, tokens = region_ids[keep], tokens.select(np.flatnonzero(keep))
         if len(region_ids) < 2:
             return None
@@ -157,13 +176,25 @@ class RetrainMixin(QuestionsMixin):
         current = table.type_ids[rows]
         types = {t.id: t for t in self.ws.list_types()}
         in_use = {int(t) for t in current if t >= 0}
-        return _Training(region_ids, tokens, current, types,
-                         confirmed=sorted(t for t in in_use if types[t].status == "confirmed"),
-                         proposed=sorted(t for t in in_use if types[t].status == "proposed"))
+        return _Training(
+            region_ids,
+            tokens,
+            current,
+            types,
+            confirmed=sorted(t for t in in_use if types[t].status == "confirmed"),
+            proposed=sorted(t for t in in_use if types[t].status == "proposed"),
+        )
 
-    def _store_retrain(self, model: DiscoveryModel, fit: TypeFit, data: _Training,
-                       mixed: set[int], split_for: list[int], actor: str,
-                       progress: Progress) -> int:
+    def _store_retrain(
+        self,
+        model: DiscoveryModel,
+        fit: TypeFit,
+        data: _Training,
+        mixed: set[int],
+        split_for: list[int],
+        actor: str,
+        progress: Progress,
+    ) -> int:
         """Apply the retrained model where reviewers left the question open and store it as a
         new model version (prototypes, assignments, embeddings, new types, one transaction)."""
         n_types = len(model.type_ids)
@@ -172,24 +203,42 @@ class RetrainMixin(QuestionsMixin):
         new_types = [NewType(key=str(ref[i])) for i in novel if isinstance(ref[i], str)]
         region_type, conf, _, _ = model.classify(fit.embeddings)
         dcfg = self.config.discovery
-        established = {t for t in data.confirmed
-                       if data.types[t].n_regions >= dcfg.retrain_min_known_members}
+        established = {
+            t for t in data.confirmed if data.types[t].n_regions >= dcfg.retrain_min_known_members
+        }
         region_type = _retrained_assignments(
-            region_type, data.current, ref, mixed, sims=fit.embeddings @ model.prototypes.T,
-            established=established, margin=dcfg.retrain_switch_margin)
+            region_type,
+            data.current,
+            ref,
+            mixed,
+            sims=fit.embeddings @ model.prototypes.T,
+            established=established,
+            margin=dcfg.retrain_switch_margin,
+        )
         counts = np.bincount(fit.assigned, minlength=n_types)
-        protos = [PrototypeIn(type=ref[i], vector=model.prototypes[i],
-                              n_members=int(counts[i])) for i in range(n_types)]
+        protos = [
+            PrototypeIn(type=ref[i], vector=model.prototypes[i], n_members=int(counts[i]))
+            for i in range(n_types)
+        ]
         assignments = AssignmentsIn(
             regions=data.region_ids,
             types=[None if t == NO_TYPE else ref[int(t)] for t in region_type],
-            confidence=conf.astype(np.float64))
+            confidence=conf.astype(np.float64),
+        )
         progress("store", 0.9)
-        metrics = {"n_regions": int(len(data.region_ids)), "n_known": fit.n_known,
-                   "split_for": split_for,
-                   "n_novel": len(novel), "n_new_types": len(new_types),
-                   "final_loss": fit.train.final_loss if fit.train.epochs else None}
+        metrics = {
+            "n_regions": int(len(data.region_ids)),
+            "n_known": fit.n_known,
+            "split_for": split_for,
+            "n_novel": len(novel),
+            "n_new_types": len(new_types),
+            "final_loss": fit.train.final_loss if fit.train.epochs else None,
+        }
         return self.ws.apply_retrain(
             ModelVersionIn(kind="retrain", model=model_bytes(model), metrics=metrics),
-            assignments, protos, (data.region_ids, fit.embeddings), new_types=new_types,
-            actor=actor)
+            assignments,
+            protos,
+            (data.region_ids, fit.embeddings),
+            new_types=new_types,
+            actor=actor,
+        )

@@ -92,8 +92,6 @@ class Question:
     reason: str
 
 
-
-
 def answer_stands(asked_size: int | None, size: int, cfg: SuggestConfig) -> bool:
     """Whether an answer about a type of ``asked_size`` members still holds at ``size``."""
     if asked_size is None or asked_size <= 0:
@@ -119,10 +117,15 @@ def confirm_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
         # picked out of a mixed type) is asked about so that its answer names it
         unreviewed = int((~state.reviewed[idx]).sum())
         score = max(compact, 0.0) * np.log1p(unreviewed + 0.5 * (len(idx) - unreviewed))
-        out.append(Question("confirm", {"type_id": tid, "n_regions": int(len(idx))},
-                            float(score),
-                            f"{name}: {len(idx)} regions, compact (mean similarity "
-                            f"{compact:.2f}). Is it one defect type?"))
+        out.append(
+            Question(
+                "confirm",
+                {"type_id": tid, "n_regions": int(len(idx))},
+                float(score),
+                f"{name}: {len(idx)} regions, compact (mean similarity "
+                f"{compact:.2f}). Is it one defect type?",
+            )
+        )
     return out
 
 
@@ -134,8 +137,14 @@ def split_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
         if len(idx) < (2 if mixed else 2 * max(cfg.min_type_size, 3)):
             continue
         x = normalise(state.embeddings[idx])
-        labels, _ = cluster(x, 2, method="ward", max_points=cfg.group_max_points,
-                            restarts=cfg.group_restarts, seed=cfg.seed)
+        labels, _ = cluster(
+            x,
+            2,
+            method="ward",
+            max_points=cfg.group_max_points,
+            restarts=cfg.group_restarts,
+            seed=cfg.seed,
+        )
         if len(np.unique(labels)) < 2:
             continue
         sil = float(silhouette_score(x, labels, metric="cosine")) if len(idx) > 2 else 1.0
@@ -148,11 +157,16 @@ def split_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
         # a type a reviewer called mixed: its split settles most regions at once, so it
         # comes before the label questions about its members
         boost = cfg.mixed_split_boost if mixed else 1.0
-        out.append(Question("split", {"type_id": tid, "groups": groups},
-                            float(max(sil, 0.1) * np.log1p(smaller) * 2 * boost),
-                            f"{name} looks like two groups ({len(groups[0])} + "
-                            f"{len(groups[1])} regions, silhouette {sil:.2f}). Should it be "
-                            "split?"))
+        out.append(
+            Question(
+                "split",
+                {"type_id": tid, "groups": groups},
+                float(max(sil, 0.1) * np.log1p(smaller) * 2 * boost),
+                f"{name} looks like two groups ({len(groups[0])} + "
+                f"{len(groups[1])} regions, silhouette {sil:.2f}). Should it be "
+                "split?",
+            )
+        )
     return out
 
 
@@ -162,10 +176,15 @@ def merge_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
         return []
     protos = {t: p for t in ids if (p := state.prototype(t)) is not None}
     ids = [t for t in ids if t in protos]
-    pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
-             if not (state.types[a][1] == "confirmed" and state.types[b][1] == "confirmed")]
-    all_sims = np.array([float(protos[a] @ protos[b]) for i, a in enumerate(ids)
-                         for b in ids[i + 1:]])
+    pairs = [
+        (a, b)
+        for i, a in enumerate(ids)
+        for b in ids[i + 1 :]
+        if not (state.types[a][1] == "confirmed" and state.types[b][1] == "confirmed")
+    ]
+    all_sims = np.array(
+        [float(protos[a] @ protos[b]) for i, a in enumerate(ids) for b in ids[i + 1 :]]
+    )
     mean, std = float(all_sims.mean()), float(all_sims.std()) + 1e-6
     out = []
     for a, b in pairs:  # two confirmed types are distinct by the reviewers' word
@@ -176,14 +195,27 @@ def merge_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
         ia, ib = state.members(a), state.members(b)
         # confusion: members about as close to the other prototype as to their own
         xa, xb = state.embeddings[ia], state.embeddings[ib]
-        confused = float(np.mean(np.concatenate([
-            (xa @ protos[b]) > (xa @ protos[a]) - 0.1,
-            (xb @ protos[a]) > (xb @ protos[b]) - 0.1])))
+        confused = float(
+            np.mean(
+                np.concatenate(
+                    [
+                        (xa @ protos[b]) > (xa @ protos[a]) - 0.1,
+                        (xb @ protos[a]) > (xb @ protos[b]) - 0.1,
+                    ]
+                )
+            )
+        )
         score = (0.5 + confused) * min(z / 2, 1.5) * np.log1p(min(len(ia), len(ib)))
-        out.append(Question("merge", {"type_ids": [a, b]}, float(score),
-                            f"{_name(state, a)} and {_name(state, b)} have close prototypes "
-                            f"(similarity {sim:.2f}, {confused:.0%} of their members in "
-                            "between). Are they the same type?"))
+        out.append(
+            Question(
+                "merge",
+                {"type_ids": [a, b]},
+                float(score),
+                f"{_name(state, a)} and {_name(state, b)} have close prototypes "
+                f"(similarity {sim:.2f}, {confused:.0%} of their members in "
+                "between). Are they the same type?",
+            )
+        )
     return out
 
 
@@ -212,25 +244,35 @@ def label_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
         options = [int(ids[k]) for k in order[j, :3]]
         if typical[j] > 0:
             score = cfg.mixed_boost * (cfg.typical_base + typical[j])
-            reason = (f"{_name(state, int(state.region_type[row]))} holds more than one "
-                      "type. This region is typical of a part of it that no reviewed region "
-                      "resembles yet. Which type is it?")
+            reason = (
+                f"{_name(state, int(state.region_type[row]))} holds more than one "
+                "type. This region is typical of a part of it that no reviewed region "
+                "resembles yet. Which type is it?"
+            )
         else:
             boost = cfg.mixed_boost if int(state.region_type[row]) in state.mixed else 1.0
             score = (1.0 - margin[j]) * boost
-            reason = (f"The model hesitates between {_name(state, options[0])} and "
-                      f"{_name(state, options[1])} (margin {margin[j]:.3f}). Which type is "
-                      "this region?")
-        out.append(Question("label", {"region_id": int(state.region_ids[row]),
-                                      "image_id": image, "options": options},
-                            float(score), reason))
+            reason = (
+                f"The model hesitates between {_name(state, options[0])} and "
+                f"{_name(state, options[1])} (margin {margin[j]:.3f}). Which type is "
+                "this region?"
+            )
+        out.append(
+            Question(
+                "label",
+                {"region_id": int(state.region_ids[row]), "image_id": image, "options": options},
+                float(score),
+                reason,
+            )
+        )
         if len(out) >= cfg.max_label_questions:
             break
     return out
 
 
-def _typical_unexplored(state: ReviewState, open_rows: np.ndarray, in_mixed: np.ndarray,
-                        cfg: SuggestConfig) -> np.ndarray:
+def _typical_unexplored(
+    state: ReviewState, open_rows: np.ndarray, in_mixed: np.ndarray, cfg: SuggestConfig
+) -> np.ndarray:
     """Per open row: for members of a mixed type, typicality (mean cosine to their nearest
     fellow members, TypiClust-like) times how far they are from every reviewed region
     (1 - the highest cosine, clipped at 0); 0 elsewhere. The answer about such a region
@@ -246,7 +288,7 @@ def _typical_unexplored(state: ReviewState, open_rows: np.ndarray, in_mixed: np.
         sims = x @ state.embeddings[members].T
         k = min(cfg.typical_neighbours, len(members) - 1)
         # the highest similarity of a member is to itself: skip it
-        typ = np.sort(sims, axis=1)[:, -1 - k:-1].mean(axis=1)
+        typ = np.sort(sims, axis=1)[:, -1 - k : -1].mean(axis=1)
         cover = (x @ reviewed.T).max(axis=1) if len(reviewed) else np.zeros(len(x))
         value[sel] = np.clip(typ, 0, None) * (1.0 - np.clip(cover, 0, None)) + 1e-6
     return value
@@ -259,18 +301,29 @@ def new_type_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]
     x = normalise(state.embeddings[rows])
     k = max(1, len(rows) // max(cfg.new_type_min_size, 1))
     k = min(k, 8)
-    labels, centres = cluster(x, k, method="ward", max_points=cfg.group_max_points,
-                              restarts=cfg.group_restarts, seed=cfg.seed)
+    labels, centres = cluster(
+        x,
+        k,
+        method="ward",
+        max_points=cfg.group_max_points,
+        restarts=cfg.group_restarts,
+        seed=cfg.seed,
+    )
     out = []
     for c in range(len(centres)):
         members = rows[labels == c]
         if len(members) < cfg.new_type_min_size:
             continue
         tight = float(np.mean(state.embeddings[members] @ centres[c]))
-        out.append(Question("new_type", {"region_ids": state.region_ids[members].tolist()},
-                            float(max(tight, 0.0) * np.log1p(len(members))),
-                            f"{len(members)} regions fit no type but resemble each other "
-                            f"(mean similarity {tight:.2f}). Is this a new defect type?"))
+        out.append(
+            Question(
+                "new_type",
+                {"region_ids": state.region_ids[members].tolist()},
+                float(max(tight, 0.0) * np.log1p(len(members))),
+                f"{len(members)} regions fit no type but resemble each other "
+                f"(mean similarity {tight:.2f}). Is this a new defect type?",
+            )
+        )
     return out
 
 
@@ -288,14 +341,20 @@ def defect_questions(state: ReviewState, cfg: SuggestConfig) -> list[Question]:
             scored.append((value, c, gap))
     scored.sort(key=lambda x: (-x[0], x[1].region_id))
     out = []
-    for value, c, gap in scored[:cfg.max_defect_questions]:
-        where = ("above the threshold as reviewers moved it" if gap <= 0 else
-                 f"{gap:.0%} below the detector's threshold")
-        out.append(Question("defect", {"region_id": c.region_id, "image_id": c.image_id,
-                                       "score": c.score},
-                            float(value),
-                            f"The detector passed this image as good: it scored {where}. "
-                            "Is it defective?"))
+    for value, c, gap in scored[: cfg.max_defect_questions]:
+        where = (
+            "above the threshold as reviewers moved it"
+            if gap <= 0
+            else f"{gap:.0%} below the detector's threshold"
+        )
+        out.append(
+            Question(
+                "defect",
+                {"region_id": c.region_id, "image_id": c.image_id, "score": c.score},
+                float(value),
+                f"The detector passed this image as good: it scored {where}. Is it defective?",
+            )
+        )
     return out
 
 
@@ -317,19 +376,23 @@ def candidates(state: ReviewState, cfg: SuggestConfig = SuggestConfig()) -> list
     return out
 
 
-def suggest(state: ReviewState, cfg: SuggestConfig = SuggestConfig(), *,
-            strategy: str = "ranked", rng: np.random.Generator | None = None
-            ) -> list[Question]:
+def suggest(
+    state: ReviewState,
+    cfg: SuggestConfig = SuggestConfig(),
+    *,
+    strategy: str = "ranked",
+    rng: np.random.Generator | None = None,
+) -> list[Question]:
     """The queue: ``ranked`` (best score first) or ``random`` (a random order)."""
     qs = candidates(state, cfg)
     if strategy == "random":
         rng = rng or np.random.default_rng(cfg.seed)
-        return [qs[i] for i in rng.permutation(len(qs))][:cfg.queue_size]
+        return [qs[i] for i in rng.permutation(len(qs))][: cfg.queue_size]
     if strategy != "ranked":
         raise ValueError(f"unknown strategy {strategy!r}: expected 'ranked' or 'random'")
     rank = {k: i for i, k in enumerate(KINDS)}
     qs.sort(key=lambda q: (-q.score, rank[q.kind]))
-    return qs[:cfg.queue_size]
+    return qs[: cfg.queue_size]
 
 
 def target_key(kind: str, target: dict) -> str:

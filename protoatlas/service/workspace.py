@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.config import ProtoAtlasConfig
 from engine.data import LazyImages, SkippedFile
-from engine.discovery import DiscoveryModel, no_progress
+from engine.discovery import DiscoveryModel, DiscoveryResult, no_progress
 from engine.discovery import ProgressFn as Progress
 from engine.prior import prior_overrides
 from protoatlas.service.actions import ActionsMixin
@@ -55,6 +56,17 @@ class UploadReport:
     n_candidates: int = 0
 
 
+@dataclass
+class _Stored:
+    """What one of the two batch workflows stored."""
+
+    result: DiscoveryResult
+    batch_id: int
+    new_type_ids: list[int]
+    mode: str
+    n_candidates: int
+
+
 class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
     """Workflows on one workspace: upload, review actions, retraining, suggestions, export.
 
@@ -62,29 +74,49 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
     the workspace ``home/name``; use it as a context manager or call :meth:`close`.
     """
 
-    def store_discovery(self, run: DiscoverRun, images: LazyImages, *, batch_name: str,
-                        actor: str, params: dict | None = None) -> int:
+    def store_discovery(
+        self,
+        run: DiscoverRun,
+        images: LazyImages,
+        *,
+        batch_name: str,
+        actor: str,
+        params: dict | None = None,
+    ) -> int:
         """Persist a fresh discovery (new types, new model version) and cache its tokens."""
         res = run.result
-        metrics = {"n_types": len(res.type_ids), "k_silhouette": {
-            str(k): v for k, v in res.k_scores.items()}}
+        metrics = {
+            "n_types": len(res.type_ids),
+            "k_silhouette": {str(k): v for k, v in res.k_scores.items()},
+        }
         cands = candidate_peaks(run, self.config.detector.candidate_band)
-        ingest = batch_ingest(run, images, name=batch_name, params=params or {},
-                              model=ModelVersionIn(kind="discover", model=model_bytes(run.model),
-                                                   metrics=metrics), existing=False,
-                              candidates=cands)
+        ingest = batch_ingest(
+            run,
+            images,
+            name=batch_name,
+            params=params or {},
+            model=ModelVersionIn(kind="discover", model=model_bytes(run.model), metrics=metrics),
+            existing=False,
+            candidates=cands,
+        )
         batch_id = self.ws.ingest_batch(ingest, actor=actor)
         tokens = stored_tokens(run, cands)
         self._save_tokens(batch_id, self._region_ids(batch_id, len(tokens)), tokens)
         self._model = None
         return batch_id
 
-    def upload_batch(self, images_src: str | os.PathLike,
-                     normals_src: str | os.PathLike | None = None, *,
-                     clusters: int | str = "auto", prior: str | None = None,
-                     prompt: str | None = None, actor: str = "reviewer",
-                     batch_name: str | None = None, progress: Progress = no_progress
-                     ) -> UploadReport:
+    def upload_batch(
+        self,
+        images_src: str | os.PathLike,
+        normals_src: str | os.PathLike | None = None,
+        *,
+        clusters: int | str = "auto",
+        prior: str | None = None,
+        prompt: str | None = None,
+        actor: str = "reviewer",
+        batch_name: str | None = None,
+        progress: Progress = no_progress,
+    ) -> UploadReport:
         """Analyse a batch and store it. The first batch needs known-good images and runs
         discovery; later ones are sorted into the workspace's types (new types proposed
         where they fit none). Known-good images given with a later batch refit the
@@ -102,59 +134,107 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
             name = batch_name or Path(images_src).name
             if model is None:
                 if normals_src is None:
-                    raise ValueError("the first batch of a workspace needs known-good images "
-                                     "(normals) to learn what normal looks like")
-                normals = open_images(normals_src, config, progress=False,
-                                      desc="check normals")
-                progress("fit", 0.05)
-                model = DiscoveryModel(config)
-                model.fit(normals)
-                analysis = model.analyse(images, on_progress=_scaled(progress, 0.1, 0.85))
-                progress("types", 0.85)
-                result = model.discover(analysis, clusters)
-                run = DiscoverRun(images.names, result, model, checked(images), checked(normals))
-                progress("store", 0.92)
-                batch_id = self.store_discovery(run, images, batch_name=name, actor=actor,
-                                                params={"clusters": clusters, "mode": "discover"})
-                new = list(self._batch_types(batch_id))
-                mode = "discover"
-                n_cands = len(candidate_peaks(run, self.config.detector.candidate_band))
+                    raise ValueError(
+                        "the first batch of a workspace needs known-good images "
+                        "(normals) to learn what normal looks like"
+                    )
+                stored = self._first_batch(
+                    images, normals_src, config, clusters, name, actor, progress
+                )
             else:
-                if normals_src is not None:
-                    normals = open_images(normals_src, config, progress=False,
-                                          desc="check normals")
-                    progress("fit", 0.05)
-                    model.fit(normals)
-                analysis = model.analyse(images, on_progress=_scaled(progress, 0.1, 0.85))
-                result = model.assign(analysis)
-                run = DiscoverRun(images.names, result, model, checked(images), None)
-                progress("store", 0.92)
-                mv = self.ws.latest_model_version()
-                assert mv is not None
-                cands = candidate_peaks(run, self.config.detector.candidate_band)
-                ingest = batch_ingest(run, images, name=name, params={"mode": "assign"},
-                                      model=mv.id, existing=True, candidates=cands)
-                batch_id = self.ws.ingest_batch(ingest, actor=actor)
-                tokens = stored_tokens(run, cands)
-                self._save_tokens(batch_id, self._region_ids(batch_id, len(tokens)), tokens)
-                new = [t for t in self._batch_types(batch_id)
-                       if t not in set(int(x) for x in result.type_ids)
-                       or t in result.new_type_ids]
-                self._model = None
-                mode = "assign"
-                n_cands = len(cands)
+                stored = self._next_batch(images, normals_src, model, config, name, actor, progress)
             progress("done", 1.0)
-            return UploadReport(batch_id, len(images), int(result.analysis.is_anomalous.sum()),
-                                len(result.analysis.regions), new,
-                                checked(images).skipped + dupes, mode,
-                                {"total": time.perf_counter() - t0}, n_cands)
+            analysis = stored.result.analysis
+            return UploadReport(
+                stored.batch_id,
+                len(images),
+                int(analysis.is_anomalous.sum()),
+                len(analysis.regions),
+                stored.new_type_ids,
+                checked(images).skipped + dupes,
+                stored.mode,
+                {"total": time.perf_counter() - t0},
+                stored.n_candidates,
+            )
+
+    def _first_batch(
+        self,
+        images: LazyImages,
+        normals_src: str | os.PathLike,
+        config: ProtoAtlasConfig,
+        clusters: int | str,
+        name: str,
+        actor: str,
+        progress: Progress,
+    ) -> _Stored:
+        """Fit on the normals, discover the batch's types and store it (a new model)."""
+        normals = open_images(normals_src, config, progress=False, desc="check normals")
+        progress("fit", 0.05)
+        model = DiscoveryModel(config)
+        model.fit(normals)
+        analysis = model.analyse(images, on_progress=_scaled(progress, 0.1, 0.85))
+        progress("types", 0.85)
+        result = model.discover(analysis, clusters)
+        run = DiscoverRun(images.names, result, model, checked(images), checked(normals))
+        progress("store", 0.92)
+        batch_id = self.store_discovery(
+            run,
+            images,
+            batch_name=name,
+            actor=actor,
+            params={"clusters": clusters, "mode": "discover"},
+        )
+        n_cands = len(candidate_peaks(run, self.config.detector.candidate_band))
+        return _Stored(result, batch_id, list(self._batch_types(batch_id)), "discover", n_cands)
+
+    def _next_batch(
+        self,
+        images: LazyImages,
+        normals_src: str | os.PathLike | None,
+        model: DiscoveryModel,
+        config: ProtoAtlasConfig,
+        name: str,
+        actor: str,
+        progress: Progress,
+    ) -> _Stored:
+        """Sort a later batch into the workspace's types (refitting the detector first when
+        normals come with it) and store it with the latest model version."""
+        if normals_src is not None:
+            normals = open_images(normals_src, config, progress=False, desc="check normals")
+            progress("fit", 0.05)
+            model.fit(normals)
+        analysis = model.analyse(images, on_progress=_scaled(progress, 0.1, 0.85))
+        result = model.assign(analysis)
+        run = DiscoverRun(images.names, result, model, checked(images), None)
+        progress("store", 0.92)
+        mv = self.ws.latest_model_version()
+        assert mv is not None
+        cands = candidate_peaks(run, self.config.detector.candidate_band)
+        ingest = batch_ingest(
+            run,
+            images,
+            name=name,
+            params={"mode": "assign"},
+            model=mv.id,
+            existing=True,
+            candidates=cands,
+        )
+        batch_id = self.ws.ingest_batch(ingest, actor=actor)
+        tokens = stored_tokens(run, cands)
+        self._save_tokens(batch_id, self._region_ids(batch_id, len(tokens)), tokens)
+        known = {int(x) for x in result.type_ids}
+        new = [t for t in self._batch_types(batch_id) if t not in known or t in result.new_type_ids]
+        self._model = None
+        return _Stored(result, batch_id, new, "assign", len(cands))
 
     def _batch_types(self, batch_id: int) -> list[int]:
-        types = {r.type_id for r in self.ws.regions_for_batch(batch_id, with_masks=False)
-                 if r.type_id is not None}
+        types = {
+            r.type_id
+            for r in self.ws.regions_for_batch(batch_id, with_masks=False)
+            if r.type_id is not None
+        }
         created = {t.id for t in self.ws.list_types()}
         return sorted(types & created)
-
 
     # ------------------------------------------------------------------ health
     def doctor(self) -> list[Problem]:
@@ -162,14 +242,19 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
         problems = list(doctor(self.ws))
         for b in self.ws.batches():
             if b.n_regions and not self.tokens_path(b.id).is_file():
-                problems.append(Problem("warning", "crop tokens missing: the batch is left "
-                                        "out of retraining", f"batch {b.id} ({b.name})"))
+                problems.append(
+                    Problem(
+                        "warning",
+                        "crop tokens missing: the batch is left out of retraining",
+                        f"batch {b.id} ({b.name})",
+                    )
+                )
         return problems
 
 
-
-def persist_run(home: str | os.PathLike, run: DiscoverRun, *, source: str,
-                name: str = "default") -> int:
+def persist_run(
+    home: str | os.PathLike, run: DiscoverRun, *, source: str, name: str = "default"
+) -> int:
     """Store a CLI ``discover`` run in the workspace ``home/name`` (as its first model or a
     new discovery model version); returns the batch id."""
     service = WorkspaceService(home, name, config=run.model.config)
@@ -177,8 +262,7 @@ def persist_run(home: str | os.PathLike, run: DiscoverRun, *, source: str,
         images = open_images(source, run.model.config, progress=False, desc="check images")
         if images.names != run.names:
             raise ValueError(f"{source} changed while it was analysed; run discover again")
-        return service.store_discovery(run, images, batch_name=Path(source).name,
-                                       actor="cli")
+        return service.store_discovery(run, images, batch_name=Path(source).name, actor="cli")
     finally:
         service.close()
 
@@ -192,5 +276,5 @@ def _scaled(progress: Progress, lo: float, hi: float) -> Progress:
     def inner(stage: str, fraction: float) -> None:
         a, b = spans.get(stage, (lo, hi))
         progress(stage, a + (b - a) * fraction)
-    return inner
 
+    return inner
