@@ -29,10 +29,14 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Ruff (pycodestyle, pyflakes, import order) and the layering contracts of pyproject.toml
-# (import-linter: engine imports neither storage, gradio nor duckdb; storage no torch).
+# Ruff (pycodestyle, pyflakes, import order; formatting), mypy on engine/, storage/ and
+# protoatlas/, and the layering contracts of pyproject.toml (import-linter: webapp over the
+# service over engine and storage; engine imports neither gradio nor duckdb; storage no
+# torch; webapp no storage).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 # Every benchmark with its default arguments (tens of minutes on 2 cores; results are

@@ -202,6 +202,50 @@ def run_size(n: int, args: argparse.Namespace, home: Path) -> dict[str, object]:
     return result
 
 
+def print_table(rows: list[dict]) -> None:
+    """The results as one line per size (the BENCHMARKS.md table)."""
+    header = (
+        "regions",
+        "ingest reg/s",
+        "db-stage reg/s",
+        "types p50",
+        "types p95",
+        "members p50",
+        "members p95",
+        "border p95",
+        "reps p50",
+        "GROUP BY p50",
+        "embeddings s",
+        "merge ms",
+        "doctor s",
+        "reopen s",
+        "db MiB",
+    )
+    print(" | ".join(header))
+    for r in rows:
+        print(
+            " | ".join(
+                [
+                    f"{r['regions']:,}",
+                    f"{r['ingest_regions_per_s']:,.0f}",
+                    f"{r['ingest_db_regions_per_s']:,.0f}",
+                    f"{r['list_types']['p50_ms']:.2f}",
+                    f"{r['list_types']['p95_ms']:.2f}",
+                    f"{r['type_members_page']['p50_ms']:.1f}",
+                    f"{r['type_members_page']['p95_ms']:.1f}",
+                    f"{r['type_members_borderline']['p95_ms']:.1f}",
+                    f"{r['representatives']['p50_ms']:.1f}",
+                    f"{r['plain_group_by']['p50_ms']:.1f}",
+                    f"{r['read_all_embeddings_s']:.2f}",
+                    f"{r['merge_types_ms']:.0f}",
+                    f"{r['doctor_s']:.1f}",
+                    f"{r['reopen_s']:.2f}",
+                    f"{r['db_mib']:.0f}",
+                ]
+            )
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -244,46 +288,7 @@ def main() -> None:
             flush=True,
         )
     print()
-    header = (
-        "regions",
-        "ingest reg/s",
-        "db-stage reg/s",
-        "types p50",
-        "types p95",
-        "members p50",
-        "members p95",
-        "border p95",
-        "reps p50",
-        "GROUP BY p50",
-        "embeddings s",
-        "merge ms",
-        "doctor s",
-        "reopen s",
-        "db MiB",
-    )
-    print(" | ".join(header))
-    for r in rows:
-        print(
-            " | ".join(
-                [
-                    f"{r['regions']:,}",
-                    f"{r['ingest_regions_per_s']:,.0f}",
-                    f"{r['ingest_db_regions_per_s']:,.0f}",
-                    f"{r['list_types']['p50_ms']:.2f}",
-                    f"{r['list_types']['p95_ms']:.2f}",
-                    f"{r['type_members_page']['p50_ms']:.1f}",
-                    f"{r['type_members_page']['p95_ms']:.1f}",
-                    f"{r['type_members_borderline']['p95_ms']:.1f}",
-                    f"{r['representatives']['p50_ms']:.1f}",
-                    f"{r['plain_group_by']['p50_ms']:.1f}",
-                    f"{r['read_all_embeddings_s']:.2f}",
-                    f"{r['merge_types_ms']:.0f}",
-                    f"{r['doctor_s']:.1f}",
-                    f"{r['reopen_s']:.2f}",
-                    f"{r['db_mib']:.0f}",
-                ]
-            )
-        )
+    print_table(rows)
     print(f"\nmachine: {info['cpu']}, {info['cores']} cores; results appended to {args.out}")
 
 

@@ -123,6 +123,46 @@ def _sup_con(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch
     return -mean_log.mean()
 
 
+def _batch_loss(
+    head: PrototypeHead,
+    views: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    lab: torch.Tensor,
+    n_known: int,
+    cfg: DiscoveryConfig,
+    t_teacher: float,
+    sup_w: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """The loss of one batch seen in two augmented views: self-distillation with a mean-
+    entropy regulariser and InfoNCE between the views, plus (``sup_w``) cross-entropy and
+    supervised contrast on the regions of known types (``lab`` >= 0)."""
+    embs = [head.embed(*(v.to(device) for v in view))[0] for view in views]
+    sims = [head.similarities(e) for e in embs]
+    student = [F.log_softmax(s / cfg.student_temperature, dim=1) for s in sims]
+    teacher = [F.softmax(s.detach() / t_teacher, dim=1) for s in sims]
+    distill = -0.5 * (
+        (teacher[1] * student[0]).sum(1).mean() + (teacher[0] * student[1]).sum(1).mean()
+    )
+    mean_p = torch.cat([s.exp() for s in student]).mean(0)
+    neg_entropy = (mean_p * torch.log(mean_p + 1e-8)).sum()
+    unsup = distill + cfg.entropy_weight * neg_entropy
+    rep = _info_nce(embs[0], embs[1], cfg.contrastive_temperature)
+    loss = (1 - sup_w) * (unsup + rep)
+    known = lab >= 0
+    if sup_w > 0 and known.any():
+        ce = (
+            sum(
+                F.cross_entropy(s[known][:, :n_known] / cfg.student_temperature, lab[known])
+                for s in sims
+            )
+            / 2
+        )
+        z = torch.cat([embs[0][known], embs[1][known]])
+        con = _sup_con(z, torch.cat([lab[known], lab[known]]), cfg.contrastive_temperature)
+        loss = loss + sup_w * (ce + con)
+    return loss
+
+
 def train_head(
     head: PrototypeHead,
     tokens: RegionTokens,
@@ -168,36 +208,9 @@ def train_head(
                     _augment(x_all[idx], a_all[idx], r_all[idx], tokens.grid, cfg, gen)
                     for _ in range(2)
                 ]
-                embs = [head.embed(*(v.to(device) for v in view))[0] for view in views]
-                sims = [head.similarities(e) for e in embs]
-                student = [F.log_softmax(s / cfg.student_temperature, dim=1) for s in sims]
-                teacher = [F.softmax(s.detach() / t_teacher, dim=1) for s in sims]
-                distill = -0.5 * (
-                    (teacher[1] * student[0]).sum(1).mean()
-                    + (teacher[0] * student[1]).sum(1).mean()
+                loss = _batch_loss(
+                    head, views, labels_t[idx].to(device), n_known, cfg, t_teacher, sup_w, device
                 )
-                mean_p = torch.cat([s.exp() for s in student]).mean(0)
-                neg_entropy = (mean_p * torch.log(mean_p + 1e-8)).sum()
-                unsup = distill + cfg.entropy_weight * neg_entropy
-                rep = _info_nce(embs[0], embs[1], cfg.contrastive_temperature)
-                loss = (1 - sup_w) * (unsup + rep)
-                lab = labels_t[idx].to(device)
-                known = lab >= 0
-                if sup_w > 0 and known.any():
-                    ce = (
-                        sum(
-                            F.cross_entropy(
-                                s[known][:, :n_known] / cfg.student_temperature, lab[known]
-                            )
-                            for s in sims
-                        )
-                        / 2
-                    )
-                    z = torch.cat([embs[0][known], embs[1][known]])
-                    con = _sup_con(
-                        z, torch.cat([lab[known], lab[known]]), cfg.contrastive_temperature
-                    )
-                    loss = loss + sup_w * (ce + con)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

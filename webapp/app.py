@@ -51,7 +51,7 @@ from webapp.views import TYPE_COLUMNS, Views
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the service imports torch: only for the annotations
-    from protoatlas.service import WorkspaceService
+    from protoatlas.service import UploadReport, WorkspaceService
 
 STAGES = {
     "check": "Checking the images",
@@ -72,6 +72,29 @@ RETRAIN_WAIT_S = 120.0
 
 
 # ----------------------------------------------------------------------------- helpers
+#: The number of types an upload may ask for (or "auto").
+UPLOAD_CLUSTERS = (2, 50)
+
+
+def _clusters_of(value: Any) -> int | str:
+    """The upload form's "number of types": ``auto`` or a whole number in range."""
+    text = str(value or "auto").strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        k = int(float(text))
+    except ValueError:
+        raise gr.Error(
+            f"Number of types: 'auto' or a whole number, not '{value}'", print_exception=False
+        ) from None
+    lo, hi = UPLOAD_CLUSTERS
+    if not lo <= k <= hi:
+        raise gr.Error(
+            f"Number of types must be between {lo} and {hi} (or auto).", print_exception=False
+        )
+    return k
+
+
 def actor_of(request: gr.Request | None) -> str:
     """The logged-in user, the Hugging Face OAuth user, or "reviewer"."""
     if request is None:
@@ -448,35 +471,10 @@ class ReviewApp:
                 "Choose the images to analyse first: image files or one .zip.",
                 print_exception=False,
             )
-        k: int | str = "auto"
-        text = str(clusters or "auto").strip().lower()
-        if text != "auto":
-            try:
-                k = int(float(text))
-            except ValueError:
-                raise gr.Error(
-                    f"Number of types: 'auto' or a whole number, not '{clusters}'",
-                    print_exception=False,
-                ) from None
-            if not 2 <= k <= 50:
-                raise gr.Error(
-                    "Number of types must be between 2 and 50 (or auto).", print_exception=False
-                )
-        notes = []
+        k = _clusters_of(clusters)
+        notes: list[str] = []
         prompt = (prompt or "").strip() or None
-        backend = (prior or "auto").strip()
-        if backend == "auto":
-            sam = self.service.config.prior
-            if prompt and sam.sam_checkpoint and sam.groundingdino_checkpoint:
-                backend = "grounded-sam"
-            else:
-                backend = "classical"
-                if prompt:
-                    notes.append(
-                        f"The prompt '{prompt}' was kept with the batch, but the "
-                        "classical object prior was used: grounded-SAM checkpoints "
-                        "are not configured on this server."
-                    )
+        backend = self._prior_backend(prompt, prior, notes)
         name = (batch_name or "").strip() or (
             Path(staged.source).stem
             if staged.source and staged.source.suffix == ".zip"
@@ -516,9 +514,36 @@ class ReviewApp:
             + (staged_normals.skipped if staged_normals else [])
             + list(report.skipped)
         ]
+        return self._upload_summary(name, report, skipped, notes, started), skipped
+
+    def _prior_backend(self, prompt: str | None, prior: str | None, notes: list[str]) -> str:
+        """The object prior an upload uses: the one picked, else grounded-SAM when a prompt
+        is given and its checkpoints are configured, else classical (saying why)."""
+        backend = (prior or "auto").strip()
+        if backend != "auto":
+            return backend
+        sam = self.service.config.prior
+        if prompt and sam.sam_checkpoint and sam.groundingdino_checkpoint:
+            return "grounded-sam"
+        if prompt:
+            notes.append(
+                f"The prompt '{prompt}' was kept with the batch, but the "
+                "classical object prior was used: grounded-SAM checkpoints "
+                "are not configured on this server."
+            )
+        return "classical"
+
+    def _upload_summary(
+        self,
+        name: str,
+        report: UploadReport,
+        skipped: list[list[str]],
+        notes: list[str],
+        started: float,
+    ) -> str:
         mode = "discovered" if report.mode == "discover" else "sorted into the existing types"
         new = ", ".join(self.views.service.get_type(t).name for t in report.new_type_ids) or "none"
-        md = (
+        return (
             f"### ✔ Batch '{name}' (#{report.batch_id}) {mode}\n"
             f"- {report.n_images} images analysed, {report.n_anomalous} flagged anomalous, "
             f"{report.n_regions} anomalous regions\n- new types: {new}\n"
@@ -527,7 +552,6 @@ class ReviewApp:
             + "".join(f"- {n}\n" for n in notes)
             + "\nOpen the **Types** tab to review."
         )
-        return md, skipped
 
     # ---------------------------------------------------------------- map
     def map_selection(self, text: Any) -> tuple[str, list[tuple[str, str]]]:

@@ -216,23 +216,7 @@ def stage_upload(
                 f"{len(zips)} archive(s) together with {len(paths) - 1} other "
                 f"file(s)"
             )
-        z = zips[0]
-        if not zipfile.is_zipfile(z):
-            raise UploadError(f"{what}: {z.name} is not a valid zip archive")
-        try:
-            refs = list_images(
-                z, max_total_bytes=limits.max_zip_total_mb * 2**20, max_ratio=limits.max_zip_ratio
-            )
-        except ValueError as exc:  # ArchiveError is a ValueError
-            raise UploadError(f"{what}: {z.name} refused: {exc}") from exc
-        if not refs:
-            raise UploadError(f"{what}: {z.name} holds no png, jpg, bmp or tif image")
-        if len(refs) > limits.max_images:
-            raise UploadError(
-                f"{what}: {len(refs)} images, over the limit of "
-                f"{limits.max_images} per batch; split the batch"
-            )
-        return StagedUpload(z, len(refs), [])
+        return _staged_zip(zips[0], limits, what)
     skipped: list[SkippedFile] = []
     images = []
     for p in paths:
@@ -255,7 +239,33 @@ def stage_upload(
             f"{what}: {len(images)} images, over the limit of "
             f"{limits.max_images} per batch; split the batch"
         )
-    folder = staging_root / f"{what}-{uuid.uuid4().hex[:12]}"
+    folder = _link_into(images, staging_root / f"{what}-{uuid.uuid4().hex[:12]}")
+    return StagedUpload(folder, len(images), skipped, cleanup=folder)
+
+
+def _staged_zip(z: Path, limits: Limits, what: str) -> StagedUpload:
+    """One uploaded zip, checked (valid, safe, within the size, ratio and count limits)."""
+    if not zipfile.is_zipfile(z):
+        raise UploadError(f"{what}: {z.name} is not a valid zip archive")
+    try:
+        refs = list_images(
+            z, max_total_bytes=limits.max_zip_total_mb * 2**20, max_ratio=limits.max_zip_ratio
+        )
+    except ValueError as exc:  # ArchiveError is a ValueError
+        raise UploadError(f"{what}: {z.name} refused: {exc}") from exc
+    if not refs:
+        raise UploadError(f"{what}: {z.name} holds no png, jpg, bmp or tif image")
+    if len(refs) > limits.max_images:
+        raise UploadError(
+            f"{what}: {len(refs)} images, over the limit of "
+            f"{limits.max_images} per batch; split the batch"
+        )
+    return StagedUpload(z, len(refs), [])
+
+
+def _link_into(images: Sequence[Path], folder: Path) -> Path:
+    """Hard-link (else copy) the uploaded images into a new staging folder, renaming names
+    that repeat (ignoring case)."""
     folder.mkdir(parents=True)
     used: set[str] = set()
     for p in images:
@@ -271,7 +281,7 @@ def stage_upload(
             os.link(p, target)
         except OSError:
             shutil.copyfile(p, target)
-    return StagedUpload(folder, len(images), skipped, cleanup=folder)
+    return folder
 
 
 def escape(text: object) -> str:
