@@ -261,19 +261,21 @@ def set_status(
 ) -> TypeSummary:
     actor = check_actor(actor)
     with ws.transaction() as con:
-        check_versions(con, {type_id: expected_version}, [type_id], usable=[type_id])
-        before = _before(con, [type_id])
-        con.execute("UPDATE types SET status = ? WHERE id = ?", [status, type_id])
-        bump_type_versions(con, [type_id], utcnow())
-        _record(
-            con,
-            actor,
-            "confirm_type" if status == "confirmed" else "reject_type",
-            {"type_id": type_id},
-            [type_id],
-            [],
-            before,
-        )
+        rows = check_versions(con, {type_id: expected_version}, [type_id], usable=[type_id])
+        # already so: no new version and no audit entry (an undo would undo nothing)
+        if rows[type_id]["status"] != status:
+            before = _before(con, [type_id])
+            con.execute("UPDATE types SET status = ? WHERE id = ?", [status, type_id])
+            bump_type_versions(con, [type_id], utcnow())
+            _record(
+                con,
+                actor,
+                "confirm_type" if status == "confirmed" else "reject_type",
+                {"type_id": type_id},
+                [type_id],
+                [],
+                before,
+            )
     return ws.get_type(type_id)
 
 
@@ -283,14 +285,15 @@ def rename_type(
     actor = check_actor(actor)
     name = check_type_name(name)
     with ws.transaction() as con:
-        check_versions(con, {type_id: expected_version}, [type_id], usable=[type_id])
-        _name_free(con, name, type_id)
-        before = _before(con, [type_id])
-        con.execute("UPDATE types SET name = ? WHERE id = ?", [name, type_id])
-        bump_type_versions(con, [type_id], utcnow())
-        _record(
-            con, actor, "rename_type", {"type_id": type_id, "name": name}, [type_id], [], before
-        )
+        rows = check_versions(con, {type_id: expected_version}, [type_id], usable=[type_id])
+        if rows[type_id]["name"] != name:  # the same name: nothing to record
+            _name_free(con, name, type_id)
+            before = _before(con, [type_id])
+            con.execute("UPDATE types SET name = ? WHERE id = ?", [name, type_id])
+            bump_type_versions(con, [type_id], utcnow())
+            _record(
+                con, actor, "rename_type", {"type_id": type_id, "name": name}, [type_id], [], before
+            )
     return ws.get_type(type_id)
 
 

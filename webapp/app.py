@@ -1025,9 +1025,13 @@ class ReviewApp:
         v = self.views
 
         def audit(actor, action, type_id):
-            return v.audit_rows(
-                actor or None, action or None, None if type_id in (None, "") else int(type_id)
-            )
+            """The audit log, newest first, filtered by reviewer, action and type (an id or
+            a name; empty: every type)."""
+            try:
+                tid = v.type_filter(type_id)
+            except ValueError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            return v.audit_rows(actor or None, action or None, tid)
 
         def audit_tab():
             actors, actions = v.audit_filters()

@@ -508,7 +508,7 @@ class HistoryTab:
     tab: gr.Tab
     actor: gr.Dropdown
     action: gr.Dropdown
-    type_id: gr.Number
+    type_id: gr.Textbox
     button: gr.Button
     table: gr.Dataframe
 
@@ -519,7 +519,12 @@ def history_tab() -> HistoryTab:
         with gr.Row():
             actor = gr.Dropdown(label="Reviewer", choices=[""], value="", allow_custom_value=True)
             action = gr.Dropdown(label="Action", choices=[""], value="", allow_custom_value=True)
-            type_id = gr.Number(label="Type id", precision=0, value=None)
+            type_id = gr.Textbox(
+                label="Type (id or name; empty: every type)",
+                value="",
+                max_lines=1,
+                elem_id="pa-history-type",
+            )
             button = gr.Button("Filter / refresh", scale=0)
         table = gr.Dataframe(
             headers=AUDIT_COLUMNS,

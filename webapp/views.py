@@ -727,6 +727,18 @@ class Views:
         entries = self.service.audit(limit=2000)
         return sorted({e.actor for e in entries}), sorted({e.action for e in entries})
 
+    def type_filter(self, value: Any) -> int | None:
+        """A type filter as typed: empty -> None (every type), an id, or a type's name."""
+        text = "" if value is None else str(value).strip()
+        if not text:
+            return None
+        if text.lstrip("-").isdigit():
+            return int(text)
+        for t in self.service.list_types(include_merged=True):
+            if t.name.lower() == text.lower():
+                return t.id
+        raise ValueError(f"no type named {text!r}: give a type's id or name, or leave it empty")
+
     def export(self, fmt: str) -> Path:
         if fmt not in EXPORTS:
             raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORTS)}")

@@ -1,0 +1,54 @@
+"""Review-flow bugs found by trying the app as a reviewer (issue: review screens), checked
+on a storage-only workspace through the service and the screens' data (no engine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.bench_webapp import build_workspace
+from protoatlas.service import WorkspaceService
+from webapp.views import Views
+
+
+@pytest.fixture()
+def views(tmp_path):
+    ws = build_workspace(tmp_path, n_images=24, n_types=3, type_names=["crack", "dent", "stain"])
+    service = WorkspaceService.over(ws)
+    yield Views(service)
+    service.close()
+
+
+def _audit_count(views: Views) -> int:
+    return len(views.service.audit(limit=10_000))
+
+
+def test_confirming_a_confirmed_type_writes_nothing_so_one_undo_undoes_it(views) -> None:
+    t = views.types()[0]
+    assert views.type_action(t.id, "confirm", actor="ann")["ok"]
+    n, version = _audit_count(views), views.service.get_type(t.id).version
+    again = views.type_action(t.id, "confirm", actor="ann")
+    assert again["ok"]
+    assert _audit_count(views) == n and views.service.get_type(t.id).version == version
+    assert views.type_action(-1, "undo", actor="ann")["ok"]
+    assert views.service.get_type(t.id).status == "proposed"
+
+
+def test_renaming_to_the_same_name_writes_nothing(views) -> None:
+    t = views.types()[0]
+    n = _audit_count(views)
+    assert views.type_action(t.id, "rename", t.name, actor="ann")["ok"]
+    assert _audit_count(views) == n and views.service.get_type(t.id).version == t.version
+
+
+@pytest.mark.parametrize("value", ["", None, "  "])
+def test_the_history_type_filter_left_empty_means_every_type(views, value) -> None:
+    assert views.type_filter(value) is None
+    assert views.audit_rows(None, None, views.type_filter(value))
+
+
+def test_the_history_type_filter_takes_an_id_or_a_name(views) -> None:
+    t = views.types()[0]
+    assert views.type_filter(str(t.id)) == t.id
+    assert views.type_filter(t.name.upper()) == t.id
+    with pytest.raises(ValueError, match="no type named"):
+        views.type_filter("no such type")
