@@ -298,7 +298,7 @@ def _add_export(sub: Subparsers) -> None:
     p.add_argument(
         "--format",
         required=True,
-        choices=["csv", "parquet", "images-csv", "coco", "audit-json", "audit-csv"],
+        choices=["csv", "parquet", "images-csv", "coco", "coco-all", "audit-json", "audit-csv"],
     )
     p.add_argument("--out", required=True, help="output file")
     _common(p)
@@ -595,6 +595,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             path = service.export_assignments(args.out, fmt="csv", level="image")
         elif kind == "coco":
             path = service.export_coco(args.out)
+        elif kind == "coco-all":
+            path = service.export_coco(args.out, types="all")
         else:
             path = service.export_audit(args.out, fmt=kind.split("-")[1])
     print(f"wrote {path}")

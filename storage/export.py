@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from storage.errors import NotFoundError, ValidationError
-from storage.rle import rle_from_json
+from storage.rle import rle_bbox, rle_from_json
 from storage.sql import fetch_value
 
 if TYPE_CHECKING:
@@ -98,13 +98,27 @@ def export_assignments(
     return out
 
 
-def export_coco(ws: "Workspace", path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
-    """COCO detection/segmentation JSON; categories are the confirmed types only.
+#: Which types a COCO export's categories are: the confirmed ones, or every live type.
+COCO_TYPES = {"confirmed": ("confirmed",), "all": ("confirmed", "proposed")}
+
+
+def export_coco(
+    ws: "Workspace",
+    path: str | os.PathLike[str],
+    batch_id: int | None = None,
+    types: Literal["confirmed", "all"] = "confirmed",
+) -> Path:
+    """COCO detection/segmentation JSON; categories are the confirmed types (``types="all"``:
+    the proposed ones too, with ``"protoatlas_status"``).
 
     One COCO image per batch membership (``file_name`` = the name in the upload, plus
-    ``batch`` and ``sha256``); annotations are the regions assigned to a confirmed type
-    (``bbox`` [x, y, w, h], uncompressed RLE ``segmentation``, ``area``, ``iscrowd`` 0).
+    ``batch`` and ``sha256``); annotations are the regions assigned to one of those types
+    (``bbox`` [x, y, w, h] the tight box of the mask, uncompressed RLE ``segmentation``,
+    ``area``, ``iscrowd`` 0).
     """
+    if types not in COCO_TYPES:
+        raise ValidationError(f"types must be one of {', '.join(COCO_TYPES)}, not {types!r}")
+    statuses = list(COCO_TYPES[types])
     out = _target(path)
     with ws.read() as cur:
         if (
@@ -120,17 +134,19 @@ def export_coco(ws: "Workspace", path: str | os.PathLike[str], batch_id: int | N
             [batch_id, batch_id],
         ).fetchall()
         cats = cur.execute(
-            "SELECT id, name FROM types WHERE status = 'confirmed' ORDER BY id"
+            "SELECT id, name, status FROM types WHERE status IN (SELECT unnest(?::VARCHAR[])) "
+            "ORDER BY id",
+            [statuses],
         ).fetchall()
         anns = cur.execute(
             """SELECT r.id, r.batch_id, r.image_id, a.type_id, r.box_top, r.box_left,
                       r.box_bottom, r.box_right, r.area, r.mask, a.confidence, a.source
                FROM regions r JOIN assignments a ON a.region_id = r.id
                JOIN types t ON t.id = a.type_id
-               WHERE t.status = 'confirmed' AND NOT a.is_normal
+               WHERE t.status IN (SELECT unnest(?::VARCHAR[])) AND NOT a.is_normal
                  AND (? IS NULL OR r.batch_id = ?)
                ORDER BY r.id""",
-            [batch_id, batch_id],
+            [statuses, batch_id, batch_id],
         ).fetchall()
     coco_id = {}
     images = []
@@ -141,11 +157,12 @@ def export_coco(ws: "Workspace", path: str | os.PathLike[str], batch_id: int | N
         )
     annotations = []
     for rid, b, i, tid, top, left, bottom, right, area, mask, conf, source in anns:
+        tight = rle_bbox(mask) if mask else None
         ann = {
             "id": rid,
             "image_id": coco_id[(b, i)],
             "category_id": tid,
-            "bbox": [left, top, right - left, bottom - top],
+            "bbox": list(tight) if tight else [left, top, right - left, bottom - top],
             "area": area,
             "iscrowd": 0,
             "protoatlas_confidence": conf,
@@ -157,7 +174,10 @@ def export_coco(ws: "Workspace", path: str | os.PathLike[str], batch_id: int | N
     doc = {
         "info": {"description": f"ProtoAtlas workspace {ws.name}"},
         "images": images,
-        "categories": [{"id": t, "name": n, "supercategory": "defect"} for t, n in cats],
+        "categories": [
+            {"id": t, "name": n, "supercategory": "defect", "protoatlas_status": st}
+            for t, n, st in cats
+        ],
         "annotations": annotations,
     }
     out.write_text(json.dumps(doc))

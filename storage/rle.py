@@ -81,6 +81,25 @@ def rle_area(rle: Mapping[str, Any] | str) -> int:
     return int(sum(rle["counts"][1::2]))
 
 
+def rle_bbox(rle: Mapping[str, Any] | str) -> tuple[int, int, int, int] | None:
+    """The tight box ``(x, y, w, h)`` of an RLE's foreground (COCO's ``bbox``), read from the
+    runs without decoding the mask; None for an empty mask."""
+    if isinstance(rle, str):
+        rle = rle_from_json(rle)
+    h, _, counts = _check(rle)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    fg = (np.arange(len(counts)) % 2 == 1) & (counts > 0)
+    if not fg.any() or h == 0:
+        return None
+    s, e = starts[fg], ends[fg] - 1  # first and last flat index (column-major) of each run
+    col0, col1 = s // h, e // h
+    row0 = np.where(col0 == col1, s % h, 0)  # a run over a column break covers every row
+    row1 = np.where(col0 == col1, e % h, h - 1)
+    x0, x1, y0, y1 = int(col0.min()), int(col1.max()), int(row0.min()), int(row1.max())
+    return x0, y0, x1 - x0 + 1, y1 - y0 + 1
+
+
 def rle_to_json(rle: Mapping[str, Any]) -> str:
     """Compact JSON text of an RLE, as stored in ``regions.mask``."""
     _check(rle)

@@ -876,8 +876,13 @@ class Workspace:
     ) -> Path:
         return export.export_assignments(self, path, fmt, level)
 
-    def export_coco(self, path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
-        return export.export_coco(self, path, batch_id)
+    def export_coco(
+        self,
+        path: str | os.PathLike[str],
+        batch_id: int | None = None,
+        types: Literal["confirmed", "all"] = "confirmed",
+    ) -> Path:
+        return export.export_coco(self, path, batch_id, types)
 
     def export_audit(
         self, path: str | os.PathLike[str], fmt: Literal["csv", "json"] = "json"

@@ -304,7 +304,7 @@ def test_review_flow_in_a_browser(served, browser, shots):
 
     # ---- export COCO
     _tab(page, "Export")
-    page.get_by_label("COCO instances: masks, boxes, categories (JSON)").check()
+    page.get_by_label("COCO instances of the confirmed types: masks, boxes (JSON)").check()
     page.click("#pa-export")
     link = page.wait_for_selector("#pa-export-file a", timeout=30000)
     with page.expect_download() as dl:

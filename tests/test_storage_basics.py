@@ -170,3 +170,18 @@ def test_read_only_open_needs_an_existing_current_workspace(tmp_path):
             with ro.transaction():
                 pass
     assert not os.path.exists(tmp_path / "nope")
+
+
+def test_rle_bbox_is_the_tight_box_of_the_foreground_without_decoding():
+    from storage.rle import rle_bbox
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        h, w = (int(v) for v in rng.integers(1, 16, 2))
+        m = rng.random((h, w)) < rng.random() * 0.2
+        box = rle_bbox(encode_rle(m))
+        if not m.any():
+            assert box is None
+            continue
+        ys, xs = np.nonzero(m)
+        assert box == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)

@@ -131,3 +131,38 @@ def test_audit_export_json_and_csv(ws, tmp_path):
     rows = _read_csv(ws.export_audit(tmp_path / "a.csv", fmt="csv"))
     assert [r["actor"] for r in rows] == ["model", "ann"]
     assert rows[1]["hash"] == entries[1]["hash"]
+
+
+def test_coco_bbox_is_the_tight_box_of_the_mask_not_the_stored_crop_box(tmp_path):
+    batch = make_batch(6, n_types=2, seed=3)
+    regions = batch.regions
+    masks = []
+    for (t, l, b, r), m in zip(regions.boxes, regions.masks):
+        tight = np.zeros_like(m)
+        tight[t, l] = True  # one pixel in the stored box's corner
+        masks.append(tight)
+    batch.regions.masks = masks
+    with Workspace.open(tmp_path, "w", embedding_dim=16) as ws:
+        ws.ingest_batch(batch)
+        for t in ws.list_types():
+            ws.confirm_type(t.id, expected_version=t.version, actor="ann")
+        doc = json.loads(ws.export_coco(tmp_path / "coco.json").read_text())
+        boxes = {r.id: r.box for r in ws.regions_for_batch(1)}
+    assert doc["annotations"]
+    for ann in doc["annotations"]:
+        top, left, bottom, right = boxes[ann["id"]]
+        assert ann["bbox"] == [left, top, 1, 1]
+
+
+def test_coco_of_every_type_includes_the_proposed_ones(ws, tmp_path):
+    a, b, c = sorted(ws.list_types(), key=lambda t: t.id)
+    ws.confirm_type(a.id, expected_version=1, actor="ann")
+    ws.reject_type(c.id, expected_version=1, actor="ann")
+    doc = json.loads(ws.export_coco(tmp_path / "all.json", types="all").read_text())
+    assert {(cat["id"], cat["protoatlas_status"]) for cat in doc["categories"]} == {
+        (a.id, "confirmed"),
+        (b.id, "proposed"),
+    }
+    assert len(doc["annotations"]) == a.n_regions + b.n_regions
+    with pytest.raises(ValidationError, match="types must be one of"):
+        ws.export_coco(tmp_path / "x.json", types="some")  # type: ignore[arg-type]

@@ -50,7 +50,8 @@ EXPORTS = {
     "csv": ("assignments.csv", "regions with their type (CSV)"),
     "parquet": ("assignments.parquet", "regions with their type (Parquet)"),
     "images_csv": ("images.csv", "one row per image (CSV)"),
-    "coco": ("coco.json", "COCO instances: masks, boxes, categories (JSON)"),
+    "coco": ("coco.json", "COCO instances of the confirmed types: masks, boxes (JSON)"),
+    "coco_all": ("coco-all.json", "COCO instances of every type, proposed ones too (JSON)"),
     "audit_json": ("audit.json", "the audit log (JSON)"),
     "audit_csv": ("audit.csv", "the audit log (CSV)"),
 }
@@ -755,6 +756,8 @@ class Views:
             return ws.export_assignments(path, "csv", "image")
         if fmt == "coco":
             return ws.export_coco(path)
+        if fmt == "coco_all":
+            return ws.export_coco(path, types="all")
         if fmt == "audit_json":
             return ws.export_audit(path, "json")
         return ws.export_audit(path, "csv")

@@ -98,8 +98,14 @@ class ReadsMixin(ServiceCore):
     ) -> Path:
         return self.ws.export_assignments(path, fmt, level)
 
-    def export_coco(self, path: str | os.PathLike[str], batch_id: int | None = None) -> Path:
-        return self.ws.export_coco(path, batch_id)
+    def export_coco(
+        self,
+        path: str | os.PathLike[str],
+        batch_id: int | None = None,
+        types: Literal["confirmed", "all"] = "confirmed",
+    ) -> Path:
+        """COCO JSON of the confirmed types (``types="all"``: the proposed ones too)."""
+        return self.ws.export_coco(path, batch_id, types)
 
     def export_audit(
         self, path: str | os.PathLike[str], fmt: Literal["csv", "json"] = "json"
