@@ -16,7 +16,7 @@ import numpy as np
 from storage.checks import check_type_name
 from storage.errors import NotFoundError, ValidationError
 from storage.models import NewType
-from storage.sql import fetch_one, fetch_value, next_id, registered
+from storage.sql import fetch_one, next_id, registered
 
 Con = duckdb.DuckDBPyConnection
 
@@ -43,7 +43,8 @@ def follow_merges(types: Mapping[int, tuple[str, str, int | None]], type_id: int
 def create_types(
     con: Con, new_types: Sequence[NewType], *, origin: str, status: str, now: Any
 ) -> dict[str, int]:
-    """Insert new types (automatic names ``T<n>`` where none is given); key -> id."""
+    """Insert new types (automatic names ``T<id>``, the type's own id, where none is given,
+    so that a type has one number everywhere); key -> id."""
     if not new_types:
         return {}
     keys = [t.key for t in new_types]
@@ -53,15 +54,13 @@ def create_types(
         r[0]
         for r in con.execute("SELECT lower(name) FROM types WHERE status <> 'merged'").fetchall()
     }
-    counter = int(fetch_value(con, "SELECT value FROM meta WHERE key = 'next_type_number'"))
     first = next_id(con, "types")
     out, rows = {}, []
     for i, t in enumerate(new_types):
         if t.name is None:
-            while f"t{counter}" in taken:
-                counter += 1
-            name = f"T{counter}"
-            counter += 1
+            name, n = f"T{first + i}", 1
+            while name.lower() in taken:  # a reviewer gave another type this name
+                name, n = f"T{first + i}-{n}", n + 1
         else:
             name = check_type_name(t.name)
             if name.lower() in taken:
@@ -77,7 +76,6 @@ def create_types(
         "updated_at, merged_into) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-    con.execute("UPDATE meta SET value = ? WHERE key = 'next_type_number'", [str(counter)])
     return out
 
 

@@ -52,3 +52,21 @@ def test_the_history_type_filter_takes_an_id_or_a_name(views) -> None:
     assert views.type_filter(t.name.upper()) == t.id
     with pytest.raises(ValueError, match="no type named"):
         views.type_filter("no such type")
+
+
+def test_a_type_has_one_number_its_automatic_name_is_its_id(views) -> None:
+    svc = views.service
+    t = max(views.types(), key=lambda x: x.n_regions)
+    members = [m.region_id for m in views.type_members(t.id, limit=4)]
+    svc.rename_type(t.id, f"T{t.id + 1000}", actor="ann")
+    new = svc.split_type(
+        t.id, expected_version=svc.get_type(t.id).version, actor="ann", region_ids=members[:1]
+    )
+    made = svc.create_type(members[1:2], actor="ann")
+    for tid in (*new, made):
+        assert svc.get_type(tid).name == f"T{tid}"
+    # a name a reviewer already gave is not reused: the new type gets a suffix
+    clash = made + 1
+    svc.rename_type(t.id, f"T{clash}", actor="ann")
+    other = svc.create_type(members[2:3], actor="ann")
+    assert other == clash and svc.get_type(other).name == f"T{clash}-1"

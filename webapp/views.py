@@ -62,7 +62,9 @@ def fmt_conf(value: float | None) -> str:
 
 
 def type_label(t: TypeSummary) -> str:
-    return f"{t.name} (#{t.id}, {t.status}, {t.n_regions})"
+    """A type in a list: its name, its id unless the name is the automatic ``T<id>``."""
+    ident = "" if t.name == f"T{t.id}" else f"#{t.id}, "
+    return f"{t.name} ({ident}{t.status}, {t.n_regions})"
 
 
 @dataclass
