@@ -631,6 +631,24 @@ class Workspace:
             ).fetchall()
         return [BatchInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
+    def stored_images(self, sha256s: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Which of these contents (SHA-256 hex of the file bytes) the workspace already
+        holds: sha -> (batch name, image name in it) of its first upload."""
+        if not sha256s:
+            return {}
+        with self.read() as cur:
+            rows = cur.execute(
+                """SELECT i.sha256, b.name, bi.name FROM images i
+                   JOIN batch_images bi ON bi.image_id = i.id JOIN batches b ON b.id = bi.batch_id
+                   WHERE i.sha256 IN (SELECT unnest(?::VARCHAR[]))
+                   ORDER BY bi.batch_id, bi.name""",
+                [list(sha256s)],
+            ).fetchall()
+        out: dict[str, tuple[str, str]] = {}
+        for sha, batch, name in rows:
+            out.setdefault(sha, (batch, name))
+        return out
+
     def batch_images(self, batch_id: int) -> list[tuple[int, str, float | None, bool | None]]:
         """(image id, name in the batch, anomaly score, is_anomalous) of every image of a
         batch, by name."""

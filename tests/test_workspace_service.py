@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +120,35 @@ def test_first_batch_discovers_types_and_stores_everything(service, base) -> Non
     assert service.doctor() == []
     assert_progress(base[1])
     assert {s for s, _ in base[1]} >= {"fit", "detect", "types", "store", "done"}
+
+
+def test_the_same_images_uploaded_again_are_refused_and_nothing_is_stored(
+    service, tmp_path, tmp_path_factory
+) -> None:
+    data = data_root(shared_base(tmp_path_factory), "first")
+    n_regions = sum(b.n_regions for b in service.batches())
+    with pytest.raises(ValueError, match="already in the workspace"):
+        service.upload_batch(data / "test", batch_name="again")
+    assert [b.name for b in service.batches()] == ["first"]
+    assert sum(b.n_regions for b in service.batches()) == n_regions
+
+
+def test_images_already_in_the_workspace_are_skipped_and_said_so(
+    service, tmp_path, tmp_path_factory
+) -> None:
+    first = data_root(shared_base(tmp_path_factory), "first")
+    new = data_root(shared_base(tmp_path_factory), "second")
+    folder = tmp_path / "mixed"
+    (folder / "old").mkdir(parents=True)
+    old = sorted((first / "test").rglob("*.png"))[:3]
+    for i, p in enumerate(old):
+        shutil.copyfile(p, folder / "old" / f"{i}.png")
+    shutil.copyfile(sorted((new / "test").rglob("*.png"))[0], folder / "new.png")
+    report = service.upload_batch(folder, batch_name="mixed")
+    assert report.n_images == 1
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert set(reasons) == {f"old/{i}.png" for i in range(3)}
+    assert all("already in the workspace" in r and "batch 'first'" in r for r in reasons.values())
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +43,35 @@ def _image_in(images: LazyImages, i: int, result: DiscoveryResult) -> ImageIn:
     )
 
 
-def dedupe(images: LazyImages) -> list[SkippedFile]:
-    """Drop images whose bytes repeat an earlier image of the batch (kept once)."""
+def dedupe(
+    images: LazyImages, stored: Callable[[list[str]], dict[str, tuple[str, str]]] | None = None
+) -> list[SkippedFile]:
+    """Drop images whose bytes repeat an earlier image of the batch (kept once) or, with
+    ``stored`` (content hashes -> (batch, name) already in the workspace), an image the
+    workspace already holds; each dropped one is reported with the reason."""
     seen: dict[str, str] = {}
     dupes: list[SkippedFile] = []
+    shas: dict[str, str] = {}
     for ref in images.refs:
         sha = hashlib.sha256(ref.read_bytes()).hexdigest()
         if sha in seen:
             dupes.append(SkippedFile(ref.name, f"identical to {seen[sha]} (kept once)"))
         else:
             seen[sha] = ref.name
+            shas[ref.name] = sha
+    known = stored(sorted(set(shas.values()))) if stored is not None else {}
+    for name, sha in shas.items():
+        if sha in known:
+            batch, first = known[sha]
+            dupes.append(
+                SkippedFile(name, f"already in the workspace ({first} of batch '{batch}')")
+            )
     if dupes:
+        if len(dupes) == len(images.refs):
+            raise ValueError(
+                f"every image of this upload is already in the workspace or repeats another: "
+                f"{dupes[0].name}: {dupes[0].reason}"
+            )
         images.drop({d.name for d in dupes})
     return dupes
 

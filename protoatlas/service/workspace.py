@@ -129,7 +129,7 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
                 config = config.with_overrides(prior=prior_cfg)
             progress("check", 0.0)
             images = open_images(images_src, config, progress=False, desc="check images")
-            dupes = dedupe(images)
+            dupes = dedupe(images, self.ws.stored_images)
             model = self.model()
             name = batch_name or Path(images_src).name
             if model is None:
