@@ -70,3 +70,18 @@ def test_a_type_has_one_number_its_automatic_name_is_its_id(views) -> None:
     svc.rename_type(t.id, f"T{clash}", actor="ann")
     other = svc.create_type(members[2:3], actor="ann")
     assert other == clash and svc.get_type(other).name == f"T{clash}-1"
+
+
+def test_a_type_emptied_by_moves_leaves_the_cards_lists_and_header_counts(views) -> None:
+    a, b = sorted(views.types(), key=lambda t: t.id)[:2]
+    members = [m.region_id for m in views.service.type_members(a.id, limit=10_000)]
+    assert views.type_action(a.id, "confirm", actor="ann")["ok"]
+    out = views.type_action(a.id, "move", str(b.id), region_ids=members, actor="ann")
+    assert out["ok"], out
+    assert views.service.get_type(a.id).n_regions == 0
+    assert a.id not in {t.id for t in views.types()}
+    assert a.id not in {tid for _, tid in views.type_choices()}
+    assert f"data-type-id='{a.id}'" not in views.cards_html()
+    # undo brings it back with its members
+    assert views.type_action(-1, "undo", actor="ann")["ok"]
+    assert a.id in {t.id for t in views.types()}

@@ -93,7 +93,7 @@ def test_upload_batch_discovers_types_and_reports_skipped_files(served):
 def test_list_types_needs_no_argument_and_matches_the_workspace(served):
     types = _types(served.client)
     assert list(types[0]) == ["id", "name", "status", "regions", "images", "confidence"]
-    stored = {t.id: t for t in served.service.ws.list_types()}
+    stored = {t.id: t for t in served.service.ws.list_types() if t.n_regions}  # emptied: hidden
     assert len(types) >= 2 and {t["id"] for t in types} == set(stored)
     for t in types:
         assert t["name"] == stored[t["id"]].name

@@ -223,7 +223,7 @@ class ReviewApp:
     def header(self, request: gr.Request | None = None) -> str:
         svc = self.views.service
         batches = svc.batches()
-        types = svc.list_types()
+        types = self.views.types()
         n_conf = sum(t.status == "confirmed" for t in types)
         n_images = sum(b.n_images for b in batches)
         who = actor_of(request)
@@ -653,8 +653,8 @@ class ReviewApp:
         v = self.views
 
         def list_types() -> dict[str, Any]:
-            """Every type of the workspace (rejected ones too, not merged ones), as a
-            table: {"headers": [id, name, status, regions, images, confidence],
+            """Every type of the workspace with members (rejected ones too, not merged or
+            emptied ones), as a table: {"headers": [id, name, status, regions, images, confidence],
             "data": [[...], ...]}."""
             return {"headers": TYPE_COLUMNS, "data": v.types_table()}
 

@@ -140,7 +140,13 @@ class Views:
 
     # ------------------------------------------------------------------ types
     def types(self, include_rejected: bool = True) -> list[TypeSummary]:
-        return [t for t in self.service.list_types() if include_rejected or t.status != "rejected"]
+        """The types the screens show: every type with members (an emptied type is kept in
+        the workspace, for undo, but has nothing to review), rejected ones on request."""
+        return [
+            t
+            for t in self.service.list_types()
+            if t.n_regions > 0 and (include_rejected or t.status != "rejected")
+        ]
 
     def types_table(self, types: Sequence[TypeSummary] | None = None) -> list[list[Any]]:
         types = self.types() if types is None else types
