@@ -231,6 +231,8 @@ def test_review_flow_in_a_browser(served, browser, shots):
     page.fill("#pa-sugg-name input, #pa-sugg-name textarea", "picked-type")
     page.click("#pa-yes")
     _wait_text(page, "#pa-sugg-msg", "moved 2 member")
+    # the header counts follow the answer at once (not at the next 15 s tick)
+    _wait_text(page, "#pa-header", r"\(2 confirmed\)", timeout=4)
     got = service.ws.get_type(t.id)
     assert (got.status, got.name, got.n_regions) == ("confirmed", "picked-type", t.n_regions - 2)
     assert {m.region_id for m in service.ws.type_members(t.id, limit=10**6)} == members - set(

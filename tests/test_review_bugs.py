@@ -85,3 +85,10 @@ def test_a_type_emptied_by_moves_leaves_the_cards_lists_and_header_counts(views)
     # undo brings it back with its members
     assert views.type_action(-1, "undo", actor="ann")["ok"]
     assert a.id in {t.id for t in views.types()}
+
+
+def test_the_demo_note_is_shown_until_the_first_reviewer_decision(views) -> None:
+    assert not views.reviewed()
+    t = views.types()[0]
+    assert views.type_action(t.id, "confirm", actor="ann")["ok"]
+    assert views.reviewed()

@@ -231,7 +231,7 @@ class ReviewApp:
         with self.jobs_lock:
             jobs = list(self.running.values())
         busy = f"  \n⏳ Running: {'; '.join(jobs)}" if jobs else ""
-        note = f"  \n{self.note}" if self.note else ""
+        note = f"  \n{self.note}" if self.note and not self.views.reviewed() else ""
         return (
             f"# ProtoAtlas\nWorkspace **{svc.name}** · {len(batches)} batch(es) · "
             f"{n_images} images · {len(types)} types ({n_conf} confirmed){login}"
@@ -634,7 +634,7 @@ class ReviewApp:
                 queue=False,
             )
             self._wire_types(types, panel, header, tabs, image)
-            self._wire_suggestions(suggestions)
+            self._wire_suggestions(suggestions, header)
             self._suggestions_api()
             self._wire_upload(upload, panel, header, types)
             self._wire_map(map_)
@@ -801,9 +801,12 @@ class ReviewApp:
         gr.api(undo, api_name="undo")
 
     # ---- Suggestions
-    def _wire_suggestions(self, s: SuggestionsTab) -> None:
+    def _wire_suggestions(self, s: SuggestionsTab, header: gr.Markdown) -> None:
         v = self.views
         shown = s.outputs()
+
+        def fresh_header(request: gr.Request):
+            return self.header(request)
 
         def show_question():
             return self.question()
@@ -829,7 +832,9 @@ class ReviewApp:
                 inputs=[s.sugg_id, s.name, s.pick],
                 outputs=[s.msg, *shown],
                 api_visibility="undocumented",
-            ).then(lambda: "", outputs=[s.name], api_visibility="undocumented")
+            ).then(lambda: "", outputs=[s.name], api_visibility="undocumented").then(
+                fresh_header, outputs=[header], api_visibility="undocumented", queue=False
+            )
 
         s.gallery.select(
             toggle_pick, inputs=[s.pick], outputs=[s.pick], api_visibility="undocumented"
@@ -845,12 +850,14 @@ class ReviewApp:
             inputs=[s.label_dd, s.sugg_id],
             outputs=[s.msg, *shown],
             api_visibility="undocumented",
-        )
+        ).then(fresh_header, outputs=[header], api_visibility="undocumented", queue=False)
 
         def undo_answer(request: gr.Request):
             return [_msg(v.type_action(-1, "undo", actor=actor_of(request))), *self.question()]
 
-        s.undo_btn.click(undo_answer, outputs=[s.msg, *shown], api_visibility="undocumented")
+        s.undo_btn.click(undo_answer, outputs=[s.msg, *shown], api_visibility="undocumented").then(
+            fresh_header, outputs=[header], api_visibility="undocumented", queue=False
+        )
 
         def refresh_questions():
             return [_msg(self.refresh_suggestions()), *self.question()]

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from protoatlas.service import WorkspaceService
 
+#: Audit actions that are not a reviewer's decision.
+MODEL_ACTIONS = frozenset({"ingest_batch", "apply_retrain", "replace_suggestions", "adopt_types"})
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
 AUDIT_COLUMNS = ["#", "time (UTC)", "reviewer", "action", "types", "details"]
 REGION_COLUMNS = [
@@ -147,6 +149,11 @@ class Views:
             for t in self.service.list_types()
             if t.n_regions > 0 and (include_rejected or t.status != "rejected")
         ]
+
+    def reviewed(self) -> bool:
+        """Whether any reviewer decision is in the workspace's history (the demo's note is
+        shown until the first one)."""
+        return any(e.action not in MODEL_ACTIONS for e in self.service.audit(limit=50))
 
     def types_table(self, types: Sequence[TypeSummary] | None = None) -> list[list[Any]]:
         types = self.types() if types is None else types
