@@ -92,3 +92,23 @@ def test_the_demo_note_is_shown_until_the_first_reviewer_decision(views) -> None
     t = views.types()[0]
     assert views.type_action(t.id, "confirm", actor="ann")["ok"]
     assert views.reviewed()
+
+
+def test_a_large_type_says_how_many_members_are_shown_and_select_all_means_all(tmp_path):
+    ws = build_workspace(tmp_path, n_images=120, n_types=2, type_names=["big", "small"])
+    service = WorkspaceService.over(ws)
+    try:
+        views = Views(service)
+        t = max(views.types(), key=lambda x: x.n_regions)
+        page = views.type_members(t.id)
+        assert len(page) == service.config.screens.gallery_members < t.n_regions
+        html = views.members_html(page, total=t.n_regions)
+        assert f"{len(page)} of {t.n_regions} shown" in html
+        every = views.all_member_ids(t.id)
+        assert len(every) == len(set(every)) == t.n_regions
+        other = next(x for x in views.types() if x.id != t.id)
+        out = views.type_action(t.id, "normal", region_ids=every, actor="ann")
+        assert out["ok"] and f"Marked {t.n_regions} region(s)" in out["message"]
+        assert service.get_type(t.id).n_regions == 0 and service.get_type(other.id).n_regions
+    finally:
+        service.close()

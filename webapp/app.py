@@ -46,7 +46,7 @@ from webapp.tabs import (
     types_tab,
     upload_tab,
 )
-from webapp.views import TYPE_COLUMNS, Views
+from webapp.views import TYPE_COLUMNS, Views, type_label
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class ReviewApp:
             tid = ids[0] if ids else None
         cards = v.cards_html(types, selected=tid)
         table = v.types_table(types)
-        choices = [(f"{t.name} (#{t.id}, {t.status}, {t.n_regions})", t.id) for t in types]
+        choices = [(type_label(t), t.id) for t in types]
         if tid is None:
             return ordered(
                 TypesTab.PANEL,
@@ -277,7 +277,7 @@ class ReviewApp:
             table=table,
             type_dd=gr.update(choices=choices, value=tid),
             type_md=v.type_header(t),
-            gallery=v.members_html(members, keep),
+            gallery=v.members_html(members, keep, total=t.n_regions),
             selection=", ".join(str(r) for r in keep),
             merge_dd=gr.update(choices=others, value=None),
             move_dd=gr.update(choices=others, value=None),
@@ -682,7 +682,28 @@ class ReviewApp:
             api_visibility="undocumented",
         )
 
-        t.sel_all.click(None, js="() => window.paSelectAll(true)", api_visibility="undocumented")
+        def select_all(type_id, order_v):
+            """Select every member of the type, the ones beyond this page too."""
+            tid = _to_int(type_id)
+            if tid is None:
+                return gr.update(), "", "✖ Pick a type first."
+            ids = v.all_member_ids(tid)
+            members = v.type_members(tid, order_v or "representative")
+            note = f"✔ All {len(ids)} members selected"
+            if len(ids) > len(members):
+                note += f" ({len(members)} shown)"
+            return (
+                v.members_html(members, ids, total=len(ids)),
+                ", ".join(str(r) for r in ids),
+                note + ".",
+            )
+
+        t.sel_all.click(
+            select_all,
+            inputs=[t.type_dd, t.order],
+            outputs=[t.gallery, t.selection, t.msg],
+            api_visibility="undocumented",
+        )
         t.sel_none.click(None, js="() => window.paSelectAll(false)", api_visibility="undocumented")
         self._wire_type_actions(t, header)
         self._wire_open_image(t, tabs, image)

@@ -31,6 +31,7 @@ CSS = """
   border: 2px solid white; box-shadow: 0 2px 8px rgba(0,0,0,.35); border-radius: 4px;
   width: 128px; height: 128px; background: #222;}
 .pa-hidden {display: none !important;}
+.pa-count {font-size: 13px; margin: 2px 0 6px; color: var(--body-text-color-subdued);}
 .pa-members {display: grid; grid-template-columns: repeat(auto-fill, minmax(112px, 1fr));
   gap: 6px; max-height: 430px; overflow-y: auto; padding: 2px; user-select: none;}
 .pa-member {margin: 0; position: relative; cursor: pointer; border-radius: 6px;
@@ -66,11 +67,17 @@ HEAD = """
   let anchor = null;
   function members() { return Array.from(document.querySelectorAll('#pa-gallery .pa-member')); }
   function syncSelection() {
+    // members selected but not on this page (after "Select all") stay selected
+    const shown = new Set(members().map(m => m.dataset.rid));
+    const box = document.querySelector('#pa-selection textarea, #pa-selection input');
+    const hidden = (box ? box.value : '').split(',').map(s => s.trim())
+      .filter(s => s && !shown.has(s));
     const ids = members().filter(m => m.classList.contains('pa-on')).map(m => m.dataset.rid);
-    setBox('pa-selection', ids.join(', '));
+    setBox('pa-selection', hidden.concat(ids).join(', '));
   }
   window.paSelectAll = (on) => {
     members().forEach(m => m.classList.toggle('pa-on', on));
+    if (!on) setBox('pa-selection', '');
     syncSelection();
     return [];
   };

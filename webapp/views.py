@@ -265,12 +265,25 @@ class Views:
             for m in members
         ]
 
-    def members_html(self, members: Sequence[Member], selected: Sequence[int] = ()) -> str:
+    def members_html(
+        self, members: Sequence[Member], selected: Sequence[int] = (), total: int | None = None
+    ) -> str:
         """The selected type's members as a multi-select grid (crops served by
-        ``pa/crop/<region>.jpg``; clicks handled by the page script)."""
+        ``pa/crop/<region>.jpg``; clicks handled by the page script). ``total``: the type's
+        size, said above the grid when the page shows fewer ("48 of 156 shown")."""
         if not members:
             return "<div class='pa-empty'>This type has no members.</div>"
         on = set(int(r) for r in selected)
+        total = len(members) if total is None else int(total)
+        n_on = len(on)
+        count = (
+            f"<div class='pa-count' data-total='{total}'>{len(members)} of {total} shown"
+            + (f" · {n_on} selected" if n_on else "")
+            + " · <i>Select all</i> selects all "
+            + f"{total}</div>"
+            if total > len(members)
+            else ""
+        )
         items = []
         for m in members:
             cls = "pa-member pa-on" if m.region_id in on else "pa-member"
@@ -282,7 +295,12 @@ class Views:
                 f"src='pa/crop/{m.region_id}.jpg'><figcaption>#{m.region_id} · "
                 f"{fmt_conf(m.confidence)}{who}</figcaption></figure>"
             )
-        return f"<div class='pa-members'>{''.join(items)}</div>"
+        return f"{count}<div class='pa-members'>{''.join(items)}</div>"
+
+    def all_member_ids(self, type_id: int) -> list[int]:
+        """Every member of a type (what "Select all" selects, shown or not)."""
+        t = self.service.get_type(int(type_id))
+        return [m.region_id for m in self.service.type_members(t.id, limit=max(t.n_regions, 1))]
 
     def type_header(self, t: TypeSummary) -> str:
         return (
