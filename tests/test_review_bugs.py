@@ -112,3 +112,69 @@ def test_a_large_type_says_how_many_members_are_shown_and_select_all_means_all(t
         assert service.get_type(t.id).n_regions == 0 and service.get_type(other.id).n_regions
     finally:
         service.close()
+
+
+HOSTILE = "<b>x</b><img src=x onerror=alert(1)>**y**"
+
+
+def _raw(text: str, markdown: bool) -> list[str]:
+    """The pieces of the hostile name that would render as markup if they were left raw
+    (``**y**`` only matters where the text is read as Markdown)."""
+    pieces = ("<b>x", "<img src=x") + (("**y**",) if markdown else ())
+    return [p for p in pieces if p in text]
+
+
+def test_a_hostile_type_name_is_escaped_wherever_it_is_shown(tmp_path) -> None:
+    import time
+
+    from protoatlas.service import UploadReport
+    from storage import SuggestionIn
+    from webapp.app import ReviewApp, _msg
+
+    ws = build_workspace(tmp_path, n_images=24, n_types=3, type_names=["crack", "dent", "stain"])
+    service = WorkspaceService.over(ws)
+    try:
+        app = ReviewApp(service, note="demo", auto_retrain=False)
+        v = app.views
+        a, b = sorted(v.types(), key=lambda t: t.id)[:2]
+        renamed = v.type_action(a.id, "rename", HOSTILE, actor=HOSTILE)
+        assert renamed["ok"]
+        hostile = service.get_type(a.id)
+        assert hostile.name == HOSTILE  # stored as typed
+        ws.replace_open_suggestions(
+            [
+                SuggestionIn(kind="confirm", target={"type_id": a.id}, score=2.0, reason=HOSTILE),
+                SuggestionIn(kind="merge", target={"type_ids": [a.id, b.id]}, score=1.0),
+            ]
+        )
+        questions = [v.question(s).markdown for s in service.open_suggestions()]
+        members = v.type_members(a.id, limit=2)
+        report = UploadReport(1, 24, 24, 48, [a.id], [], "discover")
+        places = {
+            "rename message": _msg(renamed),
+            "confirm message": _msg(v.type_action(a.id, "confirm", actor="ann")),
+            "merge message": _msg(v.type_action(b.id, "merge", str(a.id), actor="ann")),
+            "cards": v.cards_html(),
+            "type header": v.type_header(service.get_type(a.id)),
+            "members grid": v.members_html(members),
+            "questions": "\n".join(questions),
+            "header": app.header(None),
+            "upload summary": app._upload_summary(HOSTILE, report, [], [HOSTILE], time.time()),
+            "image summary": v.image_detail(members[0].image_id)["summary"],
+            "map legend": " ".join(str(t.name) + str(t.text) for t in v.map_figure().data),
+        }
+        html_places = {"cards", "members grid", "map legend"}
+        leaks = {
+            place: got
+            for place, text in places.items()
+            if (got := _raw(text, markdown=place not in html_places))
+        }
+        assert not leaks, leaks
+        # and the name shows as typed: escaped, not dropped
+        from webapp.security import escape, md_escape
+
+        for place in ("rename message", "confirm message", "type header", "questions"):
+            assert md_escape(HOSTILE) in places[place], place
+        assert escape(HOSTILE) in places["cards"]
+    finally:
+        service.close()

@@ -286,7 +286,11 @@ def test_a_second_session_reviews_while_a_batch_is_processed(served):
     service.upload_batch = held
     try:
         a = Client(served.url, verbose=False)
-        files = [handle_file(str(p)) for p in sorted((served.demo / "test").rglob("*.png"))[:3]]
+        # new images (the first batch's own would be refused as already in the workspace)
+        fresh = write_demo_set(
+            served.tmp / "demo2", seed=1, n_train=2, n_test_good=1, n_per_type=1, side=128
+        )
+        files = [handle_file(str(p)) for p in sorted((fresh / "test").rglob("*.png"))[:3]]
         job = a.submit(files, None, "", "auto", "auto", "second batch", api_name="/upload_batch")
         assert started.wait(60), "the upload never started"
         b = Client(served.url, verbose=False)

@@ -28,7 +28,15 @@ from starlette.routing import Route
 
 from protoatlas.service import BackgroundRetrainer, default_home
 from webapp.assets import CSS, HEAD
-from webapp.security import AUTH_ENV, Limits, RequireLogin, UploadError, parse_auth, stage_upload
+from webapp.security import (
+    AUTH_ENV,
+    Limits,
+    RequireLogin,
+    UploadError,
+    md_escape,
+    parse_auth,
+    stage_upload,
+)
 from webapp.tabs import (
     ExportTab,
     HistoryTab,
@@ -134,7 +142,7 @@ call_engine = _gpu(_call_engine)
 
 def _msg(result: dict[str, Any]) -> str:
     mark = "✔" if result.get("ok") else "✖"
-    return f"{mark} {result.get('message', '')}"
+    return f"{mark} {md_escape(result.get('message', ''))}"
 
 
 def _to_int(value: Any) -> int | None:
@@ -227,13 +235,13 @@ class ReviewApp:
         n_conf = sum(t.status == "confirmed" for t in types)
         n_images = sum(b.n_images for b in batches)
         who = actor_of(request)
-        login = f" · signed in as **{who}** ([log out](logout))" if self.auth_on else ""
+        login = f" · signed in as **{md_escape(who)}** ([log out](logout))" if self.auth_on else ""
         with self.jobs_lock:
             jobs = list(self.running.values())
         busy = f"  \n⏳ Running: {'; '.join(jobs)}" if jobs else ""
         note = f"  \n{self.note}" if self.note and not self.views.reviewed() else ""
         return (
-            f"# ProtoAtlas\nWorkspace **{svc.name}** · {len(batches)} batch(es) · "
+            f"# ProtoAtlas\nWorkspace **{md_escape(svc.name)}** · {len(batches)} batch(es) · "
             f"{n_images} images · {len(types)} types ({n_conf} confirmed){login}"
             f"{busy}{note}"
         )
@@ -333,7 +341,7 @@ class ReviewApp:
         label = q.kind == "label"
         return ordered(
             SuggestionsTab.QUESTION,
-            question_md=f"### {q.text}\n{q.reason}  \n<small>question #{q.id} · {q.kind}</small>",
+            question_md=q.markdown,
             gallery=q.images,
             sugg_id=q.id,
             label_dd=gr.update(choices=q.choices, value=None, visible=label),
@@ -542,14 +550,17 @@ class ReviewApp:
         started: float,
     ) -> str:
         mode = "discovered" if report.mode == "discover" else "sorted into the existing types"
-        new = ", ".join(self.views.service.get_type(t).name for t in report.new_type_ids) or "none"
+        new = (
+            ", ".join(md_escape(self.views.service.get_type(t).name) for t in report.new_type_ids)
+            or "none"
+        )
         return (
-            f"### ✔ Batch '{name}' (#{report.batch_id}) {mode}\n"
+            f"### ✔ Batch '{md_escape(name)}' (#{report.batch_id}) {mode}\n"
             f"- {report.n_images} images analysed, {report.n_anomalous} flagged anomalous, "
             f"{report.n_regions} anomalous regions\n- new types: {new}\n"
             f"- {len(skipped)} file(s) skipped{' (see the table)' if skipped else ''}\n"
             f"- took {time.perf_counter() - started:.1f} s\n"
-            + "".join(f"- {n}\n" for n in notes)
+            + "".join(f"- {md_escape(n)}\n" for n in notes)
             + "\nOpen the **Types** tab to review."
         )
 

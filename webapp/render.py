@@ -8,6 +8,7 @@ and image details are kept in small in-memory LRU caches.
 
 from __future__ import annotations
 
+import colorsys
 import io
 import logging
 import threading
@@ -54,7 +55,16 @@ UNASSIGNED = "#7f7f7f"
 
 
 def type_colour(type_id: int | None) -> str:
-    return UNASSIGNED if type_id is None else PALETTE[int(type_id) % len(PALETTE)]
+    """A type's colour: the palette's for the first ones, then distinct hues (golden angle),
+    so that colours do not repeat after the palette's length."""
+    if type_id is None:
+        return UNASSIGNED
+    k = int(type_id)
+    if 0 <= k < len(PALETTE):
+        return PALETTE[k]
+    hue = (k * 137.508) % 360
+    r, g, b = colorsys.hls_to_rgb(hue / 360, 0.45, 0.65)
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import shutil
 import uuid
 import zipfile
@@ -285,4 +286,17 @@ def _link_into(images: Sequence[Path], folder: Path) -> Path:
 
 
 def escape(text: object) -> str:
+    """HTML-escape a user string for an HTML context (cards, attributes)."""
     return html.escape(str(text), quote=True)
+
+
+#: Characters that Markdown reads as formatting.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
+
+
+def md_escape(text: object) -> str:
+    """Escape a user string for a Markdown context (messages, questions, headers): HTML
+    entities for ``<>&`` and a backslash before every Markdown character, so that a type
+    named ``**x**<img src=x onerror=...>`` shows exactly as typed (the entities hold no
+    Markdown character, so the two steps do not interfere)."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))

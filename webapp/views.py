@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ import numpy as np
 
 from protoatlas.service import ConflictError, Member, NotFoundError, StorageError, TypeSummary
 from webapp.render import Renderer, type_colour
-from webapp.security import escape
+from webapp.security import escape, md_escape
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,24 @@ EXPORTS = {
 }
 
 
+def question_text(kind: str, target: dict, name: Callable[[Any], str]) -> str:
+    """The question a suggestion asks, with ``name(type id)`` for each type it is about."""
+    if kind == "confirm":
+        return f"Is {name(target.get('type_id'))} one defect type?"
+    if kind == "merge":
+        a, b = (list(target.get("type_ids") or []) + [None, None])[:2]
+        return f"Are {name(a)} and {name(b)} the same defect type?"
+    if kind == "split":
+        return f"Should {name(target.get('type_id'))} be split?"
+    if kind == "label":
+        return f"Which type is region #{target.get('region_id')}?"
+    if kind == "new_type":
+        return f"Do these {len(target.get('region_ids') or [])} regions form a new defect type?"
+    if kind == "defect":
+        return "Is this image defective?"
+    return f"{kind}: {json.dumps(target)}"
+
+
 def fmt_conf(value: float | None) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.2f}"
 
@@ -80,6 +98,17 @@ class Question:
     target: dict
     images: list[tuple[str, str]]  # (crop path, caption)
     choices: list[tuple[str, Any]]  # answers of a "label" question: type ids, "good"
+    #: ``text`` with its type names escaped for Markdown (what the screen shows).
+    text_md: str = ""
+
+    @property
+    def markdown(self) -> str:
+        """The question and its reason as the Suggestions screen's Markdown (every user
+        string escaped)."""
+        return (
+            f"### {self.text_md or md_escape(self.text)}\n{md_escape(self.reason)}  \n"
+            f"<small>question #{self.id} · {self.kind}</small>"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -304,7 +333,7 @@ class Views:
 
     def type_header(self, t: TypeSummary) -> str:
         return (
-            f"### {escape(t.name)} &nbsp;<span class='pa-badge' style='background:"
+            f"### {md_escape(t.name)} &nbsp;<span class='pa-badge' style='background:"
             f"{STATUS_BADGE.get(t.status, '#555')}'>{t.status}</span>\n"
             f"#{t.id} · {t.n_regions} regions in {t.n_images} images · mean confidence "
             f"{fmt_conf(t.mean_confidence)} · version {t.version} · made by {t.origin}"
@@ -546,17 +575,16 @@ class Views:
                     pass
 
         kind = s.kind
+        text = question_text(kind, target, name)
+        text_md = question_text(kind, target, lambda tid: md_escape(name(tid)))
         if kind == "confirm":
-            text = f"Is {name(target.get('type_id'))} one defect type?"
             tid = int(target["type_id"])
             add_members(tid, self.service.question_members(tid))
         elif kind == "merge":
             a, b = target.get("type_ids", [None, None])[:2]
-            text = f"Are {name(a)} and {name(b)} the same defect type?"
             add_type(a, 4, "A: ")
             add_type(b, 4, "B: ")
         elif kind == "split":
-            text = f"Should {name(target.get('type_id'))} be split?"
             groups = target.get("groups") or []
             if groups:
                 for g, ids in enumerate(groups[:3]):
@@ -565,26 +593,24 @@ class Views:
                 add_type(target["type_id"], 8)
         elif kind == "label":
             rid = target.get("region_id")
-            text = f"Which type is region #{rid}?"
             if rid is not None:
                 add_regions([rid], 1, "this region: ")
             for tid in (target.get("candidates") or target.get("type_ids") or [])[:3]:
                 add_type(tid, 2, "looks like ")
         elif kind == "new_type":
             ids = target.get("region_ids") or []
-            text = f"Do these {len(ids)} regions form a new defect type?"
             add_regions(ids, 8)
         elif kind == "defect":
             rid = target.get("region_id")
-            text = "Is this image defective?"
             if rid is not None:
                 add_regions([rid], 1, "its strongest region: ")
         else:
-            text = f"{kind}: {json.dumps(target)}"
             if "type_id" in target:
                 add_type(target["type_id"], 6)
         choices = self.type_choices() + [("good: not a defect", "good")] if kind == "label" else []
-        return Question(int(s.id), kind, text, s.reason or "", target, images, choices)
+        return Question(
+            int(s.id), kind, text, s.reason or "", target, images, choices, text_md=text_md
+        )
 
     def answer(
         self,
@@ -652,21 +678,27 @@ class Views:
             label = "normal" if r.is_normal else (r.type_name or "unassigned")
             groups.setdefault(label, []).append(k)
         type_ids = {r.type_name: r.type_id for r in pts["regions"] if r.type_name}
-        for label, rows in sorted(groups.items()):
+
+        # types in id order (T2 before T10), then unassigned and normal regions
+        def legend_order(item: tuple[str, list[int]]) -> tuple[int, str]:
+            tid = type_ids.get(item[0])
+            return (tid if tid is not None else 10**9, item[0])
+
+        for label, rows in sorted(groups.items(), key=legend_order):
             rs = [pts["regions"][k] for k in rows]
             fig.add_trace(
                 go.Scattergl(
                     x=pts["xy"][rows, 0],
                     y=pts["xy"][rows, 1],
                     mode="markers",
-                    name=label,
+                    name=escape(label),
                     marker={
                         "size": 11,
                         "color": type_colour(type_ids.get(label)),
                         "line": {"width": 0.5, "color": "white"},
                     },
                     customdata=[[r.id, r.image_id] for r in rs],
-                    text=[f"#{r.id} · {label} · conf {fmt_conf(r.confidence)}" for r in rs],
+                    text=[f"#{r.id} · {escape(label)} · conf {fmt_conf(r.confidence)}" for r in rs],
                     hovertemplate="%{text}<extra></extra>",
                 )
             )
@@ -709,8 +741,8 @@ class Views:
         ]
         b = d.batches[-1] if d.batches else None
         summary = (
-            f"**Image #{d.id}** `{escape(b.name if b else d.sha256[:12])}` · "
-            f"{d.width}×{d.height} · batch {escape(b.batch_name) if b else '–'} · "
+            f"**Image #{d.id}** {md_escape(b.name if b else d.sha256[:12])} · "
+            f"{d.width}×{d.height} · batch {md_escape(b.batch_name) if b else '–'} · "
             f"anomaly score {fmt_conf(b.anomaly_score) if b else '–'}"
             f"{' · flagged anomalous' if b and b.is_anomalous else ''} · "
             f"{len(d.regions)} region(s)"
