@@ -129,6 +129,20 @@ def test_type_action_confirm_rename_conflict_and_undo(served):
     assert not out["ok"] and "Unknown action" in out["message"]
 
 
+def test_each_anonymous_session_has_its_own_undo(served):
+    a, b = Client(served.url, verbose=False), Client(served.url, verbose=False)
+    t = next(x for x in _types(a) if x["status"] == "proposed")
+    out = a.predict(t["id"], "confirm", "", None, -1, api_name="/type_action")
+    assert out["ok"], out
+    undone = b.predict(api_name="/undo")  # session B has done nothing: nothing of A's undone
+    assert not undone["ok"], undone
+    assert served.service.ws.get_type(t["id"]).status == "confirmed"
+    assert a.predict(api_name="/undo")["ok"]
+    assert served.service.ws.get_type(t["id"]).status == "proposed"
+    actors = {e.actor for e in served.service.ws.audit(limit=20)}
+    assert len({x for x in actors if x.startswith("reviewer-")}) >= 1
+
+
 def test_type_action_split_merge_move_and_mark_normal(served):
     c, ws = served.client, served.service.ws
     big = max(_types(c), key=lambda t: t["regions"])
@@ -195,8 +209,9 @@ def test_audit_is_filterable(served):
     assert {"ingest_batch", "confirm_type", "rename_type", "undo"} <= actions
     only = c.predict("", "confirm_type", None, api_name="/audit")["data"]
     assert only and all(row[3] == "confirm_type" for row in only)
-    mine = c.predict("reviewer", "", None, api_name="/audit")["data"]
-    assert mine and all(row[2] == "reviewer" for row in mine)
+    me = next(row[2] for row in everything if row[2].startswith("reviewer-"))
+    mine = c.predict(me, "", None, api_name="/audit")["data"]
+    assert mine and all(row[2] == me for row in mine)
 
 
 def test_image_detail_endpoint(served):

@@ -103,8 +103,13 @@ def _clusters_of(value: Any) -> int | str:
     return k
 
 
+#: Length of the session id kept in an anonymous reviewer's name.
+SESSION_TAG = 6
+
+
 def actor_of(request: gr.Request | None) -> str:
-    """The logged-in user, the Hugging Face OAuth user, or "reviewer"."""
+    """The logged-in user, the Hugging Face OAuth user, or ``reviewer-<session>`` for an
+    anonymous browser session (so that each session has its own undo), else "reviewer"."""
     if request is None:
         return "reviewer"
     name = getattr(request, "username", None)
@@ -117,7 +122,8 @@ def actor_of(request: gr.Request | None) -> str:
             return str(user)
     except Exception:  # no session middleware (OAuth off)
         log.debug("no login session", exc_info=True)
-    return "reviewer"
+    session = str(getattr(request, "session_hash", None) or "")
+    return f"reviewer-{session[:SESSION_TAG]}" if session else "reviewer"
 
 
 def _gpu(fn: Callable) -> Callable:
