@@ -169,8 +169,10 @@ def test_review_flow_in_a_browser(served, browser, shots):
     page.click("#pa-split")
     _wait_text(page, "#pa-msg", "Moved the 3 selected regions")
     assert service.ws.get_type(int(big)).n_regions == sizes[big] - 3
+    # one card more, one fewer when the split emptied the type (an empty type has no card)
+    emptied = sizes[big] == 3
     page.wait_for_function(
-        "n => document.querySelectorAll('.pa-card').length === n", arg=len(sizes) + 1
+        "n => document.querySelectorAll('.pa-card').length === n", arg=len(sizes) + 1 - emptied
     )
     page.click(f".pa-card[data-type-id='{tid}']")
     _wait_text(page, "#pa-type-head", rf"#{tid} ·")
