@@ -199,6 +199,19 @@ def test_review_flow_in_a_browser(served, browser, shots):
     assert served["app"].retrainer.wait(300) and served["app"].retrainer.last_error is None
     assert service.ws.latest_model_version().id == mv + 1
 
+    # ---- a label question offers types, not yes / no: "y" does nothing there
+    region = service.ws.type_members(int(tid), limit=1)[0].region_id
+    (lid,) = service.ws.replace_open_suggestions(
+        [SuggestionIn(kind="label", target={"region_id": region}, score=99.0)]
+    )
+    page.get_by_role("button", name="Next question").click()
+    _wait_text(page, "#pa-question", rf"question #{lid}\b")
+    page.wait_for_function("() => !document.querySelector('#pa-yes')?.offsetParent")
+    page.keyboard.press("y")
+    time.sleep(1.0)
+    assert {s.id: s.status for s in service.ws.suggestions()}[lid] == "open"
+    assert "yes" not in {t.name.lower() for t in service.ws.list_types()}
+
     # ---- "is it one type?": pick two members that do not belong, then yes with a name
     t = max(
         (x for x in service.ws.list_types() if x.status == "proposed"), key=lambda x: x.n_regions

@@ -343,6 +343,9 @@ class ReviewApp:
                 label_dd=gr.update(choices=[], value=None, visible=False),
                 label_btn=gr.update(visible=False),
                 pick=gr.update(value="", visible=False),
+                yes_btn=gr.update(visible=False),
+                no_btn=gr.update(visible=False),
+                name=gr.update(value="", visible=False),
             )
         label = q.kind == "label"
         return ordered(
@@ -353,6 +356,10 @@ class ReviewApp:
             label_dd=gr.update(choices=q.choices, value=None, visible=label),
             label_btn=gr.update(visible=label),
             pick=gr.update(value="", visible=q.kind in ("confirm", "defect")),
+            # a label question is answered with a type (or good), not yes / no / a name
+            yes_btn=gr.update(visible=not label),
+            no_btn=gr.update(visible=not label),
+            name=gr.update(value="", visible=not label),
         )
 
     def answer(

@@ -119,7 +119,8 @@ HEAD = """
     if (!panel || panel.offsetParent === null) return;   // the Suggestions tab is not shown
     const id = KEYS[(ev.key || '').toLowerCase()];
     const button = id && document.getElementById(id);
-    if (button) { button.click(); ev.preventDefault(); }
+    // only what the question offers: a hidden button (yes / no on a label question) is inert
+    if (button && button.offsetParent !== null) { button.click(); ev.preventDefault(); }
   });
   // Map: thumbnails on hover, lasso/box selection -> "selected region ids".
   let tip = null;

@@ -244,6 +244,9 @@ class SuggestionsTab:
         "label_dd",
         "label_btn",
         "pick",
+        "yes_btn",
+        "no_btn",
+        "name",
     )
 
     def outputs(self) -> list[Any]:
