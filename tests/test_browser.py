@@ -369,6 +369,10 @@ def test_a_second_session_reviews_while_the_first_ones_batch_is_processed(served
         other.fill("#pa-rename-tb textarea, #pa-rename-tb input", "renamed-while-busy")
         other.click("#pa-rename")
         _wait_text(other, "#pa-msg", "Renamed")
+        other.wait_for_function(  # the name box empties once the name is used
+            "() => document.querySelector('#pa-rename-tb textarea, #pa-rename-tb input')"
+            ".value === ''"
+        )
         took = time.perf_counter() - t0
         assert service.engine_lock.locked(), "the first session's batch finished too early to tell"
         assert service.ws.get_type(int(tid)).name == "renamed-while-busy"

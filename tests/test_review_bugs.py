@@ -178,3 +178,35 @@ def test_a_hostile_type_name_is_escaped_wherever_it_is_shown(tmp_path) -> None:
         assert escape(HOSTILE) in places["cards"]
     finally:
         service.close()
+
+
+def test_the_map_keeps_an_actions_message_when_its_selection_is_cleared(tmp_path) -> None:
+    from webapp.app import ReviewApp
+
+    ws = build_workspace(tmp_path, n_images=12, n_types=2, type_names=["crack", "dent"])
+    service = WorkspaceService.over(ws)
+    try:
+        app = ReviewApp(service, auto_retrain=False)
+        t = app.views.types()[0]
+        rid = app.views.type_members(t.id, limit=1)[0].region_id
+        message = app.map_act("normal", str(rid), "", None)
+        assert message.startswith("✔")
+        info, crops = app.map_selection("")  # the redrawn map clears the lasso
+        assert crops == [] and isinstance(info, dict) and "value" not in info  # kept as is
+        import gradio as gr
+
+        with pytest.raises(gr.Error, match="'x' is not a region id") as err:
+            app.map_selection(f"{rid}, x")  # junk in the box: a message, no traceback logged
+        assert err.value.print_exception is False
+        info, crops = app.map_selection(f"{rid}, #{rid}")
+        assert "1 region(s) selected" in info
+    finally:
+        service.close()
+
+
+def test_an_action_without_its_target_says_what_to_choose(views) -> None:
+    t = views.types()[0]
+    out = views.type_action(t.id, "merge", "", actor="ann")
+    assert not out["ok"] and "choose the type to merge into first" in out["message"]
+    out = views.type_action(t.id, "move", "abc", region_ids=[1], actor="ann")
+    assert not out["ok"] and "'abc' is not a type id" in out["message"]

@@ -187,8 +187,11 @@ def _ids(value: Any) -> list[int]:
         if v:
             try:
                 out.append(int(float(v)))
-            except ValueError:
-                raise gr.Error(f"'{v}' is not a region id (use numbers separated by commas)")
+            except ValueError:  # a clear message, and no traceback in the server log
+                raise gr.Error(
+                    f"'{v}' is not a region id (use numbers separated by commas)",
+                    print_exception=False,
+                ) from None
     return list(dict.fromkeys(out))
 
 
@@ -578,10 +581,12 @@ class ReviewApp:
         )
 
     # ---------------------------------------------------------------- map
-    def map_selection(self, text: Any) -> tuple[str, list[tuple[str, str]]]:
+    def map_selection(self, text: Any) -> tuple[Any, list[tuple[str, str]]]:
+        """The lassoed regions' count and crops. A selection cleared (the map redrawn after
+        an action) keeps the message, so that the action's outcome stays readable."""
         ids = _ids(text)
         if not ids:
-            return "No regions selected: drag a lasso or box on the map.", []
+            return gr.update(), []
         items = []
         for rid in ids[: self.views.screens.lasso_crops]:
             try:
@@ -736,16 +741,28 @@ class ReviewApp:
     def _wire_type_actions(self, t: TypesTab, header: gr.Markdown) -> None:
         """The action buttons under the members (each refreshes the header after)."""
 
+        def clear_if_applied(message):
+            """The name box empties once its name was used (it kept the old name)."""
+            return "" if str(message or "").startswith("✔") else gr.update()
+
         def bind(button, action, argument):
             def fn(type_id, arg, sel, seen_v, order_v, rejected, request: gr.Request):
                 return self.act(action, type_id, arg, sel, seen_v, order_v, rejected, request)
 
-            button.click(
+            event = button.click(
                 fn,
                 inputs=[t.type_dd, argument, t.selection, t.seen, t.order, t.show_rejected],
                 outputs=[t.msg, *t.outputs()],
                 api_visibility="undocumented",
             ).then(self.header, outputs=[header], api_visibility="undocumented")
+            if action in ("rename", "new_type"):
+                event.then(
+                    clear_if_applied,
+                    inputs=[t.msg],
+                    outputs=[t.rename_tb],
+                    api_visibility="undocumented",
+                    queue=False,
+                )
 
         bind(t.confirm_btn, "confirm", t.rename_tb)
         bind(t.reject_btn, "reject", t.rename_tb)

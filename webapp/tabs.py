@@ -422,7 +422,9 @@ def map_tab() -> MapTab:
             elem_id="pa-map-pick",
             max_lines=2,
         )
-        info = gr.Markdown(elem_id="pa-map-msg")
+        info = gr.Markdown(
+            "No regions selected: drag a lasso or box on the map.", elem_id="pa-map-msg"
+        )
         gallery = gr.Gallery(
             columns=12,
             height=170,

@@ -873,10 +873,14 @@ def _summary(e) -> str:
 
 
 def _int(value: Any, what: str) -> int:
+    """A number the reviewer picked or typed; a clear message when there is none."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise ValueError(f"choose {what} first")
     try:
-        return int(float(str(value).strip().split()[0].lstrip("#")))
+        return int(float(text.split()[0].lstrip("#")))
     except (ValueError, IndexError):
-        raise ValueError(f"{what}: expected a type id, got {value!r}") from None
+        raise ValueError(f"{what}: {text!r} is not a type id (pick one from the list)") from None
 
 
 def _ok(message: str, type_ids: Sequence[int]) -> dict[str, Any]:
