@@ -130,12 +130,17 @@ def test_review_flow_in_a_browser(served, browser, shots):
 
     # ---- upload a zip with known-good images; live progress, then the report
     _upload(page, served["images"], served["normals"], "demo")
-    page.wait_for_selector(
+    shown = page.wait_for_selector(
         "#pa-up-report .progress-text, #pa-up-report .eta-bar, #pa-up-report .progress-level",
         timeout=60000,
     )
+    box = page.query_selector("#pa-up-report").bounding_box()
+    assert box and box["height"] >= 100, box  # drawn where it can be seen (it was 0 px high)
+    assert shown.is_visible()
+    assert page.is_disabled("#pa-upload")  # no second analysis of the same files meanwhile
     report = _wait_text(page, "#pa-up-report", "discovered", timeout=300)
     assert "17 images analysed" in report
+    page.wait_for_function("() => !document.querySelector('#pa-upload').disabled")
     page.screenshot(path=str(shots / "upload.png"))
 
     # ---- the types

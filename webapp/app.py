@@ -1017,11 +1017,19 @@ class ReviewApp:
             prior,
             name,
             request: gr.Request,
-            progress=gr.Progress(track_tqdm=True),
+            progress=gr.Progress(track_tqdm=False),  # stage names only, no raw tqdm bars
         ):
             return self.upload(images, normals, prompt, clusters, prior, name, request, progress)
 
+        def busy(running: bool):
+            label = "Analysing… (reviewing goes on meanwhile)" if running else "Upload and analyse"
+            return gr.update(interactive=not running, value=label)
+
+        # the button is disabled while its batch runs (a second click would queue a second
+        # analysis of the same files); .then runs after a failed upload too
         u.button.click(
+            lambda: busy(True), outputs=[u.button], api_visibility="undocumented", queue=False
+        ).then(
             upload_batch,
             inputs=[u.images, u.normals, u.prompt, u.clusters, u.prior, u.name],
             outputs=[u.report, u.skipped],
@@ -1029,6 +1037,8 @@ class ReviewApp:
             concurrency_id=ENGINE,
             concurrency_limit=1,
             show_progress_on=[u.report],
+        ).then(
+            lambda: busy(False), outputs=[u.button], api_visibility="undocumented", queue=False
         ).then(
             panel, inputs=types.inputs(), outputs=types.outputs(), api_visibility="undocumented"
         ).then(self.header, outputs=[header], api_visibility="undocumented")

@@ -31,6 +31,7 @@ CSS = """
   border: 2px solid white; box-shadow: 0 2px 8px rgba(0,0,0,.35); border-radius: 4px;
   width: 128px; height: 128px; background: #222;}
 .pa-hidden {display: none !important;}
+#pa-up-report {min-height: 140px;}
 .pa-count {font-size: 13px; margin: 2px 0 6px; color: var(--body-text-color-subdued);}
 .pa-members {display: grid; grid-template-columns: repeat(auto-fill, minmax(112px, 1fr));
   gap: 6px; max-height: 430px; overflow-y: auto; padding: 2px; user-select: none;}
