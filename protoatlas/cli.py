@@ -269,7 +269,9 @@ def _add_simulate_review(sub: Subparsers) -> None:
         "--labels", required=True, help="CSV with columns image,label (label 'good' = normal)"
     )
     p.add_argument("--budget", type=int, required=True, help="number of questions answered")
-    p.add_argument("--out", required=True, help="output CSV: step,actions,nmi,ari,f1,n_types")
+    p.add_argument(
+        "--out", required=True, help="output CSV: step,actions,nmi,ari,f1,n_types,clicks"
+    )
     p.add_argument(
         "--strategy",
         default="ranked",

@@ -44,7 +44,7 @@ from engine.data import list_images
 from protoatlas.service import WorkspaceService, region_table
 from protoatlas.service.labels import match_names, read_label_keys, read_labels
 
-CURVE_COLUMNS = ("step", "actions", "nmi", "ari", "f1", "n_types")
+CURVE_COLUMNS = ("step", "actions", "nmi", "ari", "f1", "n_types", "clicks")
 #: Label of images the metric scores but the method left without a type.
 NONE = "__none__"
 
@@ -192,6 +192,9 @@ class StepScores:
     ari: float
     f1: float
     n_types: int
+    #: The reviewer's effort so far: answers plus members picked plus names typed
+    #: (:func:`reply_clicks`).
+    clicks: int = 0
 
     def row(self) -> dict[str, object]:
         return {
@@ -201,7 +204,18 @@ class StepScores:
             "ari": f"{self.ari:.4f}",
             "f1": f"{self.f1:.4f}",
             "n_types": self.n_types,
+            "clicks": self.clicks,
         }
+
+
+def reply_clicks(reply: Reply) -> int:
+    """What an answer costs the reviewer, counted honestly: the answer itself, one click per
+    member picked as not belonging, and one more when a name is typed (a "yes" with a name,
+    or a label answered with a new type's name rather than picked from the list)."""
+    typed_label = reply.answer.lower() not in ("yes", "no", "skip", "good") and not (
+        reply.answer.lstrip("-").isdigit()
+    )
+    return 1 + len(reply.regions) + int(bool(reply.name)) + int(typed_label)
 
 
 def image_types(service: WorkspaceService) -> dict[int, int]:
@@ -226,6 +240,7 @@ def score_state(
     image_ids: dict[str, int],
     step: int,
     actions: int,
+    clicks: int = 0,
 ) -> StepScores:
     """Metrics of the image-level types on the labelled anomalous images."""
     types = image_types(service)
@@ -244,7 +259,7 @@ def score_state(
         for t in service.ws.list_types()
         if t.status in ("proposed", "confirmed") and t.n_regions > 0
     }
-    return StepScores(step, actions, m.nmi, m.ari, m.macro_f1, len(live))
+    return StepScores(step, actions, m.nmi, m.ari, m.macro_f1, len(live), clicks)
 
 
 def simulate(
@@ -287,13 +302,14 @@ def simulate(
         view = ReviewerView(service, names)
         rng = np.random.default_rng(config.seed)
         curve = [score_state(service, labels, image_ids, 0, 0)]
-        actions = 0
+        actions = clicks = 0
         for step in range(1, budget + 1):
             queue = service.refresh_suggestions(strategy=strategy, rng=rng)
             if queue:
                 q = queue[0]
                 view.refresh()
                 reply = oracle.answer(q.kind, q.target, view)
+                clicks += reply_clicks(reply)  # a refused answer cost the reviewer as much
                 try:
                     service.answer_suggestion(
                         q.id, reply.answer, actor="oracle", name=reply.name, regions=reply.regions
@@ -302,7 +318,7 @@ def simulate(
                 except ValueError:
                     service.ws.answer_suggestion(q.id, None, actor="oracle", skip=True)
                 service.retrain(actor="model")
-            curve.append(score_state(service, labels, image_ids, step, actions))
+            curve.append(score_state(service, labels, image_ids, step, actions, clicks))
             if progress:
                 c = curve[-1]
                 print(

@@ -13,7 +13,7 @@ import pytest
 
 from protoatlas import cli, simulate
 from protoatlas.cli import main
-from protoatlas.simulate import CURVE_COLUMNS, NONE, Oracle, Reply, score_state
+from protoatlas.simulate import CURVE_COLUMNS, NONE, Oracle, Reply, reply_clicks, score_state
 from tests.service_fixtures import data_root, fast_cli, shared_base
 
 
@@ -180,6 +180,23 @@ def _fake_service(live: list[tuple[int, str, int]]):
     return SimpleNamespace(ws=SimpleNamespace(list_types=lambda: types))
 
 
+@pytest.mark.parametrize(
+    "reply,clicks",
+    [
+        (Reply("yes"), 1),
+        (Reply("no", regions=(4, 5, 6)), 4),
+        (Reply("yes", name="scratch", regions=(1,)), 3),
+        (Reply("7"), 1),
+        (Reply("good"), 1),
+        (Reply("spot"), 2),
+    ],
+)
+def test_a_reply_costs_the_answer_plus_each_member_picked_and_each_name_typed(
+    reply, clicks
+) -> None:
+    assert reply_clicks(reply) == clicks
+
+
 def test_score_state_counts_untyped_anomalous_images_as_a_wrong_cluster(monkeypatch) -> None:
     labels = {
         "a": "scratch",
@@ -311,6 +328,9 @@ def test_simulate_review_learns_labels_only_through_the_oracle(
     actions = [int(r["actions"]) for r in rows]
     assert actions[0] == 0 and actions == sorted(actions)
     assert all(a <= s for a, s in zip(actions, range(budget + 1)))
+    clicks = [int(r["clicks"]) for r in rows]  # at least one per answer, picks and names more
+    assert clicks[0] == 0 and clicks == sorted(clicks)
+    assert all(c >= a for c, a in zip(clicks, actions))
     for r in rows:
         assert all(-1.0 <= float(r[c]) <= 1.0 for c in ("nmi", "ari", "f1"))
         assert int(r["n_types"]) >= 1
