@@ -231,7 +231,7 @@ def test_review_flow_in_a_browser(served, browser, shots):
     )
     page.get_by_role("button", name="Next question").click()
     _wait_text(page, "#pa-question", rf"question #{sid}\b")
-    thumbs = "#pa-suggest-panel .thumbnail-item"
+    thumbs = "#pa-sugg-grid .pa-pickable .pa-member"
     page.wait_for_function(f"() => document.querySelectorAll('{thumbs}').length >= 3")
     page.query_selector_all(thumbs)[0].click()
     page.wait_for_function(
@@ -239,6 +239,9 @@ def test_review_flow_in_a_browser(served, browser, shots):
         "'#pa-sugg-pick textarea, #pa-sugg-pick input').value.trim())"
     )
     page.query_selector_all(thumbs)[1].click()
+    # picked members carry the check mark, and no full-size preview opened over the page
+    assert len(page.query_selector_all(thumbs.replace(".pa-member", ".pa-member.pa-on"))) == 2
+    assert not page.query_selector("#pa-suggest-panel .preview")
     page.wait_for_function(
         "() => document.querySelector('#pa-sugg-pick textarea, "
         "#pa-sugg-pick input').value.split(',').length === 2"

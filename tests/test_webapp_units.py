@@ -209,19 +209,25 @@ def _names(reqs: list[str]) -> dict[str, str]:
     return out
 
 
-def test_clicking_question_thumbnails_toggles_the_picked_members():
-    from types import SimpleNamespace
+def test_a_question_shows_its_crops_in_the_check_mark_grid(views):
+    from webapp.views import Question
 
-    from webapp.app import toggle_pick
-
-    def click(picked, caption):
-        return toggle_pick(picked, SimpleNamespace(value={"caption": caption}))
-
-    assert click("", "T3 #12") == "12"
-    assert click("12", "T3 #15") == "12, 15"
-    assert click("12, 15", "T3 #12") == "15"  # a second click unpicks
-    assert click("15", "no id here") == "15"  # a caption without an id changes nothing
-    assert click("#7; 9", "A: T2 #9") == "7"  # ids typed by hand are read too
+    t = views.types()[0]
+    members = views.type_members(t.id, limit=3)
+    q = Question(
+        1,
+        "confirm",
+        "Is it one type?",
+        "",
+        {"type_id": t.id},
+        [(str(views.crop(m.region_id)), f"{t.name} #{m.region_id}") for m in members],
+        [],
+    )
+    grid = views.question_grid(q, pickable=True)
+    assert "pa-pickable" in grid and grid.count("class='pa-member'") == len(members)
+    for m in members:  # each crop by its region id, served by the crop route
+        assert f"data-rid='{m.region_id}'" in grid and f"pa/crop/{m.region_id}.jpg" in grid
+    assert "pa-pickable" not in views.question_grid(q, pickable=False)
 
 
 def test_requirements_txt_matches_pyproject():

@@ -160,18 +160,6 @@ def _to_int(value: Any) -> int | None:
         return None
 
 
-def toggle_pick(picked: Any, evt: gr.SelectData) -> str:
-    """Adds the clicked thumbnail's region (its caption ends in "#<id>") to the picked
-    members, or takes it out when it is there."""
-    value = evt.value if isinstance(evt.value, dict) else {}
-    caption = str(value.get("caption") or "")
-    rid = _to_int(caption.rsplit("#", 1)[-1]) if "#" in caption else None
-    ids = _ids(picked)
-    if rid is not None:
-        ids = [i for i in ids if i != rid] if rid in ids else ids + [rid]
-    return ", ".join(str(i) for i in ids)
-
-
 def _ids(value: Any) -> list[int]:
     """Region ids from a list or a text like "12, 15 #17"."""
     if value is None:
@@ -341,7 +329,7 @@ class ReviewApp:
                 question_md="### No open questions\nEvery question so far is answered. "
                 "*Refresh questions* asks the model for new ones (after more "
                 "review or an upload).",
-                gallery=[],
+                gallery="",
                 sugg_id=None,
                 label_dd=gr.update(choices=[], value=None, visible=False),
                 label_btn=gr.update(visible=False),
@@ -354,7 +342,7 @@ class ReviewApp:
         return ordered(
             SuggestionsTab.QUESTION,
             question_md=q.markdown,
-            gallery=q.images,
+            gallery=self.views.question_grid(q, pickable=q.kind in ("confirm", "defect")),
             sugg_id=q.id,
             label_dd=gr.update(choices=q.choices, value=None, visible=label),
             label_btn=gr.update(visible=label),
@@ -897,10 +885,6 @@ class ReviewApp:
             ).then(lambda: "", outputs=[s.name], api_visibility="undocumented").then(
                 fresh_header, outputs=[header], api_visibility="undocumented", queue=False
             )
-
-        s.gallery.select(
-            toggle_pick, inputs=[s.pick], outputs=[s.pick], api_visibility="undocumented"
-        )
 
         def answer_label(type_id, sid, request: gr.Request):
             if type_id is None:

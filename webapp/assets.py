@@ -93,9 +93,17 @@ HEAD = """
     }
     syncSelection();
   }
+  function togglePick(fig) {
+    fig.classList.toggle('pa-on');
+    const ids = Array.from(document.querySelectorAll('#pa-sugg-grid .pa-member.pa-on'))
+      .map(m => m.dataset.rid);
+    setBox('pa-sugg-pick', ids.join(', '));
+  }
   document.addEventListener('click', (ev) => {
     const card = ev.target.closest && ev.target.closest('.pa-card');
     if (card) { pickCard(card); return; }
+    const pick = ev.target.closest && ev.target.closest('#pa-sugg-grid .pa-pickable .pa-member');
+    if (pick) { togglePick(pick); return; }
     const fig = ev.target.closest && ev.target.closest('#pa-gallery .pa-member');
     if (fig) toggleMember(fig, ev.shiftKey);
   });

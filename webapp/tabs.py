@@ -221,7 +221,7 @@ class SuggestionsTab:
 
     tab: gr.Tab
     question_md: gr.Markdown
-    gallery: gr.Gallery
+    gallery: gr.HTML
     yes_btn: gr.Button
     no_btn: gr.Button
     skip_btn: gr.Button
@@ -259,9 +259,8 @@ def suggestions_tab() -> SuggestionsTab:
     with gr.Tab("Suggestions", id="suggestions") as tab:
         with gr.Column(elem_id="pa-suggest-panel"):
             question_md = gr.Markdown(elem_id="pa-question")
-            gallery = gr.Gallery(
-                label="Look at these", columns=8, height=260, allow_preview=True, object_fit="cover"
-            )
+            # the same check-mark grid as the Types tab (no full-size preview on a click)
+            gallery = gr.HTML(elem_id="pa-sugg-grid")
             with gr.Row():
                 yes_btn = gr.Button("Yes  (y)", variant="primary", elem_id="pa-yes")
                 no_btn = gr.Button("No  (n)", elem_id="pa-no")

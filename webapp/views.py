@@ -331,6 +331,25 @@ class Views:
         t = self.service.get_type(int(type_id))
         return [m.region_id for m in self.service.type_members(t.id, limit=max(t.n_regions, 1))]
 
+    def question_grid(self, q: Question, pickable: bool = False) -> str:
+        """A question's crops as the Types tab's grid (each at its aspect, with its context
+        and caption); with ``pickable`` a click marks a member as not belonging (the page
+        script writes the picked ids into the pick box)."""
+        items = []
+        for _, caption in q.images:
+            rid = caption.rsplit("#", 1)[-1] if "#" in caption else ""
+            if not rid.isdigit():
+                continue
+            items.append(
+                f"<figure class='pa-member' tabindex='0' data-rid='{rid}' "
+                f"title='{escape(caption)}'><img loading='lazy' alt='region {rid}' "
+                f"src='pa/crop/{rid}.jpg'><figcaption>{escape(caption)}</figcaption></figure>"
+            )
+        if not items:
+            return ""
+        cls = "pa-members pa-pickable" if pickable else "pa-members"
+        return f"<div class='{cls}'>{''.join(items)}</div>"
+
     def type_header(self, t: TypeSummary) -> str:
         return (
             f"### {md_escape(t.name)} &nbsp;<span class='pa-badge' style='background:"
@@ -595,8 +614,9 @@ class Views:
             rid = target.get("region_id")
             if rid is not None:
                 add_regions([rid], 1, "this region: ")
+            # beside the region, a few members of each candidate type to compare with
             for tid in (target.get("candidates") or target.get("type_ids") or [])[:3]:
-                add_type(tid, 2, "looks like ")
+                add_type(tid, self.screens.label_examples, "looks like ")
         elif kind == "new_type":
             ids = target.get("region_ids") or []
             add_regions(ids, 8)
