@@ -210,3 +210,33 @@ def test_an_action_without_its_target_says_what_to_choose(views) -> None:
     assert not out["ok"] and "choose the type to merge into first" in out["message"]
     out = views.type_action(t.id, "move", "abc", region_ids=[1], actor="ann")
     assert not out["ok"] and "'abc' is not a type id" in out["message"]
+
+
+def test_images_without_regions_can_be_opened_too(tmp_path) -> None:
+    from storage import BatchIngest, ImageIn
+
+    ws = build_workspace(tmp_path, n_images=10, n_types=2, type_names=["crack", "dent"])
+    service = WorkspaceService.over(ws)
+    try:
+        ws.ingest_batch(
+            BatchIngest(
+                name="passed",
+                images=[
+                    ImageIn(
+                        name="ok.png",
+                        width=8,
+                        height=8,
+                        data=b"\x89PNG-ok" + bytes(8),
+                        anomaly_score=0.2,
+                        is_anomalous=False,
+                    )
+                ],
+            )
+        )
+        views = Views(service)
+        choices = views.batch_images()
+        assert any("ok.png" in label and "no region" in label for label, _ in choices)
+        with_regions = [c for c in choices if "no region" not in c[0]]
+        assert choices[: len(with_regions)] == with_regions  # images with regions first
+    finally:
+        service.close()

@@ -1075,8 +1075,16 @@ class ReviewApp:
         i.show_btn.click(
             image_detail, inputs=[i.image_dd], outputs=i.outputs(), api_name="image_detail"
         )
+
+        def picked_image(image_id):
+            """A pick in the list shows the image; a half-typed id waits for *Show* (an
+            error toast on every keystroke, then another on the click, was one too many)."""
+            if _to_int(image_id) is None:
+                return [gr.update() for _ in i.outputs()]
+            return self.image(image_id)
+
         i.image_dd.input(
-            image_detail, inputs=[i.image_dd], outputs=i.outputs(), api_visibility="undocumented"
+            picked_image, inputs=[i.image_dd], outputs=i.outputs(), api_visibility="undocumented"
         )
         i.tab.select(
             lambda: gr.update(choices=v.batch_images()),

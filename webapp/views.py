@@ -770,9 +770,12 @@ class Views:
         return {"summary": summary, "rows": rows, **views}
 
     def batch_images(self, batch_id: int | None = None, limit: int = 500) -> list[tuple[str, int]]:
-        """(label, image id) choices for the image picker: images with regions first."""
+        """(label, image id) choices for the image picker: images with regions first, then
+        every other image of the batches by anomaly score (so that a missed defect just
+        below the threshold can be opened too)."""
         out: list[tuple[str, int]] = []
         seen: set[int] = set()
+        rest: list[tuple[float, str, int]] = []
         for b in reversed(self.service.batches()):
             if batch_id is not None and b.id != batch_id:
                 continue
@@ -780,9 +783,13 @@ class Views:
                 if r.image_id not in seen:
                     seen.add(r.image_id)
                     out.append((f"#{r.image_id} (batch {b.id})", r.image_id))
-                if len(out) >= limit:
-                    return out
-        return out
+            for image_id, name, score, _ in self.service.batch_images(b.id):
+                if image_id not in seen:
+                    seen.add(image_id)
+                    label = f"#{image_id} {name} (batch {b.id}, score {fmt_conf(score)}, no region)"
+                    rest.append((-(score if score is not None else -np.inf), label, image_id))
+        out += [(label, image_id) for _, label, image_id in sorted(rest)]
+        return out[:limit]
 
     # ------------------------------------------------------------------ history, export
     def audit_rows(

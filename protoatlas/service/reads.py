@@ -55,6 +55,10 @@ class ReadsMixin(ServiceCore):
     def regions_for_batch(self, batch_id: int, with_masks: bool = False) -> list[RegionInfo]:
         return self.ws.regions_for_batch(int(batch_id), with_masks=with_masks)
 
+    def batch_images(self, batch_id: int) -> list[tuple[int, str, float | None, bool | None]]:
+        """(image id, name in the batch, anomaly score, flagged) of every image of a batch."""
+        return self.ws.batch_images(int(batch_id))
+
     def image_detail(self, image_id: int) -> ImageDetail:
         return self.ws.image_detail(int(image_id))
 
