@@ -262,6 +262,20 @@ def test_upload_errors_are_clear(served, tmp_path):
     good = served.demo / "test" / "crack" / "000.png"
     with pytest.raises(Exception, match="Number of types"):
         c.predict([handle_file(str(good))], None, "", "many", "auto", "", api_name="/upload_batch")
+    # images staged, then the known-good zip refused: the staged images go too
+    with pytest.raises(Exception, match="refused") as err:
+        c.predict(
+            [handle_file(str(good))],
+            [handle_file(str(bad))],
+            "",
+            "auto",
+            "auto",
+            "",
+            api_name="/upload_batch",
+        )
+    assert "/tmp/" not in str(err.value) and str(tmp_path) not in str(err.value)  # no paths
+    uploads = served.service.root / "uploads"
+    assert not list(uploads.iterdir()) if uploads.exists() else True, list(uploads.iterdir())
     assert len(served.service.ws.batches()) == 1
 
 

@@ -111,6 +111,7 @@ def test_stage_upload_refuses_unsafe_or_oversized_uploads(tmp_path):
         with pytest.raises(UploadError) as err:
             stage_upload([str(path)], stage, limits)
         assert path.name in str(err.value) or "limit" in str(err.value), (what, err.value)
+        assert str(tmp_path) not in str(err.value), (what, err.value)  # no server path shown
     with pytest.raises(UploadError, match="either one .zip"):
         stage_upload([str(cases["count"][0]), str(tmp_path / "a.png")], stage, Limits())
     notzip = tmp_path / "fake.zip"

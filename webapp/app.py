@@ -35,6 +35,7 @@ from webapp.security import (
     UploadError,
     md_escape,
     parse_auth,
+    public_message,
     stage_upload,
 )
 from webapp.tabs import (
@@ -463,6 +464,8 @@ class ReviewApp:
         progress: gr.Progress | None = None,
     ) -> tuple[str, list[list[str]]]:
         started = time.perf_counter()
+        k = _clusters_of(clusters)  # checked before anything is staged
+        staged = staged_normals = None
         try:
             staged = stage_upload(
                 images if isinstance(images, list) else [images] if images else [],
@@ -477,13 +480,16 @@ class ReviewApp:
                 "normals",
             )
         except UploadError as exc:
+            if staged is not None:  # the images were staged, the normals refused
+                staged.close()
             raise gr.Error(str(exc), print_exception=False) from None
         if staged is None:
+            if staged_normals is not None:
+                staged_normals.close()
             raise gr.Error(
                 "Choose the images to analyse first: image files or one .zip.",
                 print_exception=False,
             )
-        k = _clusters_of(clusters)
         notes: list[str] = []
         prompt = (prompt or "").strip() or None
         backend = self._prior_backend(prompt, prior, notes)
@@ -508,7 +514,9 @@ class ReviewApp:
                     progress=cb,
                 )
         except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
-            raise gr.Error(f"Upload not analysed: {exc}", print_exception=False) from None
+            raise gr.Error(
+                f"Upload not analysed: {public_message(exc)}", print_exception=False
+            ) from None
         finally:
             staged.close()
             if staged_normals:

@@ -253,7 +253,7 @@ def _staged_zip(z: Path, limits: Limits, what: str) -> StagedUpload:
             z, max_total_bytes=limits.max_zip_total_mb * 2**20, max_ratio=limits.max_zip_ratio
         )
     except ValueError as exc:  # ArchiveError is a ValueError
-        raise UploadError(f"{what}: {z.name} refused: {exc}") from exc
+        raise UploadError(f"{what}: {z.name} refused: {public_message(exc)}") from exc
     if not refs:
         raise UploadError(f"{what}: {z.name} holds no png, jpg, bmp or tif image")
     if len(refs) > limits.max_images:
@@ -283,6 +283,16 @@ def _link_into(images: Sequence[Path], folder: Path) -> Path:
         except OSError:
             shutil.copyfile(p, target)
     return folder
+
+
+#: An absolute path of the server (two or more components), as messages may quote it.
+_ABS_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?(?:[\\/][\w\-~ ][\w.\-~ ]*){2,}")
+
+
+def public_message(text: object) -> str:
+    """A message fit to show a user: every absolute server path is cut to its last
+    component (``/tmp/gradio/<sha>/evil.zip`` -> ``evil.zip``)."""
+    return _ABS_PATH.sub(lambda m: re.split(r"[\\/]", m.group(0))[-1], str(text))
 
 
 def escape(text: object) -> str:
