@@ -240,3 +240,15 @@ def test_images_without_regions_can_be_opened_too(tmp_path) -> None:
         assert choices[: len(with_regions)] == with_regions  # images with regions first
     finally:
         service.close()
+
+
+def test_the_question_says_where_it_stands_in_the_queue(views) -> None:
+    from storage import SuggestionIn
+
+    t = views.types()[0]
+    views.service.ws.replace_open_suggestions(
+        [SuggestionIn(kind="confirm", target={"type_id": x.id}, score=1.0) for x in views.types()]
+    )
+    q = views.next_question()
+    assert q is not None and q.n_open == len(views.types())
+    assert f"1 of {len(views.types())} open" in q.markdown and t.id >= 1

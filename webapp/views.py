@@ -100,6 +100,8 @@ class Question:
     choices: list[tuple[str, Any]]  # answers of a "label" question: type ids, "good"
     #: ``text`` with its type names escaped for Markdown (what the screen shows).
     text_md: str = ""
+    #: Open questions in the queue, this one first (0: not counted).
+    n_open: int = 0
 
     @property
     def markdown(self) -> str:
@@ -107,7 +109,9 @@ class Question:
         string escaped)."""
         return (
             f"### {self.text_md or md_escape(self.text)}\n{md_escape(self.reason)}  \n"
-            f"<small>question #{self.id} · {self.kind}</small>"
+            f"<small>question #{self.id} · {self.kind}"
+            + (f" · 1 of {self.n_open} open" if self.n_open else "")
+            + "</small>"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,10 +119,13 @@ class Question:
             "id": self.id,
             "kind": self.kind,
             "question": self.text,
+            "n_open": self.n_open,
             "reason": self.reason,
             "target": self.target,
             "images": [c for _, c in self.images],
-            "answers": ["yes", "no", "skip"] + [f"{i}" for _, i in self.choices],
+            # what the question offers: a type (or good) for a label question, else yes / no
+            "answers": (["skip"] if self.kind == "label" else ["yes", "no", "skip"])
+            + [f"{i}" for _, i in self.choices],
         }
 
 
@@ -561,10 +568,13 @@ class Views:
 
     # ------------------------------------------------------------------ suggestions
     def next_question(self) -> Question | None:
+        """The best open question, with where it stands in the queue ("1 of 18")."""
         s = self.service.next_suggestion()
         if s is None:
             return None
-        return self.question(s)
+        q = self.question(s)
+        q.n_open = len(self.service.open_suggestions())
+        return q
 
     def question(self, s) -> Question:
         target = dict(s.target or {})
