@@ -179,6 +179,35 @@ def test_review_flow_in_a_browser(served, browser, shots):
     page.wait_for_function(
         "n => document.querySelectorAll('.pa-card').length === n", arg=len(sizes) + 1 - emptied
     )
+    # ---- find, sort and keys on the Types tab (done by the page script)
+    shown = (
+        "Array.from(document.querySelectorAll('#pa-cards .pa-card'))"
+        ".filter(c => c.style.display !== 'none')"
+    )
+    names = {
+        c.get_attribute("data-type-id"): c.get_attribute("data-name")
+        for c in page.query_selector_all(".pa-card")
+    }
+    query = names[tid]
+    want = sum(query in n for n in names.values())
+    page.fill("#pa-cards .pa-find", query)
+    page.wait_for_function(f"n => {shown}.length === n", arg=want)
+    page.fill("#pa-cards .pa-find", "")
+    page.wait_for_function(f"n => {shown}.length === n", arg=len(names))
+    page.select_option("#pa-cards .pa-sort", "name")
+    first = page.evaluate(
+        f"() => {shown}.sort((a, b) => a.style.order - b.style.order)[0].dataset.name"
+    )
+    assert first == min(names.values())
+    page.select_option("#pa-cards .pa-sort", "size")
+    page.click("#pa-type-head")  # focus out of the tools, then keys
+    page.keyboard.press("?")
+    page.wait_for_selector("#pa-help", state="visible")
+    assert "next / previous type" in page.inner_text("#pa-help")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#pa-help", state="detached")
+    page.keyboard.press("j")
+    page.wait_for_function("() => document.querySelector('#pa-cards .pa-card.pa-selected')")
     page.click(f".pa-card[data-type-id='{tid}']")
     _wait_text(page, "#pa-type-head", rf"#{tid} ·")
     page.evaluate("() => window.scrollTo(0, 0)")

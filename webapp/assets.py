@@ -2,6 +2,8 @@
 thumbnails and lasso selection). Everything the script does has a non-script fallback:
 the type dropdown, the buttons and the "selected region ids" box."""
 
+import json
+
 CSS = """
 .gradio-container {max-width: 1500px !important;}
 #pa-header h1 {margin-bottom: 0;}
@@ -32,6 +34,16 @@ CSS = """
   width: 128px; height: 128px; background: #222;}
 .pa-hidden {display: none !important;}
 #pa-up-report {min-height: 140px;}
+.pa-card-tools {display: flex; gap: 6px; margin: 0 0 8px; flex-wrap: wrap;}
+.pa-card-tools input {flex: 1 1 160px; min-width: 120px;}
+.pa-card-tools input, .pa-card-tools select {padding: 4px 6px; font-size: 13px;
+  border: 1px solid var(--border-color-primary); border-radius: 6px;
+  background: var(--input-background-fill); color: var(--body-text-color);}
+#pa-help {position: fixed; top: 10%; left: 50%; transform: translateX(-50%); z-index: 1000;
+  background: var(--background-fill-primary); color: var(--body-text-color);
+  border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 12px 20px;
+  box-shadow: 0 8px 30px rgba(0,0,0,.3); max-width: 560px;}
+#pa-help td, #pa-help th {padding: 2px 10px; text-align: left;}
 .pa-count {font-size: 13px; margin: 2px 0 6px; color: var(--body-text-color-subdued);}
 .pa-members {display: grid; grid-template-columns: repeat(auto-fill, minmax(112px, 1fr));
   gap: 6px; max-height: 430px; overflow-y: auto; padding: 2px; user-select: none;}
@@ -114,6 +126,72 @@ HEAD = """
       setBox('pa-open-box', fig.dataset.rid + ':' + Date.now());
     }
   });
+  // Type cards: find, sort and filter on the page (state kept across re-renders).
+  const cardState = {q: '', sort: 'size', status: ''};
+  function applyCards() {
+    const box = document.querySelector('#pa-cards .pa-cards');
+    if (!box) return;
+    const tools = document.querySelector('#pa-cards .pa-card-tools');
+    if (tools) {
+      const f = tools.querySelector('.pa-find'), s = tools.querySelector('.pa-sort'),
+        st = tools.querySelector('.pa-status');
+      if (f && f.value !== cardState.q && document.activeElement !== f) f.value = cardState.q;
+      if (s && s.value !== cardState.sort) s.value = cardState.sort;
+      if (st && st.value !== cardState.status) st.value = cardState.status;
+    }
+    const cards = Array.from(box.querySelectorAll('.pa-card'));
+    const key = {
+      size: c => -Number(c.dataset.size), conf: c => Number(c.dataset.conf),
+      name: c => c.dataset.name, status: c => c.dataset.status + ':' + c.dataset.name,
+    }[cardState.sort] || (c => -Number(c.dataset.size));
+    const order = cards.slice().sort((a, b) => {
+      const x = key(a), y = key(b); return x < y ? -1 : x > y ? 1 : 0;
+    });
+    order.forEach((c, i) => {
+      const hit = (!cardState.q || c.dataset.name.includes(cardState.q.toLowerCase())) &&
+        (!cardState.status || c.dataset.status === cardState.status);
+      if (c.style.order !== String(i)) c.style.order = String(i);
+      if (c.style.display !== (hit ? '' : 'none')) c.style.display = hit ? '' : 'none';
+    });
+  }
+  window.paApplyCards = applyCards;
+  document.addEventListener('input', (ev) => {
+    const t = ev.target;
+    if (!t || !t.closest || !t.closest('.pa-card-tools')) return;
+    if (t.classList.contains('pa-find')) cardState.q = t.value;
+    if (t.classList.contains('pa-sort')) cardState.sort = t.value;
+    if (t.classList.contains('pa-status')) cardState.status = t.value;
+    applyCards();
+  });
+  let lastCards = null;
+  setInterval(() => {  // a re-render of the cards: apply the find / sort / filter again
+    const box = document.querySelector('#pa-cards .pa-cards');
+    const stamp = box && box.dataset.rendered;
+    if (stamp && stamp !== lastCards) { lastCards = stamp; applyCards(); }
+  }, 150);
+  function visibleCards() {
+    return Array.from(document.querySelectorAll('#pa-cards .pa-card'))
+      .filter(c => c.style.display !== 'none')
+      .sort((a, b) => Number(a.style.order || 0) - Number(b.style.order || 0));
+  }
+  function stepCard(delta) {
+    const cards = visibleCards();
+    if (!cards.length) return;
+    const at = cards.findIndex(c => c.classList.contains('pa-selected'));
+    const next = cards[Math.min(Math.max(at + delta, 0), cards.length - 1)];
+    next.focus(); pickCard(next);
+  }
+  // Types tab keys; "?" shows every key of the page.
+  const TYPE_KEYS = {c: 'pa-confirm', x: 'pa-reject', a: 'pa-sel-all', z: 'pa-undo'};
+  function toggleHelp() {
+    let help = document.getElementById('pa-help');
+    if (help) { help.remove(); return; }
+    help = document.createElement('div');
+    help.id = 'pa-help';
+    help.innerHTML = window.PA_KEYS_HELP || '';
+    help.addEventListener('click', () => help.remove());
+    document.body.appendChild(help);
+  }
   const KEYS = {y: 'pa-yes', n: 'pa-no', s: 'pa-skip', u: 'pa-sugg-undo'};
   document.addEventListener('keydown', (ev) => {
     const t = ev.target;
@@ -122,8 +200,25 @@ HEAD = """
       if (t.classList.contains('pa-member')) { toggleMember(t, ev.shiftKey); ev.preventDefault(); return; }
     }
     const tag = (t && t.tagName || '').toLowerCase();
-    if (['input', 'textarea', 'select'].includes(tag) || (t && t.isContentEditable)) return;
+    if (['input', 'textarea', 'select'].includes(tag) || (t && t.isContentEditable)) {
+      if (ev.key === 'Escape' && t.blur) t.blur();
+      return;
+    }
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (ev.key === '?') { toggleHelp(); ev.preventDefault(); return; }
+    if (ev.key === 'Escape') { const h = document.getElementById('pa-help'); if (h) h.remove(); }
+    const cardsPanel = document.getElementById('pa-cards');
+    if (cardsPanel && cardsPanel.offsetParent !== null) {  // the Types tab is shown
+      const k = (ev.key || '').toLowerCase();
+      if (k === 'j' || k === 'k') { stepCard(k === 'j' ? 1 : -1); ev.preventDefault(); return; }
+      if (ev.key === '/') {
+        const f = document.querySelector('#pa-cards .pa-find');
+        if (f) { f.focus(); ev.preventDefault(); }
+        return;
+      }
+      const tb = TYPE_KEYS[k] && document.getElementById(TYPE_KEYS[k]);
+      if (tb && tb.offsetParent !== null) { tb.click(); ev.preventDefault(); return; }
+    }
     const panel = document.getElementById('pa-suggest-panel');
     if (!panel || panel.offsetParent === null) return;   // the Suggestions tab is not shown
     const id = KEYS[(ev.key || '').toLowerCase()];
@@ -169,5 +264,26 @@ HEAD = """
 
 KEYS_HELP = (
     "<span class='pa-keys'>Keys: <kbd>y</kbd> yes · <kbd>n</kbd> no · <kbd>s</kbd> skip · "
-    "<kbd>u</kbd> undo</span>"
+    "<kbd>u</kbd> undo · <kbd>?</kbd> every key</span>"
 )
+#: The "?" overlay: every key of the page.
+ALL_KEYS_HELP = (
+    "<h3>Keys</h3><table>"
+    "<tr><th colspan=2>Types</th></tr>"
+    "<tr><td><kbd>j</kbd> / <kbd>k</kbd></td><td>next / previous type</td></tr>"
+    "<tr><td><kbd>c</kbd></td><td>confirm the type</td></tr>"
+    "<tr><td><kbd>x</kbd></td><td>reject the type</td></tr>"
+    "<tr><td><kbd>a</kbd></td><td>select all its members</td></tr>"
+    "<tr><td><kbd>z</kbd></td><td>undo your last action</td></tr>"
+    "<tr><td><kbd>/</kbd></td><td>find a type by name (<kbd>Esc</kbd> leaves the box)</td></tr>"
+    "<tr><td><kbd>Tab</kbd>, <kbd>Space</kbd> / <kbd>Enter</kbd></td>"
+    "<td>move through cards and members; pick one; shift-click: a range</td></tr>"
+    "<tr><th colspan=2>Suggestions</th></tr>"
+    "<tr><td><kbd>y</kbd> / <kbd>n</kbd> / <kbd>s</kbd></td><td>yes / no / skip</td></tr>"
+    "<tr><td><kbd>u</kbd></td><td>undo your last action</td></tr>"
+    "<tr><td><kbd>?</kbd></td><td>this help (a click or <kbd>Esc</kbd> closes it)</td></tr>"
+    "</table>"
+)
+
+# the "?" overlay's text, for the page script
+HEAD += "<script>window.PA_KEYS_HELP = " + json.dumps(ALL_KEYS_HELP) + ";</script>\n"

@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from protoatlas.service import WorkspaceService
 
+#: Above the cards: find by name, sort, filter by status (applied by the page script, so
+#: that typing never waits for the server; the choice survives a refresh of the cards).
+CARD_TOOLS = (
+    "<div class='pa-card-tools'><input type='search' class='pa-find' "
+    "placeholder='Find a type (/)' aria-label='find a type by name'>"
+    "<select class='pa-sort' aria-label='sort the types'><option value='size'>largest first"
+    "</option><option value='name'>by name</option><option value='status'>by status</option>"
+    "<option value='conf'>least confident first</option></select>"
+    "<select class='pa-status' aria-label='show the types of status'><option value=''>every "
+    "status</option><option value='proposed'>proposed</option><option value='confirmed'>"
+    "confirmed</option><option value='rejected'>rejected</option></select></div>"
+)
 #: Audit actions that are not a reviewer's decision.
 MODEL_ACTIONS = frozenset({"ingest_batch", "apply_retrain", "replace_suggestions", "adopt_types"})
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
@@ -238,8 +250,11 @@ class Views:
                 for m in reps
             )
             sel = " pa-selected" if t.id == selected else ""
+            conf = -1.0 if t.mean_confidence is None else float(t.mean_confidence)
             cards.append(
                 f"<div class='pa-card{sel}' role='button' tabindex='0' data-type-id='{t.id}' "
+                f"data-name='{escape(t.name.lower())}' data-size='{t.n_regions}' "
+                f"data-status='{escape(t.status)}' data-conf='{conf:.4f}' "
                 f"style='--pa-type:{type_colour(t.id)}'>"
                 f"<div class='pa-card-head'><span class='pa-swatch'></span>"
                 f"<span class='pa-name'>{escape(t.name)}</span>"
@@ -251,7 +266,8 @@ class Views:
             )
         # the render stamp makes every refresh a new value (Gradio then redraws) and lets a
         # benchmark see when the redrawn page is in place
-        return f"<div class='pa-cards' data-rendered='{time.monotonic_ns()}'>{''.join(cards)}</div>"
+        stamp = time.monotonic_ns()
+        return f"{CARD_TOOLS}<div class='pa-cards' data-rendered='{stamp}'>{''.join(cards)}</div>"
 
     def representatives(self, t: TypeSummary, n: int) -> list[Member]:
         """The type's representatives, cached while the type is unchanged (same version,
