@@ -300,7 +300,17 @@ def _add_export(sub: Subparsers) -> None:
     p.add_argument(
         "--format",
         required=True,
-        choices=["csv", "parquet", "images-csv", "coco", "coco-all", "audit-json", "audit-csv"],
+        choices=[
+            "csv",
+            "parquet",
+            "images-csv",
+            "coco",
+            "coco-all",
+            "label-studio",
+            "yolo",
+            "audit-json",
+            "audit-csv",
+        ],
     )
     p.add_argument("--out", required=True, help="output file")
     _common(p)
@@ -599,6 +609,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             path = service.export_coco(args.out)
         elif kind == "coco-all":
             path = service.export_coco(args.out, types="all")
+        elif kind == "label-studio":
+            path = service.export_label_studio(args.out, types="all")
+        elif kind == "yolo":
+            path = service.export_yolo(args.out)
         else:
             path = service.export_audit(args.out, fmt=kind.split("-")[1])
     print(f"wrote {path}")

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from storage.errors import NotFoundError, ValidationError
 from storage.rle import rle_bbox, rle_from_json
@@ -116,10 +117,19 @@ def export_coco(
     (``bbox`` [x, y, w, h] the tight box of the mask, uncompressed RLE ``segmentation``,
     ``area``, ``iscrowd`` 0).
     """
+    out = _target(path)
+    out.write_text(json.dumps(coco_document(ws, batch_id, types)))
+    return out
+
+
+def coco_document(
+    ws: "Workspace", batch_id: int | None = None, types: Literal["confirmed", "all"] = "confirmed"
+) -> dict[str, Any]:
+    """The COCO JSON document of :func:`export_coco` (each image also carries
+    ``protoatlas_image_id`` and ``protoatlas_batch_id``)."""
     if types not in COCO_TYPES:
         raise ValidationError(f"types must be one of {', '.join(COCO_TYPES)}, not {types!r}")
     statuses = list(COCO_TYPES[types])
-    out = _target(path)
     with ws.read() as cur:
         if (
             batch_id is not None
@@ -153,7 +163,16 @@ def export_coco(
     for k, (b, i, name, bname, w, h, sha) in enumerate(imgs, start=1):
         coco_id[(b, i)] = k
         images.append(
-            {"id": k, "file_name": name, "width": w, "height": h, "batch": bname, "sha256": sha}
+            {
+                "id": k,
+                "file_name": name,
+                "width": w,
+                "height": h,
+                "batch": bname,
+                "sha256": sha,
+                "protoatlas_image_id": i,
+                "protoatlas_batch_id": b,
+            }
         )
     annotations = []
     for rid, b, i, tid, top, left, bottom, right, area, mask, conf, source in anns:
@@ -180,7 +199,92 @@ def export_coco(
         ],
         "annotations": annotations,
     }
-    out.write_text(json.dumps(doc))
+    return doc
+
+
+def export_label_studio(
+    ws: "Workspace",
+    path: str | os.PathLike[str],
+    batch_id: int | None = None,
+    types: Literal["confirmed", "all"] = "confirmed",
+) -> Path:
+    """Label Studio tasks (JSON): one task per batch image (``data.image`` = its name in the
+    upload), its regions as ``rectanglelabels`` in percent of the image, the types' names as
+    labels (``from_name`` "label", ``to_name`` "image"); confirmed types are annotations,
+    proposed ones (``types="all"``) predictions, for a reviewer to check."""
+    doc = coco_document(ws, batch_id, types)
+    names = {c["id"]: (c["name"], c["protoatlas_status"]) for c in doc["categories"]}
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in doc["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    tasks = []
+    for im in doc["images"]:
+        done: list[dict[str, Any]] = []
+        guessed: list[dict[str, Any]] = []
+        for ann in by_image.get(im["id"], []):
+            x, y, w, h = ann["bbox"]
+            name, status = names[ann["category_id"]]
+            (done if status == "confirmed" else guessed).append(
+                {
+                    "id": f"r{ann['id']}",
+                    "type": "rectanglelabels",
+                    "from_name": "label",
+                    "to_name": "image",
+                    "original_width": im["width"],
+                    "original_height": im["height"],
+                    "value": {
+                        "x": 100.0 * x / im["width"],
+                        "y": 100.0 * y / im["height"],
+                        "width": 100.0 * w / im["width"],
+                        "height": 100.0 * h / im["height"],
+                        "rotation": 0,
+                        "rectanglelabels": [name],
+                    },
+                }
+            )
+        task: dict[str, Any] = {
+            "id": im["id"],
+            "data": {"image": im["file_name"], "batch": im["batch"], "sha256": im["sha256"]},
+            "annotations": [{"result": done}] if done else [],
+        }
+        if guessed:
+            task["predictions"] = [{"model_version": "protoatlas", "result": guessed}]
+        tasks.append(task)
+    out = _target(path)
+    out.write_text(json.dumps(tasks))
+    return out
+
+
+def export_yolo(
+    ws: "Workspace",
+    path: str | os.PathLike[str],
+    batch_id: int | None = None,
+    types: Literal["confirmed", "all"] = "confirmed",
+) -> Path:
+    """A YOLO detection set as one zip: ``images/<batch id>/<name>`` (the stored files),
+    ``labels/<batch id>/<name>.txt`` (``class cx cy w h``, normalised, one line per region;
+    empty for an image without one) and ``classes.txt`` (class index = line number)."""
+    doc = coco_document(ws, batch_id, types)
+    index = {c["id"]: k for k, c in enumerate(doc["categories"])}
+    lines: dict[int, list[str]] = {}
+    for ann in doc["annotations"]:
+        x, y, w, h = ann["bbox"]
+        im = doc["images"][ann["image_id"] - 1]
+        cx, cy = (x + w / 2) / im["width"], (y + h / 2) / im["height"]
+        lines.setdefault(ann["image_id"], []).append(
+            f"{index[ann['category_id']]} {cx:.6f} {cy:.6f} "
+            f"{w / im['width']:.6f} {h / im['height']:.6f}"
+        )
+    out = _target(path)
+    tmp = out.with_name(out.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("classes.txt", "".join(f"{c['name']}\n" for c in doc["categories"]))
+        for im in doc["images"]:
+            stem = f"{im['protoatlas_batch_id']}/{im['file_name']}"
+            z.write(ws.image_path(im["protoatlas_image_id"]), f"images/{stem}")
+            label = stem.rsplit(".", 1)[0] + ".txt"
+            z.writestr(f"labels/{label}", "".join(f"{ln}\n" for ln in lines.get(im["id"], [])))
+    os.replace(tmp, out)
     return out
 
 

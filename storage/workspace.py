@@ -902,6 +902,22 @@ class Workspace:
     ) -> Path:
         return export.export_coco(self, path, batch_id, types)
 
+    def export_label_studio(
+        self,
+        path: str | os.PathLike[str],
+        batch_id: int | None = None,
+        types: Literal["confirmed", "all"] = "confirmed",
+    ) -> Path:
+        return export.export_label_studio(self, path, batch_id, types)
+
+    def export_yolo(
+        self,
+        path: str | os.PathLike[str],
+        batch_id: int | None = None,
+        types: Literal["confirmed", "all"] = "confirmed",
+    ) -> Path:
+        return export.export_yolo(self, path, batch_id, types)
+
     def export_audit(
         self, path: str | os.PathLike[str], fmt: Literal["csv", "json"] = "json"
     ) -> Path:

@@ -166,3 +166,46 @@ def test_coco_of_every_type_includes_the_proposed_ones(ws, tmp_path):
     assert len(doc["annotations"]) == a.n_regions + b.n_regions
     with pytest.raises(ValidationError, match="types must be one of"):
         ws.export_coco(tmp_path / "x.json", types="some")  # type: ignore[arg-type]
+
+
+def test_label_studio_tasks_hold_the_boxes_in_percent_confirmed_as_annotations(ws, tmp_path):
+    a, b, _ = sorted(ws.list_types(), key=lambda t: t.id)
+    ws.confirm_type(a.id, expected_version=1, actor="ann")
+    ws.rename_type(a.id, "crack", expected_version=2, actor="ann")
+    coco = json.loads(ws.export_coco(tmp_path / "c.json", types="all").read_text())
+    tasks = json.loads(ws.export_label_studio(tmp_path / "ls.json", types="all").read_text())
+    assert len(tasks) == len(coco["images"]) == 12
+    done = [r for t in tasks for a_ in t["annotations"] for r in a_["result"]]
+    guessed = [r for t in tasks for p in t.get("predictions", []) for r in p["result"]]
+    assert {r["value"]["rectanglelabels"][0] for r in done} == {"crack"}
+    assert len(done) == a.n_regions and len(guessed) == len(coco["annotations"]) - a.n_regions
+    ann = {f"r{x['id']}": x for x in coco["annotations"]}
+    images = {im["id"]: im for im in coco["images"]}
+    for r in done + guessed:
+        x, y, w, h = ann[r["id"]]["bbox"]
+        im = images[ann[r["id"]]["image_id"]]
+        v = r["value"]
+        assert v["x"] == pytest.approx(100 * x / im["width"])
+        assert v["height"] == pytest.approx(100 * h / im["height"])
+        assert (r["from_name"], r["to_name"], r["type"]) == ("label", "image", "rectanglelabels")
+
+
+def test_yolo_zip_has_every_image_a_label_file_each_and_the_classes(ws, tmp_path):
+    import zipfile
+
+    a, b, c = sorted(ws.list_types(), key=lambda t: t.id)
+    for t in (a, b):
+        ws.confirm_type(t.id, expected_version=1, actor="ann")
+    out = ws.export_yolo(tmp_path / "yolo.zip")
+    coco = json.loads(ws.export_coco(tmp_path / "c.json").read_text())
+    with zipfile.ZipFile(out) as z:
+        names = z.namelist()
+        classes = z.read("classes.txt").decode().split()
+        assert classes == [cat["name"] for cat in coco["categories"]]
+        images = [n for n in names if n.startswith("images/")]
+        labels = [n for n in names if n.startswith("labels/")]
+        assert len(images) == len(labels) == 12
+        rows = [ln.split() for n in labels for ln in z.read(n).decode().splitlines()]
+    assert len(rows) == a.n_regions + b.n_regions
+    for cls, *box in rows:
+        assert int(cls) in (0, 1) and all(0.0 <= float(v) <= 1.0 for v in box)

@@ -226,7 +226,10 @@ def test_image_detail_endpoint(served):
     assert any(r[0] == region.id for r in rows["data"])
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet", "coco", "audit_json", "images_csv"])
+@pytest.mark.parametrize(
+    "fmt",
+    ["csv", "parquet", "coco", "coco_all", "label_studio", "yolo", "audit_json", "images_csv"],
+)
 def test_export(served, fmt):
     path = Path(served.client.predict(fmt, api_name="/export"))
     assert path.stat().st_size > 0
@@ -248,6 +251,12 @@ def test_export(served, fmt):
     elif fmt == "audit_json":
         text = path.read_text()
         assert "confirm_type" in text
+    elif fmt == "label_studio":
+        tasks = json.loads(path.read_text())
+        assert tasks and all("image" in t["data"] for t in tasks)
+    elif fmt == "yolo":
+        with zipfile.ZipFile(path) as z:
+            assert "classes.txt" in z.namelist()
 
 
 def test_upload_errors_are_clear(served, tmp_path):

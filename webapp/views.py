@@ -66,6 +66,8 @@ EXPORTS = {
     "images_csv": ("images.csv", "one row per image (CSV)"),
     "coco": ("coco.json", "COCO instances of the confirmed types: masks, boxes (JSON)"),
     "coco_all": ("coco-all.json", "COCO instances of every type, proposed ones too (JSON)"),
+    "label_studio": ("label-studio.json", "Label Studio tasks: boxes of every type (JSON)"),
+    "yolo": ("yolo.zip", "YOLO set of the confirmed types: images, labels, classes (zip)"),
     "audit_json": ("audit.json", "the audit log (JSON)"),
     "audit_csv": ("audit.csv", "the audit log (CSV)"),
 }
@@ -876,6 +878,10 @@ class Views:
             return ws.export_coco(path)
         if fmt == "coco_all":
             return ws.export_coco(path, types="all")
+        if fmt == "label_studio":
+            return ws.export_label_studio(path, types="all")
+        if fmt == "yolo":
+            return ws.export_yolo(path)
         if fmt == "audit_json":
             return ws.export_audit(path, "json")
         return ws.export_audit(path, "csv")

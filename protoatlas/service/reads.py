@@ -111,6 +111,24 @@ class ReadsMixin(ServiceCore):
         """COCO JSON of the confirmed types (``types="all"``: the proposed ones too)."""
         return self.ws.export_coco(path, batch_id, types)
 
+    def export_label_studio(
+        self,
+        path: str | os.PathLike[str],
+        batch_id: int | None = None,
+        types: Literal["confirmed", "all"] = "confirmed",
+    ) -> Path:
+        """Label Studio tasks: confirmed types as annotations, proposed ones as predictions."""
+        return self.ws.export_label_studio(path, batch_id, types)
+
+    def export_yolo(
+        self,
+        path: str | os.PathLike[str],
+        batch_id: int | None = None,
+        types: Literal["confirmed", "all"] = "confirmed",
+    ) -> Path:
+        """A zip of images, YOLO label files and classes.txt."""
+        return self.ws.export_yolo(path, batch_id, types)
+
     def export_audit(
         self, path: str | os.PathLike[str], fmt: Literal["csv", "json"] = "json"
     ) -> Path:
