@@ -308,6 +308,7 @@ def _add_export(sub: Subparsers) -> None:
             "coco-all",
             "label-studio",
             "yolo",
+            "crops",
             "audit-json",
             "audit-csv",
         ],
@@ -613,6 +614,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             path = service.export_label_studio(args.out, types="all")
         elif kind == "yolo":
             path = service.export_yolo(args.out)
+        elif kind == "crops":
+            path = service.export_crops(args.out)
         else:
             path = service.export_audit(args.out, fmt=kind.split("-")[1])
     print(f"wrote {path}")

@@ -228,7 +228,17 @@ def test_image_detail_endpoint(served):
 
 @pytest.mark.parametrize(
     "fmt",
-    ["csv", "parquet", "coco", "coco_all", "label_studio", "yolo", "audit_json", "images_csv"],
+    [
+        "csv",
+        "parquet",
+        "coco",
+        "coco_all",
+        "label_studio",
+        "yolo",
+        "crops",
+        "audit_json",
+        "images_csv",
+    ],
 )
 def test_export(served, fmt):
     path = Path(served.client.predict(fmt, api_name="/export"))
@@ -257,6 +267,17 @@ def test_export(served, fmt):
     elif fmt == "yolo":
         with zipfile.ZipFile(path) as z:
             assert "classes.txt" in z.namelist()
+    elif fmt == "crops":
+        with zipfile.ZipFile(path) as z:
+            confirmed = {
+                t.name: t.n_regions
+                for t in served.service.ws.list_types()
+                if t.status == "confirmed" and t.n_regions
+            }
+            folders: dict[str, int] = {}
+            for n in z.namelist():
+                folders[n.split("/")[0]] = folders.get(n.split("/")[0], 0) + 1
+            assert folders == confirmed
 
 
 def test_upload_errors_are_clear(served, tmp_path):

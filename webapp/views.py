@@ -68,6 +68,7 @@ EXPORTS = {
     "coco_all": ("coco-all.json", "COCO instances of every type, proposed ones too (JSON)"),
     "label_studio": ("label-studio.json", "Label Studio tasks: boxes of every type (JSON)"),
     "yolo": ("yolo.zip", "YOLO set of the confirmed types: images, labels, classes (zip)"),
+    "crops": ("crops.zip", "the crops of the confirmed types, a folder per type (zip)"),
     "audit_json": ("audit.json", "the audit log (JSON)"),
     "audit_csv": ("audit.csv", "the audit log (CSV)"),
 }
@@ -882,6 +883,8 @@ class Views:
             return ws.export_label_studio(path, types="all")
         if fmt == "yolo":
             return ws.export_yolo(path)
+        if fmt == "crops":
+            return ws.export_crops(path)
         if fmt == "audit_json":
             return ws.export_audit(path, "json")
         return ws.export_audit(path, "csv")

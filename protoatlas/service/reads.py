@@ -4,7 +4,10 @@ hold a :class:`storage.Workspace` themselves."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -129,7 +132,44 @@ class ReadsMixin(ServiceCore):
         """A zip of images, YOLO label files and classes.txt."""
         return self.ws.export_yolo(path, batch_id, types)
 
+    def export_crops(
+        self, path: str | os.PathLike[str], types: Literal["confirmed", "all"] = "confirmed"
+    ) -> Path:
+        """A zip with one folder per type (its name) holding every member's crop as PNG
+        (``<region id>.png``, the region's box in the original image): the confirmed types,
+        or with ``types="all"`` the proposed ones too."""
+        from PIL import Image
+
+        statuses = {"confirmed"} if types == "confirmed" else {"confirmed", "proposed"}
+        if types not in ("confirmed", "all"):
+            raise ValueError(f"types must be confirmed or all, not {types!r}")
+        live = {t.id: t for t in self.ws.list_types() if t.status in statuses and t.n_regions}
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with zipfile.ZipFile(tmp, "w") as z:
+            for b in self.ws.batches():
+                for r in self.ws.regions_for_batch(b.id, with_masks=False):
+                    if r.type_id not in live or r.is_normal:
+                        continue
+                    top, left, bottom, right = r.box
+                    with Image.open(self.ws.image_path(r.image_id)) as im:
+                        crop = im.crop((left, top, right, bottom))
+                        buf = io.BytesIO()
+                        crop.save(buf, format="PNG")
+                    folder = _safe_folder(live[r.type_id].name, r.type_id)
+                    z.writestr(f"{folder}/{r.id}.png", buf.getvalue())
+        os.replace(tmp, out)
+        return out
+
     def export_audit(
         self, path: str | os.PathLike[str], fmt: Literal["csv", "json"] = "json"
     ) -> Path:
         return self.ws.export_audit(path, fmt)
+
+
+def _safe_folder(name: str, type_id: int) -> str:
+    """A type's folder name in an export: its name with path characters replaced (and its id
+    when nothing is left)."""
+    clean = re.sub(r"[^\w.\- ]+", "_", name).strip(" .") or f"type-{type_id}"
+    return clean
