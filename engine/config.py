@@ -475,6 +475,8 @@ class ScreensConfig:
     card_thumbs: int = 6
     #: Regions the map plots at most (a seeded sample above it).
     map_max_points: int = 20000
+    #: Images per page of the Browse tab.
+    browse_page: int = 60
     #: Members of each candidate type a "which type is region #N?" question shows.
     label_examples: int = 4
     #: Regions picked with the map's lasso shown as crops at most.

@@ -345,6 +345,21 @@ def test_review_flow_in_a_browser(served, browser, shots):
     time.sleep(0.5)
     page.screenshot(path=str(shots / "image.png"))
 
+    # ---- browse: every image, the passed ones too; a click opens it on the Image tab
+    _tab(page, "Browse")
+    _wait_text(page, "#pa-browse-count", r"17 image\(s\)")
+    radios = page.locator("#pa-browse-flagged")
+    radios.get_by_role("radio", name="passed").check()
+    _wait_text(page, "#pa-browse-count", r"^\s*(?!17 )\d+ image\(s\)")
+    n_passed = int(re.search(r"(\d+) image", page.inner_text("#pa-browse-count")).group(1))
+    assert n_passed < 17
+    radios.get_by_role("radio", name="all").check()
+    _wait_text(page, "#pa-browse-count", r"17 image\(s\)")
+    first_img = page.wait_for_selector("#pa-browse-grid .pa-image")
+    iid = first_img.get_attribute("data-iid")
+    first_img.click()
+    _wait_text(page, "#pa-image-md", rf"Image #{iid}\b")
+
     # ---- the history
     _tab(page, "History")
     history = _wait_text(page, "#pa-history", "split_type")

@@ -252,3 +252,47 @@ def test_the_question_says_where_it_stands_in_the_queue(views) -> None:
     q = views.next_question()
     assert q is not None and q.n_open == len(views.types())
     assert f"1 of {len(views.types())} open" in q.markdown and t.id >= 1
+
+
+def test_browse_filters_sorts_and_pages_every_image(tmp_path) -> None:
+    from storage import BatchIngest, ImageIn
+    from webapp.views import BrowseFilter
+
+    ws = build_workspace(tmp_path, n_images=30, n_types=2, type_names=["crack", "dent"])
+    service = WorkspaceService.over(ws)
+    try:
+        ws.ingest_batch(
+            BatchIngest(
+                name="passed",
+                images=[
+                    ImageIn(
+                        name=f"ok{i}.png",
+                        width=8,
+                        height=8,
+                        data=b"\x89PNG-" + bytes([i]) * 9,
+                        anomaly_score=0.1 + i / 100,
+                        is_anomalous=False,
+                    )
+                    for i in range(5)
+                ],
+            )
+        )
+        views = Views(service)
+        rows = views.browse_rows()
+        assert len(rows) == 35
+        passed = [r for r in rows if BrowseFilter(flagged="passed").keeps(r)]
+        assert {r.name for r in passed} == {f"ok{i}.png" for i in range(5)}
+        untyped = [r for r in rows if BrowseFilter(type_id=-1).keeps(r)]
+        assert {r.name for r in untyped} >= {f"ok{i}.png" for i in range(5)}
+        crack = views.types()[0]
+        typed = [r for r in rows if BrowseFilter(type_id=crack.id).keeps(r)]
+        assert typed and all(crack.id in r.type_ids for r in typed)
+        low = BrowseFilter(flagged="passed", max_score=0.125, sort="score, lowest first")
+        count, grid, page = views.browse(low)
+        assert "3 image(s)" in count and grid.index("ok0.png") < grid.index("ok2.png")
+        views.screens = type(views.screens)(browse_page=10)
+        count, grid, page = views.browse(BrowseFilter(), page=99)  # past the end: the last
+        assert page == 3 and "page 4 of 4" in count and grid.count("data-iid=") == 5
+        assert views.image_thumb(rows[0].image_id)[:2] == b"\xff\xd8"
+    finally:
+        service.close()

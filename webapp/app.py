@@ -39,6 +39,7 @@ from webapp.security import (
     stage_upload,
 )
 from webapp.tabs import (
+    BrowseTab,
     ExportTab,
     HistoryTab,
     ImageTab,
@@ -46,6 +47,7 @@ from webapp.tabs import (
     SuggestionsTab,
     TypesTab,
     UploadTab,
+    browse_tab,
     export_tab,
     history_tab,
     image_tab,
@@ -55,7 +57,7 @@ from webapp.tabs import (
     types_tab,
     upload_tab,
 )
-from webapp.views import TYPE_COLUMNS, Views, type_label
+from webapp.views import TYPE_COLUMNS, BrowseFilter, Views, type_label
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,17 @@ def _clusters_of(value: Any) -> int | str:
 
 #: Length of the session id kept in an anonymous reviewer's name.
 SESSION_TAG = 6
+
+
+def _score_bound(value: Any, what: str) -> float | None:
+    """A score bound as typed: empty -> no bound, else a number (a clear message if not)."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise gr.Error(f"{what}: '{text}' is not a number", print_exception=False) from None
 
 
 def actor_of(request: gr.Request | None) -> str:
@@ -465,31 +478,7 @@ class ReviewApp:
     ) -> tuple[str, list[list[str]]]:
         started = time.perf_counter()
         k = _clusters_of(clusters)  # checked before anything is staged
-        staged = staged_normals = None
-        try:
-            staged = stage_upload(
-                images if isinstance(images, list) else [images] if images else [],
-                self.staging,
-                self.limits,
-                "images",
-            )
-            staged_normals = stage_upload(
-                normals if isinstance(normals, list) else [normals] if normals else [],
-                self.staging,
-                self.limits,
-                "normals",
-            )
-        except UploadError as exc:
-            if staged is not None:  # the images were staged, the normals refused
-                staged.close()
-            raise gr.Error(str(exc), print_exception=False) from None
-        if staged is None:
-            if staged_normals is not None:
-                staged_normals.close()
-            raise gr.Error(
-                "Choose the images to analyse first: image files or one .zip.",
-                print_exception=False,
-            )
+        staged, staged_normals = self._stage(images, normals)
         notes: list[str] = []
         prompt = (prompt or "").strip() or None
         backend = self._prior_backend(prompt, prior, notes)
@@ -535,6 +524,36 @@ class ReviewApp:
             + list(report.skipped)
         ]
         return self._upload_summary(name, report, skipped, notes, started), skipped
+
+    def _stage(self, images: Any, normals: Any) -> tuple[Any, Any]:
+        """The uploaded images and known-good files, checked and staged; nothing stays
+        staged when either is refused."""
+        staged = staged_normals = None
+        try:
+            staged = stage_upload(
+                images if isinstance(images, list) else [images] if images else [],
+                self.staging,
+                self.limits,
+                "images",
+            )
+            staged_normals = stage_upload(
+                normals if isinstance(normals, list) else [normals] if normals else [],
+                self.staging,
+                self.limits,
+                "normals",
+            )
+        except UploadError as exc:
+            if staged is not None:  # the images were staged, the normals refused
+                staged.close()
+            raise gr.Error(str(exc), print_exception=False) from None
+        if staged is None:
+            if staged_normals is not None:
+                staged_normals.close()
+            raise gr.Error(
+                "Choose the images to analyse first: image files or one .zip.",
+                print_exception=False,
+            )
+        return staged, staged_normals
 
     def _prior_backend(self, prompt: str | None, prior: str | None, notes: list[str]) -> str:
         """The object prior an upload uses: the one picked, else grounded-SAM when a prompt
@@ -638,6 +657,7 @@ class ReviewApp:
                 suggestions = suggestions_tab()
                 upload = upload_tab(self.limits)
                 map_ = map_tab()
+                browse = browse_tab()
                 image = image_tab()
                 history = history_tab()
                 export = export_tab()
@@ -664,6 +684,7 @@ class ReviewApp:
             self._wire_upload(upload, panel, header, types)
             self._wire_map(map_)
             self._wire_image(image)
+            self._wire_browse(browse, tabs, image)
             self._wire_history(history)
             self._wire_export(export)
             types.tab.select(
@@ -1100,6 +1121,98 @@ class ReviewApp:
             api_visibility="undocumented",
         )
 
+    def browse(
+        self,
+        batch: Any,
+        type_id: Any,
+        flagged: Any,
+        reviewed: Any,
+        lo: Any,
+        hi: Any,
+        sort: Any,
+        page: Any,
+    ) -> tuple[str, str, int]:
+        """The Browse tab's count line, grid and page for these filters."""
+        f = BrowseFilter(
+            batch_id=_to_int(batch),
+            type_id=_to_int(type_id),
+            flagged=str(flagged or "all"),
+            reviewed=str(reviewed or "all"),
+            min_score=_score_bound(lo, "Score from"),
+            max_score=_score_bound(hi, "Score to"),
+            sort=str(sort or "score, highest first"),
+        )
+        return self.views.browse(f, int(page or 0))
+
+    def _wire_browse(self, b: BrowseTab, tabs: gr.Tabs, image: ImageTab) -> None:
+        v = self.views
+        shown = [b.count, b.grid, b.page]
+
+        def first_page(*filters):
+            return self.browse(*filters, 0)
+
+        def step(delta):
+            def fn(*args):
+                *filters, page = args
+                return self.browse(*filters, int(page or 0) + delta)
+
+            return fn
+
+        def on_select():
+            batches = [("every batch", "")] + [
+                (f"{x.name} (#{x.id})", str(x.id)) for x in v.service.batches()
+            ]
+            types = [("any", ""), ("no type", "-1")] + [
+                (type_label(t), str(t.id)) for t in v.types()
+            ]
+            count, grid, page = self.browse(
+                "", "", "all", "all", None, None, "score, highest first", 0
+            )
+            return (
+                gr.update(choices=batches, value=""),
+                gr.update(choices=types, value=""),
+                count,
+                grid,
+                page,
+            )
+
+        b.tab.select(on_select, outputs=[b.batch, b.type_dd, *shown], api_visibility="undocumented")
+        # .input, not .change: the tab's own refresh of the lists must not fire them again;
+        # one at a time, so that an older filter's answer never lands after a newer one's
+        for control in b.filters():
+            control.input(
+                first_page,
+                inputs=b.filters(),
+                outputs=shown,
+                api_visibility="undocumented",
+                trigger_mode="always_last",
+                concurrency_id="browse",
+                concurrency_limit=1,
+            )
+        b.prev_btn.click(
+            step(-1), inputs=[*b.filters(), b.page], outputs=shown, api_visibility="undocumented"
+        )
+        b.next_btn.click(
+            step(1), inputs=[*b.filters(), b.page], outputs=shown, api_visibility="undocumented"
+        )
+
+        def open_image(value):
+            image_id = _to_int(str(value or "").split(":")[0])
+            if image_id is None:
+                return [gr.update() for _ in range(2 + len(image.outputs()))]
+            return (
+                gr.Tabs(selected="image"),
+                gr.update(choices=v.batch_images(), value=image_id),
+                *self.image(image_id),
+            )
+
+        b.open_box.change(
+            open_image,
+            inputs=[b.open_box],
+            outputs=[tabs, image.image_dd, *image.outputs()],
+            api_visibility="undocumented",
+        )
+
     def _wire_history(self, h: HistoryTab) -> None:
         v = self.views
 
@@ -1159,6 +1272,7 @@ def _picture_routes(views: Views) -> list[Route]:
     return [
         route("/pa/thumb/{name}", views.thumb),
         route("/pa/crop/{name}", lambda rid: views.crop(rid).read_bytes()),
+        route("/pa/image/{name}", views.image_thumb),
     ]
 
 

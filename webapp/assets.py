@@ -116,6 +116,8 @@ HEAD = """
     if (card) { pickCard(card); return; }
     const pick = ev.target.closest && ev.target.closest('#pa-sugg-grid .pa-pickable .pa-member');
     if (pick) { togglePick(pick); return; }
+    const img = ev.target.closest && ev.target.closest('#pa-browse-grid .pa-image');
+    if (img) { setBox('pa-browse-open', img.dataset.iid + ':' + Date.now()); return; }
     const fig = ev.target.closest && ev.target.closest('#pa-gallery .pa-member');
     if (fig) toggleMember(fig, ev.shiftKey);
   });

@@ -211,6 +211,24 @@ class Renderer:
         tmp.replace(path)
         return data
 
+    def image_thumb_bytes(self, image_id: int) -> bytes:
+        """Small JPEG of a whole image (the Browse grid), its longer side ``THUMB_SIDE``."""
+        folder = self.cache_dir / "images"
+        path = folder / f"{int(image_id)}.jpg"
+        if path.is_file():
+            return path.read_bytes()
+        folder.mkdir(parents=True, exist_ok=True)
+        with Image.open(self.service.image_path(image_id)) as im:
+            small = _to_rgb(im)
+            small.thumbnail((THUMB_SIDE * 2, THUMB_SIDE * 2), Image.LANCZOS)
+        buf = io.BytesIO()
+        small.save(buf, "JPEG", quality=82)
+        data = buf.getvalue()
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return data
+
     # ----------------------------------------------------------------- image detail
     def detail_views(
         self,

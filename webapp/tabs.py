@@ -476,12 +476,93 @@ class ImageTab:
         return [getattr(self, name) for name in self.DETAIL]
 
 
+@dataclass
+class BrowseTab:
+    """Every image, filtered and sorted, a page at a time; a click opens it."""
+
+    tab: gr.Tab
+    batch: gr.Dropdown
+    type_dd: gr.Dropdown
+    flagged: gr.Radio
+    reviewed: gr.Radio
+    min_score: gr.Textbox
+    max_score: gr.Textbox
+    sort: gr.Radio
+    prev_btn: gr.Button
+    next_btn: gr.Button
+    page: gr.State
+    count: gr.Markdown
+    grid: gr.HTML
+    open_box: gr.Textbox  # hidden: the image the script clicked
+
+    def filters(self) -> list[Any]:
+        """The filter inputs, in the order ``ReviewApp.browse`` takes them."""
+        return [
+            self.batch,
+            self.type_dd,
+            self.flagged,
+            self.reviewed,
+            self.min_score,
+            self.max_score,
+            self.sort,
+        ]
+
+
+def browse_tab() -> BrowseTab:
+    """Lays out the Browse tab: the filters, the page controls and the image grid."""
+    with gr.Tab("Browse", id="browse") as tab:
+        with gr.Row():
+            batch = gr.Dropdown(label="Batch", choices=[("every batch", "")], value="", scale=2)
+            type_dd = gr.Dropdown(label="Type", choices=[("any", "")], value="", scale=2)
+            flagged = gr.Radio(
+                ["all", "flagged", "passed"],
+                value="all",
+                label="Detector",
+                elem_id="pa-browse-flagged",
+            )
+            reviewed = gr.Radio(["all", "reviewed", "not reviewed"], value="all", label="Reviewer")
+        with gr.Row():
+            # text boxes: an empty number box would send 0 (empty = no bound here)
+            min_score = gr.Textbox(label="Score from (empty: any)", value="", max_lines=1)
+            max_score = gr.Textbox(label="Score to (empty: any)", value="", max_lines=1)
+            sort = gr.Radio(
+                ["score, highest first", "score, lowest first", "name"],
+                value="score, highest first",
+                label="Sort",
+            )
+            prev_btn = gr.Button("← Previous page", size="sm", scale=0)
+            next_btn = gr.Button("Next page →", size="sm", scale=0)
+        count = gr.Markdown(elem_id="pa-browse-count")
+        grid = gr.HTML(elem_id="pa-browse-grid")
+        open_box = gr.Textbox(elem_id="pa-browse-open", elem_classes="pa-hidden", label="open")
+        page = gr.State(0)
+    return BrowseTab(
+        tab=tab,
+        batch=batch,
+        type_dd=type_dd,
+        flagged=flagged,
+        reviewed=reviewed,
+        min_score=min_score,
+        max_score=max_score,
+        sort=sort,
+        prev_btn=prev_btn,
+        next_btn=next_btn,
+        page=page,
+        count=count,
+        grid=grid,
+        open_box=open_box,
+    )
+
+
 def image_tab() -> ImageTab:
     """Lays out the Image tab: the image picker and its four pictures."""
     with gr.Tab("Image", id="image") as tab:
         with gr.Row():
             image_dd = gr.Dropdown(
-                label="Image (with regions)", choices=[], scale=3, allow_custom_value=True
+                label="Image (those with regions first)",
+                choices=[],
+                scale=3,
+                allow_custom_value=True,
             )
             show_btn = gr.Button("Show", scale=0)
         summary = gr.Markdown(elem_id="pa-image-md")

@@ -74,6 +74,55 @@ EXPORTS = {
 }
 
 
+@dataclass
+class BrowseRow:
+    """One image of the Browse tab."""
+
+    image_id: int
+    name: str
+    batch_id: int
+    batch_name: str
+    score: float | None
+    flagged: bool
+    n_regions: int
+    type_ids: list[int]
+    type_names: list[str]
+    reviewed: bool
+
+
+@dataclass
+class BrowseFilter:
+    """What the Browse tab keeps: a batch, a type (``-1``: images without a type), flagged
+    or passed, reviewed or not, a score range; and the sort order."""
+
+    batch_id: int | None = None
+    type_id: int | None = None
+    flagged: str = "all"  # all | flagged | passed
+    reviewed: str = "all"  # all | reviewed | not reviewed
+    min_score: float | None = None
+    max_score: float | None = None
+    sort: str = "score, highest first"
+
+    def keeps(self, r: BrowseRow) -> bool:
+        if self.batch_id is not None and r.batch_id != self.batch_id:
+            return False
+        if self.type_id is not None and (
+            (self.type_id == -1 and r.type_ids)
+            or (self.type_id >= 0 and self.type_id not in r.type_ids)
+        ):
+            return False
+        if self.flagged != "all" and r.flagged != (self.flagged == "flagged"):
+            return False
+        if self.reviewed != "all" and r.reviewed != (self.reviewed == "reviewed"):
+            return False
+        score = r.score if r.score is not None else float("nan")
+        if self.min_score is not None and not score >= self.min_score:
+            return False
+        if self.max_score is not None and not score <= self.max_score:
+            return False
+        return True
+
+
 def question_text(kind: str, target: dict, name: Callable[[Any], str]) -> str:
     """The question a suggestion asks, with ``name(type id)`` for each type it is about."""
     if kind == "confirm":
@@ -819,6 +868,78 @@ class Views:
                     rest.append((-(score if score is not None else -np.inf), label, image_id))
         out += [(label, image_id) for _, label, image_id in sorted(rest)]
         return out[:limit]
+
+    # ------------------------------------------------------------------ browse
+    def browse_rows(self) -> list[BrowseRow]:
+        """Every image of every batch, with its score, whether it was flagged, its types and
+        whether a reviewer decided about one of its regions."""
+        types = {t.id: t.name for t in self.service.list_types(include_merged=True)}
+        rows: list[BrowseRow] = []
+        for b in self.service.batches():
+            regions: dict[int, list[Any]] = {}
+            for r in self.service.regions_for_batch(b.id, with_masks=False):
+                regions.setdefault(r.image_id, []).append(r)
+            for image_id, name, score, flagged in self.service.batch_images(b.id):
+                rs = regions.get(image_id, [])
+                tids = sorted(
+                    {int(r.type_id) for r in rs if r.type_id is not None and not r.is_normal}
+                )
+                rows.append(
+                    BrowseRow(
+                        image_id,
+                        name,
+                        b.id,
+                        b.name,
+                        score,
+                        bool(flagged),
+                        len(rs),
+                        tids,
+                        [types.get(t, f"#{t}") for t in tids],
+                        any(r.source == "reviewer" for r in rs),
+                    )
+                )
+        return rows
+
+    def browse(self, f: BrowseFilter, page: int = 0) -> tuple[str, str, int]:
+        """(count line, grid HTML, page shown) of the images the filter keeps, sorted and
+        one page (``screens.browse_page``) at a time."""
+        rows = [r for r in self.browse_rows() if f.keeps(r)]
+        key = {
+            "score, highest first": lambda r: -(r.score if r.score is not None else -1e9),
+            "score, lowest first": lambda r: r.score if r.score is not None else 1e9,
+            "name": lambda r: (r.batch_id, r.name),
+        }.get(f.sort, lambda r: -(r.score if r.score is not None else -1e9))
+        rows.sort(key=key)
+        size = self.screens.browse_page
+        pages = max(1, -(-len(rows) // size))
+        page = min(max(int(page), 0), pages - 1)
+        shown = rows[page * size : (page + 1) * size]
+        items = []
+        for r in shown:
+            flag = "flagged" if r.flagged else "passed"
+            names = ", ".join(escape(n) for n in r.type_names) or "no type"
+            items.append(
+                f"<figure class='pa-member pa-image' tabindex='0' data-iid='{r.image_id}' "
+                f"title='#{r.image_id} {escape(r.name)} · batch {escape(r.batch_name)} · "
+                f"score {fmt_conf(r.score)} · {flag} · {names}'>"
+                f"<img loading='lazy' alt='image {r.image_id}' src='pa/image/{r.image_id}.jpg'>"
+                f"<figcaption>#{r.image_id} · {fmt_conf(r.score)}"
+                f"{' · ⚑' if r.flagged else ''} · {names}</figcaption></figure>"
+            )
+        first = page * size + 1 if shown else 0
+        last = first + len(shown) - 1 if shown else 0
+        count = (
+            f"**{len(rows)} image(s)** match · showing {first}-{last} · page {page + 1} of {pages}"
+        )
+        grid = (
+            f"<div class='pa-members'>{''.join(items)}</div>"
+            if items
+            else ("<div class='pa-empty'>No image matches these filters.</div>")
+        )
+        return count, grid, page
+
+    def image_thumb(self, image_id: int) -> bytes:
+        return self.renderer.image_thumb_bytes(int(image_id))
 
     # ------------------------------------------------------------------ history, export
     def audit_rows(
