@@ -365,6 +365,7 @@ def test_review_flow_in_a_browser(served, browser, shots):
     history = _wait_text(page, "#pa-history", "split_type")
     for action in ("ingest_batch", "confirm_type", "split_type", "answer_suggestion"):
         assert action in history
+    assert "uploaded a batch" in history  # in a reviewer's words too
     # the filter with its defaults shows every entry (its type box started at 0: nothing)
     page.get_by_role("button", name="Filter / refresh").click()
     time.sleep(1.0)

@@ -296,3 +296,13 @@ def test_browse_filters_sorts_and_pages_every_image(tmp_path) -> None:
         assert views.image_thumb(rows[0].image_id)[:2] == b"\xff\xd8"
     finally:
         service.close()
+
+
+def test_history_says_who_did_what_to_which_type_and_how_long_ago(views) -> None:
+    t = views.types()[0]
+    assert views.type_action(t.id, "rename", "crack-renamed", actor="ann")["ok"]
+    assert views.type_action(t.id, "confirm", actor="ann")["ok"]
+    rows = views.audit_rows(actor="ann")
+    assert rows[0][-1] == "ann confirmed crack-renamed"
+    assert rows[1][-1] == "ann renamed crack-renamed"
+    assert "just now" in rows[0][1]

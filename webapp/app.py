@@ -1238,6 +1238,18 @@ class ReviewApp:
         )
         h.tab.select(audit_tab, outputs=[h.actor, h.action, h.table], api_visibility="undocumented")
 
+        def undo_mine(actor_v, action_v, type_v, request: gr.Request):
+            """Undo this reviewer's last action from the History tab, then show the log."""
+            message = _msg(v.type_action(-1, "undo", actor=actor_of(request)))
+            return message, audit(actor_v, action_v, type_v)
+
+        h.undo_btn.click(
+            undo_mine,
+            inputs=[h.actor, h.action, h.type_id],
+            outputs=[h.msg, h.table],
+            api_visibility="undocumented",
+        )
+
     def _wire_export(self, e: ExportTab) -> None:
         v = self.views
 

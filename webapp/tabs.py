@@ -596,6 +596,8 @@ class HistoryTab:
     type_id: gr.Textbox
     button: gr.Button
     table: gr.Dataframe
+    undo_btn: gr.Button
+    msg: gr.Markdown
 
 
 def history_tab() -> HistoryTab:
@@ -611,6 +613,8 @@ def history_tab() -> HistoryTab:
                 elem_id="pa-history-type",
             )
             button = gr.Button("Filter / refresh", scale=0)
+            undo_btn = gr.Button("↶ Undo my last action", scale=0, elem_id="pa-history-undo")
+        msg = gr.Markdown(elem_id="pa-history-msg")
         table = gr.Dataframe(
             headers=AUDIT_COLUMNS,
             interactive=False,
@@ -620,7 +624,14 @@ def history_tab() -> HistoryTab:
             elem_id="pa-history",
         )
     return HistoryTab(
-        tab=tab, actor=actor, action=action, type_id=type_id, button=button, table=table
+        tab=tab,
+        actor=actor,
+        action=action,
+        type_id=type_id,
+        button=button,
+        table=table,
+        undo_btn=undo_btn,
+        msg=msg,
     )
 
 

@@ -43,7 +43,25 @@ CARD_TOOLS = (
 #: Audit actions that are not a reviewer's decision.
 MODEL_ACTIONS = frozenset({"ingest_batch", "apply_retrain", "replace_suggestions", "adopt_types"})
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
-AUDIT_COLUMNS = ["#", "time (UTC)", "reviewer", "action", "types", "details"]
+AUDIT_COLUMNS = ["#", "time (UTC)", "reviewer", "action", "types", "details", "what happened"]
+#: Audit actions in a reviewer's words ("{types}": the names of the types it touched).
+ACTION_WORDS = {
+    "ingest_batch": "uploaded a batch",
+    "apply_retrain": "the model retrained",
+    "replace_suggestions": "the questions were renewed",
+    "adopt_types": "types were adopted",
+    "confirm_type": "confirmed {types}",
+    "reject_type": "rejected {types}",
+    "rename_type": "renamed {types}",
+    "merge_types": "merged {types}",
+    "split_type": "split {types}",
+    "move_regions": "moved regions to {types}",
+    "mark_normal": "marked regions normal (from {types})",
+    "create_type": "made a new type {types}",
+    "import_labels": "imported labels",
+    "answer_suggestion": "answered a question",
+    "undo": "undid an action",
+}
 REGION_COLUMNS = [
     "region",
     "type",
@@ -950,18 +968,27 @@ class Views:
         limit: int = 200,
     ) -> list[list[Any]]:
         rows = []
+        names = {t.id: t.name for t in self.service.list_types(include_merged=True)}
+        now = dt.datetime.now(dt.timezone.utc)
         for e in self.service.audit(
             actor=actor or None, action=action or None, type_id=type_id, limit=limit
         ):
-            ts = e.ts.astimezone(dt.timezone.utc) if e.ts.tzinfo else e.ts
+            ts = (
+                e.ts.astimezone(dt.timezone.utc)
+                if e.ts.tzinfo
+                else e.ts.replace(tzinfo=dt.timezone.utc)
+            )
+            types = ", ".join(names.get(t, f"#{t}") for t in e.type_ids) or "–"
+            words = ACTION_WORDS.get(e.action, e.action.replace("_", " ")).format(types=types)
             rows.append(
                 [
                     e.seq,
-                    ts.strftime("%Y-%m-%d %H:%M:%S"),
+                    f"{ts:%Y-%m-%d %H:%M:%S} ({_ago(now - ts)})",
                     e.actor,
                     e.action,
                     ", ".join(str(t) for t in e.type_ids),
                     _summary(e),
+                    f"{e.actor} {words}",
                 ]
             )
         return rows
@@ -1034,6 +1061,18 @@ def project_2d(x: np.ndarray) -> tuple[np.ndarray, str]:
     if xy.shape[1] < 2:
         xy = np.c_[xy, np.zeros(len(xy), np.float32)]
     return xy.astype(np.float32), "PCA"
+
+
+def _ago(delta: dt.timedelta) -> str:
+    """How long ago, in a reviewer's words (the same in every time zone)."""
+    s = max(int(delta.total_seconds()), 0)
+    if s < 60:
+        return "just now"
+    if s < 3600:
+        return f"{s // 60} min ago"
+    if s < 86400:
+        return f"{s // 3600} h ago"
+    return f"{s // 86400} d ago"
 
 
 def _summary(e) -> str:
