@@ -306,3 +306,19 @@ def test_history_says_who_did_what_to_which_type_and_how_long_ago(views) -> None
     assert rows[0][-1] == "ann confirmed crack-renamed"
     assert rows[1][-1] == "ann renamed crack-renamed"
     assert "just now" in rows[0][1]
+
+
+def test_confidence_is_shown_only_where_it_tells_members_apart(views) -> None:
+    from dataclasses import replace
+
+    from webapp.views import confidence_discriminates
+
+    assert not confidence_discriminates([0.9999, 0.99986, 1.0])
+    assert confidence_discriminates([0.62, 0.97])
+    assert not confidence_discriminates([0.5, None])
+    t = views.types()[0]
+    members = views.type_members(t.id, limit=4)
+    flat = [replace(m, confidence=0.9999) for m in members]
+    assert "· 1.00</figcaption>" not in views.members_html(flat)
+    spread = [replace(m, confidence=0.5 + 0.1 * i) for i, m in enumerate(members)]
+    assert "· 0.50</figcaption>" in views.members_html(spread)

@@ -159,6 +159,16 @@ def question_text(kind: str, target: dict, name: Callable[[Any], str]) -> str:
     return f"{kind}: {json.dumps(target)}"
 
 
+#: Confidences closer together than this (max - min) do not tell members apart.
+CONFIDENCE_SPREAD = 0.05
+
+
+def confidence_discriminates(values: Sequence[float | None]) -> bool:
+    """Whether these confidences differ enough to be worth showing."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return len(finite) > 1 and max(finite) - min(finite) >= CONFIDENCE_SPREAD
+
+
 def fmt_conf(value: float | None) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.2f}"
 
@@ -407,15 +417,19 @@ class Views:
             else ""
         )
         items = []
+        # a confidence shows only where it tells members apart (the model's is ~1.00 for
+        # nearly every region, and 48 captions of "1.00" say nothing)
+        telling = confidence_discriminates([m.confidence for m in members])
         for m in members:
             cls = "pa-member pa-on" if m.region_id in on else "pa-member"
             who = " · ✎" if m.source == "reviewer" else ""
+            conf = f" · {fmt_conf(m.confidence)}" if telling else ""
             items.append(
                 f"<figure class='{cls}' tabindex='0' data-rid='{m.region_id}' "
                 f"title='#{m.region_id} · {escape(m.image_name)} · confidence "
                 f"{fmt_conf(m.confidence)}'><img loading='lazy' alt='region {m.region_id}' "
-                f"src='pa/crop/{m.region_id}.jpg'><figcaption>#{m.region_id} · "
-                f"{fmt_conf(m.confidence)}{who}</figcaption></figure>"
+                f"src='pa/crop/{m.region_id}.jpg'><figcaption>#{m.region_id}"
+                f"{conf}{who}</figcaption></figure>"
             )
         return f"{count}<div class='pa-members'>{''.join(items)}</div>"
 
