@@ -435,8 +435,8 @@ class Views:
 
     def all_member_ids(self, type_id: int) -> list[int]:
         """Every member of a type (what "Select all" selects, shown or not)."""
-        t = self.service.get_type(int(type_id))
-        return [m.region_id for m in self.service.type_members(t.id, limit=max(t.n_regions, 1))]
+        t = self.service.get_type(int(type_id))  # an unknown type: NotFoundError
+        return [m.region_id for m in self.service.all_members(t.id)]
 
     def question_grid(self, q: Question, pickable: bool = False) -> str:
         """A question's crops as the Types tab's grid (each at its aspect, with its context

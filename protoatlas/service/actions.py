@@ -11,14 +11,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from engine.clustering import cluster
-from protoatlas.service.core import ServiceCore
+from protoatlas.service.reads import ReadsMixin
 from storage import AuditEntry, ImportReport, TypeSummary
 
-#: Every member of a type (the split by clustering reads them all).
-ALL_MEMBERS = 1_000_000
 
-
-class ActionsMixin(ServiceCore):
+class ActionsMixin(ReadsMixin):
     """Reviewer actions (a part of :class:`~protoatlas.service.workspace.WorkspaceService`).
 
     ``expected_version`` / ``seen``: the version(s) of the types the reviewer looked at
@@ -143,7 +140,7 @@ class ActionsMixin(ServiceCore):
             return self.ws.split_type(
                 type_id, [list(region_ids)], expected_version=expected_version, actor=actor
             )
-        members = self.ws.type_members(type_id, limit=ALL_MEMBERS)
+        members = self.all_members(type_id)
         if len(members) < parts:
             raise ValueError(
                 f"type {type_id} has {len(members)} members: cannot split it in {parts}"

@@ -29,18 +29,15 @@ import numpy as np
 
 from engine.clustering import normalise
 from protoatlas.service.answer_format import NORMAL_LABELS, Answer
-from protoatlas.service.core import ServiceCore
+from protoatlas.service.reads import ReadsMixin
 from protoatlas.service.region_table import region_table
 from protoatlas.service.suggestions import target_key
 from storage import Suggestion, TypeSummary
 
-#: The largest member list a split question re-reads (every member of a type).
-ALL_MEMBERS = 10**7
-
 Handler = Callable[["AnswersMixin", Suggestion, Answer, Sequence[int], str], str]
 
 
-class AnswersMixin(ServiceCore):
+class AnswersMixin(ReadsMixin):
     """Applying answers (a part of :class:`~protoatlas.service.workspace.WorkspaceService`)."""
 
     def type_by_name(self, name: str) -> TypeSummary | None:
@@ -213,7 +210,7 @@ class AnswersMixin(ServiceCore):
 
     def _split_yes(self, s: Suggestion, a: Answer, picked: Sequence[int], actor: str) -> str:
         tid = int(s.target["type_id"])
-        members = {m.region_id for m in self.ws.type_members(tid, limit=ALL_MEMBERS)}
+        members = {m.region_id for m in self.all_members(tid)}
         groups = [[r for r in g if r in members] for g in s.target["groups"]]
         groups = [g for g in groups if g]
         if len(groups) < 2:

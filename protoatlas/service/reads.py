@@ -25,6 +25,9 @@ from storage import (
     decode_rle,
 )
 
+#: A page size above any type's size: :meth:`ReadsMixin.all_members` reads them all.
+ALL_MEMBERS = 10**7
+
 
 class ReadsMixin(ServiceCore):
     """Reads and exports (a part of :class:`~protoatlas.service.workspace.WorkspaceService`)."""
@@ -51,6 +54,10 @@ class ReadsMixin(ServiceCore):
         order: Literal["confidence", "borderline"] = "confidence",
     ) -> list[Member]:
         return self.ws.type_members(int(type_id), limit=limit, offset=offset, order=order)
+
+    def all_members(self, type_id: int) -> list[Member]:
+        """Every member of a type (a split, "Select all"), best first."""
+        return self.ws.type_members(int(type_id), limit=ALL_MEMBERS)
 
     def representatives(self, type_id: int, n: int = 8) -> list[Member]:
         return self.ws.representatives(int(type_id), n=n)
