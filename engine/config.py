@@ -488,6 +488,11 @@ class ScreensConfig:
     detail_cache: int = 256
     #: Smallest side of a crop drawn around a region, in image pixels.
     min_crop_side: int = 48
+    #: The viewer's heat-map and outline layers are drawn at the image's size up to this
+    #: longer side (the browser scales them over the full-resolution image).
+    overlay_max_side: int = 2048
+    #: The viewer's heat layer: map values (scaled to [0, 1] per image) below this are clear.
+    heat_floor: float = 0.25
 
 
 @dataclass(frozen=True)

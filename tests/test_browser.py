@@ -357,8 +357,55 @@ def test_review_flow_in_a_browser(served, browser, shots):
     _wait_text(page, "#pa-browse-count", r"17 image\(s\)")
     first_img = page.wait_for_selector("#pa-browse-grid .pa-image")
     iid = first_img.get_attribute("data-iid")
+    first_img.hover()  # hover to enlarge
+    page.wait_for_function(
+        "() => { const e = document.getElementById('pa-enlarge'); return !!e && "
+        "e.style.display === 'block' && e.complete && e.naturalWidth > 0; }"
+    )
     first_img.click()
     _wait_text(page, "#pa-image-md", rf"Image #{iid}\b")
+
+    # ---- the viewer: full resolution, zoom and pan, layers, next / previous by key
+    viewer = "#pa-viewer .pa-viewer"
+    page.wait_for_function(
+        f"() => {{ const v = document.querySelector(\"{viewer}\"); return !!v && "
+        f"v.dataset.iid === '{iid}' && !!v.dataset.bound && "
+        "Array.from(v.querySelectorAll('img')).every(i => i.complete && i.naturalWidth > 0); }"
+    )
+    fit = float(page.get_attribute(viewer, "data-zoom"))
+    page.keyboard.press("+")
+    page.keyboard.press("+")
+    assert float(page.get_attribute(viewer, "data-zoom")) == pytest.approx(fit * 2.25, rel=1e-3)
+    stage = page.query_selector(f"{viewer} .pa-vstage").bounding_box()
+    layers = f"{viewer} .pa-vlayers"
+    before = page.eval_on_selector(layers, "e => e.style.transform")
+    page.mouse.move(stage["x"] + 200, stage["y"] + 200)
+    page.mouse.down()
+    page.mouse.move(stage["x"] + 260, stage["y"] + 230, steps=4)
+    page.mouse.up()
+    assert page.eval_on_selector(layers, "e => e.style.transform") != before  # panned
+    page.keyboard.press("1")
+    assert float(page.get_attribute(viewer, "data-zoom")) == pytest.approx(1.0)
+    page.keyboard.press("h")
+    assert page.eval_on_selector(f"{viewer} .pa-v-heatimg", "e => e.style.opacity") == "0"
+    page.keyboard.press("h")
+    page.locator(f"{viewer} .pa-v-opacity").fill("30")
+    assert page.eval_on_selector(f"{viewer} .pa-v-heatimg", "e => e.style.opacity") == "0.3"
+    page.keyboard.press("Escape")  # leaves the slider: keys are the viewer's again
+    page.keyboard.press("0")
+    assert float(page.get_attribute(viewer, "data-zoom")) == pytest.approx(fit, rel=1e-3)
+    page.keyboard.press("n")
+    page.wait_for_function(
+        f"() => {{ const v = document.querySelector(\"{viewer}\"); "
+        f"return !!v && v.dataset.iid !== '{iid}'; }}"
+    )
+    page.keyboard.press("p")
+    page.wait_for_function(
+        f"() => {{ const v = document.querySelector(\"{viewer}\"); "
+        f"return !!v && v.dataset.iid === '{iid}'; }}"
+    )
+    # the layer choices stay from one image to the next
+    assert page.eval_on_selector(f"{viewer} .pa-v-heatimg", "e => e.style.opacity") == "0.3"
 
     # ---- the history
     _tab(page, "History")

@@ -217,13 +217,27 @@ def test_audit_is_filterable(served):
 def test_image_detail_endpoint(served):
     ws = served.service.ws
     region = ws.regions_for_batch(ws.batches()[0].id, with_masks=False)[0]
-    summary, orig, heat, regions, prior, rows = served.client.predict(
+    summary, orig, heat, regions, prior, rows, viewer = served.client.predict(
         region.image_id, api_name="/image_detail"
     )
     assert f"Image #{region.image_id}" in summary
     for picture in (orig, heat, regions, prior):
         assert picture and Path(picture).stat().st_size > 100
     assert any(r[0] == region.id for r in rows["data"])
+    assert f"pa/full/{region.image_id}.jpg" in viewer
+
+
+def test_the_viewer_layers_are_served(served):
+
+    ws = served.service.ws
+    region = ws.regions_for_batch(ws.batches()[0].id, with_masks=False)[0]
+    for path, kind in (("full", "image/jpeg"), ("heat", "image/png"), ("outline", "image/png")):
+        ext = "jpg" if path == "full" else "png"
+        with urllib.request.urlopen(f"{served.url}pa/{path}/{region.image_id}.{ext}") as r:
+            assert r.headers["Content-Type"] == kind and len(r.read()) > 100
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{served.url}pa/full/999999.jpg")
+    assert err.value.code == 404
 
 
 @pytest.mark.parametrize(

@@ -644,6 +644,7 @@ class ReviewApp:
             regions=d["regions"],
             prior=d["prior"],
             table=d["rows"],
+            viewer=self.views.viewer_html(iid),
         )
 
     # ---------------------------------------------------------------- build
@@ -1115,6 +1116,26 @@ class ReviewApp:
         i.image_dd.input(
             picked_image, inputs=[i.image_dd], outputs=i.outputs(), api_visibility="undocumented"
         )
+
+        def step(delta):
+            def fn(image_id):
+                """The previous / next image of the picker's order (keys p / n)."""
+                target = v.step_image(image_id, delta)
+                if target is None:
+                    return [gr.update() for _ in range(1 + len(i.outputs()))]
+                return (gr.update(value=target), *self.image(target))
+
+            return fn
+
+        for button, delta in ((i.prev_btn, -1), (i.next_btn, 1)):
+            button.click(
+                step(delta),
+                inputs=[i.image_dd],
+                outputs=[i.image_dd, *i.outputs()],
+                api_visibility="undocumented",
+                concurrency_id="image-step",
+                concurrency_limit=1,
+            )
         i.tab.select(
             lambda: gr.update(choices=v.batch_images()),
             outputs=[i.image_dd],
@@ -1264,27 +1285,34 @@ class ReviewApp:
 
 # ----------------------------------------------------------------------------- launching
 def _picture_routes(views: Views) -> list[Route]:
-    """``pa/thumb/<region>.jpg`` (cards, map hovers) and ``pa/crop/<region>.jpg``
-    (the members grid): rendered once, then served from the workspace's crop cache."""
+    """``pa/thumb/<region>.jpg`` (cards, map hovers), ``pa/crop/<region>.jpg`` (the members
+    grid), ``pa/image/<image>.jpg`` (the Browse grid) and the viewer's layers,
+    ``pa/full/<image>.jpg``, ``pa/heat/<image>.png`` and ``pa/outline/<image>.png``:
+    rendered once where they cannot change, then served from the workspace's caches."""
 
-    def route(path: str, render: Callable[[int], bytes]) -> Route:
+    def route(path: str, render: Callable[[int], bytes], media: str = "image/jpeg") -> Route:
         async def endpoint(request: Request) -> Response:
             name = request.path_params["name"]
             try:
-                rid = int(name.split(".")[0])
-                data = await run_in_threadpool(render, rid)
+                key = int(name.split(".")[0])
+                data = await run_in_threadpool(render, key)
             except (ValueError, LookupError, OSError):
-                return JSONResponse({"detail": "no such region"}, status_code=404)
+                return JSONResponse({"detail": "no such picture"}, status_code=404)
             return Response(
-                data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
+                data, media_type=media, headers={"Cache-Control": "private, max-age=86400"}
             )
 
         return Route(path, endpoint)
 
+    r = views.renderer
     return [
         route("/pa/thumb/{name}", views.thumb),
         route("/pa/crop/{name}", lambda rid: views.crop(rid).read_bytes()),
         route("/pa/image/{name}", views.image_thumb),
+        route("/pa/full/{name}", r.full_bytes),
+        # the page asks for these with a stamp of the regions' state (?v=...)
+        route("/pa/heat/{name}", r.heat_layer_bytes, "image/png"),
+        route("/pa/outline/{name}", r.outline_layer_bytes, "image/png"),
     ]
 
 

@@ -58,6 +58,25 @@ CSS = """
 .pa-member.pa-on::after {content: "✓"; position: absolute; top: 4px; right: 4px; width: 20px;
   height: 20px; border-radius: 50%; background: var(--color-accent); color: white;
   font-size: 13px; line-height: 20px; text-align: center; font-weight: 700;}
+#pa-viewer .pa-vtools {display: flex; flex-wrap: wrap; gap: 14px; align-items: center;
+  font-size: 13px; margin: 0 0 6px;}
+#pa-viewer .pa-vtools button {border: 1px solid var(--border-color-primary); border-radius: 5px;
+  padding: 0 8px; margin: 0 2px; background: var(--background-fill-secondary);
+  color: var(--body-text-color);}
+#pa-viewer .pa-v-level {display: inline-block; min-width: 52px; text-align: center;}
+#pa-viewer .pa-v-size {color: var(--body-text-color-subdued);}
+#pa-viewer .pa-vstage {position: relative; overflow: hidden; height: 58vh; min-height: 260px;
+  background: repeating-conic-gradient(#2a2a2a 0 25%, #333 0 50%) 0 0 / 20px 20px;
+  border-radius: 8px; cursor: grab; touch-action: none;}
+#pa-viewer .pa-vstage.pa-dragging {cursor: grabbing;}
+#pa-viewer .pa-vstage:focus {outline: 2px solid var(--color-accent);}
+#pa-viewer .pa-vlayers {position: absolute; left: 0; top: 0; transform-origin: 0 0;}
+#pa-viewer .pa-vlayers img {position: absolute; left: 0; top: 0; width: 100%; height: 100%;
+  max-width: none; user-select: none; -webkit-user-drag: none; pointer-events: none;}
+#pa-viewer .pa-vlayers.pa-pixelated img {image-rendering: pixelated;}
+#pa-enlarge {position: fixed; z-index: 1001; pointer-events: none; display: none;
+  width: 320px; height: 320px; object-fit: contain; border: 2px solid white; border-radius: 4px;
+  box-shadow: 0 4px 16px rgba(0,0,0,.4); background: #222;}
 """
 
 HEAD = """
@@ -127,6 +146,141 @@ HEAD = """
       fig.classList.add('pa-on'); syncSelection();
       setBox('pa-open-box', fig.dataset.rid + ':' + Date.now());
     }
+  });
+  // Image viewer: zoom (wheel, + - 0 1, buttons), pan (drag), layer toggles and opacity;
+  // the choices of layers and opacity stay from one image to the next.
+  const viewPrefs = {heat: true, outline: true, opacity: 60};
+  const view = {s: 1, x: 0, y: 0, fitS: 1, drag: null};
+  function viewer() {
+    const v = document.querySelector('#pa-viewer .pa-viewer');
+    return v && v.offsetParent !== null ? v : null;
+  }
+  function applyView(v) {
+    const layers = v.querySelector('.pa-vlayers');
+    layers.style.transform = 'translate(' + view.x + 'px,' + view.y + 'px) scale(' + view.s + ')';
+    layers.classList.toggle('pa-pixelated', view.s >= 2);
+    const level = v.querySelector('.pa-v-level');
+    if (level) level.textContent = Math.round(view.s * 100) + ' %';
+    const op = viewPrefs.opacity / 100;
+    v.querySelector('.pa-v-heatimg').style.opacity = viewPrefs.heat ? op : 0;
+    v.querySelector('.pa-v-outlineimg').style.opacity = viewPrefs.outline ? Math.max(op, 0.6) : 0;
+    v.querySelector('.pa-v-heat').checked = viewPrefs.heat;
+    v.querySelector('.pa-v-outline').checked = viewPrefs.outline;
+    v.querySelector('.pa-v-opacity').value = viewPrefs.opacity;
+    v.dataset.zoom = view.s.toFixed(4);
+  }
+  function fitView(v) {
+    const st = v.querySelector('.pa-vstage').getBoundingClientRect();
+    const w = Number(v.dataset.w), h = Number(v.dataset.h);
+    view.fitS = Math.min(st.width / w, st.height / h);
+    view.s = view.fitS;
+    view.x = (st.width - w * view.s) / 2;
+    view.y = (st.height - h * view.s) / 2;
+    applyView(v);
+  }
+  function zoomView(v, factor, cx, cy) {
+    const st = v.querySelector('.pa-vstage').getBoundingClientRect();
+    if (cx === undefined) { cx = st.width / 2; cy = st.height / 2; }
+    const s = Math.min(Math.max(view.s * factor, Math.min(view.fitS / 4, 1)), 32);
+    view.x = cx - (cx - view.x) * (s / view.s);
+    view.y = cy - (cy - view.y) * (s / view.s);
+    view.s = s;
+    applyView(v);
+  }
+  function zoomTo(v, what) {
+    if (what === 'fit') fitView(v);
+    else if (what === 'in') zoomView(v, 1.5);
+    else if (what === 'out') zoomView(v, 1 / 1.5);
+    else if (what === '1') zoomView(v, 1 / view.s);
+  }
+  setInterval(() => {  // a new image in the viewer: fit it once it is shown
+    const v = viewer();
+    if (v && !v.dataset.bound) { v.dataset.bound = '1'; fitView(v); }
+  }, 120);
+  document.addEventListener('wheel', (ev) => {
+    const st = ev.target.closest && ev.target.closest('#pa-viewer .pa-vstage');
+    if (!st) return;
+    ev.preventDefault();
+    const r = st.getBoundingClientRect();
+    zoomView(st.closest('.pa-viewer'), ev.deltaY < 0 ? 1.25 : 1 / 1.25,
+      ev.clientX - r.left, ev.clientY - r.top);
+  }, {passive: false});
+  document.addEventListener('mousedown', (ev) => {
+    const st = ev.target.closest && ev.target.closest('#pa-viewer .pa-vstage');
+    if (!st || ev.button !== 0) return;
+    view.drag = {x: ev.clientX - view.x, y: ev.clientY - view.y, st: st};
+    st.classList.add('pa-dragging'); st.focus(); ev.preventDefault();
+  });
+  window.addEventListener('mousemove', (ev) => {
+    if (!view.drag) return;
+    view.x = ev.clientX - view.drag.x; view.y = ev.clientY - view.drag.y;
+    applyView(view.drag.st.closest('.pa-viewer'));
+  });
+  window.addEventListener('mouseup', () => {
+    if (view.drag) view.drag.st.classList.remove('pa-dragging');
+    view.drag = null;
+  });
+  function viewerInput(ev) {
+    const t = ev.target, v = t && t.closest && t.closest('#pa-viewer .pa-viewer');
+    if (!v) return false;
+    if (t.classList.contains('pa-v-heat')) viewPrefs.heat = t.checked;
+    else if (t.classList.contains('pa-v-outline')) viewPrefs.outline = t.checked;
+    else if (t.classList.contains('pa-v-opacity')) viewPrefs.opacity = Number(t.value);
+    else return false;
+    applyView(v);
+    return true;
+  }
+  document.addEventListener('input', viewerInput);
+  document.addEventListener('change', viewerInput);
+  document.addEventListener('click', (ev) => {
+    const b = ev.target.closest && ev.target.closest('#pa-viewer [data-zoom]');
+    if (b) zoomTo(b.closest('.pa-viewer'), b.dataset.zoom);
+  });
+  function viewerKey(ev) {  // true when the key was the viewer's
+    const v = viewer();
+    if (!v) return false;
+    const k = ev.key;
+    const press = (id) => { const b = document.getElementById(id); if (b) b.click(); };
+    if (k === '+' || k === '=') zoomTo(v, 'in');
+    else if (k === '-' || k === '_') zoomTo(v, 'out');
+    else if (k === '0') zoomTo(v, 'fit');
+    else if (k === '1') zoomTo(v, '1');
+    else if (k === 'h') { viewPrefs.heat = !viewPrefs.heat; applyView(v); }
+    else if (k === 'o') { viewPrefs.outline = !viewPrefs.outline; applyView(v); }
+    else if (k === 'n' || k === 'ArrowRight') press('pa-img-next');
+    else if (k === 'p' || k === 'ArrowLeft') press('pa-img-prev');
+    else return false;
+    return true;
+  }
+  // Hover to enlarge: a member crop or a Browse image, bigger, beside the pointer.
+  let enlarge = null, enlargeTimer = null;
+  const GRID_IMAGES = '#pa-gallery .pa-member, #pa-sugg-grid .pa-member, ' +
+    '#pa-browse-grid .pa-image';
+  document.addEventListener('mouseover', (ev) => {
+    const fig = ev.target.closest && ev.target.closest(GRID_IMAGES);
+    if (!fig) return;
+    clearTimeout(enlargeTimer);
+    enlargeTimer = setTimeout(() => {
+      if (!enlarge) {
+        enlarge = document.createElement('img');
+        enlarge.id = 'pa-enlarge';
+        document.body.appendChild(enlarge);
+      }
+      enlarge.src = fig.dataset.iid ? 'pa/full/' + fig.dataset.iid + '.jpg'
+        : 'pa/crop/' + fig.dataset.rid + '.jpg';
+      const r = fig.getBoundingClientRect();
+      const left = r.right + 340 < window.innerWidth ? r.right + 8 : Math.max(r.left - 332, 0);
+      enlarge.style.left = left + 'px';
+      const top = r.top + r.height / 2 - 162;
+      enlarge.style.top = Math.min(Math.max(top, 4), window.innerHeight - 328) + 'px';
+      enlarge.style.display = 'block';
+    }, 350);
+  });
+  document.addEventListener('mouseout', (ev) => {
+    const fig = ev.target.closest && ev.target.closest(GRID_IMAGES);
+    if (!fig || (ev.relatedTarget && fig.contains(ev.relatedTarget))) return;
+    clearTimeout(enlargeTimer);
+    if (enlarge) enlarge.style.display = 'none';
   });
   // Type cards: find, sort and filter on the page (state kept across re-renders).
   const cardState = {q: '', sort: 'size', status: ''};
@@ -201,6 +355,16 @@ HEAD = """
       if (t.classList.contains('pa-card')) { pickCard(t); ev.preventDefault(); return; }
       if (t.classList.contains('pa-member')) { toggleMember(t, ev.shiftKey); ev.preventDefault(); return; }
     }
+    if (t && t.classList && t.classList.contains('pa-member') && ev.key.startsWith('Arrow')) {
+      // arrows move the focus through a grid: across a row, or to the one above / below
+      const grid = Array.from(t.parentElement.children);
+      const at = grid.indexOf(t);
+      const perRow = grid.filter(m => m.offsetTop === grid[0].offsetTop).length || 1;
+      const step = {ArrowLeft: -1, ArrowRight: 1, ArrowUp: -perRow, ArrowDown: perRow}[ev.key];
+      const next = grid[Math.min(Math.max(at + step, 0), grid.length - 1)];
+      if (next) { next.focus(); ev.preventDefault(); }
+      return;
+    }
     const tag = (t && t.tagName || '').toLowerCase();
     if (['input', 'textarea', 'select'].includes(tag) || (t && t.isContentEditable)) {
       if (ev.key === 'Escape' && t.blur) t.blur();
@@ -209,6 +373,7 @@ HEAD = """
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     if (ev.key === '?') { toggleHelp(); ev.preventDefault(); return; }
     if (ev.key === 'Escape') { const h = document.getElementById('pa-help'); if (h) h.remove(); }
+    if (viewerKey(ev)) { ev.preventDefault(); return; }
     const cardsPanel = document.getElementById('pa-cards');
     if (cardsPanel && cardsPanel.offsetParent !== null) {  // the Types tab is shown
       const k = (ev.key || '').toLowerCase();
@@ -280,6 +445,14 @@ ALL_KEYS_HELP = (
     "<tr><td><kbd>/</kbd></td><td>find a type by name (<kbd>Esc</kbd> leaves the box)</td></tr>"
     "<tr><td><kbd>Tab</kbd>, <kbd>Space</kbd> / <kbd>Enter</kbd></td>"
     "<td>move through cards and members; pick one; shift-click: a range</td></tr>"
+    "<tr><td><kbd>←</kbd> <kbd>→</kbd> <kbd>↑</kbd> <kbd>↓</kbd></td>"
+    "<td>move the focus through the members grid</td></tr>"
+    "<tr><th colspan=2>Image</th></tr>"
+    "<tr><td><kbd>n</kbd> / <kbd>p</kbd> (or <kbd>→</kbd> / <kbd>←</kbd>)</td>"
+    "<td>next / previous image</td></tr>"
+    "<tr><td><kbd>+</kbd> / <kbd>-</kbd> / <kbd>0</kbd> / <kbd>1</kbd></td>"
+    "<td>zoom in / out / fit / full resolution (wheel: zoom, drag: pan)</td></tr>"
+    "<tr><td><kbd>h</kbd> / <kbd>o</kbd></td><td>heat map / region outlines on or off</td></tr>"
     "<tr><th colspan=2>Suggestions</th></tr>"
     "<tr><td><kbd>y</kbd> / <kbd>n</kbd> / <kbd>s</kbd></td><td>yes / no / skip</td></tr>"
     "<tr><td><kbd>u</kbd></td><td>undo your last action</td></tr>"

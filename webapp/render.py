@@ -109,6 +109,8 @@ class Renderer:
         (self.cache_dir / "crops").mkdir(parents=True, exist_ok=True)
         screens = service.config.screens
         self.min_crop_side = screens.min_crop_side
+        self.overlay_max_side = screens.overlay_max_side
+        self.heat_floor = screens.heat_floor
         self._images = _LRU(screens.image_cache)
         self._details = _LRU(screens.detail_cache)
         self._maps = _LRU(screens.map_cache)
@@ -229,6 +231,88 @@ class Renderer:
         tmp.replace(path)
         return data
 
+    # ----------------------------------------------------------------- viewer layers
+    def full_bytes(self, image_id: int) -> bytes:
+        """The whole image at its full resolution as JPEG (the viewer's base layer)."""
+        folder = self.cache_dir / "full"
+        path = folder / f"{int(image_id)}.jpg"
+        if path.is_file():
+            return path.read_bytes()
+        folder.mkdir(parents=True, exist_ok=True)
+        with Image.open(self.service.image_path(image_id)) as im:
+            rgb = _to_rgb(im)
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=92, subsampling=0)  # no chroma halving: a close look
+        data = buf.getvalue()
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return data
+
+    def _layer_size(self, image_id: int) -> tuple[int, int, float]:
+        """(width, height, scale) of the viewer's overlay layers for this image."""
+        d = self.detail(image_id)
+        longest = max(d.width, d.height)
+        # small images: an integer enlargement, so that outlines and labels stay sharp
+        scale = min(
+            max(1.0, float(np.ceil(2 * DETAIL_MIN_SIDE / longest))), self.overlay_max_side / longest
+        )
+        return max(1, round(d.width * scale)), max(1, round(d.height * scale)), scale
+
+    def heat_layer_bytes(self, image_id: int) -> bytes:
+        """PNG (RGBA) of the anomaly map in the jet colours, clear where the map is low
+        (below ``heat_floor``); fully clear when the image has no stored map."""
+        w, h, _ = self._layer_size(image_id)
+        rgba = np.zeros((h, w, 4), np.uint8)
+        heat = self.heat(image_id)
+        if heat is not None:
+            if heat.shape != (h, w):
+                heat = np.asarray(
+                    Image.fromarray(heat.astype(np.float32), mode="F").resize(
+                        (w, h), Image.BILINEAR
+                    )
+                )
+            rgba[..., :3] = _jet(heat)
+            alpha = np.clip((heat - self.heat_floor) / (1 - self.heat_floor), 0, 1)
+            rgba[..., 3] = (255 * alpha).astype(np.uint8)
+        return _png(rgba)
+
+    def outline_layer_bytes(self, image_id: int) -> bytes:
+        """PNG (RGBA) of every region's outline in its type's colour (a box where a region
+        has no mask) with its id and type, clear elsewhere."""
+        w, h, scale = self._layer_size(image_id)
+        rgba = np.zeros((h, w, 4), np.uint8)
+        d = self.service.image_detail(image_id)  # fresh: types change with every action
+        for r in d.regions:
+            if r.mask is None:
+                continue
+            m = self.service.region_mask(r.mask).astype(bool)
+            if m.shape != (h, w):
+                m = np.asarray(Image.fromarray(m).resize((w, h), Image.NEAREST))
+            colour = _rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id))
+            rgba[_outline(m)] = (*colour, 255)
+        picture = Image.fromarray(rgba, mode="RGBA")
+        draw = ImageDraw.Draw(picture)
+        try:
+            font = ImageFont.load_default(size=max(11, min(h, w) // 24))
+        except TypeError:  # Pillow < 10.1
+            font = ImageFont.load_default()
+        for r in d.regions:
+            t, left, b, right = (round(v * scale) for v in r.box)
+            colour = _rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id))
+            if r.mask is None:
+                draw.rectangle([left, t, right - 1, b - 1], outline=(*colour, 255), width=2)
+            label = "normal" if r.is_normal else (r.type_name or "unassigned")
+            draw.text(
+                (left + 3, t + 2),
+                f"#{r.id} {label}",
+                fill=(255, 255, 255, 255),
+                font=font,
+                stroke_width=2,
+                stroke_fill=(0, 0, 0, 255),
+            )
+        return _png(np.asarray(picture))
+
     # ----------------------------------------------------------------- image detail
     def detail_views(
         self,
@@ -255,7 +339,7 @@ class Renderer:
         else:
             alpha = (0.35 + 0.5 * heat)[..., None]
             out["heat"] = (rgb * (1 - alpha) + _jet(heat) * alpha).clip(0, 255).astype(np.uint8)
-        d = self.detail(image_id)
+        d = self.service.image_detail(image_id)  # fresh: types change with every action
         canvas = (rgb.astype(np.float32) * 0.45).astype(np.uint8)
         picture = Image.fromarray(canvas)
         arr = np.asarray(picture).copy()
@@ -310,6 +394,12 @@ class Renderer:
                 p[_outline(obj)] = (255, 255, 255)
                 out["prior"] = p.clip(0, 255).astype(np.uint8)
         return out
+
+
+def _png(rgba: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -461,7 +461,10 @@ class ImageTab:
     tab: gr.Tab
     image_dd: gr.Dropdown
     show_btn: gr.Button
+    prev_btn: gr.Button
+    next_btn: gr.Button
     summary: gr.Markdown
+    viewer: gr.HTML
     original: gr.Image
     heat: gr.Image
     regions: gr.Image
@@ -469,7 +472,15 @@ class ImageTab:
     table: gr.Dataframe
 
     #: What ``ReviewApp.image`` fills, in this order.
-    DETAIL: ClassVar[tuple[str, ...]] = ("summary", "original", "heat", "regions", "prior", "table")
+    DETAIL: ClassVar[tuple[str, ...]] = (
+        "summary",
+        "original",
+        "heat",
+        "regions",
+        "prior",
+        "table",
+        "viewer",
+    )
 
     def outputs(self) -> list[Any]:
         """The components ``ReviewApp.image`` returns values for, in its order."""
@@ -565,7 +576,11 @@ def image_tab() -> ImageTab:
                 allow_custom_value=True,
             )
             show_btn = gr.Button("Show", scale=0)
+            prev_btn = gr.Button("← Previous (p)", scale=0, elem_id="pa-img-prev")
+            next_btn = gr.Button("Next (n) →", scale=0, elem_id="pa-img-next")
         summary = gr.Markdown(elem_id="pa-image-md")
+        viewer = gr.HTML(elem_id="pa-viewer")
+        gr.Markdown("Side by side:", elem_classes="pa-count")
         with gr.Row(elem_id="pa-image-row"):
             original = gr.Image(label="Original", interactive=False, height=300)
             heat = gr.Image(label="Anomaly heat map", interactive=False, height=300)
@@ -576,7 +591,10 @@ def image_tab() -> ImageTab:
         tab=tab,
         image_dd=image_dd,
         show_btn=show_btn,
+        prev_btn=prev_btn,
+        next_btn=next_btn,
         summary=summary,
+        viewer=viewer,
         original=original,
         heat=heat,
         regions=regions,

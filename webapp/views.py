@@ -8,6 +8,7 @@ reads and its reviewer actions (the web app never holds the storage workspace it
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import threading
@@ -878,6 +879,54 @@ class Views:
             f"{len(d.regions)} region(s)"
         )
         return {"summary": summary, "rows": rows, **views}
+
+    def viewer_html(self, image_id: int) -> str:
+        """The image viewer: the image at full resolution under two overlay layers (heat
+        map, region outlines) with their toggles and opacity; zoom and pan are the page
+        script's (wheel, drag, keys)."""
+        d = self.service.image_detail(int(image_id))
+        # the layers change with the regions' types: a new stamp for every state
+        state = tuple((r.id, r.type_id, r.is_normal, r.type_name) for r in d.regions)
+        stamp = hashlib.sha1(repr(state).encode()).hexdigest()[:10]
+        iid = int(d.id)
+        return (
+            f"<div class='pa-viewer' data-iid='{iid}' data-w='{d.width}' data-h='{d.height}'>"
+            "<div class='pa-vtools'>"
+            "<label title='h'><input type='checkbox' class='pa-v-heat' checked> heat map "
+            "<kbd>h</kbd></label>"
+            "<label title='o'><input type='checkbox' class='pa-v-outline' checked> region "
+            "outlines <kbd>o</kbd></label>"
+            "<label>opacity <input type='range' class='pa-v-opacity' min='0' max='100' "
+            "value='60'></label>"
+            "<span class='pa-v-zoom'>"
+            "<button type='button' data-zoom='out' title='zoom out (-)'>−</button>"
+            "<span class='pa-v-level'>fit</span>"
+            "<button type='button' data-zoom='in' title='zoom in (+)'>+</button>"
+            "<button type='button' data-zoom='fit' title='fit (0)'>fit</button>"
+            "<button type='button' data-zoom='1' title='full resolution (1)'>1:1</button>"
+            "</span>"
+            f"<span class='pa-v-size'>{d.width}×{d.height} px · wheel: zoom · drag: pan · "
+            "<kbd>n</kbd>/<kbd>p</kbd> next / previous image</span>"
+            "</div>"
+            "<div class='pa-vstage' tabindex='0'>"
+            f"<div class='pa-vlayers' style='width:{d.width}px;height:{d.height}px'>"
+            f"<img class='pa-v-base' alt='image {iid}' src='pa/full/{iid}.jpg'>"
+            f"<img class='pa-v-heatimg' alt='' src='pa/heat/{iid}.png?v={stamp}'>"
+            f"<img class='pa-v-outlineimg' alt='' src='pa/outline/{iid}.png?v={stamp}'>"
+            "</div></div></div>"
+        )
+
+    def step_image(self, image_id: Any, delta: int) -> int | None:
+        """The image before (``delta`` -1) or after (+1) this one in the image picker's
+        order; the first one when ``image_id`` is not in it; None when there is none."""
+        order = [iid for _, iid in self.batch_images(limit=10**9)]
+        if not order:
+            return None
+        try:
+            at = order.index(int(image_id))
+        except (TypeError, ValueError):
+            return order[0]
+        return order[min(max(at + delta, 0), len(order) - 1)]
 
     def batch_images(self, batch_id: int | None = None, limit: int = 500) -> list[tuple[str, int]]:
         """(label, image id) choices for the image picker: images with regions first, then
