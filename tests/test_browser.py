@@ -368,7 +368,7 @@ def test_review_flow_in_a_browser(served, browser, shots):
     # ---- the viewer: full resolution, zoom and pan, layers, next / previous by key
     viewer = "#pa-viewer .pa-viewer"
     page.wait_for_function(
-        f"() => {{ const v = document.querySelector(\"{viewer}\"); return !!v && "
+        f'() => {{ const v = document.querySelector("{viewer}"); return !!v && '
         f"v.dataset.iid === '{iid}' && !!v.dataset.bound && "
         "Array.from(v.querySelectorAll('img')).every(i => i.complete && i.naturalWidth > 0); }"
     )
@@ -396,12 +396,12 @@ def test_review_flow_in_a_browser(served, browser, shots):
     assert float(page.get_attribute(viewer, "data-zoom")) == pytest.approx(fit, rel=1e-3)
     page.keyboard.press("n")
     page.wait_for_function(
-        f"() => {{ const v = document.querySelector(\"{viewer}\"); "
+        f'() => {{ const v = document.querySelector("{viewer}"); '
         f"return !!v && v.dataset.iid !== '{iid}'; }}"
     )
     page.keyboard.press("p")
     page.wait_for_function(
-        f"() => {{ const v = document.querySelector(\"{viewer}\"); "
+        f'() => {{ const v = document.querySelector("{viewer}"); '
         f"return !!v && v.dataset.iid === '{iid}'; }}"
     )
     # the layer choices stay from one image to the next
