@@ -5,36 +5,15 @@ empty selection (a valid, empty file)."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import zipfile
-from dataclasses import replace
 
 import duckdb
-import numpy as np
 import pytest
 
 from protoatlas.service import WorkspaceService
 from storage import NotFoundError, StorageError, ValidationError, Workspace
-from tests.storage_fixtures import make_batch
-
-
-def _png(seed: int, h: int, w: int) -> bytes:
-    from PIL import Image
-
-    rgb = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _with_pngs(batch, seed: int):
-    """The batch with real PNG files (the crops export opens them)."""
-    batch.images = [
-        replace(im, data=_png(seed * 1000 + i, im.height, im.width))
-        for i, im in enumerate(batch.images)
-    ]
-    return batch
+from tests.storage_fixtures import make_batch, with_pngs
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +22,10 @@ def scoped(tmp_path_factory):
     of A marked normal. Yields (service, {letter: type id})."""
     home = tmp_path_factory.mktemp("scope")
     ws = Workspace.open(home, "w", embedding_dim=16)
-    ws.ingest_batch(_with_pngs(make_batch(8, n_types=4, seed=2, name="first"), 1))
+    ws.ingest_batch(with_pngs(make_batch(8, n_types=4, seed=2, name="first"), 1))
     ids = sorted(t.id for t in ws.list_types())
     second = make_batch(6, seed=5, name="second", existing_types=ids, image_prefix="two")
-    ws.ingest_batch(_with_pngs(second, 2))
+    ws.ingest_batch(with_pngs(second, 2))
     a, b, c, d = ids
     for t in (a, b):
         ws.confirm_type(t, expected_version=ws.get_type(t).version, actor="ann")
