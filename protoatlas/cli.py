@@ -295,7 +295,10 @@ def _add_doctor(sub: Subparsers) -> None:
 
 
 def _add_export(sub: Subparsers) -> None:
-    p = sub.add_parser("export", help="export a workspace's types, masks or audit log")
+    p = sub.add_parser(
+        "export",
+        help="export a workspace's types, masks or audit log (all, one batch or some types)",
+    )
     _workspace_options(p)
     p.add_argument(
         "--format",
@@ -314,6 +317,26 @@ def _add_export(sub: Subparsers) -> None:
         ],
     )
     p.add_argument("--out", required=True, help="output file")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="only the batch with this id (default: every batch)",
+    )
+    p.add_argument(
+        "--type",
+        type=int,
+        action="append",
+        default=None,
+        dest="type_ids",
+        metavar="ID",
+        help="only this type (repeat for several; default: every type the format holds). "
+        "coco, yolo and crops hold the confirmed types, coco-all and label-studio the "
+        "proposed ones too, the CSVs and Parquet every type; images-csv keeps the images "
+        "labelled with one of them. A type the format does not hold is refused; the "
+        "audit log is always whole",
+    )
     _common(p)
 
 
@@ -600,22 +623,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    kind = args.format
+    scope = {"batch_id": args.batch, "type_ids": args.type_ids}
+    if kind.startswith("audit-") and (args.batch is not None or args.type_ids):
+        raise ValueError("the audit log is exported whole (its hash chain): drop --batch/--type")
     with _service(args) as service:
-        kind = args.format
         if kind in ("csv", "parquet"):
-            path = service.export_assignments(args.out, fmt=kind, level="region")
+            path = service.export_assignments(args.out, fmt=kind, level="region", **scope)
         elif kind == "images-csv":
-            path = service.export_assignments(args.out, fmt="csv", level="image")
+            path = service.export_assignments(args.out, fmt="csv", level="image", **scope)
         elif kind == "coco":
-            path = service.export_coco(args.out)
+            path = service.export_coco(args.out, **scope)
         elif kind == "coco-all":
-            path = service.export_coco(args.out, types="all")
+            path = service.export_coco(args.out, types="all", **scope)
         elif kind == "label-studio":
-            path = service.export_label_studio(args.out, types="all")
+            path = service.export_label_studio(args.out, types="all", **scope)
         elif kind == "yolo":
-            path = service.export_yolo(args.out)
+            path = service.export_yolo(args.out, **scope)
         elif kind == "crops":
-            path = service.export_crops(args.out)
+            path = service.export_crops(args.out, **scope)
         else:
             path = service.export_audit(args.out, fmt=kind.split("-")[1])
     print(f"wrote {path}")

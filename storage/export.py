@@ -7,6 +7,17 @@ image's label. With no such region the label is ``good`` when every region is ma
 normal (or the image has no region and is not flagged anomalous), and empty otherwise
 (an anomaly whose type is unresolved). The columns start with ``image,label`` so the file
 can be read back by ``import_labels``.
+
+Scope: every region-level export takes ``batch_id`` (one batch; None: every batch) and
+``type_ids`` (those types; None: every type the format holds). :func:`check_scope` refuses
+an unknown batch or type id (:class:`NotFoundError` naming it), a merged type, and a type
+the format does not hold (a proposed one in a confirmed-only export: :class:`ValidationError`
+naming it and its status). A scope that selects nothing (``type_ids=[]``, or a type without
+regions in the batch) gives a valid, empty file: a CSV with its header only, a COCO document
+or Label Studio list without images, a zip without images. With a type scope the rows are the
+regions of those types; the image-level CSV keeps the images whose label is one of them (the
+label rule is unchanged); COCO, Label Studio and YOLO keep the images holding a region of
+them (without a type scope every image of the batch scope, as negatives too).
 """
 
 from __future__ import annotations
@@ -14,8 +25,11 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from storage.errors import NotFoundError, ValidationError
 from storage.rle import rle_bbox, rle_from_json
@@ -35,12 +49,14 @@ REGION_SQL = """
     JOIN batch_images bi ON bi.batch_id = r.batch_id AND bi.image_id = r.image_id
     LEFT JOIN assignments a ON a.region_id = r.id
     LEFT JOIN types t ON t.id = a.type_id
+    WHERE (?::BIGINT IS NULL OR r.batch_id = ?)
+      AND (?::BIGINT[] IS NULL OR list_contains(?::BIGINT[], a.type_id))
     ORDER BY b.id, bi.name, r.id
 """
 
 IMAGE_SQL = """
     WITH cand AS (
-        SELECT r.batch_id, r.image_id, t.name, t.status, a.confidence,
+        SELECT r.batch_id, r.image_id, t.id AS type_id, t.name, t.status, a.confidence,
                row_number() OVER (PARTITION BY r.batch_id, r.image_id
                    ORDER BY (t.status = 'confirmed') DESC, a.confidence DESC NULLS LAST,
                             r.area DESC, r.id) AS rn
@@ -65,8 +81,65 @@ IMAGE_SQL = """
     JOIN batches b ON b.id = bi.batch_id
     LEFT JOIN cand c ON c.batch_id = bi.batch_id AND c.image_id = bi.image_id AND c.rn = 1
     LEFT JOIN counts k ON k.batch_id = bi.batch_id AND k.image_id = bi.image_id
+    WHERE (?::BIGINT IS NULL OR bi.batch_id = ?)
+      AND (?::BIGINT[] IS NULL OR list_contains(?::BIGINT[], c.type_id))
     ORDER BY b.id, bi.name
 """
+
+#: Which types a COCO export's categories are: the confirmed ones, or every live type.
+COCO_TYPES = {"confirmed": ("confirmed",), "all": ("confirmed", "proposed")}
+
+
+def _id(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValidationError(f"a {what} id must be an integer, not {value!r}")
+    return int(value)
+
+
+def check_scope(
+    cur: Any,
+    batch_id: int | None,
+    type_ids: Sequence[int] | None,
+    statuses: Sequence[str] | None = None,
+    what: str = "this export",
+) -> tuple[int | None, list[int] | None]:
+    """The scope of an export, checked: (batch id or None, sorted distinct type ids or None).
+
+    Raises :class:`NotFoundError` for a batch or type id that does not exist and
+    :class:`ValidationError` for a merged type, or for a type whose status is not one of
+    ``statuses`` (the types the export ``what`` holds; None: every status but merged).
+    """
+    batch = None if batch_id is None else _id(batch_id, "batch")
+    if batch is not None and not fetch_value(
+        cur, "SELECT count(*) FROM batches WHERE id = ?", [batch]
+    ):
+        raise NotFoundError(f"no batch with id {batch}")
+    if type_ids is None:
+        return batch, None
+    if isinstance(type_ids, (str, bytes)):
+        raise ValidationError(f"type ids must be a list of integers, not {type_ids!r}")
+    ids = sorted({_id(t, "type") for t in type_ids})
+    found = {
+        r[0]: (r[1], r[2], r[3])
+        for r in cur.execute(
+            "SELECT id, name, status, merged_into FROM types WHERE list_contains(?::BIGINT[], id)",
+            [ids],
+        ).fetchall()
+    }
+    for t in ids:
+        if t not in found:
+            raise NotFoundError(f"no type with id {t}")
+        name, status, merged_into = found[t]
+        if status == "merged":
+            raise ValidationError(
+                f"type {t} ({name}) was merged into type {merged_into}: export that one"
+            )
+        if statuses is not None and status not in statuses:
+            raise ValidationError(
+                f"type {t} ({name}) is {status} and {what} holds "
+                f"{' and '.join(statuses)} types only"
+            )
+    return batch, ids
 
 
 def _target(path: str | os.PathLike[str]) -> Path:
@@ -85,8 +158,12 @@ def export_assignments(
     path: str | os.PathLike[str],
     fmt: Literal["csv", "parquet"] = "csv",
     level: Literal["region", "image"] = "region",
+    batch_id: int | None = None,
+    type_ids: Sequence[int] | None = None,
 ) -> Path:
-    """One row per region (or per batch image, ``level='image'``) via DuckDB COPY."""
+    """One row per region (or per batch image, ``level='image'``) via DuckDB COPY; with a
+    scope, the regions of that batch and of those types (image level: the images whose
+    label is one of those types)."""
     if fmt not in ("csv", "parquet"):
         raise ValidationError(f"format must be 'csv' or 'parquet', not {fmt!r}")
     if level not in ("region", "image"):
@@ -95,12 +172,9 @@ def export_assignments(
     options = "FORMAT csv, HEADER true" if fmt == "csv" else "FORMAT parquet"
     query = REGION_SQL if level == "region" else IMAGE_SQL
     with ws.read() as cur:
-        cur.execute(f"COPY ({query}) TO {_quoted(out)} ({options})")
+        batch, ids = check_scope(cur, batch_id, type_ids)
+        cur.execute(f"COPY ({query}) TO {_quoted(out)} ({options})", [batch, batch, ids, ids])
     return out
-
-
-#: Which types a COCO export's categories are: the confirmed ones, or every live type.
-COCO_TYPES = {"confirmed": ("confirmed",), "all": ("confirmed", "proposed")}
 
 
 def export_coco(
@@ -108,9 +182,10 @@ def export_coco(
     path: str | os.PathLike[str],
     batch_id: int | None = None,
     types: Literal["confirmed", "all"] = "confirmed",
+    type_ids: Sequence[int] | None = None,
 ) -> Path:
     """COCO detection/segmentation JSON; categories are the confirmed types (``types="all"``:
-    the proposed ones too, with ``"protoatlas_status"``).
+    the proposed ones too, with ``"protoatlas_status"``); ``type_ids``: those of them only.
 
     One COCO image per batch membership (``file_name`` = the name in the upload, plus
     ``batch`` and ``sha256``); annotations are the regions assigned to one of those types
@@ -118,24 +193,30 @@ def export_coco(
     ``area``, ``iscrowd`` 0).
     """
     out = _target(path)
-    out.write_text(json.dumps(coco_document(ws, batch_id, types)))
+    doc = coco_document(ws, batch_id, types, type_ids, what="the COCO export")
+    out.write_text(json.dumps(doc))
     return out
 
 
-def coco_document(
-    ws: "Workspace", batch_id: int | None = None, types: Literal["confirmed", "all"] = "confirmed"
-) -> dict[str, Any]:
-    """The COCO JSON document of :func:`export_coco` (each image also carries
-    ``protoatlas_image_id`` and ``protoatlas_batch_id``)."""
+def _statuses(types: str) -> list[str]:
     if types not in COCO_TYPES:
         raise ValidationError(f"types must be one of {', '.join(COCO_TYPES)}, not {types!r}")
-    statuses = list(COCO_TYPES[types])
+    return list(COCO_TYPES[types])
+
+
+def coco_document(
+    ws: "Workspace",
+    batch_id: int | None = None,
+    types: Literal["confirmed", "all"] = "confirmed",
+    type_ids: Sequence[int] | None = None,
+    what: str = "the COCO export",
+) -> dict[str, Any]:
+    """The COCO JSON document of :func:`export_coco` (each image also carries
+    ``protoatlas_image_id`` and ``protoatlas_batch_id``). With ``type_ids`` the categories
+    are those types and the images those holding one of their regions."""
+    statuses = _statuses(types)
     with ws.read() as cur:
-        if (
-            batch_id is not None
-            and fetch_value(cur, "SELECT count(*) FROM batches WHERE id = ?", [batch_id]) == 0
-        ):
-            raise NotFoundError(f"no batch with id {batch_id}")
+        batch_id, ids = check_scope(cur, batch_id, type_ids, statuses, what)
         imgs = cur.execute(
             """SELECT bi.batch_id, bi.image_id, bi.name, b.name, i.width, i.height, i.sha256
                FROM batch_images bi JOIN batches b ON b.id = bi.batch_id
@@ -145,8 +226,8 @@ def coco_document(
         ).fetchall()
         cats = cur.execute(
             "SELECT id, name, status FROM types WHERE status IN (SELECT unnest(?::VARCHAR[])) "
-            "ORDER BY id",
-            [statuses],
+            "AND (?::BIGINT[] IS NULL OR list_contains(?::BIGINT[], id)) ORDER BY id",
+            [statuses, ids, ids],
         ).fetchall()
         anns = cur.execute(
             """SELECT r.id, r.batch_id, r.image_id, a.type_id, r.box_top, r.box_left,
@@ -155,9 +236,13 @@ def coco_document(
                JOIN types t ON t.id = a.type_id
                WHERE t.status IN (SELECT unnest(?::VARCHAR[])) AND NOT a.is_normal
                  AND (? IS NULL OR r.batch_id = ?)
+                 AND (?::BIGINT[] IS NULL OR list_contains(?::BIGINT[], a.type_id))
                ORDER BY r.id""",
-            [statuses, batch_id, batch_id],
+            [statuses, batch_id, batch_id, ids, ids],
         ).fetchall()
+    if ids is not None:  # a type scope: the images that hold one of its regions
+        held = {(a[1], a[2]) for a in anns}
+        imgs = [im for im in imgs if (im[0], im[1]) in held]
     coco_id = {}
     images = []
     for k, (b, i, name, bname, w, h, sha) in enumerate(imgs, start=1):
@@ -207,12 +292,14 @@ def export_label_studio(
     path: str | os.PathLike[str],
     batch_id: int | None = None,
     types: Literal["confirmed", "all"] = "confirmed",
+    type_ids: Sequence[int] | None = None,
 ) -> Path:
     """Label Studio tasks (JSON): one task per batch image (``data.image`` = its name in the
     upload), its regions as ``rectanglelabels`` in percent of the image, the types' names as
     labels (``from_name`` "label", ``to_name`` "image"); confirmed types are annotations,
-    proposed ones (``types="all"``) predictions, for a reviewer to check."""
-    doc = coco_document(ws, batch_id, types)
+    proposed ones (``types="all"``) predictions, for a reviewer to check. Scoped as
+    :func:`coco_document`."""
+    doc = coco_document(ws, batch_id, types, type_ids, what="the Label Studio export")
     names = {c["id"]: (c["name"], c["protoatlas_status"]) for c in doc["categories"]}
     by_image: dict[int, list[dict[str, Any]]] = {}
     for ann in doc["annotations"]:
@@ -260,11 +347,13 @@ def export_yolo(
     path: str | os.PathLike[str],
     batch_id: int | None = None,
     types: Literal["confirmed", "all"] = "confirmed",
+    type_ids: Sequence[int] | None = None,
 ) -> Path:
     """A YOLO detection set as one zip: ``images/<batch id>/<name>`` (the stored files),
     ``labels/<batch id>/<name>.txt`` (``class cx cy w h``, normalised, one line per region;
-    empty for an image without one) and ``classes.txt`` (class index = line number)."""
-    doc = coco_document(ws, batch_id, types)
+    empty for an image without one) and ``classes.txt`` (class index = line number; with
+    ``type_ids`` only those types). Scoped as :func:`coco_document`."""
+    doc = coco_document(ws, batch_id, types, type_ids, what="the YOLO export")
     index = {c["id"]: k for k, c in enumerate(doc["categories"])}
     lines: dict[int, list[str]] = {}
     for ann in doc["annotations"]:
@@ -286,6 +375,32 @@ def export_yolo(
             z.writestr(f"labels/{label}", "".join(f"{ln}\n" for ln in lines.get(im["id"], [])))
     os.replace(tmp, out)
     return out
+
+
+def crop_regions(
+    ws: "Workspace",
+    batch_id: int | None = None,
+    types: Literal["confirmed", "all"] = "confirmed",
+    type_ids: Sequence[int] | None = None,
+) -> list[tuple[int, int, int, str, tuple[int, int, int, int]]]:
+    """What the crops export holds: (region id, image id, type id, type name, stored box
+    (top, left, bottom, right)) of every region assigned, not normal, to a confirmed type
+    (``types="all"``: or proposed) of the scope, by region id."""
+    statuses = _statuses(types)
+    with ws.read() as cur:
+        batch, ids = check_scope(cur, batch_id, type_ids, statuses, "the crops export")
+        rows = cur.execute(
+            """SELECT r.id, r.image_id, t.id, t.name,
+                      r.box_top, r.box_left, r.box_bottom, r.box_right
+               FROM regions r JOIN assignments a ON a.region_id = r.id
+               JOIN types t ON t.id = a.type_id
+               WHERE t.status IN (SELECT unnest(?::VARCHAR[])) AND NOT a.is_normal
+                 AND (?::BIGINT IS NULL OR r.batch_id = ?)
+                 AND (?::BIGINT[] IS NULL OR list_contains(?::BIGINT[], t.id))
+               ORDER BY r.id""",
+            [statuses, batch, batch, ids, ids],
+        ).fetchall()
+    return [(r[0], r[1], r[2], r[3], (r[4], r[5], r[6], r[7])) for r in rows]
 
 
 def export_audit(

@@ -886,37 +886,53 @@ class Workspace:
         return review.answer_suggestion(self, suggestion_id, answer, actor, skip)
 
     # ------------------------------------------------------------------- exports
+    # Region-level exports take a scope: ``batch_id`` (None: every batch) and ``type_ids``
+    # (None: every type the format holds); see ``storage.export`` for what a scope keeps.
     def export_assignments(
         self,
         path: str | os.PathLike[str],
         fmt: Literal["csv", "parquet"] = "csv",
         level: Literal["region", "image"] = "region",
+        batch_id: int | None = None,
+        type_ids: Sequence[int] | None = None,
     ) -> Path:
-        return export.export_assignments(self, path, fmt, level)
+        return export.export_assignments(self, path, fmt, level, batch_id, type_ids)
 
     def export_coco(
         self,
         path: str | os.PathLike[str],
         batch_id: int | None = None,
         types: Literal["confirmed", "all"] = "confirmed",
+        type_ids: Sequence[int] | None = None,
     ) -> Path:
-        return export.export_coco(self, path, batch_id, types)
+        return export.export_coco(self, path, batch_id, types, type_ids)
 
     def export_label_studio(
         self,
         path: str | os.PathLike[str],
         batch_id: int | None = None,
         types: Literal["confirmed", "all"] = "confirmed",
+        type_ids: Sequence[int] | None = None,
     ) -> Path:
-        return export.export_label_studio(self, path, batch_id, types)
+        return export.export_label_studio(self, path, batch_id, types, type_ids)
 
     def export_yolo(
         self,
         path: str | os.PathLike[str],
         batch_id: int | None = None,
         types: Literal["confirmed", "all"] = "confirmed",
+        type_ids: Sequence[int] | None = None,
     ) -> Path:
-        return export.export_yolo(self, path, batch_id, types)
+        return export.export_yolo(self, path, batch_id, types, type_ids)
+
+    def crop_regions(
+        self,
+        batch_id: int | None = None,
+        types: Literal["confirmed", "all"] = "confirmed",
+        type_ids: Sequence[int] | None = None,
+    ) -> list[tuple[int, int, int, str, tuple[int, int, int, int]]]:
+        """(region id, image id, type id, type name, box) of what a crops export holds."""
+        return export.crop_regions(self, batch_id, types, type_ids)
 
     def export_audit(
         self, path: str | os.PathLike[str], fmt: Literal["csv", "json"] = "json"

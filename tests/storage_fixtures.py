@@ -5,8 +5,10 @@ Run as ``python -m tests.storage_fixtures <command> <home> ...`` from the repo r
 
 from __future__ import annotations
 
+import io
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,24 @@ def make_batch(
         if model
         else [],
     )
+
+
+def with_pngs(batch: BatchIngest, seed: int = 0) -> BatchIngest:
+    """``batch`` with real (noise) PNG files in place of the fake bytes, for what opens the
+    images (the crops export)."""
+    from PIL import Image
+
+    def png(k: int, h: int, w: int) -> bytes:
+        rgb = np.random.default_rng(k).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        return buf.getvalue()
+
+    batch.images = [
+        replace(im, data=png(seed * 100_000 + i, im.height, im.width))
+        for i, im in enumerate(batch.images)
+    ]
+    return batch
 
 
 def counts(ws: Workspace) -> dict[str, int]:

@@ -294,6 +294,34 @@ def test_export(served, fmt):
             assert folders == confirmed
 
 
+def test_export_of_one_type_only(served):
+    c = served.client
+    ws = served.service.ws
+    live = [t for t in ws.list_types() if t.n_regions and t.status in ("confirmed", "proposed")]
+    t = max(live, key=lambda t: t.n_regions)
+    batch = ws.batches()[0].id
+    members = {
+        r.id
+        for r in ws.regions_for_batch(batch, with_masks=False)
+        if r.type_id == t.id and not r.is_normal
+    }
+    path = Path(c.predict("csv", "", [str(t.id)], api_name="/export"))
+    rows = list(csv.DictReader(path.open()))
+    assert {int(r["region_id"]) for r in rows} == members and {r["type"] for r in rows} == {t.name}
+    coco = json.loads(
+        Path(c.predict("coco_all", str(batch), [t.name], api_name="/export")).read_text()
+    )
+    assert [cat["id"] for cat in coco["categories"]] == [t.id]
+    assert {a["id"] for a in coco["annotations"]} == members
+    assert len(coco["images"]) == len(
+        {r.image_id for r in ws.regions_for_batch(batch) if r.id in members}
+    )
+    with pytest.raises(Exception, match="no type with id 999999"):
+        c.predict("coco", "", ["999999"], api_name="/export")
+    with pytest.raises(Exception, match="no batch with id 999"):
+        c.predict("csv", "999", [], api_name="/export")
+
+
 def test_upload_errors_are_clear(served, tmp_path):
     c = served.client
     bad = _zip(tmp_path / "evil.zip", {"ok/a.png": b"x", "../escape.png": b"y"})

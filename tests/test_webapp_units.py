@@ -271,3 +271,47 @@ def test_service_keeps_the_vector_size_of_an_existing_workspace(tmp_path):
         assert len(service.ws.embeddings()[0]) > 0
     with WorkspaceService(tmp_path, "fresh") as service:
         assert service.ws.embedding_dim == ProtoAtlasConfig().discovery.embedding_dim == 320
+
+
+# ------------------------------------------------------------------------------ export
+def test_export_of_a_batch_and_some_types_and_its_errors(tmp_path):
+    import csv
+
+    from webapp.tabs import export_holds
+
+    ws = build_workspace(tmp_path / "home", n_images=12, n_types=3, type_names=["a", "b", "c"])
+    service = WorkspaceService.over(ws)
+    try:
+        v = Views(service)
+        batches, types = v.export_scopes()
+        assert batches[0] == ("every batch", "") and [b[1] for b in batches[1:]] == ["1"]
+        live = {t.name: t for t in v.types()}
+        assert {value for _, value in types} == {str(t.id) for t in live.values()}
+        a, b = live["a"], live["b"]
+        path = v.export("csv", batch_id="1", type_ids=[str(a.id), "b"])  # an id and a name
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert sorted(r["type"] for r in rows) == sorted(["a"] * a.n_regions + ["b"] * b.n_regions)
+        with pytest.raises(ValueError, match=rf"type {a.id} \(a\) is proposed"):
+            v.export("crops", type_ids=["a"])
+        service.ws.confirm_type(a.id, expected_version=a.version, actor="ann")
+        with zipfile.ZipFile(v.export("crops", "", ["a"])) as z:
+            assert {n.split("/")[0] for n in z.namelist()} == {"a"}
+            assert len(z.namelist()) == a.n_regions
+        with pytest.raises(LookupError, match="no batch with id 9"):
+            v.export("coco", batch_id="9")
+        with pytest.raises(LookupError, match="no type with id 99"):
+            v.export("yolo", type_ids=["99"])
+        with pytest.raises(ValueError, match="no type named 'zzz'"):
+            v.export("csv", type_ids=["zzz"])
+        with pytest.raises(ValueError, match="batch must be a batch id"):
+            v.export("csv", batch_id="first")
+        with pytest.raises(ValueError, match="exported whole"):
+            v.export("audit_json", type_ids=["a"])
+        assert v.export("audit_json", "", []).stat().st_size > 0  # the tab's empty scope
+        assert all(any(f.iterdir()) for f in v.exports_dir.iterdir())  # none left empty
+    finally:
+        service.close()
+    assert "confirmed types only" in export_holds("coco")
+    assert "proposed" in export_holds("coco_all") and "rejected" in export_holds("csv")
+    assert "always exported whole" in export_holds("audit_csv")

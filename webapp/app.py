@@ -48,6 +48,7 @@ from webapp.tabs import (
     TypesTab,
     UploadTab,
     browse_tab,
+    export_holds,
     export_tab,
     history_tab,
     image_tab,
@@ -1274,13 +1275,23 @@ class ReviewApp:
     def _wire_export(self, e: ExportTab) -> None:
         v = self.views
 
-        def export(fmt):
+        def export(fmt, batch="", types=None):
+            """Export a format (one batch: its id; some types: their ids or names; empty:
+            everything, as with the format alone)."""
             try:
-                return str(v.export(fmt or "csv"))
-            except ValueError as exc:
+                return str(v.export(fmt or "csv", batch_id=batch, type_ids=types))
+            except (ValueError, LookupError) as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
 
-        e.button.click(export, inputs=[e.fmt], outputs=[e.file], api_name="export")
+        def export_tab_selected():
+            batches, types = v.export_scopes()
+            return gr.update(choices=batches), gr.update(choices=types)
+
+        e.button.click(
+            export, inputs=[e.fmt, e.batch, e.types], outputs=[e.file], api_name="export"
+        )
+        e.fmt.change(export_holds, inputs=[e.fmt], outputs=[e.holds], api_visibility="undocumented")
+        e.tab.select(export_tab_selected, outputs=[e.batch, e.types], api_visibility="undocumented")
 
 
 # ----------------------------------------------------------------------------- launching

@@ -16,7 +16,7 @@ import gradio as gr
 from engine.config import DiscoveryConfig
 from webapp.assets import KEYS_HELP
 from webapp.security import Limits
-from webapp.views import AUDIT_COLUMNS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS
+from webapp.views import AUDIT_COLUMNS, EXPORT_HOLDS, EXPORTS, REGION_COLUMNS, TYPE_COLUMNS
 
 PRIOR_CHOICES = [
     ("auto (classical; grounded-SAM for the prompt when configured)", "auto"),
@@ -656,21 +656,53 @@ def history_tab() -> HistoryTab:
 # ----------------------------------------------------------------------------- Export
 @dataclass
 class ExportTab:
-    """A download of the workspace's decisions."""
+    """A download of the workspace's decisions: all of them, one batch's or some types'."""
 
+    tab: gr.Tab
     fmt: gr.Radio
+    batch: gr.Dropdown
+    types: gr.Dropdown
+    holds: gr.Markdown
     button: gr.Button
     file: gr.File
 
 
+def export_holds(fmt: str | None) -> str:
+    """The line under the formats: which types the chosen one holds."""
+    holds = EXPORT_HOLDS.get(str(fmt or "csv"), "")
+    if holds is None:
+        return "The audit log is always exported whole (every batch and type: its hash chain)."
+    return f"Holds {holds}. A type the format does not hold is refused."
+
+
 def export_tab() -> ExportTab:
-    """Lays out the Export tab: the format and the download."""
-    with gr.Tab("Export", id="export"):
+    """Lays out the Export tab: the format, the scope (a batch, some types) and the
+    download. The lists are filled when the tab is selected; both accept a typed id."""
+    with gr.Tab("Export", id="export") as tab:
         fmt = gr.Radio(
             [(label, key) for key, (_, label) in EXPORTS.items()],
             value="csv",
             label="What to export",
         )
+        holds = gr.Markdown(export_holds("csv"), elem_id="pa-export-holds")
+        with gr.Row():
+            batch = gr.Dropdown(
+                label="Batch",
+                choices=[("every batch", "")],
+                value="",
+                allow_custom_value=True,
+                elem_id="pa-export-batch",
+            )
+            types = gr.Dropdown(
+                label="Types (empty: every type)",
+                choices=[],
+                value=[],
+                multiselect=True,
+                allow_custom_value=True,
+                elem_id="pa-export-types",
+            )
         button = gr.Button("Export", variant="primary", elem_id="pa-export")
         file = gr.File(label="Download", elem_id="pa-export-file")
-    return ExportTab(fmt=fmt, button=button, file=file)
+    return ExportTab(
+        tab=tab, fmt=fmt, batch=batch, types=types, holds=holds, button=button, file=file
+    )

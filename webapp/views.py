@@ -7,6 +7,7 @@ reads and its reviewer actions (the web app never holds the storage workspace it
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -90,6 +91,19 @@ EXPORTS = {
     "crops": ("crops.zip", "the crops of the confirmed types, a folder per type (zip)"),
     "audit_json": ("audit.json", "the audit log (JSON)"),
     "audit_csv": ("audit.csv", "the audit log (CSV)"),
+}
+#: Which types each export holds (``None``: the audit log, always whole, no scope).
+EXPORT_HOLDS: dict[str, str | None] = {
+    "csv": "every type, rejected ones too",
+    "parquet": "every type, rejected ones too",
+    "images_csv": "every image; with types, those whose label is one of them",
+    "coco": "the confirmed types only",
+    "coco_all": "the confirmed and the proposed types",
+    "label_studio": "the confirmed types (annotations) and the proposed ones (predictions)",
+    "yolo": "the confirmed types only",
+    "crops": "the confirmed types only",
+    "audit_json": None,
+    "audit_csv": None,
 }
 
 
@@ -1072,30 +1086,72 @@ class Views:
                 return t.id
         raise ValueError(f"no type named {text!r}: give a type's id or name, or leave it empty")
 
-    def export(self, fmt: str) -> Path:
+    def export_scopes(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The Export tab's choices: ("every batch", "") and each batch; each type with
+        members (an empty list means every type)."""
+        batches = [("every batch", "")] + [
+            (f"{b.name} (#{b.id}, {b.n_images} images)", str(b.id)) for b in self.service.batches()
+        ]
+        types = [(type_label(t), str(t.id)) for t in self.types()]
+        return batches, types
+
+    def export_scope(self, batch: Any, types: Any) -> tuple[int | None, list[int] | None]:
+        """(batch id or None, type ids or None) from the Export tab's inputs: a batch id
+        ("" or None: every batch), type ids or names (empty: every type)."""
+        text = "" if batch is None else str(batch).strip().lstrip("#")
+        if text and not text.isdigit():
+            raise ValueError(f"batch must be a batch id, not {batch!r}")
+        batch_id = int(text) if text else None
+        if types is None or isinstance(types, (str, int)):
+            types = [] if types in (None, "") else [types]
+        ids = [self.type_filter(t) for t in types]
+        type_ids = sorted({t for t in ids if t is not None}) or None
+        return batch_id, type_ids
+
+    def export(self, fmt: str, batch_id: Any = None, type_ids: Any = None) -> Path:
+        """Write one export under ``exports/<time stamp>/``: all of it, or the batch
+        ``batch_id`` and the types ``type_ids`` (ids or names; empty: every type the format
+        holds, :data:`EXPORT_HOLDS`). An unknown id is a ``NotFoundError``, a type the
+        format does not hold a ``ValueError``, both naming it."""
         if fmt not in EXPORTS:
             raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORTS)}")
+        batch, types = self.export_scope(batch_id, type_ids)
+        if EXPORT_HOLDS[fmt] is None and (batch is not None or types is not None):
+            raise ValueError(
+                "the audit log is exported whole (its hash chain): choose every batch and "
+                "every type"
+            )
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         folder = self.exports_dir / stamp
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / EXPORTS[fmt][0]
+        try:
+            return self._write_export(fmt, folder / EXPORTS[fmt][0], batch, types)
+        except Exception:
+            with contextlib.suppress(OSError):  # a refused scope leaves no empty folder
+                folder.rmdir()
+            raise
+
+    def _write_export(
+        self, fmt: str, path: Path, batch_id: int | None, type_ids: list[int] | None
+    ) -> Path:
         ws = self.service
+        scope: dict[str, Any] = {"batch_id": batch_id, "type_ids": type_ids}
         if fmt == "csv":
-            return ws.export_assignments(path, "csv", "region")
+            return ws.export_assignments(path, "csv", "region", **scope)
         if fmt == "parquet":
-            return ws.export_assignments(path, "parquet", "region")
+            return ws.export_assignments(path, "parquet", "region", **scope)
         if fmt == "images_csv":
-            return ws.export_assignments(path, "csv", "image")
+            return ws.export_assignments(path, "csv", "image", **scope)
         if fmt == "coco":
-            return ws.export_coco(path)
+            return ws.export_coco(path, **scope)
         if fmt == "coco_all":
-            return ws.export_coco(path, types="all")
+            return ws.export_coco(path, types="all", **scope)
         if fmt == "label_studio":
-            return ws.export_label_studio(path, types="all")
+            return ws.export_label_studio(path, types="all", **scope)
         if fmt == "yolo":
-            return ws.export_yolo(path)
+            return ws.export_yolo(path, **scope)
         if fmt == "crops":
-            return ws.export_crops(path)
+            return ws.export_crops(path, **scope)
         if fmt == "audit_json":
             return ws.export_audit(path, "json")
         return ws.export_audit(path, "csv")

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -104,68 +105,77 @@ class ReadsMixin(ServiceCore):
         )
 
     # ------------------------------------------------------------------ exports
+    # Every region-level export takes a scope: ``batch_id`` (one batch; None: every batch)
+    # and ``type_ids`` (those types; None: every type the format holds). An unknown id is a
+    # NotFoundError naming it, a type the format does not hold (a proposed one in a
+    # confirmed-only export, a merged one) a ValidationError; a scope that selects nothing
+    # gives a valid, empty file.
     def export_assignments(
         self,
         path: str | os.PathLike[str],
         fmt: Literal["csv", "parquet"] = "csv",
         level: Literal["region", "image"] = "region",
+        batch_id: int | None = None,
+        type_ids: Sequence[int] | None = None,
     ) -> Path:
-        return self.ws.export_assignments(path, fmt, level)
+        return self.ws.export_assignments(path, fmt, level, batch_id=batch_id, type_ids=type_ids)
 
     def export_coco(
         self,
         path: str | os.PathLike[str],
         batch_id: int | None = None,
         types: Literal["confirmed", "all"] = "confirmed",
+        type_ids: Sequence[int] | None = None,
     ) -> Path:
         """COCO JSON of the confirmed types (``types="all"``: the proposed ones too)."""
-        return self.ws.export_coco(path, batch_id, types)
+        return self.ws.export_coco(path, batch_id, types, type_ids=type_ids)
 
     def export_label_studio(
         self,
         path: str | os.PathLike[str],
         batch_id: int | None = None,
         types: Literal["confirmed", "all"] = "confirmed",
+        type_ids: Sequence[int] | None = None,
     ) -> Path:
         """Label Studio tasks: confirmed types as annotations, proposed ones as predictions."""
-        return self.ws.export_label_studio(path, batch_id, types)
+        return self.ws.export_label_studio(path, batch_id, types, type_ids=type_ids)
 
     def export_yolo(
         self,
         path: str | os.PathLike[str],
         batch_id: int | None = None,
         types: Literal["confirmed", "all"] = "confirmed",
+        type_ids: Sequence[int] | None = None,
     ) -> Path:
         """A zip of images, YOLO label files and classes.txt."""
-        return self.ws.export_yolo(path, batch_id, types)
+        return self.ws.export_yolo(path, batch_id, types, type_ids=type_ids)
 
     def export_crops(
-        self, path: str | os.PathLike[str], types: Literal["confirmed", "all"] = "confirmed"
+        self,
+        path: str | os.PathLike[str],
+        types: Literal["confirmed", "all"] = "confirmed",
+        batch_id: int | None = None,
+        type_ids: Sequence[int] | None = None,
     ) -> Path:
         """A zip with one folder per type (its name) holding every member's crop as PNG
         (``<region id>.png``, the region's box in the original image): the confirmed types,
-        or with ``types="all"`` the proposed ones too."""
+        or with ``types="all"`` the proposed ones too (an empty zip when the scope holds
+        no region)."""
         from PIL import Image
 
-        statuses = {"confirmed"} if types == "confirmed" else {"confirmed", "proposed"}
-        if types not in ("confirmed", "all"):
-            raise ValueError(f"types must be confirmed or all, not {types!r}")
-        live = {t.id: t for t in self.ws.list_types() if t.status in statuses and t.n_regions}
+        regions = self.ws.crop_regions(batch_id, types, type_ids)  # checks the scope first
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         with zipfile.ZipFile(tmp, "w") as z:
-            for b in self.ws.batches():
-                for r in self.ws.regions_for_batch(b.id, with_masks=False):
-                    if r.type_id not in live or r.is_normal:
-                        continue
-                    top, left, bottom, right = r.box
-                    with Image.open(self.ws.image_path(r.image_id)) as im:
-                        crop = im.crop((left, top, right, bottom))
-                        buf = io.BytesIO()
-                        crop.save(buf, format="PNG")
-                    folder = _safe_folder(live[r.type_id].name, r.type_id)
-                    z.writestr(f"{folder}/{r.id}.png", buf.getvalue())
+            for region_id, image_id, type_id, type_name, box in regions:
+                top, left, bottom, right = box
+                with Image.open(self.ws.image_path(image_id)) as im:
+                    crop = im.crop((left, top, right, bottom))
+                    buf = io.BytesIO()
+                    crop.save(buf, format="PNG")
+                folder = _safe_folder(type_name, type_id)
+                z.writestr(f"{folder}/{region_id}.png", buf.getvalue())
         os.replace(tmp, out)
         return out
 
