@@ -44,7 +44,7 @@ from storage.models import (
 from storage.png16 import decode_map, encode_map
 from storage.rle import decode_rle, encode_rle, rle_area, rle_from_json, rle_to_json
 from storage.schema import LATEST as SCHEMA_VERSION
-from storage.workspace import Workspace, default_home
+from storage.workspace import Workspace, check_workspace_name, default_home, workspace_names
 
 __all__ = [
     "AssignmentsIn",
@@ -78,7 +78,9 @@ __all__ = [
     "WorkspaceLockedError",
     "decode_map",
     "decode_rle",
+    "check_workspace_name",
     "default_home",
+    "workspace_names",
     "doctor",
     "encode_map",
     "encode_rle",

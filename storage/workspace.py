@@ -87,6 +87,25 @@ def default_home() -> Path:
     return Path(DEFAULT_HOME)
 
 
+def workspace_names(home: str | os.PathLike[str] | None = None) -> list[str]:
+    """Names of the workspaces under ``home`` (folders holding a workspace database),
+    sorted; none when ``home`` does not exist."""
+    root = Path(home if home is not None else default_home()).expanduser()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if _NAME.match(p.name) and (p / DB_FILE).is_file())
+
+
+def check_workspace_name(name: str) -> str:
+    """``name`` if it may name a workspace, else a ValidationError saying what may."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValidationError(
+            f"workspace name {name!r} must be 1-64 letters, digits, "
+            "'_', '-' or '.', starting with a letter or digit"
+        )
+    return name
+
+
 class _Handle:
     """The per-process state of one open DuckDB file (shared by Workspace objects)."""
 
@@ -183,11 +202,7 @@ class Workspace:
         ``read_only`` opens without migrating or cleaning (for inspection and ``doctor``).
         """
         cfg = config or StorageConfig()
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ValidationError(
-                f"workspace name {name!r} must be 1-64 letters, digits, "
-                "'_', '-' or '.', starting with a letter or digit"
-            )
+        check_workspace_name(name)
         home_path = Path(home if home is not None else default_home()).expanduser().resolve()
         root = home_path / name
         db = root / DB_FILE

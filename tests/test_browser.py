@@ -430,6 +430,20 @@ def test_review_flow_in_a_browser(served, browser, shots):
     assert len(coco["images"]) == 17 and coco["annotations"]
     names = {c["name"] for c in coco["categories"]}
     assert service.ws.get_type(int(tid)).name in names
+
+    # ---- a second workspace (another product line): created here, empty, apart
+    n_cards = len(page.query_selector_all(".pa-card"))
+    page.fill("#pa-ws-name input, #pa-ws-name textarea", "line-2")
+    page.click("#pa-ws-create")
+    page.wait_for_url("**/w/line-2/", timeout=60000)
+    _wait_text(page, "#pa-header", r"Workspace line-2 · 0 batch")
+    assert not page.query_selector_all(".pa-card")
+    page.click("#pa-ws-pick input")
+    page.get_by_role("option", name="default", exact=True).click()
+    page.wait_for_url(served["url"], timeout=60000)
+    page.wait_for_selector(".pa-card", timeout=60000)
+    _wait_text(page, "#pa-header", r"Workspace default")
+    assert len(page.query_selector_all(".pa-card")) >= n_cards - 1
     assert not errors, errors
 
 

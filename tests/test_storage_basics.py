@@ -185,3 +185,17 @@ def test_rle_bbox_is_the_tight_box_of_the_foreground_without_decoding():
             continue
         ys, xs = np.nonzero(m)
         assert box == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+
+
+def test_workspace_names_lists_the_workspaces_of_a_home(tmp_path):
+    from storage import check_workspace_name, workspace_names
+
+    assert workspace_names(tmp_path / "missing") == []
+    for name in ("b-line", "a.line"):
+        Workspace.open(tmp_path, name).close()
+    (tmp_path / "not-a-workspace").mkdir()
+    assert workspace_names(tmp_path) == ["a.line", "b-line"]
+    assert check_workspace_name("ok_1") == "ok_1"
+    for bad in ("", "../x", "-x", "a/b", "x" * 65):
+        with pytest.raises(ValidationError, match="workspace name"):
+            check_workspace_name(bad)

@@ -437,3 +437,41 @@ def test_an_answer_retrains_in_the_background_and_renews_the_questions(served):
     out = c.predict(q["id"], "skip", api_name="/answer_suggestion")
     assert out["ok"] and "background" not in out["message"]
     assert app.retrainer.wait(60) and ws.latest_model_version().id == mv.id
+
+
+def test_a_second_workspace_is_created_served_and_kept_apart(served):
+    before = served.client.predict(api_name="/list_types")["data"]
+    n_images = len(served.service.ws.batches())
+    href = served.client.predict("line-b", api_name="/create_workspace")
+    assert href == "pa/open/line-b"
+    with urllib.request.urlopen(served.url + href) as r:  # mounts it, then redirects there
+        assert r.status == 200 and r.url.endswith("/w/line-b/")
+    other = Client(served.url + "w/line-b/", verbose=False)
+    assert other.predict(api_name="/list_types")["data"] == []
+    report, _ = other.predict(
+        [handle_file(str(served.tmp / "batch1.zip"))],
+        [handle_file(str(served.tmp / "normals.zip"))],
+        "",
+        "auto",
+        "auto",
+        "product b",
+        api_name="/upload_batch",
+    )
+    assert "discovered" in report
+    assert other.predict(api_name="/list_types")["data"]
+    # the first workspace saw none of it
+    assert served.client.predict(api_name="/list_types")["data"] == before
+    assert len(served.service.ws.batches()) == n_images
+    assert (served.tmp / "home" / "line-b" / "workspace.duckdb").is_file()
+    # its pictures are its own: a region of line-b through line-b's routes
+    b = served.app.workspaces.apps["line-b"].service
+    region = b.ws.regions_for_batch(b.ws.batches()[0].id, with_masks=False)[0]
+    with urllib.request.urlopen(f"{served.url}w/line-b/pa/full/{region.image_id}.jpg") as r:
+        assert r.headers["Content-Type"] == "image/jpeg"
+    # the name is taken now, and a bad name is refused with the rule
+    for name, says in (("line-b", "exists already"), ("../evil", "must be 1-64 letters")):
+        with pytest.raises(Exception, match=says):
+            served.client.predict(name, api_name="/create_workspace")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(served.url + "pa/open/nothing-here")
+    assert err.value.code == 404

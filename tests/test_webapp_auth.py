@@ -138,3 +138,25 @@ def test_logged_in_users_get_in_and_wrong_passwords_do_not(locked):
     assert client.predict(t[0], "confirm", "", None, -1, api_name="/type_action")["ok"]
     # the audit names the logged-in reviewer
     assert client.predict("alice", "confirm_type", None, api_name="/audit")["data"]
+
+
+def test_another_workspace_needs_the_same_login_and_names_the_reviewer(locked):
+    app, url, service = locked
+    assert _request(url + "/pa/open/default")[0] == 401
+    client = Client(url, auth=("alice", "s3cret-pw"), verbose=False)
+    assert client.predict("line-b", api_name="/create_workspace") == "pa/open/line-b"
+    assert _request(url + "/pa/open/line-b")[0] == 401
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    good = urllib.parse.urlencode({"username": "alice", "password": "s3cret-pw"}).encode()
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    assert _request(url + "/login", "POST", opener, good, headers)[0] == 200
+    status, _ = _request(url + "/pa/open/line-b", opener=opener)  # mounts it, redirects
+    assert status == 200
+    # mounted now: without a login every one of its routes is refused
+    for path in ("/w/line-b/config", "/w/line-b/gradio_api/info", "/w/line-b/pa/full/1.jpg"):
+        assert _request(url + path)[0] == 401, path
+    assert _request(url + "/w/line-b/config", opener=opener)[0] == 200  # one login for all
+    other = Client(url + "/w/line-b/", auth=("alice", "s3cret-pw"), verbose=False)
+    assert other.predict(api_name="/list_types")["data"] == []
+    assert SECRET_TYPE not in str(other.predict(api_name="/list_types"))

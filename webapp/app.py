@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from protoatlas.service import BackgroundRetrainer, default_home
+from protoatlas.service import BackgroundRetrainer, StorageError, default_home
 from webapp.assets import CSS, HEAD
 from webapp.security import (
     AUTH_ENV,
@@ -59,6 +59,7 @@ from webapp.tabs import (
     upload_tab,
 )
 from webapp.views import TYPE_COLUMNS, BrowseFilter, Views, type_label
+from webapp.workspaces import WorkspaceHost
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +211,14 @@ class ReviewApp:
         note: str | None = None,
         auth_on: bool = False,
         auto_retrain: bool | None = None,
+        workspaces: WorkspaceHost | None = None,
+        base: str = "",
     ) -> None:
         self.service = service
+        #: The other workspaces of the server (None: this one alone), and the relative
+        #: path from this app's page to the server's root.
+        self.workspaces = workspaces
+        self.base = base
         #: Retrain in the background after every answered question (off on ZeroGPU, where
         #: the GPU is only lent inside a request; ``PROTOATLAS_AUTO_RETRAIN=0`` turns it off).
         self.auto_retrain = (
@@ -237,6 +244,8 @@ class ReviewApp:
         """Stop the server and the background work (the service stays open)."""
         self.retrainer.wait(RETRAIN_WAIT_S)
         self.views.stop()
+        if self.workspaces is not None and not self.base:  # the server's first workspace
+            self.workspaces.close()
         self.blocks.close()
 
     # ---------------------------------------------------------------- header
@@ -653,7 +662,11 @@ class ReviewApp:
         """Lays out the tabs, then wires them in one fixed order (the order of the events
         gives the undocumented endpoints their names)."""
         with gr.Blocks(title="ProtoAtlas review", fill_width=True) as blocks:
-            header = gr.Markdown(elem_id="pa-header")
+            with gr.Row(equal_height=True):
+                with gr.Column(scale=3):
+                    header = gr.Markdown(elem_id="pa-header")
+                if self.workspaces is not None:
+                    self._workspace_controls(blocks)
             with gr.Tabs(selected="types") as tabs:
                 types = types_tab()
                 suggestions = suggestions_tab()
@@ -693,6 +706,54 @@ class ReviewApp:
                 panel, inputs=types.inputs(), outputs=types.outputs(), api_visibility="undocumented"
             )
         return blocks
+
+    # ---- Workspaces
+    def _workspace_controls(self, blocks: gr.Blocks) -> None:
+        """The workspace list (choosing one opens it) and a box to create a new one."""
+        host = self.workspaces
+        assert host is not None
+        here = self.service.root.name
+        with gr.Column(scale=1, min_width=260):
+            pick = gr.Dropdown(
+                label="Workspace",
+                choices=host.choices(self.base),
+                value=host.href(here, self.base),
+                elem_id="pa-ws-pick",
+                interactive=True,
+            )
+            with gr.Row():
+                name = gr.Textbox(
+                    placeholder="new workspace name",
+                    show_label=False,
+                    max_lines=1,
+                    scale=3,
+                    elem_id="pa-ws-name",
+                )
+                create = gr.Button("Create", size="sm", scale=1, elem_id="pa-ws-create")
+            go = gr.Textbox(visible=False)
+        navigate = "(url) => { if (url) window.location.assign(url); return url; }"
+
+        def fresh_list():
+            return gr.update(choices=host.choices(self.base), value=host.href(here, self.base))
+
+        blocks.load(fresh_list, outputs=[pick], api_visibility="undocumented", queue=False)
+        pick.input(None, inputs=[pick], js=navigate)
+
+        def create_workspace(value, request: gr.Request):
+            """Creates a workspace of this server's home folder and opens it."""
+            try:
+                made = host.create(value)
+            except (ValueError, StorageError) as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            log.info("workspace %s created by %s", made, actor_of(request))
+            return host.href(made, self.base)
+
+        create.click(
+            create_workspace, inputs=[name], outputs=[go], api_name="create_workspace"
+        ).success(None, inputs=[go], js=navigate)
+        name.submit(
+            create_workspace, inputs=[name], outputs=[go], api_visibility="undocumented"
+        ).success(None, inputs=[go], js=navigate)
 
     # ---- Types
     def _wire_types(
@@ -1343,33 +1404,54 @@ def launch(
     """Build the app over ``service`` and start its server; returns (app, local URL).
     ``auto_retrain``: retrain in the background after each answer (None: on, unless
     ``PROTOATLAS_AUTO_RETRAIN=0`` or ZeroGPU)."""
-    app = ReviewApp(
-        service, limits=limits, note=note, auth_on=bool(auth), auto_retrain=auto_retrain
-    )
-    root = app.views.root
+
+    def make_app(svc, base: str) -> ReviewApp:
+        return ReviewApp(
+            svc,
+            limits=limits,
+            note=note if not base else None,
+            auth_on=bool(auth),
+            auto_retrain=auto_retrain,
+            workspaces=hosting,
+            base=base,
+        )
+
+    root = Path(service.root)
+    hosting = WorkspaceHost(root.parent, root.name, config=service.config, make_app=make_app)
+    app = make_app(service, "")
     blocks = app.blocks
     blocks.queue(default_concurrency_limit=8, max_size=200)
     app.views.warm_in_background()
     (root / "exports").mkdir(exist_ok=True)
+    # what every workspace's Blocks share (the first one's launch, the others' mounts)
+    options: dict[str, Any] = {
+        "auth": auth,
+        "auth_message": "ProtoAtlas: sign in to review." if auth else None,
+        "show_error": True,
+        "ssr_mode": False,
+        "mcp_server": False,
+        "max_file_size": f"{app.limits.max_file_mb}mb",
+        "footer_links": ["api", "settings"],
+        "theme": gr.themes.Soft(),
+        "css": CSS,
+        "head": HEAD,
+    }
     _, url, _ = blocks.launch(
         server_name=host,
         server_port=port,
-        auth=auth,
-        auth_message="ProtoAtlas: sign in to review." if auth else None,
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
-        show_error=True,
         max_threads=max_threads,
-        ssr_mode=False,
-        mcp_server=False,
         allowed_paths=[str(app.views.renderer.cache_dir), str(root / "exports")],
-        max_file_size=f"{app.limits.max_file_mb}mb",
-        app_kwargs={"middleware": [Middleware(RequireLogin)], "routes": _picture_routes(app.views)},
-        footer_links=["api", "settings"],
-        theme=gr.themes.Soft(),
-        css=CSS,
-        head=HEAD,
+        app_kwargs={
+            "middleware": [Middleware(RequireLogin)],
+            "routes": [*_picture_routes(app.views), hosting.open_route()],
+        },
+        **options,
     )
+    hosting.server_app = blocks.server_app
+    hosting.options = options
+    hosting.routes = _picture_routes
     return app, url
 
 

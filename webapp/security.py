@@ -90,6 +90,8 @@ PUBLIC_EXACT = frozenset(
         "/gradio_api/startup-events",
     }
 )
+#: The path prefix of the server's other workspaces (``webapp.workspaces``).
+MOUNTED_WORKSPACE = re.compile(r"^/w/[A-Za-z0-9][A-Za-z0-9_.-]*(?=/|$)")
 PUBLIC_PREFIXES = (
     "/assets/",
     "/static/",
@@ -141,6 +143,8 @@ class RequireLogin:
         path = scope.get("path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
+        # another workspace's app (w/<name>/...): its own paths are public or not alike
+        path = MOUNTED_WORKSPACE.sub("", path, count=1) or "/"
         if self.is_public(path) or self.logged_in(scope):
             await self.app(scope, receive, send)
             return

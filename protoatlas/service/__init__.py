@@ -31,7 +31,9 @@ from storage import (
     TypeSummary,
     ValidationError,
     WorkspaceLockedError,
+    check_workspace_name,
     default_home,
+    workspace_names,
 )
 
 __all__ = [
@@ -52,7 +54,9 @@ __all__ = [
     "ValidationError",
     "WorkspaceLockedError",
     "WorkspaceService",
+    "check_workspace_name",
     "default_home",
     "persist_run",
     "region_table",
+    "workspace_names",
 ]
