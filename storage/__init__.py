@@ -42,6 +42,7 @@ from storage.models import (
     TypeSummary,
 )
 from storage.png16 import decode_map, encode_map
+from storage.review import UNDOABLE as UNDOABLE_ACTIONS
 from storage.rle import decode_rle, encode_rle, rle_area, rle_from_json, rle_to_json
 from storage.schema import LATEST as SCHEMA_VERSION
 from storage.workspace import Workspace, check_workspace_name, default_home, workspace_names
@@ -78,6 +79,7 @@ __all__ = [
     "WorkspaceLockedError",
     "decode_map",
     "decode_rle",
+    "UNDOABLE_ACTIONS",
     "check_workspace_name",
     "default_home",
     "workspace_names",

@@ -533,6 +533,37 @@ def _last_undoable(
     return seq, action, list(type_ids), json.loads(before_s), json.loads(after_s)
 
 
+def _undoable_entry(
+    con: Con, actor: str, seq: int
+) -> tuple[int, str, list[int], dict[str, Any], dict[str, Any]]:
+    """(seq, action, type ids, before, after) of audit entry ``seq`` if ``actor`` may undo
+    it: their own, an action that can be undone, not undone yet."""
+    row = con.execute(
+        "SELECT seq, actor, action, type_ids, before, after FROM audit_log WHERE seq = ?",
+        [int(seq)],
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no audit entry #{seq}")
+    _, who, action, type_ids, before_s, after_s = row
+    if action not in UNDOABLE:
+        raise ValidationError(f"audit #{seq} ({action}) is not a reviewer action: no undo")
+    if who != actor:
+        raise ConflictError(f"audit #{seq} is {who}'s action: only {who} can undo it")
+    undone_by = next(
+        (
+            r[0]
+            for r in con.execute(
+                "SELECT seq, target FROM audit_log WHERE action = 'undo' AND seq > ?", [int(seq)]
+            ).fetchall()
+            if json.loads(r[1]).get("undo_of") == int(seq)
+        ),
+        None,
+    )
+    if undone_by is not None:
+        raise ConflictError(f"audit #{seq} was undone already (audit #{undone_by})")
+    return int(seq), action, list(type_ids), json.loads(before_s), json.loads(after_s)
+
+
 def _refuse_later_changes(con: Con, seq: int, actor: str, type_ids: list[int], what: str) -> None:
     """Later actions by others on the same types conflict, unless they were undone later
     too (an action and its undo cancel out; the state check confirms)."""
@@ -618,13 +649,20 @@ def _restore(con: Con, before: Mapping[str, Any], what: str, now: object) -> Non
         )
 
 
-def undo(ws: "Workspace", actor: str) -> AuditEntry:
-    """Revert ``actor``'s last action that is not undone yet (see module docstring)."""
+def undo(ws: "Workspace", actor: str, seq: int | None = None) -> AuditEntry:
+    """Revert ``actor``'s last action that is not undone yet (see module docstring), or,
+    with ``seq``, that one of their actions: possible while nothing later touched its
+    types (a later action of theirs too; an action and its undo cancel out)."""
     actor = check_actor(actor)
     with ws.transaction() as con:
-        seq, action, type_ids, before, after = _last_undoable(con, actor)
+        if seq is None:
+            seq, action, type_ids, before, after = _last_undoable(con, actor)
+            later_than_others = actor
+        else:
+            seq, action, type_ids, before, after = _undoable_entry(con, actor, seq)
+            later_than_others = ""  # every later action counts, the actor's own too
         what = f"cannot undo {action} (audit #{seq})"
-        _refuse_later_changes(con, seq, actor, type_ids, what)
+        _refuse_later_changes(con, seq, later_than_others, type_ids, what)
         now_sugg = _refuse_changed_since(con, before, after, what)
         sugg_ids = [int(s) for s in before.get("suggestions", {})]
         type_keys = [int(t) for t in before.get("types", {})]

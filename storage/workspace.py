@@ -878,8 +878,8 @@ class Workspace:
     ) -> None:
         review.mark_normal(self, region_ids, expected, actor)
 
-    def undo(self, actor: str) -> AuditEntry:
-        return review.undo(self, actor)
+    def undo(self, actor: str, seq: int | None = None) -> AuditEntry:
+        return review.undo(self, actor, seq)
 
     def import_labels(
         self, csv_path: str | os.PathLike[str], *, actor: str, batch_id: int | None = None

@@ -402,7 +402,7 @@ def test_review_flow_in_a_browser(served, browser, shots):
     page.keyboard.press("p")
     page.wait_for_function(
         f'() => {{ const v = document.querySelector("{viewer}"); '
-        f"return !!v && v.dataset.iid === '{iid}'; }}"
+        f"return !!v && v.dataset.iid === '{iid}' && !!v.dataset.bound; }}"
     )
     # the layer choices stay from one image to the next
     assert page.eval_on_selector(f"{viewer} .pa-v-heatimg", "e => e.style.opacity") == "0.3"
@@ -430,6 +430,21 @@ def test_review_flow_in_a_browser(served, browser, shots):
     assert len(coco["images"]) == 17 and coco["annotations"]
     names = {c["name"] for c in coco["categories"]}
     assert service.ws.get_type(int(tid)).name in names
+
+    # ---- undo from a History row: the newest of this reviewer's entries
+    _tab(page, "History")
+    _wait_text(page, "#pa-history", "possible")
+    views = served["app"].views
+    me = next(r[2] for r in views.audit_rows() if r[2].startswith("reviewer-"))
+    # the newest entry of this browser session that can be undone
+    mine = next(r[0] for r in views.audit_rows(me=me) if r[-1] == "possible")
+    seq = str(mine)
+    page.fill("#pa-history-pick input, #pa-history-pick textarea", seq)
+    time.sleep(0.3)
+    page.click("#pa-history-undo-row")
+    _wait_text(page, "#pa-history-msg", rf"Undid .*history #{seq}\b")
+    state = {str(r[0]): r[-1] for r in views.audit_rows(me=me)}
+    assert state[seq] == "undone"
 
     # ---- a second workspace (another product line): created here, empty, apart
     n_cards = len(page.query_selector_all(".pa-card"))

@@ -1299,21 +1299,22 @@ class ReviewApp:
     def _wire_history(self, h: HistoryTab) -> None:
         v = self.views
 
-        def audit(actor, action, type_id):
+        def audit(actor, action, type_id, request: gr.Request = None):
             """The audit log, newest first, filtered by reviewer, action and type (an id or
-            a name; empty: every type)."""
+            a name; empty: every type). The last column says which rows the caller may
+            undo."""
             try:
                 tid = v.type_filter(type_id)
             except ValueError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
-            return v.audit_rows(actor or None, action or None, tid)
+            return v.audit_rows(actor or None, action or None, tid, me=actor_of(request))
 
-        def audit_tab():
+        def audit_tab(request: gr.Request):
             actors, actions = v.audit_filters()
             return (
                 gr.update(choices=[""] + actors),
                 gr.update(choices=[""] + actions),
-                v.audit_rows(),
+                v.audit_rows(me=actor_of(request)),
             )
 
         h.button.click(
@@ -1324,11 +1325,49 @@ class ReviewApp:
         def undo_mine(actor_v, action_v, type_v, request: gr.Request):
             """Undo this reviewer's last action from the History tab, then show the log."""
             message = _msg(v.type_action(-1, "undo", actor=actor_of(request)))
-            return message, audit(actor_v, action_v, type_v)
+            return message, audit(actor_v, action_v, type_v, request)
 
         h.undo_btn.click(
             undo_mine,
             inputs=[h.actor, h.action, h.type_id],
+            outputs=[h.msg, h.table],
+            api_visibility="undocumented",
+        )
+
+        def pick_row(table, evt: gr.SelectData):
+            """A click on a row picks its entry; the button says whether it can be undone."""
+            try:
+                row = table.iloc[evt.index[0]] if hasattr(table, "iloc") else table[evt.index[0]]
+                seq, state = str(row[0]), str(row[len(row) - 1])
+            except (IndexError, KeyError, TypeError):
+                return gr.update(), gr.update()
+            return seq, gr.update(
+                interactive=state == "possible",
+                value=f"↶ Undo #{seq}"
+                if state == "possible"
+                else f"#{seq}: {state or 'not yours'}",
+            )
+
+        h.table.select(
+            pick_row,
+            inputs=[h.table],
+            outputs=[h.picked, h.undo_row_btn],
+            api_visibility="undocumented",
+        )
+
+        def undo_row(seq, actor_v, action_v, type_v, request: gr.Request):
+            """Undo the picked history entry (the reviewer's own, while nothing later
+            touched its types), then show the log."""
+            if not str(seq or "").strip():
+                return "Pick a row (or type its #) first.", audit(
+                    actor_v, action_v, type_v, request
+                )
+            message = _msg(v.type_action(-1, "undo", str(seq), actor=actor_of(request)))
+            return message, audit(actor_v, action_v, type_v, request)
+
+        h.undo_row_btn.click(
+            undo_row,
+            inputs=[h.picked, h.actor, h.action, h.type_id],
             outputs=[h.msg, h.table],
             api_visibility="undocumented",
         )

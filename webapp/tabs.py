@@ -615,6 +615,8 @@ class HistoryTab:
     button: gr.Button
     table: gr.Dataframe
     undo_btn: gr.Button
+    picked: gr.Textbox
+    undo_row_btn: gr.Button
     msg: gr.Markdown
 
 
@@ -632,12 +634,22 @@ def history_tab() -> HistoryTab:
             )
             button = gr.Button("Filter / refresh", scale=0)
             undo_btn = gr.Button("↶ Undo my last action", scale=0, elem_id="pa-history-undo")
+        with gr.Row():
+            picked = gr.Textbox(
+                label="History entry # (click a row)",
+                value="",
+                max_lines=1,
+                scale=1,
+                elem_id="pa-history-pick",
+            )
+            undo_row_btn = gr.Button("↶ Undo this entry", scale=0, elem_id="pa-history-undo-row")
         msg = gr.Markdown(elem_id="pa-history-msg")
         table = gr.Dataframe(
             headers=AUDIT_COLUMNS,
             interactive=False,
             label="Audit log (newest first)",
             wrap=True,
+            column_widths=["5%", "15%", "11%", "10%", "7%", "27%", "18%", "7%"],
             max_height=600,
             elem_id="pa-history",
         )
@@ -649,6 +661,8 @@ def history_tab() -> HistoryTab:
         button=button,
         table=table,
         undo_btn=undo_btn,
+        picked=picked,
+        undo_row_btn=undo_row_btn,
         msg=msg,
     )
 

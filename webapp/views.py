@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from protoatlas.service import ConflictError, Member, NotFoundError, StorageError, TypeSummary
+from protoatlas.service import (
+    UNDOABLE_ACTIONS,
+    ConflictError,
+    Member,
+    NotFoundError,
+    StorageError,
+    TypeSummary,
+)
 from webapp.render import Renderer, type_colour
 from webapp.security import escape, md_escape
 
@@ -45,7 +52,16 @@ CARD_TOOLS = (
 #: Audit actions that are not a reviewer's decision.
 MODEL_ACTIONS = frozenset({"ingest_batch", "apply_retrain", "replace_suggestions", "adopt_types"})
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
-AUDIT_COLUMNS = ["#", "time (UTC)", "reviewer", "action", "types", "details", "what happened"]
+AUDIT_COLUMNS = [
+    "#",
+    "time (UTC)",
+    "reviewer",
+    "action",
+    "types",
+    "details",
+    "what happened",
+    "undo",
+]
 #: Audit actions in a reviewer's words ("{types}": the names of the types it touched).
 ACTION_WORDS = {
     "ingest_batch": "uploaded a batch",
@@ -543,7 +559,11 @@ class Views:
         region_ids = [int(r) for r in region_ids]
         try:
             if action == "undo":
-                entry = self.service.undo(actor)
+                text = str(argument or "").strip().lstrip("#")
+                if text and not text.isdigit():
+                    return _fail(f"Not applied: {text!r} is not a history entry (pick a row).")
+                seq = int(text) if text else None
+                entry = self.service.undo(actor, seq)
                 what = (entry.target or {}).get("action", entry.action)
                 of = (entry.target or {}).get("undo_of")
                 return {
@@ -1043,10 +1063,16 @@ class Views:
         action: str | None = None,
         type_id: int | None = None,
         limit: int = 200,
+        me: str | None = None,
     ) -> list[list[Any]]:
+        """The audit log's rows, newest first; the last column says whether ``me`` (the
+        reviewer looking) may try to undo the row ("possible"), or that it was undone."""
         rows = []
         names = {t.id: t.name for t in self.service.list_types(include_merged=True)}
         now = dt.datetime.now(dt.timezone.utc)
+        undone = {
+            (e.target or {}).get("undo_of") for e in self.service.audit(action="undo", limit=10**6)
+        }
         for e in self.service.audit(
             actor=actor or None, action=action or None, type_id=type_id, limit=limit
         ):
@@ -1066,6 +1092,13 @@ class Views:
                     ", ".join(str(t) for t in e.type_ids),
                     _summary(e),
                     f"{e.actor} {words}",
+                    "undone"
+                    if e.seq in undone
+                    else (
+                        "possible"
+                        if e.action in UNDOABLE_ACTIONS and me is not None and e.actor == me
+                        else ""
+                    ),
                 ]
             )
         return rows

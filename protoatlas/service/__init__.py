@@ -19,6 +19,7 @@ from protoatlas.service.background import BackgroundRetrainer
 from protoatlas.service.region_table import RegionTable, region_table
 from protoatlas.service.workspace import UploadReport, WorkspaceService, persist_run
 from storage import (
+    UNDOABLE_ACTIONS,
     AuditEntry,
     BatchInfo,
     ConflictError,
@@ -50,6 +51,7 @@ __all__ = [
     "StorageError",
     "Suggestion",
     "TypeSummary",
+    "UNDOABLE_ACTIONS",
     "UploadReport",
     "ValidationError",
     "WorkspaceLockedError",

@@ -121,9 +121,10 @@ class ActionsMixin(ReadsMixin):
         """Apply a known ``image,label`` CSV (``good`` marks an image's regions normal)."""
         return self.ws.import_labels(csv_path, actor=actor, batch_id=batch_id)
 
-    def undo(self, actor: str) -> AuditEntry:
-        """Undo ``actor``'s latest action that is not undone yet."""
-        return self.ws.undo(actor)
+    def undo(self, actor: str, seq: int | None = None) -> AuditEntry:
+        """Undo ``actor``'s latest action that is not undone yet, or audit entry ``seq``
+        (theirs, while nothing later touched its types)."""
+        return self.ws.undo(actor, seq)
 
     def split_type(
         self,
