@@ -304,7 +304,7 @@ def test_history_says_who_did_what_to_which_type_and_how_long_ago(views) -> None
     assert views.type_action(t.id, "confirm", actor="ann")["ok"]
     rows = views.audit_rows(actor="ann")
     assert rows[0][6] == "ann confirmed crack-renamed"
-    assert rows[1][-1] == "ann renamed crack-renamed"
+    assert rows[1][6] == "ann renamed crack-renamed"
     assert "just now" in rows[0][1]
 
 
