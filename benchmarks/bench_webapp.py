@@ -294,8 +294,97 @@ def _browser(url: str, n_types: int, opens: int = 9) -> dict[str, float]:
                 times.append(time.perf_counter() - t0)
             out["types_refresh_p50_s"] = round(statistics.median(times), 3)
             out["types_refresh_max_s"] = round(max(times), 3)
+            out.update(_browse_and_view(page, opens))
         finally:
             browser.close()
+    return out
+
+
+def _browse_and_view(page, opens: int) -> dict[str, float]:
+    """The Browse tab and the viewer in the open page: the first page of the grid (tab
+    click until the count and the visible thumbnails are shown), the next page, a filter
+    change (a score bound typed), opening an image in the viewer (click until the full
+    image is drawn) and the viewer's next-image key."""
+    out: dict[str, float] = {}
+    count = "#pa-browse-count"
+    thumbs = (
+        "() => { const g = document.querySelector('#pa-browse-grid'); if (!g) return false; "
+        "const imgs = Array.from(g.querySelectorAll('img')).filter(i => { const r = "
+        "i.getBoundingClientRect(); return r.top < innerHeight && r.bottom > 0; }); "
+        "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }"
+    )
+
+    def text_is(pattern: str) -> str:
+        return f"() => {{ const c = document.querySelector('{count}'); return !!c && /{pattern}/.test(c.innerText); }}"
+
+    t0 = time.perf_counter()
+    page.get_by_role("tab", name="Browse").click()
+    page.wait_for_function(text_is(r"page 1 of"), timeout=60000, polling=10)
+    page.wait_for_function(thumbs, timeout=60000, polling=10)
+    out["browse_first_page_s"] = round(time.perf_counter() - t0, 3)
+    times = []
+    for k in range(opens):
+        t0 = time.perf_counter()
+        page.get_by_role("button", name="Next page →").click()
+        page.wait_for_function(text_is(rf"page {k + 2} of"), timeout=30000, polling=10)
+        page.wait_for_function(thumbs, timeout=30000, polling=10)
+        times.append(time.perf_counter() - t0)
+    out["browse_next_page_p50_s"] = round(statistics.median(times), 3)
+    out["browse_next_page_max_s"] = round(max(times), 3)
+    box = page.get_by_label("Score from (empty: any)")
+    times = []
+    for k in range(opens):
+        # typed as a reviewer types: "1." first, then the digit that changes the filter
+        # (each keystroke is an event; the timing is the last one's)
+        box.fill("")
+        box.press_sequentially("1.")
+        time.sleep(1.0)
+        before = page.inner_text(count)
+        t0 = time.perf_counter()
+        box.press(str(k + 1))
+        page.wait_for_function(
+            "b => { const c = document.querySelector('#pa-browse-count'); "
+            "return !!c && c.innerText !== b && /page 1 of/.test(c.innerText); }",
+            arg=before,
+            timeout=30000,
+            polling=10,
+        )
+        page.wait_for_function(thumbs, timeout=30000, polling=10)
+        times.append(time.perf_counter() - t0)
+    out["browse_filter_p50_s"] = round(statistics.median(times), 3)
+    out["browse_filter_max_s"] = round(max(times), 3)
+    shown = (
+        "iid => { const v = document.querySelector('#pa-viewer .pa-viewer'); return !!v && "
+        "v.dataset.iid === iid && !!v.dataset.bound && Array.from(v.querySelectorAll('img'))"
+        ".every(i => i.complete && i.naturalWidth > 0); }"
+    )
+    times = []
+    for k in range(opens):
+        page.get_by_role("tab", name="Browse").click()
+        fig = page.locator("#pa-browse-grid .pa-image").nth(k)
+        iid = fig.get_attribute("data-iid")
+        t0 = time.perf_counter()
+        fig.click()
+        page.wait_for_function(shown, arg=iid, timeout=30000, polling=10)
+        times.append(time.perf_counter() - t0)
+    out["viewer_open_p50_s"] = round(statistics.median(times), 3)
+    out["viewer_open_max_s"] = round(max(times), 3)
+    times = []
+    for _ in range(opens):
+        iid = page.get_attribute("#pa-viewer .pa-viewer", "data-iid")
+        t0 = time.perf_counter()
+        page.keyboard.press("n")
+        page.wait_for_function(
+            "iid => { const v = document.querySelector('#pa-viewer .pa-viewer'); return !!v && "
+            "v.dataset.iid !== iid && !!v.dataset.bound && Array.from(v.querySelectorAll('img'))"
+            ".every(i => i.complete && i.naturalWidth > 0); }",
+            arg=iid,
+            timeout=30000,
+            polling=10,
+        )
+        times.append(time.perf_counter() - t0)
+    out["viewer_next_p50_s"] = round(statistics.median(times), 3)
+    out["viewer_next_max_s"] = round(max(times), 3)
     return out
 
 
