@@ -216,6 +216,15 @@ def test_review_flow_in_a_browser(served, browser, shots):
         "#pa-gallery img')).every(i => i.complete && i.naturalWidth > 0)"
     )
     page.screenshot(path=str(shots / "types.png"))
+    # arrows move the focus through the members grid; space picks
+    page.focus("#pa-gallery .pa-member >> nth=0")
+    page.keyboard.press("ArrowRight")
+    at = "Array.from(document.querySelectorAll('#pa-gallery .pa-member'))"
+    assert page.evaluate(f"() => {at}.indexOf(document.activeElement)") == 1
+    page.keyboard.press("Space")
+    page.wait_for_function(f"() => {at}[1].classList.contains('pa-on')")
+    page.keyboard.press("Space")
+    page.wait_for_function(f"() => !{at}[1].classList.contains('pa-on')")
 
     # ---- a suggestion, answered with the keyboard (n = no), then undo is there
     _tab(page, "Suggestions")
