@@ -322,3 +322,18 @@ def test_confidence_is_shown_only_where_it_tells_members_apart(views) -> None:
     assert "· 1.00</figcaption>" not in views.members_html(flat)
     spread = [replace(m, confidence=0.5 + 0.1 * i) for i, m in enumerate(members)]
     assert "· 0.50</figcaption>" in views.members_html(spread)
+
+
+def test_the_map_legend_is_in_type_order_with_a_colour_per_type(tmp_path) -> None:
+    """Bug 16: the legend was sorted as text (T1, T10, T2) and colours repeated after 10."""
+    ws = build_workspace(tmp_path, n_images=120, n_types=14)
+    service = WorkspaceService.over(ws)
+    try:
+        fig = Views(service).map_figure()
+        names = [t.name for t in fig.data]
+        ids = [int(n[1:]) for n in names if n.startswith("T")]
+        assert len(ids) == 14 and ids == sorted(ids)
+        colours = [t.marker.color for t in fig.data]
+        assert len(set(colours)) == len(colours)
+    finally:
+        service.close()
