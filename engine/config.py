@@ -396,8 +396,27 @@ class DiscoveryConfig:
     #: Outlier rule: a region is an outlier when its similarity to its prototype is below
     #: median - ``outlier_mads`` x MAD of the members' similarities (robust z-score).
     outlier_mads: float = 3.5
-    #: Softmax temperature turning prototype similarities into confidences.
+    #: Softmax temperature of the prototype probabilities that weigh each region in the
+    #: region -> image vote (near-hard: the measured image types rest on it), and of the
+    #: reported confidence where none is fitted (``calibrate_confidence`` off, a single type,
+    #: or a model saved before calibration existed).
     confidence_temperature: float = 0.05
+    #: Fit the reported confidence's temperature on the discovery batch: the temperature at
+    #: which the prototype softmax best predicts (cross-entropy) the types of each region's
+    #: ``calibration_neighbours`` nearest regions in the untrained descriptor space
+    #: (:mod:`engine.confidence`; docs/decisions.md, *Confidence*). At 0.05 every region of
+    #: the demo read 0.9999-1.0000.
+    calibrate_confidence: bool = True
+    #: Neighbours whose types the calibrated softmax predicts; well below a type's size (12
+    #: regions on the demo). Measured against 10 and 20: 5 brought the mean confidence
+    #: closest to the typing accuracy (20 reaches into other types everywhere).
+    calibration_neighbours: int = 5
+    #: (lowest, highest) temperature the fit may choose. 1.0 is about uniform for cosine
+    #: similarities (what a batch whose descriptors support no type gets).
+    calibration_temperatures: tuple[float, float] = (0.01, 1.0)
+    #: The fit uses at most this many regions (evenly spaced): the neighbour search holds a
+    #: square matrix of their similarities.
+    calibration_max_regions: int = 2000
     #: ``assign``: top-1 minus top-2 similarity below this is reported with low confidence.
     assign_margin: float = 0.02
     #: Retraining moves a region of a type nobody called mixed only into a confirmed type
@@ -408,6 +427,29 @@ class DiscoveryConfig:
     #: ``assign``: outlier regions of a new batch form a proposed new type when at least this
     #: many of them cluster together.
     new_type_min_size: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.confidence_temperature > 0:
+            raise ValueError(
+                "DiscoveryConfig.confidence_temperature must be > 0, "
+                f"got {self.confidence_temperature}"
+            )
+        if self.calibration_neighbours < 1:
+            raise ValueError(
+                "DiscoveryConfig.calibration_neighbours must be >= 1, "
+                f"got {self.calibration_neighbours}"
+            )
+        lo, hi = self.calibration_temperatures
+        if not 0 < lo < hi or not math.isfinite(hi):
+            raise ValueError(
+                "DiscoveryConfig.calibration_temperatures must be (lowest, highest) with "
+                f"0 < lowest < highest, got {self.calibration_temperatures}"
+            )
+        if self.calibration_max_regions < 2:
+            raise ValueError(
+                "DiscoveryConfig.calibration_max_regions must be >= 2, "
+                f"got {self.calibration_max_regions}"
+            )
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from engine.clustering import (
     region_weights,
     softmax,
 )
+from engine.confidence import calibrated_temperature
 from engine.config import MebinRange, ProtoAtlasConfig
 from engine.detector import (
     PatchCoreDetector,
@@ -149,12 +150,15 @@ class DiscoveryResult:
     #: (R, d) unit embeddings and (R, T) attention weights of the regions.
     embeddings: np.ndarray
     attention: np.ndarray
-    #: Per region: type id (``NO_TYPE`` for outliers), confidence in [0, 1], outlier flag,
-    #: and the cosine similarity to the assigned (or nearest) prototype.
+    #: Per region: type id (``NO_TYPE`` for outliers), confidence in [0, 1] (calibrated:
+    #: :mod:`engine.confidence`), outlier flag, the cosine similarity to the assigned (or
+    #: nearest) prototype, and the region's weight in its image's vote (the uncalibrated
+    #: probability at ``confidence_temperature``: near-hard).
     region_type: np.ndarray
     region_confidence: np.ndarray
     region_outlier: np.ndarray
     region_similarity: np.ndarray
+    region_vote: np.ndarray
     #: Per image: type id (``NO_TYPE`` when not anomalous or an outlier), confidence, outlier.
     image_type: np.ndarray
     image_confidence: np.ndarray
@@ -262,6 +266,8 @@ class DiscoveryModel:
         self.type_ids = np.zeros(0, np.int64)
         self.prototypes = np.zeros((0, self.config.discovery.embedding_dim), np.float32)
         self.thresholds = np.zeros(0, np.float32)
+        #: Temperature of the reported confidence (fitted by :meth:`fit_types`).
+        self.temperature = float(self.config.discovery.confidence_temperature)
         self._encoder: CropEncoder | None = None
 
     # ------------------------------------------------------------------ components
@@ -590,6 +596,7 @@ class DiscoveryModel:
                 fit.embeddings[known] * self.prototypes[fit.assigned[known]]
             ).sum(axis=1)
             result.region_confidence[known] = 1.0
+            result.region_vote[known] = 1.0
             self._vote_images(result)
         result.k_scores = fit.k_scores
         result.train = fit.train
@@ -685,12 +692,16 @@ class DiscoveryModel:
             np.stack([emb[assigned == k].mean(axis=0) for k in range(len(used))])
         )
         self._set_types(np.arange(len(used), dtype=np.int64), prototypes, emb, assigned)
+        self.temperature = (
+            calibrated_temperature(emb0, emb @ self.prototypes.T, assigned, dcfg)
+            if dcfg.calibrate_confidence
+            else float(dcfg.confidence_temperature)
+        )
         return TypeFit(emb, attention, assigned, n_known, k_scores, report)
 
     def classify(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per embedding: (type id or NO_TYPE for outliers, confidence, outlier flag,
-        similarity to the nearest prototype) against the current types."""
-        dcfg = self.config.discovery
+        """Per embedding: (type id or NO_TYPE for outliers, confidence (calibrated), outlier
+        flag, similarity to the nearest prototype) against the current types."""
         if len(self.type_ids) == 0:
             n = len(emb)
             return (
@@ -703,14 +714,31 @@ class DiscoveryModel:
         best = sims.argmax(axis=1)
         best_sim = sims[np.arange(len(sims)), best]
         outlier = best_sim < self.thresholds[best]
-        probs = softmax(sims, dcfg.confidence_temperature)
-        conf = probs[np.arange(len(probs)), best]
-        if len(self.type_ids) > 1:
-            top2 = np.sort(sims, axis=1)[:, -2]
-            low_margin = (best_sim - top2) < dcfg.assign_margin
-            conf = np.where(low_margin, np.minimum(conf, LOW_MARGIN_CONFIDENCE), conf)
+        conf = self._probability(sims, best, self.temperature)
         region_type = np.where(outlier, NO_TYPE, self.type_ids[best]).astype(np.int64)
-        return region_type, conf.astype(np.float32), outlier, best_sim.astype(np.float32)
+        return region_type, conf, outlier, best_sim.astype(np.float32)
+
+    def vote_weights(self, emb: np.ndarray) -> np.ndarray:
+        """Per embedding: its weight in the image vote, the probability of the nearest
+        prototype at ``confidence_temperature`` (uncalibrated, near-hard)."""
+        if len(self.type_ids) == 0:
+            return np.zeros(len(emb), np.float32)
+        sims = emb @ self.prototypes.T
+        return self._probability(
+            sims, sims.argmax(axis=1), self.config.discovery.confidence_temperature
+        )
+
+    def _probability(self, sims: np.ndarray, best: np.ndarray, temperature: float) -> np.ndarray:
+        """Softmax probability of column ``best`` of each row at ``temperature``, capped at
+        :data:`LOW_MARGIN_CONFIDENCE` where the two nearest prototypes are within
+        ``assign_margin``."""
+        rows = np.arange(len(sims))
+        conf = softmax(sims, temperature)[rows, best]
+        if sims.shape[1] > 1:
+            top2 = np.sort(sims, axis=1)[:, -2]
+            low_margin = (sims[rows, best] - top2) < self.config.discovery.assign_margin
+            conf = np.where(low_margin, np.minimum(conf, LOW_MARGIN_CONFIDENCE), conf)
+        return conf.astype(np.float32)
 
     def _initial_prototypes(
         self, emb: np.ndarray, labels: np.ndarray, n_known: int, k_novel: int
@@ -811,6 +839,7 @@ class DiscoveryModel:
         next_id = int(result.type_ids.max()) + 1 if len(result.type_ids) else 0
         new_ids: list[int] = []
         new_protos: list[np.ndarray] = []
+        joined: list[np.ndarray] = []
         for c in range(len(centres)):
             members = outliers[labels == c]
             if len(members) < dcfg.new_type_min_size:
@@ -818,16 +847,24 @@ class DiscoveryModel:
             tid = next_id + len(new_ids)
             new_ids.append(tid)
             new_protos.append(centres[c])
+            joined.append(members)
             result.region_type[members] = tid
             result.region_outlier[members] = False
             sims = result.embeddings[members] @ centres[c]
             result.region_similarity[members] = sims
-            result.region_confidence[members] = np.clip(sims, 0.0, 1.0)
+            result.region_vote[members] = np.clip(sims, 0.0, 1.0)
         if not new_ids:
             return
         result.type_ids = np.concatenate([result.type_ids, new_ids])
         result.prototypes = np.concatenate([result.prototypes, np.stack(new_protos)])
         result.new_type_ids = new_ids
+        # the members' confidence: the calibrated softmax over the saved and the new types
+        protos = normalise(result.prototypes)
+        old = len(protos) - len(new_ids)
+        for j, members in enumerate(joined):
+            sims = result.embeddings[members] @ protos.T
+            col = np.full(len(members), old + j)
+            result.region_confidence[members] = self._probability(sims, col, self.temperature)
         self._vote_images(result)
 
     # ------------------------------------------------------------------ results
@@ -849,6 +886,7 @@ class DiscoveryModel:
             region_confidence=conf,
             region_outlier=outlier,
             region_similarity=best_sim,
+            region_vote=self.vote_weights(emb),
             image_type=np.full(n, NO_TYPE, np.int64),
             image_confidence=np.zeros(n, np.float32),
             image_outlier=np.zeros(n, bool),
@@ -860,8 +898,8 @@ class DiscoveryModel:
         return result
 
     def _vote_images(self, result: DiscoveryResult) -> None:
-        """Image type = weighted vote of its non-outlier regions; all-outlier images are
-        outliers themselves."""
+        """Image type = weighted vote of its non-outlier regions (weighing each by its
+        uncalibrated ``region_vote``); all-outlier images are outliers themselves."""
         analysis = result.analysis
         # a re-vote (after new types or labels) starts afresh: no stale outlier flags
         result.image_type[:] = NO_TYPE
@@ -870,13 +908,16 @@ class DiscoveryModel:
         ids = list(result.type_ids)
         col = {t: j for j, t in enumerate(ids)}
         onehot = np.zeros((len(result.region_type), len(ids)), np.float32)
-        for r, (t, c) in enumerate(zip(result.region_type, result.region_confidence)):
+        calibrated = np.zeros_like(onehot)
+        for r, t in enumerate(result.region_type):
             if t != NO_TYPE:
-                onehot[r, col[int(t)]] = c
+                onehot[r, col[int(t)]] = result.region_vote[r]
+                calibrated[r, col[int(t)]] = result.region_confidence[r]
         weights = region_weights(
             [r.area for r in analysis.regions], [r.score for r in analysis.regions]
         )
         votes = image_votes(onehot, weights, analysis.region_image, analysis.n_images)
+        shares = image_votes(calibrated, weights, analysis.region_image, analysis.n_images)
         has_region = np.zeros(analysis.n_images, bool)
         has_region[analysis.region_image] = True
         total = votes.sum(axis=1)
@@ -888,9 +929,9 @@ class DiscoveryModel:
                 continue
             j = int(votes[i].argmax())
             result.image_type[i] = ids[j]
-            # votes are weighted means over all of the image's regions of (confidence if the
-            # region has that type, else 0): agreement and confidence in one number
-            result.image_confidence[i] = float(votes[i, j])
+            # the weighted mean over all of the image's regions of (calibrated confidence if
+            # the region has the winning type, else 0): agreement and confidence in one number
+            result.image_confidence[i] = float(shares[i, j])
 
     def _empty_result(self, analysis: BatchAnalysis) -> DiscoveryResult:
         n = analysis.n_images
@@ -904,6 +945,7 @@ class DiscoveryModel:
             region_confidence=np.zeros(0, np.float32),
             region_outlier=np.zeros(0, bool),
             region_similarity=np.zeros(0, np.float32),
+            region_vote=np.zeros(0, np.float32),
             image_type=np.full(n, NO_TYPE, np.int64),
             image_confidence=np.zeros(n, np.float32),
             image_outlier=np.zeros(n, bool),
@@ -944,6 +986,7 @@ class DiscoveryModel:
             "n_references": len(self.references),
             "head_shape": head_shape,
             "value_range": list(self.value_range) if self.value_range else None,
+            "confidence_temperature": self.temperature,
         }
         return write_model(path, arrays, meta)
 
@@ -988,6 +1031,10 @@ class DiscoveryModel:
         model.prototypes = arrays["prototypes"].astype(np.float32)
         model.thresholds = arrays["thresholds"].astype(np.float32)
         model.value_range = tuple(meta["value_range"]) if meta["value_range"] else None
+        # models saved before calibration report at the configured temperature
+        model.temperature = float(
+            meta.get("confidence_temperature", config.discovery.confidence_temperature)
+        )
         return model
 
 

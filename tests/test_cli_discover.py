@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from engine.config import ProtoAtlasConfig
 from engine.metrics import cluster_metrics
 from engine.synth import SynthConfig, write_mvtec
 from protoatlas.cli import main
@@ -141,6 +142,8 @@ def test_discover_run_report(discovered) -> None:
     assert report["normals"]["loaded"] == 12
     assert report["types"] == [0, 1, 2] and report["new_types"] == [0, 1, 2]
     assert report["k_silhouette"] == {}  # K was given
+    lo, hi = ProtoAtlasConfig().discovery.calibration_temperatures
+    assert lo <= report["confidence_temperature"] <= hi
     assert report["n_regions"] >= 8 and isinstance(report["threshold"], float)
     assert {"load", "fit", "detect", "regions", "types", "total"} <= set(report["seconds"])
 

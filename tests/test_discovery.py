@@ -202,8 +202,50 @@ def test_save_load_round_trip_gives_identical_assign(world, tmp_path) -> None:
     np.testing.assert_array_equal(again.region_type, first.region_type)
     np.testing.assert_array_equal(again.image_type, first.image_type)
     np.testing.assert_allclose(again.image_confidence, first.image_confidence, atol=1e-6)
+    np.testing.assert_allclose(again.region_confidence, first.region_confidence, atol=1e-6)
     np.testing.assert_array_equal(again.image_outlier, first.image_outlier)
     assert again.new_type_ids == first.new_type_ids
+
+
+def test_calibration_changes_the_reported_confidence_only(world) -> None:
+    """The image vote weighs regions by the uncalibrated probability: types, outliers and
+    nearest types are those of an uncalibrated run; the reported confidences spread."""
+    cfg = small_discovery_config().with_overrides(discovery={"calibrate_confidence": False})
+    plain_model = DiscoveryModel(cfg)
+    plain = plain_model.discover(world.analysis, 3)
+    res = world.result
+    assert plain_model.temperature == cfg.discovery.confidence_temperature
+    assert world.model.temperature > 2 * cfg.discovery.confidence_temperature
+    np.testing.assert_array_equal(plain.region_type, res.region_type)
+    np.testing.assert_array_equal(plain.image_type, res.image_type)
+    np.testing.assert_array_equal(plain.image_outlier, res.image_outlier)
+    np.testing.assert_array_equal(plain.nearest_type, res.nearest_type)
+    np.testing.assert_allclose(plain.region_vote, res.region_vote)
+    np.testing.assert_allclose(plain.region_confidence, plain.region_vote)
+    assert plain.region_confidence.min() > 0.99  # the saturation the calibration removes
+    typed = res.region_type != NO_TYPE
+    conf = res.region_confidence[typed]
+    assert conf.max() - conf.min() >= 0.05 and conf.max() < 0.99
+    # an image's confidence: the calibrated confidences of its regions of the winning type
+    one = np.flatnonzero((res.n_regions == 1) & (res.image_type != NO_TYPE))
+    assert len(one)
+    region_of = {img: r for r, img in enumerate(res.analysis.region_image)}
+    np.testing.assert_allclose(
+        res.image_confidence[one], res.region_confidence[[region_of[i] for i in one]], atol=1e-6
+    )
+
+
+def test_the_fitted_temperature_travels_with_the_model(world, tmp_path) -> None:
+    path = world.model.save(tmp_path / "calibrated.npz")
+    assert DiscoveryModel.load(path).temperature == pytest.approx(world.model.temperature)
+    arrays = read_npz(path)
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    del meta["confidence_temperature"]  # a model saved before calibration
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    old = DiscoveryModel.load(write_npz(tmp_path / "old.npz", arrays))
+    assert old.temperature == old.config.discovery.confidence_temperature
+    res = old.assign(world.later_result.analysis)
+    assert res.region_confidence[res.region_type != NO_TYPE].min() > 0.99
 
 
 def test_loading_another_kind_or_version_is_a_clear_error(world, tmp_path) -> None:

@@ -448,8 +448,9 @@ class Views:
             else ""
         )
         items = []
-        # a confidence shows only where it tells members apart (the model's is ~1.00 for
-        # nearly every region, and 48 captions of "1.00" say nothing)
+        # a confidence shows only where it tells members apart (a model saved before the
+        # calibration of docs/decisions.md, *Confidence*, says ~1.00 for nearly every
+        # region, and 48 captions of "1.00" say nothing)
         telling = confidence_discriminates([m.confidence for m in members])
         for m in members:
             cls = "pa-member pa-on" if m.region_id in on else "pa-member"

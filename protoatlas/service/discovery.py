@@ -94,6 +94,8 @@ class DiscoverRun:
             "new_types": [int(t) for t in res.new_type_ids],
             "n_outlier_regions": int(res.region_outlier.sum()),
             "k_silhouette": {str(k): round(v, 4) for k, v in res.k_scores.items()},
+            # the temperature of the reported confidences (fitted by discover)
+            "confidence_temperature": round(self.model.temperature, 4),
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
 
