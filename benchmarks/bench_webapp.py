@@ -315,7 +315,10 @@ def _browse_and_view(page, opens: int) -> dict[str, float]:
     )
 
     def text_is(pattern: str) -> str:
-        return f"() => {{ const c = document.querySelector('{count}'); return !!c && /{pattern}/.test(c.innerText); }}"
+        return (
+            f"() => {{ const c = document.querySelector('{count}'); "
+            f"return !!c && /{pattern}/.test(c.innerText); }}"
+        )
 
     t0 = time.perf_counter()
     page.get_by_role("tab", name="Browse").click()
