@@ -168,7 +168,8 @@ def test_review_flow_in_a_browser(served, browser, shots):
     members[0].click()
     members[2].click(modifiers=["Shift"])
     page.wait_for_function(
-        "() => document.querySelector('#pa-selection textarea').value.split(',').length === 3"
+        "() => document.querySelector('#pa-selection input, #pa-selection textarea')"
+        ".value.split(',').length === 3"
     )
     assert len(page.query_selector_all("#pa-gallery .pa-member.pa-on")) == 3
     page.click("#pa-split")

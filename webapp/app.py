@@ -662,7 +662,7 @@ class ReviewApp:
         """Lays out the tabs, then wires them in one fixed order (the order of the events
         gives the undocumented endpoints their names)."""
         with gr.Blocks(title="ProtoAtlas review", fill_width=True) as blocks:
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 with gr.Column(scale=3):
                     header = gr.Markdown(elem_id="pa-header")
                 if self.workspaces is not None:
@@ -713,23 +713,31 @@ class ReviewApp:
         host = self.workspaces
         assert host is not None
         here = self.service.root.name
-        with gr.Column(scale=1, min_width=260):
-            pick = gr.Dropdown(
-                label="Workspace",
-                choices=host.choices(self.base),
-                value=host.href(here, self.base),
-                elem_id="pa-ws-pick",
-                interactive=True,
-            )
-            with gr.Row():
-                name = gr.Textbox(
-                    placeholder="new workspace name",
+        with gr.Column(scale=2, min_width=380):
+            with gr.Row(elem_id="pa-ws"):
+                pick = gr.Dropdown(
+                    label="Workspace",
                     show_label=False,
+                    container=False,
+                    choices=host.choices(self.base),
+                    value=host.href(here, self.base),
+                    elem_id="pa-ws-pick",
+                    interactive=True,
+                    scale=3,
+                    min_width=120,
+                )
+                name = gr.Textbox(
+                    placeholder="new workspace",
+                    show_label=False,
+                    container=False,
                     max_lines=1,
                     scale=3,
+                    min_width=120,
                     elem_id="pa-ws-name",
                 )
-                create = gr.Button("Create", size="sm", scale=1, elem_id="pa-ws-create")
+                create = gr.Button(
+                    "Create", size="sm", scale=1, min_width=70, elem_id="pa-ws-create"
+                )
             go = gr.Textbox(visible=False)
         navigate = "(url) => { if (url) window.location.assign(url); return url; }"
 

@@ -65,7 +65,7 @@ CSS = """
   color: var(--body-text-color);}
 #pa-viewer .pa-v-level {display: inline-block; min-width: 52px; text-align: center;}
 #pa-viewer .pa-v-size {color: var(--body-text-color-subdued);}
-#pa-viewer .pa-vstage {position: relative; overflow: hidden; height: 58vh; min-height: 260px;
+#pa-viewer .pa-vstage {position: relative; overflow: hidden; height: 58vh; min-height: 240px;
   background: repeating-conic-gradient(#2a2a2a 0 25%, #333 0 50%) 0 0 / 20px 20px;
   border-radius: 8px; cursor: grab; touch-action: none;}
 #pa-viewer .pa-vstage.pa-dragging {cursor: grabbing;}
@@ -74,6 +74,15 @@ CSS = """
 #pa-viewer .pa-vlayers img {position: absolute; left: 0; top: 0; width: 100%; height: 100%;
   max-width: none; user-select: none; -webkit-user-drag: none; pointer-events: none;}
 #pa-viewer .pa-vlayers.pa-pixelated img {image-rendering: pixelated;}
+#pa-viewer kbd, #pa-help kbd {border: 1px solid var(--border-color-primary); border-radius: 4px;
+  padding: 0 5px; font-size: 12px; background: var(--background-fill-secondary);}
+#pa-help {box-shadow: 0 0 0 100vmax rgba(0,0,0,.35), 0 8px 30px rgba(0,0,0,.3);}
+#pa-help td:first-child {white-space: nowrap;}
+#pa-history td {word-break: normal; overflow-wrap: anywhere;}
+#pa-ws {align-items: center; gap: 6px; margin-top: 10px;}
+.pa-actions {gap: 6px; align-items: center;}
+.pa-actions button {min-height: 36px;}
+#pa-type-head p {margin: 2px 0;}
 #pa-enlarge {position: fixed; z-index: 1001; pointer-events: none; display: none;
   width: 320px; height: 320px; object-fit: contain; border: 2px solid white; border-radius: 4px;
   box-shadow: 0 4px 16px rgba(0,0,0,.4); background: #222;}
@@ -163,11 +172,16 @@ HEAD = """
     if (level) level.textContent = Math.round(view.s * 100) + ' %';
     const op = viewPrefs.opacity / 100;
     v.querySelector('.pa-v-heatimg').style.opacity = viewPrefs.heat ? op : 0;
-    v.querySelector('.pa-v-outlineimg').style.opacity = viewPrefs.outline ? Math.max(op, 0.6) : 0;
+    v.querySelector('.pa-v-outlineimg').style.opacity = viewPrefs.outline ? 1 : 0;
     v.querySelector('.pa-v-heat').checked = viewPrefs.heat;
     v.querySelector('.pa-v-outline').checked = viewPrefs.outline;
     v.querySelector('.pa-v-opacity').value = viewPrefs.opacity;
     v.dataset.zoom = view.s.toFixed(4);
+  }
+  function sizeStage(v) {  // the stage fills the window below its top (no page scroll)
+    const stage = v.querySelector('.pa-vstage');
+    const top = stage.getBoundingClientRect().top + window.scrollY;
+    stage.style.height = Math.max(240, window.innerHeight - top - 12) + 'px';
   }
   function fitView(v) {
     const st = v.querySelector('.pa-vstage').getBoundingClientRect();
@@ -195,7 +209,7 @@ HEAD = """
   }
   setInterval(() => {  // a new image in the viewer: fit it once it is shown
     const v = viewer();
-    if (v && !v.dataset.bound) { v.dataset.bound = '1'; fitView(v); }
+    if (v && !v.dataset.bound) { v.dataset.bound = '1'; sizeStage(v); fitView(v); }
   }, 120);
   document.addEventListener('wheel', (ev) => {
     const st = ev.target.closest && ev.target.closest('#pa-viewer .pa-vstage');

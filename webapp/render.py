@@ -30,6 +30,8 @@ CROP_SIDE = 160
 #: Image-detail pictures of smaller images are enlarged (integer factor) to about this side.
 DETAIL_MIN_SIDE = 384
 THUMB_SIDE = 96
+#: The viewer's outlines are one layer pixel wide per this many pixels of its longer side.
+OUTLINE_PER_PX = 256
 #: Qualitative palette (Tableau 20 without the greys); a type keeps its colour by id.
 PALETTE = [
     "#1f77b4",
@@ -290,7 +292,12 @@ class Renderer:
             if m.shape != (h, w):
                 m = np.asarray(Image.fromarray(m).resize((w, h), Image.NEAREST))
             colour = _rgb(UNASSIGNED if r.is_normal else type_colour(r.type_id))
-            rgba[_outline(m)] = (*colour, 255)
+            # a line about 3 screen pixels wide at fit, and a dark rim outside it that keeps
+            # it visible on any grey
+            k = max(2, round(max(w, h) / OUTLINE_PER_PX))
+            edge = m & ~_grow(m, k, shrink=True)
+            rgba[_grow(m, k) & ~m] = (0, 0, 0, 200)
+            rgba[edge] = (*colour, 255)
         picture = Image.fromarray(rgba, mode="RGBA")
         draw = ImageDraw.Draw(picture)
         try:
@@ -408,6 +415,25 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         hi = 4095.0 if arr.max() <= 4095 else 65535.0
         return Image.fromarray((arr / hi * 255).clip(0, 255).astype(np.uint8)).convert("RGB")
     return im.convert("RGB")
+
+
+def _grow(mask: np.ndarray, k: int, shrink: bool = False) -> np.ndarray:
+    """``mask`` grown (or, with ``shrink``, eroded) by ``k`` px (4-neighbourhood steps)."""
+    m = mask.astype(bool)
+    for _ in range(k):
+        g = m.copy()
+        if shrink:
+            g[1:, :] &= m[:-1, :]
+            g[:-1, :] &= m[1:, :]
+            g[:, 1:] &= m[:, :-1]
+            g[:, :-1] &= m[:, 1:]
+        else:
+            g[1:, :] |= m[:-1, :]
+            g[:-1, :] |= m[1:, :]
+            g[:, 1:] |= m[:, :-1]
+            g[:, :-1] |= m[:, 1:]
+        m = g
+    return m
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

@@ -119,33 +119,34 @@ def _type_list() -> dict[str, Any]:
     )
 
 
-def _type_members() -> dict[str, Any]:
-    """The top of the Types tab's right column: the type, its members, the selection."""
-    with gr.Row():
-        type_dd = gr.Dropdown(label="Type", choices=[], scale=3, elem_id="pa-type-dd")
+def _type_head() -> dict[str, Any]:
+    """The top of the Types tab's right column: the type and its header."""
+    with gr.Row(elem_id="pa-type-row"):
+        type_dd = gr.Dropdown(label="Type", choices=[], scale=2, elem_id="pa-type-dd")
         order = gr.Radio(ORDERS, value="representative", label="Order", scale=3)
     type_md = gr.Markdown(elem_id="pa-type-head")
+    return dict(type_dd=type_dd, order=order, type_md=type_md)
+
+
+def _type_members() -> dict[str, Any]:
+    """Below the actions: the type's members and the selection."""
+    msg = gr.Markdown(elem_id="pa-msg")
     gallery = gr.HTML(elem_id="pa-gallery")
-    with gr.Row(equal_height=True):
+    with gr.Row(elem_id="pa-sel-row"):
         selection = gr.Textbox(
-            label="Selected region ids (click images; shift-click selects a range; "
-            "double-click opens the image)",
+            label="Selected region ids",
+            info="click images; shift-click: a range; double-click opens the image",
             elem_id="pa-selection",
             scale=4,
-            max_lines=2,
+            max_lines=1,
         )
-        with gr.Column(scale=1, min_width=120):
-            sel_all = gr.Button("Select all", size="sm", elem_id="pa-sel-all")
-            sel_none = gr.Button("Clear", size="sm", elem_id="pa-sel-none")
-            open_img = gr.Button("Open image", size="sm", elem_id="pa-open-image")
+        sel_all = gr.Button("Select all", size="sm", scale=0, elem_id="pa-sel-all")
+        sel_none = gr.Button("Clear", size="sm", scale=0, elem_id="pa-sel-none")
+        open_img = gr.Button("Open image", size="sm", scale=0, elem_id="pa-open-image")
     open_box = gr.Textbox(
         elem_id="pa-open-box", elem_classes="pa-hidden", max_lines=1, label="open"
     )
-    msg = gr.Markdown(elem_id="pa-msg")
     return dict(
-        type_dd=type_dd,
-        order=order,
-        type_md=type_md,
         gallery=gallery,
         selection=selection,
         sel_all=sel_all,
@@ -157,34 +158,61 @@ def _type_members() -> dict[str, Any]:
 
 
 def _type_actions() -> dict[str, Any]:
-    """The bottom of the Types tab's right column: the reviewer's actions."""
-    with gr.Row():
-        confirm_btn = gr.Button("✔ Confirm type", variant="primary", elem_id="pa-confirm")
-        reject_btn = gr.Button("✖ Reject type", variant="stop", elem_id="pa-reject")
-        undo_btn = gr.Button("↶ Undo last", elem_id="pa-undo")
-    with gr.Row():
+    """The reviewer's actions, above the members grid so that the frequent ones (confirm,
+    rename, merge, split) are in view at 1440 x 900 without scrolling."""
+    with gr.Row(elem_classes="pa-actions"):
+        confirm_btn = gr.Button(
+            "✔ Confirm type (c)", variant="primary", size="sm", elem_id="pa-confirm"
+        )
+        reject_btn = gr.Button("✖ Reject type (x)", variant="stop", size="sm", elem_id="pa-reject")
+        undo_btn = gr.Button("↶ Undo last (z)", size="sm", elem_id="pa-undo")
+    with gr.Row(elem_classes="pa-actions"):
         rename_tb = gr.Textbox(
-            label="New name",
-            placeholder="e.g. scratch",
+            show_label=False,
+            placeholder="new name, e.g. scratch",
             scale=3,
             max_lines=1,
+            container=False,
             elem_id="pa-rename-tb",
         )
-        rename_btn = gr.Button("Rename", scale=1, elem_id="pa-rename")
-        newtype_btn = gr.Button("Selected → new type", scale=1, elem_id="pa-newtype")
-    with gr.Row(equal_height=True):
+        rename_btn = gr.Button("Rename", size="sm", scale=1, elem_id="pa-rename")
+        merge_btn = gr.Button("Merge this type into →", size="sm", scale=2, elem_id="pa-merge")
         merge_dd = gr.Dropdown(
-            label="Merge this type into", choices=[], scale=3, elem_id="pa-merge-dd"
+            label="Merge this type into",
+            show_label=False,
+            choices=[],
+            scale=3,
+            container=False,
+            elem_id="pa-merge-dd",
         )
-        merge_btn = gr.Button("Merge", scale=1, elem_id="pa-merge")
-        move_dd = gr.Dropdown(label="Move selected to", choices=[], scale=3, elem_id="pa-move-dd")
-        move_btn = gr.Button("Move", scale=1, elem_id="pa-move")
-    with gr.Row(equal_height=True):
-        parts = gr.Number(2, label="Split into parts", precision=0, minimum=2, maximum=12, scale=1)
+    with gr.Row(elem_classes="pa-actions"):
         split_btn = gr.Button(
-            "Split (selected → new type, else by clustering)", scale=3, elem_id="pa-split"
+            "Split selected (or into parts) →", size="sm", scale=3, elem_id="pa-split"
         )
-        normal_btn = gr.Button("Selected are normal", scale=2, elem_id="pa-normal")
+        parts = gr.Number(
+            2,
+            label="Split into parts",
+            show_label=False,
+            precision=0,
+            minimum=2,
+            maximum=12,
+            scale=1,
+            min_width=60,
+            container=False,
+            elem_id="pa-parts",
+        )
+        move_btn = gr.Button("Move selected to →", size="sm", scale=2, elem_id="pa-move")
+        move_dd = gr.Dropdown(
+            label="Move selected to",
+            show_label=False,
+            choices=[],
+            scale=3,
+            container=False,
+            elem_id="pa-move-dd",
+        )
+    with gr.Row(elem_classes="pa-actions"):
+        newtype_btn = gr.Button("Selected → new type", size="sm", elem_id="pa-newtype")
+        normal_btn = gr.Button("Selected are normal", size="sm", elem_id="pa-normal")
     return dict(
         confirm_btn=confirm_btn,
         reject_btn=reject_btn,
@@ -208,10 +236,11 @@ def types_tab() -> TypesTab:
         with gr.Row(equal_height=False):
             left = _type_list()
             with gr.Column(scale=7, min_width=420):
-                members = _type_members()
+                head = _type_head()
                 actions = _type_actions()
+                members = _type_members()
         seen = gr.State({})
-    return TypesTab(tab=tab, seen=seen, **left, **members, **actions)
+    return TypesTab(tab=tab, seen=seen, **left, **head, **members, **actions)
 
 
 # ----------------------------------------------------------------------------- Suggestions
@@ -716,7 +745,7 @@ def export_tab() -> ExportTab:
                 elem_id="pa-export-types",
             )
         button = gr.Button("Export", variant="primary", elem_id="pa-export")
-        file = gr.File(label="Download", elem_id="pa-export-file")
+        file = gr.File(label="Download", height=90, elem_id="pa-export-file")
     return ExportTab(
         tab=tab, fmt=fmt, batch=batch, types=types, holds=holds, button=button, file=file
     )

@@ -931,7 +931,7 @@ class Views:
             "<kbd>h</kbd></label>"
             "<label title='o'><input type='checkbox' class='pa-v-outline' checked> region "
             "outlines <kbd>o</kbd></label>"
-            "<label>opacity <input type='range' class='pa-v-opacity' min='0' max='100' "
+            "<label>heat opacity <input type='range' class='pa-v-opacity' min='0' max='100' "
             "value='60'></label>"
             "<span class='pa-v-zoom'>"
             "<button type='button' data-zoom='out' title='zoom out (-)'>−</button>"
