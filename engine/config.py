@@ -517,8 +517,10 @@ class ScreensConfig:
     card_thumbs: int = 6
     #: Regions the map plots at most (a seeded sample above it).
     map_max_points: int = 20000
-    #: Images per page of the Browse tab.
+    #: Images per page of the Browse tab, and the pages of its default order (highest
+    #: score first) whose thumbnails are drawn ahead in the background.
     browse_page: int = 60
+    browse_warm_pages: int = 3
     #: Members of each candidate type a "which type is region #N?" question shows.
     label_examples: int = 4
     #: Regions picked with the map's lasso shown as crops at most.

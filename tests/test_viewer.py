@@ -98,3 +98,10 @@ def test_next_and_previous_walk_the_pickers_order_and_stop_at_its_ends(views) ->
     assert views.step_image(order[-1], 1) == order[-1]
     assert views.step_image("not an id", 1) == order[0]
     assert views.step_image(None, 1) == order[0]
+
+
+def test_warming_draws_the_first_browse_pages_ahead(views) -> None:
+    folder = views.renderer.cache_dir / "images"
+    assert not folder.exists() or not any(folder.iterdir())
+    views.warm()
+    assert len(list(folder.glob("*.jpg"))) == 6  # every image: fewer than one page

@@ -499,7 +499,8 @@ class Views:
 
     def warm(self, n_thumbs: int | None = None, gallery: int | None = None) -> None:
         """Render the crops ahead (after an upload, at start): every card's thumbnails,
-        then each type's first gallery page, so that opening a type is fast."""
+        then each type's first gallery page, so that opening a type is fast, then the
+        Browse tab's first pages."""
         n_thumbs = self.screens.card_thumbs if n_thumbs is None else n_thumbs
         gallery = self.screens.gallery_members if gallery is None else gallery
         types = self.types()
@@ -521,6 +522,15 @@ class Views:
                     self.renderer.crop_path(m.region_id, m.image_id, m.box)
                 except (OSError, StorageError):
                     pass
+        # the Browse tab's first pages in its default order (highest score first)
+        rows = sorted(self.browse_rows(), key=lambda r: -(r.score if r.score is not None else -1e9))
+        for r in rows[: self.screens.browse_page * self.screens.browse_warm_pages]:
+            if self._stop.is_set():
+                return
+            try:
+                self.renderer.image_thumb_bytes(r.image_id)
+            except (OSError, StorageError):
+                pass
 
     def warm_in_background(self) -> threading.Thread:
         thread = threading.Thread(target=self._warm_quietly, name="protoatlas-warm", daemon=True)
