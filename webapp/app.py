@@ -637,13 +637,26 @@ class ReviewApp:
         return _msg(result)
 
     # ---------------------------------------------------------------- image detail
-    def image(self, image_id: Any) -> list[Any]:
-        """One image on the Image tab: the values of ``ImageTab.DETAIL``, in its order."""
+    def image_pictures(self, image_id: Any) -> list[Any]:
+        """The side-by-side pictures of the image shown (``ImageTab.PICTURES``), asked for
+        after the viewer: the viewer does not wait for four PNGs."""
+        iid = _to_int(image_id)
+        if iid is None:
+            return [gr.update() for _ in ImageTab.PICTURES]
+        try:
+            d = self.views.image_pictures(iid)
+        except Exception as exc:
+            raise gr.Error(f"Image {iid}: {exc}", print_exception=False) from None
+        return ordered(ImageTab.PICTURES, **{k: d[k] for k in ImageTab.PICTURES})
+
+    def image(self, image_id: Any, pictures: bool = True) -> list[Any]:
+        """One image on the Image tab: the values of ``ImageTab.DETAIL``, in its order
+        (without ``pictures`` the side-by-side ones are cleared: ``image_pictures`` next)."""
         iid = _to_int(image_id)
         if iid is None:
             raise gr.Error("Choose an image (or type its id).", print_exception=False)
         try:
-            d = self.views.image_detail(iid)
+            d = self.views.image_detail(iid, pictures=pictures)
         except Exception as exc:
             raise gr.Error(f"Image {iid}: {exc}", print_exception=False) from None
         return ordered(
@@ -877,16 +890,19 @@ class ReviewApp:
             return (
                 gr.Tabs(selected="image"),
                 gr.update(choices=v.batch_images(), value=image_id),
-                *self.image(image_id),
+                *self.image(image_id, pictures=False),
             )
 
         outputs = [tabs, image.image_dd, *image.outputs()]
-        t.open_img.click(
-            open_image, inputs=[t.selection], outputs=outputs, api_visibility="undocumented"
-        )
-        t.open_box.change(
-            open_image, inputs=[t.open_box], outputs=outputs, api_visibility="undocumented"
-        )
+        for event in (
+            t.open_img.click(
+                open_image, inputs=[t.selection], outputs=outputs, api_visibility="undocumented"
+            ),
+            t.open_box.change(
+                open_image, inputs=[t.open_box], outputs=outputs, api_visibility="undocumented"
+            ),
+        ):
+            self._then_pictures(event, image)
 
     def _types_api(self) -> None:
         """The named endpoints of the Types tab's data and actions."""
@@ -1181,10 +1197,16 @@ class ReviewApp:
             error toast on every keystroke, then another on the click, was one too many)."""
             if _to_int(image_id) is None:
                 return [gr.update() for _ in i.outputs()]
-            return self.image(image_id)
+            return self.image(image_id, pictures=False)
 
-        i.image_dd.input(
-            picked_image, inputs=[i.image_dd], outputs=i.outputs(), api_visibility="undocumented"
+        self._then_pictures(
+            i.image_dd.input(
+                picked_image,
+                inputs=[i.image_dd],
+                outputs=i.outputs(),
+                api_visibility="undocumented",
+            ),
+            i,
         )
 
         def step(delta):
@@ -1193,12 +1215,12 @@ class ReviewApp:
                 target = v.step_image(image_id, delta)
                 if target is None:
                     return [gr.update() for _ in range(1 + len(i.outputs()))]
-                return (gr.update(value=target), *self.image(target))
+                return (gr.update(value=target), *self.image(target, pictures=False))
 
             return fn
 
         for button, delta in ((i.prev_btn, -1), (i.next_btn, 1)):
-            button.click(
+            event = button.click(
                 step(delta),
                 inputs=[i.image_dd],
                 outputs=[i.image_dd, *i.outputs()],
@@ -1206,10 +1228,21 @@ class ReviewApp:
                 concurrency_id="image-step",
                 concurrency_limit=1,
             )
+            self._then_pictures(event, i)
         i.tab.select(
             lambda: gr.update(choices=v.batch_images()),
             outputs=[i.image_dd],
             api_visibility="undocumented",
+        )
+
+    def _then_pictures(self, event: Any, i: ImageTab) -> None:
+        """After ``event`` showed an image's viewer, its side-by-side pictures."""
+        event.success(
+            self.image_pictures,
+            inputs=[i.image_dd],
+            outputs=i.pictures(),
+            api_visibility="undocumented",
+            show_progress="hidden",
         )
 
     def browse(
@@ -1294,14 +1327,17 @@ class ReviewApp:
             return (
                 gr.Tabs(selected="image"),
                 gr.update(choices=v.batch_images(), value=image_id),
-                *self.image(image_id),
+                *self.image(image_id, pictures=False),
             )
 
-        b.open_box.change(
-            open_image,
-            inputs=[b.open_box],
-            outputs=[tabs, image.image_dd, *image.outputs()],
-            api_visibility="undocumented",
+        self._then_pictures(
+            b.open_box.change(
+                open_image,
+                inputs=[b.open_box],
+                outputs=[tabs, image.image_dd, *image.outputs()],
+                api_visibility="undocumented",
+            ),
+            image,
         )
 
     def _wire_history(self, h: HistoryTab) -> None:

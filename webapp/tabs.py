@@ -515,6 +515,12 @@ class ImageTab:
         """The components ``ReviewApp.image`` returns values for, in its order."""
         return [getattr(self, name) for name in self.DETAIL]
 
+    #: The side-by-side pictures, which the page asks for after the viewer is shown.
+    PICTURES: ClassVar[tuple[str, ...]] = ("original", "heat", "regions", "prior")
+
+    def pictures(self) -> list[Any]:
+        return [getattr(self, name) for name in self.PICTURES]
+
 
 @dataclass
 class BrowseTab:

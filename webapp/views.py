@@ -891,8 +891,8 @@ class Views:
         return fig
 
     # ------------------------------------------------------------------ image detail
-    def image_detail(self, image_id: int) -> dict[str, Any]:
-        d = self.service.image_detail(int(image_id))
+    def image_pictures(self, image_id: int) -> dict[str, Any]:
+        """The Image tab's side-by-side pictures: original, heat, regions, prior."""
         prior = None
         try:
             model = self.service.model()
@@ -901,7 +901,17 @@ class Views:
         except Exception:  # no model yet / model file unreadable: the prior is optional
             log.info("no object prior for the image view", exc_info=True)
             prior = None
-        views = self.renderer.detail_views(d.id, prior=prior)
+        return self.renderer.detail_views(int(image_id), prior=prior)
+
+    def image_detail(self, image_id: int, pictures: bool = True) -> dict[str, Any]:
+        """Summary, regions table and (``pictures``) the side-by-side pictures of one image
+        (without them the pictures are None: the page asks for them next)."""
+        d = self.service.image_detail(int(image_id))
+        views = (
+            self.image_pictures(d.id)
+            if pictures
+            else dict.fromkeys(("original", "heat", "regions", "prior"))
+        )
         rows = [
             [
                 r.id,
