@@ -257,6 +257,8 @@ def _member_problem(info: zipfile.ZipInfo, max_ratio: float) -> str | None:
     """Why a single zip member makes the archive unsafe, or None when it is fine."""
     name = info.filename
     parts = re.split(r"[\\/]", name)
+    if not name:
+        return "has an empty name"
     if name.startswith(("/", "\\")):
         return "has an absolute path"
     if _DRIVE_LETTER.match(name):
@@ -284,16 +286,29 @@ def _check_archive(
         raise ArchiveError(
             f"{zip_path}: archive has {len(infos)} members, over the limit of {max_members}"
         )
+    seen: set[str] = set()
     for info in infos:
         problem = _member_problem(info, max_ratio)
         if problem is not None:
             raise ArchiveError(f"{zip_path}: member {info.filename!r} {problem}; archive refused")
+        listed_as = _display_name(info)
+        if listed_as in seen and not info.is_dir():
+            raise ArchiveError(
+                f"{zip_path}: member {info.filename!r} repeats the name {listed_as!r} of an "
+                "earlier member; archive refused"
+            )
+        seen.add(listed_as)
     total = sum(info.file_size for info in infos)
     if total > max_total_bytes:
         raise ArchiveError(
             f"{zip_path}: archive would uncompress to {total} bytes, "
             f"over the limit of {max_total_bytes}"
         )
+
+
+def _display_name(info: zipfile.ZipInfo) -> str:
+    """The name a member is listed under (POSIX separators)."""
+    return info.filename.replace("\\", "/")
 
 
 def _is_listed_member(info: zipfile.ZipInfo) -> bool:
@@ -311,12 +326,19 @@ def _list_zip(
     try:
         with zipfile.ZipFile(zip_path) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,  # a version-needed-to-extract above what zipfile reads
+        OSError,
+        EOFError,
+        ValueError,  # UnicodeDecodeError: a member name flagged UTF-8 that is not
+    ) as exc:
         raise ArchiveError(f"{zip_path} is not a valid zip archive ({exc})") from exc
     _check_archive(zip_path, infos, max_total_bytes, max_ratio, max_members)
     absolute = zip_path.resolve()
     refs = [
-        ImageRef(name=info.filename.replace("\\", "/"), zip_path=absolute, member=info.filename)
+        ImageRef(name=_display_name(info), zip_path=absolute, member=info.filename)
         for info in infos
         if _is_listed_member(info)
     ]
@@ -342,9 +364,11 @@ def list_images(
     wherever they lead, links to folders only inside it; a zip's symbolic links refuse it.
     What was passed over is in the returned listing's ``skipped``.
     A zip archive is refused as a whole (:class:`ArchiveError`) when any member is absolute,
-    has a drive letter or ``..``, is a symlink, or (when >= 1 MiB) expands more than
-    ``max_ratio`` times; or when it holds more than ``max_members`` members or more than
-    ``max_total_bytes`` uncompressed.
+    has a drive letter or ``..``, is a symlink, has an empty name or the name of an earlier
+    member (``\\`` read as ``/``), or (when >= 1 MiB) expands more than ``max_ratio`` times;
+    or when it holds more than ``max_members`` members or more than ``max_total_bytes``
+    uncompressed, or cannot be read at all. Members compressed otherwise than stored or
+    deflated are listed and skipped when read (:data:`ZIP_READ_METHODS`).
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
