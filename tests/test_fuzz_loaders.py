@@ -94,9 +94,9 @@ def tree(root: Path) -> set[str]:
 
 @contextlib.contextmanager
 def sandbox() -> Iterator[Path]:
-    """A fresh folder that is also the process's temporary folder; on exit, nothing new may
-    lie in it outside ``stage/`` (the upload staging root), whose content the caller checks.
-    Inputs go under ``in/``, written before :func:`watched` takes the snapshot."""
+    """A fresh folder whose ``tmp/`` is the process's temporary folder while it is open:
+    inputs go under ``in/``, uploads are staged under ``stage/``, and :func:`watched` checks
+    that nothing is written anywhere else in it."""
     with tempfile.TemporaryDirectory(prefix="fuzz-") as name:
         root = Path(name)
         (root / "in").mkdir()
@@ -663,7 +663,7 @@ def test_unsafe_archives_are_refused_naming_the_member(case: str) -> None:
             with pytest.raises(ArchiveError) as err:
                 list_images(archive)
             assert "case.zip" in str(err.value) and reason in str(err.value)
-            if reason not in ("not a valid zip archive",):
+            if reason != "not a valid zip archive":
                 assert repr(members[-1].name.decode()) in str(err.value)  # the member, by name
             with pytest.raises(UploadError, match=r"case\.zip refused"):
                 stage_upload([str(archive)], root / "stage", Limits())
