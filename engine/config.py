@@ -295,6 +295,11 @@ class DataConfig:
 
     #: Images above this many pixels are skipped with a reason (not decoded).
     max_pixels: int = 50_000_000
+    #: Image files (or zip members, uncompressed) above this many bytes are skipped with a
+    #: reason before they are read: an image at ``max_pixels`` stored uncompressed as 16-bit
+    #: RGBA is 400 MB, so no image the pixel limit accepts is refused by this one, and a
+    #: hostile file cannot make a reader hold gigabytes.
+    max_file_bytes: int = 512 * 1024**2
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
   handles (name + where the bytes are). Archives are checked for path traversal, symlinks and
   zip-bomb sizes before anything is listed, and are never extracted to disk.
 * :func:`iter_images` / :func:`load_images` decode refs with :func:`engine.imageio.load_image`;
-  a bad file is skipped with its reason, never fatal (unless nothing usable remains).
+  a bad file is skipped with its reason, never fatal (unless nothing usable remains). A file
+  or member over ``max_file_bytes`` is skipped unread, and a member is inflated no further
+  than the size it declares (the size the archive checks saw).
 * :func:`load_mvtec` reads the MVTec AD folder layout, :func:`read_masks` its masks.
 """
 
@@ -24,6 +26,7 @@ from typing import overload
 import numpy as np
 from PIL import Image
 
+from engine.config import DataConfig
 from engine.imageio import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_EXTENSIONS,
@@ -36,6 +39,14 @@ from engine.imageio import (
 DEFAULT_MAX_TOTAL_BYTES: int = 4 * 1024**3
 DEFAULT_MAX_RATIO: float = 200.0
 DEFAULT_MAX_MEMBERS: int = 100_000
+#: Files and zip members above this many bytes are skipped unread:
+#: :attr:`DataConfig.max_file_bytes`'s default.
+DEFAULT_MAX_FILE_BYTES: int = DataConfig().max_file_bytes
+#: Compression methods of the zip members that are read. :mod:`zipfile` inflates bzip2 and
+#: LZMA data in unbounded steps (800 bytes of bzip2 expand to 1 GiB in one call), so members
+#: compressed otherwise are skipped with a reason; cameras and desktop tools write these two.
+ZIP_READ_METHODS: frozenset[int] = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
+_ZIP_METHOD_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
 #: Members smaller than this (uncompressed) are not ratio-checked: a small flat-colour BMP or
 #: TIFF legitimately compresses far more than 200:1 and cannot hurt anyone.
 RATIO_CHECK_MIN_BYTES: int = 1024**2
@@ -72,13 +83,51 @@ class ImageRef:
                 f"ImageRef {self.name!r}: set either path, or zip_path and member (not both)"
             )
 
-    def read_bytes(self) -> bytes:
-        """Return the file's bytes (a zip member is read in memory, never extracted)."""
+    def read_bytes(self, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+        """Return the file's bytes (a zip member is read in memory, never extracted).
+
+        Raises:
+            ImageLoadError: the file (a member: uncompressed) is over ``max_bytes``, or a
+                member's compression method is not one of :data:`ZIP_READ_METHODS`.
+        """
         if self.path is not None:
-            return self.path.read_bytes()
+            return _read_file(self.path, self.name, max_bytes)
         assert self.zip_path is not None and self.member is not None
         with zipfile.ZipFile(self.zip_path) as archive:
-            return archive.read(self.member)
+            return _read_member(archive, self.member, self.name, max_bytes)
+
+
+def _over_limit(name: str, size: int, max_bytes: int, what: str) -> ImageLoadError:
+    return ImageLoadError(name, f"{what} is {size} bytes, over the limit of {max_bytes}")
+
+
+def _read_file(path: Path, name: str, max_bytes: int) -> bytes:
+    """The bytes of a file on disk, refused unread when it is over ``max_bytes``."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise _over_limit(name, size, max_bytes, "file")
+    return path.read_bytes()
+
+
+def _read_member(archive: zipfile.ZipFile, member: str, name: str, max_bytes: int) -> bytes:
+    """The uncompressed bytes of ``member``, never more than it declares.
+
+    ``ZipFile.read`` inflates in one call of up to 2 GiB whatever the member declares (a
+    1 MiB member declaring 100 bytes inflates to 1 GiB before it is cut); reading exactly the
+    declared size bounds inflation by it, so the archive checks on declared sizes hold.
+    """
+    info = archive.getinfo(member)
+    if info.compress_type not in ZIP_READ_METHODS:
+        method = _ZIP_METHOD_NAMES.get(info.compress_type, "an unsupported method")
+        raise ImageLoadError(
+            name,
+            f"zip member compressed with {method} (method {info.compress_type}); only stored "
+            "and deflated members are read",
+        )
+    if info.file_size > max_bytes:
+        raise _over_limit(name, info.file_size, max_bytes, "zip member (uncompressed)")
+    with archive.open(info) as stream:
+        return stream.read(info.file_size)
 
 
 class _ByteReader:
@@ -87,14 +136,14 @@ class _ByteReader:
     def __init__(self) -> None:
         self._archives: dict[Path, zipfile.ZipFile] = {}
 
-    def read(self, ref: ImageRef) -> bytes:
+    def read(self, ref: ImageRef, max_bytes: int) -> bytes:
         """Bytes of ``ref``, reusing an already open archive when there is one."""
         if ref.zip_path is None or ref.member is None:
-            return ref.read_bytes()
+            return ref.read_bytes(max_bytes)
         archive = self._archives.get(ref.zip_path)
         if archive is None:
             archive = self._archives[ref.zip_path] = zipfile.ZipFile(ref.zip_path)
-        return archive.read(ref.member)
+        return _read_member(archive, ref.member, ref.name, max_bytes)
 
     def close(self) -> None:
         """Close every archive opened so far."""
@@ -208,6 +257,8 @@ def _member_problem(info: zipfile.ZipInfo, max_ratio: float) -> str | None:
     """Why a single zip member makes the archive unsafe, or None when it is fine."""
     name = info.filename
     parts = re.split(r"[\\/]", name)
+    if not name:
+        return "has an empty name"
     if name.startswith(("/", "\\")):
         return "has an absolute path"
     if _DRIVE_LETTER.match(name):
@@ -235,16 +286,29 @@ def _check_archive(
         raise ArchiveError(
             f"{zip_path}: archive has {len(infos)} members, over the limit of {max_members}"
         )
+    seen: set[str] = set()
     for info in infos:
         problem = _member_problem(info, max_ratio)
         if problem is not None:
             raise ArchiveError(f"{zip_path}: member {info.filename!r} {problem}; archive refused")
+        listed_as = _display_name(info)
+        if listed_as in seen and not info.is_dir():
+            raise ArchiveError(
+                f"{zip_path}: member {info.filename!r} repeats the name {listed_as!r} of an "
+                "earlier member; archive refused"
+            )
+        seen.add(listed_as)
     total = sum(info.file_size for info in infos)
     if total > max_total_bytes:
         raise ArchiveError(
             f"{zip_path}: archive would uncompress to {total} bytes, "
             f"over the limit of {max_total_bytes}"
         )
+
+
+def _display_name(info: zipfile.ZipInfo) -> str:
+    """The name a member is listed under (POSIX separators)."""
+    return info.filename.replace("\\", "/")
 
 
 def _is_listed_member(info: zipfile.ZipInfo) -> bool:
@@ -262,12 +326,19 @@ def _list_zip(
     try:
         with zipfile.ZipFile(zip_path) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,  # a version-needed-to-extract above what zipfile reads
+        OSError,
+        EOFError,
+        ValueError,  # UnicodeDecodeError: a member name flagged UTF-8 that is not
+    ) as exc:
         raise ArchiveError(f"{zip_path} is not a valid zip archive ({exc})") from exc
     _check_archive(zip_path, infos, max_total_bytes, max_ratio, max_members)
     absolute = zip_path.resolve()
     refs = [
-        ImageRef(name=info.filename.replace("\\", "/"), zip_path=absolute, member=info.filename)
+        ImageRef(name=_display_name(info), zip_path=absolute, member=info.filename)
         for info in infos
         if _is_listed_member(info)
     ]
@@ -293,9 +364,11 @@ def list_images(
     wherever they lead, links to folders only inside it; a zip's symbolic links refuse it.
     What was passed over is in the returned listing's ``skipped``.
     A zip archive is refused as a whole (:class:`ArchiveError`) when any member is absolute,
-    has a drive letter or ``..``, is a symlink, or (when >= 1 MiB) expands more than
-    ``max_ratio`` times; or when it holds more than ``max_members`` members or more than
-    ``max_total_bytes`` uncompressed.
+    has a drive letter or ``..``, is a symlink, has an empty name or the name of an earlier
+    member (``\\`` read as ``/``), or (when >= 1 MiB) expands more than ``max_ratio`` times;
+    or when it holds more than ``max_members`` members or more than ``max_total_bytes``
+    uncompressed, or cannot be read at all. Members compressed otherwise than stored or
+    deflated are listed and skipped when read (:data:`ZIP_READ_METHODS`).
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
@@ -368,10 +441,14 @@ class NoUsableImagesError(ValueError):
         self.report = report
 
 
-def _load_one(reader: _ByteReader, ref: ImageRef, max_pixels: int) -> np.ndarray | SkippedFile:
+def _load_one(
+    reader: _ByteReader, ref: ImageRef, max_pixels: int, max_file_bytes: int
+) -> np.ndarray | SkippedFile:
     """Load one ref, turning any failure into a :class:`SkippedFile`."""
     try:
-        raw = reader.read(ref)
+        raw = reader.read(ref, max_file_bytes)
+    except ImageLoadError as exc:
+        return SkippedFile(ref.name, exc.reason)
     except Exception as exc:  # noqa: BLE001 - a bad file must never abort a batch
         return SkippedFile(ref.name, f"cannot read file ({type(exc).__name__}: {exc})")
     try:
@@ -396,17 +473,19 @@ def iter_images(
     refs: Iterable[ImageRef],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     progress: bool = False,
     desc: str = "loading",
 ) -> Iterator[tuple[str, np.ndarray] | SkippedFile]:
     """Decode refs one at a time, yielding ``(name, rgb_array)`` or a :class:`SkippedFile`.
 
     Nothing is kept in memory beyond the current image, so large batches can be streamed.
+    A file (a zip member: uncompressed) over ``max_file_bytes`` is skipped unread.
     """
     reader = _ByteReader()
     try:
         for ref in _progress(refs, progress, desc):
-            result = _load_one(reader, ref, max_pixels)
+            result = _load_one(reader, ref, max_pixels, max_file_bytes)
             yield result if isinstance(result, SkippedFile) else (ref.name, result)
     finally:
         reader.close()
@@ -416,6 +495,7 @@ def load_images(
     refs: Iterable[ImageRef],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     progress: bool = False,
     desc: str = "loading",
 ) -> tuple[list[tuple[str, np.ndarray]], LoadReport]:
@@ -431,7 +511,9 @@ def load_images(
         raise NoUsableImagesError(_nothing_found(listing))
     images: list[tuple[str, np.ndarray]] = []
     report = LoadReport()
-    for item in iter_images(refs, max_pixels=max_pixels, progress=progress, desc=desc):
+    for item in iter_images(
+        refs, max_pixels=max_pixels, max_file_bytes=max_file_bytes, progress=progress, desc=desc
+    ):
         if isinstance(item, SkippedFile):
             report.skipped.append(item)
         else:
@@ -450,8 +532,15 @@ class LazyImages(Sequence[np.ndarray]):
     images is thus processed in constant memory at the price of decoding some images twice.
     """
 
-    def __init__(self, refs: Sequence[ImageRef], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        refs: Sequence[ImageRef],
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ) -> None:
         self.max_pixels = max_pixels
+        self.max_file_bytes = max_file_bytes
         self._listing = refs if isinstance(refs, ImageListing) else None
         self._refs = list(refs)
         self.shapes: list[tuple[int, int]] = []
@@ -466,7 +555,11 @@ class LazyImages(Sequence[np.ndarray]):
         shapes = []
         by_name = {ref.name: ref for ref in self._refs}
         for item in iter_images(
-            self._refs, max_pixels=self.max_pixels, progress=progress, desc=desc
+            self._refs,
+            max_pixels=self.max_pixels,
+            max_file_bytes=self.max_file_bytes,
+            progress=progress,
+            desc=desc,
         ):
             if isinstance(item, SkippedFile):
                 report.skipped.append(item)
@@ -508,7 +601,7 @@ class LazyImages(Sequence[np.ndarray]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         ref = self._refs[index]
-        return load_image(ref.read_bytes(), ref.name, max_pixels=self.max_pixels)
+        return load_image(ref.read_bytes(self.max_file_bytes), ref.name, max_pixels=self.max_pixels)
 
 
 #: Extensions searched for an anomaly map, in order (``--maps``).

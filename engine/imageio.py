@@ -21,6 +21,13 @@ Decisions (all deliberate, all tested):
   before any pixel is decoded. PIL's own decompression-bomb limit is disabled (set to
   ``None`` on import of this module) because this module enforces its own.
 * Truncated data is an error: ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is never enabled.
+* **Formats** are those of the supported extensions (:data:`DECODED_FORMATS`), whatever the
+  extension of the file says: a ``.png`` holding a JPEG loads, one holding an EPS or a PSD
+  does not. Pillow's other plugins never see user bytes (its EPS plugin runs Ghostscript).
+* **Memory**: the file's bytes, Pillow's decoded image and the output array are held at
+  once, plus temporaries of a bounded size: high-depth data is scaled a block of
+  :data:`CONVERT_BLOCK_PIXELS` at a time, so a 50-megapixel float TIFF (a few hundred KB
+  when flat) stays under 1 GiB.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +45,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from engine.config import DataConfig
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Pillow formats decoded (``Image.open(formats=...)``): those of :data:`SUPPORTED_EXTENSIONS`.
+DECODED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF")
+#: Pixels of high-depth or float data scaled to 8 bits at a time (float64 temporaries of
+#: 8 MiB whatever the image's size).
+CONVERT_BLOCK_PIXELS: int = 1 << 20
 #: Images above this many pixels are refused: :attr:`DataConfig.max_pixels`'s default.
 DEFAULT_MAX_PIXELS: int = DataConfig().max_pixels
 
@@ -101,7 +114,7 @@ def _open_header(raw: bytes, name: str) -> Image.Image:
     if not raw:
         raise ImageLoadError(name, "empty file")
     try:
-        return Image.open(io.BytesIO(raw))
+        return Image.open(io.BytesIO(raw), formats=DECODED_FORMATS)
     except UnidentifiedImageError:
         raise ImageLoadError(name, "not a recognised image format") from None
     except _DECODE_ERRORS as exc:
@@ -121,13 +134,13 @@ def _check_size(image: Image.Image, name: str, max_pixels: int) -> None:
 
 
 def _decode(image: Image.Image, name: str) -> Image.Image:
-    """Decode the pixel data and apply the EXIF orientation."""
+    """Decode the pixel data and apply the EXIF orientation (in place: no copy)."""
     try:
         image.load()
-        upright = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except _DECODE_ERRORS as exc:
         raise ImageLoadError(name, f"corrupt or truncated image data ({exc})") from exc
-    return upright if upright is not None else image
+    return image
 
 
 def _open_decoded(data: ImageSource, name: str | None, max_pixels: int) -> tuple[Image.Image, str]:
@@ -138,17 +151,35 @@ def _open_decoded(data: ImageSource, name: str | None, max_pixels: int) -> tuple
     return _decode(image, label), label
 
 
+def _blocks(values: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """``values`` flattened, as float64 blocks of :data:`CONVERT_BLOCK_PIXELS` values."""
+    flat = values.reshape(-1)
+    for start in range(0, flat.size, CONVERT_BLOCK_PIXELS):
+        where = slice(start, start + CONVERT_BLOCK_PIXELS)
+        yield where, flat[where].astype(np.float64)
+
+
+def _scaled_to_uint8(values: np.ndarray, low: float, scale: float) -> np.ndarray:
+    """``round((values - low) * scale)`` as uint8, non-finite values taken as ``low``;
+    computed in float64 a block at a time."""
+    out = np.empty(values.shape, dtype=np.uint8)
+    flat_out = out.reshape(-1)
+    for where, block in _blocks(values):
+        block[~np.isfinite(block)] = low
+        flat_out[where] = np.round((block - low) * scale)
+    return out
+
+
 def _minmax_to_uint8(values: np.ndarray) -> np.ndarray:
     """Scale finite values linearly to 0..255 (constant input -> zeros, NaN -> 0)."""
-    values = values.astype(np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
+    low, high = np.inf, -np.inf
+    for _, block in _blocks(values):
+        finite = block[np.isfinite(block)]
+        if finite.size:
+            low, high = min(low, finite.min()), max(high, finite.max())
+    if high <= low:  # no finite value, or a constant image
         return np.zeros(values.shape, dtype=np.uint8)
-    low, high = values[finite].min(), values[finite].max()
-    values = np.where(finite, values, low)
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    return _scaled_to_uint8(values, low, 255.0 / (high - low))
 
 
 def _high_depth_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -159,7 +190,7 @@ def _high_depth_to_uint8(values: np.ndarray) -> np.ndarray:
     if low < 0 or high > _SIXTEEN_BIT_MAX:
         return _minmax_to_uint8(values)
     full = _TWELVE_BIT_MAX if high <= _TWELVE_BIT_MAX else _SIXTEEN_BIT_MAX
-    return np.round(values.astype(np.float64) * (255.0 / full)).astype(np.uint8)
+    return _scaled_to_uint8(values, 0.0, 255.0 / full)
 
 
 def _gray_to_uint8(image: Image.Image) -> np.ndarray:
@@ -180,8 +211,8 @@ def _to_rgb_array(image: Image.Image, name: str) -> np.ndarray:
         gray = _gray_to_uint8(image)
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
     else:
-        try:
-            rgb = np.asarray(image.convert("RGB"))  # drops alpha, expands palettes
+        try:  # convert drops alpha and expands palettes (and copies: not for RGB itself)
+            rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         except (ValueError, OSError) as exc:
             raise ImageLoadError(name, f"unsupported image mode {image.mode!r} ({exc})") from exc
     return _validated(rgb, name)

@@ -219,9 +219,15 @@ def eval_detect(
     """Fit on ``train/good`` of an MVTec-layout folder, score ``test``, compute the metrics."""
     reset_peak_rss()
     data = load_mvtec(root)
-    train = LazyImages(data.train, max_pixels=config.data.max_pixels)
+    train = LazyImages(
+        data.train, max_pixels=config.data.max_pixels, max_file_bytes=config.data.max_file_bytes
+    )
     train.validate(progress=progress, desc="check train")
-    test = LazyImages([s.ref for s in data.test], max_pixels=config.data.max_pixels)
+    test = LazyImages(
+        [s.ref for s in data.test],
+        max_pixels=config.data.max_pixels,
+        max_file_bytes=config.data.max_file_bytes,
+    )
     report = test.validate(progress=progress, desc="check test")
     if report.skipped:
         raise ValueError(f"MVTec test set has unreadable images: {report.summary()}")
@@ -501,9 +507,15 @@ def _labelled_sets(
     """The checked normals and test images of an MVTec-layout folder, and each test image's
     folder name (``good`` or the defect type)."""
     data = load_mvtec(root)
-    normals = LazyImages(data.train, max_pixels=config.data.max_pixels)
+    normals = LazyImages(
+        data.train, max_pixels=config.data.max_pixels, max_file_bytes=config.data.max_file_bytes
+    )
     normals.validate(progress=progress, desc="check normals")
-    test = LazyImages([s.ref for s in data.test], max_pixels=config.data.max_pixels)
+    test = LazyImages(
+        [s.ref for s in data.test],
+        max_pixels=config.data.max_pixels,
+        max_file_bytes=config.data.max_file_bytes,
+    )
     test.validate(progress=progress, desc="check test")
     kind = {s.ref.name: s.defect_type for s in data.test}
     return normals, test, [kind[n] for n in test.names]

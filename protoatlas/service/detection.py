@@ -61,12 +61,14 @@ def detect(
     normal_items, normals_report = load_images(
         list_images(normals),
         max_pixels=config.data.max_pixels,
+        max_file_bytes=config.data.max_file_bytes,
         progress=progress,
         desc="load normals",
     )
     test_items, images_report = load_images(
         list_images(images),
         max_pixels=config.data.max_pixels,
+        max_file_bytes=config.data.max_file_bytes,
         progress=progress,
         desc="load images",
     )

@@ -118,7 +118,11 @@ def open_images(
     source: str | os.PathLike, config: ProtoAtlasConfig, *, progress: bool, desc: str
 ) -> LazyImages:
     """List a folder or zip and keep the images that decode (bad ones go in the report)."""
-    images = LazyImages(list_images(source), max_pixels=config.data.max_pixels)
+    images = LazyImages(
+        list_images(source),
+        max_pixels=config.data.max_pixels,
+        max_file_bytes=config.data.max_file_bytes,
+    )
     images.validate(progress=progress, desc=desc)
     return images
 
