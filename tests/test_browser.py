@@ -417,6 +417,17 @@ def test_review_flow_in_a_browser(served, browser, shots):
     # the layer choices stay from one image to the next
     assert page.eval_on_selector(f"{viewer} .pa-v-heatimg", "e => e.style.opacity") == "0.3"
 
+    # a half-typed id waits for Show, which says once what is wrong (it said it twice)
+    box = page.locator("#pa-image-dd input")
+    box.fill("")
+    box.press_sequentially("12x")
+    page.get_by_role("button", name="Show", exact=True).click()
+    page.wait_for_selector(".toast-body", timeout=15000)
+    time.sleep(1.0)
+    assert len(page.query_selector_all(".toast-body")) == 1
+    for close in page.query_selector_all(".toast-close"):
+        close.click()
+
     # ---- the history
     _tab(page, "History")
     history = _wait_text(page, "#pa-history", "split_type")

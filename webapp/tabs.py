@@ -609,6 +609,7 @@ def image_tab() -> ImageTab:
                 choices=[],
                 scale=3,
                 allow_custom_value=True,
+                elem_id="pa-image-dd",
             )
             show_btn = gr.Button("Show", scale=0)
             prev_btn = gr.Button("← Previous (p)", scale=0, elem_id="pa-img-prev")
