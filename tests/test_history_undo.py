@@ -77,3 +77,11 @@ def test_the_history_says_which_rows_the_reviewer_may_undo(views) -> None:
     refused = views.type_action(-1, "undo", str(bob), actor="ann")
     assert not refused["ok"] and "only bob can undo it" in refused["message"]
     assert not views.type_action(-1, "undo", "abc", actor="ann")["ok"]
+
+
+def test_history_times_are_in_the_reviewers_time_zone(views) -> None:
+    utc = views.audit_rows()[0][1]
+    berlin = views.audit_rows(tz="Europe/Berlin")[0][1]
+    assert " UTC " in utc and (" CET " in berlin or " CEST " in berlin)
+    assert utc != berlin
+    assert " UTC " in views.audit_rows(tz="Not/AZone")[0][1]

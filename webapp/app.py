@@ -1343,37 +1343,44 @@ class ReviewApp:
     def _wire_history(self, h: HistoryTab) -> None:
         v = self.views
 
-        def audit(actor, action, type_id, request: gr.Request = None):
+        def audit(actor, action, type_id, tz="", request: gr.Request = None):
             """The audit log, newest first, filtered by reviewer, action and type (an id or
-            a name; empty: every type). The last column says which rows the caller may
-            undo."""
+            a name; empty: every type); times in the time zone ``tz`` (an IANA name, the
+            browser's; empty: UTC). The last column says which rows the caller may undo."""
             try:
                 tid = v.type_filter(type_id)
             except ValueError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
-            return v.audit_rows(actor or None, action or None, tid, me=actor_of(request))
+            return v.audit_rows(
+                actor or None, action or None, tid, me=actor_of(request), tz=tz or None
+            )
 
-        def audit_tab(request: gr.Request):
+        def audit_tab(tz, request: gr.Request):
             actors, actions = v.audit_filters()
             return (
                 gr.update(choices=[""] + actors),
                 gr.update(choices=[""] + actions),
-                v.audit_rows(me=actor_of(request)),
+                v.audit_rows(me=actor_of(request), tz=tz or None),
             )
 
         h.button.click(
-            audit, inputs=[h.actor, h.action, h.type_id], outputs=[h.table], api_name="audit"
+            audit, inputs=[h.actor, h.action, h.type_id, h.tz], outputs=[h.table], api_name="audit"
         )
-        h.tab.select(audit_tab, outputs=[h.actor, h.action, h.table], api_visibility="undocumented")
+        h.tab.select(
+            audit_tab,
+            inputs=[h.tz],
+            outputs=[h.actor, h.action, h.table],
+            api_visibility="undocumented",
+        )
 
-        def undo_mine(actor_v, action_v, type_v, request: gr.Request):
+        def undo_mine(actor_v, action_v, type_v, tz, request: gr.Request):
             """Undo this reviewer's last action from the History tab, then show the log."""
             message = _msg(v.type_action(-1, "undo", actor=actor_of(request)))
-            return message, audit(actor_v, action_v, type_v, request)
+            return message, audit(actor_v, action_v, type_v, tz, request)
 
         h.undo_btn.click(
             undo_mine,
-            inputs=[h.actor, h.action, h.type_id],
+            inputs=[h.actor, h.action, h.type_id, h.tz],
             outputs=[h.msg, h.table],
             api_visibility="undocumented",
         )
@@ -1386,10 +1393,7 @@ class ReviewApp:
             except (IndexError, KeyError, TypeError):
                 return gr.update(), gr.update()
             return seq, gr.update(
-                interactive=state == "possible",
-                value=f"↶ Undo #{seq}"
-                if state == "possible"
-                else f"#{seq}: {state or 'not yours'}",
+                value=f"↶ Undo #{seq}" if state == "possible" else f"#{seq}: {state or 'not yours'}"
             )
 
         h.table.select(
@@ -1399,19 +1403,19 @@ class ReviewApp:
             api_visibility="undocumented",
         )
 
-        def undo_row(seq, actor_v, action_v, type_v, request: gr.Request):
+        def undo_row(seq, actor_v, action_v, type_v, tz, request: gr.Request):
             """Undo the picked history entry (the reviewer's own, while nothing later
             touched its types), then show the log."""
             if not str(seq or "").strip():
                 return "Pick a row (or type its #) first.", audit(
-                    actor_v, action_v, type_v, request
+                    actor_v, action_v, type_v, tz, request
                 )
             message = _msg(v.type_action(-1, "undo", str(seq), actor=actor_of(request)))
-            return message, audit(actor_v, action_v, type_v, request)
+            return message, audit(actor_v, action_v, type_v, tz, request)
 
         h.undo_row_btn.click(
             undo_row,
-            inputs=[h.picked, h.actor, h.action, h.type_id],
+            inputs=[h.picked, h.actor, h.action, h.type_id, h.tz],
             outputs=[h.msg, h.table],
             api_visibility="undocumented",
         )

@@ -101,6 +101,11 @@ HEAD = """
     return true;
   }
   window.paSetBox = setBox;
+  // the browser's time zone, for times shown in the reviewer's local time (History)
+  const tzTimer = setInterval(() => {
+    const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || '';
+    if (setBox('pa-tz', zone)) clearInterval(tzTimer);
+  }, 300);
   function pickCard(card) {
     setBox('pa-type-pick', card.dataset.typeId + ':' + Date.now());
   }

@@ -654,6 +654,7 @@ class HistoryTab:
     picked: gr.Textbox
     undo_row_btn: gr.Button
     msg: gr.Markdown
+    tz: gr.Textbox  # hidden: the browser's time zone, set by the page script
 
 
 def history_tab() -> HistoryTab:
@@ -680,6 +681,7 @@ def history_tab() -> HistoryTab:
             )
             undo_row_btn = gr.Button("↶ Undo this entry", scale=0, elem_id="pa-history-undo-row")
         msg = gr.Markdown(elem_id="pa-history-msg")
+        tz = gr.Textbox("", elem_id="pa-tz", elem_classes="pa-hidden", label="time zone")
         table = gr.Dataframe(
             headers=AUDIT_COLUMNS,
             interactive=False,
@@ -700,6 +702,7 @@ def history_tab() -> HistoryTab:
         picked=picked,
         undo_row_btn=undo_row_btn,
         msg=msg,
+        tz=tz,
     )
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import zoneinfo
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +53,7 @@ CARD_TOOLS = (
 #: Audit actions that are not a reviewer's decision.
 MODEL_ACTIONS = frozenset({"ingest_batch", "apply_retrain", "replace_suggestions", "adopt_types"})
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
-AUDIT_COLUMNS = [
-    "#",
-    "time (UTC)",
-    "reviewer",
-    "action",
-    "types",
-    "details",
-    "what happened",
-    "undo",
-]
+AUDIT_COLUMNS = ["#", "time", "reviewer", "action", "types", "details", "what happened", "undo"]
 #: Audit actions in a reviewer's words ("{types}": the names of the types it touched).
 ACTION_WORDS = {
     "ingest_batch": "uploaded a batch",
@@ -1085,9 +1077,13 @@ class Views:
         type_id: int | None = None,
         limit: int = 200,
         me: str | None = None,
+        tz: str | None = None,
     ) -> list[list[Any]]:
-        """The audit log's rows, newest first; the last column says whether ``me`` (the
-        reviewer looking) may try to undo the row ("possible"), or that it was undone."""
+        """The audit log's rows, newest first, times in the time zone ``tz`` (an IANA
+        name, e.g. the browser's; None or unknown: UTC); the last column says whether
+        ``me`` (the reviewer looking) may try to undo the row ("possible"), or that it
+        was undone."""
+        zone = _zone(tz)
         rows = []
         names = {t.id: t.name for t in self.service.list_types(include_merged=True)}
         now = dt.datetime.now(dt.timezone.utc)
@@ -1107,7 +1103,7 @@ class Views:
             rows.append(
                 [
                     e.seq,
-                    f"{ts:%Y-%m-%d %H:%M:%S} ({_ago(now - ts)})",
+                    f"{ts.astimezone(zone):%Y-%m-%d %H:%M:%S %Z} ({_ago(now - ts)})",
                     e.actor,
                     e.action,
                     ", ".join(str(t) for t in e.type_ids),
@@ -1234,6 +1230,16 @@ def project_2d(x: np.ndarray) -> tuple[np.ndarray, str]:
     if xy.shape[1] < 2:
         xy = np.c_[xy, np.zeros(len(xy), np.float32)]
     return xy.astype(np.float32), "PCA"
+
+
+def _zone(name: str | None) -> dt.tzinfo:
+    """The time zone named ``name`` (IANA), or UTC when it is empty or unknown."""
+    if name:
+        try:
+            return zoneinfo.ZoneInfo(str(name))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            log.info("unknown time zone %r: times in UTC", name)
+    return dt.timezone.utc
 
 
 def _ago(delta: dt.timedelta) -> str:
