@@ -294,6 +294,26 @@ def _add_doctor(sub: Subparsers) -> None:
     _common(p)
 
 
+def _add_restore(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "restore",
+        help="rebuild a damaged workspace database from one of its automatic snapshots",
+        description="Restore the workspace's database from a snapshot (default: the newest). "
+        "The current file is kept as workspace.duckdb.damaged-<UTC stamp>, never deleted; "
+        "the doctor checks then run, and the audit entries the snapshot lacks are listed.",
+    )
+    _workspace_options(p)
+    p.add_argument(
+        "--snapshot",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the snapshot number to restore (see --list; default: the newest)",
+    )
+    p.add_argument("--list", action="store_true", help="list the snapshots and change nothing")
+    _common(p)
+
+
 def _add_export(sub: Subparsers) -> None:
     p = sub.add_parser(
         "export",
@@ -377,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_serve,
         _add_simulate_review,
         _add_doctor,
+        _add_restore,
         _add_export,
         _add_import_labels,
         _add_synth,
@@ -612,6 +633,10 @@ def _service(args: argparse.Namespace, read_only: bool = False) -> WorkspaceServ
 def cmd_doctor(args: argparse.Namespace) -> int:
     with _service(args) as service:
         problems = service.doctor()
+    return _print_doctor(problems)
+
+
+def _print_doctor(problems: list) -> int:
     for p in problems:
         print(p)
     errors = [p for p in problems if p.severity == "error"]
@@ -620,6 +645,48 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         + ("workspace is sound" if not errors else "workspace is NOT sound")
     )
     return 0 if not errors else 1
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from protoatlas.service import restore_workspace, snapshots_of
+
+    if args.list:
+        snaps = snapshots_of(args.home, args.workspace)
+        if not snaps:
+            print(f"workspace {args.workspace!r} has no snapshot yet")
+            return 0
+        print(f"snapshots of workspace {args.workspace!r}, newest first:")
+        print(f"{'number':>6}  {'created (UTC)':19}  {'batches':>7}  {'audit entries':>13}  reason")
+        for s in snaps:
+            print(
+                f"{s.number:>6}  {s.created_at:%Y-%m-%d %H:%M:%S}  {s.batches:>7}  "
+                f"{s.audit_entries:>13}  {s.reason}"
+            )
+        return 0
+    report = restore_workspace(args.home, args.workspace, args.snapshot)
+    res, snap = report.result, report.result.snapshot
+    print(
+        f"restored workspace {args.workspace!r} from snapshot {snap.number} "
+        f"({snap.created_at:%Y-%m-%d %H:%M:%S} UTC; batches: {snap.batches}, "
+        f"audit entries: {snap.audit_entries})"
+    )
+    for path in res.moved_aside:
+        print(f"kept the previous file as {path}")
+    if res.lost is not None and not res.lost:
+        print(f"lost: nothing ({res.lost_note}: every entry is in the snapshot)")
+    elif res.lost is not None:
+        print(f"lost: {len(res.lost)} audit entries after the snapshot ({res.lost_note}):")
+        for e in res.lost:
+            when = f"{e.ts:%Y-%m-%d %H:%M:%S}" if e.ts is not None else "?"
+            target = json.dumps(e.target, sort_keys=True) if e.target is not None else "?"
+            print(f"  {e.seq:>6}  {when}  {e.actor}  {e.action}  {target}")
+    elif res.lost_count is not None:
+        print(f"lost: about {res.lost_count} audit entries ({res.lost_note})")
+    else:
+        print(f"lost: cannot tell ({res.lost_note})")
+    for path in report.tokens_set_aside:
+        print(f"set aside the crop tokens of a batch the snapshot lacks: {path}")
+    return _print_doctor(report.problems)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -682,6 +749,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "simulate-review": cmd_simulate_review,
     "doctor": cmd_doctor,
+    "restore": cmd_restore,
     "export": cmd_export,
     "import-labels": cmd_import_labels,
 }

@@ -7,12 +7,17 @@ numpy and duckdb only. Typical use::
     with Workspace.open("protoatlas-data", "bottles") as ws:
         batch_id = ws.ingest_batch(BatchIngest(name="line 3", images=[...], ...))
         types = ws.list_types()
+
+A damaged database file raises :class:`DamagedWorkspaceError` at open;
+``Workspace.restore(home, name)`` rebuilds it from the newest snapshot
+(see ``storage.snapshots``).
 """
 
 from storage.config import StorageConfig
 from storage.doctor import doctor, is_sound
 from storage.errors import (
     ConflictError,
+    DamagedWorkspaceError,
     NotFoundError,
     SchemaError,
     StorageError,
@@ -45,7 +50,14 @@ from storage.png16 import decode_map, encode_map
 from storage.review import UNDOABLE as UNDOABLE_ACTIONS
 from storage.rle import decode_rle, encode_rle, rle_area, rle_from_json, rle_to_json
 from storage.schema import LATEST as SCHEMA_VERSION
-from storage.workspace import Workspace, check_workspace_name, default_home, workspace_names
+from storage.snapshots import LostEntry, RestoreResult, SnapshotInfo
+from storage.workspace import (
+    Workspace,
+    check_workspace_name,
+    default_home,
+    workspace_names,
+    workspace_snapshots,
+)
 
 __all__ = [
     "AssignmentsIn",
@@ -54,9 +66,11 @@ __all__ = [
     "BatchInfo",
     "BatchIngest",
     "ConflictError",
+    "DamagedWorkspaceError",
     "ImageDetail",
     "ImageIn",
     "ImportReport",
+    "LostEntry",
     "Member",
     "ModelVersion",
     "ModelVersionIn",
@@ -67,8 +81,10 @@ __all__ = [
     "RegionIn",
     "RegionInfo",
     "RegionsIn",
+    "RestoreResult",
     "SCHEMA_VERSION",
     "SchemaError",
+    "SnapshotInfo",
     "StorageConfig",
     "StorageError",
     "Suggestion",
@@ -83,6 +99,7 @@ __all__ = [
     "check_workspace_name",
     "default_home",
     "workspace_names",
+    "workspace_snapshots",
     "doctor",
     "encode_map",
     "encode_rle",

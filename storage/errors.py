@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 
 class StorageError(Exception):
     """Base class of every error raised on purpose by ``storage``."""
@@ -45,3 +49,24 @@ class WorkspaceLockedError(StorageError):
 
 class SchemaError(StorageError):
     """The workspace file has a schema this version cannot use (newer, or not migrated)."""
+
+
+class DamagedWorkspaceError(StorageError):
+    """The workspace's DuckDB file cannot be read back (truncated, overwritten, bad checksum).
+
+    ``path`` is the file, ``snapshots`` the snapshots it can be restored from (newest
+    first, :class:`storage.snapshots.SnapshotInfo`) and ``reason`` DuckDB's first line.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | None = None,
+        snapshots: Sequence[Any] = (),
+        reason: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.snapshots = list(snapshots)
+        self.reason = reason

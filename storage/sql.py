@@ -67,9 +67,17 @@ def registered(con: Con, name: str, columns: Mapping[str, Any]) -> Iterator[None
     con.register(name, dict(columns))
     try:
         yield
-    finally:
-        con.complete()
-        con.unregister(name)
+    except BaseException:
+        # keep the statement's own error: after it the transaction is aborted, and
+        # unregistering there raises "Current transaction is aborted" instead
+        try:
+            con.complete()
+            con.unregister(name)
+        except duckdb.Error:
+            pass
+        raise
+    con.complete()
+    con.unregister(name)
 
 
 def insert_from(

@@ -6,6 +6,7 @@ Layout of ``<home>/<name>/``::
     images/ab/ab12...ef.png     uploaded images, named by sha256, original extension
     blobs/cd/cd34...01.png      anomaly maps (16-bit PNG) and saved models (.npz)
     pending/<pid>-<uuid>        marker of an ingest/retrain between its files and commit
+    snapshots/<n>-<utc stamp>/  rotating exports of the database (see ``storage.snapshots``)
 
 Concurrency: one writer connection per process, shared by every ``Workspace`` object of
 the same file in that process and guarded by a lock; every write runs in
@@ -25,14 +26,15 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import duckdb
 import numpy as np
 
-from storage import export, ingest, review, schema
+from storage import audit, export, ingest, review, schema, snapshots
 from storage.config import StorageConfig
 from storage.errors import (
+    DamagedWorkspaceError,
     NotFoundError,
     SchemaError,
     StorageError,
@@ -64,12 +66,14 @@ from storage.models import (
 from storage.models import optional_float as _f
 from storage.png16 import decode_map
 from storage.rle import rle_from_json
+from storage.snapshots import RestoreResult, SnapshotInfo, Snapshotter
 from storage.sql import fetch_value
 
 ENV_HOME = "PROTOATLAS_HOME"
 DEFAULT_HOME = "protoatlas-data"
 DB_FILE = "workspace.duckdb"
 PENDING = "pending"  # markers of writes whose files may not be committed yet
+_T = TypeVar("_T")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 #: Hugging Face Spaces' persistent storage, used for the data when it is there and writable.
@@ -94,6 +98,18 @@ def workspace_names(home: str | os.PathLike[str] | None = None) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if _NAME.match(p.name) and (p / DB_FILE).is_file())
+
+
+def workspace_snapshots(
+    home: str | os.PathLike[str] | None = None, name: str = "default"
+) -> list[SnapshotInfo]:
+    """The snapshots of the workspace ``<home>/<name>/``, newest first (without opening
+    its database, which may be damaged); NotFoundError when there is no such folder."""
+    check_workspace_name(name)
+    root = Path(home if home is not None else default_home()).expanduser().resolve() / name
+    if not root.is_dir():
+        raise NotFoundError(f"no workspace {name!r} ({root})")
+    return snapshots.list_snapshots(root)
 
 
 def check_workspace_name(name: str) -> str:
@@ -121,6 +137,9 @@ class _Handle:
         self.local = threading.local()
         self.cursors: list[duckdb.DuckDBPyConnection] = []
         self.closed = False
+        self.owner: int | None = None  # thread holding the write transaction
+        self.snapshotter: Snapshotter | None = None
+        self._snapshot_cursor: duckdb.DuckDBPyConnection | None = None
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         cur = getattr(self.local, "cursor", None)
@@ -134,7 +153,51 @@ class _Handle:
             self.local.depth = 0
         return cur
 
+    @contextmanager
+    def read(
+        self, cur: duckdb.DuckDBPyConnection | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read transaction on this thread's cursor (nested use joins it)."""
+        own = cur is None
+        cur = self.reader() if cur is None else cur
+        outer = not own or self.local.depth == 0
+        if outer:
+            cur.execute("BEGIN TRANSACTION")
+        if own:
+            self.local.depth += 1
+        try:
+            yield cur
+        except BaseException:
+            if own:
+                self.local.depth -= 1
+            if outer:
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+            raise
+        if own:
+            self.local.depth -= 1
+        if outer:
+            cur.execute("COMMIT")
+
+    @contextmanager
+    def snapshot_read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read transaction on the cursor kept for snapshots (any thread, one at a time:
+        the snapshotter serialises its writes)."""
+        with self.reader_lock:
+            if self.closed:
+                raise StorageError("the workspace is closed")
+            if self._snapshot_cursor is None:
+                self._snapshot_cursor = self.reader_root.cursor()
+                self.cursors.append(self._snapshot_cursor)
+            cur = self._snapshot_cursor
+        with self.read(cur) as c:
+            yield c
+
     def close(self) -> None:
+        if self.snapshotter is not None:
+            self.snapshotter.wait()
         with self.lock, self.reader_lock:
             self.closed = True
             for cur in self.cursors:
@@ -148,8 +211,11 @@ _HANDLES_LOCK = threading.Lock()
 
 
 def _connect(
-    db: Path, label: str, read_only: bool, cfg: StorageConfig
+    db: Path, label: str, read_only: bool, cfg: StorageConfig, name: str = ""
 ) -> duckdb.DuckDBPyConnection:
+    """Connect to ``db``; a file DuckDB cannot read back is a DamagedWorkspaceError
+    (``name`` given), another process's lock a WorkspaceLockedError."""
+    existed = db.is_file()
     settings: dict[str, Any] = {}
     if cfg.threads:
         settings["threads"] = cfg.threads
@@ -167,9 +233,46 @@ def _connect(
                 "close ProtoAtlas there or open another workspace",
                 pid=pid,
             ) from None
+        if existed and name and snapshots.looks_damaged(exc, reading=True):
+            raise snapshots.damaged_error(db.parent, name, db, exc) from None
         raise StorageError(f"cannot open workspace {label}: {msg.splitlines()[0]}") from None
     except duckdb.Error as exc:
+        if existed and name and snapshots.looks_damaged(exc, reading=True):
+            raise snapshots.damaged_error(db.parent, name, db, exc) from None
         raise StorageError(f"cannot open workspace {label}: {str(exc).splitlines()[0]}") from None
+
+
+def _verify(db: Path, label: str, name: str, cfg: StorageConfig) -> None:
+    """Read the whole existing file once through a read-only connection (so a damaged file
+    is never written to, not even by a WAL checkpoint); DamagedWorkspaceError if it fails."""
+    con = _connect(db, label, True, cfg, name)
+    try:
+        snapshots.verify_readable(con)
+    except duckdb.Error as exc:
+        if snapshots.looks_damaged(exc, reading=True) or isinstance(exc, duckdb.IOException):
+            raise snapshots.damaged_error(db.parent, name, db, exc) from None
+        raise
+    finally:
+        con.close()
+
+
+def _snapshotter(
+    root: Path, con: duckdb.DuckDBPyConnection, cfg: StorageConfig
+) -> Snapshotter | None:
+    """The snapshot schedule of a freshly opened writer, counting the decisions made since
+    the newest snapshot (so a restart does not reset the count)."""
+    if not cfg.snapshots:
+        return None
+    seq, _ = audit.head(con)
+    base = snapshots.base_seq(snapshots.list_snapshots(root), seq)
+    return Snapshotter(
+        root,
+        every=cfg.snapshot_every_decisions,
+        keep=cfg.snapshot_keep,
+        background=cfg.snapshot_in_background,
+        sync=cfg.sync_files,
+        decisions=snapshots.decisions_after(con, base),
+    )
 
 
 class Workspace:
@@ -222,7 +325,9 @@ class Workspace:
                     raise NotFoundError(f"no workspace {label}: {DB_FILE} does not exist")
                 if not read_only:
                     root.mkdir(parents=True, exist_ok=True)
-                con = _connect(db, label, read_only, cfg)
+                if cfg.verify_on_open and db.is_file():
+                    _verify(db, label, name, cfg)
+                con = _connect(db, label, read_only, cfg, name)
                 try:
                     if read_only:
                         have = schema.current_version(con)
@@ -234,10 +339,19 @@ class Workspace:
                     else:
                         dim = embedding_dim or cfg.embedding_dim
                         schema.migrate(con, dim=dim, label=f"workspace {label}")
+                    snapper = _snapshotter(root, con, cfg) if not read_only else None
+                except duckdb.Error as exc:
+                    con.close()
+                    if snapshots.looks_damaged(exc, reading=True):
+                        raise snapshots.damaged_error(root, name, db, exc) from None
+                    raise
                 except BaseException:
                     con.close()
                     raise
                 handle = _Handle(con, str(db), read_only)
+                if snapper is not None:
+                    handle.snapshotter = snapper
+                    snapper.bind(handle.snapshot_read)
                 _HANDLES[str(db)] = handle
                 fresh = True
         ws = cls(root, name, handle, cfg)
@@ -260,7 +374,8 @@ class Workspace:
         return ws
 
     def close(self) -> None:
-        """Release this object; the file closes when the process's last one is closed."""
+        """Release this object; the file closes when the process's last one is closed
+        (after the snapshot being written, if any)."""
         if self._closed:
             return
         self._closed = True
@@ -314,16 +429,21 @@ class Workspace:
                 return
             h.con.execute("BEGIN TRANSACTION")
             h.depth = 1
+            h.owner = threading.get_ident()
             try:
                 yield h.con
-            except BaseException:
+            except BaseException as exc:
                 h.depth = 0
+                h.owner = None
                 try:
                     h.con.execute("ROLLBACK")
                 except duckdb.Error:
                     pass
+                if snapshots.looks_damaged(exc):
+                    raise self._damaged(exc) from exc
                 raise
             h.depth = 0
+            h.owner = None
             try:
                 h.con.execute("COMMIT")
             except duckdb.Error as exc:
@@ -331,6 +451,8 @@ class Workspace:
                     h.con.execute("ROLLBACK")
                 except duckdb.Error:
                     pass
+                if snapshots.looks_damaged(exc):
+                    raise self._damaged(exc) from exc
                 raise StorageError(
                     f"commit failed, nothing was changed: {str(exc).splitlines()[0]}"
                 ) from None
@@ -339,25 +461,113 @@ class Workspace:
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only snapshot on this thread's cursor (never blocks on the writer)."""
         self._check_open()
-        h = self._h
-        cur = h.reader()
-        outer = h.local.depth == 0
-        if outer:
-            cur.execute("BEGIN TRANSACTION")
-        h.local.depth += 1
         try:
-            yield cur
-        except BaseException:
-            h.local.depth -= 1
-            if outer:
-                try:
-                    cur.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
+            with self._h.read() as cur:
+                yield cur
+        except duckdb.Error as exc:
+            if snapshots.looks_damaged(exc):
+                raise self._damaged(exc) from exc
             raise
-        h.local.depth -= 1
-        if outer:
-            cur.execute("COMMIT")
+
+    def _damaged(self, exc: BaseException) -> DamagedWorkspaceError:
+        return snapshots.damaged_error(self.root, self.name, self.db_path, exc)
+
+    # ------------------------------------------------------------------- snapshots
+    def snapshots(self) -> list[SnapshotInfo]:
+        """The workspace's snapshots, newest first."""
+        return snapshots.list_snapshots(self.root)
+
+    def snapshot(self, reason: str = "manual") -> SnapshotInfo:
+        """Write a snapshot now (on this thread; raises on failure, unlike the automatic
+        ones), keeping at most ``config.snapshot_keep``."""
+        self._check_open()
+        snapper = self._h.snapshotter
+        if snapper is None:
+            raise StorageError(
+                f"workspace {self.name!r} writes no snapshots (read-only or snapshots off)"
+            )
+        snapper.wait()
+        return snapper.write(reason)
+
+    def wait_for_snapshots(self) -> None:
+        """Until the snapshot being written in the background (if any) is on disk."""
+        if self._h.snapshotter is not None:
+            self._h.snapshotter.wait()
+
+    def _snapshot_due(self, reason: str) -> None:
+        """After a committed batch ("batch") or reviewer decision ("decision")."""
+        snapper = self._h.snapshotter
+        if snapper is None:
+            return
+        if self._h.depth and self._h.owner == threading.get_ident():
+            snapper.defer(reason)  # inside the caller's own transaction: not committed yet
+            return
+        if reason == "decision":
+            snapper.decided()
+        else:
+            snapper.request(reason)
+
+    def _decided(self, result: _T) -> _T:
+        self._snapshot_due("decision")
+        return result
+
+    @classmethod
+    def restore(
+        cls,
+        home: str | os.PathLike[str] | None = None,
+        name: str = "default",
+        snapshot: int | None = None,
+        *,
+        config: StorageConfig | None = None,
+    ) -> RestoreResult:
+        """Rebuild ``<home>/<name>/workspace.duckdb`` from a snapshot (default the newest).
+
+        The snapshot is imported into a new file first; then the current file (damaged or
+        not) and its WAL are renamed to ``workspace.duckdb.damaged-<UTC stamp>`` (never
+        deleted) and the new one takes its place. The result lists the audit entries of the
+        old file that the restored state lacks, as far as it can still be read. Refused
+        while the workspace is open, in this process or another.
+        """
+        cfg = config or StorageConfig()
+        check_workspace_name(name)
+        home_path = Path(home if home is not None else default_home()).expanduser().resolve()
+        root = home_path / name
+        db = root / DB_FILE
+        label = f"{name!r} ({root})"
+        if not root.is_dir():
+            raise NotFoundError(f"no workspace {label}")
+        snap = snapshots.pick(root, name, snapshot)
+        with _HANDLES_LOCK:
+            if str(db) in _HANDLES:
+                raise StorageError(
+                    f"workspace {label} is open in this process; close it before restoring"
+                )
+            if db.is_file():  # another process holding it: WorkspaceLockedError
+                try:
+                    _connect(db, label, True, cfg).close()
+                except WorkspaceLockedError:
+                    raise
+                except StorageError:
+                    pass  # damaged: that is why we restore
+            stamp = snapshots.utc_stamp()
+            tmp = root / f".restore-{stamp}-{uuid.uuid4().hex[:8]}.duckdb"
+            try:
+                chain = snapshots.load_snapshot(snap, tmp)
+            except (duckdb.Error, StorageError, OSError) as exc:
+                for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+                    leftover.unlink(missing_ok=True)
+                raise StorageError(
+                    f"snapshot {snap.number} of workspace {label} cannot be loaded "
+                    f"({str(exc).strip().splitlines()[0]}); nothing was changed: try another "
+                    "one with --snapshot N"
+                ) from None
+            if cfg.sync_files:
+                os.sync()
+            moved = snapshots.move_aside(db, stamp)
+            os.replace(tmp, db)
+        damaged = moved[0] if moved and not moved[0].name.endswith(".wal") else None
+        lost, n_lost, note = snapshots.lost_entries(damaged, chain, snap.audit_seq)
+        return RestoreResult(snap, db, moved, lost, n_lost, note, stamp)
 
     # ----------------------------------------------------------------- meta / files
     @property
@@ -805,7 +1015,9 @@ class Workspace:
         self, batch: BatchIngest, *, actor: str = "model", progress: Progress | None = None
     ) -> int:
         """Store a whole batch (files, rows, vectors, model, types) in one transaction."""
-        return ingest.ingest_batch(self, batch, actor=actor, progress=progress)
+        batch_id = ingest.ingest_batch(self, batch, actor=actor, progress=progress)
+        self._snapshot_due("batch")
+        return batch_id
 
     def apply_retrain(
         self,
@@ -831,20 +1043,20 @@ class Workspace:
         )
 
     def confirm_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
-        return review.set_status(self, type_id, "confirmed", expected_version, actor)
+        return self._decided(review.set_status(self, type_id, "confirmed", expected_version, actor))
 
     def reject_type(self, type_id: int, *, expected_version: int, actor: str) -> TypeSummary:
-        return review.set_status(self, type_id, "rejected", expected_version, actor)
+        return self._decided(review.set_status(self, type_id, "rejected", expected_version, actor))
 
     def rename_type(
         self, type_id: int, name: str, *, expected_version: int, actor: str
     ) -> TypeSummary:
-        return review.rename_type(self, type_id, name, expected_version, actor)
+        return self._decided(review.rename_type(self, type_id, name, expected_version, actor))
 
     def merge_types(
         self, keep: int, absorb: int, *, expected: Mapping[int, int], actor: str
     ) -> TypeSummary:
-        return review.merge_types(self, keep, absorb, expected, actor)
+        return self._decided(review.merge_types(self, keep, absorb, expected, actor))
 
     def split_type(
         self,
@@ -855,12 +1067,15 @@ class Workspace:
         actor: str,
         names: Sequence[str | None] | None = None,
     ) -> list[int]:
-        return review.split_type(self, type_id, groups, expected_version, actor, names)
+        return self._decided(
+            review.split_type(self, type_id, groups, expected_version, actor, names)
+        )
 
     def move_regions(
         self, region_ids: Sequence[int], to_type_id: int, *, expected: Mapping[int, int], actor: str
     ) -> None:
         review.move_regions(self, region_ids, to_type_id, expected, actor)
+        self._snapshot_due("decision")
 
     def create_type(
         self,
@@ -871,20 +1086,21 @@ class Workspace:
         name: str | None = None,
         status: str = "proposed",
     ) -> int:
-        return review.create_type(self, region_ids, expected, actor, name, status)
+        return self._decided(review.create_type(self, region_ids, expected, actor, name, status))
 
     def mark_normal(
         self, region_ids: Sequence[int], *, expected: Mapping[int, int], actor: str
     ) -> None:
         review.mark_normal(self, region_ids, expected, actor)
+        self._snapshot_due("decision")
 
     def undo(self, actor: str, seq: int | None = None) -> AuditEntry:
-        return review.undo(self, actor, seq)
+        return self._decided(review.undo(self, actor, seq))
 
     def import_labels(
         self, csv_path: str | os.PathLike[str], *, actor: str, batch_id: int | None = None
     ) -> ImportReport:
-        return review.import_labels(self, csv_path, actor, batch_id)
+        return self._decided(review.import_labels(self, csv_path, actor, batch_id))
 
     def replace_open_suggestions(
         self,
@@ -898,7 +1114,7 @@ class Workspace:
     def answer_suggestion(
         self, suggestion_id: int, answer: str | None, *, actor: str, skip: bool = False
     ) -> Suggestion:
-        return review.answer_suggestion(self, suggestion_id, answer, actor, skip)
+        return self._decided(review.answer_suggestion(self, suggestion_id, answer, actor, skip))
 
     # ------------------------------------------------------------------- exports
     # Region-level exports take a scope: ``batch_id`` (None: every batch) and ``type_ids``

@@ -8,7 +8,9 @@
   retraining, export), assembled from :mod:`.core`, :mod:`.reads`, :mod:`.actions`,
   :mod:`.questions`, :mod:`.answers` and :mod:`.retrain`;
 * :mod:`.suggestions` -- the active-learning question strategies (pure computation);
-* :mod:`.background` -- retraining in a worker thread after answers.
+* :mod:`.background` -- retraining in a worker thread after answers;
+* :mod:`.recovery` -- a damaged database: list the snapshots, restore one
+  (``protoatlas restore``).
 
 Callers (``protoatlas.cli``, ``webapp``) import from here: the workspace's domain types and
 errors are re-exported so that they never import ``storage`` themselves.
@@ -16,6 +18,7 @@ errors are re-exported so that they never import ``storage`` themselves.
 
 from protoatlas.service.answer_format import Answer
 from protoatlas.service.background import BackgroundRetrainer
+from protoatlas.service.recovery import RestoreReport, restore_workspace, snapshots_of
 from protoatlas.service.region_table import RegionTable, region_table
 from protoatlas.service.workspace import UploadReport, WorkspaceService, persist_run
 from storage import (
@@ -23,10 +26,12 @@ from storage import (
     AuditEntry,
     BatchInfo,
     ConflictError,
+    DamagedWorkspaceError,
     ImageDetail,
     Member,
     NotFoundError,
     RegionInfo,
+    SnapshotInfo,
     StorageError,
     Suggestion,
     TypeSummary,
@@ -43,11 +48,14 @@ __all__ = [
     "BackgroundRetrainer",
     "BatchInfo",
     "ConflictError",
+    "DamagedWorkspaceError",
     "ImageDetail",
     "Member",
     "NotFoundError",
     "RegionInfo",
     "RegionTable",
+    "RestoreReport",
+    "SnapshotInfo",
     "StorageError",
     "Suggestion",
     "TypeSummary",
@@ -60,5 +68,7 @@ __all__ = [
     "default_home",
     "persist_run",
     "region_table",
+    "restore_workspace",
+    "snapshots_of",
     "workspace_names",
 ]
