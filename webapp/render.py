@@ -202,54 +202,34 @@ class Renderer:
 
     def thumb_bytes(self, region_id: int, image_id: int, box: tuple[int, int, int, int]) -> bytes:
         """Small JPEG of the crop (for cards and map hovers)."""
-        path = self.cache_dir / "crops" / f"{int(region_id)}_t.jpg"
-        if path.is_file():
-            return path.read_bytes()
-        with Image.open(self.crop_path(region_id, image_id, box)) as im:
-            small = im.resize((THUMB_SIDE, THUMB_SIDE), Image.LANCZOS)
-        buf = io.BytesIO()
-        small.save(buf, "JPEG", quality=82)
-        data = buf.getvalue()
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        return data
+
+        def make() -> Image.Image:
+            with Image.open(self.crop_path(region_id, image_id, box)) as im:
+                return im.resize((THUMB_SIDE, THUMB_SIDE), Image.LANCZOS)
+
+        return _cached_jpeg(self.cache_dir / "crops" / f"{int(region_id)}_t.jpg", make, 82)
 
     def image_thumb_bytes(self, image_id: int) -> bytes:
         """Small JPEG of a whole image (the Browse grid), its longer side ``THUMB_SIDE``."""
-        folder = self.cache_dir / "images"
-        path = folder / f"{int(image_id)}.jpg"
-        if path.is_file():
-            return path.read_bytes()
-        folder.mkdir(parents=True, exist_ok=True)
-        with Image.open(self.service.image_path(image_id)) as im:
-            small = _to_rgb(im)
+
+        def make() -> Image.Image:
+            with Image.open(self.service.image_path(image_id)) as im:
+                small = _to_rgb(im)
             small.thumbnail((THUMB_SIDE * 2, THUMB_SIDE * 2), Image.LANCZOS)
-        buf = io.BytesIO()
-        small.save(buf, "JPEG", quality=82)
-        data = buf.getvalue()
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        return data
+            return small
+
+        return _cached_jpeg(self.cache_dir / "images" / f"{int(image_id)}.jpg", make, 82)
 
     # ----------------------------------------------------------------- viewer layers
     def full_bytes(self, image_id: int) -> bytes:
         """The whole image at its full resolution as JPEG (the viewer's base layer)."""
-        folder = self.cache_dir / "full"
-        path = folder / f"{int(image_id)}.jpg"
-        if path.is_file():
-            return path.read_bytes()
-        folder.mkdir(parents=True, exist_ok=True)
-        with Image.open(self.service.image_path(image_id)) as im:
-            rgb = _to_rgb(im)
-        buf = io.BytesIO()
-        rgb.save(buf, "JPEG", quality=92, subsampling=0)  # no chroma halving: a close look
-        data = buf.getvalue()
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        return data
+
+        def make() -> Image.Image:
+            with Image.open(self.service.image_path(image_id)) as im:
+                return _to_rgb(im)
+
+        # no chroma halving: this is the close look
+        return _cached_jpeg(self.cache_dir / "full" / f"{int(image_id)}.jpg", make, 92, 0)
 
     def _layer_size(self, image_id: int) -> tuple[int, int, float]:
         """(width, height, scale) of the viewer's overlay layers for this image."""
@@ -401,6 +381,23 @@ class Renderer:
                 p[_outline(obj)] = (255, 255, 255)
                 out["prior"] = p.clip(0, 255).astype(np.uint8)
         return out
+
+
+def _cached_jpeg(
+    path: Path, make: Callable[[], Image.Image], quality: int, subsampling: int = -1
+) -> bytes:
+    """The JPEG at ``path``, or ``make()`` saved there first (atomically: a temporary file
+    per thread, then a rename, so a reader never sees half a picture)."""
+    if path.is_file():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    make().save(buf, "JPEG", quality=quality, subsampling=subsampling)
+    data = buf.getvalue()
+    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return data
 
 
 def _png(rgba: np.ndarray) -> bytes:
