@@ -51,7 +51,6 @@ CARD_TOOLS = (
     "confirmed</option><option value='rejected'>rejected</option></select></div>"
 )
 #: Audit actions that are not a reviewer's decision.
-MODEL_ACTIONS = frozenset({"ingest_batch", "apply_retrain", "replace_suggestions", "adopt_types"})
 TYPE_COLUMNS = ["id", "name", "status", "regions", "images", "confidence"]
 AUDIT_COLUMNS = ["#", "time", "reviewer", "action", "types", "details", "what happened", "undo"]
 #: Audit actions in a reviewer's words ("{types}": the names of the types it touched).
@@ -304,7 +303,9 @@ class Views:
     def reviewed(self) -> bool:
         """Whether any reviewer decision is in the workspace's history (the demo's note is
         shown until the first one)."""
-        return any(e.action not in MODEL_ACTIONS for e in self.service.audit(limit=50))
+        return any(
+            e.action in UNDOABLE_ACTIONS or e.action == "undo" for e in self.service.audit(limit=50)
+        )
 
     def types_table(self, types: Sequence[TypeSummary] | None = None) -> list[list[Any]]:
         types = self.types() if types is None else types
