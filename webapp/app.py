@@ -176,6 +176,22 @@ def _to_int(value: Any) -> int | None:
         return None
 
 
+def _api_int(value: Any, field: str) -> int:
+    """An API argument that must be a whole number; a clear error naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise gr.Error(f"{field} must be a whole number, not {value!r}", print_exception=False)
+    try:
+        number = float(value)
+        if number != int(number):
+            raise ValueError
+        return int(number)
+    except (ValueError, OverflowError):
+        shown = value if len(str(value)) <= 40 else f"{str(value)[:40]}..."
+        raise gr.Error(
+            f"{field} must be a whole number, not {shown!r}", print_exception=False
+        ) from None
+
+
 def _ids(value: Any) -> list[int]:
     """Region ids from a list or a text like "12, 15 #17"."""
     if value is None:
@@ -911,7 +927,10 @@ class ReviewApp:
         def type_detail(type_id: int) -> dict[str, Any]:
             """One type: its summary and its members (region id, image id, image name,
             confidence, source), representative first."""
-            t = v.service.get_type(int(type_id))
+            try:
+                t = v.service.get_type(_api_int(type_id, "type_id"))
+            except (LookupError, StorageError) as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
             members = v.type_members(t.id, "representative")
             return {
                 "id": t.id,
@@ -949,12 +968,14 @@ class ReviewApp:
             (region_ids to argument = type id) | normal (region_ids) | new_type
             (region_ids, argument = name) | undo. expected_version: the type version
             you saw (-1 = current). Returns {ok, message, type_ids, conflict}."""
+            if not isinstance(region_ids, (list, tuple, type(None))):
+                raise gr.Error("region_ids must be a list of region ids", print_exception=False)
             return v.type_action(
-                int(type_id),
-                action,
-                argument or "",
-                list(region_ids or []),
-                expected_version,
+                _api_int(type_id, "type_id"),
+                str(action or ""),
+                "" if argument is None else str(argument),
+                [_api_int(r, "region_ids") for r in region_ids or []],
+                _api_int(expected_version, "expected_version"),
                 actor_of(request),
             )
 
@@ -1077,9 +1098,16 @@ class ReviewApp:
             region_ids (optional, with yes or no to "is T one type?"): the members that
             do not belong; they move out into a new type first. The service applies the
             answer and writes the audit. Returns {ok, message, applied}."""
+            if not isinstance(region_ids, (list, tuple, type(None))):
+                raise gr.Error("region_ids must be a list of region ids", print_exception=False)
+            answer = "" if answer is None else str(answer)
             return self.learn(
                 v.answer(
-                    int(suggestion_id), answer, actor_of(request), name, list(region_ids or [])
+                    _api_int(suggestion_id, "suggestion_id"),
+                    answer,
+                    actor_of(request),
+                    "" if name is None else str(name),
+                    [_api_int(r, "region_ids") for r in region_ids or []],
                 ),
                 answer,
             )
