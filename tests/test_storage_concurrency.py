@@ -134,3 +134,46 @@ def test_nested_transactions_join_and_roll_back_together(ws):
             raise RuntimeError("abort all")
     assert len(ws.list_types()) == n and "inner" not in {t.name for t in ws.list_types()}
     assert doctor(ws) == []  # the summary deleted inside the aborted block is intact
+
+
+def test_the_cli_beside_a_running_app_is_refused_with_the_holder_named(tmp_path):
+    """Two processes on one workspace (issue: reliability): the served app holds it, a CLI
+    command on the same workspace is refused in one line naming the holder, and the
+    workspace is sound and unchanged afterwards."""
+    from benchmarks.bench_webapp import build_workspace
+    from protoatlas.service import WorkspaceService
+    from storage import doctor
+    from webapp.app import launch
+
+    build_workspace(tmp_path, n_images=8, n_types=2).close()
+    service = WorkspaceService(tmp_path, "default")
+    app, _ = launch(service, port=None, quiet=True, prevent_thread_lock=True)
+    try:
+        before = len(service.audit(limit=10_000))
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "protoatlas",
+                "export",
+                "--home",
+                str(tmp_path),
+                "--format",
+                "csv",
+                "--out",
+                str(tmp_path / "x.csv"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode != 0
+        assert f"in use by another process (pid {os.getpid()})" in out.stderr
+        assert "Traceback" not in out.stderr
+        assert not (tmp_path / "x.csv").exists()
+        assert len(service.audit(limit=10_000)) == before
+        assert not [p for p in doctor(service.ws) if p.severity == "error"]
+    finally:
+        app.close()
+        service.close()
