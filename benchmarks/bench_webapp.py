@@ -65,9 +65,7 @@ def _png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def build_workspace(
-    home: str | Path,
-    name: str = "default",
+def make_batch(
     *,
     n_images: int = 200,
     n_types: int = 6,
@@ -75,10 +73,12 @@ def build_workspace(
     dim: int = 256,
     seed: int = 0,
     type_names: list[str] | None = None,
-) -> Workspace:
-    """A reviewable workspace without running the engine: images with one dark blob each
-    (its region, mask and anomaly map), clustered embeddings, ``n_types`` proposed types
-    (one model version without a model file). Returns the open workspace."""
+    name: str = "bench batch",
+    prefix: str = "",
+) -> BatchIngest:
+    """A batch without running the engine: images with one dark blob each (its region,
+    mask and anomaly map), clustered embeddings and ``n_types`` proposed types (one model
+    version without a model file). ``prefix`` goes before each image name."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_types, dim)).astype(np.float32) * 3
     yy, xx = np.mgrid[0:side, 0:side]
@@ -97,7 +97,7 @@ def build_workspace(
         ]
         images.append(
             ImageIn(
-                name=f"line{i % 3}/img{i:05d}.png",
+                name=f"{prefix}line{i % 3}/img{i:05d}.png",
                 width=side,
                 height=side,
                 data=_png(rgb),
@@ -110,35 +110,51 @@ def build_workspace(
         boxes.append([max(cy - r, 0), max(cx - r, 0), min(cy + r + 1, side), min(cx + r + 1, side)])
     emb = centres[k] + rng.normal(size=(n_images, dim)).astype(np.float32)
     refs = [f"c{j}" for j in range(n_types)]
-    ws = Workspace.open(home, name, embedding_dim=dim)
-    ws.ingest_batch(
-        BatchIngest(
-            name="bench batch",
-            images=images,
-            regions=RegionsIn(
-                image=np.arange(n_images),
-                boxes=np.array(boxes, dtype=np.int64),
-                anomaly_score=rng.random(n_images),
-                masks=masks,
-                embeddings=emb,
-            ),
-            model=ModelVersionIn(kind="discover", model=None),
-            new_types=[
-                NewType(key=refs[j], name=(type_names[j] if type_names else None))
-                for j in range(n_types)
-            ],
-            assignments=AssignmentsIn(
-                regions=np.arange(n_images),
-                types=[refs[j] for j in k],
-                confidence=rng.uniform(0.3, 1.0, n_images),
-            ),
-            prototypes=[
-                PrototypeIn(type=refs[j], vector=centres[j], n_members=int((k == j).sum()))
-                for j in range(n_types)
-            ],
+    return BatchIngest(
+        name=name,
+        images=images,
+        regions=RegionsIn(
+            image=np.arange(n_images),
+            boxes=np.array(boxes, dtype=np.int64),
+            anomaly_score=rng.random(n_images),
+            masks=masks,
+            embeddings=emb,
         ),
-        actor="bench",
+        model=ModelVersionIn(kind="discover", model=None),
+        new_types=[
+            NewType(key=refs[j], name=(type_names[j] if type_names else None))
+            for j in range(n_types)
+        ],
+        assignments=AssignmentsIn(
+            regions=np.arange(n_images),
+            types=[refs[j] for j in k],
+            confidence=rng.uniform(0.3, 1.0, n_images),
+        ),
+        prototypes=[
+            PrototypeIn(type=refs[j], vector=centres[j], n_members=int((k == j).sum()))
+            for j in range(n_types)
+        ],
     )
+
+
+def build_workspace(
+    home: str | Path,
+    name: str = "default",
+    *,
+    n_images: int = 200,
+    n_types: int = 6,
+    side: int = 96,
+    dim: int = 256,
+    seed: int = 0,
+    type_names: list[str] | None = None,
+) -> Workspace:
+    """A reviewable workspace without running the engine (one ``make_batch``). Returns the
+    open workspace."""
+    ws = Workspace.open(home, name, embedding_dim=dim)
+    batch = make_batch(
+        n_images=n_images, n_types=n_types, side=side, dim=dim, seed=seed, type_names=type_names
+    )
+    ws.ingest_batch(batch, actor="bench")
     return ws
 
 
