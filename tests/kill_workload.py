@@ -96,10 +96,11 @@ def run(home: Path, log: Path, seed: int) -> None:
             os.fsync(fh.fileno())
 
 
-def trial(folder: Path, seed: int, startup_s: float = 4.0, window_s: float = 4.0) -> dict:
-    """One trial: run the workload in a child process, SIGKILL it at a seeded moment
-    (``startup_s`` plus up to ``window_s`` seconds), then open the workspace, run the
-    doctor and compare the audit log with the acknowledged steps. Returns the figures."""
+def trial(folder: Path, seed: int, window_s: float = 4.0, start_timeout_s: float = 120.0) -> dict:
+    """One trial: run the workload in a child process, wait for its first acknowledged
+    step, SIGKILL it at a seeded moment up to ``window_s`` seconds later, then open the
+    workspace, run the doctor and compare the audit log with the acknowledged steps.
+    Returns the figures."""
     from storage import doctor
 
     home, log = folder / "home", folder / "ack.jsonl"
@@ -110,19 +111,25 @@ def trial(folder: Path, seed: int, startup_s: float = 4.0, window_s: float = 4.0
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    delay = startup_s + random.Random(seed).uniform(0, window_s)
+    t0 = time.perf_counter()
+    while not (log.is_file() and log.stat().st_size > 0):
+        if child.poll() is not None or time.perf_counter() - t0 > start_timeout_s:
+            break
+        time.sleep(0.05)
+    delay = random.Random(seed).uniform(0, window_s)
     time.sleep(delay)
     alive = child.poll() is None
     child.send_signal(signal.SIGKILL)
     _, err = child.communicate(timeout=60)
-    acked = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    lines = log.read_text().splitlines() if log.is_file() else []
+    acked = [json.loads(line) for line in lines if line.strip()]
     with Workspace.open(home, "default") as ws:
         problems = [p for p in doctor(ws) if p.severity == "error"]
         entries = {e.seq: e.hash for e in ws.audit(limit=10**7)}
     lost = [a for a in acked if entries.get(a["seq"]) != a["hash"]]
     return {
         "seed": seed,
-        "killed_after_s": round(delay, 2),
+        "killed_after_first_ack_s": round(delay, 2),
         "alive_when_killed": alive,
         "acknowledged": len(acked),
         "audit_entries": len(entries),
