@@ -18,6 +18,7 @@ from storage.doctor import doctor, is_sound
 from storage.errors import (
     ConflictError,
     DamagedWorkspaceError,
+    DiskFullError,
     NotFoundError,
     SchemaError,
     StorageError,
@@ -60,6 +61,7 @@ from storage.workspace import (
 )
 
 __all__ = [
+    "DiskFullError",
     "AssignmentsIn",
     "AuditEntry",
     "BatchImageInfo",

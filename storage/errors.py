@@ -70,3 +70,7 @@ class DamagedWorkspaceError(StorageError):
         self.path = path
         self.snapshots = list(snapshots)
         self.reason = reason
+
+
+class DiskFullError(StorageError):
+    """The disk (or a quota) ran out while a batch was stored; nothing of it was kept."""

@@ -18,7 +18,9 @@ and do not wait for a long write. DuckDB locks the file, so a second *process* g
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import re
 import threading
@@ -35,6 +37,7 @@ from storage import audit, export, ingest, review, schema, snapshots
 from storage.config import StorageConfig
 from storage.errors import (
     DamagedWorkspaceError,
+    DiskFullError,
     NotFoundError,
     SchemaError,
     StorageError,
@@ -71,6 +74,8 @@ from storage.sql import fetch_value
 
 ENV_HOME = "PROTOATLAS_HOME"
 DEFAULT_HOME = "protoatlas-data"
+log = logging.getLogger(__name__)
+
 DB_FILE = "workspace.duckdb"
 PENDING = "pending"  # markers of writes whose files may not be committed yet
 _T = TypeVar("_T")
@@ -89,6 +94,17 @@ def default_home() -> Path:
     if SPACES_DATA.is_dir() and os.access(SPACES_DATA, os.W_OK):
         return SPACES_DATA / "protoatlas"
     return Path(DEFAULT_HOME)
+
+
+#: errno values of a full disk or quota (ENOSPC, EDQUOT, EFBIG).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or a quota or file size limit) ran out."""
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL_ERRNOS
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
 
 
 def workspace_names(home: str | os.PathLike[str] | None = None) -> list[str]:
@@ -1014,8 +1030,23 @@ class Workspace:
     def ingest_batch(
         self, batch: BatchIngest, *, actor: str = "model", progress: Progress | None = None
     ) -> int:
-        """Store a whole batch (files, rows, vectors, model, types) in one transaction."""
-        batch_id = ingest.ingest_batch(self, batch, actor=actor, progress=progress)
+        """Store a whole batch (files, rows, vectors, model, types) in one transaction.
+        A full disk raises :class:`DiskFullError` naming the workspace; the batch's files
+        and rows are then gone and the workspace is as before."""
+        try:
+            batch_id = ingest.ingest_batch(self, batch, actor=actor, progress=progress)
+        except (OSError, duckdb.Error) as exc:
+            if not _disk_full(exc):
+                raise
+            try:  # the files it wrote before the disk ran out: gone, and their space freed
+                self.clean_orphans()
+            except (OSError, duckdb.Error, StorageError):
+                log.warning("could not remove the failed batch's files yet", exc_info=True)
+            raise DiskFullError(
+                f"workspace {self.name!r}: the disk is full ({exc}) while storing batch "
+                f"{batch.name!r}; nothing of the batch was kept. Free some space and upload "
+                "it again."
+            ) from None
         self._snapshot_due("batch")
         return batch_id
 
