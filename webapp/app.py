@@ -683,7 +683,7 @@ class ReviewApp:
             regions=d["regions"],
             prior=d["prior"],
             table=d["rows"],
-            viewer=self.views.viewer_html(iid),
+            viewer=d["viewer"],
         )
 
     # ---------------------------------------------------------------- build

@@ -25,6 +25,7 @@ import numpy as np
 from protoatlas.service import (
     UNDOABLE_ACTIONS,
     ConflictError,
+    ImageDetail,
     Member,
     NotFoundError,
     StorageError,
@@ -161,6 +162,14 @@ class BrowseFilter:
         if self.max_score is not None and not score <= self.max_score:
             return False
         return True
+
+
+#: The Browse tab's orders: a sort key per choice (``BrowseFilter.sort`` is the default).
+BROWSE_SORTS: dict[str, Callable[[BrowseRow], Any]] = {
+    "score, highest first": lambda r: -(r.score if r.score is not None else -1e9),
+    "score, lowest first": lambda r: r.score if r.score is not None else 1e9,
+    "name": lambda r: (r.batch_id, r.name),
+}
 
 
 def question_text(kind: str, target: dict, name: Callable[[Any], str]) -> str:
@@ -516,7 +525,7 @@ class Views:
                 except (OSError, StorageError):
                     pass
         # the Browse tab's first pages in its default order (highest score first)
-        rows = sorted(self.browse_rows(), key=lambda r: -(r.score if r.score is not None else -1e9))
+        rows = sorted(self.browse_rows(), key=BROWSE_SORTS[BrowseFilter.sort])
         for r in rows[: self.screens.browse_page * self.screens.browse_warm_pages]:
             if self._stop.is_set():
                 return
@@ -926,13 +935,13 @@ class Views:
             f"{' · flagged anomalous' if b and b.is_anomalous else ''} · "
             f"{len(d.regions)} region(s)"
         )
-        return {"summary": summary, "rows": rows, **views}
+        return {"summary": summary, "rows": rows, "viewer": self.viewer_html(d.id, d), **views}
 
-    def viewer_html(self, image_id: int) -> str:
+    def viewer_html(self, image_id: int, detail: ImageDetail | None = None) -> str:
         """The image viewer: the image at full resolution under two overlay layers (heat
         map, region outlines) with their toggles and opacity; zoom and pan are the page
-        script's (wheel, drag, keys)."""
-        d = self.service.image_detail(int(image_id))
+        script's (wheel, drag, keys). ``detail``: the image's detail when already read."""
+        d = detail if detail is not None else self.service.image_detail(int(image_id))
         # the layers change with the regions' types: a new stamp for every state
         state = tuple((r.id, r.type_id, r.is_normal, r.type_name) for r in d.regions)
         stamp = hashlib.sha1(repr(state).encode()).hexdigest()[:10]
@@ -1033,12 +1042,7 @@ class Views:
         """(count line, grid HTML, page shown) of the images the filter keeps, sorted and
         one page (``screens.browse_page``) at a time."""
         rows = [r for r in self.browse_rows() if f.keeps(r)]
-        key = {
-            "score, highest first": lambda r: -(r.score if r.score is not None else -1e9),
-            "score, lowest first": lambda r: r.score if r.score is not None else 1e9,
-            "name": lambda r: (r.batch_id, r.name),
-        }.get(f.sort, lambda r: -(r.score if r.score is not None else -1e9))
-        rows.sort(key=key)
+        rows.sort(key=BROWSE_SORTS.get(f.sort, BROWSE_SORTS[BrowseFilter.sort]))
         size = self.screens.browse_page
         pages = max(1, -(-len(rows) // size))
         page = min(max(int(page), 0), pages - 1)
