@@ -7,7 +7,10 @@ Environment:
   PROTOATLAS_WORKSPACE workspace name (default "default")
   PROTOATLAS_DEMO      1: on first start, generate the synthetic demo batch and discover its
                        types (default: 1 on a Space, 0 elsewhere)
-  PROTOATLAS_AUTH      user:password[,user2:password2] turns the login on
+  PROTOATLAS_AUTH      user:password[:role][,user2:password2[:role]] turns the login on;
+                       roles viewer | reviewer | admin (default admin; webapp/access.py)
+  PROTOATLAS_HF_ROLES  hfuser:role[,...]: roles of Hugging Face OAuth users (hf_oauth: true);
+                       others get PROTOATLAS_HF_DEFAULT_ROLE (default viewer)
   PROTOATLAS_DEVICE    auto | cpu | cuda (default auto: the GPU when there is one)
   GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   interface and port (Spaces: 0.0.0.0:7860)
 """

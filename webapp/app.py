@@ -27,9 +27,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from protoatlas.service import BackgroundRetrainer, StorageError, default_home
+from webapp.access import AUTH_ENV, Access, NotAllowedError, Role, guard, needs, read
 from webapp.assets import CSS, HEAD
 from webapp.security import (
-    AUTH_ENV,
     Limits,
     RequireLogin,
     UploadError,
@@ -123,6 +123,17 @@ def _score_bound(value: Any, what: str) -> float | None:
         raise gr.Error(f"{what}: '{text}' is not a number", print_exception=False) from None
 
 
+def _hf_user_of(request: gr.Request | None) -> str | None:
+    """The Hugging Face OAuth user name of a request (None: not signed in, or no OAuth)."""
+    try:
+        info = request.request.session.get("oauth_info") or {}  # type: ignore[union-attr]
+        user = (info.get("userinfo") or {}).get("preferred_username")
+        return str(user) if user else None
+    except Exception:  # no session middleware (OAuth off)
+        log.debug("no login session", exc_info=True)
+        return None
+
+
 def actor_of(request: gr.Request | None) -> str:
     """The logged-in user, the Hugging Face OAuth user, or ``reviewer-<session>`` for an
     anonymous browser session (so that each session has its own undo), else "reviewer"."""
@@ -131,13 +142,9 @@ def actor_of(request: gr.Request | None) -> str:
     name = getattr(request, "username", None)
     if name:
         return str(name)
-    try:
-        info = request.request.session.get("oauth_info") or {}  # type: ignore[union-attr]
-        user = (info.get("userinfo") or {}).get("preferred_username")
-        if user:
-            return str(user)
-    except Exception:  # no session middleware (OAuth off)
-        log.debug("no login session", exc_info=True)
+    user = _hf_user_of(request)
+    if user:
+        return user
     session = str(getattr(request, "session_hash", None) or "")
     return f"reviewer-{session[:SESSION_TAG]}" if session else "reviewer"
 
@@ -226,6 +233,7 @@ class ReviewApp:
         limits: Limits | None = None,
         note: str | None = None,
         auth_on: bool = False,
+        access: Access | None = None,
         auto_retrain: bool | None = None,
         workspaces: WorkspaceHost | None = None,
         base: str = "",
@@ -250,6 +258,8 @@ class ReviewApp:
         self.limits = limits or Limits.from_env()
         self.note = note
         self.auth_on = auth_on
+        #: Who has which role (``webapp.access``); everyone is an admin without it.
+        self.access = access or Access()
         self.staging = self.views.root / "uploads"
         self.staging.mkdir(parents=True, exist_ok=True)
         self.jobs_lock = threading.Lock()
@@ -265,6 +275,7 @@ class ReviewApp:
         self.blocks.close()
 
     # ---------------------------------------------------------------- header
+    @read
     def header(self, request: gr.Request | None = None) -> str:
         svc = self.views.service
         batches = svc.batches()
@@ -272,7 +283,12 @@ class ReviewApp:
         n_conf = sum(t.status == "confirmed" for t in types)
         n_images = sum(b.n_images for b in batches)
         who = actor_of(request)
-        login = f" · signed in as **{md_escape(who)}** ([log out](logout))" if self.auth_on else ""
+        role = f" ({self.role_of(request).label})" if self.access.restricted else ""
+        login = (
+            f" · signed in as **{md_escape(who)}**{role} ([log out](logout))"
+            if self.auth_on
+            else (f" · {md_escape(who)}{role}" if role else "")
+        )
         with self.jobs_lock:
             jobs = list(self.running.values())
         busy = f"  \n⏳ Running: {'; '.join(jobs)}" if jobs else ""
@@ -622,6 +638,7 @@ class ReviewApp:
         )
 
     # ---------------------------------------------------------------- map
+    @read
     def map_selection(self, text: Any) -> tuple[Any, list[tuple[str, str]]]:
         """The lassoed regions' count and crops. A selection cleared (the map redrawn after
         an action) keeps the message, so that the action's outcome stays readable."""
@@ -653,6 +670,7 @@ class ReviewApp:
         return _msg(result)
 
     # ---------------------------------------------------------------- image detail
+    @read
     def image_pictures(self, image_id: Any) -> list[Any]:
         """The side-by-side pictures of the image shown (``ImageTab.PICTURES``), asked for
         after the viewer: the viewer does not wait for four PNGs."""
@@ -707,9 +725,11 @@ class ReviewApp:
                 export = export_tab()
 
             # every event that refreshes the Types tab runs this (its endpoints: panel, ...)
+            @read
             def panel(type_id, order_v, rejected, sel=None):
                 return self.panel(type_id, order_v, rejected, sel)
 
+            @read
             def on_load(request: gr.Request):
                 return [self.header(request), *self.panel(None, "representative", False)]
 
@@ -734,7 +754,34 @@ class ReviewApp:
             types.tab.select(
                 panel, inputs=types.inputs(), outputs=types.outputs(), api_visibility="undocumented"
             )
+        #: handlers per role; every handler that acts is checked against the caller's role
+        self.handler_roles = guard(blocks, self.check_role)
         return blocks
+
+    # ---- Roles
+    def role_of(self, request: gr.Request | None) -> Role:
+        """The caller's role (``webapp.access``)."""
+        if request is None:
+            return Role.ADMIN if not self.access.restricted else Role.VIEWER
+        login = getattr(request, "username", None)
+        return self.access.role(str(login) if login else None, _hf_user_of(request))
+
+    def check_role(self, request: gr.Request | None, needed: Role) -> None:
+        """Raise a clear error when the caller's role is below ``needed``; nothing runs."""
+        role = self.role_of(request)
+        if role >= needed:
+            return
+        who = actor_of(request)
+        log.info("refused: %s (%s) needs %s", who, role.label, needed.label)
+        what = {
+            Role.REVIEWER: "reviewing (confirm, reject, rename, merge, split, move, answer, undo)",
+            Role.ADMIN: "uploads, retraining, exports and new workspaces",
+        }[needed]
+        raise NotAllowedError(
+            f"{who} is a {role.label}: {what} need the {needed.label} role. Ask an admin "
+            f"(roles are set in {AUTH_ENV}).",
+            print_exception=False,
+        )
 
     # ---- Workspaces
     def _workspace_controls(self, blocks: gr.Blocks) -> None:
@@ -770,12 +817,14 @@ class ReviewApp:
             go = gr.Textbox(visible=False)
         navigate = "(url) => { if (url) window.location.assign(url); return url; }"
 
+        @read
         def fresh_list():
             return gr.update(choices=host.choices(self.base), value=host.href(here, self.base))
 
         blocks.load(fresh_list, outputs=[pick], api_visibility="undocumented", queue=False)
         pick.input(None, inputs=[pick], js=navigate)
 
+        @needs(Role.ADMIN)
         def create_workspace(value, request: gr.Request):
             """Creates a workspace of this server's home folder and opens it."""
             try:
@@ -798,6 +847,7 @@ class ReviewApp:
     ) -> None:
         v = self.views
 
+        @read
         def list_types() -> dict[str, Any]:
             """Every type of the workspace with members (rejected ones too, not merged or
             emptied ones), as a table: {"headers": [id, name, status, regions, images, confidence],
@@ -806,6 +856,7 @@ class ReviewApp:
 
         gr.api(list_types, api_name="list_types")
 
+        @read
         def refresh(type_id, order_v, rejected, request: gr.Request):
             return [self.header(request), *self.panel(type_id, order_v, rejected)]
 
@@ -818,6 +869,7 @@ class ReviewApp:
         for trigger in (t.type_dd.input, t.order.change, t.show_rejected.change):
             trigger(panel, inputs=t.inputs(), outputs=t.outputs(), api_visibility="undocumented")
 
+        @read
         def picked(value, order_v, rejected):
             return self.panel(_to_int(value), order_v, rejected)
 
@@ -828,6 +880,7 @@ class ReviewApp:
             api_visibility="undocumented",
         )
 
+        @read
         def select_all(type_id, order_v):
             """Select every member of the type, the ones beyond this page too."""
             tid = _to_int(type_id)
@@ -858,11 +911,13 @@ class ReviewApp:
     def _wire_type_actions(self, t: TypesTab, header: gr.Markdown) -> None:
         """The action buttons under the members (each refreshes the header after)."""
 
+        @read
         def clear_if_applied(message):
             """The name box empties once its name was used (it kept the old name)."""
             return "" if str(message or "").startswith("✔") else gr.update()
 
         def bind(button, action, argument):
+            @needs(Role.REVIEWER)
             def fn(type_id, arg, sel, seen_v, order_v, rejected, request: gr.Request):
                 return self.act(action, type_id, arg, sel, seen_v, order_v, rejected, request)
 
@@ -895,6 +950,7 @@ class ReviewApp:
         """ "Open image" (and a double-click on a member) shows its image on the Image tab."""
         v = self.views
 
+        @read
         def open_image(value):
             ids = _ids(str(value or "").split(":")[0])
             if not ids:
@@ -924,6 +980,7 @@ class ReviewApp:
         """The named endpoints of the Types tab's data and actions."""
         v = self.views
 
+        @read
         def type_detail(type_id: int) -> dict[str, Any]:
             """One type: its summary and its members (region id, image id, image name,
             confidence, source), representative first."""
@@ -954,6 +1011,7 @@ class ReviewApp:
 
         gr.api(type_detail, api_name="type_detail")
 
+        @needs(Role.REVIEWER)
         def type_action(
             type_id: int,
             action: str,
@@ -981,6 +1039,7 @@ class ReviewApp:
 
         gr.api(type_action, api_name="type_action")
 
+        @needs(Role.REVIEWER)
         def undo(request: gr.Request = None) -> dict[str, Any]:
             """Undo the last reviewer action of the workspace."""
             return v.type_action(-1, "undo", actor=actor_of(request))
@@ -992,9 +1051,11 @@ class ReviewApp:
         v = self.views
         shown = s.outputs()
 
+        @read
         def fresh_header(request: gr.Request):
             return self.header(request)
 
+        @read
         def show_question():
             return self.question()
 
@@ -1002,6 +1063,7 @@ class ReviewApp:
         s.next_btn.click(show_question, outputs=shown, api_visibility="undocumented")
 
         def answer_with(value):
+            @needs(Role.REVIEWER)
             def fn(sid, name, picked, request: gr.Request):
                 return self.answer(
                     value,
@@ -1019,10 +1081,11 @@ class ReviewApp:
                 inputs=[s.sugg_id, s.name, s.pick],
                 outputs=[s.msg, *shown],
                 api_visibility="undocumented",
-            ).then(lambda: "", outputs=[s.name], api_visibility="undocumented").then(
+            ).then(read(lambda: ""), outputs=[s.name], api_visibility="undocumented").then(
                 fresh_header, outputs=[header], api_visibility="undocumented", queue=False
             )
 
+        @needs(Role.REVIEWER)
         def answer_label(type_id, sid, request: gr.Request):
             if type_id is None:
                 return ["✖ Choose the type first.", *self.question()]
@@ -1035,6 +1098,7 @@ class ReviewApp:
             api_visibility="undocumented",
         ).then(fresh_header, outputs=[header], api_visibility="undocumented", queue=False)
 
+        @needs(Role.REVIEWER)
         def undo_answer(request: gr.Request):
             return [_msg(v.type_action(-1, "undo", actor=actor_of(request))), *self.question()]
 
@@ -1042,7 +1106,8 @@ class ReviewApp:
             fresh_header, outputs=[header], api_visibility="undocumented", queue=False
         )
 
-        def refresh_questions():
+        @needs(Role.REVIEWER)
+        def refresh_questions(request: gr.Request):
             return [_msg(self.refresh_suggestions()), *self.question()]
 
         s.refresh_btn.click(
@@ -1053,6 +1118,7 @@ class ReviewApp:
             concurrency_limit=1,
         )
 
+        @needs(Role.ADMIN)
         def retrain_ui(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
             return [_msg(self.retrain(request, progress)), *self.question()]
 
@@ -1068,6 +1134,7 @@ class ReviewApp:
         """The named endpoints of the question queue and of retraining."""
         v = self.views
 
+        @read
         def next_suggestion() -> dict[str, Any]:
             """The next open question (highest score first): {id, kind, question, reason,
             target, images, answers}; id is null when the queue is empty."""
@@ -1086,6 +1153,7 @@ class ReviewApp:
 
         gr.api(next_suggestion, api_name="next_suggestion")
 
+        @needs(Role.REVIEWER)
         def answer_suggestion(
             suggestion_id: int,
             answer: str,
@@ -1114,7 +1182,8 @@ class ReviewApp:
 
         gr.api(answer_suggestion, api_name="answer_suggestion")
 
-        def refresh_suggestions_api() -> dict[str, Any]:
+        @needs(Role.REVIEWER)
+        def refresh_suggestions_api(request: gr.Request = None) -> dict[str, Any]:
             """Recompute the question queue from the current workspace."""
             return self.refresh_suggestions()
 
@@ -1125,6 +1194,7 @@ class ReviewApp:
             concurrency_limit=1,
         )
 
+        @needs(Role.ADMIN)
         def retrain(request: gr.Request = None) -> dict[str, Any]:
             """Retrain the model on every decision so far (one engine job at a time)."""
             return self.retrain(request)
@@ -1137,6 +1207,7 @@ class ReviewApp:
     ) -> None:
         """An upload, then the Types tab and the header show the new batch."""
 
+        @needs(Role.ADMIN)
         def upload_batch(
             images,
             normals,
@@ -1149,6 +1220,7 @@ class ReviewApp:
         ):
             return self.upload(images, normals, prompt, clusters, prior, name, request, progress)
 
+        @read
         def busy(running: bool):
             label = "Analysing… (reviewing goes on meanwhile)" if running else "Upload and analyse"
             return gr.update(interactive=not running, value=label)
@@ -1156,7 +1228,7 @@ class ReviewApp:
         # the button is disabled while its batch runs (a second click would queue a second
         # analysis of the same files); .then runs after a failed upload too
         u.button.click(
-            lambda: busy(True), outputs=[u.button], api_visibility="undocumented", queue=False
+            read(lambda: busy(True)), outputs=[u.button], api_visibility="undocumented", queue=False
         ).then(
             upload_batch,
             inputs=[u.images, u.normals, u.prompt, u.clusters, u.prior, u.name],
@@ -1166,7 +1238,10 @@ class ReviewApp:
             concurrency_limit=1,
             show_progress_on=[u.report],
         ).then(
-            lambda: busy(False), outputs=[u.button], api_visibility="undocumented", queue=False
+            read(lambda: busy(False)),
+            outputs=[u.button],
+            api_visibility="undocumented",
+            queue=False,
         ).then(
             panel, inputs=types.inputs(), outputs=types.outputs(), api_visibility="undocumented"
         ).then(self.header, outputs=[header], api_visibility="undocumented")
@@ -1175,6 +1250,7 @@ class ReviewApp:
     def _wire_map(self, m: MapTab) -> None:
         v = self.views
 
+        @read
         def draw_map():
             fig = v.map_figure()
             return fig, gr.update(choices=v.type_choices(), value=None)
@@ -1190,6 +1266,7 @@ class ReviewApp:
         )
 
         def map_action(action):
+            @needs(Role.REVIEWER)
             def fn(text, arg, request: gr.Request):
                 message = self.map_act(action, text, arg, request)
                 fig = v.map_figure()
@@ -1213,6 +1290,7 @@ class ReviewApp:
     def _wire_image(self, i: ImageTab) -> None:
         v = self.views
 
+        @read
         def image_detail(image_id):
             return self.image(image_id)
 
@@ -1220,6 +1298,7 @@ class ReviewApp:
             image_detail, inputs=[i.image_dd], outputs=i.outputs(), api_name="image_detail"
         )
 
+        @read
         def picked_image(image_id):
             """A pick in the list shows the image; a half-typed id waits for *Show* (an
             error toast on every keystroke, then another on the click, was one too many)."""
@@ -1238,6 +1317,7 @@ class ReviewApp:
         )
 
         def step(delta):
+            @read
             def fn(image_id):
                 """The previous / next image of the picker's order (keys p / n)."""
                 target = v.step_image(image_id, delta)
@@ -1258,7 +1338,7 @@ class ReviewApp:
             )
             self._then_pictures(event, i)
         i.tab.select(
-            lambda: gr.update(choices=v.batch_images()),
+            read(lambda: gr.update(choices=v.batch_images())),
             outputs=[i.image_dd],
             api_visibility="undocumented",
         )
@@ -1300,16 +1380,19 @@ class ReviewApp:
         v = self.views
         shown = [b.count, b.grid, b.page]
 
+        @read
         def first_page(*filters):
             return self.browse(*filters, 0)
 
         def step(delta):
+            @read
             def fn(*args):
                 *filters, page = args
                 return self.browse(*filters, int(page or 0) + delta)
 
             return fn
 
+        @read
         def on_select():
             batches = [("every batch", "")] + [
                 (f"{x.name} (#{x.id})", str(x.id)) for x in v.service.batches()
@@ -1348,6 +1431,7 @@ class ReviewApp:
             step(1), inputs=[*b.filters(), b.page], outputs=shown, api_visibility="undocumented"
         )
 
+        @read
         def open_image(value):
             image_id = _to_int(str(value or "").split(":")[0])
             if image_id is None:
@@ -1371,6 +1455,7 @@ class ReviewApp:
     def _wire_history(self, h: HistoryTab) -> None:
         v = self.views
 
+        @read
         def audit(actor, action, type_id, tz="", request: gr.Request = None):
             """The audit log, newest first, filtered by reviewer, action and type (an id or
             a name; empty: every type); times in the time zone ``tz`` (an IANA name, the
@@ -1383,6 +1468,7 @@ class ReviewApp:
                 actor or None, action or None, tid, me=actor_of(request), tz=tz or None
             )
 
+        @read
         def audit_tab(tz, request: gr.Request):
             actors, actions = v.audit_filters()
             return (
@@ -1401,6 +1487,7 @@ class ReviewApp:
             api_visibility="undocumented",
         )
 
+        @needs(Role.REVIEWER)
         def undo_mine(actor_v, action_v, type_v, tz, request: gr.Request):
             """Undo this reviewer's last action from the History tab, then show the log."""
             message = _msg(v.type_action(-1, "undo", actor=actor_of(request)))
@@ -1413,6 +1500,7 @@ class ReviewApp:
             api_visibility="undocumented",
         )
 
+        @read
         def pick_row(table, evt: gr.SelectData):
             """A click on a row picks its entry; the button says whether it can be undone."""
             try:
@@ -1431,6 +1519,7 @@ class ReviewApp:
             api_visibility="undocumented",
         )
 
+        @needs(Role.REVIEWER)
         def undo_row(seq, actor_v, action_v, type_v, tz, request: gr.Request):
             """Undo the picked history entry (the reviewer's own, while nothing later
             touched its types), then show the log."""
@@ -1451,7 +1540,8 @@ class ReviewApp:
     def _wire_export(self, e: ExportTab) -> None:
         v = self.views
 
-        def export(fmt, batch="", types=None):
+        @needs(Role.ADMIN)
+        def export(fmt, batch="", types=None, request: gr.Request = None):
             """Export a format (one batch: its id; some types: their ids or names; empty:
             everything, as with the format alone)."""
             try:
@@ -1459,6 +1549,7 @@ class ReviewApp:
             except (ValueError, LookupError) as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
 
+        @read
         def export_tab_selected():
             batches, types = v.export_scopes()
             return gr.update(choices=batches), gr.update(choices=types)
@@ -1466,7 +1557,9 @@ class ReviewApp:
         e.button.click(
             export, inputs=[e.fmt, e.batch, e.types], outputs=[e.file], api_name="export"
         )
-        e.fmt.change(export_holds, inputs=[e.fmt], outputs=[e.holds], api_visibility="undocumented")
+        e.fmt.change(
+            read(export_holds), inputs=[e.fmt], outputs=[e.holds], api_visibility="undocumented"
+        )
         e.tab.select(export_tab_selected, outputs=[e.batch, e.types], api_visibility="undocumented")
 
 
@@ -1509,6 +1602,7 @@ def launch(
     host: str = "127.0.0.1",
     port: int | None = 7860,
     auth: list[tuple[str, str]] | None = None,
+    access: Access | None = None,
     limits: Limits | None = None,
     note: str | None = None,
     quiet: bool = False,
@@ -1517,6 +1611,8 @@ def launch(
     auto_retrain: bool | None = None,
 ) -> tuple[ReviewApp, str]:
     """Build the app over ``service`` and start its server; returns (app, local URL).
+    ``auth``: the login pairs (None: no login); ``access``: the roles (None: every
+    logged-in user an admin).
     ``auto_retrain``: retrain in the background after each answer (None: on, unless
     ``PROTOATLAS_AUTO_RETRAIN=0`` or ZeroGPU)."""
 
@@ -1526,6 +1622,7 @@ def launch(
             limits=limits,
             note=note if not base else None,
             auth_on=bool(auth),
+            access=access,
             auto_retrain=auto_retrain,
             workspaces=hosting,
             base=base,
@@ -1588,6 +1685,7 @@ def serve(
     home = Path(home) if home else default_home()
     home.mkdir(parents=True, exist_ok=True)
     auth = parse_auth(os.environ.get(AUTH_ENV))
+    access = Access.from_env()
     config = demo_config(device) if demo else None
     service = WorkspaceService(
         home, workspace, config=config, device=None if demo else (device or "auto")
@@ -1609,7 +1707,14 @@ def serve(
     elif demo:
         note = "Demo workspace (already prepared)."
     app, url = launch(
-        service, host=host, port=port, auth=auth, note=note, quiet=True, prevent_thread_lock=True
+        service,
+        host=host,
+        port=port,
+        auth=auth,
+        access=access,
+        note=note,
+        quiet=True,
+        prevent_thread_lock=True,
     )
     print(
         f"ProtoAtlas is running at {url} (workspace {home / workspace}; "

@@ -1,8 +1,9 @@
 """Login, upload limits and the staging of uploaded files.
 
-* ``PROTOATLAS_AUTH=user:password[,user2:password2]`` turns the login on. Gradio's own login
-  protects most routes; :class:`RequireLogin` closes the rest: every request without a valid
-  session cookie is refused with 401, except the login page itself and its static assets.
+* ``PROTOATLAS_AUTH=user:password[:role][,user2:password2[:role]]`` turns the login on
+  (roles: ``webapp.access``). Gradio's own login protects most routes;
+  :class:`RequireLogin` closes the rest: every request without a valid session cookie is
+  refused with 401, except the login page itself and its static assets.
 * Uploads: a size limit per file, a number of images per batch, and for zip archives a total
   uncompressed size and a compression ratio; traversal, absolute and symlink members are
   refused by ``engine.data.list_images``. Archives are never extracted.
@@ -22,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.data import SUPPORTED_EXTENSIONS, SkippedFile, list_images
-
-AUTH_ENV = "PROTOATLAS_AUTH"
+from webapp.access import parse_users
 
 
 class UploadError(ValueError):
@@ -51,22 +51,9 @@ class Limits:
 
 
 def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
-    """``"alice:pw1,bob:pw2"`` -> ``[("alice", "pw1"), ("bob", "pw2")]``; empty -> None."""
-    if not value or not value.strip():
-        return None
-    pairs = []
-    for item in value.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        user, sep, password = item.partition(":")
-        if not sep or not user.strip() or not password:
-            raise ValueError(
-                f"{AUTH_ENV} must be 'user:password' (comma-separated for "
-                f"several users); got an entry without a user or password"
-            )
-        pairs.append((user.strip(), password))
-    return pairs or None
+    """``"alice:pw1,bob:pw2:reviewer"`` -> ``[("alice", "pw1"), ("bob", "pw2")]`` (the
+    login pairs; the roles: ``webapp.access.parse_users``); empty -> None."""
+    return [(u.name, u.password) for u in parse_users(value)] or None
 
 
 # ------------------------------------------------------------------------------ login
