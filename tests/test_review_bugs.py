@@ -180,6 +180,53 @@ def test_a_hostile_type_name_is_escaped_wherever_it_is_shown(tmp_path) -> None:
         service.close()
 
 
+def test_hostile_batch_file_and_reviewer_names_are_escaped_wherever_shown(tmp_path) -> None:
+    """Batch names, file names (zip members may be named anything) and reviewer names:
+    Browse, the image summary, the viewer, the upload summary, the history, the export and
+    image pickers."""
+    import time
+
+    from benchmarks.bench_webapp import make_batch
+    from protoatlas.service import UploadReport
+    from webapp.app import ReviewApp
+    from webapp.security import md_escape
+    from webapp.views import BrowseFilter
+
+    ws = build_workspace(tmp_path, n_images=8, n_types=2)
+    prefix = "<b>x</b><img src=x onerror=alert(1)>**y**-"
+    ws.ingest_batch(make_batch(n_images=6, n_types=2, name=HOSTILE, prefix=prefix), actor=HOSTILE)
+    service = WorkspaceService.over(ws)
+    try:
+        app = ReviewApp(service, auto_retrain=False)
+        v = app.views
+        bid = max(b.id for b in service.batches())
+        image_id = v.batch_images(bid)[0][1]
+        detail = v.image_detail(image_id)
+        t = v.types()[0]
+        v.type_action(t.id, "rename", "plain", actor=HOSTILE)
+        report = UploadReport(bid, 6, 6, 6, [], [], "discover")
+        places = {
+            "browse grid": v.browse(BrowseFilter(batch_id=bid))[1],
+            "image summary": detail["summary"],
+            "viewer": detail["viewer"],
+            "upload summary": app._upload_summary(HOSTILE, report, [], [prefix], time.time()),
+            "history": str(v.audit_rows()),
+            "export batches": str(v.export_scopes()[0]),
+        }
+        # the hostile names reach every place (Dropdowns and tables show them as text)
+        for place in ("history", "export batches"):
+            assert "<img src=x" in places[place], place
+        # and the places this app renders as HTML or Markdown show them escaped
+        markdown = {"image summary", "upload summary"}
+        rendered = {k: places[k] for k in ("browse grid", "viewer", *markdown)}
+        leaks = {p: got for p, x in rendered.items() if (got := _raw(x, markdown=p in markdown))}
+        assert not leaks, leaks
+        assert "&lt;b&gt;x" in places["browse grid"]  # shown escaped, not dropped
+        assert md_escape(prefix) in places["image summary"]
+    finally:
+        service.close()
+
+
 def test_the_map_keeps_an_actions_message_when_its_selection_is_cleared(tmp_path) -> None:
     from webapp.app import ReviewApp
 
