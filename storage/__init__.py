@@ -48,6 +48,7 @@ from storage.models import (
     TypeSummary,
 )
 from storage.png16 import decode_map, encode_map
+from storage.removal import BatchDeleted
 from storage.review import UNDOABLE as UNDOABLE_ACTIONS
 from storage.rle import decode_rle, encode_rle, rle_area, rle_from_json, rle_to_json
 from storage.schema import LATEST as SCHEMA_VERSION
@@ -64,6 +65,7 @@ __all__ = [
     "DiskFullError",
     "AssignmentsIn",
     "AuditEntry",
+    "BatchDeleted",
     "BatchImageInfo",
     "BatchInfo",
     "BatchIngest",

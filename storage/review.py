@@ -244,6 +244,19 @@ def _regions_exist(con: Con, region_ids: list[int]) -> None:
     require_regions(con, np.array(region_ids, dtype=np.int64))
 
 
+def _missing_regions(con: Con, region_ids: list[int]) -> list[int]:
+    """The ids of ``region_ids`` that no region row has (sorted)."""
+    if not region_ids:
+        return []
+    return [
+        int(r[0])
+        for r in con.execute(
+            "SELECT unnest(?::BIGINT[]) AS rid EXCEPT SELECT id FROM regions ORDER BY rid",
+            [region_ids],
+        ).fetchall()
+    ]
+
+
 def _current_types(con: Con, region_ids: list[int]) -> set[int]:
     return {
         r[0]
@@ -597,6 +610,12 @@ def _refuse_changed_since(
     for tid, state in after.get("types", {}).items():
         if not _state_equal(now_types.get(tid), state, ignore=("version",)):
             raise ConflictError(f"{what}: type {tid} changed since", type_id=int(tid))
+    gone = _missing_regions(con, [int(r) for r in after.get("assignments", {})])
+    if gone:
+        raise ConflictError(
+            f"{what}: {len(gone)} of its regions (e.g. region {gone[0]}) were deleted with "
+            "their batch since"
+        )
     now_assign = audit.snapshot_assignments(con, [int(r) for r in after.get("assignments", {})])
     for rid, state in after.get("assignments", {}).items():
         if not _state_equal(now_assign.get(rid), state):

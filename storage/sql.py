@@ -51,9 +51,21 @@ def fetch_value(con: Con, sql: str, params: Sequence[Any] | None = None) -> Any:
     return fetch_one(con, sql, params)[0]
 
 
+#: ``meta`` key of the largest id a table ever had (kept by ``storage.removal``).
+MAX_ID_KEY = "max_id.{table}"
+
+
 def next_id(con: Con, table: str, column: str = "id") -> int:
-    """One more than the largest ``column`` of ``table`` (1 for an empty table)."""
-    return int(fetch_value(con, f"SELECT coalesce(max({column}), 0) + 1 FROM {table}"))
+    """One more than the largest ``column`` of ``table`` (1 for an empty table), or than
+    the largest it had before a delete (``meta`` ``max_id.<table>``): ids are never reused."""
+    return int(
+        fetch_value(
+            con,
+            f"SELECT greatest(coalesce(max({column}), 0), coalesce((SELECT CAST(value AS "
+            f"BIGINT) FROM meta WHERE key = ?), 0)) + 1 FROM {table}",
+            [MAX_ID_KEY.format(table=table)],
+        )
+    )
 
 
 @contextmanager

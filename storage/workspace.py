@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 import duckdb
 import numpy as np
 
-from storage import audit, export, ingest, review, schema, snapshots
+from storage import audit, export, ingest, removal, review, schema, snapshots
 from storage.config import StorageConfig
 from storage.errors import (
     DamagedWorkspaceError,
@@ -68,11 +68,27 @@ from storage.models import (
 )
 from storage.models import optional_float as _f
 from storage.png16 import decode_map
+from storage.removal import BatchDeleted
 from storage.rle import rle_from_json
 from storage.snapshots import RestoreResult, SnapshotInfo, Snapshotter
 from storage.sql import fetch_value
 
 ENV_HOME = "PROTOATLAS_HOME"
+
+
+def _referenced_files(cur: duckdb.DuckDBPyConnection) -> tuple[set[str], set[str]]:
+    """(image refs, blob refs) that the rows of a workspace database point to."""
+    images = {r[0] for r in cur.execute("SELECT sha256 || '.' || ext FROM images").fetchall()}
+    blobs = {
+        r[0]
+        for r in cur.execute(
+            "SELECT map_blob FROM batch_images WHERE map_blob IS NOT NULL UNION "
+            "SELECT blob FROM model_versions WHERE blob IS NOT NULL"
+        ).fetchall()
+    }
+    return images, blobs
+
+
 DEFAULT_HOME = "protoatlas-data"
 log = logging.getLogger(__name__)
 
@@ -384,6 +400,7 @@ class Workspace:
                         ws.clean_orphans()
                         for marker in markers:
                             marker.unlink(missing_ok=True)
+                    ws._purge_deleted()
         except BaseException:
             ws.close()
             raise
@@ -581,6 +598,15 @@ class Workspace:
                 os.sync()
             moved = snapshots.move_aside(db, stamp)
             os.replace(tmp, db)
+        try:  # files of batches deleted after the snapshot: back from deleted/
+            con = duckdb.connect(str(db), read_only=True)
+            try:
+                images, blobs = _referenced_files(con)
+            finally:
+                con.close()
+            removal.bring_back(root, {"images": images, "blobs": blobs})
+        except (duckdb.Error, OSError):
+            log.warning("could not bring deleted batches' files back", exc_info=True)
         damaged = moved[0] if moved and not moved[0].name.endswith(".wal") else None
         lost, n_lost, note = snapshots.lost_entries(damaged, chain, snap.audit_seq)
         return RestoreResult(snap, db, moved, lost, n_lost, note, stamp)
@@ -612,15 +638,7 @@ class Workspace:
 
     def referenced_files(self, cur: duckdb.DuckDBPyConnection) -> tuple[set[str], set[str]]:
         """(image refs, blob refs) that rows point to."""
-        images = {r[0] for r in cur.execute("SELECT sha256 || '.' || ext FROM images").fetchall()}
-        blobs = {
-            r[0]
-            for r in cur.execute(
-                "SELECT map_blob FROM batch_images WHERE map_blob IS NOT NULL UNION "
-                "SELECT blob FROM model_versions WHERE blob IS NOT NULL"
-            ).fetchall()
-        }
-        return images, blobs
+        return _referenced_files(cur)
 
     @contextmanager
     def pending_files(self) -> Iterator[None]:
@@ -1049,6 +1067,29 @@ class Workspace:
             ) from None
         self._snapshot_due("batch")
         return batch_id
+
+    def delete_batch(self, batch_id: int, *, actor: str) -> BatchDeleted:
+        """Delete a batch: its images no other batch lists, its regions, their assignments
+        (reviewer decisions included) and embeddings; open questions go stale. One
+        transaction and one ``delete_batch`` audit row; not undoable, so a snapshot is
+        written first (``protoatlas restore`` brings the batch back). The files no row
+        references any more are removed after the commit. Ids are never reused."""
+        self._check_open()
+        if self._h.snapshotter is not None:
+            self.snapshot(f"before deleting batch {int(batch_id)}")
+        deleted = removal.delete_batch(self, batch_id, actor)
+        try:
+            with self.transaction() as con:  # under the writer lock: no ingest between
+                images, blobs = self.referenced_files(con)
+                removal.set_aside(self.root, deleted, {"images": images, "blobs": blobs})
+            self._purge_deleted()
+        except (OSError, duckdb.Error, StorageError):  # left as orphans: the next open
+            log.warning("could not set the deleted batch's files aside", exc_info=True)
+        return deleted
+
+    def _purge_deleted(self) -> list[Path]:
+        """Remove deleted batches' files once no kept snapshot predates their delete."""
+        return removal.purge(self.root, [s.audit_seq for s in self.snapshots()])
 
     def apply_retrain(
         self,
