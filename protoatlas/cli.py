@@ -368,6 +368,21 @@ def _add_import_labels(sub: Subparsers) -> None:
     _common(p)
 
 
+def _add_delete_batch(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "delete-batch",
+        help="delete a batch: its images, regions and the decisions on them (not undoable)",
+        description="Delete a batch of a workspace: its images that no other batch has, its "
+        "regions and the reviewer decisions on them; types, the model and the history stay. "
+        "A snapshot from before the delete is kept: `protoatlas restore` brings it back.",
+    )
+    _workspace_options(p)
+    p.add_argument("--batch", type=int, help="the batch id (without it: list the batches)")
+    p.add_argument("--yes", action="store_true", help="confirm (required: it cannot be undone)")
+    p.add_argument("--actor", default="cli", help="who deletes (audit log)")
+    _common(p)
+
+
 def _add_synth(sub: Subparsers) -> None:
     p = sub.add_parser("synth", help="write the seeded synthetic demo set (MVTec layout)")
     p.add_argument("--out", required=True, help="output folder")
@@ -400,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_restore,
         _add_export,
         _add_import_labels,
+        _add_delete_batch,
         _add_synth,
     ):
         add(sub)
@@ -730,6 +746,31 @@ def cmd_import_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete_batch(args: argparse.Namespace) -> int:
+    if args.batch is None:
+        with _service(args, read_only=True) as service:
+            batches = service.batches()
+        print("id  images  regions  created (UTC)     name")
+        for b in batches:
+            print(
+                f"{b.id:<3} {b.n_images:>6} {b.n_regions:>8}  "
+                f"{b.created_at:%Y-%m-%d %H:%M}  {b.name}"
+            )
+        return 0
+    if not args.yes:
+        _warn(f"batch {args.batch} not deleted: add --yes to confirm (it cannot be undone)")
+        return EXIT_FAILURE
+    with _service(args) as service:
+        out = service.delete_batch(args.batch, actor=args.actor)
+    print(
+        f"deleted batch {out.name!r} (#{out.batch_id}): {out.n_images} images "
+        f"({out.n_images_removed} removed from the store), {out.n_regions} regions, "
+        f"{out.n_reviewed} reviewer decisions on them; audit #{out.seq}. "
+        "`protoatlas restore --list` shows the snapshot from before it."
+    )
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from engine import synth
 
@@ -752,6 +793,7 @@ COMMANDS = {
     "restore": cmd_restore,
     "export": cmd_export,
     "import-labels": cmd_import_labels,
+    "delete-batch": cmd_delete_batch,
 }
 
 

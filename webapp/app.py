@@ -4,7 +4,7 @@ history and export. ``serve()`` is what ``protoatlas serve`` and ``app.py`` (Spa
 Named API endpoints (``gradio_client``; see docs/webapp.md): ``upload_batch``,
 ``list_types``, ``type_detail``, ``type_action``, ``next_suggestion``,
 ``answer_suggestion``, ``refresh_suggestions``, ``retrain``, ``undo``, ``image_detail``,
-``audit``, ``export``.
+``audit``, ``export``, ``delete_batch``.
 """
 
 from __future__ import annotations
@@ -1245,6 +1245,38 @@ class ReviewApp:
         ).then(
             panel, inputs=types.inputs(), outputs=types.outputs(), api_visibility="undocumented"
         ).then(self.header, outputs=[header], api_visibility="undocumented")
+
+        @read
+        def batch_list():
+            return gr.update(choices=self.views.batch_choices(), value=None), False
+
+        u.tab.select(
+            batch_list, outputs=[u.del_batch, u.del_confirm], api_visibility="undocumented"
+        )
+
+        @needs(Role.ADMIN)
+        def delete_batch(batch: str, confirmed: bool, request: gr.Request = None) -> dict[str, Any]:
+            """Delete a batch (its id; ``confirmed`` must be true): its images, regions and
+            the decisions on them. Not undoable; a snapshot from before it is kept."""
+            return self.views.delete_batch(batch, bool(confirmed), actor_of(request))
+
+        @needs(Role.ADMIN)
+        def delete_ui(batch, confirmed, request: gr.Request):
+            result = delete_batch(batch, confirmed, request)
+            choices = gr.update(choices=self.views.batch_choices(), value=None)
+            return _msg(result), choices, False
+
+        u.del_btn.click(
+            delete_ui,
+            inputs=[u.del_batch, u.del_confirm],
+            outputs=[u.del_msg, u.del_batch, u.del_confirm],
+            api_visibility="undocumented",
+            concurrency_id=ENGINE,
+            concurrency_limit=1,
+        ).then(
+            panel, inputs=types.inputs(), outputs=types.outputs(), api_visibility="undocumented"
+        ).then(self.header, outputs=[header], api_visibility="undocumented")
+        gr.api(delete_batch, api_name="delete_batch", concurrency_id=ENGINE, concurrency_limit=1)
 
     # ---- Map
     def _wire_map(self, m: MapTab) -> None:

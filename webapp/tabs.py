@@ -353,11 +353,17 @@ class UploadTab:
     button: gr.Button
     report: gr.Markdown
     skipped: gr.Dataframe
+    tab: gr.Tab
+    #: deleting a batch: which, the confirmation, the button, its message
+    del_batch: gr.Dropdown
+    del_confirm: gr.Checkbox
+    del_btn: gr.Button
+    del_msg: gr.Markdown
 
 
 def upload_tab(limits: Limits) -> UploadTab:
     """Lays out the Upload tab (``limits``: the upload limits it states)."""
-    with gr.Tab("Upload", id="upload"):
+    with gr.Tab("Upload", id="upload") as tab:
         with gr.Row():
             with gr.Column():
                 images = gr.File(
@@ -404,6 +410,24 @@ def upload_tab(limits: Limits) -> UploadTab:
             max_height=260,
             elem_id="pa-up-skipped",
         )
+        with gr.Accordion("Delete a batch", open=False, elem_id="pa-del"):
+            gr.Markdown(
+                "<small>Removes the batch's images (those no other batch has), its regions "
+                "and the decisions on them; types and the history stay. It cannot be undone, "
+                "but a snapshot from before it is kept (<code>protoatlas restore</code>). "
+                "Admins only.</small>"
+            )
+            with gr.Row():
+                del_batch = gr.Dropdown(
+                    label="Batch", choices=[], scale=3, elem_id="pa-del-batch", interactive=True
+                )
+                del_confirm = gr.Checkbox(
+                    label="Yes, delete it and the decisions on its regions",
+                    scale=2,
+                    elem_id="pa-del-confirm",
+                )
+                del_btn = gr.Button("Delete batch", variant="stop", scale=1, elem_id="pa-del-btn")
+            del_msg = gr.Markdown(elem_id="pa-del-msg")
     return UploadTab(
         images=images,
         normals=normals,
@@ -414,6 +438,11 @@ def upload_tab(limits: Limits) -> UploadTab:
         button=button,
         report=report,
         skipped=skipped,
+        tab=tab,
+        del_batch=del_batch,
+        del_confirm=del_confirm,
+        del_btn=del_btn,
+        del_msg=del_msg,
     )
 
 

@@ -1150,6 +1150,39 @@ class Views:
         types = [(type_label(t), str(t.id)) for t in self.types()]
         return batches, types
 
+    def batch_choices(self) -> list[tuple[str, str]]:
+        """Every batch as (label, id) for the Upload tab's delete box, newest first."""
+        return [
+            (f"{b.name} (#{b.id}, {b.n_images} images)", str(b.id))
+            for b in sorted(self.service.batches(), key=lambda b: -b.id)
+        ]
+
+    def delete_batch(self, batch: Any, confirmed: bool, actor: str) -> dict[str, Any]:
+        """Delete a batch (``confirmed`` must be ticked); {ok, message}."""
+        text = "" if batch is None else str(batch).strip().lstrip("#")
+        if not text:
+            return _fail("Pick the batch to delete first.")
+        if not text.isdigit():
+            return _fail(f"Not deleted: {text!r} is not a batch id.")
+        if not confirmed:
+            return _fail("Not deleted: tick the box to confirm (a delete cannot be undone).")
+        try:
+            out = self.service.delete_batch(int(text), actor=actor)
+        except (StorageError, ValueError) as exc:
+            return _fail(f"Not deleted: {exc}")
+        self.warm_in_background()
+        reviewed = (
+            f"; {out.n_reviewed} reviewer decision(s) on its regions went with it"
+            if out.n_reviewed
+            else ""
+        )
+        return _ok(
+            f"Deleted batch {out.name} (#{out.batch_id}): {out.n_images} image(s), "
+            f"{out.n_regions} region(s){reviewed}. A snapshot from before the delete is kept "
+            "(protoatlas restore --list).",
+            out.type_ids,
+        )
+
     def export_scope(self, batch: Any, types: Any) -> tuple[int | None, list[int] | None]:
         """(batch id or None, type ids or None) from the Export tab's inputs: a batch id
         ("" or None: every batch), type ids or names (empty: every type)."""

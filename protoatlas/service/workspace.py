@@ -37,7 +37,7 @@ from protoatlas.service.persist import (
 )
 from protoatlas.service.reads import ReadsMixin
 from protoatlas.service.retrain import RetrainMixin
-from storage import ModelVersionIn, Problem, doctor
+from storage import BatchDeleted, ModelVersionIn, Problem, doctor
 
 
 @dataclass
@@ -156,6 +156,17 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
                 {"total": time.perf_counter() - t0},
                 stored.n_candidates,
             )
+
+    def delete_batch(self, batch_id: int, *, actor: str = "reviewer") -> BatchDeleted:
+        """Delete a batch (an upload that should not have been made): its images that no
+        other batch lists, its regions and the decisions on them; the types, the model and
+        the history stay. Waits for a running engine job (a retrain must not write vectors
+        of regions being deleted). A snapshot is written first; not undoable."""
+        with self.engine_lock:
+            deleted = self.ws.delete_batch(int(batch_id), actor=actor)
+            self.tokens_path(deleted.batch_id).unlink(missing_ok=True)
+            self.refresh_suggestions()
+            return deleted
 
     def _first_batch(
         self,
