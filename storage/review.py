@@ -120,11 +120,8 @@ def check_versions(
     for tid in sorted(touched | set(exp)):
         if tid not in rows:
             raise NotFoundError(f"no type with id {tid}")
-    for tid in sorted(touched):
-        if tid not in exp:
-            raise ValidationError(
-                f"{_label(tid, rows[tid])} is changed by this action: pass its expected version"
-            )
+    # versions first: when a type the caller saw changed meanwhile (say, the regions it
+    # moves were moved elsewhere), that is the conflict to report, not the type it never saw
     for tid in sorted(exp):
         row = rows[tid]
         if row["version"] != exp[tid]:
@@ -135,6 +132,11 @@ def check_versions(
                 type_id=tid,
                 expected=exp[tid],
                 actual=row["version"],
+            )
+    for tid in sorted(touched):
+        if tid not in exp:
+            raise ValidationError(
+                f"{_label(tid, rows[tid])} is changed by this action: pass its expected version"
             )
     for tid in usable:
         row = rows[tid]

@@ -18,7 +18,7 @@ import pytest
 
 from engine.discovery import DiscoveryModel
 from protoatlas.service import Answer, WorkspaceService, region_table
-from storage import SuggestionIn
+from storage import ConflictError, SuggestionIn
 from tests.service_fixtures import (
     MARKER,
     WS,
@@ -740,7 +740,7 @@ def test_answering_twice_or_nonsense_is_a_clear_error(service) -> None:
         service.answer_suggestion(sid, "maybe", actor="bob")
     assert status_of(service, sid) == ("open", None)
     service.answer_suggestion(sid, "yes", actor="bob")
-    with pytest.raises(ValueError, match=f"suggestion {sid} is already answered"):
+    with pytest.raises(ConflictError, match=f"suggestion {sid} is already answered by bob"):
         service.answer_suggestion(sid, "no", actor="carol")
     with pytest.raises(ValueError, match="no suggestion with id 999"):
         service.answer_suggestion(999, "yes", actor="bob")

@@ -32,7 +32,7 @@ from protoatlas.service.answer_format import NORMAL_LABELS, Answer
 from protoatlas.service.reads import ReadsMixin
 from protoatlas.service.region_table import region_table
 from protoatlas.service.suggestions import target_key
-from storage import Suggestion, TypeSummary
+from storage import ConflictError, Suggestion, TypeSummary
 
 Handler = Callable[["AnswersMixin", Suggestion, Answer, Sequence[int], str], str]
 
@@ -96,7 +96,8 @@ class AnswersMixin(ReadsMixin):
                 )
             s = same
         if s.status != "open":
-            raise ValueError(f"suggestion {s.id} is already {s.status}")
+            by = f" by {s.answered_by}" if s.answered_by else ""
+            raise ConflictError(f"suggestion {s.id} is already {s.status}{by}; nothing was changed")
         return s
 
     def answer_suggestion(
@@ -118,25 +119,26 @@ class AnswersMixin(ReadsMixin):
         proposed type (one split) first. What each answer does: the table of this module.
         Returns ``{"applied": <what was done>}``.
         """
-        s = self._open_question(suggestion_id)
-        a = answer if isinstance(answer, Answer) else Answer.parse(answer, s.kind, name=name)
-        if a.choice == "skip":
-            self.ws.answer_suggestion(s.id, None, actor=actor, skip=True)
-            return {"applied": "skip"}
-        picked = sorted({int(r) for r in regions or ()})
-        if picked and not (s.kind == "confirm" and a.choice in ("yes", "no")):
-            raise ValueError(
-                'a selection of members goes with yes or no to "is it one '
-                f'type?" only, not with {a.choice!r} to a {s.kind} question'
-            )
-        handler = HANDLERS.get((s.kind, a.choice))
-        if handler is None:
-            raise ValueError(f"a {s.kind} question cannot be answered {a.choice!r}")
-        applied = handler(self, s, a, picked, actor)
-        if picked:
-            a = Answer(a.choice, name=a.name, moved_out=len(picked))
-        self.ws.answer_suggestion(s.id, a.dump(), actor=actor)
-        return {"applied": applied}
+        with self.queue_lock:  # the question stays open until its answer is recorded
+            s = self._open_question(suggestion_id)
+            a = answer if isinstance(answer, Answer) else Answer.parse(answer, s.kind, name=name)
+            if a.choice == "skip":
+                self.ws.answer_suggestion(s.id, None, actor=actor, skip=True)
+                return {"applied": "skip"}
+            picked = sorted({int(r) for r in regions or ()})
+            if picked and not (s.kind == "confirm" and a.choice in ("yes", "no")):
+                raise ValueError(
+                    'a selection of members goes with yes or no to "is it one '
+                    f'type?" only, not with {a.choice!r} to a {s.kind} question'
+                )
+            handler = HANDLERS.get((s.kind, a.choice))
+            if handler is None:
+                raise ValueError(f"a {s.kind} question cannot be answered {a.choice!r}")
+            applied = handler(self, s, a, picked, actor)
+            if picked:
+                a = Answer(a.choice, name=a.name, moved_out=len(picked))
+            self.ws.answer_suggestion(s.id, a.dump(), actor=actor)
+            return {"applied": applied}
 
     # ------------------------------------------------------------------ handlers
     def _label(self, s: Suggestion, a: Answer, picked: Sequence[int], actor: str) -> str:

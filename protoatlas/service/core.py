@@ -82,6 +82,10 @@ class ServiceCore:
                 pass
         #: One engine job (discovery, assignment, retraining) at a time per process.
         self.engine_lock = threading.Lock()
+        #: The question queue: an answer's check, what it applies and its record happen
+        #: under it (two reviewers answering one question: one applies, the other is told),
+        #: and a refresh of the queue waits for it.
+        self.queue_lock = threading.RLock()
         self._model: DiscoveryModel | None = None
         self._model_version: int | None = None
         self._calibrated: float | None = None

@@ -133,6 +133,12 @@ class QuestionsMixin(ServiceCore):
         self, *, strategy: str = "ranked", rng: np.random.Generator | None = None
     ) -> list[Suggestion]:
         """Recompute the open question queue (answered/declined ones are not asked again)."""
+        with self.queue_lock:  # not while an answer is half-applied
+            return self._refresh_suggestions(strategy, rng)
+
+    def _refresh_suggestions(
+        self, strategy: str, rng: np.random.Generator | None
+    ) -> list[Suggestion]:
         state = self.review_state()
         declined = self.declined()
         cfg = self.suggest_config
