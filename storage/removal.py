@@ -91,7 +91,10 @@ def delete_batch(ws: "Workspace", batch_id: int, actor: str) -> BatchDeleted:
             fetch_value(con, "SELECT count(*) FROM batch_images WHERE batch_id = ?", [batch_id])
         )
         in_batch = "SELECT id FROM regions WHERE batch_id = ?"
-        n_regions = int(fetch_value(con, f"SELECT count(*) FROM ({in_batch})", [batch_id]))
+        n_regions, lo, hi = con.execute(
+            "SELECT count(*), min(id), max(id) FROM regions WHERE batch_id = ?", [batch_id]
+        ).fetchone()
+        n_regions = int(n_regions)
         type_ids = sorted(
             int(r[0])
             for r in con.execute(
@@ -168,6 +171,8 @@ def delete_batch(ws: "Workspace", batch_id: int, actor: str) -> BatchDeleted:
                 "n_images_removed": n_removed,
                 "n_regions": n_regions,
                 "n_reviewed": len(reviewed),
+                # a batch's regions have consecutive ids: the audit replay drops these
+                "region_id_range": None if lo is None else [int(lo), int(hi)],
             },
             type_ids=type_ids,
             before=before,

@@ -25,6 +25,8 @@ from storage.audit import ASSIGNMENT_FIELDS, SUGGESTION_FIELDS, TYPE_FIELDS
 
 #: Entries that rewrite model-sourced assignments without snapshotting each region.
 MODEL_REWRITES = frozenset({"apply_retrain"})
+#: Entries that delete the regions of a target ``region_id_range`` [first, last].
+REGION_DELETES = frozenset({"delete_batch"})
 _KINDS = (("types", TYPE_FIELDS), ("assignments", ASSIGNMENT_FIELDS))
 
 
@@ -51,12 +53,14 @@ def replay(cur: duckdb.DuckDBPyConnection) -> Replay:
     out = Replay()
     folded_at: dict[int, int] = {}  # region id -> seq of the entry that folded it
     last_rewrite = 0  # seq of the last MODEL_REWRITES entry
-    result = cur.execute("SELECT seq, actor, action, before, after FROM audit_log ORDER BY seq")
+    result = cur.execute(
+        "SELECT seq, actor, action, before, after, target FROM audit_log ORDER BY seq"
+    )
     while True:
         rows = result.fetchmany(10_000)
         if not rows:
             break
-        for seq, actor, action, before_s, after_s in rows:
+        for seq, actor, action, before_s, after_s, target_s in rows:
             out.n_entries += 1
             before, after = json.loads(before_s), json.loads(after_s)
             for kind, fields in _KINDS:
@@ -94,6 +98,12 @@ def replay(cur: duckdb.DuckDBPyConnection) -> Replay:
                 out.suggestions[int(key)] = now
             if action in MODEL_REWRITES:
                 last_rewrite = seq
+            if action in REGION_DELETES:
+                span = (json.loads(target_s) or {}).get("region_id_range")
+                if span:
+                    for k in out.assignments:
+                        if span[0] <= k <= span[1]:
+                            out.assignments[k] = None
     return out
 
 

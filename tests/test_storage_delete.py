@@ -213,3 +213,27 @@ def test_without_snapshots_the_files_go_at_once(tmp_path) -> None:
         assert _aside(ws) == [] and not _errors(ws)
     finally:
         ws.close()
+
+
+def test_the_audit_replay_agrees_after_a_delete(two) -> None:
+    from storage.replay import differences, replay
+
+    ws, first, second = two
+    types = sorted(ws.list_types(), key=lambda t: t.id)
+    a, b = types[0], types[1]
+    ws.merge_types(a.id, b.id, expected={a.id: a.version, b.id: b.version}, actor="rita")
+    rids = sorted(r.id for r in ws.regions_for_batch(second, with_masks=False))
+    ws.move_regions(
+        rids[:2], a.id, expected={t.id: t.version for t in ws.list_types()}, actor="rita"
+    )
+    ws.undo("rita")  # the log now holds their model-sourced state
+    ws.mark_normal(rids[2:3], expected={t.id: t.version for t in ws.list_types()}, actor="rita")
+    ws.delete_batch(second, actor="ada")
+    ws.ingest_batch(
+        make_batch(n_images=4, n_types=2, dim=DIM, seed=9, name="later", prefix="l/"), actor="up"
+    )
+    with ws.read() as cur:
+        folded = replay(cur)
+        assert folded.breaks == []
+        assert differences(cur, folded) == []
+    assert not _errors(ws)
