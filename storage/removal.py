@@ -34,7 +34,7 @@ import duckdb
 from storage import audit, summary
 from storage.checks import check_actor
 from storage.errors import NotFoundError
-from storage.sql import MAX_ID_KEY, bump_type_versions, fetch_value, utcnow
+from storage.sql import MAX_ID_KEY, bump_type_versions, fetch_one, fetch_value, utcnow
 
 if TYPE_CHECKING:
     from storage.workspace import Workspace
@@ -91,9 +91,9 @@ def delete_batch(ws: "Workspace", batch_id: int, actor: str) -> BatchDeleted:
             fetch_value(con, "SELECT count(*) FROM batch_images WHERE batch_id = ?", [batch_id])
         )
         in_batch = "SELECT id FROM regions WHERE batch_id = ?"
-        n_regions, lo, hi = con.execute(
-            "SELECT count(*), min(id), max(id) FROM regions WHERE batch_id = ?", [batch_id]
-        ).fetchone()
+        n_regions, lo, hi = fetch_one(
+            con, "SELECT count(*), min(id), max(id) FROM regions WHERE batch_id = ?", [batch_id]
+        )
         n_regions = int(n_regions)
         type_ids = sorted(
             int(r[0])

@@ -22,6 +22,7 @@ from typing import Any
 import duckdb
 
 from storage.audit import ASSIGNMENT_FIELDS, SUGGESTION_FIELDS, TYPE_FIELDS
+from storage.sql import fetch_value
 
 #: Entries that rewrite model-sourced assignments without snapshotting each region.
 MODEL_REWRITES = frozenset({"apply_retrain"})
@@ -126,10 +127,11 @@ def differences(cur: duckdb.DuckDBPyConnection, folded: Replay, limit: int = 20)
         f"SELECT region_id, {', '.join(ASSIGNMENT_FIELDS)} FROM assignments", ASSIGNMENT_FIELDS
     )
     retrained = (
-        cur.execute(
+        fetch_value(
+            cur,
             "SELECT count(*) FROM audit_log WHERE action IN (SELECT unnest(?::VARCHAR[]))",
             [sorted(MODEL_REWRITES)],
-        ).fetchone()[0]
+        )
         > 0
     )
     for rid in sorted(
