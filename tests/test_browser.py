@@ -532,3 +532,31 @@ def test_a_second_session_reviews_while_the_first_ones_batch_is_processed(served
         service.upload_batch = original
     report = _wait_text(first, "#pa-up-report", "sorted into the existing types", timeout=300)
     assert "images analysed" in report
+
+
+def test_an_admin_deletes_the_second_batch_from_the_upload_tab(served, browser):
+    """After the test above: its batch ("second") is deleted with the Upload tab's box,
+    which asks for the confirmation first."""
+    service = served["service"]
+    names = {b.name: b.id for b in service.batches()}
+    assert "second" in names, names
+    page = browser.new_context().new_page()
+    page.set_viewport_size({"width": 1300, "height": 900})
+    page.goto(served["url"])
+    page.wait_for_selector(".pa-card")
+    _tab(page, "Upload")
+    page.get_by_text("Delete a batch").click()
+    page.click("#pa-del-batch input")
+    page.get_by_role("option", name=re.compile(r"^second \(#")).click()
+    page.click("#pa-del-btn")
+    _wait_text(page, "#pa-del-msg", "tick the box")
+    assert "second" in {b.name for b in service.batches()}  # nothing without the tick
+    page.click("#pa-del-batch input")
+    page.get_by_role("option", name=re.compile(r"^second \(#")).click()
+    page.check("#pa-del-confirm input")
+    page.click("#pa-del-btn")
+    message = _wait_text(page, "#pa-del-msg", "Deleted batch second")
+    assert "snapshot" in message
+    assert "second" not in {b.name for b in service.batches()}
+    _wait_text(page, "#pa-header", r"1 batch\(es\)")
+    page.close()
