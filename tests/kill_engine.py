@@ -65,7 +65,12 @@ def _engine_step(service, kind: str, n: int, data: Path, seed: int) -> str | Non
 
     if kind == "retrain":
         return "retrain" if service.retrain(actor=ACTOR) is not None else None
-    first = service.model() is None
+    model = service.model()
+    first = model is None
+    if model is not None and kind == "upload" and len(model.type_ids) == 0:
+        # every type rejected or merged away: the service refuses to sort a batch into no
+        # type (RuntimeError after the analysis), so discover the batch's types afresh
+        kind = "discover"
     with_normals = first or kind == "discover" or n % 3 == 0
     batch = write_batch(
         data / f"b{n}", seed * 1000 + n, first=first, normals=4 if with_normals else 0
