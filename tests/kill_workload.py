@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from benchmarks.bench_webapp import make_batch
 from protoatlas.service import ConflictError, StorageError, WorkspaceService
@@ -30,18 +31,45 @@ BATCH_IMAGES = 6
 DIM = 32
 
 
-def _step(service: WorkspaceService, rng: random.Random, n: int, out: Path) -> str | None:
-    """One random step; its action name, or None when it applied nothing."""
+def append(fh: IO[str], entry: dict) -> None:
+    """One line of a trial's log, on disk before the workload goes on."""
+    fh.write(json.dumps(entry) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def read_log(log: Path) -> list[dict]:
+    """The log's entries (a line the kill cut short is left out)."""
+    if not log.is_file():
+        return []
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def wait_for_step(log: Path, k: int, alive, timeout_s: float, kind: str | None = None) -> bool:
+    """Wait until the log shows the start of step ``k`` (its ``k``-th ``start`` line, or
+    ``kind``: its ``k``-th start of that kind); False when ``alive()`` turns false or
+    ``timeout_s`` passes first."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s and alive():
+        starts = [e for e in read_log(log) if "start" in e and kind in (None, e["start"])]
+        if len(starts) >= k:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def review_step(
+    service: WorkspaceService, rng: random.Random, kind: str, n: int, out: Path
+) -> str | None:
+    """One reviewer step of ``kind`` on a random type; its action name, or None when it
+    applied nothing (an export, or too few members)."""
     types = [t for t in service.list_types() if t.n_regions > 0]
-    kind = rng.choice(
-        ["ingest", "confirm", "reject", "rename", "merge", "split", "move", "undo", "export"]
-    )
-    if kind == "ingest" or len(types) < 2:
-        batch = make_batch(
-            n_images=BATCH_IMAGES, n_types=2, dim=DIM, seed=n, name=f"b{n}", prefix=f"b{n}/"
-        )
-        service.ws.ingest_batch(batch, actor=ACTOR)
-        return "ingest_batch"
     t = rng.choice(types)
     if kind == "confirm":
         service.confirm_type(t.id, actor=ACTOR)
@@ -72,6 +100,21 @@ def _step(service: WorkspaceService, rng: random.Random, n: int, out: Path) -> s
     return kind
 
 
+def _step(service: WorkspaceService, rng: random.Random, n: int, out: Path) -> str | None:
+    """One random step; its action name, or None when it applied nothing."""
+    types = [t for t in service.list_types() if t.n_regions > 0]
+    kind = rng.choice(
+        ["ingest", "confirm", "reject", "rename", "merge", "split", "move", "undo", "export"]
+    )
+    if kind == "ingest" or len(types) < 2:
+        batch = make_batch(
+            n_images=BATCH_IMAGES, n_types=2, dim=DIM, seed=n, name=f"b{n}", prefix=f"b{n}/"
+        )
+        service.ws.ingest_batch(batch, actor=ACTOR)
+        return "ingest_batch"
+    return review_step(service, rng, kind, n, out)
+
+
 def run(home: Path, log: Path, seed: int) -> None:
     rng = random.Random(seed)
     Workspace.open(home, "default", embedding_dim=DIM).close()
@@ -90,10 +133,7 @@ def run(home: Path, log: Path, seed: int) -> None:
             if done is None:
                 continue
             last = service.audit(limit=1)[0]
-            fh.write(json.dumps({"step": n, "action": done, "seq": last.seq, "hash": last.hash}))
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            append(fh, {"step": n, "action": done, "seq": last.seq, "hash": last.hash})
 
 
 def trial(folder: Path, seed: int, window_s: float = 4.0, start_timeout_s: float = 120.0) -> dict:
