@@ -268,6 +268,25 @@ def _review_then_retrain(home: Path) -> dict:
         }
 
 
+def test_a_batch_with_no_type_left_to_sort_into_discovers_its_own(
+    base, tmp_path, tmp_path_factory
+) -> None:
+    """Every type rejected or merged away: the next upload discovers the batch's types
+    with the workspace's detector (before: the whole analysis ran, then "the model has no
+    types yet")."""
+    data = data_root(shared_base(tmp_path_factory), "second")
+    archive = zip_folder(data / "test", tmp_path / "batch2.zip")
+    home = copy_home(base[0], tmp_path / "home")
+    with WorkspaceService(home, WS, config=fast_config()) as svc:
+        for t in list(live_types(svc.ws).values()):
+            svc.reject_type(t.id, actor="ann")
+        assert not live_types(svc.ws)
+        report = svc.upload_batch(archive, batch_name="after-rejects")
+        assert report.mode == "discover" and report.new_type_ids
+        assert set(report.new_type_ids) <= set(live_types(svc.ws))
+        assert not errors(svc.doctor())
+
+
 @pytest.fixture(scope="module")
 def retrained(base, tmp_path_factory):
     home = copy_home(base[0], tmp_path_factory.mktemp("retrained") / "home")

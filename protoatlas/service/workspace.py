@@ -142,7 +142,9 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
                     images, normals_src, config, clusters, name, actor, progress
                 )
             else:
-                stored = self._next_batch(images, normals_src, model, config, name, actor, progress)
+                stored = self._next_batch(
+                    images, normals_src, model, config, clusters, name, actor, progress
+                )
             progress("done", 1.0)
             analysis = stored.result.analysis
             return UploadReport(
@@ -204,17 +206,37 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
         normals_src: str | os.PathLike | None,
         model: DiscoveryModel,
         config: ProtoAtlasConfig,
+        clusters: int | str,
         name: str,
         actor: str,
         progress: Progress,
     ) -> _Stored:
         """Sort a later batch into the workspace's types (refitting the detector first when
-        normals come with it) and store it with the latest model version."""
+        normals come with it) and store it with the latest model version. When no type is
+        left to sort into (every one rejected or merged away), the batch's types are
+        discovered instead, with the workspace's detector."""
+        normals = None
         if normals_src is not None:
             normals = open_images(normals_src, config, progress=False, desc="check normals")
             progress("fit", 0.05)
             model.fit(normals)
         analysis = model.analyse(images, on_progress=_scaled(progress, 0.1, 0.85))
+        if model.head is None or len(model.type_ids) == 0:
+            progress("types", 0.85)
+            found = model.discover(analysis, clusters)
+            fresh = DiscoverRun(
+                images.names, found, model, checked(images), checked(normals) if normals else None
+            )
+            progress("store", 0.92)
+            batch_id = self.store_discovery(
+                fresh,
+                images,
+                batch_name=name,
+                actor=actor,
+                params={"clusters": clusters, "mode": "discover"},
+            )
+            n_cands = len(candidate_peaks(fresh, self.config.detector.candidate_band))
+            return _Stored(found, batch_id, list(self._batch_types(batch_id)), "discover", n_cands)
         result = model.assign(analysis)
         run = DiscoverRun(images.names, result, model, checked(images), None)
         progress("store", 0.92)
