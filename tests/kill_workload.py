@@ -1,9 +1,9 @@
 """A reviewer's and an uploader's work on one workspace, for the kill trials
 (``tests/test_kill.py``, ``benchmarks/bench_kill.py``): seeded random steps (ingest a batch,
-confirm, reject, rename, merge, split, move, undo, export) through the service layer, each
-acknowledged decision written to a log (one JSON line per step, flushed and fsynced after
-the step returned) so that a trial can check, after a SIGKILL at any moment, that nothing
-acknowledged was lost.
+confirm, reject, rename, merge, split, move, undo, export, delete a batch) through the
+service layer, each acknowledged decision written to a log (one JSON line per step,
+flushed and fsynced after the step returned) so that a trial can check, after a SIGKILL at
+any moment, that nothing acknowledged was lost.
 
 ``python -m tests.kill_workload HOME LOG SEED`` runs until it is killed.
 """
@@ -105,7 +105,14 @@ def _step(service: WorkspaceService, rng: random.Random, n: int, out: Path) -> s
     types = [t for t in service.list_types() if t.n_regions > 0]
     kind = rng.choice(
         ["ingest", "confirm", "reject", "rename", "merge", "split", "move", "undo", "export"]
+        + ["delete"]
     )
+    if kind == "delete":
+        batches = service.batches()
+        if len(batches) < 2:
+            return None
+        service.delete_batch(rng.choice(batches).id, actor=ACTOR)
+        return "delete_batch"
     if kind == "ingest" or len(types) < 2:
         batch = make_batch(
             n_images=BATCH_IMAGES, n_types=2, dim=DIM, seed=n, name=f"b{n}", prefix=f"b{n}/"
