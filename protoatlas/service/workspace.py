@@ -22,7 +22,7 @@ from pathlib import Path
 
 from engine.config import ProtoAtlasConfig
 from engine.data import LazyImages, SkippedFile
-from engine.discovery import DiscoveryModel, DiscoveryResult, no_progress
+from engine.discovery import BatchAnalysis, DiscoveryModel, DiscoveryResult, no_progress
 from engine.discovery import ProgressFn as Progress
 from engine.prior import prior_overrides
 from protoatlas.service.actions import ActionsMixin
@@ -186,9 +186,26 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
         model = DiscoveryModel(config)
         model.fit(normals)
         analysis = model.analyse(images, on_progress=_scaled(progress, 0.1, 0.85))
+        return self._discover_and_store(
+            images, normals, model, analysis, clusters, name, actor, progress
+        )
+
+    def _discover_and_store(
+        self,
+        images: LazyImages,
+        normals: LazyImages | None,
+        model: DiscoveryModel,
+        analysis: BatchAnalysis,
+        clusters: int | str,
+        name: str,
+        actor: str,
+        progress: Progress,
+    ) -> _Stored:
+        """Discover the analysed batch's types and store it (a new discovery model)."""
         progress("types", 0.85)
         result = model.discover(analysis, clusters)
-        run = DiscoverRun(images.names, result, model, checked(images), checked(normals))
+        normals_report = checked(normals) if normals is not None else None
+        run = DiscoverRun(images.names, result, model, checked(images), normals_report)
         progress("store", 0.92)
         batch_id = self.store_discovery(
             run,
@@ -222,21 +239,9 @@ class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
             model.fit(normals)
         analysis = model.analyse(images, on_progress=_scaled(progress, 0.1, 0.85))
         if model.head is None or len(model.type_ids) == 0:
-            progress("types", 0.85)
-            found = model.discover(analysis, clusters)
-            fresh = DiscoverRun(
-                images.names, found, model, checked(images), checked(normals) if normals else None
+            return self._discover_and_store(
+                images, normals, model, analysis, clusters, name, actor, progress
             )
-            progress("store", 0.92)
-            batch_id = self.store_discovery(
-                fresh,
-                images,
-                batch_name=name,
-                actor=actor,
-                params={"clusters": clusters, "mode": "discover"},
-            )
-            n_cands = len(candidate_peaks(fresh, self.config.detector.candidate_band))
-            return _Stored(found, batch_id, list(self._batch_types(batch_id)), "discover", n_cands)
         result = model.assign(analysis)
         run = DiscoverRun(images.names, result, model, checked(images), None)
         progress("store", 0.92)
