@@ -20,6 +20,7 @@ ResizeMode = Literal["native", "area", "letterbox", "squash"]
 RESIZE_MODES: tuple[str, ...] = ("native", "area", "letterbox", "squash")
 DeviceName = Literal["auto", "cpu", "cuda"]
 Contrast = Literal["none", "image", "normals", "auto"]
+Context = Literal["none", "mirror", "auto"]
 CalibrationBank = Literal["other_folds", "leave_one_out"]
 MebinRange = Literal["all", "flagged"]
 #: Names accepted by :attr:`PriorConfig.backend`.
@@ -59,6 +60,20 @@ class BackboneConfig:
     #: Context (px) each tile has beyond the cells it contributes: neighbouring tiles
     #: overlap by at least twice this, so seams fall outside the backbone's near field.
     tile_margin: int = 64
+    #: Mirrored image context around the content (``native`` / ``area``), added before
+    #: the backbone and masked out after it, so edge cells do not see the network's zero
+    #: padding: ``none``, ``mirror`` or ``auto``: mirror when the normals come in mixed
+    #: framings (fewer than ``fixed_frame_share`` of them share one input shape, as with
+    #: tiles cut to varying sizes), where the content edge means nothing; a fixed framing
+    #: keeps its edges, which the bank then covers (docs/decisions.md, *Context at the
+    #: edges*).
+    context: Context = "auto"
+    #: Pixels (at the network scale, rounded up to half the largest stride) of mirrored
+    #: context on each side when ``context`` applies.
+    context_pad: int = 32
+    #: ``context="auto"``: the normals have one fixed framing when at least this share of
+    #: them has the most common network input shape.
+    fixed_frame_share: float = 0.9
     #: Feature-map strides (in input pixels) whose outputs form the patch features:
     #: PatchCore uses the stride-8 and stride-16 stages (WRN50 layer2 + layer3).
     feature_strides: tuple[int, ...] = (8, 16)

@@ -32,15 +32,15 @@ from engine.device import resolve_device
 from engine.feature_grid import ImageFeatures, iter_image_features
 from engine.knn import NearestNeighbours
 from engine.patch_features import aggregate
-from engine.preprocess import Geometry, grid_to_image, intensity_range, restore_map
+from engine.preprocess import Geometry, grid_to_image, intensity_range, mixed_framing, restore_map
 from engine.prototypes import ResidualPrototypes
 from engine.sampler import coreset_size, greedy_coreset
 
 #: Version of the saved-model format; bumped whenever the arrays or JSON change meaning.
 MODEL_FORMAT_VERSION = 1
 MODEL_KIND = "protoatlas-patchcore"
-#: The normals' grey-level stretch (``contrast="normals"``) is fitted on an even sample of
-#: at most this many of them.
+#: The normals' grey-level stretch (``contrast="normals"``) and framing
+#: (``context="auto"``) are judged on an even sample of at most this many of them.
 INTENSITY_SAMPLE_IMAGES = 64
 #: Random patch features per image and stage the k-means prototypes are fitted on.
 PROTOTYPE_SAMPLES_PER_IMAGE = 64
@@ -115,6 +115,9 @@ class PatchCoreDetector:
         self.calibration_scores: np.ndarray | None = None
         #: Grey-level stretch fitted on the normals (``contrast == "normals"``), else None.
         self.intensity: tuple[float, float] | None = None
+        #: Mirrored context (px) around every input, decided on the normals
+        #: (``BackboneConfig.context``).
+        self.context_pad: int = 0
 
     def _neighbours(self, bank: np.ndarray) -> NearestNeighbours:
         """Exact k-NN over ``bank``, on the GPU when the detector runs on CUDA."""
@@ -166,7 +169,12 @@ class PatchCoreDetector:
 
         with bar:
             for item in iter_image_features(
-                ext, images, bcfg, pooled=pooled, intensity=self.intensity
+                ext,
+                images,
+                bcfg,
+                pooled=pooled,
+                intensity=self.intensity,
+                context_pad=self.context_pad,
             ):
                 pending.append(item)
                 if len(pending) == bcfg.batch_size:
@@ -189,7 +197,7 @@ class PatchCoreDetector:
         if len(images) == 0:
             raise ValueError("no normal images to fit on")
         n = len(images)
-        self.fit_intensity(images)
+        self.fit_preprocessing(images)
         folds = assign_folds(n, dcfg.calibration_folds, self.config.seed)
         n_folds = int(folds.max()) + 1
         calib = set(pick_calibration(folds, dcfg.calibration_max_images, self.config.seed).tolist())
@@ -275,15 +283,31 @@ class PatchCoreDetector:
             scores.extend(self._content_score(kept[i], others) for i in held)
         return np.asarray(scores, np.float32)
 
-    def fit_intensity(self, images: Sequence[np.ndarray]) -> None:
-        """Fit the grey-level stretch on the normals when ``contrast`` is ``normals`` (or
-        ``auto`` and they are dark), from an even sample of at most
-        :data:`INTENSITY_SAMPLE_IMAGES` of them."""
+    def fit_preprocessing(self, images: Sequence[np.ndarray]) -> None:
+        """Decide the input context (``BackboneConfig.context``) and fit the grey-level
+        stretch on the normals (``contrast`` ``normals``, or ``auto`` and they are dark),
+        from an even sample of at most :data:`INTENSITY_SAMPLE_IMAGES` of them."""
         bcfg = self.config.backbone
+        pick = (
+            [int(i) for i in even_sample(len(images), INTENSITY_SAMPLE_IMAGES)]
+            if len(images)
+            else []
+        )
+        self.context_pad = 0
+        if bcfg.context == "mirror" or (
+            bcfg.context == "auto"
+            and mixed_framing(
+                _sample_shapes(images, pick),
+                bcfg.image_size,
+                bcfg.resize_mode,
+                self.extractor.max_stride,
+                bcfg.fixed_frame_share,
+            )
+        ):
+            self.context_pad = int(bcfg.context_pad)
         if bcfg.contrast not in ("normals", "auto") or len(images) == 0:
             self.intensity = None
             return
-        pick = even_sample(len(images), INTENSITY_SAMPLE_IMAGES)
         lo, hi = intensity_range((images[int(i)] for i in pick), *bcfg.contrast_percentiles)
         dark = hi < bcfg.dark_level
         self.intensity = (lo, hi) if bcfg.contrast == "normals" or dark else None
@@ -414,6 +438,7 @@ class PatchCoreDetector:
             "threshold": self.threshold,
             "n_stages": len(self.prototypes.centroids),
             "intensity": list(self.intensity) if self.intensity is not None else None,
+            "context_pad": self.context_pad,
         }
         arrays = {"bank": knn.bank, "calibration_scores": self.calibration_scores}
         for i, c in enumerate(self.prototypes.centroids):
@@ -461,8 +486,18 @@ class PatchCoreDetector:
         det.threshold = float(meta["threshold"]) if meta["threshold"] is not None else None
         if meta.get("intensity") is not None:
             det.intensity = (float(meta["intensity"][0]), float(meta["intensity"][1]))
+        det.context_pad = int(meta.get("context_pad", 0))  # older models: no context
         det.calibration_scores = arrays["calibration_scores"]
         return det
+
+
+def _sample_shapes(images: Sequence[np.ndarray], pick: Sequence[int]) -> list[tuple[int, int]]:
+    """(H, W) of ``images[pick]``: from a validated :class:`engine.data.LazyImages`'
+    ``shapes`` when it has them (no reading), else from the images."""
+    shapes = getattr(images, "shapes", None)
+    if shapes is not None and len(shapes) == len(images):
+        return [(int(shapes[int(i)][0]), int(shapes[int(i)][1])) for i in pick]
+    return [np.asarray(images[int(i)]).shape[:2] for i in pick]
 
 
 def resolve_device_arg(device: str | torch.device | None, default: str) -> torch.device:

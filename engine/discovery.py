@@ -324,7 +324,7 @@ class DiscoveryModel:
         if fit_detector:
             det.fit(normals, progress=progress)
         else:
-            det.fit_intensity(normals)
+            det.fit_preprocessing(normals)
         self.detector = det
         self._keep_references(normals)
         # The prior is fitted on the kept references, so that a loaded model (which keeps

@@ -87,18 +87,20 @@ def iter_image_features(
     *,
     pooled: bool = False,
     intensity: tuple[float, float] | None = None,
+    context_pad: int = 0,
 ) -> Iterator[ImageFeatures]:
     """:class:`ImageFeatures` of every image of ``images``, in order. ``intensity``: the
-    fitted grey-level stretch of ``cfg.contrast == "normals"``."""
+    fitted grey-level stretch of ``cfg.contrast == "normals"``; ``context_pad``: mirrored
+    context around each input (:func:`engine.preprocess.plan_geometry`)."""
     window: list[np.ndarray] = []
     size = max(1, cfg.batch_size) * WINDOW_BATCHES
     for image in images:
         window.append(image)
         if len(window) == size:
-            yield from _window_features(extractor, window, cfg, pooled, intensity)
+            yield from _window_features(extractor, window, cfg, pooled, intensity, context_pad)
             window = []
     if window:
-        yield from _window_features(extractor, window, cfg, pooled, intensity)
+        yield from _window_features(extractor, window, cfg, pooled, intensity, context_pad)
 
 
 def input_intensity(
@@ -118,6 +120,7 @@ def _window_features(
     cfg: BackboneConfig,
     pooled: bool,
     intensity: tuple[float, float] | None,
+    context_pad: int,
 ) -> list[ImageFeatures]:
     multiple = extractor.max_stride
     tile = max(multiple, (cfg.tile_size // multiple) * multiple)
@@ -126,7 +129,12 @@ def _window_features(
     groups: dict[tuple[int, int], list[_Tile]] = {}
     for i, image in enumerate(images):
         arr, geom = fit_input(
-            image, cfg.image_size, cfg.resize_mode, multiple, input_intensity(image, cfg, intensity)
+            image,
+            cfg.image_size,
+            cfg.resize_mode,
+            multiple,
+            input_intensity(image, cfg, intensity),
+            context_pad,
         )
         inputs.append(arr)
         geoms.append(geom)

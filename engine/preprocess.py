@@ -68,8 +68,14 @@ def _round_to(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def plan_geometry(hw: tuple[int, int], size: int, mode: ResizeMode, multiple: int = 32) -> Geometry:
-    """The :class:`Geometry` of an image of ``hw`` = (H, W) in ``mode`` (no pixels needed)."""
+def plan_geometry(
+    hw: tuple[int, int], size: int, mode: ResizeMode, multiple: int = 32, context_pad: int = 0
+) -> Geometry:
+    """The :class:`Geometry` of an image of ``hw`` = (H, W) in ``mode`` (no pixels needed).
+
+    ``context_pad`` (``native`` and ``area``): mirrored context of that many input pixels,
+    rounded up to half of ``multiple``, on every side of the content.
+    """
     h, w = int(hw[0]), int(hw[1])
     if h < 1 or w < 1:
         raise ValueError(f"image has no pixels: {w} x {h}")
@@ -89,7 +95,24 @@ def plan_geometry(hw: tuple[int, int], size: int, mode: ResizeMode, multiple: in
         return Geometry((h, w), (size, size), (top, left, top + new_h, left + new_w))
     scale = size / min(h, w) if mode == "native" else size / math.sqrt(h * w)
     new_h, new_w = _round_to(h * scale, multiple), _round_to(w * scale, multiple)
-    return Geometry((h, w), (new_h, new_w), (0, 0, new_h, new_w))
+    half = max(1, multiple // 2)  # both sides together stay a multiple of ``multiple``
+    pad = -(-max(0, int(context_pad)) // half) * half
+    box = (pad, pad, pad + new_h, pad + new_w)
+    return Geometry((h, w), (new_h + 2 * pad, new_w + 2 * pad), box)
+
+
+def mixed_framing(
+    shapes: list[tuple[int, int]], size: int, mode: ResizeMode, multiple: int, share: float
+) -> bool:
+    """Whether images of ``shapes`` (H, W) come in mixed framings: fewer than ``share`` of
+    them get the most common network input shape. False for no images."""
+    if not shapes:
+        return False
+    inputs: dict[tuple[int, int], int] = {}
+    for hw in shapes:
+        key = plan_geometry(hw, size, mode, multiple).input_hw
+        inputs[key] = inputs.get(key, 0) + 1
+    return max(inputs.values()) < share * len(shapes)
 
 
 def intensity_range(
@@ -123,12 +146,14 @@ def fit_input(
     mode: ResizeMode,
     multiple: int = 32,
     intensity: tuple[float, float] | None = None,
+    context_pad: int = 0,
 ) -> tuple[np.ndarray, Geometry]:
     """Resize an (H, W, 3) uint8 image into its (Hi, Wi, 3) uint8 network input;
-    ``intensity`` = (lo, hi) grey levels stretches it first (:func:`stretch_contrast`)."""
+    ``intensity`` = (lo, hi) grey levels stretches it first (:func:`stretch_contrast`);
+    ``context_pad``: mirrored context around the content (:func:`plan_geometry`)."""
     if intensity is not None:
         image = stretch_contrast(image, *intensity)
-    geom = plan_geometry(image.shape[:2], size, mode, multiple)
+    geom = plan_geometry(image.shape[:2], size, mode, multiple, context_pad)
     h, w = geom.orig_hw
     ch, cw = geom.content_hw
     resized = (
@@ -140,7 +165,8 @@ def fit_input(
     ih, iw = geom.input_hw
     if (top, left, bottom, right) == (0, 0, ih, iw):
         return np.ascontiguousarray(resized), geom
-    out = cv2.copyMakeBorder(resized, top, ih - bottom, left, iw - right, cv2.BORDER_REPLICATE)
+    border = cv2.BORDER_REPLICATE if mode == "letterbox" else cv2.BORDER_REFLECT
+    out = cv2.copyMakeBorder(resized, top, ih - bottom, left, iw - right, border)
     return out, geom
 
 

@@ -15,9 +15,9 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, get_args
 
-from engine.config import RESIZE_MODES, BackboneConfig, DetectorConfig, ProtoAtlasConfig
+from engine.config import RESIZE_MODES, BackboneConfig, Context, DetectorConfig, ProtoAtlasConfig
 from engine.synth import SCENE_KINDS
 
 if TYPE_CHECKING:
@@ -64,6 +64,13 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         help=f"how images become the network input (default {BackboneConfig().resize_mode})",
     )
     parser.add_argument(
+        "--context",
+        default=None,
+        choices=list(get_args(Context)),
+        help="mirrored context around each input: none, mirror, or auto = mirror when "
+        f"the normals come in mixed sizes (default {BackboneConfig().context})",
+    )
+    parser.add_argument(
         "--false-alarm-rate",
         type=_rate,
         default=None,
@@ -91,6 +98,7 @@ def _config_from(args: argparse.Namespace) -> ProtoAtlasConfig:
             "weights": args.weights,
             "image_size": args.image_size,
             "resize_mode": args.resize,
+            "context": getattr(args, "context", None),
         }.items()
         if v is not None
     }
@@ -98,8 +106,13 @@ def _config_from(args: argparse.Namespace) -> ProtoAtlasConfig:
     sections: dict[str, dict] = {}
     if backbone:
         sections["backbone"] = backbone
-    if getattr(args, "false_alarm_rate", None) is not None:
-        sections["detector"] = {"false_alarm_rate": args.false_alarm_rate}
+    detector = {
+        k: v
+        for k, v in {"false_alarm_rate": getattr(args, "false_alarm_rate", None)}.items()
+        if v is not None
+    }
+    if detector:
+        sections["detector"] = detector
     return cfg.with_overrides(**sections) if sections else cfg
 
 

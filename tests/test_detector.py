@@ -155,3 +155,43 @@ def test_unfitted_detector_refuses_to_score(small_config) -> None:
         PatchCoreDetector(small_config).score([np.zeros((32, 32, 3), np.uint8)])
     with pytest.raises(ValueError, match="no normal images"):
         PatchCoreDetector(small_config).fit([])
+
+
+def test_fixed_size_normals_get_no_context(fitted) -> None:
+    det, _ = fitted
+    assert det.config.backbone.context == "auto" and det.context_pad == 0
+
+
+def _mixed_sizes(synth_samples) -> list[np.ndarray]:
+    """Normals cut to varying widths: a mixed framing (no two share one input shape)."""
+    normals = [s.image for s in synth_samples if s.label == "good"][:8]
+    return [im[:, : im.shape[1] - 4 * i] for i, im in enumerate(normals)]
+
+
+def test_mixed_size_normals_get_mirrored_context(small_config, synth_samples, tmp_path) -> None:
+    images = _mixed_sizes(synth_samples)
+    det = PatchCoreDetector(small_config)
+    det.fit(images)
+    assert det.context_pad == small_config.backbone.context_pad > 0
+    again = PatchCoreDetector.load(det.save(tmp_path / "model.npz"), device="cpu")
+    assert again.context_pad == det.context_pad
+    a, b = det.score(images[:2]), again.score(images[:2])
+    assert np.allclose([r.score for r in a], [r.score for r in b], rtol=1e-5)
+    for image, result in zip(images[:2], a):
+        assert result.anomaly_map.shape == image.shape[:2]  # the padding is cut off again
+        assert np.isfinite(result.patch_scores).sum() > 0
+
+
+@pytest.mark.parametrize("context, mixed, want", [("none", True, 0), ("mirror", False, 32)])
+def test_context_none_and_mirror_override_the_rule(
+    small_config, synth_samples, context, mixed, want
+) -> None:
+    cfg = small_config.with_overrides(backbone={"context": context, "context_pad": 32})
+    images = (
+        _mixed_sizes(synth_samples)
+        if mixed
+        else [s.image for s in synth_samples if s.label == "good"][:8]
+    )
+    det = PatchCoreDetector(cfg)
+    det.fit_preprocessing(images)
+    assert det.context_pad == want

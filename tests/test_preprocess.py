@@ -9,6 +9,7 @@ from engine.preprocess import (
     fit_input,
     fit_square,
     grid_to_image,
+    mixed_framing,
     plan_geometry,
     restore_map,
     tile_starts,
@@ -47,6 +48,43 @@ def test_native_scales_the_shorter_side_without_padding(hw, want) -> None:
     assert geom.grid_valid(8).all()
     h, w = hw
     assert abs((want[0] / want[1]) / (h / w) - 1) <= 16 / min(want)  # aspect kept to a cell
+
+
+@pytest.mark.parametrize("pad, used", [(0, 0), (1, 16), (16, 16), (20, 32), (32, 32)])
+def test_context_pad_surrounds_the_content_and_is_masked(pad, used) -> None:
+    geom = plan_geometry((300, 400), 256, "native", 32, context_pad=pad)
+    assert geom.content_hw == (256, 352)
+    assert geom.box == (used, used, used + 256, used + 352)
+    assert geom.input_hw == (256 + 2 * used, 352 + 2 * used)
+    assert geom.input_hw[0] % 32 == 0 == geom.input_hw[1] % 32
+    valid = geom.grid_valid(8)
+    assert valid.sum() == (256 // 8) * (352 // 8)  # only content cells count
+    assert not valid[: used // 8].any() and not valid[:, : used // 8].any()
+
+
+def test_context_pad_mirrors_the_image() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (256, 288, 3), dtype=np.uint8)
+    arr, geom = fit_input(image, 256, "native", 32, context_pad=32)
+    top, left, bottom, right = geom.box
+    assert np.array_equal(arr[top:bottom, left:right], image)
+    assert np.array_equal(arr[top - 1], arr[top]) and np.array_equal(arr[top - 5], arr[top + 4])
+    assert np.array_equal(arr[:, right], arr[:, right - 1])
+
+
+def test_context_pad_leaves_the_square_modes_alone() -> None:
+    for mode in ("letterbox", "squash"):
+        assert plan_geometry((100, 200), 256, mode, 32, context_pad=32).input_hw == (256, 256)
+
+
+def test_mixed_framing_counts_input_shapes_not_pixels() -> None:
+    same = [(300, 400)] * 10
+    assert not mixed_framing(same, 256, "native", 32, 0.9)
+    assert not mixed_framing(same + [(600, 800)], 256, "native", 32, 0.9)  # same input shape
+    assert not mixed_framing(same + [(300, 900)], 256, "native", 32, 0.9)  # 10 of 11 share
+    varied = [(300, 300 + 50 * i) for i in range(10)]
+    assert mixed_framing(varied, 256, "native", 32, 0.9)
+    assert not mixed_framing([], 256, "native", 32, 0.9)
 
 
 def test_area_keeps_the_pixel_budget() -> None:
