@@ -286,18 +286,33 @@ class PatchCoreDetector:
     def fit_preprocessing(self, images: Sequence[np.ndarray]) -> None:
         """Decide the input context (``BackboneConfig.context``) and fit the grey-level
         stretch on the normals (``contrast`` ``normals``, or ``auto`` and they are dark),
-        from an even sample of at most :data:`INTENSITY_SAMPLE_IMAGES` of them."""
+        from an even sample of at most :data:`INTENSITY_SAMPLE_IMAGES` of them, each read
+        at most once."""
         bcfg = self.config.backbone
         pick = (
             [int(i) for i in even_sample(len(images), INTENSITY_SAMPLE_IMAGES)]
             if len(images)
             else []
         )
+        shapes = _known_shapes(images, pick)
+        seen: list[tuple[int, int]] = []
+
+        def sampled() -> Iterator[np.ndarray]:
+            for i in pick:
+                image = np.asarray(images[i])
+                seen.append(image.shape[:2])
+                yield image
+
+        self.intensity = None
+        if bcfg.contrast in ("normals", "auto") and pick:
+            lo, hi = intensity_range(sampled(), *bcfg.contrast_percentiles)
+            if bcfg.contrast == "normals" or hi < bcfg.dark_level:
+                self.intensity = (lo, hi)
         self.context_pad = 0
         if bcfg.context == "mirror" or (
             bcfg.context == "auto"
             and mixed_framing(
-                _sample_shapes(images, pick),
+                shapes or seen or [np.asarray(images[i]).shape[:2] for i in pick],
                 bcfg.image_size,
                 bcfg.resize_mode,
                 self.extractor.max_stride,
@@ -305,12 +320,6 @@ class PatchCoreDetector:
             )
         ):
             self.context_pad = int(bcfg.context_pad)
-        if bcfg.contrast not in ("normals", "auto") or len(images) == 0:
-            self.intensity = None
-            return
-        lo, hi = intensity_range((images[int(i)] for i in pick), *bcfg.contrast_percentiles)
-        dark = hi < bcfg.dark_level
-        self.intensity = (lo, hi) if bcfg.contrast == "normals" or dark else None
 
     def _content_score(self, content: np.ndarray, knn: NearestNeighbours) -> float:
         """Image score of an image's content patches against ``knn``'s bank."""
@@ -491,13 +500,13 @@ class PatchCoreDetector:
         return det
 
 
-def _sample_shapes(images: Sequence[np.ndarray], pick: Sequence[int]) -> list[tuple[int, int]]:
-    """(H, W) of ``images[pick]``: from a validated :class:`engine.data.LazyImages`'
-    ``shapes`` when it has them (no reading), else from the images."""
+def _known_shapes(images: Sequence[np.ndarray], pick: Sequence[int]) -> list[tuple[int, int]]:
+    """(H, W) of ``images[pick]`` when known without reading them (a validated
+    :class:`engine.data.LazyImages` has ``shapes``), else an empty list."""
     shapes = getattr(images, "shapes", None)
-    if shapes is not None and len(shapes) == len(images):
-        return [(int(shapes[int(i)][0]), int(shapes[int(i)][1])) for i in pick]
-    return [np.asarray(images[int(i)]).shape[:2] for i in pick]
+    if shapes is None or len(shapes) != len(images):
+        return []
+    return [(int(shapes[i][0]), int(shapes[i][1])) for i in pick]
 
 
 def resolve_device_arg(device: str | torch.device | None, default: str) -> torch.device:
