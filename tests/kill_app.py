@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from tests.kill_engine import write_batch
-from tests.kill_workload import append, read_log, wait_for_step
+from tests.kill_workload import append, read_log, spawn, wait_for_step
 from tests.service_fixtures import fast_config
 
 WS = "default"
@@ -268,13 +268,7 @@ def trial(
     if url is None:
         _stop(server)
         raise RuntimeError(f"serve did not start: {(folder / 'serve-1.out').read_text()[-2000:]}")
-    repo = Path(__file__).resolve().parents[1]
-    client = subprocess.Popen(
-        [sys.executable, "-m", "tests.kill_app", url, str(log), str(seed), str(folder / "data")],
-        cwd=repo,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    client = spawn("tests.kill_app", url, str(log), str(seed), str(folder / "data"))
     rng = random.Random(seed)
     step, delay = rng.randint(1, steps), rng.uniform(0, within_s)
     reached = wait_for_step(log, step, lambda: client.poll() is None, 300, kind)

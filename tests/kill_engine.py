@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from engine.synth import SynthConfig, write_mvtec
 from tests.conftest import TEST_IMAGE_SIZE
-from tests.kill_workload import ACTOR, append, read_log, review_step, wait_for_step
+from tests.kill_workload import ACTOR, append, read_log, review_step, spawn, wait_for_step
 from tests.service_fixtures import TYPES, fast_config
 
 WS = "default"
@@ -158,13 +157,7 @@ def trial(
 
     home, log = folder / "home", folder / "log.jsonl"
     home.mkdir(parents=True, exist_ok=True)
-    repo = Path(__file__).resolve().parents[1]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.kill_engine", str(home), str(log), str(seed)],
-        cwd=repo,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    child = spawn("tests.kill_engine", str(home), str(log), str(seed))
     rng = random.Random(seed)
     step, delay = rng.randint(1, steps), rng.uniform(0, within_s)
     reached = wait_for_step(log, step, lambda: child.poll() is None, start_timeout_s, kind)

@@ -51,6 +51,17 @@ def read_log(log: Path) -> list[dict]:
     return out
 
 
+def spawn(module: str, *args: str) -> subprocess.Popen:
+    """``python -m module args...`` from the repository root, stdout discarded, stderr kept
+    (a trial reports it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 def wait_for_step(log: Path, k: int, alive, timeout_s: float, kind: str | None = None) -> bool:
     """Wait until the log shows the start of step ``k`` (its ``k``-th ``start`` line, or
     ``kind``: its ``k``-th start of that kind); False when ``alive()`` turns false or
@@ -151,13 +162,7 @@ def trial(folder: Path, seed: int, window_s: float = 4.0, start_timeout_s: float
     from storage import doctor
 
     home, log = folder / "home", folder / "ack.jsonl"
-    repo = Path(__file__).resolve().parents[1]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.kill_workload", str(home), str(log), str(seed)],
-        cwd=repo,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    child = spawn("tests.kill_workload", str(home), str(log), str(seed))
     t0 = time.perf_counter()
     while not (log.is_file() and log.stat().st_size > 0):
         if child.poll() is not None or time.perf_counter() - t0 > start_timeout_s:
