@@ -560,6 +560,59 @@ class ScreensConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """PRN refinement (:mod:`engine.refine`): a residual segmentation network trained on
+    generated anomalies (and any confirmed real defects) on top of the fitted detector."""
+
+    #: Channels of the residual projections and of the segmentation head.
+    width: int = 32
+    #: Attention heads of each multi-size self-attention block.
+    heads: int = 2
+    #: Window sides as fractions of the feature grid (PRN: the whole grid, 1/2, 1/4, 1/8).
+    window_fractions: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    #: Upper bound of a window side in cells (bounds attention cost on elongated grids).
+    max_window_cells: int = 32
+    #: The head also reads the detector's patch distance (divided by its threshold), so it
+    #: starts from what PatchCore already knows; False: residuals alone (PRN as published).
+    use_distance: bool = True
+    #: Generated training images drawn from the normals.
+    n_samples: int = 192
+    #: Share of those left untouched (negatives).
+    normal_share: float = 0.2
+    #: Relative odds of each generator for the others: Perlin-masked foreign texture
+    #: (DRAEM, unseen appearance), CutPaste, the project's defect painters, and pastes of
+    #: confirmed real defects (seen appearance; only when some are given).
+    kind_weights: tuple[float, float, float, float] = (0.4, 0.2, 0.4, 1.0)
+    #: Scale and rotation (degrees) range of a pasted real defect.
+    paste_scale: tuple[float, float] = (0.6, 1.4)
+    paste_rotation_deg: tuple[float, float] = (-180.0, 180.0)
+    #: Blend weight of a pasted defect, and its feathered edge in source pixels.
+    paste_blend: tuple[float, float] = (0.7, 1.0)
+    paste_feather_px: float = 1.5
+    #: Copies of each confirmed real defect image among the training samples.
+    real_repeats: int = 4
+    epochs: int = 20
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 8
+    #: Focal loss focusing exponent and the weight of the smooth-L1 term (PRN's losses).
+    focal_gamma: float = 2.0
+    smooth_l1_weight: float = 1.0
+    #: Normals held out of generation to calibrate the refined image score.
+    calibration_normals: int = 64
+    #: Image score: the peak of the refined map (``refined``) or the detector's (``patchcore``).
+    image_score: str = "patchcore"
+    #: The map: the segmenter's probability (``refined``, PRN) or the detector's patch
+    #: distance amplified by it, ``distance * (1 + probability)`` (``fused``).
+    combine: str = "fused"
+    #: In a workspace: share of the confirmed defect images and of the normal images held
+    #: out to judge the refinement (before / after), and the most confirmed defect images
+    #: it trains on.
+    judge_share: float = 0.3
+    max_real: int = 50
+
+
+@dataclass(frozen=True)
 class ProtoAtlasConfig:
     """Top-level configuration: passed down from the CLI / service layer into the engine."""
 
@@ -574,6 +627,7 @@ class ProtoAtlasConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     suggest: SuggestConfig = field(default_factory=SuggestConfig)
     screens: ScreensConfig = field(default_factory=ScreensConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -34,6 +34,7 @@ from engine.knn import NearestNeighbours
 from engine.patch_features import aggregate
 from engine.preprocess import Geometry, grid_to_image, intensity_range, mixed_framing, restore_map
 from engine.prototypes import ResidualPrototypes
+from engine.refine import RefinerInputs, ResidualRefiner
 from engine.sampler import coreset_size, greedy_coreset
 
 #: Version of the saved-model format; bumped whenever the arrays or JSON change meaning.
@@ -44,6 +45,9 @@ MODEL_KIND = "protoatlas-patchcore"
 INTENSITY_SAMPLE_IMAGES = 64
 #: Random patch features per image and stage the k-means prototypes are fitted on.
 PROTOTYPE_SAMPLES_PER_IMAGE = 64
+#: Neighbours searched to find the nearest bank entry from another image
+#: (:meth:`PatchCoreDetector.patch_distances`).
+EXCLUDE_NEIGHBOURS = 32
 
 
 class ModelFormatError(ValueError):
@@ -59,6 +63,8 @@ class PatchBatch:
     geometries: list[Geometry]
     valid: list[np.ndarray]  # per image (h, w) bool: patch centre inside the image content
     pooled: torch.Tensor | None  # (B, P) global features when requested
+    #: per image, per stage (h_k, w_k) bool content cells
+    stage_valid: list[list[np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.features)
@@ -118,6 +124,12 @@ class PatchCoreDetector:
         #: Mirrored context (px) around every input, decided on the normals
         #: (``BackboneConfig.context``).
         self.context_pad: int = 0
+        #: PRN refinement (:mod:`engine.refine`): when set, maps (and, in ``refined``
+        #: image-score mode, scores and threshold) come from its residual segmenter.
+        self.refiner: ResidualRefiner | None = None
+        #: (bank size,) int32: the index (in the fitted normals) each bank entry comes from;
+        #: None for models saved before it was kept.
+        self.bank_origin: np.ndarray | None = None
 
     def _neighbours(self, bank: np.ndarray) -> NearestNeighbours:
         """Exact k-NN over ``bank``, on the GPU when the detector runs on CUDA."""
@@ -146,12 +158,13 @@ class PatchCoreDetector:
         pending: list[ImageFeatures] = []
 
         def flush() -> PatchBatch:
-            feats, stages, valids = [], [], []
+            feats, stages, valids, stage_valids = [], [], [], []
             for item in pending:
-                stage_valid = [
-                    torch.from_numpy(item.geometry.grid_valid(s, o))[None]
-                    for s, o in zip(ext.strides, ext.offsets)
+                stage_np = [
+                    item.geometry.grid_valid(s, o) for s, o in zip(ext.strides, ext.offsets)
                 ]
+                stage_valids.append(stage_np)
+                stage_valid = [torch.from_numpy(v)[None] for v in stage_np]
                 masked = None if all(bool(v.all()) for v in stage_valid) else stage_valid
                 patch, per_stage = aggregate(
                     [m[None] for m in item.maps],
@@ -165,7 +178,9 @@ class PatchCoreDetector:
                 stride, offset = self.finest
                 valids.append(item.geometry.grid_valid(stride, offset))
             vec = torch.stack([p.pooled_vector() for p in pending]) if pooled else None
-            return PatchBatch(feats, stages, [p.geometry for p in pending], valids, vec)
+            return PatchBatch(
+                feats, stages, [p.geometry for p in pending], valids, vec, stage_valids
+            )
 
         with bar:
             for item in iter_image_features(
@@ -238,6 +253,7 @@ class PatchCoreDetector:
                     per_image[member] = np.zeros((0, part.shape[1]), np.float32)  # free memory
         del per_image
         self.knn = self._neighbours(np.concatenate(fold_banks))
+        self.bank_origin = np.concatenate(fold_origin).astype(np.int32)
         per_stage = [
             np.concatenate([s[i] for s in stage_samples]) for i in range(len(stage_samples[0]))
         ]
@@ -387,11 +403,82 @@ class PatchCoreDetector:
                 score = float(d[pos] * self._reweight(content[pos], int(nn[pos]), knn))
                 filled = np.where(valid, grid, float(d.min())).astype(np.float32)
                 geom = batch.geometries[i]
+                if self.refiner is not None:
+                    score, grid, filled = self._refined(batch, i, filled, score)
                 up = grid_to_image(filled, stride, offset, geom)
                 smooth = gaussian_filter(up, sigma=dcfg.map_sigma)
                 yield ImageDetection(
                     score, restore_map(smooth, geom), grid, content.mean(axis=0).astype(np.float32)
                 )
+
+    def patch_distances(self, content: np.ndarray, exclude: int = -1) -> np.ndarray:
+        """(n,) distance of each content patch to its nearest bank entry; with ``exclude``
+        >= 0, to the nearest entry that does not come from fitted normal ``exclude`` (an
+        image of the bank scored as if unseen; needs :attr:`bank_origin`)."""
+        knn = self._require_fitted()
+        if exclude < 0 or self.bank_origin is None:
+            return knn.search(content, k=1)[0][:, 0]
+        k = min(EXCLUDE_NEIGHBOURS, len(knn.bank))
+        dist, idx = knn.search(content, k=k)
+        own = self.bank_origin[np.clip(idx, 0, len(self.bank_origin) - 1)] == exclude
+        first = np.argmax(~own, axis=1)
+        picked = dist[np.arange(len(dist)), first]
+        return np.where((~own).any(axis=1), picked, dist[:, -1]).astype(np.float32)
+
+    def refiner_inputs(self, batch: PatchBatch, i: int, filled: np.ndarray) -> RefinerInputs:
+        """The residual segmenter's inputs for image ``i`` of ``batch`` (``filled``: its
+        (h, w) patch-distance grid with the cells outside the content filled)."""
+        if self.refiner is None or self.prototypes is None or batch.stage_valid is None:
+            raise RuntimeError("this detector has no refiner")
+        return self.refiner.inputs(
+            self.prototypes, batch.stage_maps[i], batch.stage_valid[i], filled
+        )
+
+    def _refined(
+        self, batch: PatchBatch, i: int, filled: np.ndarray, score: float
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """(image score, grid with NaN outside the content, filled grid) of the refiner."""
+        assert self.refiner is not None
+        prob = self.refiner.probability([self.refiner_inputs(batch, i, filled)])[0]
+        valid = batch.valid[i]
+        if self.refiner.image_score == "refined":
+            score = float(prob[valid].max())
+        values = self.refiner.combined(prob, filled)
+        grid = np.where(valid, values, np.nan).astype(np.float32)
+        return score, grid, np.where(valid, values, float(values[valid].min())).astype(np.float32)
+
+    def set_refiner(self, refiner: ResidualRefiner, threshold: float, scores: np.ndarray) -> None:
+        """Use ``refiner`` from now on, with the threshold and calibration scores it was
+        calibrated to (the PatchCore ones are kept in it for :meth:`remove_refiner`)."""
+        self.refiner = refiner
+        self.threshold = float(threshold)
+        self.calibration_scores = np.asarray(scores, np.float32)
+
+    def set_refiner_mode(self, combine: str, image_score: str) -> None:
+        """Switch the installed refiner's map (``combine``) and image score, with the
+        threshold that goes with that score."""
+        ref = self.refiner
+        if ref is None:
+            raise RuntimeError("this detector has no refiner")
+        if image_score == "refined" and ref.refined_threshold is None:
+            raise RuntimeError("this refiner was saved without its refined calibration")
+        ref.combine, ref.image_score = combine, image_score
+        ref.__post_init__()
+        if image_score == "refined":
+            assert ref.refined_calibration is not None and ref.refined_threshold is not None
+            self.threshold = float(ref.refined_threshold)
+            self.calibration_scores = ref.refined_calibration
+        else:
+            self.threshold = ref.base_threshold
+            self.calibration_scores = ref.base_calibration
+
+    def remove_refiner(self) -> None:
+        """Back to the PatchCore maps, scores and threshold."""
+        if self.refiner is None:
+            return
+        self.threshold = self.refiner.base_threshold
+        self.calibration_scores = self.refiner.base_calibration
+        self.refiner = None
 
     def _reweight(
         self, query: np.ndarray, nearest: int, knn: NearestNeighbours | None = None
@@ -450,8 +537,14 @@ class PatchCoreDetector:
             "context_pad": self.context_pad,
         }
         arrays = {"bank": knn.bank, "calibration_scores": self.calibration_scores}
+        if self.bank_origin is not None:
+            arrays["bank_origin"] = self.bank_origin
         for i, c in enumerate(self.prototypes.centroids):
             arrays[f"prototypes_{i}"] = c
+        meta["refiner"] = None
+        if self.refiner is not None:
+            ref_arrays, meta["refiner"] = self.refiner.to_arrays()
+            arrays.update(ref_arrays)
         return arrays, meta
 
     def save(self, path: str | Path) -> Path:
@@ -497,6 +590,10 @@ class PatchCoreDetector:
             det.intensity = (float(meta["intensity"][0]), float(meta["intensity"][1]))
         det.context_pad = int(meta.get("context_pad", 0))  # older models: no context
         det.calibration_scores = arrays["calibration_scores"]
+        if "bank_origin" in arrays:
+            det.bank_origin = arrays["bank_origin"].astype(np.int32)
+        if meta.get("refiner"):  # older models: no refiner
+            det.refiner = ResidualRefiner.from_arrays(arrays, meta["refiner"])
         return det
 
 

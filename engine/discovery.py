@@ -260,6 +260,8 @@ class DiscoveryModel:
         self.detector: PatchCoreDetector | None = None
         self.prior: ObjectPrior = make_prior(self.config.prior)
         self.references: list[np.ndarray] = []
+        #: Index of each reference among the fitted normals (-1: not known).
+        self.reference_index: list[int] = []
         self.reference_descriptors = np.zeros((0, 0), np.float32)
         self.value_range: tuple[float, float] | None = None
         self.head: PrototypeHead | None = None
@@ -334,6 +336,7 @@ class DiscoveryModel:
     def _keep_references(self, normals: Sequence[np.ndarray]) -> None:
         dcfg = self.config.discovery
         keep = even_sample(len(normals), dcfg.max_kept_references)
+        self.reference_index = [int(i) for i in keep]
         self.references = [shrink_to(self.stretched(normals[i]), dcfg.reference_side) for i in keep]
         self.reference_descriptors = np.array(
             list(self._require_detector().iter_descriptors(self.references)), np.float32
@@ -984,6 +987,7 @@ class DiscoveryModel:
             "config": json.loads(self.config.to_json()),
             "detector": det_meta,
             "n_references": len(self.references),
+            "reference_index": list(self.reference_index),
             "head_shape": head_shape,
             "value_range": list(self.value_range) if self.value_range else None,
             "confidence_temperature": self.temperature,
@@ -1014,6 +1018,8 @@ class DiscoveryModel:
             )
         )
         model.references = [arrays[f"reference.{i}"] for i in range(meta["n_references"])]
+        # older models: which fitted normal each reference is was not kept
+        model.reference_index = list(meta.get("reference_index") or [-1] * len(model.references))
         model.reference_descriptors = arrays["reference_descriptors"]
         if model.references:
             model.prior.fit(model.references)

@@ -10,11 +10,10 @@ What is kept from PRN (Prototypical Residual Network, CVPR 2023) and why:
   engine clusters: two scratches on different parts of a bottle have different features but
   similar residuals.
 
-What is not kept: PRN's trained residual decoder with multi-size self-attention needs labelled
-(or synthetic) anomalies and a GPU-scale training run to produce segmentation maps; ProtoAtlas
-gets its maps from the PatchCore detector instead, which needs no training and is as good on
-the benchmark data. The synthetic anomaly generator (``engine/synth.py``) is the piece of PRN's
-anomaly-generation strategy kept for later training.
+PRN's trained part, the residual segmentation network with multi-size self-attention, is
+:mod:`engine.residual_net` (trained by :mod:`engine.refine_train` on generated anomalies and
+confirmed defects); it reads these residuals. Without it, the maps come from the PatchCore
+detector, which needs no training.
 """
 
 from __future__ import annotations
