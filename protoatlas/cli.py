@@ -144,6 +144,11 @@ def _suite_options(p: argparse.ArgumentParser) -> None:
         help="CSV 'path,clusters[,name]' listing sets and their number of types",
     )
     p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine the detector (PRN) on generated anomalies after fitting, before scoring",
+    )
 
 
 #: What ``add_subparsers`` returns (each ``_add_<command>`` adds one subcommand to it).
@@ -283,7 +288,14 @@ def _add_simulate_review(sub: Subparsers) -> None:
     )
     p.add_argument("--budget", type=int, required=True, help="number of questions answered")
     p.add_argument(
-        "--out", required=True, help="output CSV: step,actions,nmi,ari,f1,n_types,clicks"
+        "--out", required=True, help="output CSV: step,actions,nmi,ari,f1,n_types,clicks,detector"
+    )
+    p.add_argument(
+        "--refine-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refine the detector once N types are confirmed (switch when it is better)",
     )
     p.add_argument(
         "--strategy",
@@ -396,6 +408,35 @@ def _add_delete_batch(sub: Subparsers) -> None:
     _common(p)
 
 
+def _add_refine(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "refine",
+        help="refine a workspace's detector (PRN) on generated and confirmed defects",
+        description="Train the residual segmentation network on generated anomalies and the "
+        "defects reviewers confirmed, judge it on held-out confirmed images (before / after) "
+        "and switch to it only when asked: --yes, or an answer at the prompt. The refined "
+        "model is kept as a candidate until then; every earlier detector stays available "
+        "(--rollback).",
+    )
+    _workspace_options(p)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--yes", action="store_true", help="switch without asking")
+    what.add_argument(
+        "--no-switch", action="store_true", help="train and judge only (keep the candidate)"
+    )
+    what.add_argument("--accept", metavar="ID", help="switch to a candidate trained earlier")
+    what.add_argument(
+        "--rollback", action="store_true", help="put the detector from before the last switch back"
+    )
+    what.add_argument("--list", action="store_true", help="list the detector versions")
+    p.add_argument("--to", type=int, default=None, metavar="N", help="with --rollback: version N")
+    p.add_argument(
+        "--max-real", type=int, default=None, help="most confirmed defect images to train on"
+    )
+    p.add_argument("--actor", default="cli", help="who switches (audit log)")
+    _common(p)
+
+
 def _add_synth(sub: Subparsers) -> None:
     p = sub.add_parser("synth", help="write the seeded synthetic demo set (MVTec layout)")
     p.add_argument("--out", required=True, help="output folder")
@@ -429,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_export,
         _add_import_labels,
         _add_delete_batch,
+        _add_refine,
         _add_synth,
     ):
         add(sub)
@@ -487,7 +529,13 @@ def cmd_eval_detect(args: argparse.Namespace) -> int:
     rows, results = [], []
     for item in ev.suite_sets(args.mvtec, args.suite):
         with ev.materialised(item.path) as root:
-            res = ev.eval_detect(root, _config_from(args), progress=not args.quiet, name=item.name)
+            res = ev.eval_detect(
+                root,
+                _config_from(args),
+                progress=not args.quiet,
+                name=item.name,
+                refine=args.refine,
+            )
         results.append(asdict(res))
         rows.append(ev.as_row(res))
         print(
@@ -587,6 +635,7 @@ def cmd_eval_discover(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 name=item.name,
                 baselines=not args.no_baselines,
+                refine=args.refine,
             )
         results.append(asdict(res))
         rows.append(ev.discover_row(res))
@@ -643,6 +692,7 @@ def cmd_simulate_review(args: argparse.Namespace) -> int:
         clusters=args.clusters,
         home=args.home,
         progress=not args.quiet,
+        refine_after=args.refine_after,
     )
     out = simulate.write_curve(args.out, curve)
     first, last = curve[0], curve[-1]
@@ -784,6 +834,45 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    with _service(args) as service:
+        if args.list:
+            for v in service.detector_versions():
+                print(f"{v.id:<4} {v.kind:<9} {v.created_at:%Y-%m-%d %H:%M}  parent {v.parent}")
+            return 0
+        if args.rollback:
+            mv = service.rollback_detector(actor=args.actor, to_version=args.to)
+            print(
+                f"rolled back: model version {mv} uses the detector of version "
+                f"{service.ws.model_version(mv).metrics['detector_of']}"
+            )
+            return 0
+        if args.accept:
+            mv = service.accept_refinement(args.accept, actor=args.actor)
+            print(f"switched to the refined detector: model version {mv}")
+            return 0
+
+        def show(stage: str, fraction: float) -> None:
+            if not args.quiet:
+                print(f"\rrefine: {stage:<10} {fraction:4.0%}", end="", file=sys.stderr)
+
+        candidate = service.refine_detector(progress=show, max_real=args.max_real)
+        if not args.quiet:
+            print(file=sys.stderr)
+        print(candidate.summary())
+        verdict = "better" if candidate.better else "not better on every held-out figure"
+        print(f"candidate {candidate.id}: {verdict} ({candidate.seconds:.0f} s)")
+        switch = args.yes
+        if not args.yes and not args.no_switch and sys.stdin.isatty():
+            switch = input("switch to the refined detector? [y/N] ").strip().lower() == "y"
+        if switch:
+            mv = service.accept_refinement(candidate.id, actor=args.actor)
+            print(f"switched to the refined detector: model version {mv}")
+        else:
+            print(f"not switched; later: protoatlas refine --accept {candidate.id}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from engine import synth
 
@@ -807,6 +896,7 @@ COMMANDS = {
     "export": cmd_export,
     "import-labels": cmd_import_labels,
     "delete-batch": cmd_delete_batch,
+    "refine": cmd_refine,
 }
 
 

@@ -39,6 +39,8 @@ THRESHOLD_EPSILON = 1e-6
 #: A stored prototype is the model file's own (and keeps its outlier threshold) when their
 #: cosine similarity exceeds this (the same vector, up to float32 rounding).
 SAME_PROTOTYPE_COSINE = 0.9999
+#: Model-version kinds that change the detector (and so the unit of image scores).
+DETECTOR_KINDS = ("refine", "rollback")
 
 
 _S = TypeVar("_S", bound="ServiceCore")
@@ -185,10 +187,20 @@ class ServiceCore:
         """The current version of each type (what an action expects to find)."""
         return {int(t): self.ws.get_type(int(t)).version for t in type_ids}
 
+    def detector_since(self) -> int | None:
+        """The model version from which the detector in force scores images (the latest
+        refinement or rollback: image scores before it are in another unit), or None."""
+        got = [v.id for v in self.ws.model_versions() if v.kind in DETECTOR_KINDS]
+        return max(got) if got else None
+
     def defect_answers(self) -> list[tuple[float, bool]]:
-        """(image score, defective?) of every answered "is this image defective?"."""
+        """(image score, defective?) of every answered "is this image defective?" asked
+        since the detector in force was installed (:meth:`detector_since`)."""
+        since = self.detector_since()
         out = []
         for s in self.ws.suggestions(status="answered"):
+            if since is not None and (s.model_version is None or s.model_version < since):
+                continue
             if s.kind == "defect":
                 out.append((float(s.target["score"]), Answer.load(s.answer).choice == "yes"))
         return out

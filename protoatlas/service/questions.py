@@ -64,12 +64,19 @@ class QuestionsMixin(ServiceCore):
 
     def _candidates(self, table: RegionTable) -> list[Candidate]:
         """Candidate regions (stored judged normal by the model, on an image it passed) no
-        reviewer has looked at, with their image's score."""
+        reviewer has looked at, with their image's score; only batches scored by the
+        detector in force (scores of another detector are in another unit)."""
         rows = np.flatnonzero(table.is_normal & ~table.reviewed)
         if len(rows) == 0:
             return []
         scores: dict[tuple[int, int], tuple[float | None, bool | None]] = {}
-        for b in {int(table.batch_ids[r]) for r in rows}:
+        since = self.detector_since()
+        current = {
+            b.id
+            for b in self.ws.batches()
+            if since is None or (b.model_version is not None and b.model_version >= since)
+        }
+        for b in {int(table.batch_ids[r]) for r in rows} & current:
             for image_id, _, score, flagged in self.ws.batch_images(b):
                 scores[(b, image_id)] = (score, flagged)
         out = []

@@ -36,6 +36,7 @@ from protoatlas.service.persist import (
     stored_tokens,
 )
 from protoatlas.service.reads import ReadsMixin
+from protoatlas.service.refine import RefineMixin
 from protoatlas.service.retrain import RetrainMixin
 from storage import BatchDeleted, ModelVersionIn, Problem, doctor
 
@@ -67,7 +68,7 @@ class _Stored:
     n_candidates: int
 
 
-class WorkspaceService(RetrainMixin, AnswersMixin, ActionsMixin, ReadsMixin):
+class WorkspaceService(RetrainMixin, RefineMixin, AnswersMixin, ActionsMixin, ReadsMixin):
     """Workflows on one workspace: upload, review actions, retraining, suggestions, export.
 
     ``WorkspaceService(home, name, config=..., device=..., read_only=...)`` opens (creates)
