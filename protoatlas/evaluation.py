@@ -215,8 +215,12 @@ def eval_detect(
     *,
     progress: bool = False,
     name: str | None = None,
+    refine: bool = False,
 ) -> EvalDetectResult:
-    """Fit on ``train/good`` of an MVTec-layout folder, score ``test``, compute the metrics."""
+    """Fit on ``train/good`` of an MVTec-layout folder, score ``test``, compute the metrics.
+
+    ``refine``: refine the fitted detector (PRN, generated anomalies only) before scoring;
+    the fit time then includes the refinement."""
     reset_peak_rss()
     data = load_mvtec(root)
     train = LazyImages(
@@ -234,15 +238,20 @@ def eval_detect(
     t0 = time.perf_counter()
     det = PatchCoreDetector(config)
     fit = det.fit(train, progress=progress)
+    if refine:
+        from engine.refine_train import fit_refiner
+
+        fit_refiner(det, train)
     t1 = time.perf_counter()
     dets = det.score(test, progress=progress, total=len(test))
     t2 = time.perf_counter()
     labels = np.array([s.defect_type != "good" for s in data.test])
     scores = np.array([d.score for d in dets])
-    auroc, recall, far = detection_metrics(labels, scores, fit.threshold)
+    assert det.threshold is not None and det.calibration_scores is not None
+    auroc, recall, far = detection_metrics(labels, scores, det.threshold)
     at_rates = {}
     for rate in REPORTED_RATES:
-        _, r, f = detection_metrics(labels, scores, threshold_at(fit.calibration_scores, rate))
+        _, r, f = detection_metrics(labels, scores, threshold_at(det.calibration_scores, rate))
         at_rates[str(rate)] = [r, f]
     pixel_auroc = aupro = float("nan")
     if data.has_masks and labels.any():
@@ -256,7 +265,7 @@ def eval_detect(
         aupro=aupro,
         recall=recall,
         false_alarm_rate=far,
-        threshold=fit.threshold,
+        threshold=det.threshold,
         n_train=len(train),
         n_test=len(test),
         fit_seconds=t1 - t0,
@@ -420,6 +429,7 @@ def eval_discover(
     name: str | None = None,
     baselines: bool = True,
     auto_k: bool = True,
+    refine: bool = False,
 ) -> EvalDiscoverResult:
     """Discovery metrics on an MVTec-layout folder (defect types = sub-folders of test/).
 
@@ -429,7 +439,8 @@ def eval_discover(
     The k-means baselines cluster every defective image directly; in the product protocol
     the images the full method's detector passes are wrong answers for them too. With
     ``auto_k`` and a given K, discovery also runs with ``clusters="auto"`` on the same
-    analysis to report the K it would find (``k_auto``).
+    analysis to report the K it would find (``k_auto``). ``refine``: discovery runs on the
+    maps of the detector refined on generated anomalies (PRN; the fit time includes it).
     """
     from engine.discovery import NO_TYPE, DiscoveryModel
 
@@ -443,6 +454,11 @@ def eval_discover(
     t0 = time.perf_counter()
     model = DiscoveryModel(config)
     model.fit(normals, progress=progress)
+    if refine:
+        from engine.refine_train import fit_refiner
+
+        assert model.detector is not None
+        fit_refiner(model.detector, normals)
     t_fit = time.perf_counter() - t0
     analysis = model.analyse(test, progress=progress)
     result = model.discover(analysis, clusters, progress=progress)
@@ -634,3 +650,116 @@ def discover_row(res: EvalDiscoverResult) -> dict[str, object]:
         others = [m.nmi for m in res.methods if m.method != FULL_METHOD and m.protocol == protocol]
         row[f"baseline_{protocol}_nmi"] = max(others) if others else float("nan")
     return row
+
+
+# --------------------------------------------------------------------------------------------
+# refinement (PRN)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalRefineRow:
+    """Detection metrics of one detector on a set's evaluation images."""
+
+    data: str
+    method: str
+    n_real: int
+    image_auroc: float
+    pixel_auroc: float
+    aupro: float
+    recall: float
+    false_alarm_rate: float
+    train_seconds: float
+    n_eval: int
+
+
+#: The rows of a refinement: (method, map, image score). ``refined``: PRN's map and image
+#: score; ``fused``: the patch distance amplified by the refined probability, with the
+#: PatchCore image score and threshold.
+REFINE_MODES = (("refined", "refined", "refined"), ("fused", "fused", "patchcore"))
+
+
+def pick_real_defects(truth: Sequence[str], n_real: int, seed: int) -> list[int]:
+    """``n_real`` defective test images spread over the types (round robin over the types
+    in name order, a seeded random image of each), the real defects a refinement may see."""
+    rng = np.random.default_rng(seed)
+    by_type: dict[str, list[int]] = {}
+    for i, t in enumerate(truth):
+        if t != "good":
+            by_type.setdefault(t, []).append(i)
+    pools = {t: list(rng.permutation(v)) for t, v in sorted(by_type.items())}
+    picked: list[int] = []
+    while len(picked) < n_real and any(pools.values()):
+        for t in sorted(pools):
+            if pools[t] and len(picked) < n_real:
+                picked.append(int(pools[t].pop()))
+    return sorted(picked)
+
+
+def eval_refine(
+    root: str | os.PathLike,
+    config: ProtoAtlasConfig,
+    *,
+    real: Sequence[int] = (0, 10),
+    progress: bool = False,
+    name: str | None = None,
+) -> list[EvalRefineRow]:
+    """The PatchCore detector against its PRN refinement (:mod:`engine.refine_train`) on an
+    MVTec-layout folder with masks.
+
+    The largest of ``real`` defective test images (:func:`pick_real_defects`) are left out
+    of every evaluation, so that all rows score the same images; a refinement with ``n``
+    real defects trains on generated anomalies plus the first ``n`` of them (with their
+    masks) and gives one row per :data:`REFINE_MODES`.
+    """
+    from engine.pseudo_anomalies import RealDefect
+    from engine.refine_train import fit_refiner
+
+    normals, test, truth = _labelled_sets(root, config, progress)
+    data = load_mvtec(root)
+    if not data.has_masks:
+        raise ValueError(f"{root}: refinement is judged on pixel masks; this set has none")
+    by_name = {s.ref.name: s for s in data.test}
+    samples = [by_name[n] for n in test.names]
+    held = pick_real_defects(truth, max(real), config.seed)
+    keep = [i for i in range(len(test)) if i not in set(held)]
+    labels = np.array([truth[i] != "good" for i in keep])
+    masks = [read_masks([samples[i]], test.shapes[i])[0] for i in keep]
+    det = PatchCoreDetector(config)
+    det.fit(normals, progress=progress)
+    label = name or Path(root).name
+    eval_images = _Subset(test, keep)
+
+    def row(method: str, n_real: int, seconds: float) -> EvalRefineRow:
+        dets = det.score(eval_images, progress=progress, total=len(keep))
+        scores = np.array([d.score for d in dets])
+        assert det.threshold is not None
+        auroc, recall, far = detection_metrics(labels, scores, det.threshold)
+        maps = [d.anomaly_map for d in dets]
+        return EvalRefineRow(
+            label,
+            method,
+            n_real,
+            auroc,
+            metrics.pixel_auroc(masks, maps),
+            metrics.aupro(masks, maps),
+            recall,
+            far,
+            seconds,
+            len(keep),
+        )
+
+    rows = [row("patchcore", 0, 0.0)]
+    for n_real in real:
+        defects = [
+            RealDefect(np.asarray(test[i]), read_masks([samples[i]], test.shapes[i])[0])
+            for i in held[:n_real]
+        ]
+        t0 = time.perf_counter()
+        fit_refiner(det, normals, defects)
+        seconds = time.perf_counter() - t0
+        for method, combine, image_score in REFINE_MODES:
+            det.set_refiner_mode(combine, image_score)
+            rows.append(row(method, n_real, seconds))
+    det.remove_refiner()
+    return rows
