@@ -44,7 +44,7 @@ from engine.data import list_images
 from protoatlas.service import WorkspaceService, region_table
 from protoatlas.service.labels import match_names, read_label_keys, read_labels
 
-CURVE_COLUMNS = ("step", "actions", "nmi", "ari", "f1", "n_types", "clicks")
+CURVE_COLUMNS = ("step", "actions", "nmi", "ari", "f1", "n_types", "clicks", "detector")
 #: Label of images the metric scores but the method left without a type.
 NONE = "__none__"
 
@@ -195,6 +195,9 @@ class StepScores:
     #: The reviewer's effort so far: answers plus members picked plus names typed
     #: (:func:`reply_clicks`).
     clicks: int = 0
+    #: The detector in force: ``patchcore``, or ``refined`` once a refinement was accepted
+    #: (``--refine-after``).
+    detector: str = "patchcore"
 
     def row(self) -> dict[str, object]:
         return {
@@ -205,6 +208,7 @@ class StepScores:
             "f1": f"{self.f1:.4f}",
             "n_types": self.n_types,
             "clicks": self.clicks,
+            "detector": self.detector,
         }
 
 
@@ -273,9 +277,15 @@ def simulate(
     clusters: int | str = "auto",
     home: str | os.PathLike | None = None,
     progress: bool = False,
+    refine_after: int | None = None,
 ) -> list[StepScores]:
     """Run discovery then ``budget`` answered questions; one :class:`StepScores` per step
-    (step 0 = the unsupervised start)."""
+    (step 0 = the unsupervised start).
+
+    ``refine_after``: once that many types are confirmed, refine the detector (PRN) once and
+    switch to it when it is better on the held-out confirmed images, as a reviewer reading
+    the report would; the rows say which detector is in force.
+    """
     if strategy not in ("ranked", "random"):
         raise ValueError(f"unknown strategy {strategy!r}: expected 'ranked' or 'random'")
     keys, listed = read_label_keys(labels_path), list_images(images)
@@ -303,6 +313,7 @@ def simulate(
         rng = np.random.default_rng(config.seed)
         curve = [score_state(service, labels, image_ids, 0, 0)]
         actions = clicks = 0
+        detector, tried = "patchcore", False
         for step in range(1, budget + 1):
             queue = service.refresh_suggestions(strategy=strategy, rng=rng)
             if queue:
@@ -318,7 +329,14 @@ def simulate(
                 except ValueError:
                     service.ws.answer_suggestion(q.id, None, actor="oracle", skip=True)
                 service.retrain(actor="model")
-            curve.append(score_state(service, labels, image_ids, step, actions, clicks))
+            if refine_after is not None and detector == "patchcore" and not tried:
+                confirmed = sum(t.status == "confirmed" for t in service.ws.list_types())
+                if confirmed >= refine_after:
+                    tried = True
+                    detector = _refine(service, progress)
+            row = score_state(service, labels, image_ids, step, actions, clicks)
+            row.detector = detector
+            curve.append(row)
             if progress:
                 c = curve[-1]
                 print(
@@ -330,6 +348,17 @@ def simulate(
         service.close()
         if tmp is not None:
             tmp.cleanup()
+
+
+def _refine(service: WorkspaceService, progress: bool) -> str:
+    """Refine the detector; accept it when better. Returns the detector in force."""
+    candidate = service.refine_detector()
+    if progress:
+        print(f"refine: {candidate.summary()}", flush=True)
+    if not candidate.better:
+        return "patchcore"
+    service.accept_refinement(candidate.id, actor="simulation")
+    return "refined"
 
 
 def _image_names(service: WorkspaceService) -> dict[int, str]:

@@ -472,3 +472,41 @@ def test_simulate_review_takes_labels_named_from_a_folder_above(tiny, tmp_path) 
         curves.append(out.read_text())
     assert curves[0] == curves[1]
     assert "nan" not in curves[0]
+
+
+def test_the_simulated_reviewer_refines_the_detector_after_n_confirmations(
+    tiny, tmp_path, monkeypatch
+) -> None:
+    """With --refine-after 1 the loop refines once, when the first type is confirmed; the
+    detector column says which detector is in force from then on."""
+    from tests.service_fixtures import fast_config
+
+    calls: list[int] = []
+    real = simulate._refine
+
+    def counted(service, progress):
+        calls.append(sum(t.status == "confirmed" for t in service.ws.list_types()))
+        return real(service, progress)
+
+    monkeypatch.setattr(simulate, "_refine", counted)
+    config = fast_config().with_overrides(
+        refine={"n_samples": 8, "epochs": 1, "batch_size": 4, "calibration_normals": 2}
+    )
+    curve = simulate.simulate(
+        tiny / "train" / "good",
+        tiny / "test",
+        tiny / "labels.csv",
+        config,
+        budget=6,
+        home=tmp_path / "home",
+        refine_after=1,
+    )
+    assert len(calls) <= 1 and all(c >= 1 for c in calls)
+    detectors = [c.detector for c in curve]
+    assert set(detectors) <= {"patchcore", "refined"}
+    # once refined, always refined (it refines once and never rolls back)
+    if "refined" in detectors:
+        first = detectors.index("refined")
+        assert set(detectors[first:]) == {"refined"}
+    if calls:
+        assert any((tmp_path / "home" / "simulation" / "refine").glob("candidate-*.json"))
