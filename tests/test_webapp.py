@@ -45,7 +45,10 @@ def served(tmp_path_factory):
     with zipfile.ZipFile(images_zip, "a") as z:  # a corrupt file deep inside the archive
         z.writestr("line 2/cam a/broken.png", b"\x89PNG\r\n\x1a\n not really a png")
     normals_zip = zip_folder(demo / "train" / "good", tmp / "normals.zip")
-    config = ProtoAtlasConfig(device="cpu").with_overrides(backbone={"image_size": 128})
+    config = ProtoAtlasConfig(device="cpu").with_overrides(
+        backbone={"image_size": 128},
+        refine={"n_samples": 16, "epochs": 1, "batch_size": 4, "calibration_normals": 4},
+    )
     service = WorkspaceService(tmp / "home", "default", config=config)
     app, url = launch(service, port=None, quiet=True, prevent_thread_lock=True)
     client = Client(url, verbose=False)
@@ -199,6 +202,24 @@ def test_retrain_learns_from_the_decisions(served):
     assert out["model_version"] is not None and out["model_version"] > before
     assert ws.latest_model_version().id == out["model_version"]
     # the app still lists every type and serves their crops afterwards
+    assert _types(served.client)
+
+
+def test_refine_reports_before_after_and_switches_only_when_asked(served):
+    ws = served.service.ws
+    for t in _types(served.client):
+        if t.get("status") == "proposed":
+            served.service.confirm_type(int(t["id"]), actor="alice")
+    before = ws.latest_model_version().id
+    out = served.client.predict(api_name="/refine_detector")
+    assert out["ok"], out
+    assert "held out" in out["message"] and "pixel auroc" in out["message"]
+    assert ws.latest_model_version().id == before  # asked, not switched
+    switched = served.client.predict(out["candidate"], api_name="/accept_refinement")
+    assert switched["ok"] and ws.latest_model_version().kind == "refine"
+    back = served.client.predict(api_name="/rollback_detector")
+    assert back["ok"] and ws.latest_model_version().kind == "rollback"
+    assert served.service.model().detector.refiner is None
     assert _types(served.client)
 
 

@@ -74,6 +74,10 @@ STAGES = {
     "types": "Discovering defect types",
     "assign": "Sorting into types",
     "store": "Saving to the workspace",
+    "features": "Generating anomalies and reading their features",
+    "train": "Training the refinement network",
+    "calibrate": "Calibrating the refined threshold",
+    "judge": "Comparing on held-out confirmed images",
     "done": "Done",
 }
 #: Engine jobs (uploads, retraining) share one concurrency group of size 1.
@@ -476,6 +480,42 @@ class ReviewApp:
             "message": f"Retrained on every decision so far: model version {version}.",
             "model_version": version,
         }
+
+    def refine(self, request: gr.Request | None, progress: gr.Progress | None = None) -> dict:
+        """Train a refined detector and report it against the one in force (no switch)."""
+        svc = self.service
+        cb = self._progress(progress)
+        with self._job("refining the detector"):
+            cand = call_engine(svc.refine_detector, progress=cb)
+        verdict = (
+            "It is better on every held-out figure: switch to it?"
+            if cand.better
+            else "It is not better on every held-out figure; you may still switch to it."
+        )
+        return {
+            "ok": True,
+            "message": f"Refined detector ready ({cand.seconds:.0f} s): {cand.summary()}. "
+            + verdict,
+            "candidate": cand.id,
+        }
+
+    def accept_refinement(self, request: gr.Request | None, candidate: str | None) -> dict:
+        if not candidate:
+            return {"ok": False, "message": "No refined detector waiting: refine first."}
+        with self._job("switching the detector"):
+            mv = call_engine(
+                self.service.accept_refinement, str(candidate), actor=actor_of(request)
+            )
+        return {
+            "ok": True,
+            "message": f"Switched: model version {mv} uses the refined detector for the "
+            "next batches (the stored maps stay as they were).",
+        }
+
+    def rollback_detector(self, request: gr.Request | None) -> dict:
+        with self._job("rolling back the detector"):
+            mv = call_engine(self.service.rollback_detector, actor=actor_of(request))
+        return {"ok": True, "message": f"Rolled back: model version {mv}."}
 
     # ---------------------------------------------------------------- uploads
     def _job(self, what: str):
@@ -1130,6 +1170,45 @@ class ReviewApp:
             concurrency_limit=1,
         )
 
+        @needs(Role.ADMIN)
+        def refine_ui(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+            result = self.refine(request, progress)
+            return _msg(result), result.get("candidate"), gr.update(visible=True)
+
+        s.refine_btn.click(
+            refine_ui,
+            outputs=[s.refine_msg, s.candidate, s.switch_btn],
+            api_visibility="undocumented",
+            concurrency_id=ENGINE,
+            concurrency_limit=1,
+        )
+
+        @needs(Role.ADMIN)
+        def switch_ui(candidate, request: gr.Request):
+            result = self.accept_refinement(request, candidate)
+            return _msg(result), None, gr.update(visible=False)
+
+        s.switch_btn.click(
+            switch_ui,
+            inputs=[s.candidate],
+            outputs=[s.refine_msg, s.candidate, s.switch_btn],
+            api_visibility="undocumented",
+            concurrency_id=ENGINE,
+            concurrency_limit=1,
+        )
+
+        @needs(Role.ADMIN)
+        def rollback_ui(request: gr.Request):
+            return _msg(self.rollback_detector(request))
+
+        s.rollback_btn.click(
+            rollback_ui,
+            outputs=[s.refine_msg],
+            api_visibility="undocumented",
+            concurrency_id=ENGINE,
+            concurrency_limit=1,
+        )
+
     def _suggestions_api(self) -> None:
         """The named endpoints of the question queue and of retraining."""
         v = self.views
@@ -1200,6 +1279,40 @@ class ReviewApp:
             return self.retrain(request)
 
         gr.api(retrain, api_name="retrain", concurrency_id=ENGINE, concurrency_limit=1)
+
+        @needs(Role.ADMIN)
+        def refine_detector(request: gr.Request = None) -> dict[str, Any]:
+            """Train a refined detector (PRN) and compare it with the one in force on
+            held-out confirmed images: {ok, message, candidate}; nothing switches."""
+            return self.refine(request)
+
+        gr.api(
+            refine_detector, api_name="refine_detector", concurrency_id=ENGINE, concurrency_limit=1
+        )
+
+        @needs(Role.ADMIN)
+        def accept_refinement(candidate: str, request: gr.Request = None) -> dict[str, Any]:
+            """Switch to the refined detector ``candidate`` (from refine_detector)."""
+            return self.accept_refinement(request, candidate)
+
+        gr.api(
+            accept_refinement,
+            api_name="accept_refinement",
+            concurrency_id=ENGINE,
+            concurrency_limit=1,
+        )
+
+        @needs(Role.ADMIN)
+        def rollback_detector(request: gr.Request = None) -> dict[str, Any]:
+            """Put back the detector from before the last switch."""
+            return self.rollback_detector(request)
+
+        gr.api(
+            rollback_detector,
+            api_name="rollback_detector",
+            concurrency_id=ENGINE,
+            concurrency_limit=1,
+        )
 
     # ---- Upload
     def _wire_upload(

@@ -263,6 +263,11 @@ class SuggestionsTab:
     next_btn: gr.Button
     refresh_btn: gr.Button
     retrain_btn: gr.Button
+    refine_btn: gr.Button
+    switch_btn: gr.Button
+    rollback_btn: gr.Button
+    refine_msg: gr.Markdown
+    candidate: gr.State  # the id of the refined detector waiting for a decision
     sugg_id: gr.State  # the id of the question on screen
 
     #: What ``ReviewApp.question`` fills, in this order.
@@ -318,6 +323,27 @@ def suggestions_tab() -> SuggestionsTab:
                 next_btn = gr.Button("Next question", size="sm")
                 refresh_btn = gr.Button("Refresh questions", size="sm")
                 retrain_btn = gr.Button("Retrain the model now", size="sm")
+            with gr.Accordion("Refine the detector (PRN)", open=False):
+                gr.Markdown(
+                    "Trains a residual segmentation network on generated anomalies and the "
+                    "defects of confirmed types, and compares it with the detector in force "
+                    "on confirmed images held out. Nothing switches until you say so; the "
+                    "previous detector can always be put back."
+                )
+                with gr.Row():
+                    refine_btn = gr.Button("Refine detector", size="sm", elem_id="pa-refine")
+                    switch_btn = gr.Button(
+                        "Switch to the refined detector",
+                        size="sm",
+                        variant="primary",
+                        visible=False,
+                        elem_id="pa-refine-switch",
+                    )
+                    rollback_btn = gr.Button(
+                        "Roll back the detector", size="sm", elem_id="pa-refine-rollback"
+                    )
+                refine_msg = gr.Markdown(elem_id="pa-refine-msg")
+        candidate = gr.State(None)
         sugg_id = gr.State(None)
     return SuggestionsTab(
         tab=tab,
@@ -335,6 +361,11 @@ def suggestions_tab() -> SuggestionsTab:
         next_btn=next_btn,
         refresh_btn=refresh_btn,
         retrain_btn=retrain_btn,
+        refine_btn=refine_btn,
+        switch_btn=switch_btn,
+        rollback_btn=rollback_btn,
+        refine_msg=refine_msg,
+        candidate=candidate,
         sugg_id=sugg_id,
     )
 
