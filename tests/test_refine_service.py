@@ -78,15 +78,29 @@ def test_accepting_a_candidate_switches_and_rollback_brings_patchcore_back(servi
         types_before
     )
     assert len(service.ws.embeddings()[0]) > 0
-    # a candidate of an older version can no longer be accepted
-    with pytest.raises(ConflictError, match="refine again"):
-        service.accept_refinement(cand.id, actor="alice")
     back = service.rollback_detector(actor="alice")
     assert service.ws.model_version(back).metrics["detector_of"] == cand.base_version
     assert service.model().detector.refiner is None
     versions = [v.kind for v in service.detector_versions()]
     assert versions[-2:] == ["refine", "rollback"]
     assert [e.action for e in service.ws.audit()][:2] == ["apply_retrain", "apply_retrain"]
+    # a candidate trained before another detector was installed is refused
+    with pytest.raises(ConflictError, match="refine again"):
+        service.accept_refinement(cand.id, actor="alice")
+
+
+def test_a_candidate_survives_a_retrain_and_keeps_the_new_types(service) -> None:
+    """Answers retrain the model while a refinement trains: accepting it keeps the
+    retrained types and installs the refined detector."""
+    _confirm_all(service)
+    cand = service.refine_detector()
+    retrained = service.retrain(actor="model")
+    assert retrained is not None and retrained > cand.base_version
+    protos_before = service.ws.prototypes()[0].tolist()
+    mv = service.accept_refinement(cand.id, actor="alice")
+    assert service.ws.model_version(mv).metrics["trained_on"] == cand.base_version
+    assert service.ws.prototypes()[0].tolist() == protos_before
+    assert service.model().detector.refiner is not None
 
 
 def test_a_refined_workspace_analyses_the_next_batch_with_refined_maps(

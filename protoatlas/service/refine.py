@@ -7,8 +7,8 @@ only when asked, roll back.
   region masks as ground truth). A share of both is held out and scored before and after:
   image AUROC, pixel AUROC and AUPRO. The refined model is written as a *candidate* file;
   nothing in force changes.
-* :meth:`RefineMixin.accept_refinement` makes a candidate the model in force: a new model
-  version of kind ``refine`` (same types, prototypes and embeddings), audited.
+* :meth:`RefineMixin.accept_refinement` puts a candidate's detector into the latest model: a
+  new model version of kind ``refine`` (same types, prototypes and embeddings), audited.
 * :meth:`RefineMixin.rollback_detector` puts the detector of an earlier version back (a new
   version of kind ``rollback``); versions are never deleted.
 
@@ -270,24 +270,34 @@ class RefineMixin(ServiceCore):
         return RefineCandidate(**json.loads(path.read_text()))
 
     def accept_refinement(self, candidate_id: str, *, actor: str) -> int:
-        """Make the candidate the model in force (a new ``refine`` model version)."""
+        """Make the candidate's detector the one in force: a new ``refine`` model version
+        with the types of the latest version (retrains since the candidate was trained are
+        kept). Refused when another detector was installed since (refine or rollback)."""
         candidate = self.refine_candidate(candidate_id)
         with self.engine_lock:
             latest = self.ws.latest_model_version()
-            if latest is None or latest.id != candidate.base_version:
+            since = self.detector_since()
+            if latest is None or latest.blob_path is None:
+                raise ValidationError("no model in force to refine")
+            if since is not None and since > candidate.base_version:
                 raise ConflictError(
-                    f"the model changed since this refinement was trained (version "
-                    f"{candidate.base_version}, now {latest.id if latest else None}): "
-                    "refine again"
+                    f"another detector was installed (model version {since}) after this "
+                    f"refinement was trained on version {candidate.base_version}: refine again"
                 )
-            blob = (self.refine_dir() / f"{candidate_id}.npz").read_bytes()
+            refined = DiscoveryModel.load(
+                self.refine_dir() / f"{candidate_id}.npz", device=self.config.device
+            )
+            model = DiscoveryModel.load(latest.blob_path, device=self.config.device)
+            model.detector = refined.detector
+            model.value_range = None  # measured on the refined maps of later batches
             metrics_ = {
                 "candidate": candidate.id,
+                "trained_on": candidate.base_version,
                 "before": candidate.before,
                 "after": candidate.after,
                 "train": candidate.train,
             }
-            return self._store_detector("refine", blob, metrics_, actor)
+            return self._store_detector("refine", model_bytes(model), metrics_, actor)
 
     def rollback_detector(self, *, actor: str, to_version: int | None = None) -> int:
         """Put back the detector of model version ``to_version`` (default: the one in force
