@@ -42,7 +42,8 @@ class RealDefect:
     mask: np.ndarray
 
 
-def _rgb(image: np.ndarray) -> np.ndarray:
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """``image`` as a contiguous (H, W, 3) uint8 array (grey replicated)."""
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
@@ -64,8 +65,8 @@ def paste_defect(
     defect); pixels farther than the feather from the mask are unchanged.
     """
     cfg = config or RefineConfig()
-    image = _rgb(image)
-    src, mask = _rgb(defect.image), np.asarray(defect.mask, bool)
+    image = as_rgb(image)
+    src, mask = as_rgb(defect.image), np.asarray(defect.mask, bool)
     if mask.shape != src.shape[:2]:
         raise ValueError(f"defect mask {mask.shape} does not match its image {src.shape[:2]}")
     if mask.sum() < MIN_DEFECT_PIXELS:
@@ -122,7 +123,7 @@ def paste_defect(
 def painted_defect(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One of the project's painted defects (:data:`engine.synth.DEFECT_TYPES`) anywhere on
     ``image`` (the whole image is the support)."""
-    image = _rgb(image)
+    image = as_rgb(image)
     h, w = image.shape[:2]
     cfg = kind_config("texture", size=(h, w))
     kind = DEFECT_TYPES[int(rng.integers(len(DEFECT_TYPES)))]
@@ -141,7 +142,7 @@ def make_anomaly(
     ``defects`` are given. A painter that cannot place its defect falls back to Perlin.
     """
     cfg = config or RefineConfig()
-    image = _rgb(image)
+    image = as_rgb(image)
     weights = np.asarray(cfg.kind_weights, np.float64)
     if len(weights) != len(GENERATORS) or (weights < 0).any():
         raise ValueError(

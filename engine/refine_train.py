@@ -28,7 +28,7 @@ from engine.calibration import even_sample, threshold_at
 from engine.config import ProtoAtlasConfig, RefineConfig
 from engine.detector import PatchCoreDetector
 from engine.preprocess import Geometry
-from engine.pseudo_anomalies import RealDefect, make_anomaly
+from engine.pseudo_anomalies import RealDefect, as_rgb, make_anomaly
 from engine.refine import RefinerInputs, ResidualRefiner, stack
 from engine.residual_net import focal_loss, smooth_l1_loss
 
@@ -114,7 +114,7 @@ def _training_images(
     order = rng.permutation(np.asarray(pool))
     for j in range(rcfg.n_samples):
         index = int(order[j % len(order)])
-        image = _rgb(normals[index])
+        image = as_rgb(normals[index])
         if rng.random() < rcfg.normal_share:
             made.append((np.zeros(image.shape[:2], bool), index))
             kinds["normal"] = kinds.get("normal", 0) + 1
@@ -126,22 +126,17 @@ def _training_images(
         yield new
     for defect in defects:
         for _ in range(rcfg.real_repeats):
-            image, mask = _flip(_rgb(defect.image), np.asarray(defect.mask, bool), rng)
+            image, mask = _flip(as_rgb(defect.image), np.asarray(defect.mask, bool), rng)
             kinds["real"] = kinds.get("real", 0) + 1
             made.append((mask, -1))
             yield image
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
 
 
 def _cache(
     det: PatchCoreDetector,
     refiner: ResidualRefiner,
     images: Iterator[np.ndarray],
-    made: list[tuple[np.ndarray, int]],
+    made: Sequence[tuple[np.ndarray | None, int]],
     origins: Sequence[int],
     n: int,
     on_progress: ProgressFn,
@@ -149,9 +144,9 @@ def _cache(
 ) -> list[_Cached]:
     """Run the backbone once over ``images`` and keep the segmenter's inputs and targets.
 
-    ``made[j]`` is image j's (mask, normal index); a normal the detector was fitted on
-    (``origins[index] >= 0``) is measured against the bank without its own patches, as an
-    unseen image would be.
+    ``made[j]`` is image j's (mask, normal index); a mask of None is all normal. A normal
+    the detector was fitted on (``origins[index] >= 0``) is measured against the bank
+    without its own patches, as an unseen image would be.
     """
     assert det.prototypes is not None
     stride, offset = det.finest
@@ -167,7 +162,11 @@ def _cache(
             assert batch.stage_valid is not None
             inputs = refiner.inputs(det.prototypes, batch.stage_maps[i], batch.stage_valid[i], grid)
             inputs.residuals = [r.half() for r in inputs.residuals]
-            target = mask_to_grid(mask, batch.geometries[i], stride, offset)
+            target = (
+                np.zeros(valid.shape, np.float32)
+                if mask is None
+                else mask_to_grid(mask, batch.geometries[i], stride, offset)
+            )
             out.append(_Cached(inputs, torch.from_numpy(target)[None], valid.shape))
         on_progress(stage, len(out) / max(n, 1))
     return out
@@ -319,11 +318,11 @@ def fit_refiner(
     del cache
     t2 = time.perf_counter()
     held_index = sorted(held)
-    calib_made = [(np.zeros(np.asarray(normals[i]).shape[:2], bool), i) for i in held_index]
+    calib_made: list[tuple[np.ndarray | None, int]] = [(None, i) for i in held_index]
     calib = _cache(
         det,
         refiner,
-        (_rgb(normals[i]) for i in held_index),
+        (as_rgb(normals[i]) for i in held_index),
         calib_made,
         origins,
         len(held_index),
