@@ -4,13 +4,15 @@ Usage::
 
     python benchmarks/bench_refine.py [--suite FILE] [--only NAME ...] [--real 0 10]
         [--label TEXT] [--out bench-out/refine.jsonl] [--set KEY=VALUE ...]
+        [--fuse-weights 0.1 0.25 1]
 
 For every set of the suite that has pixel masks (``aitex`` has none), one row for the
 PatchCore detector and one per number of real defects: the refinement trained on generated
 anomalies plus that many real defect images with their masks
 (:func:`protoatlas.evaluation.pick_real_defects`). Those images are left out of every row's
 evaluation, so all rows score the same images. ``--set refine.epochs=10`` overrides a
-:class:`engine.config.RefineConfig` field. Prints the Markdown table for BENCHMARKS.md and
+:class:`engine.config.RefineConfig` field; ``--fuse-weights`` adds a ``fused`` row per
+weight from the same training. Prints the Markdown table for BENCHMARKS.md and
 appends one JSON line per row to ``--out``.
 """
 
@@ -57,7 +59,7 @@ def _overrides(pairs: list[str]) -> dict[str, dict[str, object]]:
 
 
 def _fmt(v: object) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def main() -> None:
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--label", default="refine")
     parser.add_argument("--out", default=str(REPO / "bench-out" / "refine.jsonl"))
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
+    parser.add_argument("--fuse-weights", nargs="*", type=float, default=[])
     args = parser.parse_args()
     config = ProtoAtlasConfig(device="cpu")
     over = _overrides(args.overrides)
@@ -86,7 +89,9 @@ def main() -> None:
                 print(f"skipped {item.name}: no pixel masks", file=sys.stderr)
                 continue
             t0 = time.perf_counter()
-            rows = eval_refine(root, config, real=tuple(args.real), name=item.name)
+            rows = eval_refine(
+                root, config, real=tuple(args.real), name=item.name, fuse_weights=args.fuse_weights
+            )
         for r in rows:
             row = asdict(r)
             print("| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |", flush=True)

@@ -598,13 +598,22 @@ class RefineConfig:
     #: Focal loss focusing exponent and the weight of the smooth-L1 term (PRN's losses).
     focal_gamma: float = 2.0
     smooth_l1_weight: float = 1.0
+    #: A finest-grid cell is a defect target (1) when the mask covers at least this share
+    #: of it, else 0; None: the covered share itself (soft targets). Real defects are
+    #: often a few cells: soft shares of 0.1-0.3 taught the head to stay near 0 on them.
+    target_min_share: float | None = 0.01
+    #: Extra loss weight of the defect cells (1 + this), so a defect of two cells in a
+    #: window of a thousand still counts; 0: every valid cell alike.
+    positive_weight: float = 10.0
     #: Normals held out of generation to calibrate the refined image score.
     calibration_normals: int = 64
     #: Image score: the peak of the refined map (``refined``) or the detector's (``patchcore``).
     image_score: str = "patchcore"
     #: The map: the segmenter's probability (``refined``, PRN) or the detector's patch
-    #: distance amplified by it, ``distance * (1 + probability)`` (``fused``).
+    #: distance amplified by it, ``distance * (1 + fuse_weight * probability)`` (``fused``).
     combine: str = "fused"
+    #: How much the probability amplifies the distance in ``fused`` (docs/decisions.md).
+    fuse_weight: float = 0.1
     #: In a workspace: share of the confirmed defect images and of the normal images held
     #: out to judge the refinement (before / after), and the most confirmed defect images
     #: it trains on.

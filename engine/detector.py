@@ -454,15 +454,19 @@ class PatchCoreDetector:
         self.threshold = float(threshold)
         self.calibration_scores = np.asarray(scores, np.float32)
 
-    def set_refiner_mode(self, combine: str, image_score: str) -> None:
-        """Switch the installed refiner's map (``combine``) and image score, with the
-        threshold that goes with that score."""
+    def set_refiner_mode(
+        self, combine: str, image_score: str, fuse_weight: float | None = None
+    ) -> None:
+        """Switch the installed refiner's map (``combine``, and ``fuse_weight`` when
+        given) and image score, with the threshold that goes with that score."""
         ref = self.refiner
         if ref is None:
             raise RuntimeError("this detector has no refiner")
         if image_score == "refined" and ref.refined_threshold is None:
             raise RuntimeError("this refiner was saved without its refined calibration")
         ref.combine, ref.image_score = combine, image_score
+        if fuse_weight is not None:
+            ref.fuse_weight = float(fuse_weight)
         ref.__post_init__()
         if image_score == "refined":
             assert ref.refined_calibration is not None and ref.refined_threshold is not None

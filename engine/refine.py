@@ -54,8 +54,12 @@ class ResidualRefiner:
     #: ``refined`` image score is judged by), set by training.
     refined_calibration: np.ndarray | None = None
     refined_threshold: float | None = None
+    #: ``fused``: distance * (1 + fuse_weight * probability).
+    fuse_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if not np.isfinite(self.fuse_weight) or self.fuse_weight < 0:
+            raise ValueError(f"RefineConfig.fuse_weight must be >= 0, got {self.fuse_weight!r}")
         if self.combine not in COMBINES:
             raise ValueError(
                 f"RefineConfig.combine must be one of {COMBINES}, got {self.combine!r}"
@@ -94,6 +98,7 @@ class ResidualRefiner:
             float(base_threshold),
             np.asarray(base_calibration, np.float32),
             combine=config.combine,
+            fuse_weight=float(config.fuse_weight),
         )
 
     def inputs(
@@ -114,10 +119,11 @@ class ResidualRefiner:
 
     def combined(self, prob: np.ndarray, distance: np.ndarray) -> np.ndarray:
         """The map values of one (h, w) grid: ``prob`` (``refined``) or the patch
-        ``distance`` / :attr:`distance_scale` times ``1 + prob`` (``fused``)."""
+        ``distance`` / :attr:`distance_scale` times ``1 + fuse_weight * prob`` (``fused``)."""
         if self.combine == "refined":
             return prob
-        return (np.asarray(distance, np.float32) / self.distance_scale) * (1.0 + prob)
+        scaled = np.asarray(distance, np.float32) / self.distance_scale
+        return scaled * (1.0 + self.fuse_weight * np.asarray(prob, np.float32))
 
     @torch.no_grad()
     def probability(self, inputs: Sequence[RefinerInputs]) -> np.ndarray:
@@ -147,6 +153,7 @@ class ResidualRefiner:
             "distance_scale": self.distance_scale,
             "image_score": self.image_score,
             "combine": self.combine,
+            "fuse_weight": self.fuse_weight,
             "refined_threshold": self.refined_threshold,
             "base_threshold": self.base_threshold,
             "report": self.report,
@@ -181,6 +188,8 @@ class ResidualRefiner:
             str(meta.get("combine", "refined")),
             arrays.get("refiner_refined_calibration"),
             meta.get("refined_threshold"),
+            # files saved before fuse_weight existed fused with weight 1
+            float(meta.get("fuse_weight", 1.0)),
         )
 
 

@@ -55,6 +55,8 @@ class RefineReport:
     feature_seconds: float
     train_seconds: float
     calibrate_seconds: float
+    #: ``fused`` maps: distance * (1 + fuse_weight * probability).
+    fuse_weight: float = 1.0
 
     def as_dict(self) -> dict[str, object]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
@@ -225,6 +227,21 @@ def crop_window(
     return cropped, cut(item.target, 1, 0.0)
 
 
+def training_targets(
+    share: torch.Tensor, valid: torch.Tensor, config: RefineConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target, weight) of the losses from the (B, 1, h, w) mask share of each cell and the
+    (B, 1, h, w) bool content cells: hard targets at :attr:`RefineConfig.target_min_share`
+    (soft shares when None), weight 0 outside the content and 1 + positive_weight on the
+    defect cells."""
+    if config.target_min_share is None:
+        target = share
+    else:
+        target = (share >= config.target_min_share).to(share.dtype)
+    weight = valid.to(share.dtype) * (1.0 + config.positive_weight * (target > 0).to(share.dtype))
+    return target, weight
+
+
 def _image_score(refiner: ResidualRefiner, item: _Cached) -> float:
     """The refined image score (peak probability over the content) of a cached image."""
     prob = refiner.probability([item.inputs])[0]
@@ -301,11 +318,12 @@ def fit_refiner(
                 break
             crops = [crop_window(cache[i], side, ratios, rng) for i in idx]
             residuals, valid, distance = stack([c[0] for c in crops])
-            target = torch.stack([c[1] for c in crops])
-            cell_valid = valid[0][:, None]
+            target, weight = training_targets(
+                torch.stack([c[1] for c in crops]), valid[0][:, None], rcfg
+            )
             logits = net(residuals, valid, distance)
-            loss = focal_loss(logits, target, cell_valid, rcfg.focal_gamma)
-            loss = loss + rcfg.smooth_l1_weight * smooth_l1_loss(logits, target, cell_valid)
+            loss = focal_loss(logits, target, weight, rcfg.focal_gamma)
+            loss = loss + rcfg.smooth_l1_weight * smooth_l1_loss(logits, target, weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -348,6 +366,7 @@ def fit_refiner(
         feature_seconds=t1 - t0,
         train_seconds=t2 - t1,
         calibrate_seconds=t3 - t2,
+        fuse_weight=float(rcfg.fuse_weight),
     )
     refiner.report = report.as_dict()
     return report

@@ -201,7 +201,8 @@ class ResidualSegmenter(nn.Module):
 def focal_loss(
     logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, gamma: float = 2.0
 ) -> torch.Tensor:
-    """Mean focal loss over the ``valid`` cells (soft ``target`` in [0, 1]).
+    """Mean focal loss over the ``valid`` cells (soft ``target`` in [0, 1]); ``valid`` may
+    be a float weight per cell (a weighted mean).
 
     ``bce * |target - p| ** gamma``: with hard targets this is Lin et al.'s focal loss.
     """
@@ -213,7 +214,8 @@ def focal_loss(
 
 
 def smooth_l1_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean smooth-L1 between the predicted probability and ``target`` over ``valid`` cells."""
+    """Mean smooth-L1 between the predicted probability and ``target`` over ``valid`` cells
+    (bool, or a float weight per cell)."""
     loss = F.smooth_l1_loss(torch.sigmoid(logits), target, reduction="none", beta=1.0)
     weight = valid.to(loss.dtype)
     return (loss * weight).sum() / weight.sum().clamp_min(1.0)

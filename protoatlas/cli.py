@@ -433,6 +433,13 @@ def _add_refine(sub: Subparsers) -> None:
     p.add_argument(
         "--max-real", type=int, default=None, help="most confirmed defect images to train on"
     )
+    p.add_argument(
+        "--fuse-weight",
+        type=float,
+        default=None,
+        help="how much the refined probability amplifies the map: distance * (1 + W * p) "
+        "(default: the config's, 0.1)",
+    )
     p.add_argument("--actor", default="cli", help="who switches (audit log)")
     _common(p)
 
@@ -856,7 +863,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"\rrefine: {stage:<10} {fraction:4.0%}", end="", file=sys.stderr)
 
-        candidate = service.refine_detector(progress=show, max_real=args.max_real)
+        candidate = service.refine_detector(
+            progress=show, max_real=args.max_real, fuse_weight=args.fuse_weight
+        )
         if not args.quiet:
             print(file=sys.stderr)
         print(candidate.summary())

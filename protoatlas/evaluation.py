@@ -703,6 +703,7 @@ def eval_refine(
     real: Sequence[int] = (0, 10),
     progress: bool = False,
     name: str | None = None,
+    fuse_weights: Sequence[float] = (),
 ) -> list[EvalRefineRow]:
     """The PatchCore detector against its PRN refinement (:mod:`engine.refine_train`) on an
     MVTec-layout folder with masks.
@@ -710,7 +711,8 @@ def eval_refine(
     The largest of ``real`` defective test images (:func:`pick_real_defects`) are left out
     of every evaluation, so that all rows score the same images; a refinement with ``n``
     real defects trains on generated anomalies plus the first ``n`` of them (with their
-    masks) and gives one row per :data:`REFINE_MODES`.
+    masks) and gives one row per :data:`REFINE_MODES`, plus one ``fused w=...`` row per
+    ``fuse_weights`` (the same training, another :attr:`RefineConfig.fuse_weight`).
     """
     from engine.pseudo_anomalies import RealDefect
     from engine.refine_train import fit_refiner
@@ -759,7 +761,10 @@ def eval_refine(
         fit_refiner(det, normals, defects)
         seconds = time.perf_counter() - t0
         for method, combine, image_score in REFINE_MODES:
-            det.set_refiner_mode(combine, image_score)
+            det.set_refiner_mode(combine, image_score, config.refine.fuse_weight)
             rows.append(row(method, n_real, seconds))
+        for weight in fuse_weights:
+            det.set_refiner_mode("fused", "patchcore", weight)
+            rows.append(row(f"fused w={weight:g}", n_real, seconds))
     det.remove_refiner()
     return rows

@@ -15,7 +15,8 @@ from engine.detector import PatchCoreDetector
 from engine.preprocess import plan_geometry
 from engine.prototypes import ResidualPrototypes
 from engine.pseudo_anomalies import GENERATORS, RealDefect, make_anomaly, paste_defect
-from engine.refine_train import fit_refiner, mask_to_grid
+from engine.refine import ResidualRefiner
+from engine.refine_train import fit_refiner, mask_to_grid, training_targets
 from engine.residual_net import (
     MultiSizeAttention,
     ResidualSegmenter,
@@ -125,6 +126,47 @@ def test_losses_are_zero_when_right_and_grow_when_wrong() -> None:
     # focusing: an easy wrong-ish cell weighs less than with gamma 0
     mid = torch.tensor([[[[1.0, -1.0]]]])
     assert focal_loss(mid, target, valid, gamma=2.0) < focal_loss(mid, target, valid, gamma=0.0)
+
+
+def test_training_targets_are_hard_at_the_share_and_weigh_defect_cells() -> None:
+    share = torch.tensor([[[[0.0, 0.005, 0.02, 0.6]]]])
+    valid = torch.tensor([[[[True, True, True, False]]]])
+    cfg = RefineConfig(target_min_share=0.01, positive_weight=9.0)
+    target, weight = training_targets(share, valid, cfg)
+    assert target.tolist() == [[[[0.0, 0.0, 1.0, 1.0]]]]
+    # no weight outside the content, 1 + 9 on the defect cells inside it
+    assert weight.tolist() == [[[[1.0, 1.0, 10.0, 0.0]]]]
+    plain_cfg = RefineConfig(target_min_share=None, positive_weight=0)
+    soft, plain = training_targets(share, valid, plain_cfg)
+    assert torch.equal(soft, share)
+    assert plain.tolist() == [[[[1.0, 1.0, 1.0, 0.0]]]]
+    # a weighted loss: the same wrong answer costs more on a weighted defect cell
+    logits = torch.full_like(share, -3.0)
+    assert focal_loss(logits, target, weight) > focal_loss(logits, target, plain)
+
+
+def _refiner(**kw) -> ResidualRefiner:
+    cfg = RefineConfig(**kw)
+    return ResidualRefiner.new([8], [8], [3.5], cfg, 2.0, 2.0, np.ones(3, np.float32))
+
+
+def test_fused_map_amplifies_the_distance_by_the_fuse_weight() -> None:
+    distance = np.array([[2.0, 4.0]], np.float32)
+    prob = np.array([[0.5, 1.0]], np.float32)
+    np.testing.assert_allclose(_refiner(fuse_weight=0.0).combined(prob, distance), [[1.0, 2.0]])
+    np.testing.assert_allclose(_refiner(fuse_weight=0.5).combined(prob, distance), [[1.25, 3.0]])
+    np.testing.assert_allclose(
+        _refiner(combine="refined", fuse_weight=0.5).combined(prob, distance), prob
+    )
+    with pytest.raises(ValueError, match="fuse_weight"):
+        _refiner(fuse_weight=-1.0)
+
+
+def test_fuse_weight_is_saved_and_old_files_fuse_with_weight_one() -> None:
+    arrays, meta = _refiner(fuse_weight=0.25).to_arrays()
+    assert ResidualRefiner.from_arrays(arrays, meta).fuse_weight == 0.25
+    meta.pop("fuse_weight")
+    assert ResidualRefiner.from_arrays(arrays, meta).fuse_weight == 1.0
 
 
 # ------------------------------------------------------------------ generators
@@ -240,13 +282,23 @@ def test_refinement_installs_a_calibrated_refiner(refined, synth_samples) -> Non
     finally:
         det.set_refiner_mode("fused", "patchcore")
     assert det.threshold == base_threshold
+    assert det.refiner.fuse_weight == det.config.refine.fuse_weight
+    det.set_refiner_mode("fused", "patchcore", 0.0)
+    try:  # weight 0: the PatchCore map divided by the distance scale (checked below)
+        zero = det.score(images[:2])
+    finally:
+        det.set_refiner_mode("fused", "patchcore", det.config.refine.fuse_weight)
     plain = copy.copy(det)
     plain.remove_refiner()
     assert plain.refiner is None and plain.threshold == base_threshold
     # fused maps are the PatchCore maps amplified where the segmenter sees a defect
     for f, p in zip(fused, plain.score(images)):
         assert f.score == pytest.approx(p.score)
-        assert not np.allclose(f.anomaly_map, p.anomaly_map)
+        assert not np.allclose(f.anomaly_map, p.anomaly_map / det.refiner.distance_scale)
+    for z, p in zip(zero, plain.score(images[:2])):
+        np.testing.assert_allclose(
+            z.anomaly_map, p.anomaly_map / det.refiner.distance_scale, rtol=1e-4, atol=1e-5
+        )
 
 
 def test_a_refined_detector_saves_and_loads_with_the_same_maps(refined, synth_samples, tmp_path):

@@ -20,7 +20,7 @@ from tests.service_fixtures import (
     shared_base,
 )
 
-#: A refinement small enough for a unit test (the product default trains 320 images).
+#: A refinement small enough for a unit test (the product default trains 192 images).
 SMALL = {"n_samples": 16, "epochs": 1, "batch_size": 4, "calibration_normals": 4}
 
 
@@ -120,6 +120,12 @@ def test_a_refined_workspace_analyses_the_next_batch_with_refined_maps(
     assert flagged == [s > threshold for s in scores]
 
 
+def test_a_negative_fuse_weight_is_refused_before_any_work(service) -> None:
+    with pytest.raises(ValidationError, match="fuse weight"):
+        service.refine_detector(fuse_weight=-0.5)
+    assert not service.refine_dir().exists() or not any(service.refine_dir().iterdir())
+
+
 def test_refine_needs_a_detector(tmp_path) -> None:
     with WorkspaceService(tmp_path / "empty", WS, config=small_config()) as svc:
         with pytest.raises(ValidationError, match="upload a first batch"):
@@ -145,11 +151,18 @@ def test_the_cli_refines_without_switching_then_accepts(base, tmp_path, monkeypa
     with WorkspaceService(home, WS, config=small_config()) as svc:
         _confirm_all(svc)
     assert (
-        cli.main(["refine", "--home", str(home), "--workspace", WS, "--no-switch", "--quiet"]) == 0
+        cli.main(
+            ["refine", "--home", str(home), "--workspace", WS, "--no-switch", "--quiet"]
+            + ["--fuse-weight", "0.3"]
+        )
+        == 0
     )
     out = capsys.readouterr().out
-    assert "not switched" in out and "pixel auroc" in out
+    assert "not switched" in out and "pixel auroc" in out and "fuse weight 0.3" in out
     cand = out.split("--accept ")[1].split()[0]
+    with WorkspaceService(home, WS, config=small_config(), read_only=True) as svc:
+        candidate_model = DiscoveryModel.load(svc.refine_dir() / f"{cand}.npz")
+    assert candidate_model.detector.refiner.fuse_weight == pytest.approx(0.3)
     assert cli.main(["refine", "--home", str(home), "--workspace", WS, "--accept", cand]) == 0
     assert "switched to the refined detector" in capsys.readouterr().out
     assert cli.main(["refine", "--home", str(home), "--workspace", WS, "--list"]) == 0

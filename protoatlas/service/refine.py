@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,7 @@ class RefineCandidate:
         return (
             f"refined on {self.n_normals} normal and {self.n_train_defects} confirmed defect "
             f"images; judged on {self.n_judge_defects} defect and {self.n_judge_normals} "
-            f"normal images held out: {rows}"
+            f"normal images held out: {rows}; fuse weight {self.train.get('fuse_weight', 'n/a')}"
         )
 
 
@@ -176,14 +176,25 @@ class RefineMixin(ServiceCore):
 
     # ------------------------------------------------------------------ workflows
     def refine_detector(
-        self, *, progress: ProgressFn = no_progress, max_real: int | None = None
+        self,
+        *,
+        progress: ProgressFn = no_progress,
+        max_real: int | None = None,
+        fuse_weight: float | None = None,
     ) -> RefineCandidate:
         """Train a refined detector and judge it; returns the candidate (nothing switches).
 
-        Raises ValidationError when there is no fitted detector or fewer than
-        :data:`engine.refine_train.MIN_NORMALS` normal images to learn from.
+        ``fuse_weight`` overrides :attr:`engine.config.RefineConfig.fuse_weight` for this
+        candidate (how much the refined probability amplifies the map). Raises
+        ValidationError when there is no fitted detector, fewer than
+        :data:`engine.refine_train.MIN_NORMALS` normal images to learn from, or a negative
+        ``fuse_weight``.
         """
         rcfg = self.config.refine
+        if fuse_weight is not None:
+            if not math.isfinite(fuse_weight) or fuse_weight < 0:
+                raise ValidationError(f"fuse weight must be a number >= 0, got {fuse_weight!r}")
+            rcfg = replace(rcfg, fuse_weight=float(fuse_weight))
         t0 = time.perf_counter()
         with self.engine_lock:
             model = self.model()
