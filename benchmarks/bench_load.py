@@ -555,7 +555,7 @@ def run_load(
     from benchmarks.bench_webapp import build_workspace
     from engine.config import ProtoAtlasConfig
 
-    dim = ProtoAtlasConfig().discovery.embedding_dim  # the engine's, so batches can follow
+    dim = ProtoAtlasConfig().discovery.vector_dim  # the engine's, so batches can follow
     base = Path(tempfile.mkdtemp(prefix="load-", dir=tmp))
     result: dict[str, Any] = {
         "bench": "load",

@@ -396,6 +396,26 @@ class DiscoveryConfig:
     token_dropout: float = 0.25
     token_noise: float = 0.1
 
+    # ---- image context --------------------------------------------------------------------
+    #: Weight of each of the two descriptors of a region's *image* beside its head embedding
+    #: in the space types are grouped and classified in: the backbone's pooled global
+    #: feature and the anomaly-weighted residual of the image (PRN residuals pooled by the
+    #: softmax of the standardised map). Each part is centred on the discovery batch and
+    #: made unit, the head embedding too, and the whole made unit again. 0: the head
+    #: embedding alone. 0.5 measured best on the suite mean with no set lower
+    #: (docs/decisions.md, *Image context in discovery*).
+    context_weight: float = 0.5
+    #: Leading principal axes (of the discovery batch) each context part is projected on
+    #: (fewer measured better on later batches: docs/decisions.md).
+    context_components: int = 4
+
+    @property
+    def vector_dim(self) -> int:
+        """Dimension of the stored and indexed embeddings: ``embedding_dim``, plus the two
+        context parts' ``context_components`` each when ``context_weight`` > 0."""
+        extra = 2 * self.context_components if self.context_weight > 0 else 0
+        return self.embedding_dim + extra
+
     # ---- number of types, outliers, assignment ------------------------------------------------
     #: Grouping that initialises the prototypes: ``ward`` (agglomerative) or ``kmeans``.
     cluster_method: str = "ward"

@@ -43,6 +43,8 @@ MODEL_KIND = "protoatlas-patchcore"
 #: The normals' grey-level stretch (``contrast="normals"``) and framing
 #: (``context="auto"``) are judged on an even sample of at most this many of them.
 INTENSITY_SAMPLE_IMAGES = 64
+#: Added to the standard deviation of a map before standardising it (flat maps).
+WEIGHT_EPS = 1e-6
 #: Random patch features per image and stage the k-means prototypes are fitted on.
 PROTOTYPE_SAMPLES_PER_IMAGE = 64
 #: Neighbours searched to find the nearest bank entry from another image
@@ -89,6 +91,11 @@ class ImageDetection:
     #: (D,) mean patch feature over the image content: a global descriptor used to pick the
     #: closest reference normals.
     descriptor: np.ndarray
+    #: (P,) the backbone's pooled global feature (pre-logits), when scored with ``context``.
+    pooled: np.ndarray | None = None
+    #: (R,) anomaly-weighted residual descriptor (:func:`weighted_residual` of the residuals
+    #: against the prototypes), when scored with ``context``.
+    residual: np.ndarray | None = None
 
 
 @dataclass
@@ -382,12 +389,23 @@ class PatchCoreDetector:
         return list(self.iter_score(images, progress=progress, total=total))
 
     def iter_score(
-        self, images: Iterable[np.ndarray], progress: bool = False, total: int | None = None
+        self,
+        images: Iterable[np.ndarray],
+        progress: bool = False,
+        total: int | None = None,
+        *,
+        context: bool = False,
     ) -> Iterator[ImageDetection]:
+        """One :class:`ImageDetection` per image; with ``context`` each also carries the
+        pooled global feature and the anomaly-weighted residual descriptor (what discovery
+        describes an image's context with)."""
         knn = self._require_fitted()
         dcfg = self.config.detector
         stride, offset = self.finest
-        for batch in self.iter_patches(images, progress=progress, desc="score", total=total):
+        context = context and self.prototypes is not None
+        for batch in self.iter_patches(
+            images, pooled=context, progress=progress, desc="score", total=total
+        ):
             flats = [batch.flat(i) for i in range(len(batch))]
             contents = [f[v.reshape(-1)] for f, v in zip(flats, batch.valid)]
             dist, nn_idx = knn.search(np.concatenate(contents), k=1)
@@ -407,9 +425,31 @@ class PatchCoreDetector:
                     score, grid, filled = self._refined(batch, i, filled, score)
                 up = grid_to_image(filled, stride, offset, geom)
                 smooth = gaussian_filter(up, sigma=dcfg.map_sigma)
+                pooled, residual = self._context(batch, i, grid) if context else (None, None)
                 yield ImageDetection(
-                    score, restore_map(smooth, geom), grid, content.mean(axis=0).astype(np.float32)
+                    score,
+                    restore_map(smooth, geom),
+                    grid,
+                    content.mean(axis=0).astype(np.float32),
+                    pooled,
+                    residual,
                 )
+
+    def _context(
+        self, batch: PatchBatch, i: int, grid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled global feature, anomaly-weighted residual descriptor) of image ``i``."""
+        assert self.prototypes is not None and batch.pooled is not None
+        ext = self.extractor
+        res = self.prototypes.residual_features(
+            [m[None] for m in batch.stage_maps[i]], ext.strides, ext.offsets
+        )
+        residual = res[0].permute(1, 2, 0).numpy()
+        valid = batch.valid[i]
+        return (
+            batch.pooled[i].cpu().numpy().astype(np.float32),
+            weighted_residual(residual, valid, np.where(valid, grid, 0.0)),
+        )
 
     def patch_distances(self, content: np.ndarray, exclude: int = -1) -> np.ndarray:
         """(n,) distance of each content patch to its nearest bank entry; with ``exclude``
@@ -664,3 +704,14 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError) as exc:
         raise ModelFormatError(f"{path} is not a ProtoAtlas model file ({exc})") from exc
+
+
+def weighted_residual(residual: np.ndarray, valid: np.ndarray, grid_map: np.ndarray) -> np.ndarray:
+    """(D,) residuals ``(h, w, D)`` pooled with the softmax of the standardised anomaly map
+    ``grid_map`` (h, w) over the ``valid`` cells as weights: what the image's most anomalous
+    cells depart from normal by (training-free)."""
+    values = grid_map[valid]
+    z = (grid_map - values.mean()) / (values.std() + WEIGHT_EPS)
+    weights = np.where(valid, np.exp(np.where(valid, z, 0.0) - z[valid].max()), 0.0)
+    weights /= weights.sum()
+    return (residual * weights[..., None]).sum(axis=(0, 1)).astype(np.float32)

@@ -61,6 +61,7 @@ from engine.detector import (
     write_model,
 )
 from engine.feature_grid import input_intensity
+from engine.image_context import ContextMeans, with_context
 from engine.mebin import normalisation_range
 from engine.preprocess import stretch_contrast
 from engine.prior import ObjectPrior, make_prior
@@ -197,6 +198,10 @@ class TypeFit:
     train: TrainReport
 
 
+#: An image's context descriptors (pooled global feature, anomaly-weighted residual).
+_Context = tuple[np.ndarray, np.ndarray] | None
+
+
 @dataclass
 class _Detected:
     """The detection pass over a batch (:meth:`DiscoveryModel.analyse`), per image."""
@@ -207,6 +212,9 @@ class _Detected:
     #: ``region_sigma``.
     small_maps: list[np.ndarray] = field(default_factory=list)
     descriptors: list[np.ndarray] = field(default_factory=list)
+    #: Per image (pooled global feature, anomaly-weighted residual), or None when the
+    #: image context is not described (``context_weight`` 0, or given maps).
+    context: list[_Context] = field(default_factory=list)
 
 
 @dataclass
@@ -217,17 +225,30 @@ class _PendingRegions:
     shapes: list[tuple[int, int]] = field(default_factory=list)
     references: list[list[np.ndarray]] = field(default_factory=list)
     records: list[RegionRecord] = field(default_factory=list)
+    context: list[_Context] = field(default_factory=list)
 
     def add(
-        self, region: Region, fallback: bool, shape: tuple[int, int], references: list[np.ndarray]
+        self,
+        region: Region,
+        fallback: bool,
+        shape: tuple[int, int],
+        references: list[np.ndarray],
+        context: _Context,
     ) -> None:
         self.regions.append(region)
         self.records.append(RegionRecord.of(region, fallback))
         self.shapes.append(shape)
         self.references.append(references)
+        self.context.append(context)
 
     def encode(self, encoder: CropEncoder) -> RegionTokens:
-        return encoder.encode(self.regions, self.shapes, self.references)
+        tokens = encoder.encode(self.regions, self.shapes, self.references)
+        if not self.context or any(c is None for c in self.context):
+            return tokens
+        return tokens.with_context(
+            np.stack([c[0] for c in self.context]),  # type: ignore[index]
+            np.stack([c[1] for c in self.context]),  # type: ignore[index]
+        )
 
 
 @dataclass
@@ -266,10 +287,13 @@ class DiscoveryModel:
         self.value_range: tuple[float, float] | None = None
         self.head: PrototypeHead | None = None
         self.type_ids = np.zeros(0, np.int64)
-        self.prototypes = np.zeros((0, self.config.discovery.embedding_dim), np.float32)
+        self.prototypes = np.zeros((0, self.config.discovery.vector_dim), np.float32)
         self.thresholds = np.zeros(0, np.float32)
         #: Temperature of the reported confidence (fitted by :meth:`fit_types`).
         self.temperature = float(self.config.discovery.confidence_temperature)
+        #: Centres of the image-context parts of the embedding (None: head embedding alone;
+        #: set by :meth:`fit_types`, :mod:`engine.image_context`).
+        self.context_means: ContextMeans | None = None
         self._encoder: CropEncoder | None = None
 
     # ------------------------------------------------------------------ components
@@ -420,8 +444,11 @@ class DiscoveryModel:
         n = len(images)
         detected = _Detected(scores=np.zeros(n, np.float32))
         bar = tqdm(total=n, desc="detect", disable=not progress, file=sys.stderr, leave=False)
-        for i, (shape, score, amap, descriptor) in enumerate(self._detect_pass(images, maps)):
+        for i, (shape, score, amap, descriptor, context) in enumerate(
+            self._detect_pass(images, maps)
+        ):
             detected.shapes.append(shape)
+            detected.context.append(context)
             detected.scores[i] = score
             small = shrink_to(amap, dcfg.mebin_side)
             if dcfg.region_sigma > 0:
@@ -481,10 +508,12 @@ class DiscoveryModel:
                 refs = self._references_for(detected.descriptors[i])
                 if flagged[i]:
                     for region in got.regions:
-                        regions.add(region, got.fallback, detected.shapes[i], refs)
+                        regions.add(
+                            region, got.fallback, detected.shapes[i], refs, detected.context[i]
+                        )
                 else:  # not an anomaly: its strongest region only says which type is nearest
                     region = max(got.regions, key=lambda r: r.score)
-                    peaks.add(region, got.fallback, detected.shapes[i], refs)
+                    peaks.add(region, got.fallback, detected.shapes[i], refs, detected.context[i])
             if regions.regions:
                 found.token_parts.append(regions.encode(self.encoder))
             if peaks.regions:
@@ -539,13 +568,16 @@ class DiscoveryModel:
 
     def _detect_pass(
         self, images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None
-    ) -> Iterable[tuple[tuple[int, int], float, np.ndarray, np.ndarray]]:
-        """(shape, score, map, descriptor) per image, from the detector or the given maps."""
+    ) -> Iterable[tuple[tuple[int, int], float, np.ndarray, np.ndarray, _Context]]:
+        """(shape, score, map, descriptor, image context or None) per image, from the
+        detector or the given maps (which have no context: no residuals)."""
         det = self._require_detector()
         if maps is None:
-            for d in det.iter_score(_Iter(images)):
+            described = self.config.discovery.context_weight > 0
+            for d in det.iter_score(_Iter(images), context=described):
                 shape = (int(d.anomaly_map.shape[0]), int(d.anomaly_map.shape[1]))
-                yield shape, float(d.score), d.anomaly_map, d.descriptor
+                context = None if d.pooled is None or d.residual is None else (d.pooled, d.residual)
+                yield shape, float(d.score), d.anomaly_map, d.descriptor, context
             return
         shapes: list[tuple[int, int]] = []
 
@@ -557,7 +589,7 @@ class DiscoveryModel:
 
         for i, descriptor in enumerate(det.iter_descriptors(remember(images))):
             amap = _external_map(maps[i], shapes[i], i)
-            yield shapes[i], float(amap.max()), amap, descriptor
+            yield shapes[i], float(amap.max()), amap, descriptor, None
 
     def _value_range(
         self, flagged_maps: list[np.ndarray], floor: float | None
@@ -651,7 +683,21 @@ class DiscoveryModel:
         )
         n_known = int(labels.max()) + 1 if (labels >= 0).any() else 0
         head = self._new_head(tokens.tokens.shape[2], 1)
-        emb0, _ = embed_all(head, tokens, self.device)
+        head_emb0, _ = embed_all(head, tokens, self.device)
+        # with a context weight the embedding always has the context parts (zero where the
+        # tokens have no context), so that every batch of a workspace has one vector size
+        use_context = dcfg.context_weight > 0
+        # the untrained embedding, in the space the types are grouped in
+        emb0 = (
+            with_context(
+                head_emb0,
+                tokens,
+                ContextMeans.fit(head_emb0, tokens, dcfg.context_components),
+                dcfg.context_weight,
+            )
+            if use_context
+            else head_emb0
+        )
         free = int((labels < 0).sum())
         k_scores: dict[int, float] = {}
         if clusters == "auto":
@@ -670,7 +716,7 @@ class DiscoveryModel:
                 raise DiscoveryError(f"--clusters must be >= 1 or 'auto', got {clusters}")
         k_novel = min(k_novel, free)
         head.set_prototypes(
-            torch.from_numpy(self._initial_prototypes(emb0, labels, n_known, k_novel))
+            torch.from_numpy(self._initial_prototypes(head_emb0, labels, n_known, k_novel))
         )
         report = train_head(
             head,
@@ -684,7 +730,13 @@ class DiscoveryModel:
         )
         self.head = head
         emb, attention = embed_all(head, tokens, self.device)
-        sims = emb @ normalise(head.prototypes.detach().cpu().numpy()).T
+        if use_context:  # the trained crop embedding beside the image context, regrouped
+            self.context_means = ContextMeans.fit(emb, tokens, dcfg.context_components)
+            emb = with_context(emb, tokens, self.context_means, dcfg.context_weight)
+            sims = emb @ self._initial_prototypes(emb, labels, n_known, k_novel).T
+        else:
+            self.context_means = None
+            sims = emb @ normalise(head.prototypes.detach().cpu().numpy()).T
         assigned = sims.argmax(axis=1)
         if n_known:  # reviewer labels are facts: labelled regions stay in their type
             assigned = np.where(labels >= 0, labels, assigned)
@@ -696,7 +748,9 @@ class DiscoveryModel:
         )
         self._set_types(np.arange(len(used), dtype=np.int64), prototypes, emb, assigned)
         self.temperature = (
-            calibrated_temperature(emb0, emb @ self.prototypes.T, assigned, dcfg)
+            # neighbour agreement in the untrained head embedding, as without context (in
+            # the joint space the demo's mean confidence overstated its accuracy by 0.11)
+            calibrated_temperature(head_emb0, emb @ self.prototypes.T, assigned, dcfg)
             if dcfg.calibrate_confidence
             else float(dcfg.confidence_temperature)
         )
@@ -796,10 +850,16 @@ class DiscoveryModel:
 
     # ------------------------------------------------------------------ assignment
     def embed(self, tokens: RegionTokens) -> tuple[np.ndarray, np.ndarray]:
-        """(R, d) embeddings and (R, T) attention of regions with the current head."""
+        """(R, d) embeddings (with the image context when the types were grouped with it)
+        and (R, T) attention of regions with the current head."""
         if self.head is None:
             raise RuntimeError("no prototype head: run discover() or load a model first")
-        return embed_all(self.head, tokens, self.device)
+        emb, attention = embed_all(self.head, tokens, self.device)
+        if self.context_means is not None:
+            emb = with_context(
+                emb, tokens, self.context_means, self.config.discovery.context_weight
+            )
+        return emb, attention
 
     def assign(self, analysis: BatchAnalysis) -> DiscoveryResult:
         """Sort a new batch into the saved types; propose new types for what fits none."""
@@ -938,7 +998,7 @@ class DiscoveryModel:
 
     def _empty_result(self, analysis: BatchAnalysis) -> DiscoveryResult:
         n = analysis.n_images
-        d = self.config.discovery.embedding_dim
+        d = self.config.discovery.vector_dim
         t = analysis.tokens.grid[0] * analysis.tokens.grid[1]
         return DiscoveryResult(
             analysis=analysis,
@@ -981,6 +1041,9 @@ class DiscoveryModel:
         arrays["type_ids"] = self.type_ids
         arrays["prototypes"] = self.prototypes
         arrays["thresholds"] = self.thresholds
+        if self.context_means is not None:
+            for name, values in self.context_means.to_arrays().items():
+                arrays[f"context_mean.{name}"] = values
         meta = {
             "kind": MODEL_KIND,
             "format_version": MODEL_FORMAT_VERSION,
@@ -1036,6 +1099,11 @@ class DiscoveryModel:
         model.type_ids = arrays["type_ids"].astype(np.int64)
         model.prototypes = arrays["prototypes"].astype(np.float32)
         model.thresholds = arrays["thresholds"].astype(np.float32)
+        context = {
+            k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("context_mean.")
+        }
+        # models saved before the image context embed with the head alone
+        model.context_means = ContextMeans.from_arrays(context) if context else None
         model.value_range = tuple(meta["value_range"]) if meta["value_range"] else None
         # models saved before calibration report at the configured temperature
         model.temperature = float(

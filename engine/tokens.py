@@ -21,7 +21,7 @@ Tokens are computed once per region and cached by the caller; everything trained
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -49,9 +49,36 @@ class RegionTokens:
     regions: np.ndarray
     #: Token grid (h, w).
     grid: tuple[int, int]
+    #: (N, P) float32 pooled global feature of each region's image (its context; P = 0
+    #: when not described, e.g. tokens stored by an older version).
+    image_pooled: np.ndarray | None = None
+    #: (N, R) float32 anomaly-weighted residual descriptor of each region's image (R = 0
+    #: when not described).
+    image_residual: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        if self.image_pooled is None:
+            self.image_pooled = np.zeros((n, 0), np.float32)
+        if self.image_residual is None:
+            self.image_residual = np.zeros((n, 0), np.float32)
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def has_context(self) -> bool:
+        """Whether every region carries its image's context descriptors."""
+        assert self.image_pooled is not None and self.image_residual is not None
+        return self.image_pooled.shape[1] > 0 and self.image_residual.shape[1] > 0
+
+    def with_context(self, pooled: np.ndarray, residual: np.ndarray) -> "RegionTokens":
+        """These tokens with the (N, P) and (N, R) context descriptors of their images."""
+        return replace(
+            self,
+            image_pooled=np.asarray(pooled, np.float32).reshape(len(self), -1),
+            image_residual=np.asarray(residual, np.float32).reshape(len(self), -1),
+        )
 
     @classmethod
     def empty(cls, channels: int, grid: tuple[int, int]) -> "RegionTokens":
@@ -67,16 +94,30 @@ class RegionTokens:
     def concat(cls, parts: Sequence["RegionTokens"]) -> "RegionTokens":
         if not parts:
             raise ValueError("nothing to concatenate")
+        # context when every non-empty part has it, of one size; else none at all
+        full = [p for p in parts if len(p)]
+        sizes = {(p.image_pooled.shape[1], p.image_residual.shape[1]) for p in full}  # type: ignore[union-attr]
+        context = bool(full) and all(p.has_context for p in full) and len(sizes) == 1
         return cls(
             np.concatenate([p.tokens for p in parts]),
             np.concatenate([p.anomaly for p in parts]),
             np.concatenate([p.regions for p in parts]),
             parts[0].grid,
+            np.concatenate([p.image_pooled for p in full]) if context else None,
+            np.concatenate([p.image_residual for p in full]) if context else None,
         )
 
     def select(self, index: np.ndarray | Sequence[int]) -> "RegionTokens":
         idx = np.asarray(index, dtype=np.int64)
-        return RegionTokens(self.tokens[idx], self.anomaly[idx], self.regions[idx], self.grid)
+        assert self.image_pooled is not None and self.image_residual is not None
+        return RegionTokens(
+            self.tokens[idx],
+            self.anomaly[idx],
+            self.regions[idx],
+            self.grid,
+            self.image_pooled[idx],
+            self.image_residual[idx],
+        )
 
 
 class CropEncoder:

@@ -11,13 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, get_args
 
-from engine.config import RESIZE_MODES, BackboneConfig, Context, DetectorConfig, ProtoAtlasConfig
+from engine.config import (
+    RESIZE_MODES,
+    BackboneConfig,
+    Context,
+    DetectorConfig,
+    DiscoveryConfig,
+    ProtoAtlasConfig,
+)
 from engine.synth import SCENE_KINDS
 
 if TYPE_CHECKING:
@@ -77,7 +85,25 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         help="fraction of good images the calibrated threshold flags "
         f"(default {DetectorConfig().false_alarm_rate})",
     )
+    parser.add_argument(
+        "--image-context-weight",
+        type=_weight,
+        default=None,
+        help="weight of each image's pooled feature and anomaly-weighted residual beside "
+        "the crop embedding when grouping types; 0 = the crop alone "
+        f"(default {DiscoveryConfig().context_weight})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _weight(value: str) -> float:
+    try:
+        weight = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    if not (weight >= 0.0 and math.isfinite(weight)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {weight}")
+    return weight
 
 
 def _rate(value: str) -> float:
@@ -113,6 +139,9 @@ def _config_from(args: argparse.Namespace) -> ProtoAtlasConfig:
     }
     if detector:
         sections["detector"] = detector
+    weight = getattr(args, "image_context_weight", None)
+    if weight is not None:
+        sections["discovery"] = {"context_weight": weight}
     return cfg.with_overrides(**sections) if sections else cfg
 
 

@@ -32,7 +32,7 @@ from engine import metrics
 from engine.calibration import threshold_at
 from engine.config import ProtoAtlasConfig
 from engine.data import LazyImages, load_mvtec, read_masks
-from engine.detector import PatchCoreDetector
+from engine.detector import PatchCoreDetector, weighted_residual
 
 if TYPE_CHECKING:
     from engine.discovery import DiscoveryModel
@@ -566,7 +566,7 @@ def _baselines(model, analysis, test, defect_idx, clusters, config, progress):
     t = time.perf_counter()
     x = np.stack(
         [
-            _weighted_residual(res, valid, d.patch_scores)
+            weighted_residual(res, valid, d.patch_scores)
             for (res, valid), d in zip(
                 det.residual_features(defect_images), det.iter_score(defect_images)
             )
@@ -608,16 +608,6 @@ def _image_means(analysis, image_index: Sequence[int]) -> np.ndarray:
             if rec.image_index in row:
                 out[row[rec.image_index]] += np.sqrt(max(rec.area, 1)) * vecs[r]
     return out + 1e-6
-
-
-def _weighted_residual(residual: np.ndarray, valid: np.ndarray, grid_map: np.ndarray) -> np.ndarray:
-    """Softmax of the standardised anomaly map (the detector's patch scores, on the same
-    grid as the residuals) as pooling weights over the patch residuals."""
-    values = grid_map[valid]
-    z = (grid_map - values.mean()) / (values.std() + 1e-6)
-    weights = np.where(valid, np.exp(np.where(valid, z, 0.0) - z[valid].max()), 0.0)
-    weights /= weights.sum()
-    return (residual * weights[..., None]).sum(axis=(0, 1))
 
 
 DISCOVER_COLUMNS = [

@@ -173,6 +173,37 @@ def test_configuration_errors_are_one_line(demo, tmp_path, capsys, args, needle)
     assert code == 2 and needle in err and "\n" not in err
 
 
+@pytest.mark.parametrize("value", ["-0.5", "nan", "heavy"])
+def test_image_context_weight_must_be_a_number_at_least_zero(capsys, value) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["discover", "--normals", "n", "--images", "i", "--image-context-weight", value])
+    assert exc.value.code == 2
+    assert "--image-context-weight" in capsys.readouterr().err
+
+
+def test_image_context_weight_reaches_the_discovery_config() -> None:
+    from protoatlas.cli import _config_from, build_parser
+
+    args = build_parser().parse_args(
+        [
+            "discover",
+            "--normals",
+            "n",
+            "--images",
+            "i",
+            "--out",
+            "o.csv",
+            "--image-context-weight",
+            "0",
+        ]
+    )
+    assert _config_from(args).discovery.context_weight == 0.0
+    plain = build_parser().parse_args(
+        ["discover", "--normals", "n", "--images", "i", "--out", "o.csv"]
+    )
+    assert _config_from(plain).discovery.context_weight == 0.5
+
+
 def test_missing_folder_is_named(tmp_path, capsys) -> None:
     code = main(
         [

@@ -62,7 +62,8 @@ def analysis_of(tokens: RegionTokens) -> BatchAnalysis:
 
 
 def config(**discovery) -> ProtoAtlasConfig:
-    base = {"embedding_dim": 16, "head_epochs": 8, "scorer_hidden": 16}
+    # the head alone: these tokens carry no image context (tests/test_image_context.py)
+    base = {"embedding_dim": 16, "head_epochs": 8, "scorer_hidden": 16, "context_weight": 0.0}
     return ProtoAtlasConfig(device="cpu").with_overrides(discovery={**base, **discovery})
 
 

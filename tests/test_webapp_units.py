@@ -270,7 +270,22 @@ def test_service_keeps_the_vector_size_of_an_existing_workspace(tmp_path):
         assert service.ws.embedding_dim == 256
         assert len(service.ws.embeddings()[0]) > 0
     with WorkspaceService(tmp_path, "fresh") as service:
-        assert service.ws.embedding_dim == ProtoAtlasConfig().discovery.embedding_dim == 320
+        assert service.ws.embedding_dim == ProtoAtlasConfig().discovery.vector_dim == 320 + 2 * 4
+        assert service.config.discovery.context_weight > 0
+
+
+def test_a_workspace_from_before_the_image_context_goes_on_without_it(tmp_path):
+    """Vectors stored at the head embedding's size (320-d, before the image context): the
+    service embeds new batches of that workspace without context, at that size."""
+    from engine.config import ProtoAtlasConfig
+    from protoatlas.service import WorkspaceService
+
+    dim = ProtoAtlasConfig().discovery.embedding_dim
+    build_workspace(tmp_path, n_images=6, n_types=2, dim=dim).close()
+    with WorkspaceService(tmp_path, "default") as service:
+        assert service.ws.embedding_dim == dim
+        assert service.config.discovery.context_weight == 0.0
+        assert service.config.discovery.vector_dim == dim
 
 
 # ------------------------------------------------------------------------------ export

@@ -77,11 +77,14 @@ class ServiceCore:
         self.ws = ws
         if not ws.read_only:
             try:
-                self.ws.set_embedding_dim(self.config.discovery.embedding_dim)
+                self.ws.set_embedding_dim(self.config.discovery.vector_dim)
             except ValidationError:
                 # A workspace that already stores vectors keeps their size: its saved model
-                # (and so every retrain of it) embeds at that size.
-                pass
+                # (and so every retrain of it) embeds at that size. One made before the
+                # image context (head embedding alone) goes on without it.
+                d = self.config.discovery
+                if self.ws.embedding_dim == d.embedding_dim != d.vector_dim:
+                    self.config = config.with_overrides(discovery={"context_weight": 0.0})
         #: One engine job (discovery, assignment, retraining) at a time per process.
         self.engine_lock = threading.Lock()
         #: The question queue: an answer's check, what it applies and its record happen
@@ -158,6 +161,8 @@ class ServiceCore:
                 anomaly=tokens.anomaly.astype(TOKENS_DTYPE),
                 regions=tokens.regions.astype(TOKENS_DTYPE),
                 grid=np.asarray(tokens.grid, dtype=np.int64),
+                image_pooled=np.asarray(tokens.image_pooled, dtype=np.float32),
+                image_residual=np.asarray(tokens.image_residual, dtype=np.float32),
             )
         os.replace(tmp, path)
 
@@ -172,6 +177,9 @@ class ServiceCore:
                 z["anomaly"].astype(np.float32),
                 z["regions"].astype(np.float32),
                 (grid[0], grid[1]),
+                # batches stored before the image context have none
+                z["image_pooled"] if "image_pooled" in z.files else None,
+                z["image_residual"] if "image_residual" in z.files else None,
             )
 
     def _region_ids(self, batch_id: int, n: int) -> np.ndarray:
