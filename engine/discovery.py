@@ -688,15 +688,13 @@ class DiscoveryModel:
         # tokens have no context), so that every batch of a workspace has one vector size
         use_context = dcfg.context_weight > 0
         # the untrained embedding, in the space the types are grouped in
+        context = (
+            ContextMeans.fit(head_emb0, tokens, dcfg.context_components) if use_context else None
+        )
         emb0 = (
-            with_context(
-                head_emb0,
-                tokens,
-                ContextMeans.fit(head_emb0, tokens, dcfg.context_components),
-                dcfg.context_weight,
-            )
-            if use_context
-            else head_emb0
+            head_emb0
+            if context is None
+            else with_context(head_emb0, tokens, context, dcfg.context_weight)
         )
         free = int((labels < 0).sum())
         k_scores: dict[int, float] = {}
@@ -730,8 +728,8 @@ class DiscoveryModel:
         )
         self.head = head
         emb, attention = embed_all(head, tokens, self.device)
-        if use_context:  # the trained crop embedding beside the image context, regrouped
-            self.context_means = ContextMeans.fit(emb, tokens, dcfg.context_components)
+        if context is not None:  # the trained crop embedding beside the context, regrouped
+            self.context_means = replace(context, embedding=emb.mean(axis=0).astype(np.float32))
             emb = with_context(emb, tokens, self.context_means, dcfg.context_weight)
             sims = emb @ self._initial_prototypes(emb, labels, n_known, k_novel).T
         else:
@@ -998,7 +996,7 @@ class DiscoveryModel:
 
     def _empty_result(self, analysis: BatchAnalysis) -> DiscoveryResult:
         n = analysis.n_images
-        d = self.config.discovery.vector_dim
+        d = self.prototypes.shape[1]  # the size this model embeds at (a loaded one: its own)
         t = analysis.tokens.grid[0] * analysis.tokens.grid[1]
         return DiscoveryResult(
             analysis=analysis,
@@ -1071,6 +1069,9 @@ class DiscoveryModel:
             hint=" (write one with protoatlas discover --save-model)",
         )
         config = ProtoAtlasConfig.from_dict(meta["config"])
+        if "context_weight" not in meta["config"].get("discovery", {}):
+            # saved before the image context: it embeds, and stores, as it did then
+            config = config.with_overrides(discovery={"context_weight": 0.0})
         model = cls(config, device=device)
         det_arrays = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("detector.")}
         model.detector = (

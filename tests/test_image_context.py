@@ -3,6 +3,8 @@ types a crop alone cannot (engine.image_context)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,22 @@ def test_detector_context_is_the_weighted_residual_of_its_own_map() -> None:
         np.testing.assert_allclose(
             d.residual, weighted_residual(res, valid, p.patch_scores), rtol=1e-4, atol=1e-5
         )
+
+
+def test_a_model_saved_before_the_image_context_loads_without_it(four_types, tmp_path) -> None:
+    from engine.detector import read_npz, write_npz
+
+    tokens, _ = four_types
+    bare = RegionTokens(tokens.tokens, tokens.anomaly, tokens.regions, tokens.grid)
+    model = DiscoveryModel(config(context_weight=0.0))
+    model.fit([np.full((64, 64, 3), 128, np.uint8)] * 4, fit_detector=False)
+    model.discover(analysis_of(bare), 2)
+    arrays = read_npz(model.save(tmp_path / "new.npz"))
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    del meta["config"]["discovery"]["context_weight"]  # what an older version wrote
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    old = DiscoveryModel.load(write_npz(tmp_path / "old.npz", arrays))
+    assert old.context_means is None and old.config.discovery.context_weight == 0.0
+    assert old.config.discovery.vector_dim == 16 == old.embed(tokens)[0].shape[1]
+    empty = old._empty_result(analysis_of(bare.select([])))
+    assert empty.embeddings.shape == (0, 16)
