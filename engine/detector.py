@@ -445,10 +445,9 @@ class PatchCoreDetector:
             [m[None] for m in batch.stage_maps[i]], ext.strides, ext.offsets
         )
         residual = res[0].permute(1, 2, 0).numpy()
-        valid = batch.valid[i]
         return (
             batch.pooled[i].cpu().numpy().astype(np.float32),
-            weighted_residual(residual, valid, np.where(valid, grid, 0.0)),
+            weighted_residual(residual, batch.valid[i], grid),
         )
 
     def patch_distances(self, content: np.ndarray, exclude: int = -1) -> np.ndarray:

@@ -30,11 +30,6 @@ from engine.clustering import normalise
 from engine.tokens import RegionTokens
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` made unit (zero rows stay zero), float32."""
-    return normalise(x).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class ContextMeans:
     """Centres of the three parts and the principal axes of the two context parts, from
@@ -62,12 +57,11 @@ class ContextMeans:
         parts' ``components`` leading principal axes (zero rows beyond the rank, so that
         the dimension never depends on the batch). Tokens without context give
         zero-width means: their context parts are zero."""
-        pooled = tokens.image_pooled if tokens.has_context else None
-        residual = tokens.image_residual if tokens.has_context else None
-        pooled = np.zeros((len(tokens), 0), np.float32) if pooled is None else pooled
-        residual = np.zeros((len(tokens), 0), np.float32) if residual is None else residual
-        pooled_mean = pooled.mean(axis=0) if len(pooled) else np.zeros(pooled.shape[1])
-        residual_mean = residual.mean(axis=0) if len(residual) else np.zeros(residual.shape[1])
+        empty = np.zeros((len(tokens), 0), np.float32)
+        pooled = tokens.image_pooled if tokens.has_context else empty
+        residual = tokens.image_residual if tokens.has_context else empty
+        assert pooled is not None and residual is not None
+        pooled_mean, residual_mean = pooled.mean(axis=0), residual.mean(axis=0)
         return cls(
             embeddings.mean(axis=0).astype(np.float32),
             pooled_mean.astype(np.float32),
@@ -109,13 +103,13 @@ def with_context(
     weighted by ``weight``. Tokens without context (stored by an older version) get zero
     context parts."""
     n = len(embeddings)
-    parts = [unit_rows(embeddings - means.embedding)]
+    parts = [normalise(embeddings - means.embedding)]
     for values, mean, axes in (
         (tokens.image_pooled, means.pooled, means.pooled_axes),
         (tokens.image_residual, means.residual, means.residual_axes),
     ):
         if values is not None and values.shape == (n, len(mean)):
-            parts.append(weight * unit_rows((values - mean) @ axes.T))
+            parts.append(weight * normalise((values - mean) @ axes.T))
         else:
             parts.append(np.zeros((n, len(axes)), np.float32))
-    return unit_rows(np.concatenate(parts, axis=1))
+    return normalise(np.concatenate(parts, axis=1))
